@@ -1,0 +1,1 @@
+"""EROFS image writer and reader (issue 7)."""

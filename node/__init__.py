@@ -1,0 +1,1 @@
+"""The ferry node: CLI, store, daemon, gateway."""

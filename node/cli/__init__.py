@@ -1,0 +1,42 @@
+"""`ferry`: the command line. Each subcommand lives in a module of its own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from node.cli import demo, manifest, ui
+
+# Exit codes scripts rely on: 0 ok, 1 the operation failed, 2 bad usage.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ferry",
+        description="Peer-to-peer substitution for Nix stores: content-addressed chunks, "
+        "quorum-signed builds, lazy EROFS mounts.",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    manifest.add_parser(sub)
+    demo.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        ui.fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (`ferry ... | head`): not an error of ours.
+        sys.stderr.close()
+        sys.exit(EXIT_FAILED)

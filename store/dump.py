@@ -1,0 +1,73 @@
+"""A directory tree as NAR: the walk in NAR order, and `dump`, ferry's `nix-store --dump`."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+
+from store import nar
+
+BLOCK = 1 << 20
+
+
+class DumpError(OSError):
+    """A tree that cannot be archived as Nix would (unsupported file, changed while read)."""
+
+
+def walk(root: str | bytes) -> Iterator[tuple[nar.Node, bytes]]:
+    """Each node of the tree at `root` in NAR order, with its filesystem path.
+
+    Symlinks are not followed; files are executable when the owner may execute them,
+    as in Nix. Raises DumpError for sockets, fifos and devices, and for trees that
+    break the NAR rules (deeper than 64 levels).
+    """
+    top = os.fsencode(root)
+    yield from _walk(top, b"", os.lstat(top))
+
+
+def _walk(fspath: bytes, path: bytes, st: os.stat_result) -> Iterator[tuple[nar.Node, bytes]]:
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        yield nar.Regular(path, st.st_size, bool(mode & stat.S_IXUSR)), fspath
+    elif stat.S_ISLNK(mode):
+        target = os.readlink(fspath)
+        if not target:
+            raise DumpError(f"symlink {os.fsdecode(fspath)!r} has an empty target, which a NAR cannot hold")
+        yield nar.Symlink(path, target), fspath
+    elif stat.S_ISDIR(mode):
+        if nar.depth(path) >= nar.MAX_DEPTH:
+            raise DumpError(f"{os.fsdecode(fspath)!r} is more than {nar.MAX_DEPTH} levels deep; a NAR cannot hold it")
+        yield nar.Directory(path), fspath
+        with os.scandir(fspath) as it:
+            children = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
+        for name, child_st in children:
+            yield from _walk(fspath + b"/" + name, path + b"/" + name if path else name, child_st)
+    else:
+        raise DumpError(f"{os.fsdecode(fspath)!r} is not a file, directory or symlink; a NAR cannot hold it")
+
+
+def read_file(fspath: bytes, size: int, block: int = BLOCK) -> Iterator[bytes]:
+    """The file's bytes in blocks, checking it still has the size the walk saw."""
+    left = size
+    with open(fspath, "rb", buffering=0) as f:
+        while left:
+            data = f.read(min(block, left))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+        if left or f.read(1):
+            raise DumpError(f"{os.fsdecode(fspath)!r} changed size while being read; archive it again")
+
+
+def dump(root: str | bytes) -> Iterator[bytes | memoryview]:
+    """The NAR of the tree at `root`, byte-identical to `nix-store --dump`."""
+    enc = nar.NarEncoder()
+    for node, fspath in walk(root):
+        yield enc.encode(node)
+        if isinstance(node, nar.Regular) and node.size:
+            for data in read_file(fspath, node.size):
+                enc.skip_contents(len(data))
+                yield data
+    yield enc.finish()
