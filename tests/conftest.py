@@ -1,0 +1,97 @@
+"""Shared fixtures. Tests needing something outside Python (Nix, root, a kernel
+feature) skip with a reason, except under FERRY_REQUIRE_KERNEL=1 (CI), where a missing
+requirement is a failure: CI must run them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ferry", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("ferry")
+
+
+def require(ok: bool, reason: str) -> None:
+    if ok:
+        return
+    if os.environ.get("FERRY_REQUIRE_KERNEL") == "1":
+        pytest.fail(f"required under FERRY_REQUIRE_KERNEL=1 but missing: {reason}")
+    pytest.skip(reason)
+
+
+class Nix:
+    """The real Nix 2.8 CLI, with caches kept out of the user's home."""
+
+    def __init__(self, home: Path) -> None:
+        self.env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "HOME": str(home)}
+
+    def run(self, *args: str, input: bytes | None = None) -> bytes:
+        proc = subprocess.run(list(args), input=input, capture_output=True, env=self.env)
+        if proc.returncode:
+            raise AssertionError(f"{' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+        return proc.stdout
+
+    def dump(self, path: Path | str) -> bytes:
+        return self.run("nix-store", "--dump", str(path))
+
+    def restore(self, path: Path | str, data: bytes) -> None:
+        self.run("nix-store", "--restore", str(path), input=data)
+
+    def hash_path(self, path: Path | str) -> str:
+        return self.run("nix-hash", "--type", "sha256", "--base32", str(path)).decode().strip()
+
+
+@pytest.fixture(scope="session")
+def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
+    require(shutil.which("nix-store") is not None, "Nix is not installed (Debian: nix-bin)")
+    return Nix(tmp_path_factory.mktemp("nix-home"))
+
+
+# A small input-addressed closure (top -> dep), built by Nix in a chroot store: signature
+# tests need input-addressed paths, since Nix accepts content-addressed ones unsigned.
+CLOSURE_NIX = """
+let
+  mk = name: script: derivation {
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    PATH = "/bin:/usr/bin"; args = ["-c" script];
+  };
+  dep = mk "dep-1.0" "echo dep > $out";
+in mk "top-1.0" "mkdir $out; echo ${dep} > $out/ref; echo hi > $out/x; ln -s x $out/link"
+"""
+
+
+class Closure:
+    def __init__(self, nix: Nix, root: Path) -> None:
+        self.root = root
+        self.store = root / "store"
+        self.cache = root / "cache"
+        (root / "closure.nix").write_text(CLOSURE_NIX)
+        common = ["--option", "substituters", "", "--store", str(self.store)]
+        self.top = nix.run(
+            "nix-build", *common, str(root / "closure.nix"), "--no-out-link",
+            "--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr",
+        ).decode().strip()
+        self.keys = []
+        for name in ("builder-a", "builder-b"):
+            sk, pk = root / f"{name}.sec", root / f"{name}.pub"
+            nix.run("nix-store", "--generate-binary-cache-key", name, str(sk), str(pk))
+            self.keys.append((sk, pk))
+            nix.run("nix", "--extra-experimental-features", "nix-command", "store", "sign", *common,
+                    "--key-file", str(sk), "--recursive", self.top)
+        nix.run("nix", "--extra-experimental-features", "nix-command", "copy", *common[:3],
+                "--from", str(self.store), "--to", f"file://{self.cache}?compression=none", self.top)
+        self.paths = sorted(
+            line for line in nix.run("nix-store", "--store", str(self.store), "-qR", self.top).decode().split()
+        )
+
+
+@pytest.fixture(scope="session")
+def nix_closure(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> Closure:
+    return Closure(nix, tmp_path_factory.mktemp("closure"))
