@@ -100,10 +100,11 @@ def digest(data: bytes | memoryview, *, parallel: bool = False) -> bytes:
 
 
 class FileChunker:
-    """Cuts one file's bytes, fed in pieces of any size, into chunks.
+    """Cuts one file's bytes, fed in pieces of any size, into chunks (hashing is the
+    caller's, so it can happen on other threads).
 
-    `feed` returns (digest, chunk) for each chunk it completes; `finish` the last one.
-    Pieces that line up with chunk boundaries are hashed without copying.
+    `feed` returns the chunks it completes; `finish` the last, short one. Pieces that
+    line up with chunk boundaries come back as views, without copying.
     """
 
     def __init__(self, file_size: int, policy: ChunkingPolicy = DEFAULT_POLICY) -> None:
@@ -111,11 +112,11 @@ class FileChunker:
         self._left = file_size
         self._buf = bytearray()
 
-    def feed(self, data: bytes | memoryview) -> list[tuple[bytes, bytes | memoryview]]:
+    def feed(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         if len(data) > self._left:
             raise ChunkingError(f"{len(data)} bytes fed where the file has {self._left} left")
         self._left -= len(data)
-        out: list[tuple[bytes, bytes | memoryview]] = []
+        out: list[bytes | memoryview] = []
         view = memoryview(data)
         size = self._size
         pos = 0
@@ -124,22 +125,23 @@ class FileChunker:
             self._buf += view[:take]
             pos = take
             if len(self._buf) == size:
-                chunk = bytes(self._buf)
-                out.append((digest(chunk), chunk))
+                out.append(bytes(self._buf))
                 self._buf = bytearray()
         while len(view) - pos >= size:
-            chunk_view = view[pos : pos + size]
-            out.append((digest(chunk_view), chunk_view))
+            out.append(view[pos : pos + size])
             pos += size
         if pos < len(view):
-            self._buf += view[pos:]
+            if self._left or self._buf:
+                self._buf += view[pos:]
+            else:
+                out.append(view[pos:])  # the file's short last chunk, whole in this piece
         return out
 
-    def finish(self) -> tuple[bytes, bytes] | None:
+    def finish(self) -> bytes | None:
         if self._left:
             raise ChunkingError(f"file ended {self._left} bytes early")
         if not self._buf:
             return None
         chunk = bytes(self._buf)
         self._buf = bytearray()
-        return digest(chunk), chunk
+        return chunk

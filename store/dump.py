@@ -49,16 +49,26 @@ def _walk(fspath: bytes, path: bytes, st: os.stat_result) -> Iterator[tuple[nar.
 
 def read_file(fspath: bytes, size: int, block: int = BLOCK) -> Iterator[bytes]:
     """The file's bytes in blocks, checking it still has the size the walk saw."""
-    left = size
-    with open(fspath, "rb", buffering=0) as f:
+    fd = os.open(fspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        left = size
+        saw_end = False
         while left:
-            data = f.read(min(block, left))
+            # Asking one byte more than remains shows growth without a separate read
+            # (the common case for small files: one read per file).
+            want = min(block, left + 1)
+            data = os.read(fd, want)
             if not data:
-                break
+                raise DumpError(f"{os.fsdecode(fspath)!r} shrank while being read; archive it again")
+            if len(data) > left:
+                raise DumpError(f"{os.fsdecode(fspath)!r} grew while being read; archive it again")
             left -= len(data)
+            saw_end = want > len(data)
             yield data
-        if left or f.read(1):
-            raise DumpError(f"{os.fsdecode(fspath)!r} changed size while being read; archive it again")
+        if not saw_end and os.read(fd, 1):
+            raise DumpError(f"{os.fsdecode(fspath)!r} grew while being read; archive it again")
+    finally:
+        os.close(fd)
 
 
 def dump(root: str | bytes) -> Iterator[bytes | memoryview]:

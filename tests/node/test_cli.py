@@ -1,0 +1,103 @@
+"""`ferry` as a user runs it: exit codes, output, and no tracebacks on user mistakes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import nar
+
+
+def ferry(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from node.cli import main; main()", *args],
+        input=input, capture_output=True, cwd=Path(__file__).parents[2],
+    )
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "hello-2.12"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "hello").write_bytes(os.urandom(300_000))
+    os.chmod(root / "bin" / "hello", 0o755)
+    (root / "README").write_text("hi\n")
+    return root
+
+
+def test_manifest_json(tree: Path, nix) -> None:
+    r = ferry("manifest", str(tree), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["nar_hash"] == "sha256:" + nix.hash_path(tree)
+    assert s["store_path"] == nix.run("nix-store", "--store", str(tree.parent / "s"), "--add", str(tree)).decode().strip()
+    assert (s["entries"], s["files"], s["chunks"], s["unique_chunks"]) == (4, 2, 5, 5)
+    assert s["file_bytes"] == 300_003 and len(s["manifest_digest"]) == 64
+
+
+def test_manifest_text_and_nar_input(tree: Path, tmp_path: Path, nix) -> None:
+    (tmp_path / "hello.nar").write_bytes(nix.dump(tree))
+    a = ferry("manifest", str(tree))
+    b = ferry("manifest", "--nar", str(tmp_path / "hello.nar"), "--name", "hello-2.12")
+    c = ferry("manifest", "--nar", "-", "--name", "hello-2.12", input=nix.dump(tree))
+    assert a.returncode == b.returncode == c.returncode == 0
+    assert a.stdout == b.stdout == c.stdout
+    assert "NarHash     sha256:" in a.stdout and "chunks      5 (5 unique" in a.stdout
+
+
+def test_manifest_output_file_decodes(tree: Path, tmp_path: Path) -> None:
+    from store.manifest import Manifest
+
+    r = ferry("manifest", str(tree), "--json", "-o", str(tmp_path / "m.bin"))
+    m = Manifest.decode((tmp_path / "m.bin").read_bytes())
+    assert m.digest().hex() == json.loads(r.stdout)["manifest_digest"]
+
+
+def test_manifest_of_store_path(nix_closure) -> None:
+    r = ferry("manifest", nix_closure.top, "--store", str(nix_closure.store), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["store_path"] == nix_closure.top and len(s["references"]) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["manifest", "/no/such/dir"], "no such file or directory"),
+        (["manifest", "/nix/store/notastorepath"], "is not <32"),
+        (["manifest", "--nar", "/no/such.nar"], "no such file or directory"),
+        (["manifest", ".", "--store-path", "/nix/store/x"], "is not <32"),
+        (["manifest", ".", "--name", "has space"], "contains ' '"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args: list[str], message: str) -> None:
+    r = ferry(*args)
+    assert r.returncode == 1
+    assert message in r.stderr and "ferry: error:" in r.stderr
+
+
+def test_malformed_nar_names_offset_and_rule(tmp_path: Path) -> None:
+    bad = nar.encode_bytes([nar.Directory(b""), nar.Regular(b"a", 0)])[:-10]
+    (tmp_path / "bad.nar").write_bytes(bad)
+    r = ferry("manifest", "--nar", str(tmp_path / "bad.nar"))
+    assert r.returncode == 1 and "invalid NAR at byte" in r.stderr and "ends early" in r.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert ferry().returncode == 2
+    assert ferry("manifest").returncode == 2
+    assert ferry("manifest", "x", "--nar", "y").returncode == 2
+    help_ = ferry("manifest", "--help")
+    assert help_.returncode == 0 and "--nar FILE" in help_.stdout
+
+
+def test_demo_runs(nix) -> None:
+    r = ferry("demo")
+    assert r.returncode == 0, r.stderr
+    assert "identical to ferry's NAR" in r.stdout and "NarHash verified" in r.stdout
