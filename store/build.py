@@ -2,8 +2,8 @@
 
 Both compute the NarHash and NarSize of the NAR the tree makes and cut every file into
 chunks as `ChunkingPolicy` says. `on_chunk(digest, data)` sees each chunk once per
-occurrence (the store decides what it lacks); `data` may be a view into a reused
-buffer, so a sink that keeps it must copy it. `on_progress(n)` is told of every `n`
+occurrence (the store decides what it lacks); `data` may be a view into a larger
+read block, so a sink that keeps it should copy it (as `bytes(data)`) to free the block. `on_progress(n)` is told of every `n`
 file bytes processed.
 """
 
@@ -13,10 +13,9 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from store import dump, nar
+from store import dump, nar, nixcli
 from store.chunking import DEFAULT_POLICY, ChunkingPolicy, FileChunker, digest
 from store.manifest import Entry, EntryKind, Manifest
 from store.narhash import NarHasher
@@ -159,6 +158,31 @@ def default_workers() -> int:
     return max(0, (os.cpu_count() or 1) - 2)
 
 
+class _Build:
+    """One manifest being built: NarHash on its thread, chunk digests on theirs."""
+
+    def __init__(self, policy: ChunkingPolicy, workers: int | None, on_chunk: ChunkSink | None,
+                 on_progress: Progress | None) -> None:
+        self.policy = policy
+        self.hasher = NarHasher()
+        self._digests = _Digests(default_workers() if workers is None else workers, on_chunk)
+        self.entries = _Entries(policy, self._digests, on_progress)
+
+    def __enter__(self) -> _Build:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._digests.close()
+        self.hasher.close()
+
+    def manifest(self, store_path: StorePath, references: Iterable[StorePath],
+                 deriver: StorePath | None) -> Manifest:
+        entries = self.entries.finish()
+        refs = tuple(sorted(set(references), key=str))
+        return Manifest(store_path, self.hasher.hash(), self.hasher.size, refs, deriver, self.policy,
+                        tuple(entries))
+
+
 def from_directory(
     root: str | bytes,
     store_path: StorePath,
@@ -175,28 +199,17 @@ def from_directory(
     `workers` BLAKE3 threads (default `default_workers()`; 0 hashes on this thread).
     """
     enc = nar.NarEncoder()
-    with ExitStack() as stack:
-        hasher = stack.enter_context(NarHasher())
-        acc = _Entries(policy, _digests(stack, workers, on_chunk), on_progress)
+    with _Build(policy, workers, on_chunk, on_progress) as b:
         for node, fspath in dump.walk(root):
-            hasher.update(enc.encode(node))
-            acc.node(node)
+            b.hasher.update(enc.encode(node))
+            b.entries.node(node)
             if isinstance(node, nar.Regular) and node.size:
                 for data in dump.read_file(fspath, node.size):
                     enc.skip_contents(len(data))
-                    hasher.update(data)
-                    acc.contents(data)
-        hasher.update(enc.finish())
-        entries = acc.finish()
-        nar_hash = hasher.hash()
-        nar_size = hasher.size
-    return _manifest(store_path, nar_hash, nar_size, references, deriver, policy, entries)
-
-
-def _digests(stack: ExitStack, workers: int | None, on_chunk: ChunkSink | None) -> _Digests:
-    d = _Digests(default_workers() if workers is None else workers, on_chunk)
-    stack.callback(d.close)
-    return d
+                    b.hasher.update(data)
+                    b.entries.contents(data)
+        b.hasher.update(enc.finish())
+        return b.manifest(store_path, references, deriver)
 
 
 def from_nar(
@@ -212,35 +225,17 @@ def from_nar(
 ) -> Manifest:
     """The manifest of a NAR given as byte pieces; raises NarError if it is malformed."""
     parser = nar.NarParser()
-    with ExitStack() as stack:
-        hasher = stack.enter_context(NarHasher())
-        acc = _Entries(policy, _digests(stack, workers, on_chunk), on_progress)
+    with _Build(policy, workers, on_chunk, on_progress) as b:
         for piece in pieces:
             piece = bytes(piece)  # the hasher's thread reads it later: must not change
-            hasher.update(piece)
+            b.hasher.update(piece)
             for ev in parser.feed(piece):
                 if isinstance(ev, nar.Contents):
-                    acc.contents(ev.data)
+                    b.entries.contents(ev.data)
                 else:
-                    acc.node(ev)
+                    b.entries.node(ev)
         parser.close()
-        entries = acc.finish()
-        nar_hash = hasher.hash()
-        nar_size = hasher.size
-    return _manifest(store_path, nar_hash, nar_size, references, deriver, policy, entries)
-
-
-def _manifest(
-    store_path: StorePath,
-    nar_hash: object,
-    nar_size: int,
-    references: Iterable[StorePath],
-    deriver: StorePath | None,
-    policy: ChunkingPolicy,
-    entries: list[Entry],
-) -> Manifest:
-    refs = tuple(sorted(set(references), key=str))
-    return Manifest(store_path, nar_hash, nar_size, refs, deriver, policy, tuple(entries))  # type: ignore[arg-type]
+        return b.manifest(store_path, references, deriver)
 
 
 class NarHashMismatch(ValueError):
@@ -260,8 +255,6 @@ def from_store_path(
     References and deriver come from Nix; the NarHash ferry computes must equal the
     one Nix recorded, or the path on disk is not what Nix registered.
     """
-    from store import nixcli
-
     info = nixcli.path_info(path, store)
     manifest = from_directory(
         nixcli.physical_path(path, store), path, references=info.references, deriver=info.deriver,

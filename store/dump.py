@@ -47,6 +47,11 @@ def _walk(fspath: bytes, path: bytes, st: os.stat_result) -> Iterator[tuple[nar.
         raise DumpError(f"{os.fsdecode(fspath)!r} is not a file, directory or symlink; a NAR cannot hold it")
 
 
+def tree_size(root: str | bytes) -> int:
+    """Bytes of file contents under `root` (for progress bars)."""
+    return sum(node.size for node, _ in walk(root) if isinstance(node, nar.Regular))
+
+
 def read_file(fspath: bytes, size: int, block: int = BLOCK) -> Iterator[bytes]:
     """The file's bytes in blocks, checking it still has the size the walk saw."""
     fd = os.open(fspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

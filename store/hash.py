@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from dataclasses import dataclass
 
 from store import nix32
@@ -97,7 +96,3 @@ def compress(digest: bytes, size: int) -> bytes:
     for i, b in enumerate(digest):
         out[i % size] ^= b
     return bytes(out)
-
-
-def sha256(data: bytes) -> Hash:
-    return Hash.sha256(hashlib.sha256(data).digest())

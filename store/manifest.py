@@ -26,7 +26,7 @@ import blake3
 import msgpack
 
 from store import nar
-from store.chunking import DEFAULT_POLICY, DIGEST_SIZE, ChunkingError, ChunkingPolicy
+from store.chunking import DIGEST_SIZE, ChunkingError, ChunkingPolicy
 from store.hash import Hash
 from store.path import StorePath, StorePathError
 
@@ -241,4 +241,4 @@ def _decode_entry(i: int, raw: object, policy: ChunkingPolicy) -> Entry:
     return Entry(path, k, size, chunks=tuple(payload[j : j + DIGEST_SIZE] for j in range(0, len(payload), DIGEST_SIZE)))
 
 
-__all__ = ["DEFAULT_POLICY", "Entry", "EntryKind", "FORMAT", "Manifest", "ManifestError", "ManifestStats"]
+__all__ = ["Entry", "EntryKind", "FORMAT", "Manifest", "ManifestError", "ManifestStats"]

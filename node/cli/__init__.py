@@ -8,9 +8,8 @@ import sys
 
 from node.cli import demo, manifest, ui
 
-# Exit codes scripts rely on: 0 ok, 1 the operation failed, 2 bad usage.
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+# Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
+# (argparse), 130 interrupted.
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,4 +38,4 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         # The reader went away (`ferry ... | head`): not an error of ours.
         sys.stderr.close()
-        sys.exit(EXIT_FAILED)
+        sys.exit(1)

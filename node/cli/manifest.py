@@ -70,18 +70,18 @@ def _build(args: argparse.Namespace) -> Manifest:
         total = None if args.nar == "-" else os.path.getsize(args.nar)
         with ui.progress("reading NAR", total) as advance:
             m = build.from_nar(_read(args.nar, advance), explicit or _placeholder(args.store_dir, name))
-        return m if explicit else _as_source(m, name)
+        return m if explicit else with_source_path(m, name)
     path = args.path
     if os.path.abspath(path).startswith(args.store_dir.rstrip("/") + "/") and not args.store_path:
         sp, rest = StorePath.split(os.path.abspath(path), args.store_dir)
         if rest:
             raise StorePathError(f"{path} is inside {sp}; give the store path itself")
-        with ui.progress(sp.name, _tree_bytes(nixcli.physical_path(sp, args.store))) as advance:
+        with ui.progress(sp.name, _tree_size(nixcli.physical_path(sp, args.store))) as advance:
             return build.from_store_path(sp, store=args.store, on_progress=advance)
     name = args.name or _name_of(path, "")
-    with ui.progress(name, _tree_bytes(path)) as advance:
+    with ui.progress(name, _tree_size(path)) as advance:
         m = build.from_directory(path, explicit or _placeholder(args.store_dir, name), on_progress=advance)
-    return m if explicit else _as_source(m, name)
+    return m if explicit else with_source_path(m, name)
 
 
 def _name_of(path: str, suffix: str) -> str:
@@ -96,16 +96,17 @@ def _placeholder(store_dir: str, name: str) -> StorePath:
     return StorePath(store_dir, "0" * 32, name)
 
 
-def _as_source(m: Manifest, name: str) -> Manifest:
+def with_source_path(m: Manifest, name: str) -> Manifest:
+    """`m` under the store path `nix-store --add` would give its tree."""
     sp = StorePath.for_source(name, m.nar_hash, store_dir=m.store_path.store_dir)
     return dataclasses.replace(m, store_path=sp)
 
 
-def _tree_bytes(path: str) -> int | None:
+def _tree_size(path: str) -> int | None:
     try:
-        return sum(n.size for n, _ in dump.walk(path) if isinstance(n, nar.Regular))
+        return dump.tree_size(path)
     except OSError:
-        return None  # the build reports it properly
+        return None  # the build itself reports it properly
 
 
 def _read(path: str, advance: Any) -> Iterator[bytes]:
