@@ -3,8 +3,8 @@
 Both compute the NarHash and NarSize of the NAR the tree makes and cut every file into
 chunks as `ChunkingPolicy` says. `on_chunk(digest, data)` sees each chunk once per
 occurrence (the store decides what it lacks); `data` may be a view into a larger
-read block, so a sink that keeps it should copy it (as `bytes(data)`) to free the block. `on_progress(n)` is told of every `n`
-file bytes processed.
+read block, so a sink that keeps it should copy it (`bytes(data)`) to free the block.
+`on_progress(n)` is told of every `n` file bytes processed.
 """
 
 from __future__ import annotations
@@ -98,6 +98,12 @@ class _Entries:
     _chunker: FileChunker | None = None
     _file_digests: list[bytes] = field(default_factory=list)
     _inline: bytearray = field(default_factory=bytearray)
+
+    def event(self, ev: nar.NarEvent) -> None:
+        if isinstance(ev, nar.Contents):
+            self.contents(ev.data)
+        else:
+            self.node(ev)
 
     def node(self, node: nar.Node) -> None:
         self.end_file()
@@ -200,14 +206,9 @@ def from_directory(
     """
     enc = nar.NarEncoder()
     with _Build(policy, workers, on_chunk, on_progress) as b:
-        for node, fspath in dump.walk(root):
-            b.hasher.update(enc.encode(node))
-            b.entries.node(node)
-            if isinstance(node, nar.Regular) and node.size:
-                for data in dump.read_file(fspath, node.size):
-                    enc.skip_contents(len(data))
-                    b.hasher.update(data)
-                    b.entries.contents(data)
+        for ev in dump.events(root):
+            b.hasher.update(enc.encode(ev))  # file contents come back as they are
+            b.entries.event(ev)
         b.hasher.update(enc.finish())
         return b.manifest(store_path, references, deriver)
 
@@ -230,10 +231,7 @@ def from_nar(
             piece = bytes(piece)  # the hasher's thread reads it later: must not change
             b.hasher.update(piece)
             for ev in parser.feed(piece):
-                if isinstance(ev, nar.Contents):
-                    b.entries.contents(ev.data)
-                else:
-                    b.entries.node(ev)
+                b.entries.event(ev)
         parser.close()
         return b.manifest(store_path, references, deriver)
 

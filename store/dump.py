@@ -76,13 +76,15 @@ def read_file(fspath: bytes, size: int, block: int = BLOCK) -> Iterator[bytes]:
         os.close(fd)
 
 
-def dump(root: str | bytes) -> Iterator[bytes | memoryview]:
-    """The NAR of the tree at `root`, byte-identical to `nix-store --dump`."""
-    enc = nar.NarEncoder()
+def events(root: str | bytes) -> Iterator[nar.NarEvent]:
+    """The NAR events of the tree at `root`, file contents in blocks."""
     for node, fspath in walk(root):
-        yield enc.encode(node)
+        yield node
         if isinstance(node, nar.Regular) and node.size:
             for data in read_file(fspath, node.size):
-                enc.skip_contents(len(data))
-                yield data
-    yield enc.finish()
+                yield nar.Contents(data)
+
+
+def dump(root: str | bytes) -> Iterator[bytes | memoryview]:
+    """The NAR of the tree at `root`, byte-identical to `nix-store --dump`."""
+    return nar.encode(events(root))
