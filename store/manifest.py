@@ -121,7 +121,7 @@ class Manifest:
             raise ManifestError(f"not a {FORMAT} manifest")
         _, sp, nar_hash, nar_size, refs, deriver, chunking, entries = raw
         try:
-            store_path = StorePath.decode(_str(sp, "store path"), _store_dir(sp))
+            store_path = StorePath.parse(_str(sp, "store path"))
             store_dir = store_path.store_dir
             references = tuple(StorePath.decode(_str(r, "reference"), store_dir) for r in _list(refs, "references"))
             drv = None if deriver is None else StorePath.decode(_str(deriver, "deriver"), store_dir)
@@ -190,12 +190,6 @@ class Manifest:
             file_bytes=file_bytes, inline_bytes=inline_bytes, chunks=chunks,
             unique_chunks=len(unique), unique_chunk_bytes=sum(unique.values()),
         )
-
-
-def _store_dir(sp: object) -> str:
-    text = _str(sp, "store path")
-    head, _, _ = text.rpartition("/")
-    return head or "/"
 
 
 def _str(v: object, what: str) -> str:

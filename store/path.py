@@ -75,6 +75,15 @@ class StorePath:
         return cls.from_base_name(text[len(prefix):], store_dir)
 
     @classmethod
+    def parse(cls, text: str) -> StorePath:
+        """A full store path whose store directory is whatever precedes its base name
+        (for formats that record full paths from any store)."""
+        head, sep, base = text.rpartition("/")
+        if not sep:
+            raise StorePathError(f"{text!r} is not a full store path (expected /nix/store/<hash>-<name>)")
+        return cls.from_base_name(base, head or "/")
+
+    @classmethod
     def from_base_name(cls, base: str, store_dir: str = DEFAULT_STORE_DIR) -> StorePath:
         if "/" in base:
             raise StorePathError(f"{base!r} is not a store path base name (it contains '/')")

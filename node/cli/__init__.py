@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from node.cli import demo, manifest, ui
+from node.cli import demo, manifest, trust, ui
+from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
-# (argparse), 130 interrupted.
+# (argparse), 130 interrupted. `ferry trust` has its own (see node/cli/trust.py).
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="ferry",
         description="Peer-to-peer substitution for Nix stores: content-addressed chunks, "
         "quorum-signed builds, lazy EROFS mounts.",
@@ -21,6 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     manifest.add_parser(sub)
+    trust.add_parser(sub)
     demo.add_parser(sub)
     return p
 

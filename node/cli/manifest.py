@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from node.cli import ui
+from node.cli import files, ui
 from store import build, dump, nar, nixcli
 from store.manifest import Manifest
 from store.path import DEFAULT_STORE_DIR, StorePath, StorePathError, check_store_dir
@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> None:
     except PermissionError as e:
         ui.fail(f"{e.filename}: permission denied")
     if args.output:
-        _write_atomically(args.output, manifest.encode())
+        try:
+            files.write_atomically(args.output, manifest.encode())
+        except files.InputError as e:
+            ui.fail(str(e))
     summary = summarize(manifest)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
@@ -76,10 +79,10 @@ def _build(args: argparse.Namespace) -> Manifest:
         sp, rest = StorePath.split(os.path.abspath(path), args.store_dir)
         if rest:
             raise StorePathError(f"{path} is inside {sp}; give the store path itself")
-        with ui.progress(sp.name, _tree_size(nixcli.physical_path(sp, args.store))) as advance:
+        with ui.progress(sp.name, files.tree_size(nixcli.physical_path(sp, args.store))) as advance:
             return build.from_store_path(sp, store=args.store, on_progress=advance)
     name = args.name or _name_of(path, "")
-    with ui.progress(name, _tree_size(path)) as advance:
+    with ui.progress(name, files.tree_size(path)) as advance:
         m = build.from_directory(path, explicit or _placeholder(args.store_dir, name), on_progress=advance)
     return m if explicit else with_source_path(m, name)
 
@@ -102,28 +105,12 @@ def with_source_path(m: Manifest, name: str) -> Manifest:
     return dataclasses.replace(m, store_path=sp)
 
 
-def _tree_size(path: str) -> int | None:
-    try:
-        return dump.tree_size(path)
-    except OSError:
-        return None  # the build itself reports it properly
-
-
 def _read(path: str, advance: Any) -> Iterator[bytes]:
     f = sys.stdin.buffer if path == "-" else open(path, "rb")
     with f:
         while data := f.read(_READ):
             advance(len(data))
             yield data
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def summarize(m: Manifest) -> dict[str, Any]:

@@ -8,12 +8,15 @@ from contextlib import contextmanager
 from typing import Callable
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import (
     BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Piped output is read by people through `less` or by scripts (which should use --json):
+# wide enough that tables keep whole store paths and hashes.
+out = Console(highlight=False, **({} if sys.stdout.isatty() else {"width": 240}))
 
 
 @contextmanager
@@ -28,6 +31,19 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    t = Table(*headers, box=None, pad_edge=False, header_style="bold")
+    for r in rows:
+        t.add_row(*r)
+    if out.is_terminal:
+        out.print(t)
+        return
+    with out.capture() as captured:
+        out.print(t)
+    # Columns are padded to their width; trailing blanks only get in the way of grep/diff.
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -2,23 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from store import nar
-
-
-def ferry(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-c", "from node.cli import main; main()", *args],
-        input=input, capture_output=True, cwd=Path(__file__).parents[2],
-    )
-    out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
-    assert "Traceback" not in out.stderr, out.stderr
-    return out
+from tests.cli import ferry
 
 
 @pytest.fixture

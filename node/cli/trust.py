@@ -1,0 +1,289 @@
+"""`ferry trust`: builder keys, signed build claims, and quorum decisions.
+
+Exit codes are a contract other tools use:
+  0  success (decide: trusted)
+  1  verify: a signature does not verify;  decide: insufficient signatures
+  2  decide: trusted builders disagree (conflict)
+  3  bad input: a usage error, or a file that is missing, unreadable or malformed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+from node.cli import files, ui
+from store import build, dump
+from store.manifest import Manifest
+from store.path import StorePath, StorePathError
+from trust import claim as claims
+from trust import keyfile, policyfile
+from trust.claim import ClaimError, SignedClaim
+from trust.key import KeyFormatError, SecretKey
+from trust.keyfile import KeyFileError
+from trust.policy import Conflict, Ignored, Insufficient, PolicyError, QuorumPolicy, Trusted, Verdict
+
+OK, INSUFFICIENT, CONFLICT, BAD_INPUT = 0, 1, 2, 3
+INVALID = 1  # verify: some signature does not verify
+
+_EXIT_CODES = """exit status:
+  0  success (decide: trusted)
+  1  verify: a signature does not verify; decide: not enough signatures
+  2  decide: trusted builders signed different results (conflict)
+  3  bad input: usage error, or a missing, unreadable or malformed file
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "trust", usage_status=BAD_INPUT,
+        help="builder keys, signed build claims, and quorum decisions",
+        description="Make and check the signatures that decide which store paths a node "
+        "accepts: a path is trusted when k of the configured builder keys signed the same "
+        "build result (NarHash and manifest digest).",
+        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(usage_status=BAD_INPUT)
+    cmds = p.add_subparsers(dest="trust_command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        c = cmds.add_parser(name, usage_status=BAD_INPUT, help=help, description=description,
+                            epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.add_argument("--json", action="store_true", help="print the result as JSON")
+        return c
+
+    c = command("keygen", "make a builder key pair in Nix's format",
+                "Write NAME's secret key to PREFIX.secret (mode 0600) and its public key to "
+                "PREFIX.public. Both are in Nix's format: the secret works with `nix store sign "
+                "--key-file`, the public one in Nix's trusted-public-keys and in ferry policies. "
+                "Existing files are never overwritten.")
+    c.add_argument("name", metavar="NAME", help="the key's name, e.g. builder-1.example.org-1")
+    c.add_argument("-o", "--output", metavar="PREFIX", help="where to write the files (default: NAME)")
+    c.set_defaults(run=_keygen)
+
+    c = command("pubkey", "print the public key of a secret key file",
+                "Print the public key (name:base64) belonging to a secret key file.")
+    c.add_argument("secret", metavar="SECRET", help="a secret key file (ferry's or Nix's)")
+    c.set_defaults(run=_pubkey)
+
+    c = command("claim", "sign a build result as a builder",
+                "Build the manifest of the tree at PATH as STORE_PATH and write a claim, signed "
+                "with the builder's key, that this is the build result: NarHash, NarSize, "
+                "references and manifest digest. The claim also carries the key's Nix signature "
+                "over the path's narinfo fingerprint.")
+    c.add_argument("path", metavar="PATH", help="the built output (a directory or file)")
+    c.add_argument("--key", metavar="SECRET", required=True, help="the builder's secret key file")
+    c.add_argument("--store-path", metavar="STORE_PATH", required=True,
+                   help="the store path PATH was built as, e.g. /nix/store/<hash>-hello-2.12")
+    c.add_argument("--references", metavar="P", nargs="*", default=[],
+                   help="full store paths the output refers to")
+    c.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write the claim")
+    c.set_defaults(run=_claim)
+
+    c = command("verify", "check claims' signatures",
+                "Check that each claim is well formed and that both its signatures (the claim's "
+                "and the Nix fingerprint's) verify under the key it names. This does not say the "
+                "key is trusted: that is `decide`'s job.")
+    c.add_argument("claims", metavar="CLAIM", nargs="+", help="claim files")
+    c.set_defaults(run=_verify)
+
+    c = command("decide", "apply a quorum policy to a store path's claims",
+                "Print each claim (builder, NarHash, manifest digest, signatures, whether it "
+                "counted) and the verdict for STORE_PATH under the policy: trusted, insufficient "
+                "or conflict.")
+    c.add_argument("store_path", metavar="STORE_PATH", help="the store path to decide on")
+    c.add_argument("--policy", metavar="FILE", required=True, help="the quorum policy (TOML)")
+    # "+", not "*": argparse cannot split a "*" list that follows an option.
+    c.add_argument("claims", metavar="CLAIM", nargs="+", help="claim files")
+    c.set_defaults(run=_decide)
+
+
+def _bad(message: str) -> NoReturn:
+    ui.fail(message, BAD_INPUT)
+    raise AssertionError("unreachable")
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        ui.out.print(text, soft_wrap=True, markup=False)
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    prefix = args.output or args.name
+    try:
+        key = SecretKey.generate(args.name)
+        secret, public = f"{prefix}.secret", f"{prefix}.public"
+        keyfile.write_secret(secret, key)
+        try:
+            keyfile.write_public(public, key.public)
+        except KeyFileError:
+            os.unlink(secret)  # all or nothing: no secret without its public half
+            raise
+    except (KeyFormatError, KeyFileError) as e:
+        _bad(str(e))
+    _emit(args, {"name": key.name, "public_key": key.public.encode(), "secret_file": secret, "public_file": public},
+          f"{key.public}\nwrote {secret} (keep it private) and {public}")
+
+
+def _pubkey(args: argparse.Namespace) -> None:
+    try:
+        key = keyfile.load_secret(args.secret)
+    except KeyFileError as e:
+        _bad(str(e))
+    _emit(args, {"name": key.name, "public_key": key.public.encode()}, key.public.encode())
+
+
+def _claim(args: argparse.Namespace) -> None:
+    try:
+        key = keyfile.load_secret(args.key)
+        store_path = StorePath.parse(args.store_path)
+        refs = [StorePath.decode(r, store_path.store_dir) for r in args.references]
+    except (KeyFileError, StorePathError) as e:
+        _bad(str(e))
+    if not os.path.lexists(args.path):
+        _bad(f"{args.path}: no such file or directory")
+    try:
+        with ui.progress(store_path.name, files.tree_size(args.path)) as advance:
+            manifest = build.from_directory(args.path, store_path, references=refs, on_progress=advance)
+        signed = claims.sign_manifest(manifest, key)
+        files.write_atomically(args.output, signed.encode())
+    except (dump.DumpError, files.InputError) as e:
+        _bad(str(e))
+    except PermissionError as e:
+        _bad(f"{e.filename}: permission denied")
+    _emit(args, {**_describe(signed), "output": args.output, "manifest_size": len(manifest.encode())},
+          _claim_text(signed, manifest, args.output))
+
+
+def _claim_text(signed: SignedClaim, manifest: Manifest, output: str) -> str:
+    c = signed.claim
+    return (
+        f"wrote {output}: {c.builder.name} claims {c.store_path}\n"
+        f"  NarHash   {c.nar_hash}  ({c.nar_size:,} bytes)\n"
+        f"  manifest  {c.manifest_digest.hex()}  ({manifest.stats().chunks:,} chunks)\n"
+        f"  Nix sig   {signed.nix_sig()}"
+    )
+
+
+def _load_claims(paths: list[str]) -> list[SignedClaim]:
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(SignedClaim.decode(files.read_bounded(path, claims.MAX_CLAIM, "a claim")))
+        except files.InputError as e:
+            _bad(str(e))
+        except ClaimError as e:
+            _bad(f"{path}: {e}")
+    return loaded
+
+
+def _describe(s: SignedClaim) -> dict[str, Any]:
+    c = s.claim
+    return {
+        "builder": c.builder.name, "public_key": c.builder.encode(), "store_path": str(c.store_path),
+        "nar_hash": str(c.nar_hash), "nar_size": c.nar_size, "references": [str(r) for r in c.references],
+        "manifest_digest": c.manifest_digest.hex(), "time": c.time, "nix_signature": s.nix_sig().encode(),
+    }
+
+
+def _ok(flag: bool) -> str:
+    return "ok" if flag else "BAD"
+
+
+def _verify(args: argparse.Namespace) -> None:
+    loaded = _load_claims(args.claims)
+    rows, report = [], []
+    for path, s in zip(args.claims, loaded):
+        claim_ok, nix_ok = s.claim_valid(), s.nix_valid()
+        report.append({"file": path, **_describe(s), "claim_signature_ok": claim_ok, "nix_signature_ok": nix_ok})
+        rows.append((path, s.builder.name, str(s.claim.store_path), _ok(claim_ok), _ok(nix_ok)))
+    all_ok = all(r["claim_signature_ok"] and r["nix_signature_ok"] for r in report)
+    if args.json:
+        _emit(args, {"valid": all_ok, "claims": report}, "")
+    else:
+        ui.table(("claim", "builder", "store path", "claim sig", "Nix sig"), rows)
+    sys.exit(OK if all_ok else INVALID)
+
+
+def _decide(args: argparse.Namespace) -> None:
+    try:
+        store_path = StorePath.parse(args.store_path)
+    except StorePathError as e:
+        _bad(str(e))
+    try:
+        policy = policyfile.load(args.policy)
+    except PolicyError as e:
+        _bad(str(e))
+    loaded = _load_claims(args.claims)
+    verdict = policy.decide(store_path, loaded)
+    ignored = {i.index: i for i in verdict.ignored}
+    report, rows = [], []
+    for n, (path, s) in enumerate(zip(args.claims, loaded)):
+        status, reason = _status(verdict, n, s, ignored.get(n))
+        report.append({"file": path, **_describe(s), "claim_signature_ok": s.claim_valid(),
+                       "nix_signature_ok": s.nix_valid(), "status": status, "reason": reason})
+        rows.append((s.builder.name, _short_hash(s), s.claim.manifest_digest.hex()[:16],
+                     _ok(s.claim_valid()), _ok(s.nix_valid()), status + (f": {reason}" if reason else "")))
+    data = {"store_path": str(store_path), "threshold": policy.threshold,
+            "on_conflict": policy.on_conflict.value, **_verdict_json(verdict), "claims": report}
+    if args.json:
+        _emit(args, data, "")
+    else:
+        if rows:
+            ui.table(("builder", "NarHash", "manifest", "claim sig", "Nix sig", "counted"), rows)
+        ui.out.print(_verdict_text(policy, verdict), soft_wrap=True, markup=False)
+    sys.exit({Trusted: OK, Insufficient: INSUFFICIENT, Conflict: CONFLICT}[type(verdict)])
+
+
+def _status(verdict: Verdict, n: int, s: SignedClaim, ignored: Ignored | None) -> tuple[str, str | None]:
+    if ignored is not None:
+        return "ignored", ignored.reason.value
+    if isinstance(verdict, Trusted) and s.claim.outcome != verdict.outcome:
+        return "dissent", "signed a different result"
+    if isinstance(verdict, Conflict):
+        return "conflict", None
+    return "counted", None
+
+
+def _short_hash(s: SignedClaim) -> str:
+    return str(s.claim.nar_hash)[:7 + 12] + "…"
+
+
+def _outcomes_json(groups: Any) -> list[dict[str, Any]]:
+    return [{"nar_hash": str(o.nar_hash), "manifest_digest": o.manifest_digest.hex(), "nar_size": o.nar_size,
+             "signers": list(names)} for o, names in groups.items()]
+
+
+def _verdict_json(v: Verdict) -> dict[str, Any]:
+    if isinstance(v, Trusted):
+        return {"verdict": "trusted", "nar_hash": str(v.nar_hash), "manifest_digest": v.manifest_digest.hex(),
+                "nar_size": v.outcome.nar_size, "signers": list(v.signers),
+                "nix_signatures": [c.nix_sig().encode() for c in v.claims], "dissent": _outcomes_json(v.dissent)}
+    if isinstance(v, Insufficient):
+        return {"verdict": "insufficient", "have": v.have, "need": v.need, "missing": list(v.missing)}
+    return {"verdict": "conflict", "outcomes": _outcomes_json(v.outcomes)}
+
+
+def _verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
+    n = len(policy.trusted)
+    if isinstance(v, Trusted):
+        lines = [f"trusted: {len(v.signers)} of {n} builders agree (threshold {policy.threshold}): "
+                 f"{', '.join(v.signers)}",
+                 f"  NarHash   {v.nar_hash}  ({v.outcome.nar_size:,} bytes)",
+                 f"  manifest  {v.manifest_digest.hex()}"]
+        for o, names in v.dissent.items():
+            lines.append(f"warning: {', '.join(names)} signed a different result: {o.short()}")
+        return "\n".join(lines)
+    if isinstance(v, Insufficient):
+        return (f"insufficient: {v.have} of the {v.need} agreeing signatures needed "
+                f"(from {n} trusted builders); no valid claim from: {', '.join(v.missing) or 'none'}")
+    lines = ["conflict: trusted builders signed different results; the path is refused"]
+    for o, names in v.outcomes.items():
+        lines.append(f"  {o.short()}: {', '.join(names)}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The quorum policy file, TOML:
+
+    # Builders whose signatures count (Nix public key format, `name:base64`).
+    trusted = [
+      "builder-a.example.org-1:Yk7...=",
+      "builder-b.example.org-1:3Vb...=",
+      "builder-c.example.org-1:p0Q...=",
+    ]
+    threshold = 2            # how many of them must sign the same result
+    on_conflict = "refuse"   # or "majority": k agreeing keys win despite a dissenter
+
+Errors name the file, the line and the field, so a typo in a key is found at once.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from trust.key import KeyFormatError, PublicKey
+from trust.policy import OnConflict, PolicyError, QuorumPolicy
+
+_FIELDS = ("trusted", "threshold", "on_conflict")
+_MAX_FILE = 1 << 20
+
+
+def load(path: str) -> QuorumPolicy:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_FILE + 1)
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: no such policy file") from None
+    except IsADirectoryError:
+        raise PolicyError(f"{path}: is a directory, not a policy file") from None
+    except PermissionError:
+        raise PolicyError(f"{path}: permission denied") from None
+    if len(data) > _MAX_FILE:
+        raise PolicyError(f"{path}: larger than {_MAX_FILE:,} bytes; that is not a policy file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return parse(text, path)
+
+
+def parse(text: str, source: str = "policy") -> QuorumPolicy:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{source}: not valid TOML: {e}") from None
+    where = _Locator(text, source)
+    for key in doc:
+        if key not in _FIELDS:
+            raise PolicyError(f"{where.field(key)}: unknown field {key!r} (expected one of: {', '.join(_FIELDS)})")
+    for key in ("trusted", "threshold"):
+        if key not in doc:
+            raise PolicyError(f"{source}: missing field {key!r}")
+
+    trusted = doc["trusted"]
+    if not isinstance(trusted, list):
+        raise PolicyError(f"{where.field('trusted')}: 'trusted' must be a list of public keys (\"name:base64\")")
+    keys = []
+    for i, item in enumerate(trusted):
+        if not isinstance(item, str):
+            raise PolicyError(f"{where.field('trusted')}: trusted[{i}] must be a string \"name:base64\"")
+        try:
+            keys.append(PublicKey.decode(item))
+            # Checked here too (QuorumPolicy does it again) to point at the repeated line.
+            QuorumPolicy(tuple(keys), 1)
+        except (KeyFormatError, PolicyError) as e:
+            at = where.value("trusted", item, trusted[:i].count(item))
+            raise PolicyError(f"{at}: trusted[{i}]: {e}", "trusted") from None
+
+    threshold = doc["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise PolicyError(f"{where.field('threshold')}: threshold must be a whole number, not {threshold!r}")
+
+    mode = doc.get("on_conflict", OnConflict.REFUSE.value)
+    try:
+        on_conflict = OnConflict(mode)
+    except ValueError:
+        choices = " or ".join(repr(m.value) for m in OnConflict)
+        raise PolicyError(f"{where.field('on_conflict')}: on_conflict must be {choices}, not {mode!r}") from None
+
+    try:
+        return QuorumPolicy(tuple(keys), threshold, on_conflict)
+    except PolicyError as e:
+        raise PolicyError(f"{where.field(e.setting or 'trusted')}: {e}", e.setting) from None
+
+
+def dump(policy: QuorumPolicy) -> str:
+    keys = "".join(f'  "{k}",\n' for k in policy.trusted)
+    return (
+        f"trusted = [\n{keys}]\n"
+        f"threshold = {policy.threshold}\n"
+        f'on_conflict = "{policy.on_conflict.value}"\n'
+    )
+
+
+class _Locator:
+    """Finds the line a top-level field or a string value is on (tomllib gives only
+    the parsed values), so errors can point at it."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+
+    def _line_of(self, key: str) -> int | None:
+        pat = re.compile(r"\s*(%s|\"%s\"|'%s')\s*=" % ((re.escape(key),) * 3))
+        return next((n for n, line in enumerate(self.lines) if pat.match(line)), None)
+
+    def field(self, key: str) -> str:
+        n = self._line_of(key)
+        return self.source if n is None else f"{self.source} line {n + 1}"
+
+    def value(self, key: str, item: str, earlier: int = 0) -> str:
+        """The line of `item` in `key`'s value, skipping `earlier` identical items."""
+        start = self._line_of(key) or 0
+        hits = [n for n in range(start, len(self.lines)) if item in self.lines[n]]
+        return f"{self.source} line {hits[earlier] + 1}" if len(hits) > earlier else self.field(key)
