@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import stat
 
+from store import userfile
+from store.userfile import UserFileError
 from trust.key import KeyFormatError, PublicKey, SecretKey
 
 # Nix's key files are a few dozen bytes; anything large is not a key.
@@ -22,16 +24,9 @@ class KeyFileError(ValueError):
 
 def _read(path: str) -> str:
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_FILE + 1)
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{path}: is a directory, not a key file") from None
-    except PermissionError:
-        raise KeyFileError(f"{path}: permission denied") from None
-    if len(data) > _MAX_FILE:
-        raise KeyFileError(f"{path}: {len(data):,}+ bytes is too large to be a key file")
+        data = userfile.read(path, _MAX_FILE, "a key file")
+    except UserFileError as e:
+        raise KeyFileError(str(e)) from None
     try:
         return data.decode("ascii")
     except UnicodeDecodeError:
@@ -80,21 +75,6 @@ def write_public(path: str, key: PublicKey) -> None:
 
 def _create(path: str, text: str, mode: int) -> None:
     try:
-        # O_EXCL with the final mode: the key is never readable by others, not even
-        # for an instant, and an existing key is never replaced.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key (move it away first)") from None
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: its directory does not exist") from None
-    except PermissionError:
-        raise KeyFileError(f"{path}: permission denied") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # the umask may have taken bits off
-            f.write(text.encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(path)
-        raise
+        userfile.create(path, text.encode("ascii"), mode, "a key file")
+    except UserFileError as e:
+        raise KeyFileError(str(e)) from None

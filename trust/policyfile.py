@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 import tomllib
 
+from store import userfile
+from store.userfile import UserFileError
 from trust.key import KeyFormatError, PublicKey
 from trust.policy import OnConflict, PolicyError, QuorumPolicy
 
@@ -26,16 +28,9 @@ _MAX_FILE = 1 << 20
 
 def load(path: str) -> QuorumPolicy:
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_FILE + 1)
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: no such policy file") from None
-    except IsADirectoryError:
-        raise PolicyError(f"{path}: is a directory, not a policy file") from None
-    except PermissionError:
-        raise PolicyError(f"{path}: permission denied") from None
-    if len(data) > _MAX_FILE:
-        raise PolicyError(f"{path}: larger than {_MAX_FILE:,} bytes; that is not a policy file")
+        data = userfile.read(path, _MAX_FILE, "a policy file")
+    except UserFileError as e:
+        raise PolicyError(str(e)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -10,10 +10,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from node.cli import files, ui
-from store import build, dump, nar, nixcli
+from node.cli import ui
+from store import build, dump, nar, nixcli, userfile
 from store.manifest import Manifest
 from store.path import DEFAULT_STORE_DIR, StorePath, StorePathError, check_store_dir
+from store.userfile import UserFileError
 
 _READ = 1 << 20
 
@@ -55,8 +56,8 @@ def run(args: argparse.Namespace) -> None:
         ui.fail(f"{e.filename}: permission denied")
     if args.output:
         try:
-            files.write_atomically(args.output, manifest.encode())
-        except files.InputError as e:
+            userfile.write_atomically(args.output, manifest.encode())
+        except UserFileError as e:
             ui.fail(str(e))
     summary = summarize(manifest)
     if args.json:
@@ -79,10 +80,10 @@ def _build(args: argparse.Namespace) -> Manifest:
         sp, rest = StorePath.split(os.path.abspath(path), args.store_dir)
         if rest:
             raise StorePathError(f"{path} is inside {sp}; give the store path itself")
-        with ui.progress(sp.name, files.tree_size(nixcli.physical_path(sp, args.store))) as advance:
+        with ui.progress(sp.name, ui.tree_size(nixcli.physical_path(sp, args.store))) as advance:
             return build.from_store_path(sp, store=args.store, on_progress=advance)
     name = args.name or _name_of(path, "")
-    with ui.progress(name, files.tree_size(path)) as advance:
+    with ui.progress(name, ui.tree_size(path)) as advance:
         m = build.from_directory(path, explicit or _placeholder(args.store_dir, name), on_progress=advance)
     return m if explicit else with_source_path(m, name)
 

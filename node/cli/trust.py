@@ -15,10 +15,11 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from node.cli import files, ui
-from store import build, dump
+from node.cli import ui
+from store import build, dump, userfile
 from store.manifest import Manifest
 from store.path import StorePath, StorePathError
+from store.userfile import UserFileError
 from trust import claim as claims
 from trust import keyfile, policyfile
 from trust.claim import ClaimError, SignedClaim
@@ -149,11 +150,11 @@ def _claim(args: argparse.Namespace) -> None:
     if not os.path.lexists(args.path):
         _bad(f"{args.path}: no such file or directory")
     try:
-        with ui.progress(store_path.name, files.tree_size(args.path)) as advance:
+        with ui.progress(store_path.name, ui.tree_size(args.path)) as advance:
             manifest = build.from_directory(args.path, store_path, references=refs, on_progress=advance)
         signed = claims.sign_manifest(manifest, key)
-        files.write_atomically(args.output, signed.encode())
-    except (dump.DumpError, files.InputError) as e:
+        userfile.write_atomically(args.output, signed.encode())
+    except (dump.DumpError, UserFileError) as e:
         _bad(str(e))
     except PermissionError as e:
         _bad(f"{e.filename}: permission denied")
@@ -175,8 +176,8 @@ def _load_claims(paths: list[str]) -> list[SignedClaim]:
     loaded = []
     for path in paths:
         try:
-            loaded.append(SignedClaim.decode(files.read_bounded(path, claims.MAX_CLAIM, "a claim")))
-        except files.InputError as e:
+            loaded.append(SignedClaim.decode(userfile.read(path, claims.MAX_CLAIM, "a claim")))
+        except UserFileError as e:
             _bad(str(e))
         except ClaimError as e:
             _bad(f"{path}: {e}")

@@ -9,6 +9,8 @@ from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
+
+from store import dump
 from rich.progress import (
     BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
@@ -31,6 +33,14 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def tree_size(path: str) -> int | None:
+    """Bytes a progress bar should expect for the tree at `path`; None if unknown."""
+    try:
+        return dump.tree_size(path)
+    except OSError:
+        return None  # the operation itself reports the problem properly
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -181,7 +181,7 @@ def _bad_inputs(world: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["trust", "decide", STORE_PATH, "--policy", f"{t}/ssh.toml", str(world / "a.claim")], "ssh.toml line 1"),
         (["trust", "decide", STORE_PATH, "--policy", f"{t}/shortkey.toml", str(world / "a.claim")], "has 3 bytes"),
         (["trust", "decide", STORE_PATH, "--policy", f"{t}/broken.toml", str(world / "a.claim")], "not valid TOML"),
-        (["trust", "decide", STORE_PATH, "--policy", f"{t}/none.toml", str(world / "a.claim")], "no such policy"),
+        (["trust", "decide", STORE_PATH, "--policy", f"{t}/none.toml", str(world / "a.claim")], "none.toml: no such file"),
         (["trust", "decide", STORE_PATH, "--policy", str(world / "policy.toml"), f"{t}/trunc.claim"], "msgpack"),
         (["trust", "decide", "hello", "--policy", str(world / "policy.toml"), str(world / "a.claim")], "store path"),
         (["trust", "decide", STORE_PATH, str(world / "a.claim")], "required: --policy"),

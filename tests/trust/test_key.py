@@ -111,12 +111,12 @@ def test_bad_secret_keys() -> None:
 
 
 def test_key_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(KeyFileError, match="no such key file"):
+    with pytest.raises(KeyFileError, match="missing: no such file"):
         keyfile.load_secret(str(tmp_path / "missing"))
     with pytest.raises(KeyFileError, match="is a directory"):
         keyfile.load_public(str(tmp_path))
     (tmp_path / "big").write_bytes(b"x" * 10_000)
-    with pytest.raises(KeyFileError, match="too large"):
+    with pytest.raises(KeyFileError, match="larger than 4,096 bytes"):
         keyfile.load_public(str(tmp_path / "big"))
     (tmp_path / "bin").write_bytes(b"\xff\xfe")
     with pytest.raises(KeyFileError, match="not ASCII"):
