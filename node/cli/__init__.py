@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.cli import demo, manifest, trust, ui
+from node.cli import demo, export, gc, manifest, publish, storecmd, trust, ui
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -21,6 +21,10 @@ def parser() -> Parser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     manifest.add_parser(sub)
+    publish.add_parser(sub)
+    export.add_parser(sub)
+    gc.add_parser(sub)
+    storecmd.add_parser(sub)
     trust.add_parser(sub)
     demo.add_parser(sub)
     return p

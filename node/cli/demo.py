@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import manifest as manifest_cmd
-from node.cli import ui
+from node.cli import source, ui
 from store import build, dump, export, nar, nixcli
 from store.path import DEFAULT_STORE_DIR, StorePath
 
@@ -59,7 +59,7 @@ def _demo(tree: Path) -> None:
     with ui.progress("chunking", dump.tree_size(str(tree))) as advance:
         m = build.from_directory(str(tree), StorePath(DEFAULT_STORE_DIR, "0" * 32, name),
                                  on_chunk=chunks.add, on_progress=advance)
-    m = manifest_cmd.with_source_path(m, name)
+    m = source.with_source_path(m, name)
     built = time.perf_counter() - t0
     manifest_cmd.print_summary(manifest_cmd.summarize(m))
 

@@ -1,0 +1,97 @@
+"""`ferry export` (a store path's NAR) and `ferry materialize` (its tree on disk)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from node.cli import storeopt, ui
+from node.local.errors import StoreError
+from store import restore
+from store.export import ExportError, write_nar
+from store.path import StorePath, StorePathError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "export", help="write a stored path's NAR",
+        description="Reproduce the NAR of a store path from the local store, byte for byte "
+        "what `nix-store --dump` gives. Every chunk is verified, and the NarHash at the end.",
+    )
+    p.add_argument("store_path", metavar="STORE_PATH")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE (created only if the NarHash checks out) instead of standard output")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=run_export)
+
+    p = sub.add_parser(
+        "materialize", help="write a stored path's tree to a directory",
+        description="Write the files of a store path (directories, files, executables, "
+        "symlinks) to DIR, which must not exist yet. Chunks are verified as they are written; "
+        "DIR appears only once the whole tree is there.",
+    )
+    p.add_argument("store_path", metavar="STORE_PATH")
+    p.add_argument("dest", metavar="DIR")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=run_materialize)
+
+
+def parse_store_path(text: str) -> StorePath:
+    try:
+        return StorePath.parse(text)
+    except StorePathError as e:
+        ui.fail(str(e))
+        raise AssertionError("unreachable")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    sp = parse_store_path(args.store_path)
+    if args.output is None and sys.stdout.isatty():
+        ui.fail("refusing to write a NAR to a terminal; redirect standard output or use -o FILE")
+    with storeopt.open_store(args) as store:
+        try:
+            manifest = store.complete_manifest(sp)
+            pieces = write_nar(manifest, store, verify_chunks=True)
+            with ui.progress(sp.name, manifest.nar_size) as advance:
+                if args.output:
+                    _to_file(args.output, pieces, advance)
+                else:
+                    out = sys.stdout.buffer
+                    for piece in pieces:
+                        out.write(piece)
+                        advance(len(piece))
+                    out.flush()
+        except (StoreError, ExportError) as e:
+            ui.fail(str(e))
+
+
+def _to_file(path: str, pieces: Any, advance: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            for piece in pieces:  # the NarHash is checked when this loop ends
+                f.write(piece)
+                advance(len(piece))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        ui.fail(f"{path}: {e.strerror}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_materialize(args: argparse.Namespace) -> None:
+    sp = parse_store_path(args.store_path)
+    with storeopt.open_store(args) as store:
+        try:
+            manifest = store.complete_manifest(sp)
+            with ui.progress(sp.name, manifest.stats().file_bytes) as advance:
+                restore.restore(manifest, store, args.dest, on_progress=advance)
+        except (StoreError, ExportError, restore.RestoreError) as e:
+            ui.fail(str(e))
+        except OSError as e:
+            ui.fail(f"{e.filename or args.dest}: {e.strerror}")

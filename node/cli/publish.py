@@ -1,0 +1,68 @@
+"""`ferry publish`: add a store path to the local store (and sign it as a builder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from node.cli import source, storeopt, ui
+from node.local.errors import StoreError
+from trust import claim as claims
+from trust import keyfile
+from trust.keyfile import KeyFileError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "publish",
+        help="add a store path to the local ferry store",
+        description="Build the manifest of a directory, a NAR, or a path in a Nix store, and "
+        "store the chunks the store does not have yet. A path inside the store directory is "
+        "read from Nix (references, deriver and NarHash asked from Nix; the NarHash is checked "
+        "against ferry's). With --key, also sign a build claim as that builder. Published "
+        "paths are GC roots unless --no-root is given.",
+    )
+    source.add_arguments(p, references=True)
+    p.add_argument("--key", metavar="SECRET", help="sign a build claim with this builder key")
+    p.add_argument("--no-root", action="store_true", help="do not protect the path from `ferry gc`")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        key = keyfile.load_secret(args.key) if args.key else None
+    except KeyFileError as e:
+        ui.fail(str(e))
+    with storeopt.open_store(args) as store:
+        try:
+            with source.user_errors(args), store.ingest() as ingest:
+                manifest = source.build_manifest(args, on_chunk=ingest.add_chunk)
+                signed = [claims.sign_manifest(manifest, key)] if key else []
+                ingest.commit(manifest, claims=signed, root=not args.no_root)
+        except StoreError as e:
+            ui.fail(str(e))
+    s = manifest.stats()
+    result = {
+        "store_path": str(manifest.store_path), "nar_hash": str(manifest.nar_hash), "nar_size": manifest.nar_size,
+        "manifest_digest": manifest.digest().hex(), "chunks": s.chunks, "unique_chunks": s.unique_chunks,
+        "new_chunks": ingest.new_chunks, "new_bytes": ingest.new_bytes, "root": not args.no_root,
+        "claim": signed[0].nix_sig().encode() if signed else None, "data_dir": store.data_dir,
+    }
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    had = s.unique_chunks - ingest.new_chunks
+    ui.out.print(
+        f"published {result['store_path']}\n"
+        f"  NarHash  {result['nar_hash']}  ({manifest.nar_size:,} bytes)\n"
+        f"  chunks   {s.unique_chunks:,} unique: {ingest.new_chunks:,} new ({ingest.new_bytes:,} bytes), "
+        f"{had:,} already stored",
+        soft_wrap=True, markup=False,
+    )
+    if signed:
+        ui.out.print(f"  claim    signed by {key.name}", markup=False)  # type: ignore[union-attr]

@@ -1,0 +1,454 @@
+"""The local store: each unique chunk once, in slabs, found through the index.
+
+Crash safety comes from ordering, never from luck:
+- ingest writes chunk bytes into slab space past the committed watermark, syncs the
+  slab, and only then commits the batch's rows (and the new watermark) in one
+  transaction; a path row is committed after all its chunks. A crash leaves debris
+  past the watermark, which opening the store cuts off, and committed-but-unused
+  chunks, which a re-run reuses and GC frees;
+- freeing (GC, or undoing a failed ingest) first commits "these rows are gone, these
+  extents are to be punched" in one transaction, then punches the holes; opening the
+  store finishes any punching a crash interrupted.
+`checkpoint(name)` is called at each step that matters for this; tests use it to
+kill the process at chosen points.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from node.local.errors import PathIncomplete, PathNotInStore, StoreError, StoreFull
+from node.local.index import Index
+from node.local.lock import StoreLock
+from node.local.slab import DEFAULT_CAP, Slab, align
+from store.chunking import digest as blake3_digest
+from store.export import ChunkCorrupt, ChunkMissing
+from store.manifest import Manifest, ManifestError
+from store.path import StorePath
+from trust.claim import SignedClaim
+
+Checkpoint = Callable[[str], None]
+DEFAULT_BATCH = 64 << 20  # bytes of chunk data per index transaction
+_FREE_BATCH = 4096  # extents forgotten per transaction while punching
+
+
+def _no_checkpoint(name: str) -> None:
+    pass
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    paths: int
+    complete_paths: int
+    roots: int
+    nar_bytes: int  # sum of NarSize: what the NARs would take
+    chunk_bytes: int  # chunk bytes summed path by path (shared chunks counted per path)
+    unique_chunks: int
+    unique_bytes: int  # bytes of distinct chunks held
+    slab_disk_bytes: int  # blocks the slabs really occupy
+    index_bytes: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.chunk_bytes / self.unique_bytes if self.unique_bytes else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    removed_paths: tuple[str, ...]
+    freed_chunks: int
+    freed_bytes: int
+    dry_run: bool
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    chunks: int = 0
+    bytes: int = 0
+    corrupt: list[tuple[bytes, str]] = field(default_factory=list)
+    bad_paths: list[tuple[str, str]] = field(default_factory=list)  # (store path, what is wrong)
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt and not self.bad_paths
+
+
+class LocalStore:
+    def __init__(self, data_dir: str, *, slab_cap: int = DEFAULT_CAP, batch_bytes: int = DEFAULT_BATCH,
+                 checkpoint: Checkpoint = _no_checkpoint) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.slab_cap = slab_cap
+        self.batch_bytes = batch_bytes
+        self.checkpoint = checkpoint
+        try:
+            os.makedirs(os.path.join(self.data_dir, "slabs"), exist_ok=True)
+        except PermissionError:
+            raise StoreError(f"{self.data_dir}: permission denied (choose another --data-dir)") from None
+        self._lock = StoreLock(self.data_dir)
+        self._slabs: dict[int, Slab] = {}
+        try:
+            self.index = Index(os.path.join(self.data_dir, "index.sqlite"))
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for s in self._slabs.values():
+            s.close()
+        self._slabs.clear()
+        if hasattr(self, "index"):
+            self.index.close()
+        self._lock.release()
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- slabs
+
+    def slab(self, slab_id: int) -> Slab:
+        s = self._slabs.get(slab_id)
+        if s is None:
+            name = next(r.name for r in self.index.slabs() if r.id == slab_id)
+            s = self._slabs[slab_id] = Slab(os.path.join(self.data_dir, "slabs", name))
+        return s
+
+    def _recover(self) -> None:
+        for row in self.index.slabs():
+            slab = self.slab(row.id)
+            if slab.size() > row.size:
+                # Written by an ingest that died before committing: no row points there.
+                slab.truncate(row.size)
+        self._punch_freed()
+
+    def _punch_freed(self) -> None:
+        pending = self.index.freed()
+        done: list[tuple[int, int]] = []
+        for slab_id, offset, length in pending:
+            self.slab(slab_id).punch(offset, align(length))
+            done.append((slab_id, offset))
+            self.checkpoint("hole-punched")
+            if len(done) >= _FREE_BATCH:
+                with self.index.transaction():
+                    self.index.forget_freed(done)
+                done = []
+        if done:
+            with self.index.transaction():
+                self.index.forget_freed(done)
+
+    def _free(self, where: str, args: tuple[object, ...] = ()) -> tuple[int, int]:
+        """Inside a transaction: drop the chunk rows matching `where` and queue their
+        extents for punching. Returns (chunks, bytes on disk freed)."""
+        db = self.index.db
+        n, size = db.execute(
+            f"SELECT count(*), coalesce(sum((length + 4095) / 4096 * 4096 * present), 0) FROM chunks WHERE {where}",
+            args,
+        ).fetchone()
+        db.execute(f"INSERT OR REPLACE INTO freed SELECT slab, offset, length FROM chunks WHERE {where}", args)
+        db.execute(f"DELETE FROM chunks WHERE {where}", args)
+        return n, size
+
+    # --- reading
+
+    def read_chunk(self, digest: bytes, verify: bool = True) -> bytes:
+        row = self.index.chunk(digest)
+        if row is None or not row.present:
+            raise ChunkMissing(digest)
+        try:
+            data = self.slab(row.slab).read(row.offset, row.length)
+        except OSError as e:
+            raise ChunkCorrupt(digest, str(e)) from None
+        if verify and blake3_digest(data) != digest:
+            raise ChunkCorrupt(digest, "its bytes do not hash to its digest")
+        return data
+
+    def manifest(self, store_path: StorePath | str) -> Manifest:
+        row = self.index.path(str(store_path))
+        if row is None:
+            raise PathNotInStore(str(store_path))
+        data = self.index.manifest(row.manifest_digest)
+        assert data is not None  # a foreign key guarantees it
+        return Manifest.decode(data)
+
+    def complete_manifest(self, store_path: StorePath | str) -> Manifest:
+        m = self.manifest(store_path)
+        missing = self.index.missing_chunks(str(store_path))
+        if missing:
+            raise PathIncomplete(str(store_path), missing)
+        return m
+
+    def claims(self, store_path: StorePath | str) -> list[SignedClaim]:
+        return [SignedClaim.decode(d) for d in self.index.claims(str(store_path))]
+
+    # --- writing
+
+    def ingest(self) -> Ingest:
+        return Ingest(self)
+
+    def add_root(self, store_path: StorePath | str) -> None:
+        with self.index.transaction():
+            self.index.add_root(str(store_path))
+
+    def remove_root(self, store_path: StorePath | str) -> bool:
+        with self.index.transaction():
+            return self.index.remove_root(str(store_path))
+
+    def remove_path(self, store_path: StorePath | str) -> None:
+        """Forget a path (its chunks stay until GC finds them unused)."""
+        with self.index.transaction():
+            if not self.index.db.execute("DELETE FROM paths WHERE store_path = ?", (str(store_path),)).rowcount:
+                raise PathNotInStore(str(store_path))
+
+    # --- GC
+
+    def gc(self, dry_run: bool = False) -> GcReport:
+        """Drop paths not reachable from the roots through references, then every chunk
+        no remaining path uses (including debris from interrupted ingests)."""
+        refs = self.index.refs()
+        paths = {p.store_path for p in self.index.paths()}
+        live: set[str] = set()
+        todo = [r for r in self.index.roots() if r in paths]
+        while todo:
+            p = todo.pop()
+            if p not in live:
+                live.add(p)
+                todo.extend(r for r in refs.get(p, ()) if r in paths and r not in live)
+        dead = sorted(paths - live)
+        db = self.index.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM paths WHERE store_path = ?", ((p,) for p in dead))
+            db.execute("DELETE FROM manifests WHERE id NOT IN (SELECT manifest FROM paths)")
+            chunks, size = self._free("id NOT IN (SELECT chunk FROM manifest_chunks)")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if dry_run:
+            db.execute("ROLLBACK")
+        else:
+            db.execute("COMMIT")
+            self.checkpoint("gc-committed")
+            self._punch_freed()
+        return GcReport(tuple(dead), chunks, size, dry_run)
+
+    # --- verify
+
+    def verify(self, *, repair: bool = False, on_progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Read every present chunk and check its BLAKE3; check each path's manifest and
+        that its chunks are present. Reports everything; stops for nothing. With
+        `repair`, corrupt chunks become holes (absent), so a re-publish or a fetch
+        writes them again."""
+        report = VerifyReport()
+        ends: dict[int, int] = {}
+        sizes = {r.id: r.size for r in self.index.slabs()}
+        bad_ids: list[int] = []
+        for row in list(self.index.all_chunks(present_only=True)):
+            report.chunks += 1
+            report.bytes += row.length
+            problem = None
+            if row.offset < ends.get(row.slab, 0) or row.offset % 4096:
+                problem = "its extent overlaps another chunk's or is misaligned"
+            elif row.offset + row.length > sizes.get(row.slab, 0):
+                problem = "it lies past its slab's allocated size"
+            else:
+                try:
+                    data = self.slab(row.slab).read(row.offset, row.length)
+                    if blake3_digest(data) != row.digest:
+                        problem = "its bytes do not hash to its digest"
+                except OSError as e:
+                    problem = f"cannot read it: {e.strerror or e}"
+            ends[row.slab] = max(ends.get(row.slab, 0), row.offset + align(row.length))
+            if problem:
+                report.corrupt.append((row.digest, problem))
+                bad_ids.append(row.id)
+            if on_progress:
+                on_progress(row.length)
+        if repair and bad_ids:
+            with self.index.transaction():
+                self.index.set_present(bad_ids, False)
+            report.repaired = True
+        bad = {d for d, _ in report.corrupt}
+        for p in self.index.paths():
+            data = self.index.manifest(p.manifest_digest)
+            try:
+                m = Manifest.decode(data or b"")
+            except ManifestError as e:
+                report.bad_paths.append((p.store_path, f"its manifest is damaged: {e}"))
+                continue
+            if m.digest() != p.manifest_digest or str(m.store_path) != p.store_path:
+                report.bad_paths.append((p.store_path, "its manifest does not match the index"))
+                continue
+            broken = sum(1 for d in set(m.chunk_digests()) if d in bad)
+            missing = self.index.missing_chunks(p.store_path)
+            if broken and not repair:
+                report.bad_paths.append((p.store_path, f"{broken} of its chunks are corrupt"))
+            elif missing:
+                report.bad_paths.append((p.store_path, f"{missing} of its chunks are missing"))
+        return report
+
+    # --- stats
+
+    def stats(self) -> StoreStats:
+        ix = self.index
+        paths = ix.paths()
+        complete = sum(1 for p in paths if not ix.missing_chunks(p.store_path))
+        index_bytes = sum(
+            os.path.getsize(p) for p in (os.path.join(self.data_dir, f"index.sqlite{s}") for s in ("", "-wal"))
+            if os.path.exists(p)
+        )
+        return StoreStats(
+            paths=len(paths), complete_paths=complete, roots=len(ix.roots()),
+            nar_bytes=sum(p.nar_size for p in paths),
+            chunk_bytes=ix.scalar(
+                "SELECT sum(c.length) FROM paths p JOIN manifest_chunks mc ON mc.manifest = p.manifest "
+                "JOIN chunks c ON c.id = mc.chunk"
+            ),
+            unique_chunks=ix.scalar("SELECT count(*) FROM chunks WHERE present = 1"),
+            unique_bytes=ix.scalar("SELECT sum(length) FROM chunks WHERE present = 1"),
+            slab_disk_bytes=sum(self.slab(r.id).disk_bytes() for r in ix.slabs()),
+            index_bytes=index_bytes,
+        )
+
+
+class Ingest:
+    """Adds one store path: `add_chunk` is the manifest builder's chunk sink, `commit`
+    records the path. Leaving the `with` block by an exception undoes it: the index
+    ends up as it was before (chunks this ingest added are freed again)."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self.index = store.index
+        slabs = self.index.slabs()
+        if not slabs:
+            with self.index.transaction():
+                self.index.add_slab(_slab_name(1), store.slab_cap)
+            slabs = self.index.slabs()
+        last = slabs[-1]
+        self._slab_id, self._cap, self._cursor = last.id, last.cap, last.size
+        self._seen: set[bytes] = set()
+        self._new: list[tuple[bytes, int, int, int]] = []  # (digest, slab, offset, length)
+        self._fill: list[int] = []  # ids of absent chunks given their bytes
+        self._touched: set[int] = set()
+        self._pending = 0
+        self._created: list[bytes] = []  # committed by this ingest: undone on failure
+        self.new_chunks = 0
+        self.new_bytes = 0
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            return
+        self.abort()
+        if is_disk_full(exc):
+            raise StoreFull(self.store.data_dir, str(exc)) from exc
+
+    def add_chunk(self, digest: bytes, data: bytes | memoryview) -> None:
+        if digest in self._seen:
+            return
+        self._seen.add(digest)
+        row = self.index.chunk(digest)
+        if row is not None and row.present:
+            return
+        if row is not None:  # allocated but absent (a hole): its place is fixed
+            self.store.slab(row.slab).write(row.offset, data)
+            self._fill.append(row.id)
+            self._touched.add(row.slab)
+        else:
+            slab_id, offset = self._allocate(len(data))
+            self.store.slab(slab_id).write(offset, data)
+            self._new.append((digest, slab_id, offset, len(data)))
+            self._touched.add(slab_id)
+        self.new_chunks += 1
+        self.new_bytes += len(data)
+        self._pending += len(data)
+        self.store.checkpoint("chunk-written")
+        if self._pending >= self.store.batch_bytes:
+            self.flush()
+
+    def _allocate(self, length: int) -> tuple[int, int]:
+        if self._cursor + align(length) > self._cap:
+            self.flush()  # the old slab's watermark is committed before moving on
+            with self.index.transaction():
+                self._slab_id = self.index.add_slab(_slab_name(len(self.index.slabs()) + 1), self.store.slab_cap)
+            self._cap, self._cursor = self.store.slab_cap, 0
+        offset = self._cursor
+        self._cursor += align(length)
+        return self._slab_id, offset
+
+    def flush(self) -> None:
+        """Sync the batch's bytes, then commit its rows: present means on disk."""
+        if not self._new and not self._fill:
+            return
+        for slab_id in sorted(self._touched):
+            self.store.slab(slab_id).sync()
+        self.store.checkpoint("batch-synced")
+        with self.index.transaction():
+            self.index.add_chunks(self._new)
+            self.index.set_present(self._fill, True)
+            self.index.set_slab_size(self._slab_id, self._cursor)
+        self._created.extend(d for d, *_ in self._new)
+        self._new, self._fill, self._touched, self._pending = [], [], set(), 0
+        self.store.checkpoint("batch-committed")
+
+    def commit(self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True) -> None:
+        self.flush()
+        digests = set(manifest.chunk_digests())
+        ids = self.index.chunk_ids(digests)
+        if len(ids) != len(digests):
+            raise StoreError(f"{len(digests) - len(ids)} chunks of {manifest.store_path} were never stored "
+                             "(the manifest does not match the data ingested)")
+        sp = str(manifest.store_path)
+        with self.index.transaction():
+            mid = self.index.add_manifest(manifest.digest(), manifest.encode(), ids.values())
+            self.index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
+                                str(manifest.deriver) if manifest.deriver else None,
+                                (str(r) for r in manifest.references), int(time.time()))
+            for c in claims:
+                self.index.add_claim(sp, c.builder.encode(), c.encode())
+            if root:
+                self.index.add_root(sp)
+        self._created = []
+        self.store.checkpoint("path-committed")
+
+    def abort(self) -> None:
+        """Undo: cut uncommitted bytes off, free the chunks this ingest committed."""
+        self._new, self._fill, self._touched, self._pending = [], [], set(), 0
+        for row in self.index.slabs():
+            slab = self.store.slab(row.id)
+            if slab.size() > row.size:
+                slab.truncate(row.size)
+        if not self._created:
+            return
+        try:
+            with self.index.transaction():
+                self.index.db.execute("CREATE TEMP TABLE IF NOT EXISTS undo (digest BLOB PRIMARY KEY)")
+                self.index.db.execute("DELETE FROM undo")
+                self.index.db.executemany("INSERT OR IGNORE INTO undo VALUES (?)", ((d,) for d in self._created))
+                self.store._free("digest IN (SELECT digest FROM undo) AND id NOT IN (SELECT chunk FROM manifest_chunks)")
+        except sqlite3.OperationalError:
+            # Even this small transaction failed (the disk is that full): the chunks stay
+            # as committed, unused chunks, which is consistent; `ferry gc` frees them.
+            return
+        self._created = []
+        self.store._punch_freed()
+
+
+def _slab_name(n: int) -> str:
+    return f"slab-{n:06d}"
