@@ -44,7 +44,8 @@ def _walk(fspath: bytes, path: bytes, st: os.stat_result) -> Iterator[tuple[nar.
         for name, child_st in children:
             yield from _walk(fspath + b"/" + name, path + b"/" + name if path else name, child_st)
     else:
-        raise DumpError(f"{os.fsdecode(fspath)!r} is not a file, directory or symlink; a NAR cannot hold it")
+        raise DumpError(f"{os.fsdecode(fspath)!r} is a {_kind(mode)}, not a file, directory or symlink; "
+                        "a NAR cannot hold it")
 
 
 def tree_size(root: str | bytes) -> int:
@@ -88,3 +89,11 @@ def events(root: str | bytes) -> Iterator[nar.NarEvent]:
 def dump(root: str | bytes) -> Iterator[bytes | memoryview]:
     """The NAR of the tree at `root`, byte-identical to `nix-store --dump`."""
     return nar.encode(events(root))
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISSOCK, "socket"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"

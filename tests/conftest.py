@@ -95,3 +95,9 @@ class Closure:
 @pytest.fixture(scope="session")
 def nix_closure(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> Closure:
     return Closure(nix, tmp_path_factory.mktemp("closure"))
+
+
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Never let a test (or a `ferry` it runs) touch the user's or root's real store.
+    monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path_factory.mktemp("ferry-data")))

@@ -18,9 +18,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from node.local.errors import StoreVersionError
+from node.local.errors import StoreError, StoreVersionError
 
 SCHEMA_VERSION = 1
+_IN_BATCH = 500  # digests per `IN (...)` query (SQLite allows 999 parameters)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -163,12 +164,6 @@ class Index:
 
     # --- chunks
 
-    def chunk(self, digest: bytes) -> ChunkRow | None:
-        r = self.db.execute(
-            "SELECT id, digest, slab, offset, length, present FROM chunks WHERE digest = ?", (digest,)
-        ).fetchone()
-        return ChunkRow(*r[:5], bool(r[5])) if r else None
-
     def add_chunks(self, rows: Iterable[tuple[bytes, int, int, int]]) -> None:
         """(digest, slab, offset, length) of chunks whose bytes are synced."""
         self.db.executemany(
@@ -178,12 +173,16 @@ class Index:
     def set_present(self, ids: Iterable[int], present: bool) -> None:
         self.db.executemany("UPDATE chunks SET present = ? WHERE id = ?", ((int(present), i) for i in ids))
 
-    def chunk_ids(self, digests: Iterable[bytes]) -> dict[bytes, int]:
+    def chunks(self, digests: list[bytes]) -> dict[bytes, ChunkRow]:
+        """The rows of those of `digests` the index knows, in a few queries, not one each."""
         out = {}
-        for d in digests:
-            r = self.db.execute("SELECT id FROM chunks WHERE digest = ?", (d,)).fetchone()
-            if r:
-                out[d] = r[0]
+        for i in range(0, len(digests), _IN_BATCH):
+            part = digests[i:i + _IN_BATCH]
+            for r in self.db.execute(
+                "SELECT id, digest, slab, offset, length, present FROM chunks "
+                f"WHERE digest IN ({','.join('?' * len(part))})", part,
+            ):
+                out[r[1]] = ChunkRow(*r[:5], bool(r[5]))
         return out
 
     def all_chunks(self, present_only: bool = True) -> Iterator[ChunkRow]:
@@ -199,14 +198,25 @@ class Index:
         r = self.db.execute("SELECT data FROM manifests WHERE digest = ?", (digest,)).fetchone()
         return r[0] if r else None
 
-    def add_manifest(self, digest: bytes, data: bytes, chunk_ids: Iterable[int]) -> int:
+    def add_manifest(self, digest: bytes, data: bytes, chunk_digests: Iterable[bytes]) -> int:
+        """Inside a transaction: the manifest's row, linked to its chunks (which must all
+        be in the index; StoreError otherwise)."""
         r = self.db.execute("SELECT id FROM manifests WHERE digest = ?", (digest,)).fetchone()
         if r:
             return r[0]
         cur = self.db.execute("INSERT INTO manifests (digest, data) VALUES (?, ?)", (digest, data))
         mid = cur.lastrowid
         assert mid is not None
-        self.db.executemany("INSERT OR IGNORE INTO manifest_chunks VALUES (?, ?)", ((mid, c) for c in chunk_ids))
+        # Set-based: one join instead of a lookup per chunk.
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute("DELETE FROM wanted")
+        self.db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((d,) for d in chunk_digests))
+        linked = self.db.execute(
+            "INSERT INTO manifest_chunks SELECT ?, c.id FROM wanted w JOIN chunks c ON c.digest = w.digest", (mid,)
+        ).rowcount
+        wanted = self.db.execute("SELECT count(*) FROM wanted").fetchone()[0]
+        if linked != wanted:
+            raise StoreError(f"{wanted - linked} chunks of manifest {digest.hex()} are not in the store")
         return mid
 
     def path(self, store_path: str) -> PathRow | None:

@@ -16,6 +16,7 @@ import os
 BLOCK = 4096
 DEFAULT_CAP = 1 << 40  # 1 TiB of logical size; EROFS block addresses reach 16 TiB
 
+_IOV_MAX = 1024
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -45,6 +46,16 @@ class Slab:
         while view:
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
+
+    def write_many(self, offset: int, pieces: list[bytes | memoryview]) -> None:
+        """Write `pieces` back to back from `offset`, without joining them first."""
+        while pieces:
+            batch, pieces = pieces[:_IOV_MAX], pieces[_IOV_MAX:]
+            want = sum(len(p) for p in batch)
+            n = os.pwritev(self.fd, batch, offset)
+            if n < want:  # short write (rare): finish this batch piece by piece
+                self.write(offset + n, b"".join(batch)[n:])
+            offset += want
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)

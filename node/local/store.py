@@ -19,13 +19,15 @@ import errno
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from node.local.errors import PathIncomplete, PathNotInStore, StoreError, StoreFull
 from node.local.index import Index
 from node.local.lock import StoreLock
-from node.local.slab import DEFAULT_CAP, Slab, align
+from node.local.slab import BLOCK, DEFAULT_CAP, Slab, align
 from store.chunking import digest as blake3_digest
 from store.export import ChunkCorrupt, ChunkMissing
 from store.manifest import Manifest, ManifestError
@@ -35,6 +37,7 @@ from trust.claim import SignedClaim
 Checkpoint = Callable[[str], None]
 DEFAULT_BATCH = 64 << 20  # bytes of chunk data per index transaction
 _FREE_BATCH = 4096  # extents forgotten per transaction while punching
+_ZEROS = memoryview(bytes(BLOCK))
 
 
 def _no_checkpoint(name: str) -> None:
@@ -166,7 +169,7 @@ class LocalStore:
     # --- reading
 
     def read_chunk(self, digest: bytes, verify: bool = True) -> bytes:
-        row = self.index.chunk(digest)
+        row = self.index.chunks([digest]).get(digest)
         if row is None or not row.present:
             raise ChunkMissing(digest)
         try:
@@ -328,7 +331,12 @@ class LocalStore:
 class Ingest:
     """Adds one store path: `add_chunk` is the manifest builder's chunk sink, `commit`
     records the path. Leaving the `with` block by an exception undoes it: the index
-    ends up as it was before (chunks this ingest added are freed again)."""
+    ends up as it was before (chunks this ingest added are freed again).
+
+    Chunks wait in a small queue so the index is asked about many digests in one query,
+    and new chunks, placed one after another, reach the slab in one write."""
+
+    _QUEUE = 4 << 20  # bytes of chunks waiting for a lookup
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store
@@ -341,6 +349,8 @@ class Ingest:
         last = slabs[-1]
         self._slab_id, self._cap, self._cursor = last.id, last.cap, last.size
         self._seen: set[bytes] = set()
+        self._queue: list[tuple[bytes, bytes]] = []
+        self._queued = 0
         self._new: list[tuple[bytes, int, int, int]] = []  # (digest, slab, offset, length)
         self._fill: list[int] = []  # ids of absent chunks given their bytes
         self._touched: set[int] = set()
@@ -348,49 +358,90 @@ class Ingest:
         self._created: list[bytes] = []  # committed by this ingest: undone on failure
         self.new_chunks = 0
         self.new_bytes = 0
+        # Lookups, writes and commits run in order on one writer thread (SQLite and
+        # pwrite release the GIL), beside the caller's reading and hashing.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ingest")
+        self._in_flight: deque[Future[None]] = deque()
 
     def __enter__(self) -> Ingest:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            return
-        self.abort()
-        if is_disk_full(exc):
-            raise StoreFull(self.store.data_dir, str(exc)) from exc
+        try:
+            if exc is None:
+                return
+            self.abort()
+            if is_disk_full(exc):
+                raise StoreFull(self.store.data_dir, str(exc)) from exc
+        finally:
+            self._writer.shutdown(wait=True, cancel_futures=True)
 
     def add_chunk(self, digest: bytes, data: bytes | memoryview) -> None:
         if digest in self._seen:
             return
         self._seen.add(digest)
-        row = self.index.chunk(digest)
-        if row is not None and row.present:
-            return
-        if row is not None:  # allocated but absent (a hole): its place is fixed
-            self.store.slab(row.slab).write(row.offset, data)
-            self._fill.append(row.id)
-            self._touched.add(row.slab)
-        else:
-            slab_id, offset = self._allocate(len(data))
-            self.store.slab(slab_id).write(offset, data)
-            self._new.append((digest, slab_id, offset, len(data)))
-            self._touched.add(slab_id)
-        self.new_chunks += 1
-        self.new_bytes += len(data)
-        self._pending += len(data)
-        self.store.checkpoint("chunk-written")
+        self._queue.append((digest, bytes(data)))  # a copy: `data` may view a reused buffer
+        self._queued += len(data)
+        if self._queued >= min(self._QUEUE, self.store.batch_bytes):
+            queue, self._queue, self._queued = self._queue, [], 0
+            self._in_flight.append(self._writer.submit(self._store, queue))
+            while len(self._in_flight) > 2:  # bounds the chunk bytes held in memory
+                self._in_flight.popleft().result()
+
+    def _wait(self) -> None:
+        """Hand over what is queued and wait until the writer has done all of it."""
+        if self._queue:
+            queue, self._queue, self._queued = self._queue, [], 0
+            self._in_flight.append(self._writer.submit(self._store, queue))
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def _store(self, queue: list[tuple[bytes, bytes]]) -> None:
+        self._drain(queue)
         if self._pending >= self.store.batch_bytes:
             self.flush()
 
-    def _allocate(self, length: int) -> tuple[int, int]:
-        if self._cursor + align(length) > self._cap:
-            self.flush()  # the old slab's watermark is committed before moving on
-            with self.index.transaction():
-                self._slab_id = self.index.add_slab(_slab_name(len(self.index.slabs()) + 1), self.store.slab_cap)
-            self._cap, self._cursor = self.store.slab_cap, 0
-        offset = self._cursor
-        self._cursor += align(length)
-        return self._slab_id, offset
+    def _drain(self, queue: list[tuple[bytes, bytes]]) -> None:
+        """Look the chunks up in one go; write the ones the store lacks. New chunks get
+        consecutive places, so they go to the slab as one write."""
+        known = self.index.chunks([d for d, _ in queue])
+        run: list[bytes | memoryview] = []
+        run_start = self._cursor
+        for d, data in queue:
+            row = known.get(d)
+            if row is not None and row.present:
+                continue
+            if row is not None:  # allocated but absent (a hole): its place is fixed
+                self.store.slab(row.slab).write(row.offset, data)
+                self._fill.append(row.id)
+                self._touched.add(row.slab)
+            else:
+                if self._cursor + align(len(data)) > self._cap:
+                    self._write_run(run_start, run)
+                    run = []
+                    self._next_slab()
+                    run_start = self._cursor
+                self._new.append((d, self._slab_id, self._cursor, len(data)))
+                self._touched.add(self._slab_id)
+                run.append(data)
+                if len(data) % BLOCK:
+                    run.append(_ZEROS[: BLOCK - len(data) % BLOCK])  # the rest of its last block
+                self._cursor += align(len(data))
+            self.new_chunks += 1
+            self.new_bytes += len(data)
+            self._pending += len(data)
+        self._write_run(run_start, run)
+
+    def _write_run(self, start: int, run: list[bytes | memoryview]) -> None:
+        if run:
+            self.store.slab(self._slab_id).write_many(start, run)
+            self.store.checkpoint("chunks-written")
+
+    def _next_slab(self) -> None:
+        self.flush()  # the old slab's watermark is committed before moving on
+        with self.index.transaction():
+            self._slab_id = self.index.add_slab(_slab_name(len(self.index.slabs()) + 1), self.store.slab_cap)
+        self._cap, self._cursor = self.store.slab_cap, 0
 
     def flush(self) -> None:
         """Sync the batch's bytes, then commit its rows: present means on disk."""
@@ -408,15 +459,12 @@ class Ingest:
         self.store.checkpoint("batch-committed")
 
     def commit(self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True) -> None:
+        self._wait()
         self.flush()
-        digests = set(manifest.chunk_digests())
-        ids = self.index.chunk_ids(digests)
-        if len(ids) != len(digests):
-            raise StoreError(f"{len(digests) - len(ids)} chunks of {manifest.store_path} were never stored "
-                             "(the manifest does not match the data ingested)")
         sp = str(manifest.store_path)
         with self.index.transaction():
-            mid = self.index.add_manifest(manifest.digest(), manifest.encode(), ids.values())
+            data = manifest.encode()
+            mid = self.index.add_manifest(blake3_digest(data), data, manifest.chunk_digests())
             self.index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
                                 str(manifest.deriver) if manifest.deriver else None,
                                 (str(r) for r in manifest.references), int(time.time()))
@@ -429,6 +477,15 @@ class Ingest:
 
     def abort(self) -> None:
         """Undo: cut uncommitted bytes off, free the chunks this ingest committed."""
+        self._queue, self._queued = [], 0
+        for f in self._in_flight:
+            f.cancel()
+        for f in self._in_flight:
+            try:
+                f.result()
+            except BaseException:  # already being handled: it is why we undo
+                pass
+        self._in_flight.clear()
         self._new, self._fill, self._touched, self._pending = [], [], set(), 0
         for row in self.index.slabs():
             slab = self.store.slab(row.id)
@@ -438,7 +495,7 @@ class Ingest:
             return
         try:
             with self.index.transaction():
-                self.index.db.execute("CREATE TEMP TABLE IF NOT EXISTS undo (digest BLOB PRIMARY KEY)")
+                self.index.db.execute("CREATE TEMP TABLE IF NOT EXISTS undo (digest BLOB PRIMARY KEY) WITHOUT ROWID")
                 self.index.db.execute("DELETE FROM undo")
                 self.index.db.executemany("INSERT OR IGNORE INTO undo VALUES (?)", ((d,) for d in self._created))
                 self.store._free("digest IN (SELECT digest FROM undo) AND id NOT IN (SELECT chunk FROM manifest_chunks)")
