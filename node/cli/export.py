@@ -43,7 +43,6 @@ def parse_store_path(text: str) -> StorePath:
         return StorePath.parse(text)
     except StorePathError as e:
         ui.fail(str(e))
-        raise AssertionError("unreachable")
 
 
 def run_export(args: argparse.Namespace) -> None:

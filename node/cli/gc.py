@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -39,9 +38,8 @@ def run_gc(args: argparse.Namespace) -> None:
     with storeopt.open_store(args) as store:
         r = store.gc(dry_run=args.dry_run)
     if args.json:
-        json.dump({"removed_paths": list(r.removed_paths), "freed_chunks": r.freed_chunks,
-                   "freed_bytes": r.freed_bytes, "dry_run": r.dry_run}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json({"removed_paths": list(r.removed_paths), "freed_chunks": r.freed_chunks,
+                       "freed_bytes": r.freed_bytes, "dry_run": r.dry_run})
         return
     verb = "would remove" if r.dry_run else "removed"
     for p in r.removed_paths:
@@ -57,10 +55,9 @@ def run_verify(args: argparse.Namespace) -> None:
         with ui.progress("verifying", total) as advance:
             r = store.verify(repair=args.repair, on_progress=advance)
     if args.json:
-        json.dump({"ok": r.ok, "chunks": r.chunks, "bytes": r.bytes, "repaired": r.repaired,
-                   "corrupt": [{"digest": d.hex(), "problem": p} for d, p in r.corrupt],
-                   "bad_paths": [{"store_path": s, "problem": p} for s, p in r.bad_paths]}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json({"ok": r.ok, "chunks": r.chunks, "bytes": r.bytes, "repaired": r.repaired,
+                       "corrupt": [{"digest": d.hex(), "problem": p} for d, p in r.corrupt],
+                       "bad_paths": [{"store_path": s, "problem": p} for s, p in r.bad_paths]})
     else:
         for d, problem in r.corrupt:
             ui.out.print(f"corrupt chunk {d.hex()}: {problem}", markup=False)

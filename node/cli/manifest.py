@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from typing import Any
 
 from node.cli import source, ui
@@ -39,8 +37,7 @@ def run(args: argparse.Namespace) -> None:
             ui.fail(str(e))
     summary = summarize(manifest)
     if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json(summary)
     else:
         print_summary(summary)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from node.cli import source, storeopt, ui
@@ -53,8 +51,7 @@ def run(args: argparse.Namespace) -> None:
         "claim": signed[0].nix_sig().encode() if signed else None, "data_dir": store.data_dir,
     }
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json(result)
         return
     had = s.unique_chunks - ingest.new_chunks
     ui.out.print(

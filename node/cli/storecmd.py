@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from typing import Any
 
 from node.cli import storeopt, ui
@@ -44,9 +42,7 @@ def run_stats(args: argparse.Namespace) -> None:
         s = store.stats()
         where = store.data_dir
     if args.json:
-        json.dump({"data_dir": where, **dataclasses.asdict(s), "dedup_ratio": round(s.dedup_ratio, 4)},
-                  sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json({"data_dir": where, **dataclasses.asdict(s), "dedup_ratio": round(s.dedup_ratio, 4)})
         return
     rows = [
         ("store", where),
@@ -66,10 +62,9 @@ def run_list(args: argparse.Namespace) -> None:
         roots = set(store.index.roots())
         rows = [(p, store.index.missing_chunks(p.store_path)) for p in store.index.paths()]
     if args.json:
-        json.dump([{"store_path": p.store_path, "nar_hash": p.nar_hash, "nar_size": p.nar_size,
-                    "manifest_digest": p.manifest_digest.hex(), "root": p.store_path in roots,
-                    "missing_chunks": missing} for p, missing in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json([{"store_path": p.store_path, "nar_hash": p.nar_hash, "nar_size": p.nar_size,
+                        "manifest_digest": p.manifest_digest.hex(), "root": p.store_path in roots,
+                        "missing_chunks": missing} for p, missing in rows])
         return
     for p, missing in rows:
         flags = ("root" if p.store_path in roots else "") + (f" missing {missing} chunks" if missing else "")

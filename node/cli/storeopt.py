@@ -9,7 +9,7 @@ from node.cli import ui
 from node.local import checkpoints
 from node.local.datadir import default_data_dir
 from node.local.errors import StoreError
-from node.local.store import LocalStore
+from node.local.store import DEFAULT_BATCH, LocalStore, no_checkpoint
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -21,13 +21,7 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 def open_store(args: argparse.Namespace) -> LocalStore:
     data_dir = args.data_dir or default_data_dir()
     hook, batch = checkpoints.from_environment(os.environ)
-    kwargs: dict[str, object] = {}
-    if hook:
-        kwargs["checkpoint"] = hook
-    if batch:
-        kwargs["batch_bytes"] = batch
     try:
-        return LocalStore(data_dir, **kwargs)  # type: ignore[arg-type]
+        return LocalStore(data_dir, checkpoint=hook or no_checkpoint, batch_bytes=batch or DEFAULT_BATCH)
     except StoreError as e:
         ui.fail(str(e))
-        raise AssertionError("unreachable")

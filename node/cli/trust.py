@@ -10,7 +10,6 @@ Exit codes are a contract other tools use:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, NoReturn
@@ -104,13 +103,11 @@ def add_parser(sub: Any) -> None:
 
 def _bad(message: str) -> NoReturn:
     ui.fail(message, BAD_INPUT)
-    raise AssertionError("unreachable")
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if args.json:
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        ui.print_json(data)
     else:
         ui.out.print(text, soft_wrap=True, markup=False)
 
@@ -227,10 +224,11 @@ def _decide(args: argparse.Namespace) -> None:
     report, rows = [], []
     for n, (path, s) in enumerate(zip(args.claims, loaded)):
         status, reason = _status(verdict, n, s, ignored.get(n))
-        report.append({"file": path, **_describe(s), "claim_signature_ok": s.claim_valid(),
-                       "nix_signature_ok": s.nix_valid(), "status": status, "reason": reason})
+        claim_ok, nix_ok = s.claim_valid(), s.nix_valid()
+        report.append({"file": path, **_describe(s), "claim_signature_ok": claim_ok,
+                       "nix_signature_ok": nix_ok, "status": status, "reason": reason})
         rows.append((s.builder.name, _short_hash(s), s.claim.manifest_digest.hex()[:16],
-                     _ok(s.claim_valid()), _ok(s.nix_valid()), status + (f": {reason}" if reason else "")))
+                     _ok(claim_ok), _ok(nix_ok), status + (f": {reason}" if reason else "")))
     data = {"store_path": str(store_path), "threshold": policy.threshold,
             "on_conflict": policy.on_conflict.value, **_verdict_json(verdict), "claims": report}
     if args.json:

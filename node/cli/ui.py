@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -56,6 +57,11 @@ def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
-def fail(message: str, code: int = 1) -> None:
+def print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]ferry: error:[/] {message}", markup=True, soft_wrap=True)
     sys.exit(code)

@@ -40,7 +40,7 @@ _FREE_BATCH = 4096  # extents forgotten per transaction while punching
 _ZEROS = memoryview(bytes(BLOCK))
 
 
-def _no_checkpoint(name: str) -> None:
+def no_checkpoint(name: str) -> None:
     pass
 
 
@@ -90,7 +90,7 @@ class VerifyReport:
 
 class LocalStore:
     def __init__(self, data_dir: str, *, slab_cap: int = DEFAULT_CAP, batch_bytes: int = DEFAULT_BATCH,
-                 checkpoint: Checkpoint = _no_checkpoint) -> None:
+                 checkpoint: Checkpoint = no_checkpoint) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.slab_cap = slab_cap
         self.batch_bytes = batch_bytes

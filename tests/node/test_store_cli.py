@@ -12,7 +12,7 @@ import pytest
 
 from node.local.store import LocalStore
 from tests import trees
-from tests.cli import ferry
+from tests.cli import ARGV, ferry
 from tests.conftest import require
 
 SP = "/nix/store/" + "c" * 32 + "-hello-2.12"
@@ -35,7 +35,7 @@ def test_publish_export_materialize(tree: Path, tmp_path: Path, nix) -> None:
     assert again["new_chunks"] == 0
     assert ferry("export", SP, "-o", str(tmp_path / "x.nar")).returncode == 0
     assert (tmp_path / "x.nar").read_bytes() == nix.dump(tree)
-    proc = subprocess.run([*ferry_argv(), "export", SP], capture_output=True)
+    proc = subprocess.run([*ARGV, "export", SP], capture_output=True)
     assert proc.returncode == 0 and proc.stdout == nix.dump(tree)
     assert ferry("materialize", SP, str(tmp_path / "out")).returncode == 0
     assert nix.dump(tmp_path / "out") == nix.dump(tree)
@@ -46,12 +46,6 @@ def test_publish_export_materialize(tree: Path, tmp_path: Path, nix) -> None:
     assert (stats["paths"], stats["complete_paths"], stats["unique_chunks"]) == (1, 1, 8)
     listing = json.loads(ferry("store", "list", "--json").stdout)
     assert [p["store_path"] for p in listing] == [SP] and listing[0]["nar_hash"] == out["nar_hash"]
-
-
-def ferry_argv() -> list[str]:
-    import sys
-
-    return [sys.executable, "-c", "from node.cli import main; main()"]
 
 
 def test_publish_a_nix_store_path_with_its_references(nix_closure) -> None:
@@ -115,7 +109,7 @@ def test_export_refuses_a_terminal(tree: Path) -> None:
     assert ferry("publish", str(tree), "--store-path", SP).returncode == 0
     pid, fd = pty.fork()
     if pid == 0:
-        os.execvp(ferry_argv()[0], [*ferry_argv(), "export", SP])
+        os.execvp(ARGV[0], [*ARGV, "export", SP])
     output = b""
     while True:
         try:
@@ -169,7 +163,7 @@ def test_disk_full_is_clear_and_leaves_the_store_usable(small_fs: Path, tmp_path
     big = tmp_path / "big"
     trees.write(trees.Dir({f"f{i}".encode(): trees.File(1_000_000, i, False) for i in range(10)}), big)
     for batch in ("100000000", "500000"):  # the failure before any batch commits, and after some did
-        r = subprocess.run([*ferry_argv(), "publish", str(big), "--store-path", SP, "--data-dir", data],
+        r = subprocess.run([*ARGV, "publish", str(big), "--store-path", SP, "--data-dir", data],
                            capture_output=True, text=True, env={**os.environ, "FERRY_TEST_BATCH_BYTES": batch})
         assert r.returncode == 1 and "no space left on the device" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -179,5 +173,5 @@ def test_disk_full_is_clear_and_leaves_the_store_usable(small_fs: Path, tmp_path
             assert (s.paths, s.unique_chunks) == (0, 0) and s.slab_disk_bytes == 0
     # Still usable: a path that fits goes in and comes out intact.
     assert ferry("publish", str(tree), "--store-path", SP, "--data-dir", data).returncode == 0
-    proc = subprocess.run([*ferry_argv(), "export", SP, "--data-dir", data], capture_output=True)
+    proc = subprocess.run([*ARGV, "export", SP, "--data-dir", data], capture_output=True)
     assert proc.stdout == nix.dump(tree)

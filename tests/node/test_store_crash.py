@@ -3,11 +3,8 @@ the store must be consistent, nothing reported done may be lost, and a re-run fi
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,15 +14,11 @@ from node.local.store import LocalStore
 from store import dump, export
 from store.path import StorePath
 from tests import trees
+from tests.cli import ferry
 
 A = "/nix/store/" + "a" * 32 + "-pkg-1.0"
 B = "/nix/store/" + "b" * 32 + "-pkg-1.1"
 BATCH = 200_000  # small batches: many batch checkpoints
-
-
-def ferry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from node.cli import main; main()", *args],
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
 
 
 def nar_of(tree: Path) -> bytes:
