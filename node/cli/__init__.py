@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.cli import demo, export, gc, manifest, publish, storecmd, trust, ui
+from node.cli import demo, export, gc, manifest, netcmd, noderun, publish, storecmd, trust, ui
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -26,6 +26,8 @@ def parser() -> Parser:
     gc.add_parser(sub)
     storecmd.add_parser(sub)
     trust.add_parser(sub)
+    noderun.add_parser(sub)
+    netcmd.add_parser(sub)
     demo.add_parser(sub)
     return p
 

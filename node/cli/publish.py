@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from node.cli import source, storeopt, ui
+from node.cli import netcmd, source, storeopt, ui
+from node.daemon import control
 from node.local.errors import StoreError
 from trust import claim as claims
 from trust import keyfile
@@ -35,6 +37,9 @@ def run(args: argparse.Namespace) -> None:
         key = keyfile.load_secret(args.key) if args.key else None
     except KeyFileError as e:
         ui.fail(str(e))
+    if control.running(netcmd.data_dir(args)):
+        _through_node(args)
+        return
     with storeopt.open_store(args) as store:
         try:
             with source.user_errors(args), store.ingest() as ingest:
@@ -53,13 +58,33 @@ def run(args: argparse.Namespace) -> None:
     if args.json:
         ui.print_json(result)
         return
-    had = s.unique_chunks - ingest.new_chunks
+    _show(result, key.name if key else None)
+
+
+def _show(result: dict[str, Any], signer: str | None) -> None:
+    unique_chunks = result["unique_chunks"]
+    had = unique_chunks - result["new_chunks"]
     ui.out.print(
         f"published {result['store_path']}\n"
-        f"  NarHash  {result['nar_hash']}  ({manifest.nar_size:,} bytes)\n"
-        f"  chunks   {s.unique_chunks:,} unique: {ingest.new_chunks:,} new ({ingest.new_bytes:,} bytes), "
+        f"  NarHash  {result['nar_hash']}  ({result['nar_size']:,} bytes)\n"
+        f"  chunks   {unique_chunks:,} unique: {result['new_chunks']:,} new ({result['new_bytes']:,} bytes), "
         f"{had:,} already stored",
         soft_wrap=True, markup=False,
     )
-    if signed:
-        ui.out.print(f"  claim    signed by {key.name}", markup=False)  # type: ignore[union-attr]
+    if signer:
+        ui.out.print(f"  claim    signed by {signer}", markup=False)
+
+
+def _through_node(args: argparse.Namespace) -> None:
+    """The node holds the store: it ingests the path and announces it to its peers."""
+    if args.nar == "-":
+        ui.fail("a running node cannot read your standard input: save the NAR to a file and pass --nar FILE")
+    absolute = {k: os.path.abspath(getattr(args, k)) if getattr(args, k) else None for k in ("path", "nar", "key")}
+    if args.store and os.path.exists(args.store):
+        absolute["store"] = os.path.abspath(args.store)
+    fields = ("store_path", "references", "name", "store", "store_dir", "no_root")
+    result = netcmd.request(args, {"op": "publish", "args": {**{k: getattr(args, k) for k in fields}, **absolute}})
+    if args.json:
+        ui.print_json({k: v for k, v in result.items() if k != "signer"})
+        return
+    _show(result, result["signer"])

@@ -36,19 +36,27 @@ def add_arguments(p: argparse.ArgumentParser, *, references: bool = False) -> No
     p.add_argument("--store-dir", default=DEFAULT_STORE_DIR, help="the store directory (default: %(default)s)")
 
 
+def user_error(e: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message for a way a source can be wrong, or None for a bug."""
+    if isinstance(e, (StorePathError, nixcli.NixError, build.NarHashMismatch, dump.DumpError)):
+        return str(e)
+    if isinstance(e, nar.NarError):
+        return f"{args.nar}: {e}"
+    if isinstance(e, FileNotFoundError):
+        return f"{e.filename}: no such file or directory"
+    if isinstance(e, PermissionError):
+        return f"{e.filename}: permission denied"
+    return None
+
+
 @contextmanager
 def user_errors(args: argparse.Namespace) -> Iterator[None]:
     """Turns the ways a source can be wrong into one-line errors (exit 1)."""
     try:
         yield
-    except (StorePathError, nixcli.NixError, build.NarHashMismatch, dump.DumpError) as e:
-        ui.fail(str(e))
-    except nar.NarError as e:
-        ui.fail(f"{args.nar}: {e}")
-    except FileNotFoundError as e:
-        ui.fail(f"{e.filename}: no such file or directory")
-    except PermissionError as e:
-        ui.fail(f"{e.filename}: permission denied")
+    except (StorePathError, nixcli.NixError, build.NarHashMismatch, dump.DumpError, nar.NarError,
+            FileNotFoundError, PermissionError) as e:
+        ui.fail(user_error(e, args) or str(e))
 
 
 def build_manifest(args: argparse.Namespace, on_chunk: ChunkSink | None = None) -> Manifest:

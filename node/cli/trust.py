@@ -24,6 +24,7 @@ from trust import keyfile, policyfile
 from trust.claim import ClaimError, SignedClaim
 from trust.key import KeyFormatError, SecretKey
 from trust.keyfile import KeyFileError
+from trust.report import verdict_json, verdict_text
 from trust.policy import Conflict, Ignored, Insufficient, PolicyError, QuorumPolicy, Trusted, Verdict
 
 OK, INSUFFICIENT, CONFLICT, BAD_INPUT = 0, 1, 2, 3
@@ -230,13 +231,13 @@ def _decide(args: argparse.Namespace) -> None:
         rows.append((s.builder.name, _short_hash(s), s.claim.manifest_digest.hex()[:16],
                      _ok(claim_ok), _ok(nix_ok), status + (f": {reason}" if reason else "")))
     data = {"store_path": str(store_path), "threshold": policy.threshold,
-            "on_conflict": policy.on_conflict.value, **_verdict_json(verdict), "claims": report}
+            "on_conflict": policy.on_conflict.value, **verdict_json(verdict), "claims": report}
     if args.json:
         _emit(args, data, "")
     else:
         if rows:
             ui.table(("builder", "NarHash", "manifest", "claim sig", "Nix sig", "counted"), rows)
-        ui.out.print(_verdict_text(policy, verdict), soft_wrap=True, markup=False)
+        ui.out.print(verdict_text(policy, verdict), soft_wrap=True, markup=False)
     sys.exit({Trusted: OK, Insufficient: INSUFFICIENT, Conflict: CONFLICT}[type(verdict)])
 
 
@@ -253,36 +254,3 @@ def _status(verdict: Verdict, n: int, s: SignedClaim, ignored: Ignored | None) -
 def _short_hash(s: SignedClaim) -> str:
     return str(s.claim.nar_hash)[:7 + 12] + "…"
 
-
-def _outcomes_json(groups: Any) -> list[dict[str, Any]]:
-    return [{"nar_hash": str(o.nar_hash), "manifest_digest": o.manifest_digest.hex(), "nar_size": o.nar_size,
-             "signers": list(names)} for o, names in groups.items()]
-
-
-def _verdict_json(v: Verdict) -> dict[str, Any]:
-    if isinstance(v, Trusted):
-        return {"verdict": "trusted", "nar_hash": str(v.nar_hash), "manifest_digest": v.manifest_digest.hex(),
-                "nar_size": v.outcome.nar_size, "signers": list(v.signers),
-                "nix_signatures": [c.nix_sig().encode() for c in v.claims], "dissent": _outcomes_json(v.dissent)}
-    if isinstance(v, Insufficient):
-        return {"verdict": "insufficient", "have": v.have, "need": v.need, "missing": list(v.missing)}
-    return {"verdict": "conflict", "outcomes": _outcomes_json(v.outcomes)}
-
-
-def _verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
-    n = len(policy.trusted)
-    if isinstance(v, Trusted):
-        lines = [f"trusted: {len(v.signers)} of {n} builders agree (threshold {policy.threshold}): "
-                 f"{', '.join(v.signers)}",
-                 f"  NarHash   {v.nar_hash}  ({v.outcome.nar_size:,} bytes)",
-                 f"  manifest  {v.manifest_digest.hex()}"]
-        for o, names in v.dissent.items():
-            lines.append(f"warning: {', '.join(names)} signed a different result: {o.short()}")
-        return "\n".join(lines)
-    if isinstance(v, Insufficient):
-        return (f"insufficient: {v.have} of the {v.need} agreeing signatures needed "
-                f"(from {n} trusted builders); no valid claim from: {', '.join(v.missing) or 'none'}")
-    lines = ["conflict: trusted builders signed different results; the path is refused"]
-    for o, names in v.outcomes.items():
-        lines.append(f"  {o.short()}: {', '.join(names)}")
-    return "\n".join(lines)

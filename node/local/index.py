@@ -164,10 +164,11 @@ class Index:
 
     # --- chunks
 
-    def add_chunks(self, rows: Iterable[tuple[bytes, int, int, int]]) -> None:
-        """(digest, slab, offset, length) of chunks whose bytes are synced."""
+    def add_chunks(self, rows: Iterable[tuple[bytes, int, int, int]], present: bool = True) -> None:
+        """(digest, slab, offset, length) of chunks whose bytes are synced (or, with
+        present=False, of holes reserved for chunks still to come)."""
         self.db.executemany(
-            "INSERT INTO chunks (digest, slab, offset, length, present) VALUES (?, ?, ?, ?, 1)", rows
+            f"INSERT INTO chunks (digest, slab, offset, length, present) VALUES (?, ?, ?, ?, {int(present)})", rows
         )
 
     def set_present(self, ids: Iterable[int], present: bool) -> None:
@@ -265,6 +266,11 @@ class Index:
     def claims(self, store_path: str) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT data FROM claims WHERE store_path = ? ORDER BY id",
                                               (store_path,))]
+
+    def claims_by_hash(self, path_hash: str) -> list[bytes]:
+        # The hash is nix32 (no glob metacharacters); the store directory may be any.
+        return [r[0] for r in self.db.execute("SELECT data FROM claims WHERE store_path GLOB ? ORDER BY id",
+                                              (f"*/{path_hash}-*",))]
 
     def roots(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT store_path FROM roots ORDER BY store_path")]

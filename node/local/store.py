@@ -203,6 +203,48 @@ class LocalStore:
     def ingest(self) -> Ingest:
         return Ingest(self)
 
+    def reserve(self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True) -> list[bytes]:
+        """Record a path before its bytes arrive (a fetch): the manifest, the claims, and a
+        place (a hole) for every chunk the store lacks. Returns the digests still absent;
+        an `Ingest` fills them. The path is complete once none is absent. Must not run
+        while an `Ingest` is open: both move the slab's allocation mark."""
+        sizes = {d: length for _, _, length, d in manifest.chunk_spans()}
+        known = self.index.chunks(list(sizes))
+        new = [d for d in sizes if d not in known]
+        slabs = self.index.slabs()
+        sp = str(manifest.store_path)
+        with self.index.transaction():
+            if not slabs:
+                self.index.add_slab(_slab_name(1), self.slab_cap)
+                slabs = self.index.slabs()
+            slab = slabs[-1]
+            slab_id, cap, cursor = slab.id, slab.cap, slab.size
+            rows = []
+            for d in new:
+                if cursor + align(sizes[d]) > cap:
+                    self.index.add_chunks(rows, present=False)
+                    self.index.set_slab_size(slab_id, cursor)
+                    rows = []
+                    slab_id = self.index.add_slab(_slab_name(len(self.index.slabs()) + 1), self.slab_cap)
+                    cap, cursor = self.slab_cap, 0
+                rows.append((d, slab_id, cursor, sizes[d]))
+                cursor += align(sizes[d])
+            self.index.add_chunks(rows, present=False)
+            self.index.set_slab_size(slab_id, cursor)
+            data = manifest.encode()
+            mid = self.index.add_manifest(blake3_digest(data), data, sizes)
+            self.index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
+                                str(manifest.deriver) if manifest.deriver else None,
+                                (str(r) for r in manifest.references), int(time.time()))
+            for c in claims:
+                self.index.add_claim(sp, c.builder.encode(), c.encode())
+            if root:
+                self.index.add_root(sp)
+        return [d for d in sizes if not (d in known and known[d].present)]
+
+    def reader(self) -> StoreReader:
+        return StoreReader(self)
+
     def add_root(self, store_path: StorePath | str) -> None:
         with self.index.transaction():
             self.index.add_root(str(store_path))
@@ -475,6 +517,15 @@ class Ingest:
         self._created = []
         self.store.checkpoint("path-committed")
 
+    def save(self) -> None:
+        """Make what was added so far durable without recording a path (a fetch that
+        stops early keeps the chunks it received; they filled reserved holes)."""
+        self._wait()
+        self.flush()
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True, cancel_futures=True)
+
     def abort(self) -> None:
         """Undo: cut uncommitted bytes off, free the chunks this ingest committed."""
         self._queue, self._queued = [], 0
@@ -505,6 +556,70 @@ class Ingest:
             return
         self._created = []
         self.store._punch_freed()
+
+
+class StoreReader:
+    """Reads chunks and manifest blobs for peers, on its own SQLite connection so it can
+    run in another thread beside an ingest (WAL: it sees committed rows only)."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self.index = Index(os.path.join(store.data_dir, "index.sqlite"))
+        self._slabs: dict[int, Slab] = {}
+
+    def close(self) -> None:
+        for s in self._slabs.values():
+            s.close()
+        self.index.close()
+
+    def _slab(self, slab_id: int) -> Slab:
+        s = self._slabs.get(slab_id)
+        if s is None:
+            name = next(r.name for r in self.index.slabs() if r.id == slab_id)
+            s = self._slabs[slab_id] = Slab(os.path.join(self.store.data_dir, "slabs", name))
+        return s
+
+    def claims_by_hash(self, path_hash: str) -> list[SignedClaim]:
+        return [SignedClaim.decode(d) for d in self.index.claims_by_hash(path_hash)]
+
+    def add_claims(self, claims: Iterable[SignedClaim]) -> int:
+        """Keep claims learned from peers (the caller verified them); peers' claims are
+        the one thing written on this side. Returns how many were new."""
+        with self.index.transaction():
+            before = self.index.scalar("SELECT count(*) FROM claims")
+            for c in claims:
+                self.index.add_claim(str(c.claim.store_path), c.builder.encode(), c.encode())
+            return self.index.scalar("SELECT count(*) FROM claims") - before
+
+    def complete_paths(self) -> list[str]:
+        return [p.store_path for p in self.index.paths() if not self.index.missing_chunks(p.store_path)]
+
+    def path_state(self, store_path: str) -> tuple[Manifest, bool] | None:
+        """The path's manifest and whether all its chunks are present, if it is recorded."""
+        row = self.index.path(store_path)
+        if row is None:
+            return None
+        data = self.index.manifest(row.manifest_digest)
+        assert data is not None  # a foreign key guarantees it
+        return Manifest.decode(data), not self.index.missing_chunks(store_path)
+
+    def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        """The chunks and manifests among `digests` that are present and intact."""
+        out: dict[bytes, bytes] = {}
+        for d, row in self.index.chunks(digests).items():
+            if row.present:
+                try:
+                    data = self._slab(row.slab).read(row.offset, row.length)
+                except OSError:
+                    continue
+                if blake3_digest(data) == d:  # never pass on rot
+                    out[d] = data
+        for d in digests:
+            if d not in out:
+                m = self.index.manifest(d)
+                if m is not None:
+                    out[d] = m
+        return out
 
 
 def _slab_name(n: int) -> str:

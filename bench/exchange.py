@@ -1,0 +1,184 @@
+"""Exchange throughput and latency, next to the ceiling of the stack measured in the same run.
+
+    .venv/bin/python bench/exchange.py [--size-mib 256] [--rounds 2]
+
+Separate processes on 127.0.0.1 for every node:
+  raw        one libp2p stream (noise + yamux, the same host set-up as a node) carrying the
+             same bytes from a server process: the ceiling of py-libp2p here
+  1 peer     a fresh client node fetching the path from one seed node
+  3 peers    a fresh client node fetching it from three seed nodes at once
+  latency    want-block round trips for one 64 KiB chunk on one stream (p50 / p99)
+Rounds interleave the measurements, since this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import multiaddr
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
+from libp2p.custom_types import TProtocol  # noqa: E402
+from libp2p.peer.peerinfo import info_from_p2p_addr  # noqa: E402
+
+from node.daemon import control  # noqa: E402
+from p2p import blocks  # noqa: E402
+from p2p.blocks import BlockClient, Want  # noqa: E402
+from p2p.host import make_host, quiet_libp2p  # noqa: E402
+from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
+
+RAW = TProtocol("/ferry-bench/raw/1")
+SP = "/nix/store/bcnchmarkbcnchmarkbcnchmarkbcncx-exchange-1.0"
+LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+
+
+async def raw_serve(path: str) -> None:
+    """Child process: serve the file's bytes on one stream, print our address."""
+    quiet_libp2p()
+    host = make_host(create_new_key_pair())
+
+    async def handler(stream) -> None:  # type: ignore[no-untyped-def]
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                await stream.write(chunk)
+        await stream.close()
+
+    host.set_stream_handler(RAW, handler)
+    async with host.run([LOCAL]):
+        print(host.get_addrs()[0], flush=True)
+        await trio.sleep_forever()
+
+
+async def raw_fetch(addr: str, size: int) -> float:
+    quiet_libp2p()
+    host = make_host(create_new_key_pair())
+    async with host.run([LOCAL]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        await host.connect(info)
+        stream = await host.new_stream(info.peer_id, [RAW])
+        t = time.perf_counter()
+        got = 0
+        while got < size:
+            data = await stream.read(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        dt = time.perf_counter() - t
+        await host.close()
+    assert got == size, (got, size)
+    return size / dt / 1e6
+
+
+async def latency(addr: str, digest: bytes, n: int) -> list[float]:
+    quiet_libp2p()
+    host = make_host(create_new_key_pair())
+    out = []
+    async with host.run([LOCAL]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        await host.connect(info)
+        stream = await host.new_stream(info.peer_id, [TProtocol(blocks.PROTOCOL)])
+        client = BlockClient()
+        for _ in range(n):
+            t = time.perf_counter()
+            await stream.write(client.want([Want(digest)]))
+            replies: list[object] = []
+            while not replies:
+                replies = client.receive_data(await stream.read(1 << 20))
+            out.append(time.perf_counter() - t)
+        await stream.close()
+        await host.close()
+    return out
+
+
+def fetch(client: NodeProc) -> float:
+    t = time.perf_counter()
+    got = trio.run(control.call, str(client.data_dir), {"op": "fetch", "store_path": SP})
+    dt = time.perf_counter() - t
+    return got["bytes_done"] / dt / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    size = args.size_mib << 20
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-") as tmp_:
+        tmp = Path(tmp_)
+        tree = tmp / "tree"
+        tree.mkdir()
+        with open(tree / "data", "wb") as f:
+            rnd = random.Random(1)
+            for _ in range(args.size_mib):
+                f.write(rnd.randbytes(1 << 20))
+        (tree / "small").write_bytes(random.Random(2).randbytes(60_000))  # one 64 KiB-policy chunk
+        k = keys(tmp, "builder")
+        pol = policy(tmp, [k["builder"][1]], threshold=1)
+        seeds = [NodeProc(tmp, f"seed{i}", timeout=10).start() for i in range(3)]
+        procs = list(seeds)
+        raw = subprocess.Popen([sys.executable, __file__, "--raw-serve", str(tree / "data")], stdout=subprocess.PIPE,
+                               text=True)
+        try:
+            for s in seeds:
+                s.wait_ready()
+                s.json("publish", str(tree), "--store-path", SP, "--key", str(k["builder"][0]))
+            raw_addr = raw.stdout.readline().strip()  # type: ignore[union-attr]
+            small = next(d for d in _digests(seeds[0]) if d[1] < (64 << 10))[0]
+            results: dict[str, list[float]] = {"raw": [], "1 peer": [], "3 peers": []}
+            lat: list[float] = []
+            for r in range(args.rounds):
+                results["raw"].append(trio.run(raw_fetch, raw_addr, size))
+                for label, boot in (("1 peer", seeds[:1]), ("3 peers", seeds)):
+                    c = NodeProc(tmp, f"client-{label[0]}-{r}", bootstrap=[s.addr for s in boot], policy=pol,
+                                 timeout=10).start().wait_ready()
+                    procs.append(c)
+                    try:
+                        results[label].append(fetch(c))
+                    except control.ControlError:
+                        print("\n".join(c.log[-40:]), file=sys.stderr)
+                        raise
+                    c.stop()
+                lat += trio.run(latency, seeds[0].addr, small, 300)
+        finally:
+            raw.kill()
+            for p in procs:
+                p.stop()
+    best = {k_: max(v) for k_, v in results.items()}
+    print(f"path: {args.size_mib} MiB of random data (1 MiB chunks), loopback, {args.rounds} interleaved rounds")
+    for label in ("raw", "1 peer", "3 peers"):
+        runs = ", ".join(f"{x:.0f}" for x in results[label])
+        print(f"  {label:<8} best {best[label]:6.1f} MB/s   (runs: {runs})")
+    print(f"  1 peer / raw ceiling:  {best['1 peer'] / best['raw']:.2f}  (target >= 0.60)")
+    print(f"  3 peers / raw ceiling: {best['3 peers'] / best['raw']:.2f}")
+    lat.sort()
+    print(f"  want-block round trip, 64 KiB chunk, {len(lat)} requests: "
+          f"p50 {statistics.median(lat) * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99) - 1] * 1e3:.2f} ms")
+
+
+def _digests(node: NodeProc) -> list[tuple[bytes, int]]:
+    from node.local.index import Index
+
+    # The node holds its store's lock; its index can still be read (WAL).
+    ix = Index(os.path.join(node.data_dir, "index.sqlite"))
+    try:
+        return [(r.digest, r.length) for r in ix.all_chunks()]
+    finally:
+        ix.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw-serve":
+        trio.run(raw_serve, sys.argv[2])
+    else:
+        main()

@@ -1,0 +1,103 @@
+"""`ferry node run`: the daemon, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from typing import Any
+
+import trio
+
+from node.cli import storeopt, ui
+from node.daemon import config as nodeconfig
+from node.daemon.config import ConfigError, NodeConfig
+from node.daemon.control import ControlError
+from node.local.datadir import default_data_dir
+from p2p.host import quiet_libp2p
+from trust.keyfile import KeyFileError
+from trust.policy import PolicyError
+
+log = logging.getLogger("ferry.node")
+
+CONFIG_FILE = "node.toml"
+
+
+def add_parser(sub: Any) -> None:
+    node = sub.add_parser("node", help="run the ferry node (daemon)",
+                          description="The ferry node: serves your store to peers and fetches from them.")
+    nsub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    p = nsub.add_parser(
+        "run",
+        help="run the node in the foreground",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the node in the foreground, logging to standard error, until SIGINT or SIGTERM. "
+        "It listens for peers, serves the chunks and claims of the local store, and answers `ferry fetch`, "
+        "`ferry publish`, `ferry peers` and `ferry status` through a unix socket (mode 0600) in the data "
+        "directory. Once listening it writes its addresses, with /p2p/<peer id>, one a line, to "
+        "<data-dir>/node.addr: give one of those to other nodes' --bootstrap.",
+        epilog="settings (in the TOML file <data-dir>/node.toml or --config; flags override them):\n"
+        + nodeconfig.describe()
+        + "\n\nexample node.toml:\n  listen = [\"/ip4/0.0.0.0/tcp/4737\"]\n"
+        "  bootstrap = [\"/ip4/192.0.2.7/tcp/4737/p2p/12D3KooW...\"]\n  policy = \"/etc/ferry/policy.toml\"\n"
+        "  mdns = false\n\nThe node's identity (its peer ID) is kept in <data-dir>/identity.key.",
+    )
+    p.add_argument("--listen", metavar="MULTIADDR", action="append",
+                   help="listen on this multiaddr (repeatable), e.g. /ip4/127.0.0.1/tcp/0 for a free port")
+    p.add_argument("--bootstrap", metavar="MULTIADDR", action="append",
+                   help="connect to this peer (repeatable; with /p2p/<peer id>)")
+    p.add_argument("--policy", metavar="FILE", help="trust policy file (needed to fetch)")
+    p.add_argument("--config", metavar="FILE", help=f"settings file (default: <data-dir>/{CONFIG_FILE} if it exists)")
+    p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="no mDNS discovery")
+    p.add_argument("--no-dht", dest="dht", action="store_false", default=None, help="no Kademlia DHT")
+    p.add_argument("--no-gossip", dest="gossip", action="store_false", default=None, help="no gossipsub")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=run)
+
+
+def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
+    path = args.config or os.path.join(data_dir, CONFIG_FILE)
+    base = nodeconfig.load(path) if args.config or os.path.exists(path) else NodeConfig()
+    return base.with_overrides(
+        listen=tuple(args.listen) if args.listen else None,
+        bootstrap=tuple(base.bootstrap) + tuple(args.bootstrap) if args.bootstrap else None,
+        policy=os.path.abspath(args.policy) if args.policy else None,
+        mdns=args.mdns, dht=args.dht, gossip=args.gossip,
+        source="command line" if not (args.config or os.path.exists(path)) else path,
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.verbose == 0:
+        logging.getLogger().setLevel(logging.INFO)
+    if args.verbose < 2:
+        quiet_libp2p()
+    data_dir = os.path.abspath(args.data_dir or default_data_dir())
+    try:
+        config = load_config(args, data_dir)
+    except ConfigError as e:
+        ui.fail(str(e))
+    store = storeopt.open_store(argparse.Namespace(data_dir=data_dir))
+    try:
+        trio.run(_main, data_dir, config, store)
+    except (ConfigError, ControlError, PolicyError, KeyFileError) as e:
+        ui.fail(str(e))
+    except OSError as e:
+        ui.fail(f"cannot start the node: {e.strerror or e}")
+    finally:
+        store.close()
+
+
+async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:
+    from node.daemon.node import Node  # libp2p takes a while to import: only the daemon pays
+
+    node = Node(data_dir, config, store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        log.info("node %s running on %s", node.peer_id, data_dir)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                log.info("%s: stopping", signal.Signals(sig).name)
+                break
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,1 @@
+"""The node daemon: config, the running node, and its control API."""

@@ -1,0 +1,169 @@
+"""The control API: how `ferry fetch`, `ferry peers`, `ferry status` and `ferry publish`
+talk to a running node. A unix socket in the data directory, mode 0600 (only the
+node's user may drive it). One request per connection, all frames msgpack maps:
+
+    client: {"op": "fetch" | "publish" | "peers" | "status", ...arguments}
+    node:   {"progress": {...}}*  then  {"ok": result}  or  {"error": message, "code": int}
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import trio
+
+from p2p.frame import FrameDecoder, FrameError
+from p2p.frame import encode as frame
+
+log = logging.getLogger(__name__)
+
+SOCKET = "control.sock"
+CAP = 16 << 20
+MAX_UNIX_PATH = 107
+
+Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    """The node refused a request or is not reachable; the message says what to do."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def socket_path(data_dir: str) -> str:
+    return os.path.join(os.path.abspath(data_dir), SOCKET)
+
+
+def _check_length(path: str) -> None:
+    if len(path.encode()) > MAX_UNIX_PATH:
+        raise ControlError(f"{path}: the data directory's path is too long for a unix socket "
+                           f"(at most {MAX_UNIX_PATH} bytes); choose a shorter --data-dir")
+
+
+async def bind(data_dir: str) -> trio.SocketListener:
+    path = socket_path(data_dir)
+    _check_length(path)
+    if os.path.exists(path):
+        if await _answers(path):
+            raise ControlError(f"{path}: another node is already running on this data directory")
+        os.unlink(path)  # left by a node that died
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is created 0600: nobody else may ever connect
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return trio.SocketListener(sock)
+
+
+async def _answers(path: str) -> bool:
+    try:
+        s = await trio.open_unix_socket(path)
+    except OSError:
+        return False
+    await s.aclose()
+    return True
+
+
+async def serve(listener: trio.SocketListener, handler: Handler) -> None:
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                request = await _receive(stream)
+            except (ControlError, trio.BrokenResourceError):
+                return
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                await _send(stream, {"error": "malformed request", "code": 3})
+                return
+
+            async def progress(p: dict[str, Any]) -> None:
+                await _send(stream, {"progress": p})
+
+            try:
+                result = await handler(request, progress)
+                await _send(stream, {"ok": result})
+            except ControlError as e:
+                await _send(stream, {"error": str(e), "code": e.code})
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("a control client left before its %s finished", request["op"])
+            except Exception as e:
+                # A bug in one request must not stop the node: log it, tell the client.
+                log.exception("control request %s failed", request["op"])
+                try:
+                    await _send(stream, {"error": f"internal error in the node: {e!r} (see the node's log)"})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    await trio.serve_listeners(one, [listener])
+
+
+async def _send(stream: trio.abc.Stream, msg: dict[str, Any]) -> None:
+    await stream.send_all(frame(msgpack.packb(msg, use_bin_type=True), CAP))
+
+
+async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder | None = None) -> Any:
+    decoder = decoder or FrameDecoder(CAP)
+    while True:
+        data = await stream.receive_some(1 << 16)
+        if not data:
+            raise ControlError("the node closed the connection (did it stop? see its log)")
+        try:
+            frames = decoder.feed(data)
+        except FrameError as e:
+            raise ControlError(f"control protocol: {e}") from None
+        if frames:
+            return msgpack.unpackb(frames[0], raw=False)
+
+
+async def call(data_dir: str, request: dict[str, Any],
+               on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """Send one request to the node on `data_dir`; raises ControlError if it refuses or
+    no node runs there."""
+    path = socket_path(data_dir)
+    _check_length(path)
+    try:
+        stream = await trio.open_unix_socket(path)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            raise ControlError(f"no ferry node is running on {os.path.dirname(path)} "
+                               "(start one with `ferry node run`, or pass its --data-dir)") from None
+        if e.errno == errno.EACCES:
+            raise ControlError(f"{path}: permission denied (the node runs as another user)") from None
+        raise ControlError(f"{path}: {e.strerror}") from None
+    async with stream:
+        await stream.send_all(frame(msgpack.packb(request, use_bin_type=True), CAP))
+        decoder = FrameDecoder(CAP)
+        pending: list[bytes] = []
+        while True:
+            if not pending:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    raise ControlError("the node closed the connection (did it stop? see its log)")
+                try:
+                    pending = decoder.feed(data)
+                except FrameError as e:
+                    raise ControlError(f"control protocol: {e}") from None
+                continue
+            msg = msgpack.unpackb(pending.pop(0), raw=False)
+            if "progress" in msg:
+                if on_progress:
+                    on_progress(msg["progress"])
+            elif "ok" in msg:
+                return msg["ok"]
+            else:
+                raise ControlError(msg.get("error", "the node refused the request"), int(msg.get("code", 1)))
+
+
+def running(data_dir: str) -> bool:
+    """Whether a node seems to run on `data_dir` (its socket exists)."""
+    return os.path.exists(socket_path(data_dir))

@@ -1,0 +1,487 @@
+"""A running ferry node: the libp2p host, the exchange protocols, discovery, the local
+store, and the control API, in one trio nursery that owns them all."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import msgpack
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.daemon import control
+from node.daemon.config import NodeConfig
+from node.daemon.control import ControlError
+from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan, Progress
+from node.exchange.peers import PeerBook
+from node.exchange.server import Served, serve_blocks, serve_claims
+from node.local.errors import StoreError
+from node.local.store import Ingest, LocalStore, StoreReader
+from p2p import blocks, claims
+from p2p.blocks import BlockServer, Reply
+from p2p.host import HostLimits, make_host
+from p2p.identity import load_or_create
+from p2p.stream import ByteStream, abort
+from store import userfile
+from store.manifest import Manifest
+from store.path import StorePath, StorePathError
+from trust import policyfile
+from trust.claim import ClaimError, SignedClaim
+from trust.policy import PolicyError, QuorumPolicy
+
+log = logging.getLogger(__name__)
+
+ADDR_FILE = "node.addr"
+GOSSIP_TOPIC = "ferry/claims/1"
+GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+BOOTSTRAP_RETRY = 30.0
+REPROVIDE = 3600.0
+USAGE = 2  # exit codes the control API hands to the CLI (see `ferry fetch --help`)
+REFUSED = 3
+
+
+class Node:
+    def __init__(self, data_dir: str, config: NodeConfig, store: LocalStore) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.config = config
+        self.store = store
+        self.policy: QuorumPolicy | None = policyfile.load(config.policy) if config.policy else None
+        self.book = PeerBook(ban_seconds=config.ban_seconds)
+        self.served = Served()
+        self.keys = load_or_create(self.data_dir)
+        self.host: IHost = make_host(self.keys, HostLimits(max_connections=config.max_connections),
+                                     mdns=config.mdns, listen=[multiaddr.Multiaddr(a) for a in config.listen])
+        self.peer_id = self.host.get_id()
+        self.dht: KadDHT | None = None
+        self.pubsub: Pubsub | None = None
+        # The main store connection is for writes, one session at a time; peers are served
+        # from a second connection so a long fetch or publish never stalls them.
+        self.write_lock = trio.Lock()
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
+        self.reader: StoreReader = store.reader()
+        self.started = trio.Event()
+        self.host.get_network().register_notifee(_Gate(self.book))
+
+    # --- running
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listener = await control.bind(self.data_dir)
+        try:
+            async with self.host.run([multiaddr.Multiaddr(a) for a in self.config.listen]), AsyncExitStack() as stack:
+                try:
+                    self.host.set_stream_handler(TProtocol(blocks.PROTOCOL), self._on_blocks)
+                    self.host.set_stream_handler(TProtocol(claims.PROTOCOL), self._on_claims)
+                    if self.config.dht:
+                        self.dht = KadDHT(self.host, DHTMode.SERVER)
+                        await stack.enter_async_context(background_trio_service(self.dht))
+                    if self.config.gossip:
+                        router = GossipSub(GOSSIP_PROTOCOLS, 6, 4, 12, heartbeat_interval=1)
+                        self.pubsub = Pubsub(self.host, router)
+                        await stack.enter_async_context(background_trio_service(self.pubsub))
+                        await self.pubsub.wait_until_ready()
+                    addrs = [str(a) for a in self.host.get_addrs()]
+                    userfile.write_atomically(os.path.join(self.data_dir, ADDR_FILE),
+                                              "".join(a + "\n" for a in addrs).encode(), "the node address file")
+                    for a in addrs:
+                        log.info("listening on %s", a)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(control.serve, listener, self._control)
+                        nursery.start_soon(self._keep_bootstrap)
+                        if self.pubsub is not None:
+                            nursery.start_soon(self._gossip_listener)
+                        if self.dht is not None:
+                            nursery.start_soon(self._reprovide)
+                        self.started.set()
+                        task_status.started(addrs)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self.host.close()  # inside host.run(): otherwise sockets leak
+        finally:
+            listener.socket.close()
+            for name in (control.SOCKET, ADDR_FILE):
+                try:
+                    os.unlink(os.path.join(self.data_dir, name))
+                except FileNotFoundError:
+                    pass
+            self.reader.close()
+
+    async def _keep_bootstrap(self) -> None:
+        infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
+        while True:
+            for info in infos:
+                if info.peer_id != self.peer_id and info.peer_id not in self.host.get_connected_peers():
+                    await self._connect(info)
+            await trio.sleep(BOOTSTRAP_RETRY)
+
+    async def _connect(self, info: PeerInfo) -> bool:
+        if self.book.banned(str(info.peer_id), trio.current_time()):
+            return False
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                await self.host.connect(info)
+            except Exception as e:  # unreachable or refusing: retried later
+                log.info("cannot connect to %s: %s", info.peer_id, e)
+                return False
+            if self.dht is not None:
+                await self.dht.add_peer(info.peer_id)
+            log.info("connected to %s", info.peer_id)
+            return True
+        log.info("connecting to %s timed out", info.peer_id)
+        return False
+
+    # --- serving peers
+
+    def _peer_of(self, stream: INetStream) -> str:
+        return str(stream.muxed_conn.peer_id)
+
+    async def _refuse_banned(self, stream: INetStream, peer: str) -> bool:
+        if not self.book.banned(peer, trio.current_time()):
+            return False
+        await abort(stream)
+        await self.punish(peer, None)
+        return True
+
+    async def _on_blocks(self, stream: INetStream) -> None:
+        peer = self._peer_of(stream)
+        if await self._refuse_banned(stream, peer):
+            return
+        before = self.served.bytes
+        try:
+            await serve_blocks(stream, peer, self, self._violation, self.served)
+        except Exception:
+            # A bug met while serving one peer must not stop the node serving the rest.
+            log.exception("serving blocks to %s failed", peer)
+            await abort(stream)
+        self.book.get(peer).sent_bytes += self.served.bytes - before
+
+    async def _on_claims(self, stream: INetStream) -> None:
+        peer = self._peer_of(stream)
+        if await self._refuse_banned(stream, peer):
+            return
+        try:
+            await serve_claims(stream, peer, self, self._violation)
+        except Exception:
+            log.exception("serving claims to %s failed", peer)
+            await abort(stream)
+
+    async def _violation(self, peer: str, problem: str) -> None:
+        await self.punish(peer, problem)
+
+    async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return await trio.to_thread.run_sync(self.reader.blobs, digests, limiter=self._read_limiter)
+
+    async def encode_reply(self, replies: list[Reply]) -> bytes:
+        return await trio.to_thread.run_sync(BlockServer.reply, replies)
+
+    async def claims_for(self, path_hash: str) -> list[SignedClaim]:
+        return await trio.to_thread.run_sync(self.reader.claims_by_hash, path_hash, limiter=self._read_limiter)
+
+    async def learn(self, found: list[SignedClaim], source: str) -> int:
+        if not found:
+            return 0
+        n = await trio.to_thread.run_sync(self.reader.add_claims, found, limiter=self._read_limiter)
+        if n:
+            log.info("learned %d new claims from %s", n, source)
+        return n
+
+    # --- the fetcher's view of the network
+
+    def peers(self) -> list[str]:
+        now = trio.current_time()
+        return [str(p) for p in self.host.get_connected_peers() if not self.book.banned(str(p), now)]
+
+    async def open_stream(self, peer: str, protocol: str) -> ByteStream:
+        return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+
+    async def providers(self, path_hash: str) -> list[str]:
+        if self.dht is None:
+            return []
+        found = await self.dht.find_providers(_dht_key(path_hash))
+        out: dict[str, PeerInfo] = {}
+        for info in found:  # py-libp2p returns duplicates
+            if info.peer_id != self.peer_id:
+                out.setdefault(str(info.peer_id), info)
+        connected = {str(p) for p in self.host.get_connected_peers()}
+        for peer, info in out.items():
+            if peer not in connected and info.addrs:
+                await self._connect(info)
+        return [p for p in out if p in {str(c) for c in self.host.get_connected_peers()}]
+
+    async def punish(self, peer: str, problem: str | None) -> None:
+        """Ban the peer for `problem` and disconnect it (None: it is banned already)."""
+        if problem is not None:
+            self.book.punish(peer, problem, trio.current_time())
+        if self.dht is not None:
+            self.dht.routing_table.remove_peer(ID.from_base58(peer))  # or a DHT query dials it again
+        try:
+            await self.host.disconnect(ID.from_base58(peer))
+        except Exception as e:  # already gone: the ban is what matters
+            log.debug("disconnecting %s: %s", peer, e)
+
+    # --- announcing
+
+    async def announce(self, signed: Sequence[SignedClaim], complete: Sequence[StorePath]) -> None:
+        """Tell peers about new claims (push and gossip) and new complete paths (DHT)."""
+        if signed:
+            payload = claims.encode(claims.Push(tuple(c.encode() for c in signed)))
+            async with trio.open_nursery() as nursery:
+                for peer in self.peers():
+                    nursery.start_soon(self._push, peer, payload)
+            if self.pubsub is not None:
+                try:
+                    await self.pubsub.publish(GOSSIP_TOPIC, msgpack.packb([c.encode() for c in signed]))
+                except Exception as e:  # gossip is best effort: pushes and queries carry the claims too
+                    log.info("gossip publish failed: %s", e)
+        if self.dht is not None:
+            for sp in complete:
+                with trio.move_on_after(self.config.request_timeout):
+                    try:
+                        await self.dht.provide(_dht_key(sp.hash_part))
+                    except Exception as e:  # the DHT is one way of many to be found
+                        log.info("DHT provide of %s failed: %s", sp, e)
+
+    async def _push(self, peer: str, payload: bytes) -> None:
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                stream = await self.open_stream(peer, claims.PROTOCOL)
+                await stream.write(payload)
+                await stream.read(64)
+                await stream.close()
+            except Exception as e:  # the peer will ask for the claims when it needs them
+                log.info("pushing claims to %s failed: %s", peer, e)
+
+    async def _gossip_listener(self) -> None:
+        assert self.pubsub is not None
+        sub = await self.pubsub.subscribe(GOSSIP_TOPIC)
+        while True:
+            msg = await sub.get()
+            try:
+                raw = msgpack.unpackb(msg.data, raw=False, max_array_len=claims.MAX_CLAIMS, max_map_len=0)
+                found = [SignedClaim.decode(r) for r in raw if isinstance(r, bytes)]
+            except (ClaimError, ValueError, TypeError, msgpack.UnpackException):
+                continue  # gossip is a hint: junk is dropped, never trusted
+            await self.learn([c for c in found if c.valid()], "gossip")
+
+    async def _reprovide(self) -> None:
+        while True:
+            complete = await trio.to_thread.run_sync(self.reader.complete_paths, limiter=self._read_limiter)
+            await self.announce([], [StorePath.parse(p) for p in complete])
+            await trio.sleep(REPROVIDE)
+
+    # --- control API
+
+    async def _control(self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+        op = req["op"]
+        if op == "status":
+            return await self._status()
+        if op == "peers":
+            return self._peers_report()
+        if op == "fetch":
+            return await self._fetch(req, progress)
+        if op == "publish":
+            return await self._publish(req)
+        raise ControlError(f"unknown request {op!r}", USAGE)
+
+    async def _status(self) -> dict[str, Any]:
+        async with self.write_lock:
+            stats = await trio.to_thread.run_sync(self.store.stats, limiter=self._write_limiter)
+        return {"peer_id": str(self.peer_id), "addrs": [str(a) for a in self.host.get_addrs()],
+                "data_dir": self.data_dir, "peers": len(self.peers()), "policy": self.config.policy,
+                "served_blocks": self.served.blocks, "served_bytes": self.served.bytes,
+                "dht": self.dht is not None, "gossip": self.pubsub is not None,
+                "store": {"paths": stats.paths, "complete_paths": stats.complete_paths,
+                          "unique_chunks": stats.unique_chunks, "unique_bytes": stats.unique_bytes}}
+
+    def _peers_report(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        connected = {str(p) for p in self.host.get_connected_peers()}
+        out = []
+        for peer in sorted(connected | set(self.book.records)):
+            r = self.book.get(peer)
+            try:
+                addrs = [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer))]
+            except Exception:  # a peer we only remember for its ban has no addresses left
+                addrs = []
+            out.append({"peer_id": peer, "connected": peer in connected, "addrs": addrs,
+                        "sent_bytes": r.sent_bytes, "received_bytes": r.received_bytes, "bad": r.bad,
+                        "banned_for": max(0.0, r.banned_until - now), "last_problem": r.last_problem})
+        return out
+
+    async def _fetch(self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+        if self.policy is None:
+            raise ControlError("this node has no trust policy, so it cannot accept paths: "
+                               "start it with --policy FILE (see `ferry trust --help`)")
+        try:
+            target = StorePath.parse(str(req.get("store_path")))
+        except StorePathError as e:
+            raise ControlError(str(e), USAGE) from None
+        last = [0.0]
+
+        async def report(p: Progress) -> None:
+            now = trio.current_time()
+            if now - last[0] >= 0.2 or p.chunks_done == p.chunks:
+                last[0] = now
+                await progress(p.as_dict())
+
+        async with self.write_lock:
+            local = _FetchStore(self)
+            fetch = Fetch(self, local, self.policy, FetchSettings(request_timeout=self.config.request_timeout),
+                          on_progress=report)
+            try:
+                plans = await fetch.run(target, closure=bool(req.get("closure")))
+            except FetchRefused as e:
+                raise ControlError(str(e), REFUSED) from None
+            except FetchError as e:
+                raise ControlError(str(e)) from None
+            finally:
+                local.close()
+        for peer, n in fetch.progress.per_peer.items():
+            rec = self.book.get(peer)
+            rec.received_bytes += n
+        await self.announce([], [p.store_path for p in plans])
+        return {"fetched": [{"store_path": str(p.store_path), "nar_hash": str(p.manifest.nar_hash),
+                           "signers": list(p.verdict.signers), "had": p.complete} for p in plans],
+                **fetch.progress.as_dict()}
+
+    async def _publish(self, req: dict[str, Any]) -> Any:
+        from node.cli import source  # the CLI's source options are the request's vocabulary
+        from trust import claim as claimmod
+        from trust import keyfile
+
+        args = argparse.Namespace(**req["args"])
+        try:
+            key = keyfile.load_secret(args.key) if args.key else None
+        except keyfile.KeyFileError as e:
+            raise ControlError(str(e)) from None
+
+        def work() -> tuple[Manifest, list[SignedClaim], int, int]:
+            with self.store.ingest() as ingest:
+                manifest = source.build_manifest(args, on_chunk=ingest.add_chunk)
+                signed = [claimmod.sign_manifest(manifest, key)] if key else []
+                ingest.commit(manifest, claims=signed, root=not args.no_root)
+            return manifest, signed, ingest.new_chunks, ingest.new_bytes
+
+        async with self.write_lock:
+            try:
+                manifest, signed, new_chunks, new_bytes = await trio.to_thread.run_sync(
+                    _user_errors(work, args), limiter=self._write_limiter)
+            except StoreError as e:
+                raise ControlError(str(e)) from None
+        await self.announce(signed, [manifest.store_path])
+        s = manifest.stats()
+        return {"store_path": str(manifest.store_path), "nar_hash": str(manifest.nar_hash),
+                "nar_size": manifest.nar_size, "manifest_digest": manifest.digest().hex(), "chunks": s.chunks,
+                "unique_chunks": s.unique_chunks, "new_chunks": new_chunks, "new_bytes": new_bytes,
+                "root": not args.no_root, "claim": signed[0].nix_sig().encode() if signed else None,
+                "signer": key.name if key else None, "data_dir": self.data_dir}
+
+
+def _user_errors(work: Callable[[], Any], args: argparse.Namespace) -> Callable[[], Any]:
+    """Source errors (a missing file, a bad NAR) as ControlError, worded as the CLI words them."""
+    from node.cli import source
+
+    def run() -> Any:
+        try:
+            return work()
+        except Exception as e:
+            message = source.user_error(e, args)
+            if message is None:
+                raise
+            raise ControlError(message) from None
+
+    return run
+
+
+class _Gate(INotifee):
+    """Closes any connection with a banned peer, whoever dialed it."""
+
+    def __init__(self, book: PeerBook) -> None:
+        self.book = book
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        if self.book.banned(str(conn.muxed_conn.peer_id), trio.current_time()):
+            log.info("closing a connection with banned peer %s", conn.muxed_conn.peer_id)
+            await conn.close()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+def _dht_key(path_hash: str) -> str:
+    return f"/ferry/path/{path_hash}"
+
+
+class _FetchStore:
+    """The store as one fetch session sees it (the caller holds the node's write lock)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._ingest: Ingest | None = None
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.node._write_limiter)
+
+    async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
+        return await trio.to_thread.run_sync(self.node.reader.path_state, str(sp), limiter=self.node._read_limiter)
+
+    async def claims(self, sp: StorePath) -> list[SignedClaim]:
+        return await self.node.claims_for(sp.hash_part)
+
+    async def learn(self, found: list[SignedClaim], source: str) -> int:
+        return await self.node.learn(found, source)
+
+    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
+        def work() -> dict[bytes, int]:
+            missing: dict[bytes, int] = {}
+            for p in plans:
+                sizes = {d: n for _, _, n, d in p.manifest.chunk_spans()}
+                absent = self.node.store.reserve(p.manifest, claims=p.verdict.claims,
+                                                 root=str(p.store_path) in roots)
+                missing.update((d, sizes[d]) for d in absent)
+            return missing
+
+        return await self._write(work)
+
+    async def store_blocks(self, found: list[tuple[bytes, bytes]]) -> None:
+        def work() -> None:
+            if self._ingest is None:
+                self._ingest = self.node.store.ingest()
+            for d, data in found:
+                self._ingest.add_chunk(d, data)
+
+        await self._write(work)
+
+    async def save(self) -> None:
+        if self._ingest is not None:
+            await self._write(self._ingest.save)
+
+    def close(self) -> None:
+        if self._ingest is not None:
+            self._ingest.close()
+            self._ingest = None

@@ -1,0 +1,1 @@
+"""The exchange: serving and fetching chunks and claims over libp2p."""

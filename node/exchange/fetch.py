@@ -1,0 +1,414 @@
+"""A fetch session: one store path or a whole closure, from whichever peers have it.
+
+1. For each path (following references with `closure`): collect claims (ours, every
+   connected peer's, the DHT providers'), decide with the quorum policy, and fetch the
+   manifest blob by the digest the quorum agreed on. Any refusal stops the session
+   before a single chunk is fetched.
+2. Record every path with holes for its missing chunks (so a killed fetch resumes).
+3. Fetch the missing chunks from all peers at once (`Schedule` spreads them by measured
+   throughput), hash every block before storing it, and ban a peer that sends a bad one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from node.exchange.schedule import Schedule
+from p2p import claims as claimwire
+from p2p.blocks import PROTOCOL as BLOCKS
+from p2p.blocks import Block, BlockClient, DontHave, Want
+from p2p.frame import FrameError
+from p2p.stream import ByteStream, StreamGone, abort, read_some, write
+from store.chunking import digest as blake3_digest
+from store.manifest import Manifest, ManifestError
+from store.path import StorePath
+from trust.claim import ClaimError, SignedClaim
+from trust.policy import QuorumPolicy, Trusted, Verdict
+from trust.report import verdict_text
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST = 64 << 20
+
+
+class FetchError(Exception):
+    """A fetch that cannot finish; the message says why and what to try."""
+
+
+class FetchRefused(FetchError):
+    def __init__(self, store_path: StorePath, policy: QuorumPolicy, verdict: Verdict) -> None:
+        self.store_path = store_path
+        self.verdict = verdict
+        super().__init__(f"{store_path}: refused by the trust policy\n{verdict_text(policy, verdict)}")
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    request_timeout: float = 10.0  # a want unanswered this long goes to another peer
+    claims_timeout: float = 5.0
+    connect_timeout: float = 5.0
+
+
+@dataclass
+class Progress:
+    paths: int = 0
+    paths_done: int = 0
+    chunks: int = 0
+    chunks_done: int = 0
+    bytes: int = 0
+    bytes_done: int = 0
+    per_peer: dict[str, int] = field(default_factory=dict)  # verified bytes received from each peer
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, object]:
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        return {"paths": self.paths, "paths_done": self.paths_done, "chunks": self.chunks,
+                "chunks_done": self.chunks_done, "bytes": self.bytes, "bytes_done": self.bytes_done,
+                "per_peer": dict(self.per_peer), "rate": self.bytes_done / elapsed}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A path the quorum trusts, with its manifest."""
+
+    store_path: StorePath
+    manifest: Manifest
+    verdict: Trusted
+    complete: bool
+
+
+class Network(Protocol):
+    """What a session needs of the node (the simulator provides its own)."""
+
+    def peers(self) -> list[str]: ...
+    async def open_stream(self, peer: str, protocol: str) -> ByteStream: ...
+    async def providers(self, path_hash: str) -> list[str]: ...
+    async def punish(self, peer: str, problem: str) -> None: ...
+
+
+class LocalPaths(Protocol):
+    async def state(self, store_path: StorePath) -> tuple[Manifest, bool] | None:
+        """The path's manifest and whether it is complete, if the store has it."""
+        ...
+
+    async def claims(self, store_path: StorePath) -> list[SignedClaim]: ...
+    async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
+    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
+        """Record the paths; the absent chunks (digest -> size) to fetch."""
+        ...
+
+    async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None: ...
+    async def save(self) -> None:
+        """Make the stored blocks durable (called at the end, and when interrupted)."""
+        ...
+
+
+class Fetch:
+    def __init__(self, net: Network, local: LocalPaths, policy: QuorumPolicy,
+                 settings: FetchSettings = FetchSettings(),
+                 on_progress: Callable[[Progress], Awaitable[None] | None] | None = None) -> None:
+        self.net = net
+        self.local = local
+        self.policy = policy
+        self.settings = settings
+        self.progress = Progress()
+        self._on_progress = on_progress
+        self._changed = trio.Event()
+        self._cancels: dict[str, list[bytes]] = {}
+        self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
+
+    # --- 1. resolve
+
+    async def run(self, target: StorePath, *, closure: bool = False) -> list[Plan]:
+        plans = await self.resolve(target, closure=closure)
+        self.progress.paths = len(plans)
+        self.progress.paths_done = sum(p.complete for p in plans)
+        todo = [p for p in plans if not p.complete]
+        if todo:
+            missing = await self.local.reserve(todo, roots={str(target)})
+            await self.transfer(missing)
+        self.progress.paths_done = len(plans)
+        await self._report()
+        return plans
+
+    async def resolve(self, target: StorePath, *, closure: bool) -> list[Plan]:
+        plans: list[Plan] = []
+        seen: set[str] = set()
+        todo = [target]
+        while todo:
+            sp = todo.pop()
+            if str(sp) in seen:
+                continue
+            seen.add(str(sp))
+            plan = await self._plan(sp)
+            plans.append(plan)
+            if closure:
+                todo.extend(r for r in plan.manifest.references if str(r) not in seen and r != sp)
+        return plans
+
+    async def _plan(self, sp: StorePath) -> Plan:
+        have = await self.local.state(sp)
+        gathered = await self.local.claims(sp) + await self._ask_claims(sp)
+        verdict = self.policy.decide(sp, gathered)
+        if not isinstance(verdict, Trusted):
+            raise FetchRefused(sp, self.policy, verdict)
+        await self.local.learn(list(verdict.claims), "quorum")
+        if have is not None and have[0].digest() == verdict.manifest_digest:
+            return Plan(sp, have[0], verdict, have[1])
+        manifest = await self._fetch_manifest(sp, verdict)
+        return Plan(sp, manifest, verdict, False)
+
+    async def _ask_claims(self, sp: StorePath) -> list[SignedClaim]:
+        peers = set(self.net.peers())
+        with trio.move_on_after(self.settings.connect_timeout):
+            peers.update(await self.net.providers(sp.hash_part))
+        found: list[SignedClaim] = []
+
+        async def ask(peer: str) -> None:
+            got = await self._claims_from(peer, sp.hash_part)
+            if got:
+                self._claimed_by.setdefault(sp.hash_part, set()).add(peer)
+            found.extend(got)
+
+        async with trio.open_nursery() as nursery:
+            for p in peers:
+                nursery.start_soon(ask, p)
+        valid = [c for c in found if c.claim.store_path == sp and c.valid()]
+        await self.local.learn(valid, "peers")
+        return valid
+
+    async def _claims_from(self, peer: str, path_hash: str) -> list[SignedClaim]:
+        reader = claimwire.Reader()
+        with trio.move_on_after(self.settings.claims_timeout):
+            try:
+                stream = await self.net.open_stream(peer, claimwire.PROTOCOL)
+            except Exception as e:  # unreachable peer: another may answer
+                log.info("cannot ask %s for claims: %s", peer, e)
+                return []
+            try:
+                await write(stream, claimwire.encode(claimwire.Get(path_hash)))
+                msg = None
+                while msg is None:
+                    data = await read_some(stream)
+                    if not data:
+                        return []
+                    msg = reader.receive_data(data)
+                if not isinstance(msg, claimwire.Claims):
+                    raise claimwire.ClaimsError("answered GET with something other than CLAIMS")
+            except FrameError as e:  # ClaimsError is one
+                await abort(stream)
+                await self.net.punish(peer, f"claims protocol: {e}")
+                return []
+            except StreamGone:
+                return []
+            await _close(stream)
+            out = []
+            for raw in msg.claims:
+                try:
+                    out.append(SignedClaim.decode(raw))
+                except ClaimError:
+                    pass  # a claim we cannot read counts for nothing; the policy lists what it used
+            return out
+        return []
+
+    def _blob_peers(self, path_hash: str) -> list[str]:
+        first = self._claimed_by.get(path_hash, set())
+        return sorted(self.net.peers(), key=lambda p: p not in first)
+
+    async def _fetch_manifest(self, sp: StorePath, verdict: Trusted) -> Manifest:
+        digest = verdict.manifest_digest
+        for peer in self._blob_peers(sp.hash_part):
+            data = await self._blob_from(peer, digest)
+            if data is None:
+                continue
+            try:
+                m = Manifest.decode(data)
+            except ManifestError as e:
+                await self.net.punish(peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}")
+                continue
+            o = verdict.outcome
+            if (m.store_path != sp or m.nar_hash != o.nar_hash or m.nar_size != o.nar_size
+                    or tuple(sorted(m.references, key=str)) != o.references):
+                # The builders signed a manifest that contradicts their own claim: no peer
+                # can fix that, so stop rather than ask everyone.
+                raise FetchError(f"{sp}: the manifest the builders signed does not match their claim")
+            return m
+        raise FetchError(f"{sp}: no connected peer has its manifest {digest.hex()[:16]}… "
+                         "(is a builder that published it running and reachable? see `ferry peers`)")
+
+    async def _blob_from(self, peer: str, digest: bytes) -> bytes | None:
+        client = BlockClient(max_block=MAX_MANIFEST)
+        with trio.move_on_after(self.settings.request_timeout):
+            try:
+                stream = await self.net.open_stream(peer, BLOCKS)
+            except Exception as e:  # unreachable: try the next peer
+                log.info("cannot open a blocks stream to %s: %s", peer, e)
+                return None
+            try:
+                await write(stream, client.want([Want(digest)]))
+                while True:
+                    data = await read_some(stream)
+                    if not data:
+                        return None
+                    for r in client.receive_data(data):
+                        if isinstance(r, Block):
+                            await _close(stream)
+                            if blake3_digest(r.data) != digest:
+                                await self.net.punish(peer, f"sent a blob that does not hash to {digest.hex()[:16]}")
+                                return None
+                            return r.data
+                        return None
+            except FrameError as e:  # BlocksError is one
+                await abort(stream)
+                await self.net.punish(peer, f"blocks protocol: {e}")
+                return None
+            except StreamGone:
+                return None
+        return None
+
+    # --- 3. transfer
+
+    async def transfer(self, missing: dict[bytes, int]) -> None:
+        self.progress.chunks = len(missing)
+        self.progress.bytes = sum(missing.values())
+        if not missing:
+            return
+        sched = Schedule(dict(missing))
+        try:
+            async with trio.open_nursery() as nursery:
+                started: set[str] = set()
+
+                def add_peers() -> None:
+                    for p in self.net.peers():
+                        if p not in started:
+                            started.add(p)
+                            sched.add_peer(p)
+                            nursery.start_soon(self._worker, p, sched)
+
+                add_peers()
+                while not sched.complete:
+                    if not sched.peers:
+                        raise FetchError(f"{sched.remaining} chunks left and no peer to fetch them from "
+                                         "(every peer failed or left; see `ferry peers`)")
+                    lost = sched.unobtainable()
+                    if lost and all(not st.in_flight for st in sched.peers.values()):
+                        raise FetchError(f"{len(lost)} chunks are held by none of the {len(sched.peers)} "
+                                         "connected peers")
+                    changed = self._changed
+                    with trio.move_on_after(1.0):
+                        await changed.wait()
+                    add_peers()  # peers that connected meanwhile join in
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.local.save()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _report(self) -> None:
+        if self._on_progress is not None:
+            r = self._on_progress(self.progress)
+            if r is not None:
+                await r
+
+    async def _worker(self, peer: str, sched: Schedule) -> None:
+        try:
+            stream = await self.net.open_stream(peer, BLOCKS)
+        except Exception as e:  # the peer is gone: the others carry on
+            log.info("cannot open a blocks stream to %s: %s", peer, e)
+            sched.remove_peer(peer)
+            self._notify()
+            return
+        try:
+            await self._exchange(peer, stream, sched)
+        except FrameError as e:  # BlocksError is one
+            await abort(stream)
+            await self.net.punish(peer, f"blocks protocol: {e}")
+        except _BadBlock as e:
+            await abort(stream)
+            await self.net.punish(peer, str(e))
+        except StreamGone as e:
+            log.info("lost %s mid-fetch: %s", peer, e)
+        else:
+            await _close(stream)
+        finally:
+            sched.remove_peer(peer)
+            self._cancels.pop(peer, None)
+            self._notify()
+
+    async def _exchange(self, peer: str, stream: ByteStream, sched: Schedule) -> None:
+        client = BlockClient()
+        timeout = self.settings.request_timeout
+        last_heard = trio.current_time()
+        while not sched.complete:
+            now = trio.current_time()
+            cancels = [d for d in self._cancels.pop(peer, []) if client.is_outstanding(d)]
+            late = sched.timed_out(peer, now, timeout)
+            if late:
+                if now - last_heard > timeout:
+                    raise _BadBlock(f"answered nothing for {timeout:.0f} s")
+                cancels.extend(d for d in late if client.is_outstanding(d))
+                self._notify()
+            if cancels:
+                await write(stream, client.cancel(cancels))
+            ask = sched.take(peer, now)
+            if ask:
+                await write(stream, client.want(Want(d) for d in ask))
+            if not client.outstanding:
+                # Nothing this peer can do now; wake when the picture changes.
+                changed = self._changed
+                with trio.move_on_after(timeout):
+                    await changed.wait()
+                last_heard = trio.current_time()
+                continue
+            data = b""
+            with trio.move_on_after(min(1.0, timeout)):
+                data = await read_some(stream)
+                if not data:
+                    raise StreamGone("the peer closed the stream")
+            if not data:
+                continue
+            last_heard = trio.current_time()
+            good: list[tuple[bytes, bytes]] = []
+            for r in client.receive_data(data):
+                if isinstance(r, Block):
+                    expect = sched.sizes.get(r.digest)
+                    if expect is None or r.digest in sched.done:
+                        continue  # a duplicate from the endgame, already stored
+                    if len(r.data) != expect:
+                        raise _BadBlock(f"sent {len(r.data):,} bytes for a {expect:,}-byte chunk {r.digest.hex()[:16]}")
+                    if blake3_digest(r.data) != r.digest:
+                        raise _BadBlock(f"sent a chunk that does not hash to {r.digest.hex()[:16]}")
+                    good.append((r.digest, r.data))
+                elif isinstance(r, DontHave):
+                    sched.refused(peer, r.digest)
+            if good:
+                await self.local.store_blocks(good)
+                now = trio.current_time()
+                for d, data_ in good:
+                    for other in sched.received(peer, d, now):
+                        self._cancels.setdefault(other, []).append(d)
+                    self.progress.chunks_done += 1
+                    self.progress.bytes_done += len(data_)
+                    self.progress.per_peer[peer] = self.progress.per_peer.get(peer, 0) + len(data_)
+                await self._report()
+            self._notify()
+
+
+class _BadBlock(Exception):
+    """The peer sent something no honest peer sends."""
+
+
+async def _close(stream: ByteStream) -> None:
+    try:
+        await stream.close()
+    except Exception:  # already gone: nothing to release
+        pass

@@ -1,0 +1,145 @@
+"""Answering peers: `/ferry/blocks/1` and `/ferry/claims/1` on inbound streams."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from p2p import claims as wire
+from p2p.blocks import Block, BlockServer, DontHave, Have, Reply
+from p2p.frame import FrameError
+from p2p.stream import ByteStream, StreamGone, abort, read_some, write
+from trust.claim import ClaimError, SignedClaim
+
+log = logging.getLogger(__name__)
+
+SERVE_BATCH = 64  # wants answered per store read
+CLAIM_TIMEOUT = 10.0
+
+
+class BlobSource(Protocol):
+    async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        """The present, intact chunks and manifests among `digests`."""
+        ...
+
+    async def encode_reply(self, replies: list[Reply]) -> bytes:
+        """Compress and frame replies (off the event loop)."""
+        ...
+
+
+class ClaimBook(Protocol):
+    async def claims_for(self, path_hash: str) -> list[SignedClaim]: ...
+    async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
+
+
+@dataclass
+class Served:
+    blocks: int = 0
+    bytes: int = 0
+
+
+async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
+                       on_violation: Callable[[str, str], Awaitable[None]], served: Served) -> None:
+    """Reads wants while answering earlier ones, until the client closes the stream."""
+    server = BlockServer()
+    more = trio.Event()
+    ended = False
+
+    async def receive() -> None:
+        nonlocal more, ended
+        while True:
+            data = await read_some(stream)
+            if not data:
+                server.end_of_stream()
+                ended = True
+                more.set()
+                return
+            server.receive_data(data)
+            more.set()
+
+    async def answer() -> None:
+        nonlocal more
+        while True:
+            wants = server.take(SERVE_BATCH)
+            if not wants:
+                if ended:
+                    return
+                await more.wait()
+                more = trio.Event()
+                continue
+            found = await source.blobs([w.digest for w in wants])
+            replies: list[Reply] = [
+                DontHave(w.digest) if w.digest not in found
+                else Block(w.digest, found[w.digest]) if w.block else Have(w.digest)
+                for w in wants
+            ]
+            await write(stream, await source.encode_reply(replies))
+            for r in replies:
+                if isinstance(r, Block):
+                    served.blocks += 1
+                    served.bytes += len(r.data)
+
+    problem: str | None = None
+    clean = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            nursery.start_soon(answer)
+        clean = True
+    except* FrameError as group:  # framing or msgpack: BlocksError is one
+        problem = str(group.exceptions[0])
+    except* StreamGone:
+        pass
+    if problem is not None:
+        await abort(stream)
+        await on_violation(peer, f"blocks protocol: {problem}")
+    elif clean:
+        await _close(stream)
+
+
+async def serve_claims(stream: ByteStream, peer: str, book: ClaimBook,
+                       on_violation: Callable[[str, str], Awaitable[None]]) -> None:
+    reader = wire.Reader()
+    try:
+        with trio.fail_after(CLAIM_TIMEOUT):
+            msg = None
+            while msg is None:
+                data = await read_some(stream)
+                if not data:
+                    return
+                msg = reader.receive_data(data)
+            if isinstance(msg, wire.Get):
+                found = await book.claims_for(msg.path_hash)
+                await write(stream, wire.encode(wire.Claims(tuple(c.encode() for c in found[:wire.MAX_CLAIMS]))))
+            elif isinstance(msg, wire.Push):
+                good = []
+                for raw in msg.claims:
+                    try:
+                        c = SignedClaim.decode(raw)
+                    except ClaimError:
+                        continue
+                    if c.valid():
+                        good.append(c)
+                accepted = await book.learn(good, peer)
+                await write(stream, wire.encode(wire.Ack(accepted)))
+            else:
+                raise wire.ClaimsError("a client sent an answer")
+    except FrameError as e:  # ClaimsError is one
+        await abort(stream)
+        await on_violation(peer, f"claims protocol: {e}")
+        return
+    except (StreamGone, trio.TooSlowError):
+        await abort(stream)
+        return
+    await _close(stream)
+
+
+async def _close(stream: ByteStream) -> None:
+    try:
+        await stream.close()
+    except Exception:  # the peer may have gone already: the stream is finished either way
+        pass

@@ -1,0 +1,319 @@
+"""`/ferry/blocks/1`: the chunk exchange, as sans-io state machines (h11 style).
+
+Every frame (see `p2p.frame`) holds one msgpack array whose first item says what it is:
+
+    [0, [[digest: bin32, block: bool, bases: [bin32, ...]], ...]]   WANTS   client -> server
+    [1, [digest: bin32, ...]]                                       CANCEL  client -> server
+    [2, [entry, ...]]                                               REPLY   server -> client
+
+    entry = [0, digest, size: uint, zstd: bin]   BLOCK, zstd-compressed (bases as a raw prefix)
+          | [1, digest, size: uint, raw: bin]    BLOCK, sent as is (did not compress)
+          | [2, digest]                          HAVE
+          | [3, digest]                          DONT_HAVE
+
+Requests are pipelined on one stream: a client may send many WANTS frames before any
+reply and the server answers in any order. `BlockServer` enforces the per-peer limit on
+outstanding wants; `BlockClient` refuses replies it did not ask for, blocks larger than
+the cap, and blocks that decompress to another size than they claim. Neither checks a
+block's digest: that is the fetcher's job, which knows whom to blame.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgpack
+import zstandard
+
+from p2p.frame import DEFAULT_CAP, FrameDecoder, FrameError
+from p2p.frame import encode as frame
+
+PROTOCOL = "/ferry/blocks/1"
+DIGEST = 32
+MAX_BLOCK = 4 << 20  # a chunk is at most 1 MiB; a manifest blob may be larger
+MAX_BASES = 64
+MAX_WANTS = 4096  # outstanding wants a server holds per stream
+REPLY_TARGET = 2 << 20  # the server batches entries into frames of about this size
+
+
+class BlocksError(FrameError):
+    """The peer broke `/ferry/blocks/1`; close the stream and count it against them."""
+
+
+class Kind(enum.IntEnum):
+    WANTS = 0
+    CANCEL = 1
+    REPLY = 2
+
+
+class Entry(enum.IntEnum):
+    BLOCK_ZSTD = 0
+    BLOCK_RAW = 1
+    HAVE = 2
+    DONT_HAVE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    digest: bytes
+    block: bool = True  # False: want-have, only ask whether the peer holds it
+    bases: tuple[bytes, ...] = ()  # digests the requester holds, usable as a zstd prefix
+
+    def __post_init__(self) -> None:
+        _check_digest(self.digest)
+        if len(self.bases) > MAX_BASES:
+            raise BlocksError(f"a want lists {len(self.bases)} bases; at most {MAX_BASES} are allowed")
+        for b in self.bases:
+            _check_digest(b)
+
+    def encode(self) -> list[object]:
+        return [self.digest, self.block, list(self.bases)]
+
+    @classmethod
+    def decode(cls, raw: object) -> Want:
+        if not (isinstance(raw, list) and len(raw) == 3 and isinstance(raw[1], bool) and isinstance(raw[2], list)):
+            raise BlocksError("malformed want")
+        return cls(_digest(raw[0]), raw[1], tuple(_digest(b) for b in raw[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    digest: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DontHave:
+    digest: bytes
+
+
+Reply = Block | Have | DontHave
+
+
+@dataclass(frozen=True, slots=True)
+class Wants:
+    wants: tuple[Want, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    digests: tuple[bytes, ...]
+
+
+def _check_digest(d: object) -> None:
+    if not (isinstance(d, bytes) and len(d) == DIGEST):
+        raise BlocksError(f"a digest must be {DIGEST} bytes")
+
+
+def _digest(raw: object) -> bytes:
+    _check_digest(raw)
+    return raw  # type: ignore[return-value]
+
+
+def _unpack(payload: bytes) -> tuple[Kind, list[object]]:
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True,
+                              max_bin_len=DEFAULT_CAP, max_str_len=0, max_map_len=0, max_ext_len=0,
+                              max_array_len=max(MAX_WANTS, MAX_BASES) + 3)
+    except Exception as e:  # msgpack raises many unrelated types for bad input
+        raise BlocksError(f"frame is not valid msgpack: {e}") from None
+    if not (isinstance(obj, list) and len(obj) == 2 and type(obj[0]) is int and isinstance(obj[1], list)):
+        raise BlocksError("frame is not [kind, items]")
+    try:
+        return Kind(obj[0]), obj[1]
+    except ValueError:
+        raise BlocksError(f"unknown frame kind {obj[0]}") from None
+
+
+def _pack(kind: Kind, items: list[object]) -> bytes:
+    return frame(msgpack.packb([int(kind), items], use_bin_type=True))
+
+
+@dataclass
+class BlockServer:
+    """One inbound stream. Feed it bytes; it keeps the wants to serve in arrival order
+    (a cancel removes them) and turns answers into frames."""
+
+    max_wants: int = MAX_WANTS
+    _frames: FrameDecoder = field(default_factory=FrameDecoder)
+    _pending: OrderedDict[bytes, Want] = field(default_factory=OrderedDict)
+
+    def receive_data(self, data: bytes) -> list[Wants | Cancel]:
+        events: list[Wants | Cancel] = []
+        for payload in self._frames.feed(data):
+            kind, items = _unpack(payload)
+            if kind is Kind.WANTS:
+                wants = tuple(Want.decode(w) for w in items)
+                for w in wants:
+                    self._pending[w.digest] = w
+                if len(self._pending) > self.max_wants:
+                    raise BlocksError(f"peer has more than {self.max_wants} wants outstanding")
+                events.append(Wants(wants))
+            elif kind is Kind.CANCEL:
+                digests = tuple(_digest(d) for d in items)
+                for d in digests:
+                    self._pending.pop(d, None)
+                events.append(Cancel(digests))
+            else:
+                raise BlocksError("a client sent a reply frame")
+        return events
+
+    def end_of_stream(self) -> None:
+        self._frames.close()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def take(self, n: int) -> list[Want]:
+        """The next `n` wants to answer (they leave the queue)."""
+        out = []
+        while self._pending and len(out) < n:
+            out.append(self._pending.popitem(last=False)[1])
+        return out
+
+    @staticmethod
+    def reply(entries: Sequence[Reply], *, level: int = 1, dictionaries: dict[bytes, bytes] | None = None) -> bytes:
+        """Frames (one or more, each about REPLY_TARGET) answering with `entries`.
+        `dictionaries` maps a block's digest to the concatenated bases to compress it
+        against."""
+        out: list[bytes] = []
+        batch: list[object] = []
+        size = 0
+        plain = zstandard.ZstdCompressor(level=level)
+        for e in entries:
+            if isinstance(e, Block):
+                prefix = (dictionaries or {}).get(e.digest)
+                if prefix:
+                    dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+                    z = zstandard.ZstdCompressor(level=level, dict_data=dict_).compress(e.data)
+                    item: list[object] = [int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z]
+                else:
+                    z = plain.compress(e.data)
+                    item = ([int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z] if len(z) < len(e.data)
+                            else [int(Entry.BLOCK_RAW), e.digest, len(e.data), e.data])
+                size += len(item[3])  # type: ignore[arg-type]
+            elif isinstance(e, Have):
+                item = [int(Entry.HAVE), e.digest]
+            else:
+                item = [int(Entry.DONT_HAVE), e.digest]
+            batch.append(item)
+            size += DIGEST + 8
+            if size >= REPLY_TARGET:
+                out.append(_pack(Kind.REPLY, batch))
+                batch, size = [], 0
+        if batch:
+            out.append(_pack(Kind.REPLY, batch))
+        return b"".join(out)
+
+
+@dataclass
+class BlockClient:
+    """One outbound stream. `want` and `cancel` return the bytes to send; `receive_data`
+    returns the replies, each matched to an outstanding want."""
+
+    max_block: int = MAX_BLOCK
+    _frames: FrameDecoder = field(default_factory=FrameDecoder)
+    _outstanding: dict[bytes, Want] = field(default_factory=dict)
+    _bases: dict[bytes, bytes] = field(default_factory=dict)
+    # Wants we cancelled recently: their blocks may already be on the wire.
+    _cancelled: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+    def want(self, wants: Iterable[Want], base_bytes: dict[bytes, bytes] | None = None) -> bytes:
+        """`base_bytes`: for wants with bases, the concatenated bases' bytes (the client
+        has them) to decompress the answer with."""
+        wants = list(wants)
+        for w in wants:
+            self._outstanding[w.digest] = w
+            if w.bases and base_bytes and w.digest in base_bytes:
+                self._bases[w.digest] = base_bytes[w.digest]
+        out = []
+        for i in range(0, len(wants), MAX_WANTS // 4):
+            out.append(_pack(Kind.WANTS, [w.encode() for w in wants[i:i + MAX_WANTS // 4]]))
+        return b"".join(out)
+
+    def cancel(self, digests: Iterable[bytes]) -> bytes:
+        ds = [d for d in digests if self._outstanding.pop(d, None) is not None]
+        for d in ds:
+            self._bases.pop(d, None)
+            self._cancelled[d] = None
+        while len(self._cancelled) > MAX_WANTS:
+            self._cancelled.popitem(last=False)
+        return _pack(Kind.CANCEL, ds) if ds else b""  # type: ignore[arg-type]
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    def is_outstanding(self, digest: bytes) -> bool:
+        return digest in self._outstanding
+
+    def receive_data(self, data: bytes) -> list[Reply]:
+        """Replies to outstanding wants (a late answer to a cancelled want is dropped)."""
+        out: list[Reply] = []
+        for payload in self._frames.feed(data):
+            kind, items = _unpack(payload)
+            if kind is not Kind.REPLY:
+                raise BlocksError("a server sent a request frame")
+            for raw in items:
+                r = self._entry(raw)
+                if r is not None:
+                    out.append(r)
+        return out
+
+    def end_of_stream(self) -> None:
+        self._frames.close()
+
+    def _entry(self, raw: object) -> Reply | None:
+        if not (isinstance(raw, list) and raw and type(raw[0]) is int):
+            raise BlocksError("malformed reply entry")
+        try:
+            kind = Entry(raw[0])
+        except ValueError:
+            raise BlocksError(f"unknown reply entry {raw[0]}") from None
+        want_len = 4 if kind in (Entry.BLOCK_ZSTD, Entry.BLOCK_RAW) else 2
+        if len(raw) != want_len:
+            raise BlocksError("malformed reply entry")
+        digest = _digest(raw[1])
+        w = self._outstanding.get(digest)
+        if w is None:
+            # A reply to a want we cancelled may cross the cancel on the wire; anything
+            # else we never asked for is an attack.
+            if digest in self._cancelled:
+                return None
+            raise BlocksError(f"unsolicited reply for {digest.hex()[:16]}")
+        if kind is Entry.HAVE:
+            if w.block:
+                raise BlocksError("answered want-block with HAVE")
+            del self._outstanding[digest]
+            return Have(digest)
+        del self._outstanding[digest]
+        prefix = self._bases.pop(digest, None)
+        if kind is Entry.DONT_HAVE:
+            return DontHave(digest)
+        size, payload = raw[2], raw[3]
+        if not (type(size) is int and 0 <= size <= self.max_block and isinstance(payload, bytes)):
+            raise BlocksError(f"block {digest.hex()[:16]} claims {size!r} bytes (limit {self.max_block:,})")
+        if kind is Entry.BLOCK_RAW:
+            data = payload
+        else:
+            try:
+                dctx = (zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+                    prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)) if prefix else zstandard.ZstdDecompressor())
+                declared = zstandard.frame_content_size(payload)
+                if declared > size:  # refuse before allocating what the header asks for
+                    raise BlocksError(f"block {digest.hex()[:16]} declares {declared:,} bytes, not {size:,}")
+                data = dctx.decompress(payload, max_output_size=size)
+            except zstandard.ZstdError as e:
+                raise BlocksError(f"block {digest.hex()[:16]} does not decompress: {e}") from None
+        if len(data) != size:
+            raise BlocksError(f"block {digest.hex()[:16]} is {len(data):,} bytes, not the {size:,} it claims")
+        return Block(digest, data)

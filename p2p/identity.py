@@ -1,0 +1,42 @@
+"""The node's libp2p identity: an ed25519 key kept in the data directory, so the peer ID
+(and every multiaddr others have for us) survives restarts.
+
+The file is a Nix-format secret key (`ferry-node:base64(seed‖public)`, mode 0600), the same
+format and the same careful handling as builder keys, but it is never a builder key: a
+node's identity says who is talking, not who built what.
+"""
+
+from __future__ import annotations
+
+import os
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+
+from trust import keyfile
+from trust.key import SecretKey
+
+FILE = "identity.key"
+NAME = "ferry-node"
+
+
+def load_or_create(data_dir: str) -> KeyPair:
+    """Raises KeyFileError (with the file named) if the file exists but is unusable."""
+    path = os.path.join(data_dir, FILE)
+    try:
+        key = keyfile.load_secret(path)
+    except keyfile.KeyFileError:
+        if os.path.exists(path):
+            raise
+        os.makedirs(data_dir, exist_ok=True)
+        key = SecretKey.generate(NAME)
+        try:
+            keyfile.write_secret(path, key)
+        except keyfile.KeyFileError:
+            key = keyfile.load_secret(path)  # another process created it first: use theirs
+    return create_new_key_pair(key.seed)
+
+
+def peer_id(keys: KeyPair) -> ID:
+    return ID.from_pubkey(keys.public_key)

@@ -1,0 +1,106 @@
+"""The fetch scheduler as a pure state machine: who gets asked for what."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.exchange.schedule import MIN_WINDOW, Schedule
+
+
+def _chunks(n: int, size: int = 1 << 20) -> dict[bytes, int]:
+    return {i.to_bytes(32, "big"): size for i in range(n)}
+
+
+def test_faster_peer_is_given_more() -> None:
+    s = Schedule(_chunks(400, 64 << 10))
+    s.add_peer("fast")
+    s.add_peer("slow")
+    now = 0.0
+    got = {"fast": 0, "slow": 0}
+    for step in range(200):
+        now += 0.01
+        for p in ("fast", "slow"):
+            asked = s.take(p, now)
+            # fast delivers everything each tick; slow one chunk every 10 ticks
+            deliver = asked if p == "fast" else []
+            pending = list(s.peers[p].in_flight)
+            if p == "slow" and step % 10 == 0 and pending:
+                deliver = pending[:1]
+            for d in deliver:
+                if d in s.peers[p].in_flight:
+                    s.received(p, d, now + 0.005)
+                    got[p] += 1
+        if s.complete:
+            break
+    assert s.complete
+    assert got["fast"] > 5 * got["slow"]
+    assert s.peers["fast"].window > MIN_WINDOW
+
+
+def test_dont_have_and_failure_move_work_to_others() -> None:
+    s = Schedule(_chunks(4))
+    s.add_peer("a")
+    s.add_peer("b")
+    a = s.take("a", 0)
+    assert a and s.take("b", 0)  # b gets what is left
+    s.refused("a", a[0])
+    assert a[0] not in s.take("a", 0)  # never again to a (it may duplicate b's in the endgame)
+    back = s.remove_peer("b")
+    assert back
+    s.add_peer("c")
+    got = s.take("c", 1)
+    assert set(got) == set(back)  # the failed peer's work first
+    for d in got:
+        s.received("c", d, 2)
+    assert a[0] in s.take("c", 3)
+
+
+def test_unobtainable_when_every_peer_refused() -> None:
+    s = Schedule(_chunks(1))
+    s.add_peer("a")
+    (d,) = s.take("a", 0)
+    s.refused("a", d)
+    assert s.unobtainable() == [d]
+
+
+def test_timeouts_requeue_and_endgame_duplicates_once() -> None:
+    s = Schedule(_chunks(2))
+    s.add_peer("a")
+    s.add_peer("b")
+    first = s.take("a", 0)
+    assert len(first) == 2
+    dup = s.take("b", 0)  # nothing left in the queue: b duplicates a's requests
+    assert dup == first
+    assert s.take("c" if "c" in s.peers else "b", 0) == []
+    assert set(s.received("b", dup[0], 0.1)) == {"a"}  # cancel it at a
+    assert s.timed_out("a", 100, 10) == [first[1]]
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["take", "recv", "refuse", "drop"])), max_size=60))
+def test_no_chunk_is_lost(ops: list[tuple[str, str]]) -> None:
+    s = Schedule(_chunks(6, 1 << 20))
+    for p in "abc":
+        s.add_peer(p)
+    now = 0.0
+    for peer, op in ops:
+        now += 1
+        if peer not in s.peers:
+            s.add_peer(peer)
+        st_ = s.peers[peer]
+        if op == "take":
+            s.take(peer, now)
+        elif op == "recv" and st_.in_flight:
+            s.received(peer, next(iter(st_.in_flight)), now)
+        elif op == "refuse" and st_.in_flight:
+            s.refused(peer, next(iter(st_.in_flight)))
+        elif op == "drop":
+            s.remove_peer(peer)
+    # Whatever happened, once the others' requests time out a fresh peer finishes the job.
+    for p in list(s.peers):
+        s.timed_out(p, now + 100, 10)
+    s.add_peer("fresh")
+    for _ in range(10):
+        for d in s.take("fresh", now):
+            s.received("fresh", d, now)
+    assert s.complete

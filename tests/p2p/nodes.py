@@ -1,0 +1,121 @@
+"""Real `ferry node run` processes on 127.0.0.1 for tests, each with its own data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.cli import ARGV, ferry
+
+START_TIMEOUT = 60.0
+
+
+class NodeProc:
+    def __init__(self, root: Path, name: str, *, bootstrap: list[str] = (), policy: Path | None = None,
+                 timeout: float = 2.0, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.data_dir = root / name
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Tests are impatient: a silent peer is given up on after 2 s, not 10.
+        (self.data_dir / "node.toml").write_text(f"request_timeout = {timeout}\n")
+        self.argv = [*ARGV, "node", "run", "--data-dir", str(self.data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
+                     "--no-mdns", *[x for b in bootstrap for x in ("--bootstrap", b)]]
+        if policy:
+            self.argv += ["--policy", str(policy)]
+        self.env = {**os.environ, **(env or {})}
+        self.log: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> NodeProc:
+        self.log = []
+        self._ready.clear()
+        self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=self.env,
+                                     cwd=Path(__file__).parents[2])
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            if " running on " in line:
+                self._ready.set()
+        self._ready.set()  # it exited: wait() returns and the caller sees why
+
+    def wait_ready(self) -> NodeProc:
+        assert self._ready.wait(START_TIMEOUT), f"{self.name} did not start:\n" + "\n".join(self.log)
+        assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited:\n" + "\n".join(self.log)
+        return self
+
+    @property
+    def addr(self) -> str:
+        return (self.data_dir / "node.addr").read_text().splitlines()[0]
+
+    @property
+    def peer_id(self) -> str:
+        return self.addr.rsplit("/p2p/", 1)[1]
+
+    def ferry(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return ferry(*args, "--data-dir", str(self.data_dir), **kw)
+
+    def json(self, *args: str) -> Any:
+        r = self.ferry(*args, "--json")
+        assert r.returncode == 0, f"{self.name}: ferry {' '.join(args)}: {r.stderr}\n" + "\n".join(self.log[-30:])
+        return json.loads(r.stdout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait: a clean stop exits 0 and removes the socket and node.addr."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        return self.proc.returncode
+
+
+class Swarm:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nodes: list[NodeProc] = []
+
+    def start(self, *names: str, **kw: Any) -> list[NodeProc]:
+        """Starts the nodes at once (each process takes a second to import libp2p)."""
+        new = [NodeProc(self.root, n, **kw).start() for n in names]
+        self.nodes += new
+        return [n.wait_ready() for n in new]
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+def keys(tmp: Path, *names: str) -> dict[str, tuple[Path, str]]:
+    """name -> (secret key file, public key text), made by `ferry trust keygen`."""
+    out = {}
+    for n in names:
+        r = ferry("trust", "keygen", n, "-o", str(tmp / n))
+        assert r.returncode == 0, r.stderr
+        out[n] = (tmp / f"{n}.secret", (tmp / f"{n}.public").read_text().strip())
+    return out
+
+
+def policy(tmp: Path, publics: list[str], threshold: int, on_conflict: str = "refuse", name: str = "policy") -> Path:
+    p = tmp / f"{name}.toml"
+    p.write_text(f"trusted = {json.dumps(publics)}\nthreshold = {threshold}\non_conflict = \"{on_conflict}\"\n")
+    return p

@@ -1,0 +1,130 @@
+"""The `/ferry/blocks/1` and `/ferry/claims/1` state machines, driven without any I/O."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2p import blocks, claims
+from p2p.blocks import Block, BlockClient, BlocksError, BlockServer, Cancel, DontHave, Have, Want, Wants
+from p2p.frame import FrameError
+from p2p.frame import encode as frame
+from store.chunking import digest as blake3
+
+INTS = st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+
+
+@given(st.lists(st.tuples(st.binary(max_size=3000), st.booleans()), min_size=1, max_size=20, unique_by=lambda x: x[0]),
+       st.lists(st.integers(0, 10**6), max_size=8))
+def test_round_trip_in_any_pieces(items: list[tuple[bytes, bool]], cuts: list[int]) -> None:
+    client, server = BlockClient(), BlockServer()
+    wants = [Want(blake3(data), block=block) for data, block in items]
+    events = []
+    for piece in _split(client.want(wants), cuts):
+        events += server.receive_data(piece)
+    assert [w for e in events if isinstance(e, Wants) for w in e.wants] == wants
+    taken = server.take(100)
+    assert taken == wants and server.pending == 0
+    by_digest = {blake3(d): d for d, _ in items}
+    replies = [Block(w.digest, by_digest[w.digest]) if w.block else Have(w.digest) for w in taken]
+    got = []
+    for piece in _split(BlockServer.reply(replies), cuts):
+        got += client.receive_data(piece)
+    assert got == replies and client.outstanding == 0
+
+
+def test_delta_against_bases_decodes_with_the_same_prefix() -> None:
+    base = bytes(range(256)) * 400
+    new = base[:50_000] + b"changed" + base[50_000:]
+    d = blake3(new)
+    client = BlockClient()
+    client.want([Want(d, bases=(blake3(base),))], base_bytes={d: base})
+    wire = BlockServer.reply([Block(d, new)], dictionaries={d: base})
+    assert len(wire) < 200  # the base made it nearly free
+    assert client.receive_data(wire) == [Block(d, new)]
+
+
+def test_cancel_removes_pending_wants_and_late_dont_have_is_ignored() -> None:
+    client, server = BlockClient(), BlockServer()
+    a, b = blake3(b"a"), blake3(b"b")
+    server.receive_data(client.want([Want(a), Want(b)]))
+    assert server.receive_data(client.cancel([a])) == [Cancel((a,))]
+    assert [w.digest for w in server.take(10)] == [b]
+    # Answers that crossed the cancel on the wire are dropped, not held against the peer.
+    assert client.receive_data(BlockServer.reply([DontHave(a), Block(a, b"a")])) == []
+
+
+@pytest.mark.parametrize("reply, message", [
+    ([[0, blake3(b"x"), 1, b"x"]], "unsolicited"),
+    ([[1, blake3(b"x"), 5, b"x"]], "not the 5"),
+    ([[0, blake3(b"x"), 1, b"not zstd"]], "decompress"),
+    ([[0, blake3(b"x"), 1, zstandard.ZstdCompressor().compress(b"x" * 1000)]], "declares"),
+    ([[1, blake3(b"x"), blocks.MAX_BLOCK + 1, b"x"]], "limit"),
+    ([[9, blake3(b"x")]], "unknown reply"),
+    ([[2, blake3(b"x")]], "HAVE"),
+])
+def test_client_refuses_what_it_did_not_ask_for(reply: list, message: str) -> None:
+    client = BlockClient()
+    if message != "unsolicited":
+        client.want([Want(blake3(b"x"))])
+    with pytest.raises(BlocksError, match=message):
+        client.receive_data(frame(msgpack.packb([2, reply])))
+
+
+def test_server_limits_outstanding_wants() -> None:
+    server = BlockServer(max_wants=10)
+    client = BlockClient()
+    with pytest.raises(BlocksError, match="more than 10"):
+        server.receive_data(client.want(Want(blake3(bytes([i]))) for i in range(11)))
+
+
+@given(st.binary(max_size=2000))
+def test_server_survives_any_bytes_with_only_protocol_errors(data: bytes) -> None:
+    try:
+        BlockServer().receive_data(data)
+    except FrameError:
+        pass
+
+
+@given(st.lists(st.one_of(INTS, st.binary(max_size=40), st.booleans(), st.none(),
+                          st.lists(st.one_of(INTS, st.binary(max_size=40)), max_size=4)), max_size=4))
+def test_client_survives_any_msgpack_with_only_protocol_errors(body: list) -> None:
+    client = BlockClient()
+    client.want([Want(blake3(b"x"))])
+    try:
+        client.receive_data(frame(msgpack.packb([2, body])))
+    except FrameError:
+        pass
+
+
+@given(st.sampled_from([claims.Get("0" * 32), claims.Claims((b"a", b"b")), claims.Push(()), claims.Ack(3)]),
+       st.lists(st.integers(0, 1000), max_size=5))
+def test_claims_messages_round_trip(msg: claims.Message, cuts: list[int]) -> None:
+    reader = claims.Reader()
+    out = None
+    for piece in _split(claims.encode(msg), cuts):
+        out = reader.receive_data(piece) or out
+    assert out == msg
+
+
+@given(st.binary(max_size=500))
+def test_claims_reader_survives_any_bytes(data: bytes) -> None:
+    try:
+        claims.Reader().receive_data(frame(data))
+    except FrameError:
+        pass
+
+
+def test_claims_reader_refuses_a_second_message_and_bad_hashes() -> None:
+    with pytest.raises(claims.ClaimsError, match="more than one"):
+        claims.Reader().receive_data(claims.encode(claims.Ack(1)) * 2)
+    with pytest.raises(claims.ClaimsError, match="nix32"):
+        claims.Reader().receive_data(frame(msgpack.packb([0, "e" * 32])))
