@@ -79,7 +79,7 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                request = await _receive(stream)
+                request = await _receive(stream, FrameDecoder(CAP), [])
             except (ControlError, trio.BrokenResourceError):
                 return
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -111,18 +111,17 @@ async def _send(stream: trio.abc.Stream, msg: dict[str, Any]) -> None:
     await stream.send_all(frame(msgpack.packb(msg, use_bin_type=True), CAP))
 
 
-async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder | None = None) -> Any:
-    decoder = decoder or FrameDecoder(CAP)
-    while True:
+async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder, pending: list[bytes]) -> Any:
+    """The next message; `pending` holds frames already decoded from earlier reads."""
+    while not pending:
         data = await stream.receive_some(1 << 16)
         if not data:
             raise ControlError("the node closed the connection (did it stop? see its log)")
         try:
-            frames = decoder.feed(data)
+            pending.extend(decoder.feed(data))
         except FrameError as e:
             raise ControlError(f"control protocol: {e}") from None
-        if frames:
-            return msgpack.unpackb(frames[0], raw=False)
+    return msgpack.unpackb(pending.pop(0), raw=False)
 
 
 async def call(data_dir: str, request: dict[str, Any],
@@ -145,16 +144,7 @@ async def call(data_dir: str, request: dict[str, Any],
         decoder = FrameDecoder(CAP)
         pending: list[bytes] = []
         while True:
-            if not pending:
-                data = await stream.receive_some(1 << 16)
-                if not data:
-                    raise ControlError("the node closed the connection (did it stop? see its log)")
-                try:
-                    pending = decoder.feed(data)
-                except FrameError as e:
-                    raise ControlError(f"control protocol: {e}") from None
-                continue
-            msg = msgpack.unpackb(pending.pop(0), raw=False)
+            msg = await _receive(stream, decoder, pending)
             if "progress" in msg:
                 if on_progress:
                     on_progress(msg["progress"])

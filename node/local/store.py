@@ -212,7 +212,6 @@ class LocalStore:
         known = self.index.chunks(list(sizes))
         new = [d for d in sizes if d not in known]
         slabs = self.index.slabs()
-        sp = str(manifest.store_path)
         with self.index.transaction():
             if not slabs:
                 self.index.add_slab(_slab_name(1), self.slab_cap)
@@ -231,15 +230,7 @@ class LocalStore:
                 cursor += align(sizes[d])
             self.index.add_chunks(rows, present=False)
             self.index.set_slab_size(slab_id, cursor)
-            data = manifest.encode()
-            mid = self.index.add_manifest(blake3_digest(data), data, sizes)
-            self.index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
-                                str(manifest.deriver) if manifest.deriver else None,
-                                (str(r) for r in manifest.references), int(time.time()))
-            for c in claims:
-                self.index.add_claim(sp, c.builder.encode(), c.encode())
-            if root:
-                self.index.add_root(sp)
+            _record_path(self.index, manifest, claims, root)
         return [d for d in sizes if not (d in known and known[d].present)]
 
     def reader(self) -> StoreReader:
@@ -503,17 +494,8 @@ class Ingest:
     def commit(self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True) -> None:
         self._wait()
         self.flush()
-        sp = str(manifest.store_path)
         with self.index.transaction():
-            data = manifest.encode()
-            mid = self.index.add_manifest(blake3_digest(data), data, manifest.chunk_digests())
-            self.index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
-                                str(manifest.deriver) if manifest.deriver else None,
-                                (str(r) for r in manifest.references), int(time.time()))
-            for c in claims:
-                self.index.add_claim(sp, c.builder.encode(), c.encode())
-            if root:
-                self.index.add_root(sp)
+            _record_path(self.index, manifest, claims, root)
         self._created = []
         self.store.checkpoint("path-committed")
 
@@ -620,6 +602,21 @@ class StoreReader:
                 if m is not None:
                     out[d] = m
         return out
+
+
+def _record_path(index: Index, manifest: Manifest, claims: Iterable[SignedClaim], root: bool) -> None:
+    """Inside a transaction: the manifest, the path, its claims and root (its chunks,
+    present or reserved, are in the index already)."""
+    sp = str(manifest.store_path)
+    data = manifest.encode()
+    mid = index.add_manifest(blake3_digest(data), data, manifest.chunk_digests())
+    index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
+                   str(manifest.deriver) if manifest.deriver else None,
+                   (str(r) for r in manifest.references), int(time.time()))
+    for c in claims:
+        index.add_claim(sp, c.builder.encode(), c.encode())
+    if root:
+        index.add_root(sp)
 
 
 def _slab_name(n: int) -> str:
