@@ -12,7 +12,6 @@ import os
 
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
-from libp2p.peer.id import ID
 
 from trust import keyfile
 from trust.key import SecretKey
@@ -36,7 +35,3 @@ def load_or_create(data_dir: str) -> KeyPair:
         except keyfile.KeyFileError:
             key = keyfile.load_secret(path)  # another process created it first: use theirs
     return create_new_key_pair(key.seed)
-
-
-def peer_id(keys: KeyPair) -> ID:
-    return ID.from_pubkey(keys.public_key)

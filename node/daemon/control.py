@@ -155,5 +155,13 @@ async def call(data_dir: str, request: dict[str, Any],
 
 
 def running(data_dir: str) -> bool:
-    """Whether a node seems to run on `data_dir` (its socket exists)."""
-    return os.path.exists(socket_path(data_dir))
+    """Whether a node answers on `data_dir` (a socket left by a killed node does not)."""
+    path = socket_path(data_dir)
+    if len(path.encode()) > MAX_UNIX_PATH or not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True

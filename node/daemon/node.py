@@ -159,27 +159,28 @@ class Node:
         peer = self._peer_of(stream)
         if await self._refuse_banned(stream, peer):
             return
-        before = self.served.bytes
+        record = self.book.get(peer)
+
+        def sent(blocks: int, size: int) -> None:
+            self.served.add(blocks, size)
+            record.sent_bytes += size
+
         try:
-            await serve_blocks(stream, peer, self, self._violation, self.served)
+            await serve_blocks(stream, peer, self, self.punish, sent)
         except Exception:
             # A bug met while serving one peer must not stop the node serving the rest.
             log.exception("serving blocks to %s failed", peer)
             await abort(stream)
-        self.book.get(peer).sent_bytes += self.served.bytes - before
 
     async def _on_claims(self, stream: INetStream) -> None:
         peer = self._peer_of(stream)
         if await self._refuse_banned(stream, peer):
             return
         try:
-            await serve_claims(stream, peer, self, self._violation)
+            await serve_claims(stream, peer, self, self.punish)
         except Exception:
             log.exception("serving claims to %s failed", peer)
             await abort(stream)
-
-    async def _violation(self, peer: str, problem: str) -> None:
-        await self.punish(peer, problem)
 
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
         return await trio.to_thread.run_sync(self.reader.blobs, digests, limiter=self._read_limiter)
@@ -297,8 +298,8 @@ class Node:
         raise ControlError(f"unknown request {op!r}", USAGE)
 
     async def _status(self) -> dict[str, Any]:
-        async with self.write_lock:
-            stats = await trio.to_thread.run_sync(self.store.stats, limiter=self._write_limiter)
+        # From the peer-facing connection: a status must not wait for a long fetch.
+        stats = await trio.to_thread.run_sync(self.reader.stats, limiter=self._read_limiter)
         return {"peer_id": str(self.peer_id), "addrs": [str(a) for a in self.host.get_addrs()],
                 "data_dir": self.data_dir, "peers": len(self.peers()), "policy": self.config.policy,
                 "served_blocks": self.served.blocks, "served_bytes": self.served.bytes,

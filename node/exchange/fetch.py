@@ -337,6 +337,11 @@ class Fetch:
             await self.net.punish(peer, str(e))
         except StreamGone as e:
             log.info("lost %s mid-fetch: %s", peer, e)
+        except trio.Cancelled:
+            # The session is over: free the server's side now, not when the connection goes.
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await abort(stream)
+            raise
         else:
             await _close(stream)
         finally:

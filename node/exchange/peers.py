@@ -12,7 +12,6 @@ log = logging.getLogger(__name__)
 class PeerRecord:
     sent_bytes: int = 0  # block bytes we served them
     received_bytes: int = 0  # verified block bytes they served us
-    received_chunks: int = 0
     bad: int = 0  # protocol violations and bad blocks
     last_problem: str | None = None
     banned_until: float = 0.0

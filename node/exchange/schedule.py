@@ -181,9 +181,3 @@ class Schedule:
                 del self._asked[digest]
         if digest not in self.done and not self._asked.get(digest):
             self._queue.appendleft(digest)
-
-    def restore(self, digests: Iterable[bytes]) -> None:
-        """Chunks a failed store write lost: fetch them again."""
-        for d in digests:
-            self.done.discard(d)
-            self._queue.appendleft(d)

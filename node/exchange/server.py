@@ -41,9 +41,15 @@ class Served:
     blocks: int = 0
     bytes: int = 0
 
+    def add(self, blocks: int, size: int) -> None:
+        self.blocks += blocks
+        self.bytes += size
+
 
 async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
-                       on_violation: Callable[[str, str], Awaitable[None]], served: Served) -> None:
+                       on_violation: Callable[[str, str], Awaitable[None]],
+                       on_sent: Callable[[int, int], None]) -> None:
+    """`on_sent(blocks, bytes)` after each reply is written."""
     """Reads wants while answering earlier ones, until the client closes the stream."""
     server = BlockServer()
     more = trio.Event()
@@ -78,10 +84,8 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 for w in wants
             ]
             await write(stream, await source.encode_reply(replies))
-            for r in replies:
-                if isinstance(r, Block):
-                    served.blocks += 1
-                    served.bytes += len(r.data)
+            sent = [len(r.data) for r in replies if isinstance(r, Block)]
+            on_sent(len(sent), sum(sent))
 
     problem: str | None = None
     clean = False

@@ -340,25 +340,7 @@ class LocalStore:
     # --- stats
 
     def stats(self) -> StoreStats:
-        ix = self.index
-        paths = ix.paths()
-        complete = sum(1 for p in paths if not ix.missing_chunks(p.store_path))
-        index_bytes = sum(
-            os.path.getsize(p) for p in (os.path.join(self.data_dir, f"index.sqlite{s}") for s in ("", "-wal"))
-            if os.path.exists(p)
-        )
-        return StoreStats(
-            paths=len(paths), complete_paths=complete, roots=len(ix.roots()),
-            nar_bytes=sum(p.nar_size for p in paths),
-            chunk_bytes=ix.scalar(
-                "SELECT sum(c.length) FROM paths p JOIN manifest_chunks mc ON mc.manifest = p.manifest "
-                "JOIN chunks c ON c.id = mc.chunk"
-            ),
-            unique_chunks=ix.scalar("SELECT count(*) FROM chunks WHERE present = 1"),
-            unique_bytes=ix.scalar("SELECT sum(length) FROM chunks WHERE present = 1"),
-            slab_disk_bytes=sum(self.slab(r.id).disk_bytes() for r in ix.slabs()),
-            index_bytes=index_bytes,
-        )
+        return _stats(self.index, self.slab, self.data_dir)
 
 
 class Ingest:
@@ -561,6 +543,9 @@ class StoreReader:
             s = self._slabs[slab_id] = Slab(os.path.join(self.store.data_dir, "slabs", name))
         return s
 
+    def stats(self) -> StoreStats:
+        return _stats(self.index, self._slab, self.store.data_dir)
+
     def claims_by_hash(self, path_hash: str) -> list[SignedClaim]:
         return [SignedClaim.decode(d) for d in self.index.claims_by_hash(path_hash)]
 
@@ -602,6 +587,27 @@ class StoreReader:
                 if m is not None:
                     out[d] = m
         return out
+
+
+def _stats(ix: Index, slab: Callable[[int], Slab], data_dir: str) -> StoreStats:
+    paths = ix.paths()
+    complete = sum(1 for p in paths if not ix.missing_chunks(p.store_path))
+    index_bytes = sum(
+        os.path.getsize(p) for p in (os.path.join(data_dir, f"index.sqlite{s}") for s in ("", "-wal"))
+        if os.path.exists(p)
+    )
+    return StoreStats(
+        paths=len(paths), complete_paths=complete, roots=len(ix.roots()),
+        nar_bytes=sum(p.nar_size for p in paths),
+        chunk_bytes=ix.scalar(
+            "SELECT sum(c.length) FROM paths p JOIN manifest_chunks mc ON mc.manifest = p.manifest "
+            "JOIN chunks c ON c.id = mc.chunk"
+        ),
+        unique_chunks=ix.scalar("SELECT count(*) FROM chunks WHERE present = 1"),
+        unique_bytes=ix.scalar("SELECT sum(length) FROM chunks WHERE present = 1"),
+        slab_disk_bytes=sum(slab(r.id).disk_bytes() for r in ix.slabs()),
+        index_bytes=index_bytes,
+    )
 
 
 def _record_path(index: Index, manifest: Manifest, claims: Iterable[SignedClaim], root: bool) -> None:
