@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from store import nar
@@ -57,35 +58,52 @@ class MemoryChunks:
             raise ChunkMissing(d) from None
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """A place in a NAR where a chunk's bytes go."""
+
+    digest: bytes
+    length: int
+    path: bytes  # the file it belongs to, for messages
+
+
+def nar_layout(manifest: Manifest) -> Iterator[bytes | memoryview | ChunkRef]:
+    """The manifest's NAR in order: framing (and inline contents) as bytes, chunk
+    contents as references, so a reader can seek without touching a chunk."""
+    enc = nar.NarEncoder()
+    for entry in manifest.entries:
+        yield enc.encode(entry.node())
+        if not entry.is_file or not entry.size:
+            continue
+        if not entry.chunks:
+            enc.skip_contents(entry.size)
+            yield entry.inline
+            continue
+        for (_, length), d in zip(manifest.chunking.spans(entry.size), entry.chunks):
+            enc.skip_contents(length)
+            yield ChunkRef(d, length, entry.path)
+    yield enc.finish()
+
+
+def read_ref(ref: ChunkRef, source: ChunkSource, *, verify: bool = True) -> bytes | memoryview:
+    data = source.read_chunk(ref.digest)
+    if len(data) != ref.length:
+        raise ChunkCorrupt(ref.digest, f"{len(data)} bytes where {ref.path!r} needs {ref.length}")
+    if verify and digest(data) != ref.digest:
+        raise ChunkCorrupt(ref.digest, "BLAKE3 mismatch")
+    return data
+
+
 def write_nar(manifest: Manifest, source: ChunkSource, *, verify_chunks: bool = True) -> Iterator[bytes | memoryview]:
     """Stream the manifest's NAR. Every chunk's BLAKE3 is checked (unless the caller
     already did) and NarHash and NarSize are checked at the end: a mismatch raises
     NarHashMismatch after the last byte, so a consumer must not commit before then."""
-    enc = nar.NarEncoder()
     with NarHasher() as hasher:
-        for entry in manifest.entries:
-            framing = enc.encode(entry.node())
-            hasher.update(framing)
-            yield framing
-            if not entry.is_file or not entry.size:
-                continue
-            if not entry.chunks:
-                enc.skip_contents(entry.size)
-                hasher.update(entry.inline)
-                yield entry.inline
-                continue
-            for (_, length), d in zip(manifest.chunking.spans(entry.size), entry.chunks):
-                data = source.read_chunk(d)
-                if len(data) != length:
-                    raise ChunkCorrupt(d, f"{len(data)} bytes where {entry.path!r} needs {length}")
-                if verify_chunks and digest(data) != d:
-                    raise ChunkCorrupt(d, "BLAKE3 mismatch")
-                enc.skip_contents(length)
+        for piece in nar_layout(manifest):
+            data = read_ref(piece, source, verify=verify_chunks) if isinstance(piece, ChunkRef) else piece
+            if data:
                 hasher.update(data)
                 yield data
-        tail = enc.finish()
-        hasher.update(tail)
-        yield tail
         got = hasher.hash()
         if hasher.size != manifest.nar_size or got != manifest.nar_hash:
             raise NarHashMismatch(

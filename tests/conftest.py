@@ -56,12 +56,17 @@ def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
 
 # A small input-addressed closure (top -> dep), built by Nix in a chroot store: signature
 # tests need input-addressed paths, since Nix accepts content-addressed ones unsigned.
-CLOSURE_NIX = """
-let
+# `mk NAME SCRIPT`: an input-addressed derivation that runs SCRIPT with the host's /bin/sh
+# (build with `--option extra-sandbox-paths "/bin /lib /lib64 /usr"`).
+NIX_MK = """
   mk = name: script: derivation {
     inherit name; system = builtins.currentSystem; builder = "/bin/sh";
     PATH = "/bin:/usr/bin"; args = ["-c" script];
   };
+"""
+
+CLOSURE_NIX = """
+let""" + NIX_MK + """
   dep = mk "dep-1.0" "echo dep > $out";
 in mk "top-1.0" "mkdir $out; echo ${dep} > $out/ref; echo hi > $out/x; ln -s x $out/link"
 """

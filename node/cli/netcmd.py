@@ -110,5 +110,8 @@ def _status(args: argparse.Namespace) -> None:
              f"peers    {s['peers']}", f"policy   {s['policy'] or 'none (cannot fetch)'}",
              f"store    {st['paths']} paths ({st['complete_paths']} complete), {st['unique_chunks']:,} chunks, "
              f"{st['unique_bytes'] or 0:,} bytes",
-             f"served   {s['served_blocks']:,} blocks, {s['served_bytes']:,} bytes"]
+             f"served   {s['served_blocks']:,} blocks, {s['served_bytes']:,} bytes",
+             f"gateway  {s['gateway'] or 'off'}"]
+    if s.get("gateway_key"):
+        lines.append(f"nix key  {s['gateway_key']}  (for trusted-public-keys)")
     ui.out.print("\n".join(lines), soft_wrap=True, markup=False)

@@ -41,7 +41,11 @@ def add_parser(sub: Any) -> None:
         + nodeconfig.describe()
         + "\n\nexample node.toml:\n  listen = [\"/ip4/0.0.0.0/tcp/4737\"]\n"
         "  bootstrap = [\"/ip4/192.0.2.7/tcp/4737/p2p/12D3KooW...\"]\n  policy = \"/etc/ferry/policy.toml\"\n"
-        "  mdns = false\n\nThe node's identity (its peer ID) is kept in <data-dir>/identity.key.",
+        "  mdns = false\n  gateway = \"127.0.0.1:4738\"\n\n"
+        "The node's identity (its peer ID) is kept in <data-dir>/identity.key.\n\n"
+        "Nix: the gateway signs what it serves with the key in <data-dir>/cache.key; add these to nix.conf:\n"
+        "  extra-substituters = http://127.0.0.1:4738\n"
+        "  extra-trusted-public-keys = <the line in <data-dir>/cache.pub>",
     )
     p.add_argument("--listen", metavar="MULTIADDR", action="append",
                    help="listen on this multiaddr (repeatable), e.g. /ip4/127.0.0.1/tcp/0 for a free port")
@@ -52,6 +56,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="no mDNS discovery")
     p.add_argument("--no-dht", dest="dht", action="store_false", default=None, help="no Kademlia DHT")
     p.add_argument("--no-gossip", dest="gossip", action="store_false", default=None, help="no gossipsub")
+    p.add_argument("--gateway", metavar="HOST:PORT",
+                   help="serve Nix a binary cache here (default 127.0.0.1:4738; port 0 picks a free one); "
+                        "point nix at it with `substituters = http://HOST:PORT`")
+    p.add_argument("--gateway-public", dest="gateway_public", action="store_true", default=None,
+                   help="allow --gateway on a non-loopback address (anyone who can connect gets every trusted path)")
+    p.add_argument("--no-gateway", dest="gateway", action="store_const", const="off", help="no binary-cache endpoint")
     storeopt.add_data_dir(p)
     p.set_defaults(run=run)
 
@@ -63,7 +73,7 @@ def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
         listen=tuple(args.listen) if args.listen else None,
         bootstrap=tuple(base.bootstrap) + tuple(args.bootstrap) if args.bootstrap else None,
         policy=os.path.abspath(args.policy) if args.policy else None,
-        mdns=args.mdns, dht=args.dht, gossip=args.gossip,
+        mdns=args.mdns, dht=args.dht, gossip=args.gossip, gateway=args.gateway, gateway_public=args.gateway_public,
         source="command line" if not (args.config or os.path.exists(path)) else path,
     )
 
@@ -81,12 +91,29 @@ def run(args: argparse.Namespace) -> None:
     store = storeopt.open_store(argparse.Namespace(data_dir=data_dir))
     try:
         trio.run(_main, data_dir, config, store)
-    except (ConfigError, ControlError, PolicyError, KeyFileError) as e:
-        ui.fail(str(e))
-    except OSError as e:
-        ui.fail(f"cannot start the node: {e.strerror or e}")
+    except BaseException as e:
+        # Start-up failures arrive wrapped in the nurseries' exception groups.
+        problem = _user_error(e)
+        if problem is None:
+            raise
+        ui.fail(problem)
     finally:
         store.close()
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The message for a failure that is the user's to fix (bad settings, a busy port)."""
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            found = _user_error(sub)
+            if found is not None:
+                return found
+        return None
+    if isinstance(e, (ConfigError, ControlError, PolicyError, KeyFileError)):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"cannot start the node: {e.strerror or e}"
+    return None
 
 
 async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:

@@ -4,6 +4,7 @@ overridden by `ferry node run` flags. Every setting, its default and its meaning
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from store import userfile
 from store.userfile import UserFileError
 
 DEFAULT_PORT = 4737
+DEFAULT_GATEWAY = "127.0.0.1:4738"
 
 # name -> (help text); the order is the order `--help` and the README list them in.
 SETTINGS: dict[str, str] = {
@@ -26,6 +28,15 @@ SETTINGS: dict[str, str] = {
     "max_connections": "most libp2p connections the node keeps (default 64)",
     "ban_seconds": "how long a peer that sent bad data is shunned (default 600)",
     "request_timeout": "seconds before an unanswered request goes to another peer (default 10)",
+    "gateway": f"HOST:PORT of the Nix binary-cache endpoint, or \"off\" (default \"{DEFAULT_GATEWAY}\"; port 0 picks "
+               "a free one; the URL is written to <data-dir>/gateway.url)",
+    "gateway_public": "allow the gateway on a non-loopback address (default false: it serves anything the "
+                      "policy trusts to whoever connects)",
+    "store_dir": "the Nix store directory the gateway serves (default \"/nix/store\")",
+    "priority": "the gateway's priority in nix-cache-info; lower wins (default 30, ahead of cache.nixos.org's 40)",
+    "narinfo_timeout": "seconds a narinfo request may spend asking peers before it answers 404 (default 10)",
+    "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
+                   "first start; its public half is in <data-dir>/cache.pub)",
 }
 
 
@@ -44,6 +55,12 @@ class NodeConfig:
     max_connections: int = 64
     ban_seconds: float = 600.0
     request_timeout: float = 10.0
+    gateway: str = DEFAULT_GATEWAY
+    gateway_public: bool = False
+    store_dir: str = "/nix/store"
+    priority: int = 30
+    narinfo_timeout: float = 10.0
+    gateway_key: str | None = None
     source: str = field(default="defaults", compare=False)
 
     def __post_init__(self) -> None:
@@ -61,9 +78,29 @@ class NodeConfig:
             raise ConfigError(f"{self.source}: listen: give at least one multiaddr")
         if not 1 <= self.max_connections <= 10_000:
             raise ConfigError(f"{self.source}: max_connections must be from 1 to 10000")
-        for name in ("ban_seconds", "request_timeout"):
+        for name in ("ban_seconds", "request_timeout", "narinfo_timeout"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise ConfigError(f"{self.source}: {name} must be a number of seconds above 0")
+        if self.gateway != "off":
+            host, _ = self.gateway_bind  # checks the form
+            if not self.gateway_public and not _loopback(host):
+                raise ConfigError(f"{self.source}: gateway: {self.gateway} is not a loopback address; the gateway "
+                                  "hands out every path the policy trusts, so it listens on 127.0.0.1 unless "
+                                  "you also set gateway_public (--gateway-public)")
+        if not (self.store_dir.startswith("/") and len(self.store_dir) > 1 and not self.store_dir.endswith("/")):
+            raise ConfigError(f"{self.source}: store_dir: {self.store_dir!r} must be an absolute path like /nix/store")
+        if not -1000 <= self.priority <= 1000:
+            raise ConfigError(f"{self.source}: priority must be a whole number (Nix uses 0-100)")
+
+    @property
+    def gateway_bind(self) -> tuple[str, int]:
+        """(host, port) of `gateway`; ConfigError if it is not HOST:PORT."""
+        host, sep, port = self.gateway.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{self.source}: gateway: {self.gateway!r} is not HOST:PORT (e.g. 127.0.0.1:4738) "
+                              "or \"off\"")
+        return host, int(port)
 
     def with_overrides(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -72,7 +109,18 @@ class NodeConfig:
 _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (list,), "bootstrap": (list,), "policy": (str,), "mdns": (bool,), "dht": (bool,),
     "gossip": (bool,), "max_connections": (int,), "ban_seconds": (int, float), "request_timeout": (int, float),
+    "gateway": (str,), "gateway_public": (bool,), "store_dir": (str,), "priority": (int,),
+    "narinfo_timeout": (int, float), "gateway_key": (str,),
 }
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 def load(path: str) -> NodeConfig:

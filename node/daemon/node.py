@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import msgpack
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetStream, INetwork
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
@@ -28,19 +31,27 @@ from node.daemon.control import ControlError
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan, Progress
 from node.exchange.peers import PeerBook
 from node.exchange.server import Served, serve_blocks, serve_claims
+from node.gateway import key as gateway_key
+from node.gateway.app import Gateway, GatewaySettings, NoPolicy
+from node.gateway.metrics import Metrics
 from node.local.errors import StoreError
 from node.local.store import Ingest, LocalStore, StoreReader
 from p2p import blocks, claims
 from p2p.blocks import BlockServer, Reply
-from p2p.host import HostLimits, make_host
+from p2p.host import HostLimits, Notifee, make_host
 from p2p.identity import load_or_create
 from p2p.stream import ByteStream, abort
 from store import userfile
+from store.export import ChunkMissing, ChunkSource
+from store.hash import Hash
 from store.manifest import Manifest
 from store.path import StorePath, StorePathError
 from trust import policyfile
 from trust.claim import ClaimError, SignedClaim
+from trust.key import SecretKey
 from trust.policy import PolicyError, QuorumPolicy
+from trust.signature import NixSignature
+from trust.signature import sign as nix_sign
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +59,9 @@ ADDR_FILE = "node.addr"
 GOSSIP_TOPIC = "ferry/claims/1"
 GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 BOOTSTRAP_RETRY = 30.0
+BOOTSTRAP_MIN_GAP = 2.0
 REPROVIDE = 3600.0
+GATEWAY_FILE = "gateway.url"
 USAGE = 2  # exit codes the control API hands to the CLI (see `ferry fetch --help`)
 REFUSED = 3
 
@@ -61,6 +74,7 @@ class Node:
         self.policy: QuorumPolicy | None = policyfile.load(config.policy) if config.policy else None
         self.book = PeerBook(ban_seconds=config.ban_seconds)
         self.served = Served()
+        self.metrics = Metrics()
         self.keys = load_or_create(self.data_dir)
         self.host: IHost = make_host(self.keys, HostLimits(max_connections=config.max_connections),
                                      mdns=config.mdns, listen=[multiaddr.Multiaddr(a) for a in config.listen])
@@ -73,8 +87,19 @@ class Node:
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
         self.reader: StoreReader = store.reader()
+        self.gateway_key: SecretKey | None = (
+            gateway_key.load_or_create(self.data_dir, config.gateway_key) if config.gateway != "off" else None)
+        self.gateway_url: str | None = None
         self.started = trio.Event()
-        self.host.get_network().register_notifee(_Gate(self.book))
+        # Set once every bootstrap peer has been tried: a fetch asked for at start-up waits
+        # for it rather than finding nobody to ask.
+        self.bootstrapped = trio.Event()
+        self._lost = trio.Event()  # a connection closed: bootstrap peers are redialled soon
+        self.host.get_network().register_notifee(_Gate(self.book, self._on_lost))
+        # Provider records are written by one task of the node's own: a DHT walk can take
+        # seconds (dead routing-table entries), and no fetch or publish should wait for it.
+        self._to_provide, self._providing = trio.open_memory_channel[StorePath](math.inf)
+        self._queued: set[StorePath] = set()
 
     # --- running
 
@@ -99,12 +124,15 @@ class Node:
                     for a in addrs:
                         log.info("listening on %s", a)
                     async with trio.open_nursery() as nursery:
+                        if self.gateway_key is not None:
+                            await nursery.start(self._serve_gateway)
                         nursery.start_soon(control.serve, listener, self._control)
                         nursery.start_soon(self._keep_bootstrap)
                         if self.pubsub is not None:
                             nursery.start_soon(self._gossip_listener)
                         if self.dht is not None:
                             nursery.start_soon(self._reprovide)
+                            nursery.start_soon(self._provider)
                         self.started.set()
                         task_status.started(addrs)
                 finally:
@@ -112,7 +140,7 @@ class Node:
                         await self.host.close()  # inside host.run(): otherwise sockets leak
         finally:
             listener.socket.close()
-            for name in (control.SOCKET, ADDR_FILE):
+            for name in (control.SOCKET, ADDR_FILE, GATEWAY_FILE):
                 try:
                     os.unlink(os.path.join(self.data_dir, name))
                 except FileNotFoundError:
@@ -122,10 +150,18 @@ class Node:
     async def _keep_bootstrap(self) -> None:
         infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
         while True:
-            for info in infos:
-                if info.peer_id != self.peer_id and info.peer_id not in self.host.get_connected_peers():
-                    await self._connect(info)
-            await trio.sleep(BOOTSTRAP_RETRY)
+            async with trio.open_nursery() as nursery:
+                for info in infos:
+                    if info.peer_id != self.peer_id and info.peer_id not in self.host.get_connected_peers():
+                        nursery.start_soon(self._connect, info)
+            self.bootstrapped.set()
+            await trio.sleep(BOOTSTRAP_MIN_GAP)  # a peer that drops us at once is not redialled in a loop
+            with trio.move_on_after(BOOTSTRAP_RETRY - BOOTSTRAP_MIN_GAP):
+                await self._lost.wait()
+            self._lost = trio.Event()
+
+    def _on_lost(self) -> None:
+        self._lost.set()
 
     async def _connect(self, info: PeerInfo) -> bool:
         if self.book.banned(str(info.peer_id), trio.current_time()):
@@ -236,7 +272,7 @@ class Node:
     # --- announcing
 
     async def announce(self, signed: Sequence[SignedClaim], complete: Sequence[StorePath]) -> None:
-        """Tell peers about new claims (push and gossip) and new complete paths (DHT)."""
+        """Tell peers about new claims (push and gossip); queue new complete paths for the DHT."""
         if signed:
             payload = claims.encode(claims.Push(tuple(c.encode() for c in signed)))
             async with trio.open_nursery() as nursery:
@@ -249,11 +285,19 @@ class Node:
                     log.info("gossip publish failed: %s", e)
         if self.dht is not None:
             for sp in complete:
-                with trio.move_on_after(self.config.request_timeout):
-                    try:
-                        await self.dht.provide(_dht_key(sp.hash_part))
-                    except Exception as e:  # the DHT is one way of many to be found
-                        log.info("DHT provide of %s failed: %s", sp, e)
+                if sp not in self._queued:
+                    self._queued.add(sp)
+                    self._to_provide.send_nowait(sp)
+
+    async def _provider(self) -> None:
+        assert self.dht is not None
+        async for sp in self._providing:
+            self._queued.discard(sp)
+            with trio.move_on_after(self.config.request_timeout):
+                try:
+                    await self.dht.provide(_dht_key(sp.hash_part))
+                except Exception as e:  # the DHT is one way of many to be found
+                    log.info("DHT provide of %s failed: %s", sp, e)
 
     async def _push(self, peer: str, payload: bytes) -> None:
         with trio.move_on_after(self.config.request_timeout):
@@ -283,6 +327,44 @@ class Node:
             await self.announce([], [StorePath.parse(p) for p in complete])
             await trio.sleep(REPROVIDE)
 
+    # --- the Nix gateway
+
+    async def _serve_gateway(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        import hypercorn.config
+        import hypercorn.trio
+
+        host, port = self.config.gateway_bind
+        cfg = hypercorn.config.Config()
+        cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        cfg.accesslog = None
+        cfg.errorlog = logging.getLogger("node.gateway.http")
+        cfg.graceful_timeout = 1.0
+        backend = _GatewayBackend(self)
+        app = Gateway(backend, GatewaySettings(self.config.store_dir, self.config.priority), self.metrics)
+
+        try:
+            _check_bind(host, port, self.config.gateway)
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(partial(hypercorn.trio.serve, app, cfg, mode="asgi"))
+                self.gateway_url = binds[0]
+                userfile.write_atomically(os.path.join(self.data_dir, GATEWAY_FILE), (binds[0] + "\n").encode(),
+                                          "the gateway address file")
+                assert self.gateway_key is not None
+                log.info("Nix gateway on %s (signing key %s)", binds[0], self.gateway_key.public.encode())
+                task_status.started()
+        finally:
+            backend.close()
+
+    def account(self, fetch: Fetch) -> None:
+        """Count a finished (or failed) session's traffic in the peer book and metrics."""
+        p = fetch.progress
+        for peer, n in p.per_peer.items():
+            self.book.get(peer).received_bytes += n
+        self.metrics.fetched_bytes.inc(p.bytes_done)
+        self.metrics.fetched_chunks.inc(p.chunks_done)
+        self.metrics.deduplicated_chunks.inc(p.deduplicated_chunks)
+        self.metrics.deduplicated_bytes.inc(p.deduplicated_bytes)
+
     # --- control API
 
     async def _control(self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
@@ -304,6 +386,8 @@ class Node:
                 "data_dir": self.data_dir, "peers": len(self.peers()), "policy": self.config.policy,
                 "served_blocks": self.served.blocks, "served_bytes": self.served.bytes,
                 "dht": self.dht is not None, "gossip": self.pubsub is not None,
+                "gateway": self.gateway_url,
+                "gateway_key": self.gateway_key.public.encode() if self.gateway_key else None,
                 "store": {"paths": stats.paths, "complete_paths": stats.complete_paths,
                           "unique_chunks": stats.unique_chunks, "unique_bytes": stats.unique_bytes}}
 
@@ -331,6 +415,7 @@ class Node:
         except StorePathError as e:
             raise ControlError(str(e), USAGE) from None
         last = [0.0]
+        await self.bootstrapped.wait()
 
         async def report(p: Progress) -> None:
             now = trio.current_time()
@@ -350,9 +435,7 @@ class Node:
                 raise ControlError(str(e)) from None
             finally:
                 local.close()
-        for peer, n in fetch.progress.per_peer.items():
-            rec = self.book.get(peer)
-            rec.received_bytes += n
+                self.account(fetch)
         await self.announce([], [p.store_path for p in plans])
         return {"fetched": [{"store_path": str(p.store_path), "nar_hash": str(p.manifest.nar_hash),
                            "signers": list(p.verdict.signers), "had": p.complete} for p in plans],
@@ -407,11 +490,12 @@ def _user_errors(work: Callable[[], Any], args: argparse.Namespace) -> Callable[
     return run
 
 
-class _Gate(INotifee):
-    """Closes any connection with a banned peer, whoever dialed it."""
+class _Gate(Notifee):
+    """Closes any connection with a banned peer, whoever dialed it; reports lost ones."""
 
-    def __init__(self, book: PeerBook) -> None:
+    def __init__(self, book: PeerBook, on_lost: Callable[[], None]) -> None:
         self.book = book
+        self.on_lost = on_lost
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         if self.book.banned(str(conn.muxed_conn.peer_id), trio.current_time()):
@@ -419,19 +503,7 @@ class _Gate(INotifee):
             await conn.close()
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        pass
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        pass
+        self.on_lost()
 
 
 def _dht_key(path_hash: str) -> str:
@@ -451,8 +523,8 @@ class _FetchStore:
     async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
         return await trio.to_thread.run_sync(self.node.reader.path_state, str(sp), limiter=self.node._read_limiter)
 
-    async def claims(self, sp: StorePath) -> list[SignedClaim]:
-        return await self.node.claims_for(sp.hash_part)
+    async def claims(self, hash_part: str) -> list[SignedClaim]:
+        return await self.node.claims_for(hash_part)
 
     async def learn(self, found: list[SignedClaim], source: str) -> int:
         return await self.node.learn(found, source)
@@ -486,3 +558,85 @@ class _FetchStore:
         if self._ingest is not None:
             self._ingest.close()
             self._ingest = None
+
+
+def _check_bind(host: str, port: int, setting: str) -> None:
+    """Fail with a message that names the setting, before hypercorn fails with a traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise ControlError(f"cannot serve the gateway on {setting}: {e.strerror or e} "
+                           "(choose another with --gateway HOST:PORT, or --no-gateway)") from None
+
+
+class _GatewayBackend:
+    """The node as the gateway sees it: plans by path hash, fetches into the store, reads
+    chunks on a connection of its own (so Nix downloads do not queue behind peers)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.reader = node.store.reader()
+        self.limiter = trio.CapacityLimiter(1)  # one SQLite connection: one thread at a time
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def _fetch(self) -> Fetch:
+        node = self.node
+        if node.policy is None:
+            raise NoPolicy("this node has no trust policy, so it trusts nothing: start it with --policy FILE")
+        return Fetch(node, _FetchStore(node), node.policy,
+                     FetchSettings(request_timeout=node.config.request_timeout,
+                                   connect_timeout=min(5.0, node.config.narinfo_timeout)))
+
+    async def plan(self, hash_part: str) -> Plan:
+        fetch = self._fetch()
+        await self.node.bootstrapped.wait()
+        try:
+            with trio.fail_after(self.node.config.narinfo_timeout):
+                return await fetch.plan_hash(hash_part, self.node.config.store_dir)
+        except trio.TooSlowError:
+            raise FetchError(f"peers did not settle {hash_part} within narinfo_timeout "
+                             f"({self.node.config.narinfo_timeout:g} s)") from None
+
+    async def plan_for_nar(self, nar_hash: Hash) -> Plan | None:
+        sp = await trio.to_thread.run_sync(self.reader.path_by_nar_hash, str(nar_hash), limiter=self.limiter)
+        if sp is None:
+            return None
+        try:
+            return await self.plan(StorePath.parse(sp).hash_part)
+        except (FetchError, NoPolicy) as e:
+            log.info("NAR %s: %s", nar_hash, e)
+            return None
+
+    async def complete(self, plan: Plan) -> None:
+        fetch = self._fetch()
+        async with self.node.write_lock:
+            local = cast(_FetchStore, fetch.local)
+            try:
+                await fetch.complete([plan], roots=set())
+            finally:
+                local.close()
+                self.node.account(fetch)
+        await self.node.announce([], [plan.store_path])
+
+    def chunk_source(self) -> tuple[ChunkSource, trio.CapacityLimiter]:
+        return _ReaderChunks(self.reader), self.limiter
+
+    def sign(self, fingerprint: str) -> NixSignature:
+        assert self.node.gateway_key is not None
+        return nix_sign(self.node.gateway_key, fingerprint)
+
+
+class _ReaderChunks:
+    def __init__(self, reader: StoreReader) -> None:
+        self.reader = reader
+
+    def read_chunk(self, digest: bytes) -> bytes:
+        data = self.reader.blobs([digest]).get(digest)  # verified: rot is never passed on
+        if data is None:
+            raise ChunkMissing(digest)
+        return data

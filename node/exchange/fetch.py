@@ -1,9 +1,9 @@
 """A fetch session: one store path or a whole closure, from whichever peers have it.
 
 1. For each path (following references with `closure`): collect claims (ours, every
-   connected peer's, the DHT providers'), decide with the quorum policy, and fetch the
-   manifest blob by the digest the quorum agreed on. Any refusal stops the session
-   before a single chunk is fetched.
+   connected peer's, and the DHT providers' when those fall short of a quorum), decide
+   with the quorum policy, and fetch the manifest blob by the digest the quorum agreed
+   on. Any refusal stops the session before a single chunk is fetched.
 2. Record every path with holes for its missing chunks (so a killed fetch resumes).
 3. Fetch the missing chunks from all peers at once (`Schedule` spreads them by measured
    throughput), hash every block before storing it, and ban a peer that sends a bad one.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,14 +23,14 @@ import trio
 from node.exchange.schedule import Schedule
 from p2p import claims as claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.blocks import Block, BlockClient, DontHave, Want
+from p2p.blocks import Block, BlockClient, DontHave, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from store.chunking import digest as blake3_digest
 from store.manifest import Manifest, ManifestError
 from store.path import StorePath
 from trust.claim import ClaimError, SignedClaim
-from trust.policy import QuorumPolicy, Trusted, Verdict
+from trust.policy import Insufficient, QuorumPolicy, Trusted, Verdict
 from trust.report import verdict_text
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ MAX_MANIFEST = 64 << 20
 
 class FetchError(Exception):
     """A fetch that cannot finish; the message says why and what to try."""
+
+
+class NoClaims(FetchError):
+    def __init__(self, hash_part: str) -> None:
+        self.hash_part = hash_part
+        super().__init__(f"no peer has a claim for a path with hash {hash_part} "
+                         "(has a builder published it? see `ferry peers`)")
 
 
 class FetchRefused(FetchError):
@@ -64,13 +72,16 @@ class Progress:
     bytes: int = 0
     bytes_done: int = 0
     per_peer: dict[str, int] = field(default_factory=dict)  # verified bytes received from each peer
+    deduplicated_chunks: int = 0  # needed by the recorded paths and already in the store
+    deduplicated_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, object]:
         elapsed = max(1e-9, time.monotonic() - self.started)
         return {"paths": self.paths, "paths_done": self.paths_done, "chunks": self.chunks,
                 "chunks_done": self.chunks_done, "bytes": self.bytes, "bytes_done": self.bytes_done,
-                "per_peer": dict(self.per_peer), "rate": self.bytes_done / elapsed}
+                "per_peer": dict(self.per_peer), "rate": self.bytes_done / elapsed,
+                "deduplicated_chunks": self.deduplicated_chunks, "deduplicated_bytes": self.deduplicated_bytes}
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,9 @@ class LocalPaths(Protocol):
         """The path's manifest and whether it is complete, if the store has it."""
         ...
 
-    async def claims(self, store_path: StorePath) -> list[SignedClaim]: ...
+    async def claims(self, hash_part: str) -> list[SignedClaim]:
+        """The claims the store keeps for paths with this hash part."""
+        ...
     async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
     async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
         """Record the paths; the absent chunks (digest -> size) to fetch."""
@@ -127,15 +140,22 @@ class Fetch:
 
     async def run(self, target: StorePath, *, closure: bool = False) -> list[Plan]:
         plans = await self.resolve(target, closure=closure)
+        await self.complete(plans, roots={str(target)})
+        return plans
+
+    async def complete(self, plans: Sequence[Plan], roots: set[str]) -> None:
+        """Record the planned paths (`roots` among them as GC roots) and fetch what they lack."""
         self.progress.paths = len(plans)
         self.progress.paths_done = sum(p.complete for p in plans)
         todo = [p for p in plans if not p.complete]
         if todo:
-            missing = await self.local.reserve(todo, roots={str(target)})
+            missing = await self.local.reserve(todo, roots=roots)
+            needed = {d: n for p in todo for _, _, n, d in p.manifest.chunk_spans()}
+            self.progress.deduplicated_chunks = len(needed) - len(missing)
+            self.progress.deduplicated_bytes = sum(needed.values()) - sum(missing.values())
             await self.transfer(missing)
         self.progress.paths_done = len(plans)
         await self._report()
-        return plans
 
     async def resolve(self, target: StorePath, *, closure: bool) -> list[Plan]:
         plans: list[Plan] = []
@@ -153,33 +173,77 @@ class Fetch:
         return plans
 
     async def _plan(self, sp: StorePath) -> Plan:
-        have = await self.local.state(sp)
-        gathered = await self.local.claims(sp) + await self._ask_claims(sp)
-        verdict = self.policy.decide(sp, gathered)
+        return await self._plan_for(sp.hash_part, sp.store_dir, sp)
+
+    async def plan_hash(self, hash_part: str, store_dir: str) -> Plan:
+        """The trusted path whose hash part is `hash_part` (what a narinfo request names),
+        with its manifest; nothing is stored but the claims and the path is not recorded."""
+        return await self._plan_for(hash_part, store_dir, None)
+
+    async def _plan_for(self, hash_part: str, store_dir: str, want: StorePath | None) -> Plan:
+        gathered = await self.local.claims(hash_part)
+        asked: set[str] = set()
+        sp, verdict = self._decide(store_dir, want, gathered)
+        if not (isinstance(verdict, Trusted) and await self._complete_here(sp, verdict)):
+            # A path held complete with a trusted verdict needs no one else's word.
+            gathered += await self._ask_claims(hash_part, set(self.net.peers()), asked)
+            sp, verdict = self._decide(store_dir, want, gathered)
+        if sp is None or isinstance(verdict, Insufficient):
+            # The DHT walk costs up to `connect_timeout` (dead entries in routing tables),
+            # so it is only worth it when the peers we are connected to fall short.
+            providers: set[str] = set()
+            with trio.move_on_after(self.settings.connect_timeout):
+                providers = set(await self.net.providers(hash_part))
+            gathered += await self._ask_claims(hash_part, providers - asked, asked)
+            sp, verdict = self._decide(store_dir, want, gathered)
+        if sp is None or verdict is None:
+            raise NoClaims(hash_part)
         if not isinstance(verdict, Trusted):
             raise FetchRefused(sp, self.policy, verdict)
         await self.local.learn(list(verdict.claims), "quorum")
+        have = await self.local.state(sp)
         if have is not None and have[0].digest() == verdict.manifest_digest:
             return Plan(sp, have[0], verdict, have[1])
         manifest = await self._fetch_manifest(sp, verdict)
         return Plan(sp, manifest, verdict, False)
 
-    async def _ask_claims(self, sp: StorePath) -> list[SignedClaim]:
-        peers = set(self.net.peers())
-        with trio.move_on_after(self.settings.connect_timeout):
-            peers.update(await self.net.providers(sp.hash_part))
+    async def _complete_here(self, sp: StorePath | None, verdict: Trusted) -> bool:
+        if sp is None:
+            return False
+        have = await self.local.state(sp)
+        return have is not None and have[1] and have[0].digest() == verdict.manifest_digest
+
+    def _decide(self, store_dir: str, want: StorePath | None,
+                claims: list[SignedClaim]) -> tuple[StorePath | None, Verdict | None]:
+        """The verdict for `want`, or, by hash alone, for the path the claims name: the
+        trusted one if any, else the one with the most claims (a hash names one path, but
+        a liar may sign another name with the same hash: it counts for nothing)."""
+        if want is not None:
+            return want, self.policy.decide(want, claims)
+        names = Counter(c.claim.store_path for c in claims if c.claim.store_path.store_dir == store_dir)
+        best: tuple[StorePath | None, Verdict | None] = (None, None)
+        for sp, _ in names.most_common():
+            verdict = self.policy.decide(sp, claims)
+            if isinstance(verdict, Trusted):
+                return sp, verdict
+            if best[0] is None:
+                best = (sp, verdict)
+        return best
+
+    async def _ask_claims(self, hash_part: str, peers: set[str], asked: set[str]) -> list[SignedClaim]:
+        asked |= peers
         found: list[SignedClaim] = []
 
         async def ask(peer: str) -> None:
-            got = await self._claims_from(peer, sp.hash_part)
+            got = await self._claims_from(peer, hash_part)
             if got:
-                self._claimed_by.setdefault(sp.hash_part, set()).add(peer)
+                self._claimed_by.setdefault(hash_part, set()).add(peer)
             found.extend(got)
 
         async with trio.open_nursery() as nursery:
             for p in peers:
                 nursery.start_soon(ask, p)
-        valid = [c for c in found if c.claim.store_path == sp and c.valid()]
+        valid = [c for c in found if c.claim.store_path.hash_part == hash_part and c.valid()]
         await self.local.learn(valid, "peers")
         return valid
 
@@ -280,6 +344,7 @@ class Fetch:
         if not missing:
             return
         sched = Schedule(dict(missing))
+        failure: FetchError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 started: set[str] = set()
@@ -293,13 +358,9 @@ class Fetch:
 
                 add_peers()
                 while not sched.complete:
-                    if not sched.peers:
-                        raise FetchError(f"{sched.remaining} chunks left and no peer to fetch them from "
-                                         "(every peer failed or left; see `ferry peers`)")
-                    lost = sched.unobtainable()
-                    if lost and all(not st.in_flight for st in sched.peers.values()):
-                        raise FetchError(f"{len(lost)} chunks are held by none of the {len(sched.peers)} "
-                                         "connected peers")
+                    failure = self._hopeless(sched)
+                    if failure is not None:
+                        break
                     changed = self._changed
                     with trio.move_on_after(1.0):
                         await changed.wait()
@@ -308,6 +369,19 @@ class Fetch:
         finally:
             with trio.CancelScope(shield=True):
                 await self.local.save()
+        if failure is not None:
+            raise failure  # out here, not inside the nursery: callers get it bare, not in a group
+
+    @staticmethod
+    def _hopeless(sched: Schedule) -> FetchError | None:
+        if not sched.peers:
+            return FetchError(f"{sched.remaining} chunks left and no peer to fetch them from "
+                              "(every peer failed or left; see `ferry peers`)")
+        # Only a settled picture can be hopeless; settling is rare, so check it first.
+        lost = [] if any(st.in_flight for st in sched.peers.values()) else sched.unobtainable()
+        if lost:
+            return FetchError(f"{len(lost)} chunks are held by none of the {len(sched.peers)} connected peers")
+        return None
 
     def _notify(self) -> None:
         self._changed.set()
@@ -374,16 +448,19 @@ class Fetch:
                     await changed.wait()
                 last_heard = trio.current_time()
                 continue
-            data = b""
+            # Read on until a frame completes: most reads end mid-frame, and the bookkeeping
+            # above only has news once one does.
+            replies: list[Reply] = []
             with trio.move_on_after(min(1.0, timeout)):
-                data = await read_some(stream)
-                if not data:
-                    raise StreamGone("the peer closed the stream")
-            if not data:
-                continue
-            last_heard = trio.current_time()
+                while not replies and client.outstanding:
+                    data = await read_some(stream)
+                    if not data:
+                        raise StreamGone("the peer closed the stream")
+                    last_heard = trio.current_time()
+                    replies = client.receive_data(data)
             good: list[tuple[bytes, bytes]] = []
-            for r in client.receive_data(data):
+            refused = False
+            for r in replies:
                 if isinstance(r, Block):
                     expect = sched.sizes.get(r.digest)
                     if expect is None or r.digest in sched.done:
@@ -395,6 +472,7 @@ class Fetch:
                     good.append((r.digest, r.data))
                 elif isinstance(r, DontHave):
                     sched.refused(peer, r.digest)
+                    refused = True
             if good:
                 await self.local.store_blocks(good)
                 now = trio.current_time()
@@ -405,7 +483,8 @@ class Fetch:
                     self.progress.bytes_done += len(data_)
                     self.progress.per_peer[peer] = self.progress.per_peer.get(peer, 0) + len(data_)
                 await self._report()
-            self._notify()
+            if good or refused:
+                self._notify()
 
 
 class _BadBlock(Exception):

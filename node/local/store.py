@@ -570,6 +570,10 @@ class StoreReader:
         assert data is not None  # a foreign key guarantees it
         return Manifest.decode(data), not self.index.missing_chunks(store_path)
 
+    def path_by_nar_hash(self, nar_hash: str) -> str | None:
+        row = self.index.db.execute("SELECT store_path FROM paths WHERE nar_hash = ? LIMIT 1", (nar_hash,)).fetchone()
+        return None if row is None else str(row[0])
+
     def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
         """The chunks and manifests among `digests` that are present and intact."""
         out: dict[bytes, bytes] = {}

@@ -21,8 +21,9 @@ class NodeProc:
         self.name = name
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Tests are impatient: a silent peer is given up on after 2 s, not 10.
-        (self.data_dir / "node.toml").write_text(f"request_timeout = {timeout}\n")
+        # Tests are impatient: a silent peer is given up on after 2 s, not 10. Many nodes
+        # run at once: each gateway takes a free port (see `gateway_url`).
+        (self.data_dir / "node.toml").write_text(f"request_timeout = {timeout}\ngateway = \"127.0.0.1:0\"\n")
         self.argv = [*ARGV, "node", "run", "--data-dir", str(self.data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
                      "--no-mdns", *[x for b in bootstrap for x in ("--bootstrap", b)]]
         if policy:
@@ -53,6 +54,10 @@ class NodeProc:
         assert self._ready.wait(START_TIMEOUT), f"{self.name} did not start:\n" + "\n".join(self.log)
         assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited:\n" + "\n".join(self.log)
         return self
+
+    @property
+    def gateway_url(self) -> str:
+        return (self.data_dir / "gateway.url").read_text().strip()
 
     @property
     def addr(self) -> str:

@@ -29,13 +29,6 @@ SP = "/nix/store/0c9wqdbw7ak1a0lcz5nh3rq3fxdvswzb-hostile-1.0"
 LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 
 
-@pytest.fixture
-def swarm(tmp_path: Path):
-    s = Swarm(tmp_path / "nodes")
-    yield s
-    s.stop()
-
-
 def _tree(root: Path, size: int) -> tuple[Path, dict[bytes, bytes]]:
     root.mkdir()
     (root / "big").write_bytes(random.Random(7).randbytes(size))

@@ -16,13 +16,6 @@ from tests.p2p.nodes import Swarm, keys, policy
 
 
 
-@pytest.fixture
-def swarm(tmp_path: Path):
-    s = Swarm(tmp_path / "nodes")
-    yield s
-    s.stop()
-
-
 def physical(closure, store_path: str) -> Path:
     return closure.store / store_path.lstrip("/")
 

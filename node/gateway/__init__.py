@@ -1,0 +1,1 @@
+"""The Nix binary-cache endpoint: unmodified Nix substitutes through the node."""

@@ -1,0 +1,28 @@
+"""The node's Prometheus metrics (`GET /metrics`), on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.served_bytes = Counter("ferry_gateway_served_bytes", "NAR bytes sent to Nix by the gateway", registry=r)
+        self.fetched_bytes = Counter("ferry_fetched_bytes", "chunk bytes received from peers (verified)", registry=r)
+        self.fetched_chunks = Counter("ferry_fetched_chunks", "chunks received from peers (verified)", registry=r)
+        self.deduplicated_chunks = Counter(
+            "ferry_deduplicated_chunks", "chunks a fetch needed and the store already had", registry=r)
+        self.deduplicated_bytes = Counter(
+            "ferry_deduplicated_bytes", "bytes of chunks a fetch needed and the store already had", registry=r)
+        self.narinfo = Counter("ferry_gateway_narinfo", "narinfo requests by result (hit, miss, refused) and reason",
+                               ["result", "reason"], registry=r)
+        self.nar_failures = Counter("ferry_gateway_nar_failures", "NAR requests answered 503, by reason",
+                                    ["reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

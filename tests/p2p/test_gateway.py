@@ -1,0 +1,205 @@
+"""The Nix gateway with the real Nix 2.8 as its client: builders publish a Nix-built
+closure, a client node with an empty store serves it to `nix-store --realise` through
+its binary-cache endpoint, fetching every byte from the builders over libp2p."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from store.narinfo import NarInfo
+from tests.conftest import NIX_MK, Nix
+from tests.p2p.nodes import NodeProc, Swarm, keys, policy
+from tests.cli import ferry
+from trust.key import PublicKey
+from trust.signature import NixSignature
+
+GATEWAY_NIX = """
+let""" + NIX_MK + """
+  lib = mk "gw-lib-1.0" "mkdir $out; seq 1 300000 > $out/data; echo lib > $out/name";
+  mid = mk "gw-mid-1.0" "mkdir $out; echo ${lib} > $out/lib-ref; seq 5 5 900000 > $out/table";
+  top = mk "gw-top-1.0" ''
+    mkdir -p $out/bin; echo ${mid} > $out/mid-ref; printf '#!/bin/sh\\ncat ${lib}/name\\n' > $out/bin/run
+    chmod +x $out/bin/run; ln -s bin/run $out/link
+  '';
+  lonely = mk "gw-lonely-1.0" "echo alone > $out";
+  broken = mk "gw-broken-1.0" "mkdir $out; seq 1 400000 > $out/big";
+in { inherit top lonely broken; }
+"""
+
+
+class Built:
+    def __init__(self, nix: Nix, root: Path) -> None:
+        self.store = root / "store"
+        (root / "gateway.nix").write_text(GATEWAY_NIX)
+        self.out = {}
+        for attr in ("top", "lonely", "broken"):
+            self.out[attr] = nix.run(
+                "nix-build", "--option", "substituters", "", "--store", str(self.store), str(root / "gateway.nix"),
+                "-A", attr, "--no-out-link", "--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr",
+            ).decode().strip()
+        self.closure = sorted(nix.run("nix-store", "--store", str(self.store), "-qR", self.out["top"]).decode().split())
+
+
+@pytest.fixture(scope="module")
+def built(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return Built(nix, tmp_path_factory.mktemp("gateway-build"))
+
+
+@pytest.fixture
+def network(swarm: Swarm, tmp_path: Path):
+    """Three builders (two of which publish what they are given), and a client with an
+    empty store and a 2-of-3 policy."""
+    k = keys(tmp_path, "builder-a", "builder-b", "builder-c")
+    pol = policy(tmp_path, [k[n][1] for n in k], threshold=2)
+    builders = swarm.start("b1", "b2", "b3")
+    (client,) = swarm.start("client", bootstrap=[b.addr for b in builders], policy=pol)
+    return builders, [k[n][0] for n in k], client
+
+
+def _publish(node: NodeProc, built: Built, paths: list[str], key: Path) -> None:
+    for p in paths:
+        node.json("publish", p, "--store", str(built.store), "--key", str(key))
+
+
+def _realise(nix: Nix, dest: Path, path: str, client: NodeProc) -> subprocess.CompletedProcess[str]:
+    key = (client.data_dir / "cache.pub").read_text().strip()
+    return subprocess.run(
+        ["nix-store", "--store", str(dest), "--realise", path, "--option", "substituters", client.gateway_url,
+         "--option", "trusted-public-keys", key, "--option", "narinfo-cache-negative-ttl", "0"],
+        capture_output=True, text=True, env=nix.env, timeout=300,
+    )
+
+
+def _get(url: str, headers: dict[str, str] | None = None, method: str = "GET"):
+    req = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def _hash(path: str) -> str:
+    return Path(path).name.split("-", 1)[0]
+
+
+def test_nix_substitutes_a_closure_through_the_gateway(nix: Nix, built: Built, network, tmp_path: Path) -> None:
+    (b1, b2, _), (ka, kb, _), client = network
+    assert len(built.closure) >= 3
+    _publish(b1, built, built.closure, ka)
+    _publish(b2, built, built.closure, kb)
+    assert client.json("status")["store"]["paths"] == 0  # the gateway's node has nothing yet
+
+    status, headers, body = _get(client.gateway_url + "/nix-cache-info")
+    assert status == 200 and b"WantMassQuery: 1" in body and b"Priority: 30" in body
+    assert b"StoreDir: /nix/store" in body
+
+    dest = tmp_path / "dest"
+    r = _realise(nix, dest, built.out["top"], client)
+    assert r.returncode == 0, r.stderr + "\n".join(client.log[-30:])
+    for p in built.closure:
+        nix.run("nix-store", "--store", str(dest), "--verify-path", p)
+        assert nix.dump(dest / p.lstrip("/")) == nix.dump(built.store / p.lstrip("/"))
+
+    # Every byte came over libp2p from the two builders that published.
+    peers = {p["peer_id"]: p for p in client.json("peers")}
+    assert peers[b1.peer_id]["received_bytes"] + peers[b2.peer_id]["received_bytes"] > 2_000_000
+    assert client.json("status")["store"]["complete_paths"] == len(built.closure)
+
+    # The narinfo carries both builders' signatures and the node's own, which verifies.
+    status, headers, body = _get(f"{client.gateway_url}/{_hash(built.out['top'])}.narinfo")
+    assert status == 200
+    info = NarInfo.decode(body.decode())
+    names = {s.split(":", 1)[0] for s in info.sigs}
+    assert {"builder-a", "builder-b"} <= names
+    node_key = PublicKey.decode((client.data_dir / "cache.pub").read_text().strip())
+    assert any(NixSignature.decode(s).verify(info.fingerprint(), node_key) for s in info.sigs)
+    status, headers, body = _get(f"{client.gateway_url}/{_hash(built.out['top'])}.narinfo", method="HEAD")
+    assert status == 200 and body == b""
+
+    # A Range request gets exactly those bytes of the NAR.
+    nar = nix.dump(built.store / built.out["top"].lstrip("/"))
+    lib = next(p for p in built.closure if "gw-lib" in p)
+    lib_nar = nix.dump(built.store / lib.lstrip("/"))
+    status, _, body = _get(f"{client.gateway_url}/{_hash(lib)}.narinfo")
+    url = client.gateway_url + "/" + NarInfo.decode(body.decode()).url
+    a, b = len(lib_nar) // 3, len(lib_nar) // 3 + 200_000
+    status, headers, body = _get(url, {"Range": f"bytes={a}-{b}"})
+    assert status == 206, headers
+    assert body == lib_nar[a:b + 1]
+    assert headers["content-range"] == f"bytes {a}-{b}/{len(lib_nar)}"
+    status, headers, _ = _get(url, {"Range": f"bytes={len(lib_nar)}-"})
+    assert status == 416 and headers["content-range"] == f"bytes */{len(lib_nar)}"
+    status, _, body = _get(url)
+    assert status == 200 and body == lib_nar
+    assert nar  # the top NAR went through Nix above
+
+    metrics = _get(client.gateway_url + "/metrics")[2].decode()
+    assert 'ferry_gateway_narinfo_total{reason="",result="hit"}' in metrics
+    served = next(float(line.split()[1]) for line in metrics.splitlines()
+                  if line.startswith("ferry_gateway_served_bytes_total "))
+    assert served >= sum(len(nix.dump(built.store / p.lstrip("/"))) for p in built.closure)
+    fetched = next(float(line.split()[1]) for line in metrics.splitlines()
+                   if line.startswith("ferry_fetched_bytes_total "))
+    assert fetched > 2_000_000
+
+
+def test_one_claim_is_not_enough_for_nix(nix: Nix, built: Built, network, tmp_path: Path) -> None:
+    (b1, _, _), (ka, _, _), client = network
+    _publish(b1, built, [built.out["lonely"]], ka)
+    status, headers, _ = _get(f"{client.gateway_url}/{_hash(built.out['lonely'])}.narinfo")
+    assert status == 404
+    assert "insufficient: 1 of the 2" in headers["x-ferry-reason"]
+    r = _realise(nix, tmp_path / "dest", built.out["lonely"], client)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "hash mismatch" not in r.stderr
+    assert not (tmp_path / "dest" / built.out["lonely"].lstrip("/")).exists()
+    assert any("refused" in line and "insufficient" in line for line in client.log)
+    metrics = _get(client.gateway_url + "/metrics")[2].decode()
+    assert 'ferry_gateway_narinfo_total{reason="insufficient",result="refused"}' in metrics
+
+
+def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(nix: Nix, built: Built, network, tmp_path: Path) -> None:
+    (b1, b2, _), (ka, kb, _), client = network
+    path = built.out["broken"]
+    _publish(b1, built, [path], ka)
+    _publish(b2, built, [path], kb)
+    for b in (b1, b2):
+        _corrupt_one_chunk(b)
+    r = _realise(nix, tmp_path / "dest", path, client)
+    assert r.returncode != 0
+    assert "503" in r.stderr, r.stderr + "\n".join(client.log[-60:])
+    assert "hash mismatch" not in r.stderr
+    assert any("unavailable" in line for line in client.log)
+    assert client.json("status")["store"]["complete_paths"] == 0
+    r = client.ferry("fetch", path)  # the CLI says the same, plainly
+    assert r.returncode == 1 and "held by none of the 3 connected peers" in r.stderr
+
+
+def _corrupt_one_chunk(node: NodeProc) -> None:
+    """Flip a byte of the largest chunk in the node's slab (it will then not serve it)."""
+    db = sqlite3.connect(node.data_dir / "index.sqlite")
+    try:
+        slab, offset = db.execute("SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab "
+                                  "ORDER BY c.length DESC, c.digest LIMIT 1").fetchone()
+    finally:
+        db.close()
+    with open(node.data_dir / "slabs" / slab, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_gateway_refuses_a_public_address_unless_told(tmp_path: Path) -> None:
+    r = ferry("node", "run", "--data-dir", str(tmp_path / "n"), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns",
+              "--gateway", "0.0.0.0:0")
+    assert r.returncode == 1
+    assert "not a loopback address" in r.stderr and "--gateway-public" in r.stderr
+    assert "Traceback" not in r.stderr
