@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.cli import demo, export, gc, manifest, netcmd, noderun, publish, storecmd, trust, ui
+from node.cli import demo, export, gc, image, manifest, netcmd, noderun, publish, storecmd, trust, ui
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -23,6 +23,7 @@ def parser() -> Parser:
     manifest.add_parser(sub)
     publish.add_parser(sub)
     export.add_parser(sub)
+    image.add_parser(sub)
     gc.add_parser(sub)
     storecmd.add_parser(sub)
     trust.add_parser(sub)

@@ -184,8 +184,9 @@ class Fetch:
         gathered = await self.local.claims(hash_part)
         asked: set[str] = set()
         sp, verdict = self._decide(store_dir, want, gathered)
+        # A path held complete, with a verdict the claims we keep already give, needs no
+        # one else's word; anything less asks every connected peer.
         if not (isinstance(verdict, Trusted) and await self._complete_here(sp, verdict)):
-            # A path held complete with a trusted verdict needs no one else's word.
             gathered += await self._ask_claims(hash_part, set(self.net.peers()), asked)
             sp, verdict = self._decide(store_dir, want, gathered)
         if sp is None or isinstance(verdict, Insufficient):

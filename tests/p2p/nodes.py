@@ -34,21 +34,23 @@ class NodeProc:
         self._ready = threading.Event()
 
     def start(self) -> NodeProc:
+        # A fresh event and log per process: the reader of a killed one may still be
+        # finishing, and must not mark the new one ready.
         self.log = []
-        self._ready.clear()
+        self._ready = threading.Event()
         self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=self.env,
                                      cwd=Path(__file__).parents[2])
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.proc, self.log, self._ready), daemon=True).start()
         return self
 
-    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+    def _drain(self, proc: subprocess.Popen[bytes], log: list[str], ready: threading.Event) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
+            log.append(line)
             if " running on " in line:
-                self._ready.set()
-        self._ready.set()  # it exited: wait() returns and the caller sees why
+                ready.set()
+        ready.set()  # it exited: wait() returns and the caller sees why
 
     def wait_ready(self) -> NodeProc:
         assert self._ready.wait(START_TIMEOUT), f"{self.name} did not start:\n" + "\n".join(self.log)
