@@ -4,7 +4,6 @@ disk for comparison."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from erofs.writer import Device, write_image
 from node.local.image import entries_of
+from ondemand import syscalls
 from store import build, nar
 from store.manifest import Manifest
 from store.path import StorePath
@@ -81,19 +81,9 @@ def fsck_extract(image: Path, slab: Path, dest: Path) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=600)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY = 1
-
-
 def mount(image: Path, target: Path, devices: list[str]) -> None:
-    """mount(2), not util-linux mount (which would put a loop device under the image)."""
-    opts = ",".join(f"device={d}" for d in devices).encode()
-    if _libc.mount(os.fsencode(image), os.fsencode(target), b"erofs", MS_RDONLY, opts) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount {image} on {target}: {os.strerror(e)}")
+    syscalls.mount_erofs(str(image), str(target), devices)
 
 
 def umount(target: Path) -> None:
-    if _libc.umount2(os.fsencode(target), 0) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"umount {target}: {os.strerror(e)}")
+    syscalls.umount(str(target))

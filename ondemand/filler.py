@@ -1,0 +1,146 @@
+"""The fanotify pre-content backend's loop: answer every access to a marked slab, after
+making the chunks it needs (and, for sequential reads, the ones after) present.
+
+A chunk is fetched once however many readers wait for it; fetched bytes are written
+through the event's own fd (which generates no event, so the loop never waits on itself)
+and synced before the store is told they are present. A chunk that cannot be had
+within the deadline is answered with EIO: a reader gets an error, never the zeros of a
+hole. Events for chunks already present are answered at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from ondemand import fanotify
+from ondemand.readahead import Readahead
+
+log = logging.getLogger(__name__)
+
+READ = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkAt:
+    digest: bytes
+    offset: int  # in the slab
+    length: int
+    file: object  # which file it belongs to (for readahead)
+    index: int  # its position in that file
+
+
+class SlabChunks(Protocol):
+    """Where chunks lie in one slab, and which are there."""
+
+    def covering(self, offset: int, count: int) -> list[ChunkAt]: ...
+    def file_chunks(self, file: object) -> Sequence[ChunkAt]: ...
+    def present(self, digest: bytes) -> bool: ...
+
+
+Fetch = Callable[[list[bytes]], Awaitable[dict[bytes, bytes]]]  # verified bytes of those it could get
+
+
+class Filler:
+    def __init__(self, group: int, chunks: SlabChunks, fetch: Fetch, *, deadline: float,
+                 on_filled: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        self.group = group
+        self.chunks = chunks
+        self.fetch = fetch
+        self.deadline = deadline
+        self.on_filled = on_filled
+        self.readahead = Readahead()
+        self.fetched_bytes = 0
+        self.events = 0
+        self._inflight: dict[bytes, trio.Event] = {}
+        self._arrived = trio.Event()  # replaced on each event: wakes wait_for_events
+
+    async def run(self) -> None:
+        reader = fanotify.EventReader()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.lowlevel.wait_readable(self.group)
+                try:
+                    data = os.read(self.group, READ)
+                except BlockingIOError:
+                    continue
+                for ev in reader.feed(data):
+                    self.events += 1
+                    nursery.start_soon(self._answer, ev)
+                self._arrived.set()
+                self._arrived = trio.Event()
+
+    async def wait_for_events(self, n: int) -> None:
+        """Until `n` events have come in since the start (for tests and `ferry mounts`)."""
+        while self.events < n:
+            await self._arrived.wait()
+
+    async def _answer(self, ev: fanotify.Event) -> None:
+        verdict = fanotify.allow(ev.fd)
+        try:
+            if ev.offset is not None and ev.count:
+                asked = self.chunks.covering(ev.offset, ev.count)
+                want = self._with_readahead(asked)
+                with trio.move_on_after(self.deadline):
+                    await self._ensure(want, ev.fd)
+                if not all(self.chunks.present(c.digest) for c in asked):
+                    log.warning("slab range %d+%d: chunks not available within %.0f s: EIO",
+                                ev.offset, ev.count, self.deadline)
+                    verdict = fanotify.deny(ev.fd, errno.EIO)
+        except Exception:  # a bug here must not leave a reader blocked forever
+            log.exception("answering a fanotify event")
+            verdict = fanotify.deny(ev.fd, errno.EIO)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    os.write(self.group, verdict)
+                finally:
+                    os.close(ev.fd)
+
+    def _with_readahead(self, asked: list[ChunkAt]) -> list[ChunkAt]:
+        out = {c.digest: c for c in asked}
+        by_file: dict[object, list[ChunkAt]] = {}
+        for c in asked:
+            by_file.setdefault(c.file, []).append(c)
+        for file, cs in by_file.items():
+            all_chunks = self.chunks.file_chunks(file)
+            chunk_size = all_chunks[0].length  # every chunk but a file's last is full
+            span = self.readahead.plan(file, min(c.index for c in cs), max(c.index for c in cs), len(all_chunks),
+                                       chunk_size)
+            for i in span:
+                out.setdefault(all_chunks[i].digest, all_chunks[i])
+        return [c for c in out.values() if not self.chunks.present(c.digest)]
+
+    async def _ensure(self, want: list[ChunkAt], fd: int) -> None:
+        mine = [c for c in want if c.digest not in self._inflight and not self.chunks.present(c.digest)]
+        others = [self._inflight[c.digest] for c in want if c.digest in self._inflight]
+        for c in mine:
+            self._inflight[c.digest] = trio.Event()
+        try:
+            if mine:
+                got = await self.fetch([c.digest for c in mine])
+                done = [c for c in mine if c.digest in got]
+                if done:
+                    await trio.to_thread.run_sync(_write_all, fd, [(c.offset, got[c.digest]) for c in done])
+                    self.fetched_bytes += sum(c.length for c in done)
+                    await self.on_filled([c.digest for c in done])
+        finally:
+            for c in mine:
+                self._inflight.pop(c.digest).set()
+        for e in others:
+            await e.wait()
+
+
+def _write_all(fd: int, pieces: list[tuple[int, bytes]]) -> None:
+    for offset, data in pieces:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    os.fdatasync(fd)  # on disk before the store says present
