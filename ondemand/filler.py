@@ -37,9 +37,12 @@ class ChunkAt:
 
 
 class SlabChunks(Protocol):
-    """Where chunks lie in one slab, and which are there."""
+    """Where chunks lie in the marked slabs, and which are there."""
 
-    def covering(self, offset: int, count: int) -> list[ChunkAt]: ...
+    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
+        """The chunks of mounted paths in that range of the slab `fd` is open on."""
+        ...
+
     def file_chunks(self, file: object) -> Sequence[ChunkAt]: ...
     def present(self, digest: bytes) -> bool: ...
 
@@ -56,6 +59,7 @@ class Filler:
         self.deadline = deadline
         self.on_filled = on_filled
         self.readahead = Readahead()
+        self.own_pid = os.getpid()
         self.fetched_bytes = 0
         self.events = 0
         self._inflight: dict[bytes, trio.Event] = {}
@@ -82,20 +86,26 @@ class Filler:
             await self._arrived.wait()
 
     async def _answer(self, ev: fanotify.Event) -> None:
-        verdict = fanotify.allow(ev.fd)
+        # Refusal unless proven otherwise: a cancelled or failed answer must never let a
+        # reader through to a hole.
+        verdict = fanotify.deny(ev.fd, errno.EIO)
         try:
-            if ev.offset is not None and ev.count:
-                asked = self.chunks.covering(ev.offset, ev.count)
+            if ev.offset is None or not ev.count or ev.pid == self.own_pid:
+                # Not a ranged access, or our own: the node reads only chunks it has and
+                # writes the ones it fetches; holding those would deadlock on itself.
+                verdict = fanotify.allow(ev.fd)
+            else:
+                asked = self.chunks.covering(ev.fd, ev.offset, ev.count)
                 want = self._with_readahead(asked)
                 with trio.move_on_after(self.deadline):
                     await self._ensure(want, ev.fd)
-                if not all(self.chunks.present(c.digest) for c in asked):
+                if all(self.chunks.present(c.digest) for c in asked):
+                    verdict = fanotify.allow(ev.fd)
+                else:
                     log.warning("slab range %d+%d: chunks not available within %.0f s: EIO",
                                 ev.offset, ev.count, self.deadline)
-                    verdict = fanotify.deny(ev.fd, errno.EIO)
         except Exception:  # a bug here must not leave a reader blocked forever
             log.exception("answering a fanotify event")
-            verdict = fanotify.deny(ev.fd, errno.EIO)
         finally:
             with trio.CancelScope(shield=True):
                 try:

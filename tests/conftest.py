@@ -7,10 +7,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from tests.p2p.nodes import Swarm
 
 settings.register_profile(
     "ferry", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -106,3 +111,13 @@ def nix_closure(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> Closure:
 def _private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Never let a test (or a `ferry` it runs) touch the user's or root's real store.
     monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path_factory.mktemp("ferry-data")))
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Iterator[Swarm]:
+    """Node processes for one test, stopped at its end whatever happens."""
+    from tests.p2p.nodes import Swarm
+
+    s = Swarm(tmp_path / "nodes")
+    yield s
+    s.stop()

@@ -28,6 +28,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.daemon import control
 from node.daemon.config import NodeConfig
 from node.daemon.control import ControlError
+from node.daemon.mounts import Mounts
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan, Progress
 from node.exchange.peers import PeerBook
 from node.exchange.server import Served, serve_blocks, serve_claims
@@ -75,6 +76,7 @@ class Node:
         self.book = PeerBook(ban_seconds=config.ban_seconds)
         self.served = Served()
         self.metrics = Metrics()
+        self.mounts = Mounts(self)
         self.keys = load_or_create(self.data_dir)
         self.host: IHost = make_host(self.keys, HostLimits(max_connections=config.max_connections),
                                      mdns=config.mdns, listen=[multiaddr.Multiaddr(a) for a in config.listen])
@@ -126,6 +128,7 @@ class Node:
                     async with trio.open_nursery() as nursery:
                         if self.gateway_key is not None:
                             await nursery.start(self._serve_gateway)
+                        await nursery.start(self.mounts.run)
                         nursery.start_soon(control.serve, listener, self._control)
                         nursery.start_soon(self._keep_bootstrap)
                         if self.pubsub is not None:
@@ -377,6 +380,12 @@ class Node:
             return await self._fetch(req, progress)
         if op == "publish":
             return await self._publish(req)
+        if op == "mount":
+            return await self.mounts.mount(_store_path(req), str(req.get("dir")), str(req.get("backend", "auto")))
+        if op == "umount":
+            return await self.mounts.umount(str(req.get("dir")))
+        if op == "mounts":
+            return self.mounts.report()
         raise ControlError(f"unknown request {op!r}", USAGE)
 
     async def _status(self) -> dict[str, Any]:
@@ -558,6 +567,13 @@ class _FetchStore:
         if self._ingest is not None:
             self._ingest.close()
             self._ingest = None
+
+
+def _store_path(req: dict[str, Any]) -> StorePath:
+    try:
+        return StorePath.parse(str(req.get("store_path")))
+    except StorePathError as e:
+        raise ControlError(str(e), USAGE) from None
 
 
 def _check_bind(host: str, port: int, setting: str) -> None:

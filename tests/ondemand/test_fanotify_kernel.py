@@ -39,7 +39,7 @@ class Chunks:
                 self.files.setdefault(e.path, []).append(at)
         self.have: set[bytes] = set()
 
-    def covering(self, offset: int, count: int) -> list[ChunkAt]:
+    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
         return [c for c in self.by_offset.values() if c.offset < offset + count and offset < c.offset + c.length]
 
     def file_chunks(self, file: object) -> list[ChunkAt]:

@@ -1,0 +1,67 @@
+"""`ferry mount`, `ferry umount`, `ferry mounts`: store paths mounted by the running node."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from node.cli import storeopt, ui
+from node.cli.netcmd import request
+
+BACKENDS = ("auto", "fanotify", "materialize")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "mount", help="make a store path appear at DIR, its file data fetched on first read",
+        description="Ask the running node to mount STORE_PATH on DIR. With the fanotify backend (root, Linux "
+        "6.14+ with file-backed EROFS) the whole tree appears at once and only the bytes programs read are "
+        "fetched from peers, chunk by chunk; a chunk no peer can supply makes the read fail with EIO, never "
+        "return zeros. With materialize (any kernel, no root) the path is fetched whole and written to DIR, "
+        "which must be empty or absent. auto picks fanotify when the node can, else materialize. The trust "
+        "policy decides first, as for `ferry fetch`.",
+        epilog="exit status: 0 mounted, 1 failed, 2 bad usage, 3 refused by the trust policy",
+    )
+    p.add_argument("store_path", metavar="STORE_PATH")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="how (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=_mount)
+
+    p = sub.add_parser("umount", help="unmount a ferry mount",
+                       description="Unmount DIR (fails while a program uses it). A materialized tree stays "
+                       "where it is; the node forgets it.")
+    p.add_argument("dir", metavar="DIR")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=_umount)
+
+    p = sub.add_parser("mounts", help="list the node's mounts",
+                       description="Each mount: directory, store path, backend, and bytes present of the total.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    storeopt.add_data_dir(p)
+    p.set_defaults(run=_mounts)
+
+
+def _mount(args: argparse.Namespace) -> None:
+    got = request(args, {"op": "mount", "store_path": args.store_path, "dir": os.path.abspath(args.dir),
+                         "backend": args.backend})
+    if args.json:
+        ui.print_json(got)
+    else:
+        ui.out.print(f"{got['store_path']} on {got['dir']} ({got['backend']})", markup=False)
+
+
+def _umount(args: argparse.Namespace) -> None:
+    request(args, {"op": "umount", "dir": os.path.abspath(args.dir)})
+
+
+def _mounts(args: argparse.Namespace) -> None:
+    rows = request(args, {"op": "mounts"})
+    if args.json:
+        ui.print_json(rows)
+        return
+    ui.table(("dir", "store path", "backend", "present / total"),
+             [(r["dir"], r["store_path"], r["backend"],
+               "-" if r["bytes_total"] is None else f"{r['bytes_present']:,} / {r['bytes_total']:,}") for r in rows])

@@ -1,0 +1,302 @@
+"""`ferry mount`: store paths visible at once, their file data fetched on first read.
+
+fanotify backend (root, Linux 6.14+ with file-backed EROFS): the path is recorded with
+holes for its missing chunks, its EROFS image is written to `<data-dir>/mounts/`, every
+slab is marked for pre-content events *before* the kernel opens it, and the image is
+mounted with `mount(2)` and `device=` options. Reads of holes wait in the kernel until
+the filler has fetched the chunks from peers. materialize backend (anyone): the path is
+fetched whole and written as a plain tree.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.daemon.control import ControlError
+from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan
+from node.local.image import image_of
+from ondemand import fanotify, syscalls
+from ondemand.filler import ChunkAt, Filler
+from store import restore, userfile
+from store.manifest import Manifest
+from store.path import StorePath
+from trust.claim import SignedClaim
+
+if TYPE_CHECKING:
+    from node.daemon.node import Node
+
+log = logging.getLogger(__name__)
+
+FANOTIFY = "fanotify"
+MATERIALIZE = "materialize"
+BACKENDS = ("auto", FANOTIFY, MATERIALIZE)
+DEADLINE = 30.0  # seconds a read waits for its chunks before it gets EIO
+MOUNTS_DIR = "mounts"
+
+
+@dataclass
+class Mounted:
+    store_path: StorePath
+    dir: str
+    backend: str
+    image: str | None = None
+    chunks: dict[bytes, int] = field(default_factory=dict)  # digest -> length
+
+
+class _Slabs:
+    """The chunks of mounted paths by place, for the filler."""
+
+    def __init__(self) -> None:
+        self.by_slab: dict[int, list[ChunkAt]] = {}  # slab id -> chunks sorted by offset
+        self.files: dict[object, list[ChunkAt]] = {}
+        self.inode_of_slab: dict[int, int] = {}  # st_ino -> slab id
+        self.have: set[bytes] = set()
+
+    def add(self, slab_of: dict[bytes, tuple[int, int]], manifest: Manifest, present: set[bytes]) -> None:
+        for e in manifest.entries:
+            if not e.chunks:
+                continue
+            key = (str(manifest.store_path), e.path)
+            out = []
+            for i, ((_, length), d) in enumerate(zip(manifest.chunking.spans(e.size), e.chunks)):
+                slab, offset = slab_of[d]
+                at = ChunkAt(d, offset, length, key, i)
+                out.append(at)
+                row = self.by_slab.setdefault(slab, [])
+                bisect.insort(row, at, key=lambda c: c.offset)
+            self.files[key] = out
+        self.have |= present
+
+    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
+        slab = self.inode_of_slab.get(os.fstat(fd).st_ino)
+        row = self.by_slab.get(slab, []) if slab is not None else []
+        i = bisect.bisect_right(row, offset, key=lambda c: c.offset)
+        i = max(0, i - 1)
+        out = []
+        while i < len(row) and row[i].offset < offset + count:
+            if row[i].offset + row[i].length > offset:
+                out.append(row[i])
+            i += 1
+        return out
+
+    def file_chunks(self, file: object) -> Sequence[ChunkAt]:
+        return self.files[file]
+
+    def present(self, digest: bytes) -> bool:
+        return digest in self.have
+
+
+class _Collect:
+    """A fetch session's store for ondemand: keeps the verified blocks in memory for the
+    filler to write through its event fd (writing them to the marked slab any other way
+    would raise events of its own)."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[bytes, bytes] = {}
+
+    async def state(self, store_path: StorePath) -> None:
+        return None
+
+    async def claims(self, hash_part: str) -> list[SignedClaim]:
+        return []
+
+    async def learn(self, claims: list[SignedClaim], source: str) -> int:
+        return 0
+
+    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
+        raise AssertionError("an ondemand fetch records nothing")
+
+    async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
+        self.blocks.update(blocks)
+
+    async def save(self) -> None:
+        pass
+
+
+class Mounts:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.table: dict[str, Mounted] = {}
+        self.slabs = _Slabs()
+        self.group: int | None = None
+        self.unavailable = "not started"
+        self.filler: Filler | None = None
+
+    # --- the filler task, owned by the node's nursery
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            self.group = syscalls.fanotify_init(
+                fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
+                os.O_RDWR | os.O_LARGEFILE)
+        except OSError as e:
+            self.unavailable = (f"no fanotify pre-content group ({e.strerror}): it needs root and Linux 6.14+; "
+                                "use --backend materialize")
+            task_status.started()
+            await trio.sleep_forever()
+        self.filler = Filler(self.group, self.slabs, self._fetch, deadline=DEADLINE, on_filled=self._filled)
+        try:
+            task_status.started()
+            await self.filler.run()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._unmount_all()
+            os.close(self.group)
+            self.group = None
+
+    async def _unmount_all(self) -> None:
+        for m in list(self.table.values()):
+            if m.backend == FANOTIFY:
+                try:
+                    syscalls.umount(m.dir)
+                except OSError:
+                    # Busy: detach it from the tree now; open files keep reading (and, with
+                    # the group gone, would see holes: so close readers before stopping).
+                    log.warning("%s is busy: detaching it", m.dir)
+                    try:
+                        syscalls.umount(m.dir, detach=True)
+                    except OSError as e:
+                        log.error("cannot unmount %s: %s", m.dir, e)
+
+    async def _fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        node = self.node
+        sizes = {}
+        for m in self.table.values():
+            sizes.update({d: m.chunks[d] for d in digests if d in m.chunks})
+        local = _Collect()
+        assert node.policy is not None
+        fetch = Fetch(node, local, node.policy, FetchSettings(request_timeout=node.config.request_timeout))
+        try:
+            await fetch.transfer(sizes)
+        except FetchError as e:
+            log.warning("ondemand fetch of %d chunks: %s", len(sizes), e)
+        finally:
+            node.account(fetch)
+        return local.blocks
+
+    async def _filled(self, digests: list[bytes]) -> None:
+        def work() -> None:
+            ix = self.node.store.index
+            rows = ix.chunks(digests)
+            with ix.transaction():
+                ix.set_present([r.id for r in rows.values()], True)
+
+        await trio.to_thread.run_sync(work, limiter=self.node._write_limiter)
+        self.slabs.have.update(digests)
+
+    # --- control API
+
+    async def mount(self, sp: StorePath, target: str, backend: str) -> dict[str, Any]:
+        node = self.node
+        if node.policy is None:
+            raise ControlError("this node has no trust policy, so it cannot accept paths: start it with --policy FILE")
+        target = os.path.abspath(target)
+        if target in self.table:
+            raise ControlError(f"{target} is already a ferry mount (of {self.table[target].store_path})")
+        if backend == "auto":
+            backend = FANOTIFY if self.group is not None else MATERIALIZE
+        if backend == FANOTIFY and self.group is None:
+            raise ControlError(self.unavailable)
+        if backend == FANOTIFY and not os.path.isdir(target):
+            raise ControlError(f"{target} is not a directory: create the mount point first")
+        if backend == MATERIALIZE and os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+            raise ControlError(f"{target} exists and is not an empty directory")
+        from node.daemon.node import _FetchStore, _ReaderChunks  # the node module imports this one
+
+        async with node.write_lock:
+            local = _FetchStore(node)
+            fetch = Fetch(node, local, node.policy, FetchSettings(request_timeout=node.config.request_timeout))
+            try:
+                plans = await fetch.resolve(sp, closure=False)
+                if backend == MATERIALIZE:
+                    await fetch.complete(plans, roots={str(sp)})
+                else:
+                    todo = [p for p in plans if not p.complete]
+                    if todo:
+                        await local.reserve(todo, roots={str(sp)})
+            except FetchRefused as e:
+                raise ControlError(str(e), 3) from None
+            except FetchError as e:
+                raise ControlError(str(e)) from None
+            finally:
+                local.close()
+                node.account(fetch)
+            manifest = plans[0].manifest
+            if backend == MATERIALIZE:
+                if os.path.isdir(target):
+                    os.rmdir(target)
+                await trio.to_thread.run_sync(restore.restore, manifest, _ReaderChunks(node.reader), target)
+                self.table[target] = Mounted(sp, target, MATERIALIZE)
+                return self._row(self.table[target])
+            m, places, present, inodes = await trio.to_thread.run_sync(self._prepare, sp, manifest, target,
+                                                                       limiter=node._write_limiter)
+        # Known to the filler before the kernel can ask (the slabs are marked already).
+        self.slabs.inode_of_slab.update(inodes)
+        self.slabs.add(places, manifest, present)
+        try:
+            await trio.to_thread.run_sync(syscalls.mount_erofs, m.image, target, self._devices())
+        except OSError as e:
+            raise ControlError(f"cannot mount {sp} on {target}: {e.strerror}") from None
+        self.table[target] = m
+        log.info("mounted %s on %s (%s)", sp, target, FANOTIFY)
+        return self._row(m)
+
+    def _devices(self) -> list[str]:
+        return [os.path.join(self.node.store.data_dir, "slabs", r.name) for r in self.node.store.index.slabs()]
+
+    def _prepare(self, sp: StorePath, manifest: Manifest, target: str
+                 ) -> tuple[Mounted, dict[bytes, tuple[int, int]], set[bytes], dict[int, int]]:
+        """Write the image and mark the slabs (on the writer thread); returns the mount and
+        where its chunks are, which are present, and the slabs' inode numbers."""
+        store = self.node.store
+        img = image_of(store, sp)
+        directory = os.path.join(store.data_dir, MOUNTS_DIR)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{sp.hash_part}-{abs(hash(target)):x}.erofs")
+        userfile.write_atomically(path, img.data, "a mount image")
+        assert self.group is not None
+        inodes = {}
+        for row, dev in zip(store.index.slabs(), img.devices):
+            # A slab of reserved holes may not exist yet: EROFS needs the file, of full size.
+            with open(dev, "ab") as f:
+                if os.fstat(f.fileno()).st_size < row.size:
+                    os.ftruncate(f.fileno(), row.size)
+            # Before the kernel opens the slab: a read that could beat the mark would see holes.
+            syscalls.fanotify_mark(self.group, fanotify.FAN_MARK_ADD, fanotify.FAN_PRE_ACCESS, dev)
+            inodes[os.stat(dev).st_ino] = row.id
+        rows = store.index.chunks(list(set(manifest.chunk_digests())))
+        lengths = {d: n for _, _, n, d in manifest.chunk_spans()}
+        return (Mounted(sp, target, FANOTIFY, path, lengths), {d: (r.slab, r.offset) for d, r in rows.items()},
+                {d for d, r in rows.items() if r.present}, inodes)
+
+    async def umount(self, target: str) -> dict[str, Any]:
+        target = os.path.abspath(target)
+        m = self.table.get(target)
+        if m is None:
+            raise ControlError(f"{target} is not a ferry mount (see `ferry mounts`)", 2)
+        if m.backend == FANOTIFY:
+            try:
+                await trio.to_thread.run_sync(syscalls.umount, target)
+            except OSError as e:
+                raise ControlError(f"cannot unmount {target}: {e.strerror} (is a program using it?)") from None
+            if m.image:
+                os.unlink(m.image)
+        del self.table[target]
+        return {"dir": target, "store_path": str(m.store_path), "backend": m.backend}
+
+    def report(self) -> list[dict[str, Any]]:
+        return [self._row(m) for m in self.table.values()]
+
+    def _row(self, m: Mounted) -> dict[str, Any]:
+        total = sum(m.chunks.values())
+        present = sum(n for d, n in m.chunks.items() if d in self.slabs.have)
+        return {"dir": m.dir, "store_path": str(m.store_path), "backend": m.backend,
+                "bytes_present": present if m.backend == FANOTIFY else None,
+                "bytes_total": total if m.backend == FANOTIFY else None}

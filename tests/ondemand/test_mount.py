@@ -1,0 +1,114 @@
+"""`ferry mount` end to end (root, real kernel): the data is on another node, reached over
+libp2p; the client node mounts the path and fetches only what programs read."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ondemand import fanotify, syscalls
+from tests.conftest import require
+from tests.p2p.nodes import NodeProc, Swarm, keys, policy
+
+SP = "/nix/store/" + "6" * 32 + "-lazy-1.0"
+SP2 = "/nix/store/" + "7" * 32 + "-lazy-1.1"
+
+
+def _kernel() -> None:
+    require(os.geteuid() == 0, "fanotify pre-content and mount(2) need root")
+    try:
+        os.close(syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR))
+    except OSError as e:
+        require(False, f"this kernel has no fanotify pre-content events (Linux 6.14+): {e}")
+
+
+def _tree(root: Path, big_files: int) -> Path:
+    rnd = random.Random(5)
+    (root / "lib").mkdir(parents=True)
+    for i in range(big_files):
+        (root / "lib" / f"big{i}.so").write_bytes(rnd.randbytes(20 << 20))
+    (root / "lib" / "one-mib.dat").write_bytes(rnd.randbytes(1 << 20))
+    (root / "bin").mkdir()
+    (root / "bin" / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "share").mkdir()
+    for i in range(200):
+        (root / "share" / f"doc{i}.txt").write_bytes(rnd.randbytes(rnd.randint(100, 9000)))
+    os.symlink("../lib/one-mib.dat", root / "bin" / "data")
+    return root
+
+
+def _present(client: NodeProc, d: Path) -> int:
+    return next(m["bytes_present"] for m in client.json("mounts") if m["dir"] == str(d))
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
+    _kernel()
+    k = keys(tmp_path, "builder")
+    pol = policy(tmp_path, [k["builder"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
+    src = _tree(tmp_path / "src", big_files=10)  # about 210 MB
+    seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    got = client.json("mount", SP, str(mnt))
+    assert got["backend"] == "fanotify" and got["bytes_total"] > 200_000_000
+    try:
+        r = subprocess.run(["find", str(mnt), "-ls"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "one-mib.dat" in r.stdout
+        assert _present(client, mnt) == 0  # listing reads metadata only
+        r = subprocess.run(["cat", str(mnt / "lib" / "one-mib.dat")], capture_output=True, timeout=60)
+        assert r.stdout == (src / "lib" / "one-mib.dat").read_bytes()
+        assert _present(client, mnt) <= 2 << 20
+        r = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(mnt)], capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:]
+        assert _present(client, mnt) == got["bytes_total"]
+
+        # Another version of the package: its unchanged chunks are already here.
+        v2 = tmp_path / "v2"
+        subprocess.run(["cp", "-a", str(src), str(v2)], check=True)
+        (v2 / "bin" / "tool").write_bytes(b"#!/bin/sh\necho v2\n")
+        seed.json("publish", str(v2), "--store-path", SP2, "--key", str(k["builder"][0]))
+        mnt2 = tmp_path / "mnt2"
+        mnt2.mkdir()
+        got2 = client.json("mount", SP2, str(mnt2))
+        assert _present(client, mnt2) == got2["bytes_total"]  # every chunk shared with 1.0
+        assert subprocess.run(["cat", str(mnt2 / "bin" / "tool")], capture_output=True).stdout == b"#!/bin/sh\necho v2\n"
+        client.ferry("umount", str(mnt2))
+    finally:
+        r = client.ferry("umount", str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert not os.path.ismount(mnt) and client.json("mounts") == []
+    # Remount works, now from the local store.
+    client.json("mount", SP, str(mnt))
+    assert (mnt / "bin" / "tool").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert client.stop() == 0
+    assert not os.path.ismount(mnt)  # a stopping node unmounts
+
+
+def test_materialize_backend_writes_the_tree(swarm: Swarm, tmp_path: Path) -> None:
+    k = keys(tmp_path, "builder")
+    pol = policy(tmp_path, [k["builder"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
+    src = _tree(tmp_path / "src", big_files=1)
+    seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
+    dest = tmp_path / "dest"
+    got = client.json("mount", SP, str(dest), "--backend", "materialize")
+    assert got["backend"] == "materialize"
+    r = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(dest)], capture_output=True)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert [m["dir"] for m in client.json("mounts")] == [str(dest)]
+    r = client.ferry("mount", SP, str(dest), "--backend", "materialize")
+    assert r.returncode == 1 and "already a ferry mount" in r.stderr
+    assert client.ferry("umount", str(dest)).returncode == 0
+    assert (dest / "bin" / "tool").exists()  # a materialized tree stays
+    r = client.ferry("umount", str(dest))
+    assert r.returncode == 2 and "not a ferry mount" in r.stderr
