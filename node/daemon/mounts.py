@@ -11,8 +11,12 @@ fetched whole and written as a plain tree.
 from __future__ import annotations
 
 import bisect
+import errno
+import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,12 +25,13 @@ import trio
 
 from node.daemon.control import ControlError
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan
+from node.local.errors import StoreError
 from node.local.image import image_of
-from ondemand import fanotify, syscalls
+from ondemand import fanotify, holder, syscalls
 from ondemand.filler import ChunkAt, Filler
 from store import restore, userfile
 from store.manifest import Manifest
-from store.path import StorePath
+from store.path import StorePath, StorePathError
 from trust.claim import SignedClaim
 
 if TYPE_CHECKING:
@@ -39,6 +44,20 @@ MATERIALIZE = "materialize"
 BACKENDS = ("auto", FANOTIFY, MATERIALIZE)
 DEADLINE = 30.0  # seconds a read waits for its chunks before it gets EIO
 MOUNTS_DIR = "mounts"
+HOLDER_SOCKET = "fanotify.sock"
+STATE = "mounts.json"
+ORPHAN_FDS = 4096  # fd numbers a dead node's unanswered events may carry
+
+
+def _deny_orphans(group: int) -> None:
+    """Answer, with EIO, the events a dead node had read and not answered: the kernel
+    knows them by the fd number they had in that node, so try every plausible number
+    (the ones no event has are refused with ENOENT)."""
+    for fd in range(ORPHAN_FDS):
+        try:
+            os.write(group, fanotify.deny(fd, errno.EIO))
+        except OSError:
+            pass
 
 
 @dataclass
@@ -133,37 +152,100 @@ class Mounts:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            self.group = syscalls.fanotify_init(
-                fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
-                os.O_RDWR | os.O_LARGEFILE)
+            self.group, taken_over = await trio.to_thread.run_sync(self._take_group)
         except OSError as e:
-            self.unavailable = (f"no fanotify pre-content group ({e.strerror}): it needs root and Linux 6.14+; "
+            self.unavailable = (f"no fanotify pre-content group ({e.strerror or e}): it needs root and Linux 6.14+; "
                                 "use --backend materialize")
+            self._restore_state(fanotify_ok=False)
             task_status.started()
             await trio.sleep_forever()
+        if taken_over:
+            _deny_orphans(self.group)
+        self._restore_state(fanotify_ok=True)
         self.filler = Filler(self.group, self.slabs, self._fetch, deadline=DEADLINE, on_filled=self._filled)
         try:
             task_status.started()
             await self.filler.run()
         finally:
             with trio.CancelScope(shield=True):
-                await self._unmount_all()
-            os.close(self.group)
-            self.group = None
+                self._unmount_all()
+                os.close(self.group)
+                self.group = None
 
-    async def _unmount_all(self) -> None:
+    def _holder_socket(self) -> str:
+        return os.path.join(self.node.data_dir, HOLDER_SOCKET)
+
+    def _take_group(self) -> tuple[int, bool]:
+        """The group from a running holder (a node before us died: True), else from a new one."""
+        path = self._holder_socket()
+        try:
+            return holder.borrow(path), True
+        except OSError:
+            pass
+        os.close(holder.new_group())  # fails at once without root or kernel support
+        proc = subprocess.Popen([sys.executable, "-m", "ondemand.holder", path], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        assert proc.stdout is not None
+        with proc.stdout:
+            if proc.stdout.readline() != b"ready\n":
+                raise OSError(f"the fanotify holder did not start (exit status {proc.wait()})")
+        return holder.borrow(path), False
+
+    def _unmount_all(self) -> None:
+        """A stopping node unmounts what it can. A busy mount stays, and so does the
+        holder: its readers wait for the next node rather than see holes."""
         for m in list(self.table.values()):
-            if m.backend == FANOTIFY:
-                try:
-                    syscalls.umount(m.dir)
-                except OSError:
-                    # Busy: detach it from the tree now; open files keep reading (and, with
-                    # the group gone, would see holes: so close readers before stopping).
-                    log.warning("%s is busy: detaching it", m.dir)
-                    try:
-                        syscalls.umount(m.dir, detach=True)
-                    except OSError as e:
-                        log.error("cannot unmount %s: %s", m.dir, e)
+            if m.backend != FANOTIFY:
+                continue
+            try:
+                syscalls.umount(m.dir)
+            except OSError as e:
+                log.warning("%s stays mounted (%s): the next node start serves it", m.dir, e.strerror)
+                continue
+            if m.image:
+                os.unlink(m.image)
+            del self.table[m.dir]
+        self._save_state()
+        if not any(m.backend == FANOTIFY for m in self.table.values()):
+            try:
+                holder.release(self._holder_socket())
+            except OSError:
+                pass
+
+    def _save_state(self) -> None:
+        rows = [{"store_path": str(m.store_path), "dir": m.dir, "backend": m.backend, "image": m.image}
+                for m in self.table.values()]
+        userfile.write_atomically(os.path.join(self.node.data_dir, STATE), json.dumps(rows).encode(), "the mount table")
+
+    def _restore_state(self, *, fanotify_ok: bool) -> None:
+        """Mounts a previous node left (it died, or they were busy): serve them again."""
+        path = os.path.join(self.node.data_dir, STATE)
+        try:
+            with open(path) as f:
+                rows = json.load(f)
+        except (OSError, ValueError):
+            return
+        store = self.node.store
+        for r in rows:
+            try:
+                sp = StorePath.parse(r["store_path"])
+                if r["backend"] == MATERIALIZE:
+                    self.table[r["dir"]] = Mounted(sp, r["dir"], MATERIALIZE)
+                    continue
+                if not (fanotify_ok and os.path.ismount(r["dir"])):
+                    continue
+                manifest = store.manifest(sp)
+                rows_ = store.index.chunks(list(set(manifest.chunk_digests())))
+                for row in store.index.slabs():
+                    self.slabs.inode_of_slab[os.stat(os.path.join(store.data_dir, "slabs", row.name)).st_ino] = row.id
+                self.slabs.add({d: (x.slab, x.offset) for d, x in rows_.items()}, manifest,
+                               {d for d, x in rows_.items() if x.present})
+                self.table[r["dir"]] = Mounted(sp, r["dir"], FANOTIFY, r["image"],
+                                               {d: n for _, _, n, d in manifest.chunk_spans()})
+                log.info("serving %s on %s again", sp, r["dir"])
+            except (KeyError, TypeError, OSError, StoreError, StorePathError) as e:
+                log.warning("the mount table entry %s cannot be restored: %s", r, e)
+        self._save_state()
 
     async def _fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
         node = self.node
@@ -234,6 +316,7 @@ class Mounts:
                     os.rmdir(target)
                 await trio.to_thread.run_sync(restore.restore, manifest, _ReaderChunks(node.reader), target)
                 self.table[target] = Mounted(sp, target, MATERIALIZE)
+                self._save_state()
                 return self._row(self.table[target])
             m, places, present, inodes = await trio.to_thread.run_sync(self._prepare, sp, manifest, target,
                                                                        limiter=node._write_limiter)
@@ -245,6 +328,7 @@ class Mounts:
         except OSError as e:
             raise ControlError(f"cannot mount {sp} on {target}: {e.strerror}") from None
         self.table[target] = m
+        self._save_state()
         log.info("mounted %s on %s (%s)", sp, target, FANOTIFY)
         return self._row(m)
 
@@ -289,6 +373,7 @@ class Mounts:
             if m.image:
                 os.unlink(m.image)
         del self.table[target]
+        self._save_state()
         return {"dir": target, "store_path": str(m.store_path), "backend": m.backend}
 
     def report(self) -> list[dict[str, Any]]:

@@ -49,8 +49,8 @@ class Served:
 async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                        on_violation: Callable[[str, str], Awaitable[None]],
                        on_sent: Callable[[int, int], None]) -> None:
-    """`on_sent(blocks, bytes)` after each reply is written."""
-    """Reads wants while answering earlier ones, until the client closes the stream."""
+    """Reads wants while answering earlier ones, until the client closes the stream;
+    `on_sent(blocks, bytes)` as each reply is handed to the connection."""
     server = BlockServer()
     more = trio.Event()
     ended = False
@@ -83,9 +83,12 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 else Block(w.digest, found[w.digest]) if w.block else Have(w.digest)
                 for w in wants
             ]
-            await write(stream, await source.encode_reply(replies))
+            frame = await source.encode_reply(replies)
+            # Counted when handed to the connection: a client that resets its stream the
+            # moment it has the last block would otherwise cancel the count of what it got.
             sent = [len(r.data) for r in replies if isinstance(r, Block)]
             on_sent(len(sent), sum(sent))
+            await write(stream, frame)
 
     problem: str | None = None
     clean = False

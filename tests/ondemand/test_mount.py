@@ -8,6 +8,7 @@ import random
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ondemand import fanotify, syscalls
@@ -112,3 +113,64 @@ def test_materialize_backend_writes_the_tree(swarm: Swarm, tmp_path: Path) -> No
     assert (dest / "bin" / "tool").exists()  # a materialized tree stays
     r = client.ferry("umount", str(dest))
     assert r.returncode == 2 and "not a ferry mount" in r.stderr
+
+
+READER = """
+import hashlib, sys
+h = hashlib.sha256()
+try:
+    with open(sys.argv[1], "rb", buffering=0) as f:
+        while chunk := f.read(1 << 16):
+            h.update(chunk)
+except OSError as e:
+    print("ERR", e.errno)
+else:
+    print(h.hexdigest())
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_killing_the_node_never_hands_readers_zeros(swarm: Swarm, tmp_path: Path) -> None:
+    _kernel()
+    import hashlib
+    import signal
+
+    k = keys(tmp_path, "builder")
+    pol = policy(tmp_path, [k["builder"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
+    src = _tree(tmp_path / "src", big_files=4)
+    seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    client.json("mount", SP, str(mnt))
+    files = [f"lib/big{i}.so" for i in range(4)]
+    readers = [subprocess.Popen(["python3", "-c", READER, str(mnt / f)], stdout=subprocess.PIPE, text=True)
+               for f in files]
+    # Kill the node once reading is under way (chunks are arriving), not before.
+    with_progress = False
+    for _ in range(200):
+        if _present(client, mnt) > 0:
+            with_progress = True
+            break
+    assert with_progress
+    client.kill(signal.SIGKILL)
+    assert os.path.ismount(mnt)  # the mount and, in its holder, the fanotify group outlive the node
+    client.start().wait_ready()
+    outcomes = [r.communicate(timeout=300)[0].strip() for r in readers]
+    for f, got in zip(files, outcomes):
+        want = hashlib.sha256((src / f).read_bytes()).hexdigest()
+        assert got == want or got == "ERR 5", (f, got)  # right bytes or EIO, never zeros
+    assert any(got != "ERR 5" for got in outcomes)  # the restarted node went on serving
+    r = subprocess.run(["cmp", str(src / files[0]), str(mnt / files[0])], capture_output=True, timeout=300)
+    assert r.returncode == 0  # and reads after the restart are right
+    assert client.stop() == 0
+    assert not os.path.ismount(mnt)
+    # No group left behind: the holder dropped it before answering the stopping node, and exits.
+    assert not (client.data_dir / "fanotify.sock").exists()
+    holders = [p for p in psutil.process_iter(["cmdline"])
+               if "ondemand.holder" in " ".join(p.info["cmdline"] or []) and str(client.data_dir) in
+               " ".join(p.info["cmdline"] or [])]
+    _, alive = psutil.wait_procs(holders, timeout=10)
+    assert not alive
