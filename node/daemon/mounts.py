@@ -145,53 +145,90 @@ class Mounts:
         self.table: dict[str, Mounted] = {}
         self.slabs = _Slabs()
         self.group: int | None = None
-        self.unavailable = "not started"
+        self.unavailable = "the node has not started"
         self.filler: Filler | None = None
+        self._nursery: trio.Nursery
+        self._filler_scope = trio.CancelScope()
+        self._filler_done = trio.Event()
 
-    # --- the filler task, owned by the node's nursery
+    # --- the group and its filler, owned by the node's nursery
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            self.group, taken_over = await trio.to_thread.run_sync(self._take_group)
-        except OSError as e:
-            self.unavailable = (f"no fanotify pre-content group ({e.strerror or e}): it needs root and Linux 6.14+; "
-                                "use --backend materialize")
-            self._restore_state(fanotify_ok=False)
-            task_status.started()
-            await trio.sleep_forever()
-        if taken_over:
-            _deny_orphans(self.group)
-        self._restore_state(fanotify_ok=True)
-        self.filler = Filler(self.group, self.slabs, self._fetch, deadline=DEADLINE, on_filled=self._filled)
-        try:
-            task_status.started()
-            await self.filler.run()
-        finally:
-            with trio.CancelScope(shield=True):
-                self._unmount_all()
-                os.close(self.group)
-                self.group = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                if os.path.exists(self._holder_socket()):
+                    # A node before us died (or left busy mounts): its group is still held.
+                    try:
+                        group = await trio.to_thread.run_sync(holder.borrow, self._holder_socket())
+                    except OSError as e:
+                        log.warning("a fanotify holder socket is there but does not answer: %s", e)
+                    else:
+                        _deny_orphans(group)
+                        self._attach(group)
+                self._restore_state()
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._unmount_all()
 
     def _holder_socket(self) -> str:
         return os.path.join(self.node.data_dir, HOLDER_SOCKET)
 
-    def _take_group(self) -> tuple[int, bool]:
-        """The group from a running holder (a node before us died: True), else from a new one."""
-        path = self._holder_socket()
+    def _attach(self, group: int) -> None:
+        self.group = group
+        self.filler = Filler(group, self.slabs, self._fetch, deadline=DEADLINE, on_filled=self._filled)
+        self._filler_scope = trio.CancelScope()
+        self._filler_done = trio.Event()
+        self._nursery.start_soon(self._run_filler, self.filler, self._filler_scope, self._filler_done)
+
+    async def _run_filler(self, filler: Filler, scope: trio.CancelScope, done: trio.Event) -> None:
         try:
-            return holder.borrow(path), True
-        except OSError:
-            pass
-        os.close(holder.new_group())  # fails at once without root or kernel support
+            with scope:
+                await filler.run()
+        finally:
+            done.set()
+
+    async def _detach(self, release: bool) -> None:
+        """Stop serving the group; with `release`, the holder drops it too (nothing is
+        mounted). Without, it keeps it, and readers of busy mounts wait for the next node."""
+        if self.group is None:
+            return
+        self._filler_scope.cancel()
+        await self._filler_done.wait()  # every answer in flight is written before the fd goes
+        os.close(self.group)
+        self.group = None
+        self.filler = None
+        if release:
+            try:
+                holder.release(self._holder_socket())
+            except OSError as e:
+                log.warning("the fanotify holder did not answer: %s", e)
+
+    def _start_holder(self) -> int:
+        """A new holder process and its group (OSError without root or kernel support)."""
+        path = self._holder_socket()
+        os.close(holder.new_group())  # fails at once where the holder would
         proc = subprocess.Popen([sys.executable, "-m", "ondemand.holder", path], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         assert proc.stdout is not None
         with proc.stdout:
             if proc.stdout.readline() != b"ready\n":
                 raise OSError(f"the fanotify holder did not start (exit status {proc.wait()})")
-        return holder.borrow(path), False
+        return holder.borrow(path)
 
-    def _unmount_all(self) -> None:
+    async def _ensure_group(self) -> bool:
+        if self.group is None:
+            try:
+                self._attach(await trio.to_thread.run_sync(self._start_holder))
+            except OSError as e:
+                self.unavailable = (f"no fanotify pre-content group ({e.strerror or e}): it needs root and Linux "
+                                    "6.14+; use --backend materialize")
+                return False
+        return True
+
+    async def _unmount_all(self) -> None:
         """A stopping node unmounts what it can. A busy mount stays, and so does the
         holder: its readers wait for the next node rather than see holes."""
         for m in list(self.table.values()):
@@ -206,18 +243,14 @@ class Mounts:
                 os.unlink(m.image)
             del self.table[m.dir]
         self._save_state()
-        if not any(m.backend == FANOTIFY for m in self.table.values()):
-            try:
-                holder.release(self._holder_socket())
-            except OSError:
-                pass
+        await self._detach(release=not any(m.backend == FANOTIFY for m in self.table.values()))
 
     def _save_state(self) -> None:
         rows = [{"store_path": str(m.store_path), "dir": m.dir, "backend": m.backend, "image": m.image}
                 for m in self.table.values()]
         userfile.write_atomically(os.path.join(self.node.data_dir, STATE), json.dumps(rows).encode(), "the mount table")
 
-    def _restore_state(self, *, fanotify_ok: bool) -> None:
+    def _restore_state(self) -> None:
         """Mounts a previous node left (it died, or they were busy): serve them again."""
         path = os.path.join(self.node.data_dir, STATE)
         try:
@@ -232,7 +265,9 @@ class Mounts:
                 if r["backend"] == MATERIALIZE:
                     self.table[r["dir"]] = Mounted(sp, r["dir"], MATERIALIZE)
                     continue
-                if not (fanotify_ok and os.path.ismount(r["dir"])):
+                if not (self.group is not None and os.path.ismount(r["dir"])):
+                    if r.get("image") and os.path.exists(r["image"]):
+                        os.unlink(r["image"])
                     continue
                 manifest = store.manifest(sp)
                 rows_ = store.index.chunks(list(set(manifest.chunk_digests())))
@@ -282,10 +317,13 @@ class Mounts:
         target = os.path.abspath(target)
         if target in self.table:
             raise ControlError(f"{target} is already a ferry mount (of {self.table[target].store_path})")
-        if backend == "auto":
-            backend = FANOTIFY if self.group is not None else MATERIALIZE
-        if backend == FANOTIFY and self.group is None:
-            raise ControlError(self.unavailable)
+        if backend in ("auto", FANOTIFY):
+            if await self._ensure_group():
+                backend = FANOTIFY
+            elif backend == FANOTIFY:
+                raise ControlError(self.unavailable)
+            else:
+                backend = MATERIALIZE
         if backend == FANOTIFY and not os.path.isdir(target):
             raise ControlError(f"{target} is not a directory: create the mount point first")
         if backend == MATERIALIZE and os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
@@ -374,6 +412,8 @@ class Mounts:
                 os.unlink(m.image)
         del self.table[target]
         self._save_state()
+        if self.group is not None and not any(x.backend == FANOTIFY for x in self.table.values()):
+            await self._detach(release=True)  # nothing mounted: no group left behind
         return {"dir": target, "store_path": str(m.store_path), "backend": m.backend}
 
     def report(self) -> list[dict[str, Any]]:

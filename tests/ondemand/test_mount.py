@@ -87,6 +87,7 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
         r = client.ferry("umount", str(mnt))
     assert r.returncode == 0, r.stderr
     assert not os.path.ismount(mnt) and client.json("mounts") == []
+    assert not (client.data_dir / "fanotify.sock").exists()  # nothing mounted: the group is gone
     # Remount works, now from the local store.
     client.json("mount", SP, str(mnt))
     assert (mnt / "bin" / "tool").read_bytes() == b"#!/bin/sh\necho hi\n"
