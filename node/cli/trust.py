@@ -25,7 +25,7 @@ from trust.claim import ClaimError, SignedClaim
 from trust.key import KeyFormatError, SecretKey
 from trust.keyfile import KeyFileError
 from trust.report import verdict_json, verdict_text
-from trust.policy import Conflict, Ignored, Insufficient, PolicyError, QuorumPolicy, Trusted, Verdict
+from trust.policy import Conflict, Ignored, Insufficient, PolicyError, Trusted, Verdict
 
 OK, INSUFFICIENT, CONFLICT, BAD_INPUT = 0, 1, 2, 3
 INVALID = 1  # verify: some signature does not verify

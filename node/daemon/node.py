@@ -50,7 +50,7 @@ from store.path import StorePath, StorePathError
 from trust import policyfile
 from trust.claim import ClaimError, SignedClaim
 from trust.key import SecretKey
-from trust.policy import PolicyError, QuorumPolicy
+from trust.policy import QuorumPolicy
 from trust.signature import NixSignature
 from trust.signature import sign as nix_sign
 

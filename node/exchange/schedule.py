@@ -13,7 +13,7 @@ drive it exactly like the daemon does.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 Peer = Hashable

@@ -56,7 +56,7 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
     ended = False
 
     async def receive() -> None:
-        nonlocal more, ended
+        nonlocal ended
         while True:
             data = await read_some(stream)
             if not data:

@@ -8,7 +8,6 @@ import random
 import signal
 from pathlib import Path
 
-import pytest
 import trio
 
 from node.daemon import control
