@@ -52,9 +52,11 @@ def cancel_safe_frames(muxed: Yamux) -> None:
             with trio.move_on_after(FRAME_STALL) as stall:
                 await write(data)
             if stall.cancelled_caught:
-                # Part of a frame may be on the wire: nothing after it would decrypt.
+                # Part of a frame may be on the wire: nothing after it would decrypt. Close
+                # the transport itself (a GO_AWAY frame would be one more stuck write).
                 log.info("peer %s took no data for %.0f s: closing the connection", muxed.peer_id, FRAME_STALL)
-                await muxed.close()
+                with trio.move_on_after(5):
+                    await muxed.secured_conn.close()
                 raise ConnectionClosedError(f"peer {muxed.peer_id} stopped reading")
 
     muxed._write_frame = write_whole_frame  # type: ignore[method-assign]
