@@ -35,6 +35,7 @@ SETTINGS: dict[str, str] = {
     "store_dir": "the Nix store directory the gateway serves (default \"/nix/store\")",
     "priority": "the gateway's priority in nix-cache-info; lower wins (default 30, ahead of cache.nixos.org's 40)",
     "narinfo_timeout": "seconds a narinfo request may spend asking peers before it answers 404 (default 10)",
+    "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
                    "first start; its public half is in <data-dir>/cache.pub)",
 }
@@ -60,6 +61,7 @@ class NodeConfig:
     store_dir: str = "/nix/store"
     priority: int = 30
     narinfo_timeout: float = 10.0
+    read_deadline: float = 30.0
     gateway_key: str | None = None
     source: str = field(default="defaults", compare=False)
 
@@ -78,7 +80,7 @@ class NodeConfig:
             raise ConfigError(f"{self.source}: listen: give at least one multiaddr")
         if not 1 <= self.max_connections <= 10_000:
             raise ConfigError(f"{self.source}: max_connections must be from 1 to 10000")
-        for name in ("ban_seconds", "request_timeout", "narinfo_timeout"):
+        for name in ("ban_seconds", "request_timeout", "narinfo_timeout", "read_deadline"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise ConfigError(f"{self.source}: {name} must be a number of seconds above 0")
         if self.gateway != "off":
@@ -110,7 +112,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (list,), "bootstrap": (list,), "policy": (str,), "mdns": (bool,), "dht": (bool,),
     "gossip": (bool,), "max_connections": (int,), "ban_seconds": (int, float), "request_timeout": (int, float),
     "gateway": (str,), "gateway_public": (bool,), "store_dir": (str,), "priority": (int,),
-    "narinfo_timeout": (int, float), "gateway_key": (str,),
+    "narinfo_timeout": (int, float), "read_deadline": (int, float), "gateway_key": (str,),
 }
 
 

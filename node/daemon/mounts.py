@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 FANOTIFY = "fanotify"
 MATERIALIZE = "materialize"
 BACKENDS = ("auto", FANOTIFY, MATERIALIZE)
-DEADLINE = 30.0  # seconds a read waits for its chunks before it gets EIO
 MOUNTS_DIR = "mounts"
 HOLDER_SOCKET = "fanotify.sock"
 STATE = "mounts.json"
@@ -178,7 +177,8 @@ class Mounts:
 
     def _attach(self, group: int) -> None:
         self.group = group
-        self.filler = Filler(group, self.slabs, self._fetch, deadline=DEADLINE, on_filled=self._filled)
+        self.filler = Filler(group, self.slabs, self._fetch, deadline=self.node.config.read_deadline,
+                             on_filled=self._filled)
         self._filler_scope = trio.CancelScope()
         self._filler_done = trio.Event()
         self._nursery.start_soon(self._run_filler, self.filler, self._filler_scope, self._filler_done)

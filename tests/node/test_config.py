@@ -23,6 +23,7 @@ def test_defaults_and_a_full_file() -> None:
     ('gateway = "127.0.0.1:70000"\n', ["not HOST:PORT"]),
     ('store_dir = "nix/store"\n', ["store_dir", "absolute"]),
     ('narinfo_timeout = 0\n', ["narinfo_timeout", "above 0"]),
+    ('read_deadline = -1\n', ["read_deadline", "above 0"]),
     ('priority = "high"\n', ["priority must be int"]),
     ('gatway = "127.0.0.1:1"\n', ["unknown setting 'gatway'"]),
     ('gateway_public = "yes"\n', ["gateway_public must be bool"]),

@@ -175,3 +175,41 @@ def test_killing_the_node_never_hands_readers_zeros(swarm: Swarm, tmp_path: Path
                " ".join(p.info["cmdline"] or [])]
     _, alive = psutil.wait_procs(holders, timeout=10)
     assert not alive
+
+
+@pytest.mark.kernel
+def test_a_chunk_no_peer_has_fails_the_read_with_eio(swarm: Swarm, tmp_path: Path) -> None:
+    _kernel()
+    import sqlite3
+    import time
+
+    from store.chunking import digest
+
+    k = keys(tmp_path, "builder")
+    pol = policy(tmp_path, [k["builder"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol, config="read_deadline = 5\n")
+    src = _tree(tmp_path / "src", big_files=0)
+    seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
+    # The seed's only copy of one file's chunk rots: it will not serve it, and nobody else has it.
+    lost = digest((src / "share" / "doc0.txt").read_bytes())
+    db = sqlite3.connect(seed.data_dir / "index.sqlite")
+    slab, offset = db.execute("SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab "
+                              "WHERE c.digest = ?", (lost,)).fetchone()
+    db.close()
+    with open(seed.data_dir / "slabs" / slab, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 1]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    client.json("mount", SP, str(mnt))
+    try:
+        t = time.monotonic()
+        r = subprocess.run(["cat", str(mnt / "share" / "doc0.txt")], capture_output=True, timeout=60)
+        assert r.returncode != 0 and b"Input/output error" in r.stderr and r.stdout == b""
+        assert time.monotonic() - t < 5 + 3  # within the deadline (and its fetch's own failure)
+        assert (mnt / "share" / "doc1.txt").read_bytes() == (src / "share" / "doc1.txt").read_bytes()
+    finally:
+        assert client.ferry("umount", str(mnt)).returncode == 0

@@ -17,13 +17,13 @@ START_TIMEOUT = 60.0
 
 class NodeProc:
     def __init__(self, root: Path, name: str, *, bootstrap: list[str] = (), policy: Path | None = None,
-                 timeout: float = 2.0, env: dict[str, str] | None = None) -> None:
+                 timeout: float = 2.0, env: dict[str, str] | None = None, config: str = "") -> None:
         self.name = name
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Tests are impatient: a silent peer is given up on after 2 s, not 10. Many nodes
         # run at once: each gateway takes a free port (see `gateway_url`).
-        (self.data_dir / "node.toml").write_text(f"request_timeout = {timeout}\ngateway = \"127.0.0.1:0\"\n")
+        (self.data_dir / "node.toml").write_text(f"request_timeout = {timeout}\ngateway = \"127.0.0.1:0\"\n{config}")
         self.argv = [*ARGV, "node", "run", "--data-dir", str(self.data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
                      "--no-mdns", *[x for b in bootstrap for x in ("--bootstrap", b)]]
         if policy:
