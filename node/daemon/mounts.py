@@ -30,6 +30,7 @@ from node.local.image import image_of
 from ondemand import fanotify, holder, syscalls
 from ondemand.filler import ChunkAt, Filler
 from store import restore, userfile
+from store.export import ExportError
 from store.manifest import Manifest
 from store.path import StorePath, StorePathError
 from trust.claim import SignedClaim
@@ -352,17 +353,27 @@ class Mounts:
             if backend == MATERIALIZE:
                 if os.path.isdir(target):
                     os.rmdir(target)
-                await trio.to_thread.run_sync(restore.restore, manifest, _ReaderChunks(node.reader), target)
+                # A reader of its own: a long write-out must not hold up serving peers.
+                reader = node.store.reader()
+                try:
+                    await trio.to_thread.run_sync(restore.restore, manifest, _ReaderChunks(reader), target)
+                except (restore.RestoreError, ExportError, OSError) as e:
+                    raise ControlError(f"cannot write {sp} to {target}: {e}") from None
+                finally:
+                    reader.close()
                 self.table[target] = Mounted(sp, target, MATERIALIZE)
                 self._save_state()
                 return self._row(self.table[target])
-            m, places, present, inodes = await trio.to_thread.run_sync(self._prepare, sp, manifest, target,
-                                                                       limiter=node._write_limiter)
+            try:
+                m, places, present, inodes, devices = await trio.to_thread.run_sync(
+                    self._prepare, sp, manifest, target, limiter=node._write_limiter)
+            except (StoreError, OSError) as e:
+                raise ControlError(f"cannot mount {sp}: {e}") from None
         # Known to the filler before the kernel can ask (the slabs are marked already).
         self.slabs.inode_of_slab.update(inodes)
         self.slabs.add(places, manifest, present)
         try:
-            await trio.to_thread.run_sync(syscalls.mount_erofs, m.image, target, self._devices())
+            await trio.to_thread.run_sync(syscalls.mount_erofs, m.image, target, devices)
         except OSError as e:
             raise ControlError(f"cannot mount {sp} on {target}: {e.strerror}") from None
         self.table[target] = m
@@ -370,13 +381,11 @@ class Mounts:
         log.info("mounted %s on %s (%s)", sp, target, FANOTIFY)
         return self._row(m)
 
-    def _devices(self) -> list[str]:
-        return [os.path.join(self.node.store.data_dir, "slabs", r.name) for r in self.node.store.index.slabs()]
-
     def _prepare(self, sp: StorePath, manifest: Manifest, target: str
-                 ) -> tuple[Mounted, dict[bytes, tuple[int, int]], set[bytes], dict[int, int]]:
-        """Write the image and mark the slabs (on the writer thread); returns the mount and
-        where its chunks are, which are present, and the slabs' inode numbers."""
+                 ) -> tuple[Mounted, dict[bytes, tuple[int, int]], set[bytes], dict[int, int], list[str]]:
+        """Write the image and mark the slabs (on the writer thread); returns the mount,
+        where its chunks are, which are present, the slabs' inode numbers, and the
+        image's devices in table order."""
         store = self.node.store
         img = image_of(store, sp)
         directory = os.path.join(store.data_dir, MOUNTS_DIR)
@@ -396,7 +405,7 @@ class Mounts:
         rows = store.index.chunks(list(set(manifest.chunk_digests())))
         lengths = {d: n for _, _, n, d in manifest.chunk_spans()}
         return (Mounted(sp, target, FANOTIFY, path, lengths), {d: (r.slab, r.offset) for d, r in rows.items()},
-                {d for d, r in rows.items() if r.present}, inodes)
+                {d for d, r in rows.items() if r.present}, inodes, list(img.devices))
 
     async def umount(self, target: str) -> dict[str, Any]:
         target = os.path.abspath(target)
