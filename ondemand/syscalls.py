@@ -38,5 +38,11 @@ def mount_erofs(image: str, target: str, devices: list[str]) -> None:
            f"mount {image} on {target}")
 
 
+def mount_erofs_fscache(target: str, fsid: str, domain: str) -> None:
+    """mount(2) of an image served by cachefiles ondemand: no source device, the blob names."""
+    opts = f"fsid={fsid},domain_id={domain}".encode()
+    _check(_libc.mount(b"none", os.fsencode(target), b"erofs", MS_RDONLY, opts), f"mount {fsid} on {target}")
+
+
 def umount(target: str, detach: bool = False) -> None:
     _check(_libc.umount2(os.fsencode(target), MNT_DETACH if detach else 0), f"umount {target}")

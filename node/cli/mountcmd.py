@@ -9,7 +9,7 @@ from typing import Any
 from node.cli import storeopt, ui
 from node.cli.netcmd import request
 
-BACKENDS = ("auto", "fanotify", "materialize")
+BACKENDS = ("auto", "fanotify", "cachefiles", "materialize")
 
 
 def add_parser(sub: Any) -> None:
@@ -18,8 +18,10 @@ def add_parser(sub: Any) -> None:
         description="Ask the running node to mount STORE_PATH on DIR. With the fanotify backend (root, Linux "
         "6.14+ with file-backed EROFS) the whole tree appears at once and only the bytes programs read are "
         "fetched from peers, chunk by chunk; a chunk no peer can supply makes the read fail with EIO, never "
-        "return zeros. With materialize (any kernel, no root) the path is fetched whole and written to DIR, "
-        "which must be empty or absent. auto picks fanotify when the node can, else materialize. The trust "
+        "return zeros. cachefiles does the same on kernels with CONFIG_CACHEFILES_ONDEMAND (5.19 to 7.1; "
+        "not yet tried on a real one). With materialize (any kernel, no root) the path is fetched whole and written to DIR, "
+        "which must be empty or absent. auto picks fanotify, else cachefiles, else materialize (see "
+        "`ferry doctor`). The trust "
         "policy decides first, as for `ferry fetch`.",
         epilog="exit status: 0 mounted, 1 failed, 2 bad usage, 3 refused by the trust policy",
     )

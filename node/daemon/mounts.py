@@ -10,7 +10,6 @@ fetched whole and written as a plain tree.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import json
 import logging
@@ -28,7 +27,10 @@ from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, 
 from node.local.errors import StoreError
 from node.local.image import image_of
 from ondemand import fanotify, holder, syscalls
-from ondemand.filler import ChunkAt, Filler
+from node.daemon.blobs import StoreBlobs
+from node.daemon.slabmap import SlabMap
+from ondemand.cachefilesd import CacheDevice, CachefilesDaemon
+from ondemand.filler import Filler
 from store import restore, userfile
 from store.export import ExportError
 from store.manifest import Manifest
@@ -41,8 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FANOTIFY = "fanotify"
+CACHEFILES = "cachefiles"
 MATERIALIZE = "materialize"
-BACKENDS = ("auto", FANOTIFY, MATERIALIZE)
+BACKENDS = ("auto", FANOTIFY, CACHEFILES, MATERIALIZE)
+KERNEL_BACKENDS = (FANOTIFY, CACHEFILES)
+DOMAIN = "ferry"  # the EROFS fscache domain (cachefiles volume "erofs,ferry") every mount shares
 MOUNTS_DIR = "mounts"
 HOLDER_SOCKET = "fanotify.sock"
 STATE = "mounts.json"
@@ -67,49 +72,7 @@ class Mounted:
     backend: str
     image: str | None = None
     chunks: dict[bytes, int] = field(default_factory=dict)  # digest -> length
-
-
-class _Slabs:
-    """The chunks of mounted paths by place, for the filler."""
-
-    def __init__(self) -> None:
-        self.by_slab: dict[int, list[ChunkAt]] = {}  # slab id -> chunks sorted by offset
-        self.files: dict[object, list[ChunkAt]] = {}
-        self.inode_of_slab: dict[int, int] = {}  # st_ino -> slab id
-        self.have: set[bytes] = set()
-
-    def add(self, slab_of: dict[bytes, tuple[int, int]], manifest: Manifest, present: set[bytes]) -> None:
-        for e in manifest.entries:
-            if not e.chunks:
-                continue
-            key = (str(manifest.store_path), e.path)
-            out = []
-            for i, ((_, length), d) in enumerate(zip(manifest.chunking.spans(e.size), e.chunks)):
-                slab, offset = slab_of[d]
-                at = ChunkAt(d, offset, length, key, i)
-                out.append(at)
-                row = self.by_slab.setdefault(slab, [])
-                bisect.insort(row, at, key=lambda c: c.offset)
-            self.files[key] = out
-        self.have |= present
-
-    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
-        slab = self.inode_of_slab.get(os.fstat(fd).st_ino)
-        row = self.by_slab.get(slab, []) if slab is not None else []
-        i = bisect.bisect_right(row, offset, key=lambda c: c.offset)
-        i = max(0, i - 1)
-        out = []
-        while i < len(row) and row[i].offset < offset + count:
-            if row[i].offset + row[i].length > offset:
-                out.append(row[i])
-            i += 1
-        return out
-
-    def file_chunks(self, file: object) -> Sequence[ChunkAt]:
-        return self.files[file]
-
-    def present(self, digest: bytes) -> bool:
-        return digest in self.have
+    fsid: str | None = None  # cachefiles: the image's blob name
 
 
 class _Collect:
@@ -143,13 +106,15 @@ class Mounts:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.table: dict[str, Mounted] = {}
-        self.slabs = _Slabs()
+        self.slabs = SlabMap()
         self.group: int | None = None
         self.unavailable = "the node has not started"
         self.filler: Filler | None = None
         self._nursery: trio.Nursery
         self._filler_scope = trio.CancelScope()
         self._filler_done = trio.Event()
+        self.blobs: StoreBlobs | None = None  # the cachefiles backend, once started
+        self.cache_unavailable = "not tried"
 
     # --- the group and its filler, owned by the node's nursery
 
@@ -229,11 +194,31 @@ class Mounts:
                 return False
         return True
 
+    def _ensure_cachefiles(self, restore: bool = False) -> bool:
+        """Bind /dev/cachefiles for EROFS ondemand and start its daemon loop (once). Never
+        run against a real kernel here (these machines lack CONFIG_CACHEFILES_ONDEMAND):
+        its loop and the store side are tested against an emulated device."""
+        if self.blobs is not None:
+            return True
+        store = self.node.store
+        cache_dir = os.path.join(store.data_dir, "cachefiles")
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            device = CacheDevice(cache_dir, DOMAIN, restore=restore)
+        except OSError as e:
+            self.cache_unavailable = (f"cannot bind /dev/cachefiles ({e.strerror or e}): it needs root and "
+                                      "CONFIG_CACHEFILES_ONDEMAND; see `ferry doctor`")
+            return False
+        self.blobs = StoreBlobs(DOMAIN, os.path.join(store.data_dir, "slabs"), self.slabs, {}, self._fetch,
+                                self._filled)
+        self._nursery.start_soon(CachefilesDaemon(device, self.blobs).run)
+        return True
+
     async def _unmount_all(self) -> None:
         """A stopping node unmounts what it can. A busy mount stays, and so does the
         holder: its readers wait for the next node rather than see holes."""
         for m in list(self.table.values()):
-            if m.backend != FANOTIFY:
+            if m.backend not in KERNEL_BACKENDS:
                 continue
             try:
                 syscalls.umount(m.dir)
@@ -247,8 +232,8 @@ class Mounts:
         await self._detach(release=not any(m.backend == FANOTIFY for m in self.table.values()))
 
     def _save_state(self) -> None:
-        rows = [{"store_path": str(m.store_path), "dir": m.dir, "backend": m.backend, "image": m.image}
-                for m in self.table.values()]
+        rows = [{"store_path": str(m.store_path), "dir": m.dir, "backend": m.backend, "image": m.image,
+                 "fsid": m.fsid} for m in self.table.values()]
         userfile.write_atomically(os.path.join(self.node.data_dir, STATE), json.dumps(rows).encode(), "the mount table")
 
     def _restore_state(self) -> None:
@@ -266,7 +251,8 @@ class Mounts:
                 if r["backend"] == MATERIALIZE:
                     self.table[r["dir"]] = Mounted(sp, r["dir"], MATERIALIZE)
                     continue
-                if not (self.group is not None and os.path.ismount(r["dir"])):
+                served = self.group is not None if r["backend"] == FANOTIFY else self._ensure_cachefiles(restore=True)
+                if not (served and os.path.ismount(r["dir"])):
                     if r.get("image") and os.path.exists(r["image"]):
                         os.unlink(r["image"])
                     continue
@@ -276,8 +262,12 @@ class Mounts:
                     self.slabs.inode_of_slab[os.stat(os.path.join(store.data_dir, "slabs", row.name)).st_ino] = row.id
                 self.slabs.add({d: (x.slab, x.offset) for d, x in rows_.items()}, manifest,
                                {d for d, x in rows_.items() if x.present})
-                self.table[r["dir"]] = Mounted(sp, r["dir"], FANOTIFY, r["image"],
-                                               {d: n for _, _, n, d in manifest.chunk_spans()})
+                m = Mounted(sp, r["dir"], r["backend"], r["image"], {d: n for _, _, n, d in manifest.chunk_spans()},
+                            r.get("fsid"))
+                if m.fsid and self.blobs is not None:
+                    self.blobs.images[m.fsid.encode()] = r["image"]
+                    self.blobs.slab_ids.update({x.name: x.id for x in store.index.slabs()})
+                self.table[r["dir"]] = m
                 log.info("serving %s on %s again", sp, r["dir"])
             except (KeyError, TypeError, OSError, StoreError, StorePathError) as e:
                 log.warning("the mount table entry %s cannot be restored: %s", r, e)
@@ -318,14 +308,14 @@ class Mounts:
         target = os.path.abspath(target)
         if target in self.table:
             raise ControlError(f"{target} is already a ferry mount (of {self.table[target].store_path})")
-        if backend in ("auto", FANOTIFY):
-            if await self._ensure_group():
-                backend = FANOTIFY
-            elif backend == FANOTIFY:
-                raise ControlError(self.unavailable)
-            else:
-                backend = MATERIALIZE
-        if backend == FANOTIFY and not os.path.isdir(target):
+        if backend == "auto":
+            backend = (FANOTIFY if await self._ensure_group() else CACHEFILES if self._ensure_cachefiles()
+                       else MATERIALIZE)
+        elif backend == FANOTIFY and not await self._ensure_group():
+            raise ControlError(self.unavailable)
+        elif backend == CACHEFILES and not self._ensure_cachefiles():
+            raise ControlError(self.cache_unavailable)
+        if backend in KERNEL_BACKENDS and not os.path.isdir(target):
             raise ControlError(f"{target} is not a directory: create the mount point first")
         if backend == MATERIALIZE and os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
             raise ControlError(f"{target} exists and is not an empty directory")
@@ -366,22 +356,28 @@ class Mounts:
                 return self._row(self.table[target])
             try:
                 m, places, present, inodes, devices = await trio.to_thread.run_sync(
-                    self._prepare, sp, manifest, target, limiter=node._write_limiter)
+                    self._prepare, sp, manifest, target, backend, limiter=node._write_limiter)
             except (StoreError, OSError) as e:
                 raise ControlError(f"cannot mount {sp}: {e}") from None
         # Known to the filler before the kernel can ask (the slabs are marked already).
         self.slabs.inode_of_slab.update(inodes)
         self.slabs.add(places, manifest, present)
         try:
-            await trio.to_thread.run_sync(syscalls.mount_erofs, m.image, target, devices)
+            if backend == FANOTIFY:
+                await trio.to_thread.run_sync(syscalls.mount_erofs, m.image, target, devices)
+            else:
+                assert self.blobs is not None and m.fsid is not None and m.image is not None
+                self.blobs.images[m.fsid.encode()] = m.image
+                self.blobs.slab_ids.update({r.name: r.id for r in node.store.index.slabs()})
+                await trio.to_thread.run_sync(syscalls.mount_erofs_fscache, target, m.fsid, DOMAIN)
         except OSError as e:
             raise ControlError(f"cannot mount {sp} on {target}: {e.strerror}") from None
         self.table[target] = m
         self._save_state()
-        log.info("mounted %s on %s (%s)", sp, target, FANOTIFY)
+        log.info("mounted %s on %s (%s)", sp, target, backend)
         return self._row(m)
 
-    def _prepare(self, sp: StorePath, manifest: Manifest, target: str
+    def _prepare(self, sp: StorePath, manifest: Manifest, target: str, backend: str
                  ) -> tuple[Mounted, dict[bytes, tuple[int, int]], set[bytes], dict[int, int], list[str]]:
         """Write the image and mark the slabs (on the writer thread); returns the mount,
         where its chunks are, which are present, the slabs' inode numbers, and the
@@ -392,19 +388,22 @@ class Mounts:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"{sp.hash_part}-{abs(hash(target)):x}.erofs")
         userfile.write_atomically(path, img.data, "a mount image")
-        assert self.group is not None
         inodes = {}
         for row, dev in zip(store.index.slabs(), img.devices):
             # A slab of reserved holes may not exist yet: EROFS needs the file, of full size.
             with open(dev, "ab") as f:
                 if os.fstat(f.fileno()).st_size < row.size:
                     os.ftruncate(f.fileno(), row.size)
+            if backend != FANOTIFY:
+                continue
+            assert self.group is not None
             # Before the kernel opens the slab: a read that could beat the mark would see holes.
             syscalls.fanotify_mark(self.group, fanotify.FAN_MARK_ADD, fanotify.FAN_PRE_ACCESS, dev)
             inodes[os.stat(dev).st_ino] = row.id
         rows = store.index.chunks(list(set(manifest.chunk_digests())))
         lengths = {d: n for _, _, n, d in manifest.chunk_spans()}
-        return (Mounted(sp, target, FANOTIFY, path, lengths), {d: (r.slab, r.offset) for d, r in rows.items()},
+        fsid = f"ferry-{os.path.basename(path)[:-len('.erofs')]}" if backend == CACHEFILES else None
+        return (Mounted(sp, target, backend, path, lengths, fsid), {d: (r.slab, r.offset) for d, r in rows.items()},
                 {d for d, r in rows.items() if r.present}, inodes, list(img.devices))
 
     async def umount(self, target: str) -> dict[str, Any]:
@@ -412,13 +411,15 @@ class Mounts:
         m = self.table.get(target)
         if m is None:
             raise ControlError(f"{target} is not a ferry mount (see `ferry mounts`)", 2)
-        if m.backend == FANOTIFY:
+        if m.backend in KERNEL_BACKENDS:
             try:
                 await trio.to_thread.run_sync(syscalls.umount, target)
             except OSError as e:
                 raise ControlError(f"cannot unmount {target}: {e.strerror} (is a program using it?)") from None
             if m.image:
                 os.unlink(m.image)
+            if m.fsid and self.blobs is not None:
+                self.blobs.images.pop(m.fsid.encode(), None)
         del self.table[target]
         self._save_state()
         if self.group is not None and not any(x.backend == FANOTIFY for x in self.table.values()):
@@ -432,5 +433,5 @@ class Mounts:
         total = sum(m.chunks.values())
         present = sum(n for d, n in m.chunks.items() if d in self.slabs.have)
         return {"dir": m.dir, "store_path": str(m.store_path), "backend": m.backend,
-                "bytes_present": present if m.backend == FANOTIFY else None,
-                "bytes_total": total if m.backend == FANOTIFY else None}
+                "bytes_present": present if m.backend in KERNEL_BACKENDS else None,
+                "bytes_total": total if m.backend in KERNEL_BACKENDS else None}
