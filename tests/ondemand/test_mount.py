@@ -72,6 +72,12 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout[-2000:]
         assert _present(client, mnt) == got["bytes_total"]
 
+        # The client serves the path on from its marked slab: its own reads raise events
+        # it must not wait for itself.
+        (other,) = swarm.start("other", bootstrap=[client.addr], policy=pol)
+        fetched = other.json("fetch", SP)
+        assert fetched["per_peer"].get(client.peer_id, 0) > 0
+
         # Another version of the package: its unchanged chunks are already here.
         v2 = tmp_path / "v2"
         subprocess.run(["cp", "-a", str(src), str(v2)], check=True)
