@@ -23,6 +23,7 @@ import trio
 
 from ondemand import cachefiles
 from ondemand.cachefiles import Close, MessageError, Open, Read
+from ondemand.syscalls import pwrite_all
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class CachefilesDaemon:
             if start < end:
                 data = await self.blobs.read(obj.volume, obj.cookie, start, end - start)
                 if data is not None and len(data) == end - start:
-                    await trio.to_thread.run_sync(_pwrite_all, obj.fd, data, start)
+                    await trio.to_thread.run_sync(pwrite_all, obj.fd, data, start)
                 else:
                     log.warning("cachefiles: %r bytes %d..%d are not available", obj.cookie, start, end)
         except Exception:  # a bug must not leave the reader waiting forever
@@ -137,10 +138,3 @@ class CachefilesDaemon:
         finally:
             # Completed with or without data: without, the reader gets an error, not a hole.
             self.device.read_complete(obj.fd, msg.msg_id)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import trio
 
-from ondemand import fanotify
+from ondemand import fanotify, syscalls
 from ondemand.readahead import Readahead
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,5 @@ class Filler:
 
 def _write_all(fd: int, pieces: list[tuple[int, bytes]]) -> None:
     for offset, data in pieces:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
+        syscalls.pwrite_all(fd, data, offset)
     os.fdatasync(fd)  # on disk before the store says present

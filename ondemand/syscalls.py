@@ -46,3 +46,10 @@ def mount_erofs_fscache(target: str, fsid: str, domain: str) -> None:
 
 def umount(target: str, detach: bool = False) -> None:
     _check(_libc.umount2(os.fsencode(target), MNT_DETACH if detach else 0), f"umount {target}")
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

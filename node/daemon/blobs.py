@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from node.daemon.slabmap import SlabMap
+from ondemand.syscalls import pwrite_all
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,7 @@ def _write(path: str, pieces: list[tuple[int, bytes]]) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         for offset, data in pieces:
-            view = memoryview(data)
-            while view:
-                k = os.pwrite(fd, view, offset)
-                view, offset = view[k:], offset + k
+            pwrite_all(fd, data, offset)
         os.fdatasync(fd)  # on disk before the store says present
     finally:
         os.close(fd)

@@ -13,7 +13,7 @@ import pytest
 
 from ondemand import fanotify, syscalls
 from tests.conftest import require
-from tests.p2p.nodes import NodeProc, Swarm, keys, policy
+from tests.p2p.nodes import NodeProc, Swarm, keys, policy, rot_chunk
 
 SP = "/nix/store/" + "6" * 32 + "-lazy-1.0"
 SP2 = "/nix/store/" + "7" * 32 + "-lazy-1.1"
@@ -191,7 +191,6 @@ def test_killing_the_node_never_hands_readers_zeros(swarm: Swarm, tmp_path: Path
 @pytest.mark.kernel
 def test_a_chunk_no_peer_has_fails_the_read_with_eio(swarm: Swarm, tmp_path: Path) -> None:
     _kernel()
-    import sqlite3
     import time
 
     from store.chunking import digest
@@ -203,16 +202,7 @@ def test_a_chunk_no_peer_has_fails_the_read_with_eio(swarm: Swarm, tmp_path: Pat
     src = _tree(tmp_path / "src", big_files=0)
     seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
     # The seed's only copy of one file's chunk rots: it will not serve it, and nobody else has it.
-    lost = digest((src / "share" / "doc0.txt").read_bytes())
-    db = sqlite3.connect(seed.data_dir / "index.sqlite")
-    slab, offset = db.execute("SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab "
-                              "WHERE c.digest = ?", (lost,)).fetchone()
-    db.close()
-    with open(seed.data_dir / "slabs" / slab, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 1]))
+    rot_chunk(seed, digest((src / "share" / "doc0.txt").read_bytes()))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     client.json("mount", SP, str(mnt))

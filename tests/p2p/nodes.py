@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -126,3 +127,20 @@ def policy(tmp: Path, publics: list[str], threshold: int, on_conflict: str = "re
     p = tmp / f"{name}.toml"
     p.write_text(f"trusted = {json.dumps(publics)}\nthreshold = {threshold}\non_conflict = \"{on_conflict}\"\n")
     return p
+
+
+def rot_chunk(node: NodeProc, digest: bytes | None = None) -> None:
+    """Flip a byte of one chunk in the node's slab (of `digest`, else of its largest), as
+    disk rot would: the node then refuses to serve it."""
+    db = sqlite3.connect(node.data_dir / "index.sqlite")
+    try:
+        where, args = ("WHERE c.digest = ?", (digest,)) if digest else ("ORDER BY c.length DESC, c.digest", ())
+        slab, offset = db.execute("SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab "
+                                  f"{where} LIMIT 1", args).fetchone()
+    finally:
+        db.close()
+    with open(node.data_dir / "slabs" / slab, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))

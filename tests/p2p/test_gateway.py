@@ -4,7 +4,6 @@ its binary-cache endpoint, fetching every byte from the builders over libp2p."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ import pytest
 
 from store.narinfo import NarInfo
 from tests.conftest import NIX_MK, Nix
-from tests.p2p.nodes import NodeProc, Swarm, keys, policy
+from tests.p2p.nodes import NodeProc, Swarm, keys, policy, rot_chunk
 from tests.cli import ferry
 from trust.key import PublicKey
 from trust.signature import NixSignature
@@ -171,7 +170,7 @@ def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(nix: Nix, built: Built, netwo
     _publish(b1, built, [path], ka)
     _publish(b2, built, [path], kb)
     for b in (b1, b2):
-        _corrupt_one_chunk(b)
+        rot_chunk(b)
     r = _realise(nix, tmp_path / "dest", path, client)
     assert r.returncode != 0
     assert "503" in r.stderr, r.stderr + "\n".join(client.log[-60:])
@@ -180,21 +179,6 @@ def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(nix: Nix, built: Built, netwo
     assert client.json("status")["store"]["complete_paths"] == 0
     r = client.ferry("fetch", path)  # the CLI says the same, plainly
     assert r.returncode == 1 and "held by none of the 3 connected peers" in r.stderr
-
-
-def _corrupt_one_chunk(node: NodeProc) -> None:
-    """Flip a byte of the largest chunk in the node's slab (it will then not serve it)."""
-    db = sqlite3.connect(node.data_dir / "index.sqlite")
-    try:
-        slab, offset = db.execute("SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab "
-                                  "ORDER BY c.length DESC, c.digest LIMIT 1").fetchone()
-    finally:
-        db.close()
-    with open(node.data_dir / "slabs" / slab, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def test_gateway_refuses_a_public_address_unless_told(tmp_path: Path) -> None:
