@@ -4,8 +4,10 @@ fanotify backend (root, Linux 6.14+ with file-backed EROFS): the path is recorde
 holes for its missing chunks, its EROFS image is written to `<data-dir>/mounts/`, every
 slab is marked for pre-content events *before* the kernel opens it, and the image is
 mounted with `mount(2)` and `device=` options. Reads of holes wait in the kernel until
-the filler has fetched the chunks from peers. materialize backend (anyone): the path is
-fetched whole and written as a plain tree.
+the filler has fetched the chunks from peers. cachefiles backend (Linux 5.19–7.1 with
+cachefiles ondemand): the same image, served with the slabs as fscache blobs through
+/dev/cachefiles. materialize backend (anyone): the path is fetched whole and written as
+a plain tree.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.daemon.blobs import StoreBlobs
 from node.daemon.control import ControlError
+from node.daemon.slabmap import SlabMap
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan
 from node.local.errors import StoreError
 from node.local.image import image_of
 from ondemand import fanotify, holder, syscalls
-from node.daemon.blobs import StoreBlobs
-from node.daemon.slabmap import SlabMap
 from ondemand.cachefilesd import CacheDevice, CachefilesDaemon
 from ondemand.filler import Filler
 from store import restore, userfile
