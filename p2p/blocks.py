@@ -6,10 +6,16 @@ Every frame (see `p2p.frame`) holds one msgpack array whose first item says what
     [1, [digest: bin32, ...]]                                       CANCEL  client -> server
     [2, [entry, ...]]                                               REPLY   server -> client
 
-    entry = [0, digest, size: uint, zstd: bin]   BLOCK, zstd-compressed (bases as a raw prefix)
+    entry = [0, digest, size: uint, zstd: bin]   BLOCK, zstd-compressed on its own
           | [1, digest, size: uint, raw: bin]    BLOCK, sent as is (did not compress)
           | [2, digest]                          HAVE
           | [3, digest]                          DONT_HAVE
+          | [4, digest, size: uint, zstd: bin]   BLOCK, zstd-compressed with the want's bases,
+                                                 concatenated in order, as a raw-content prefix
+
+A want may list bases: chunks the client holds (an older version of the same file). A
+server that has all of them (within MAX_BASE_BYTES) answers with a diff (4); one that
+lacks any says so by answering plainly (0 or 1).
 
 Requests are pipelined on one stream: a client may send many WANTS frames before any
 reply and the server answers in any order. `BlockServer` enforces the per-peer limit on
@@ -35,6 +41,7 @@ PROTOCOL = "/ferry/blocks/1"
 DIGEST = 32
 MAX_BLOCK = 4 << 20  # a chunk is at most 1 MiB; a manifest blob may be larger
 MAX_BASES = 64
+MAX_BASE_BYTES = 16 << 20  # a server ignores bases beyond this (a want cannot buy unbounded CPU)
 MAX_WANTS = 4096  # outstanding wants a server holds per stream
 REPLY_TARGET = 2 << 20  # the server batches entries into frames of about this size
 
@@ -54,6 +61,7 @@ class Entry(enum.IntEnum):
     BLOCK_RAW = 1
     HAVE = 2
     DONT_HAVE = 3
+    BLOCK_DIFF = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,9 @@ class Want:
 class Block:
     digest: bytes
     data: bytes
+    # How it travelled, not what it is: left out of comparisons.
+    wire: int = field(default=0, compare=False)  # payload bytes on the wire (compressed, perhaps a diff)
+    diff: bool = field(default=False, compare=False)  # decoded against the bases the client sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +106,16 @@ class DontHave:
     digest: bytes
 
 
-Reply = Block | Have | DontHave
+@dataclass(frozen=True, slots=True)
+class BadDiff:
+    """A block sent against bases that does not decode with them: the client asks again
+    for it plain (a server whose base differs from ours, or a liar: the plain answer's
+    hash decides)."""
+
+    digest: bytes
+
+
+Reply = Block | Have | DontHave | BadDiff
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +126,28 @@ class Wants:
 @dataclass(frozen=True, slots=True)
 class Cancel:
     digests: tuple[bytes, ...]
+
+
+def _window_log(n: int) -> int:
+    """A zstd window covering `n` bytes (a prefix and the block after it)."""
+    return max(zstandard.WINDOWLOG_MIN, min(zstandard.WINDOWLOG_MAX, (n - 1).bit_length()))
+
+
+def compress_with_prefix(data: bytes, prefix: bytes, level: int) -> bytes:
+    """`data` compressed with `prefix` as raw content before it: matches reach back into
+    the prefix (an older version of the same bytes) across the whole window."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, window_log=_window_log(len(prefix) + len(data)), enable_ldm=len(prefix) > (8 << 20),
+        write_content_size=True)
+    dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(dict_data=dict_, compression_params=params).compress(data)
+
+
+def _decompressor(prefix: bytes | None) -> zstandard.ZstdDecompressor:
+    if not prefix:
+        return zstandard.ZstdDecompressor()
+    dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdDecompressor(dict_data=dict_, max_window_size=1 << _window_log(len(prefix) + MAX_BLOCK))
 
 
 def _check_digest(d: object) -> None:
@@ -181,7 +223,8 @@ class BlockServer:
         return out
 
     @staticmethod
-    def reply(entries: Sequence[Reply], *, level: int = 1, dictionaries: dict[bytes, bytes] | None = None) -> bytes:
+    def reply(entries: Sequence[Reply], *, level: int = 1, dictionaries: dict[bytes, bytes] | None = None,
+              diff_level: int = 3) -> bytes:
         """Frames (one or more, each about REPLY_TARGET) answering with `entries`.
         `dictionaries` maps a block's digest to the concatenated bases to compress it
         against."""
@@ -193,9 +236,8 @@ class BlockServer:
             if isinstance(e, Block):
                 prefix = (dictionaries or {}).get(e.digest)
                 if prefix:
-                    dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-                    z = zstandard.ZstdCompressor(level=level, dict_data=dict_).compress(e.data)
-                    item: list[object] = [int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z]
+                    z = compress_with_prefix(e.data, prefix, diff_level)
+                    item: list[object] = [int(Entry.BLOCK_DIFF), e.digest, len(e.data), z]
                 else:
                     z = plain.compress(e.data)
                     item = ([int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z] if len(z) < len(e.data)
@@ -279,7 +321,7 @@ class BlockClient:
             kind = Entry(raw[0])
         except ValueError:
             raise BlocksError(f"unknown reply entry {raw[0]}") from None
-        want_len = 4 if kind in (Entry.BLOCK_ZSTD, Entry.BLOCK_RAW) else 2
+        want_len = 4 if kind in (Entry.BLOCK_ZSTD, Entry.BLOCK_RAW, Entry.BLOCK_DIFF) else 2
         if len(raw) != want_len:
             raise BlocksError("malformed reply entry")
         digest = _digest(raw[1])
@@ -299,6 +341,10 @@ class BlockClient:
         prefix = self._bases.pop(digest, None)
         if kind is Entry.DONT_HAVE:
             return DontHave(digest)
+        if kind is Entry.BLOCK_DIFF and not prefix:
+            raise BlocksError(f"a diff for {digest.hex()[:16]}, which was asked for without bases")
+        if kind is not Entry.BLOCK_DIFF:
+            prefix = None  # answered plainly: the server lacked a base
         size, payload = raw[2], raw[3]
         if not (type(size) is int and 0 <= size <= self.max_block and isinstance(payload, bytes)):
             raise BlocksError(f"block {digest.hex()[:16]} claims {size!r} bytes (limit {self.max_block:,})")
@@ -306,14 +352,19 @@ class BlockClient:
             data = payload
         else:
             try:
-                dctx = (zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
-                    prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)) if prefix else zstandard.ZstdDecompressor())
                 declared = zstandard.frame_content_size(payload)
-                if declared > size:  # refuse before allocating what the header asks for
-                    raise BlocksError(f"block {digest.hex()[:16]} declares {declared:,} bytes, not {size:,}")
-                data = dctx.decompress(payload, max_output_size=size)
             except zstandard.ZstdError as e:
                 raise BlocksError(f"block {digest.hex()[:16]} does not decompress: {e}") from None
+            if declared > size:  # refuse before allocating what the header asks for
+                raise BlocksError(f"block {digest.hex()[:16]} declares {declared:,} bytes, not {size:,}")
+            try:
+                data = _decompressor(prefix).decompress(payload, max_output_size=size)
+            except zstandard.ZstdError as e:
+                if prefix:
+                    return BadDiff(digest)
+                raise BlocksError(f"block {digest.hex()[:16]} does not decompress: {e}") from None
+            if prefix and len(data) != size:
+                return BadDiff(digest)
         if len(data) != size:
             raise BlocksError(f"block {digest.hex()[:16]} is {len(data):,} bytes, not the {size:,} it claims")
-        return Block(digest, data)
+        return Block(digest, data, len(payload), kind is Entry.BLOCK_DIFF)

@@ -85,6 +85,13 @@ def _fetch(args: argparse.Namespace) -> None:
     ui.out.print(f"  {result['chunks_done']:,} chunks, {result['bytes_done']:,} bytes"
                  + (f" from {len(result['per_peer'])} peers ({peers})" if peers else ""), soft_wrap=True,
                  markup=False)
+    logical = result["bytes_done"] + result["deduplicated_bytes"]
+    if logical:
+        diffs = (f"; {result['diff_chunks']:,} chunks came as diffs against an older version "
+                 f"({result['diff_logical_bytes']:,} bytes in {result['diff_received_bytes']:,})"
+                 if result["diff_chunks"] else "")
+        ui.out.print(f"  transfer: {logical:,} bytes needed, {result['deduplicated_bytes']:,} already here, "
+                     f"{result['received_bytes']:,} received{diffs}", soft_wrap=True, markup=False)
 
 
 def _peers(args: argparse.Namespace) -> None:

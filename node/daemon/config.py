@@ -35,6 +35,7 @@ SETTINGS: dict[str, str] = {
     "store_dir": "the Nix store directory the gateway serves (default \"/nix/store\")",
     "priority": "the gateway's priority in nix-cache-info; lower wins (default 30, ahead of cache.nixos.org's 40)",
     "narinfo_timeout": "seconds a narinfo request may spend asking peers before it answers 404 (default 10)",
+    "diff_level": "zstd level for chunks sent as diffs against a requester's older version (default 3; 1-19)",
     "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
                    "first start; its public half is in <data-dir>/cache.pub)",
@@ -62,6 +63,7 @@ class NodeConfig:
     priority: int = 30
     narinfo_timeout: float = 10.0
     read_deadline: float = 30.0
+    diff_level: int = 3
     gateway_key: str | None = None
     source: str = field(default="defaults", compare=False)
 
@@ -91,6 +93,8 @@ class NodeConfig:
                                   "you also set gateway_public (--gateway-public)")
         if not (self.store_dir.startswith("/") and len(self.store_dir) > 1 and not self.store_dir.endswith("/")):
             raise ConfigError(f"{self.source}: store_dir: {self.store_dir!r} must be an absolute path like /nix/store")
+        if not 1 <= self.diff_level <= 19:
+            raise ConfigError(f"{self.source}: diff_level must be a zstd level from 1 to 19")
         if not -1000 <= self.priority <= 1000:
             raise ConfigError(f"{self.source}: priority must be a whole number (Nix uses 0-100)")
 
@@ -112,7 +116,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (list,), "bootstrap": (list,), "policy": (str,), "mdns": (bool,), "dht": (bool,),
     "gossip": (bool,), "max_connections": (int,), "ban_seconds": (int, float), "request_timeout": (int, float),
     "gateway": (str,), "gateway_public": (bool,), "store_dir": (str,), "priority": (int,),
-    "narinfo_timeout": (int, float), "read_deadline": (int, float), "gateway_key": (str,),
+    "narinfo_timeout": (int, float), "read_deadline": (int, float), "diff_level": (int,), "gateway_key": (str,),
 }
 
 

@@ -100,6 +100,12 @@ class _Collect:
     async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
         self.blocks.update(blocks)
 
+    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
+        return {}
+
+    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return {}
+
     async def save(self) -> None:
         pass
 

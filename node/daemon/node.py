@@ -29,6 +29,7 @@ from node.daemon import control
 from node.daemon.config import NodeConfig
 from node.daemon.control import ControlError
 from node.daemon.mounts import Mounts
+from node.exchange.bases import chunk_bases, pick_base
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan, Progress
 from node.exchange.peers import PeerBook
 from node.exchange.server import Served, serve_blocks, serve_claims
@@ -224,8 +225,9 @@ class Node:
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
         return await trio.to_thread.run_sync(self.reader.blobs, digests, limiter=self._read_limiter)
 
-    async def encode_reply(self, replies: list[Reply]) -> bytes:
-        return await trio.to_thread.run_sync(BlockServer.reply, replies)
+    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
+        return await trio.to_thread.run_sync(
+            partial(BlockServer.reply, replies, dictionaries=prefixes, diff_level=self.config.diff_level))
 
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
         return await trio.to_thread.run_sync(self.reader.claims_by_hash, path_hash, limiter=self._read_limiter)
@@ -367,6 +369,9 @@ class Node:
         self.metrics.fetched_chunks.inc(p.chunks_done)
         self.metrics.deduplicated_chunks.inc(p.deduplicated_chunks)
         self.metrics.deduplicated_bytes.inc(p.deduplicated_bytes)
+        self.metrics.received_bytes.inc(p.received_bytes)
+        self.metrics.diff_logical_bytes.inc(p.diff_logical_bytes)
+        self.metrics.diff_received_bytes.inc(p.diff_received_bytes)
 
     # --- control API
 
@@ -549,6 +554,28 @@ class _FetchStore:
             return missing
 
         return await self._write(work)
+
+    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
+        reader = self.node.reader
+
+        def work() -> dict[bytes, tuple[bytes, ...]]:
+            local = [StorePath.parse(p) for p in reader.complete_paths()]
+            out: dict[bytes, tuple[bytes, ...]] = {}
+            for plan in plans:
+                base = pick_base(plan.store_path, local)
+                if base is None:
+                    continue
+                state = reader.path_state(str(base))
+                if state is None:
+                    continue
+                rows = reader.index.chunks(list(set(state[0].chunk_digests())))
+                out.update(chunk_bases(plan.manifest, state[0], {d for d, r in rows.items() if r.present}))
+            return out
+
+        return await trio.to_thread.run_sync(work, limiter=self.node._read_limiter)
+
+    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return await trio.to_thread.run_sync(self.node.reader.blobs, digests, limiter=self.node._read_limiter)
 
     async def store_blocks(self, found: list[tuple[bytes, bytes]]) -> None:
         def work() -> None:

@@ -23,7 +23,7 @@ import trio
 from node.exchange.schedule import Schedule
 from p2p import claims as claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.blocks import Block, BlockClient, DontHave, Reply, Want
+from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, DontHave, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from store.chunking import digest as blake3_digest
@@ -59,6 +59,7 @@ class FetchRefused(FetchError):
 @dataclass(frozen=True)
 class FetchSettings:
     request_timeout: float = 10.0  # a want unanswered this long goes to another peer
+    diffs: bool = True  # send bases: chunks of an older local version to compress against
     claims_timeout: float = 5.0
     connect_timeout: float = 5.0
 
@@ -74,6 +75,10 @@ class Progress:
     per_peer: dict[str, int] = field(default_factory=dict)  # verified bytes received from each peer
     deduplicated_chunks: int = 0  # needed by the recorded paths and already in the store
     deduplicated_bytes: int = 0
+    received_bytes: int = 0  # block payloads on the wire, compressed (and diffed)
+    diff_chunks: int = 0  # chunks that came as diffs against local bases
+    diff_logical_bytes: int = 0  # their size once decoded
+    diff_received_bytes: int = 0  # what they took on the wire
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, object]:
@@ -81,7 +86,9 @@ class Progress:
         return {"paths": self.paths, "paths_done": self.paths_done, "chunks": self.chunks,
                 "chunks_done": self.chunks_done, "bytes": self.bytes, "bytes_done": self.bytes_done,
                 "per_peer": dict(self.per_peer), "rate": self.bytes_done / elapsed,
-                "deduplicated_chunks": self.deduplicated_chunks, "deduplicated_bytes": self.deduplicated_bytes}
+                "deduplicated_chunks": self.deduplicated_chunks, "deduplicated_bytes": self.deduplicated_bytes,
+                "received_bytes": self.received_bytes, "diff_chunks": self.diff_chunks,
+                "diff_logical_bytes": self.diff_logical_bytes, "diff_received_bytes": self.diff_received_bytes}
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,14 @@ class LocalPaths(Protocol):
         ...
 
     async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None: ...
+    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
+        """For chunks of the planned paths, local chunks of an older version to diff against."""
+        ...
+
+    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        """Present, intact local chunks among `digests`."""
+        ...
+
     async def save(self) -> None:
         """Make the stored blocks durable (called at the end, and when interrupted)."""
         ...
@@ -135,6 +150,8 @@ class Fetch:
         self._changed = trio.Event()
         self._cancels: dict[str, list[bytes]] = {}
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
+        self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local chunks to diff against
+        self._plain: set[bytes] = set()  # chunks whose diff failed: asked for plain from now on
 
     # --- 1. resolve
 
@@ -153,6 +170,8 @@ class Fetch:
             needed = {d: n for p in todo for _, _, n, d in p.manifest.chunk_spans()}
             self.progress.deduplicated_chunks = len(needed) - len(missing)
             self.progress.deduplicated_bytes = sum(needed.values()) - sum(missing.values())
+            if self.settings.diffs and missing:
+                self._bases = {d: b for d, b in (await self.local.bases(todo)).items() if d in missing}
             await self.transfer(missing)
         self.progress.paths_done = len(plans)
         await self._report()
@@ -441,7 +460,8 @@ class Fetch:
                 await write(stream, client.cancel(cancels))
             ask = sched.take(peer, now)
             if ask:
-                await write(stream, client.want(Want(d) for d in ask))
+                wants, prefixes = await self._wants(ask)
+                await write(stream, client.want(wants, prefixes))
             if not client.outstanding:
                 # Nothing this peer can do now; wake when the picture changes.
                 changed = self._changed
@@ -466,11 +486,25 @@ class Fetch:
                     expect = sched.sizes.get(r.digest)
                     if expect is None or r.digest in sched.done:
                         continue  # a duplicate from the endgame, already stored
+                    if r.diff and (len(r.data) != expect or blake3_digest(r.data) != r.digest):
+                        # Decoded against our bases into something else: ask again, plain.
+                        # A peer that lies plain too is caught by the checks below then.
+                        self._fall_back(sched, peer, r.digest)
+                        refused = True
+                        continue
                     if len(r.data) != expect:
                         raise _BadBlock(f"sent {len(r.data):,} bytes for a {expect:,}-byte chunk {r.digest.hex()[:16]}")
                     if blake3_digest(r.data) != r.digest:
                         raise _BadBlock(f"sent a chunk that does not hash to {r.digest.hex()[:16]}")
                     good.append((r.digest, r.data))
+                    self.progress.received_bytes += r.wire
+                    if r.diff:
+                        self.progress.diff_chunks += 1
+                        self.progress.diff_logical_bytes += len(r.data)
+                        self.progress.diff_received_bytes += r.wire
+                elif isinstance(r, BadDiff):
+                    self._fall_back(sched, peer, r.digest)
+                    refused = True
                 elif isinstance(r, DontHave):
                     sched.refused(peer, r.digest)
                     refused = True
@@ -486,6 +520,25 @@ class Fetch:
                 await self._report()
             if good or refused:
                 self._notify()
+
+
+    async def _wants(self, ask: list[bytes]) -> tuple[list[Want], dict[bytes, bytes]]:
+        """Wants for `ask`, with bases where we hold them, and the prefixes to decode with."""
+        with_bases = {d: self._bases[d] for d in ask if d in self._bases and d not in self._plain}
+        prefixes: dict[bytes, bytes] = {}
+        if with_bases:
+            have = await self.local.read_chunks(sorted({b for bs in with_bases.values() for b in bs}))
+            for d, bs in list(with_bases.items()):
+                if all(b in have for b in bs) and sum(len(have[b]) for b in bs) <= MAX_BASE_BYTES:
+                    prefixes[d] = b"".join(have[b] for b in bs)
+                else:
+                    del with_bases[d]
+        return [Want(d, bases=with_bases.get(d, ())) for d in ask], prefixes
+
+    def _fall_back(self, sched: Schedule, peer: str, digest: bytes) -> None:
+        log.info("a diff from %s for %s did not verify: asking for it plain", peer, digest.hex()[:16])
+        self._plain.add(digest)
+        sched.retry(peer, digest)
 
 
 class _BadBlock(Exception):

@@ -159,6 +159,10 @@ class Schedule:
         self._refused.setdefault(digest, set()).add(peer)
         self._unask(digest, peer)
 
+    def retry(self, peer: Peer, digest: bytes) -> None:
+        """Ask again (from anyone, `peer` included): its diff did not verify."""
+        self._unask(digest, peer)
+
     def timed_out(self, peer: Peer, now: float, timeout: float) -> list[bytes]:
         """Requests of `peer` older than `timeout`: they go back to the queue."""
         st = self.peers.get(peer)

@@ -10,7 +10,7 @@ from typing import Protocol
 import trio
 
 from p2p import claims as wire
-from p2p.blocks import Block, BlockServer, DontHave, Have, Reply
+from p2p.blocks import MAX_BASE_BYTES, Block, BlockServer, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from trust.claim import ClaimError, SignedClaim
@@ -26,8 +26,9 @@ class BlobSource(Protocol):
         """The present, intact chunks and manifests among `digests`."""
         ...
 
-    async def encode_reply(self, replies: list[Reply]) -> bytes:
-        """Compress and frame replies (off the event loop)."""
+    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
+        """Compress and frame replies (off the event loop); a block with a prefix is
+        compressed against it (the bases its requester holds)."""
         ...
 
 
@@ -77,13 +78,14 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 await more.wait()
                 more = trio.Event()
                 continue
-            found = await source.blobs([w.digest for w in wants])
+            bases = {b for w in wants if w.block for b in w.bases}
+            found = await source.blobs([w.digest for w in wants] + sorted(bases))
             replies: list[Reply] = [
                 DontHave(w.digest) if w.digest not in found
                 else Block(w.digest, found[w.digest]) if w.block else Have(w.digest)
                 for w in wants
             ]
-            frame = await source.encode_reply(replies)
+            frame = await source.encode_reply(replies, _prefixes(wants, found))
             # Counted when handed to the connection: a client that resets its stream the
             # moment it has the last block would otherwise cancel the count of what it got.
             sent = [len(r.data) for r in replies if isinstance(r, Block)]
@@ -106,6 +108,17 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
         await on_violation(peer, f"blocks protocol: {problem}")
     elif clean:
         await _close(stream)
+
+
+def _prefixes(wants: list[Want], found: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The bases to compress each wanted block against: all of them, or none (the client
+    decodes with all it listed; a frame made without any decodes either way)."""
+    out = {}
+    for w in wants:
+        if w.block and w.bases and w.digest in found and all(b in found for b in w.bases):
+            if sum(len(found[b]) for b in w.bases) <= MAX_BASE_BYTES:
+                out[w.digest] = b"".join(found[b] for b in w.bases)
+    return out
 
 
 async def serve_claims(stream: ByteStream, peer: str, book: ClaimBook,

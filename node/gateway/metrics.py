@@ -15,6 +15,13 @@ class Metrics:
         self.served_bytes = Counter("ferry_gateway_served_bytes", "NAR bytes sent to Nix by the gateway", registry=r)
         self.fetched_bytes = Counter("ferry_fetched_bytes", "chunk bytes received from peers (verified)", registry=r)
         self.fetched_chunks = Counter("ferry_fetched_chunks", "chunks received from peers (verified)", registry=r)
+        self.received_bytes = Counter(
+            "ferry_received_bytes", "chunk payload bytes on the wire from peers (compressed, diffs included)",
+            registry=r)
+        self.diff_logical_bytes = Counter(
+            "ferry_diff_logical_bytes", "bytes of chunks that came as diffs against an older local version", registry=r)
+        self.diff_received_bytes = Counter(
+            "ferry_diff_received_bytes", "what those diffs took on the wire", registry=r)
         self.deduplicated_chunks = Counter(
             "ferry_deduplicated_chunks", "chunks a fetch needed and the store already had", registry=r)
         self.deduplicated_bytes = Counter(
