@@ -253,6 +253,7 @@ class Mounts:
         except (OSError, ValueError):
             return
         store = self.node.store
+        slab_rows = store.index.slabs()
         for r in rows:
             try:
                 sp = StorePath.parse(r["store_path"])
@@ -266,15 +267,17 @@ class Mounts:
                     continue
                 manifest = store.manifest(sp)
                 rows_ = store.index.chunks(list(set(manifest.chunk_digests())))
-                for row in store.index.slabs():
-                    self.slabs.inode_of_slab[os.stat(os.path.join(store.data_dir, "slabs", row.name)).st_ino] = row.id
+                if not self.slabs.inode_of_slab:
+                    for row in slab_rows:
+                        path_ = os.path.join(store.data_dir, "slabs", row.name)
+                        self.slabs.inode_of_slab[os.stat(path_).st_ino] = row.id
                 self.slabs.add({d: (x.slab, x.offset) for d, x in rows_.items()}, manifest,
                                {d for d, x in rows_.items() if x.present})
                 m = Mounted(sp, r["dir"], r["backend"], r["image"], {d: n for _, _, n, d in manifest.chunk_spans()},
                             r.get("fsid"))
                 if m.fsid and self.blobs is not None:
                     self.blobs.images[m.fsid.encode()] = r["image"]
-                    self.blobs.slab_ids.update({x.name: x.id for x in store.index.slabs()})
+                    self.blobs.slab_ids.update({x.name: x.id for x in slab_rows})
                 self.table[r["dir"]] = m
                 log.info("serving %s on %s again", sp, r["dir"])
             except (KeyError, TypeError, OSError, StoreError, StorePathError) as e:
@@ -408,7 +411,7 @@ class Mounts:
             # Before the kernel opens the slab: a read that could beat the mark would see holes.
             syscalls.fanotify_mark(self.group, fanotify.FAN_MARK_ADD, fanotify.FAN_PRE_ACCESS, dev)
             inodes[os.stat(dev).st_ino] = row.id
-        rows = store.index.chunks(list(set(manifest.chunk_digests())))
+        rows = img.chunks
         lengths = {d: n for _, _, n, d in manifest.chunk_spans()}
         fsid = f"ferry-{os.path.basename(path)[:-len('.erofs')]}" if backend == CACHEFILES else None
         return (Mounted(sp, target, backend, path, lengths, fsid), {d: (r.slab, r.offset) for d, r in rows.items()},

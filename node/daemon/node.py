@@ -29,7 +29,7 @@ from node.daemon import control
 from node.daemon.config import NodeConfig
 from node.daemon.control import ControlError
 from node.daemon.mounts import Mounts
-from node.exchange.bases import chunk_bases, pick_base
+from node.exchange.bases import chunk_bases, package_name, pick_base
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan, Progress
 from node.exchange.peers import PeerBook
 from node.exchange.server import Served, serve_blocks, serve_claims
@@ -559,9 +559,14 @@ class _FetchStore:
         reader = self.node.reader
 
         def work() -> dict[bytes, tuple[bytes, ...]]:
-            local = [StorePath.parse(p) for p in reader.complete_paths()]
+            # Names first (one query), completeness only for paths of the same package: a
+            # completeness check per recorded path would be a query each.
+            recorded = [StorePath.parse(p.store_path) for p in reader.index.paths()]
             out: dict[bytes, tuple[bytes, ...]] = {}
             for plan in plans:
+                name = package_name(plan.store_path)
+                local = [p for p in recorded
+                         if package_name(p) == name and not reader.index.missing_chunks(str(p))]
                 base = pick_base(plan.store_path, local)
                 if base is None:
                     continue

@@ -202,10 +202,19 @@ class Fetch:
     async def _plan_for(self, hash_part: str, store_dir: str, want: StorePath | None) -> Plan:
         gathered = await self.local.claims(hash_part)
         asked: set[str] = set()
+        states: dict[StorePath, tuple[Manifest, bool] | None] = {}
+
+        async def state(sp: StorePath) -> tuple[Manifest, bool] | None:
+            if sp not in states:
+                states[sp] = await self.local.state(sp)
+            return states[sp]
+
         sp, verdict = self._decide(store_dir, want, gathered)
         # A path held complete, with a verdict the claims we keep already give, needs no
         # one else's word; anything less asks every connected peer.
-        if not (isinstance(verdict, Trusted) and await self._complete_here(sp, verdict)):
+        have = await state(sp) if sp is not None and isinstance(verdict, Trusted) else None
+        if not (isinstance(verdict, Trusted) and have is not None and have[1]
+                and have[0].digest() == verdict.manifest_digest):
             gathered += await self._ask_claims(hash_part, set(self.net.peers()), asked)
             sp, verdict = self._decide(store_dir, want, gathered)
         if sp is None or isinstance(verdict, Insufficient):
@@ -221,17 +230,11 @@ class Fetch:
         if not isinstance(verdict, Trusted):
             raise FetchRefused(sp, self.policy, verdict)
         await self.local.learn(list(verdict.claims), "quorum")
-        have = await self.local.state(sp)
+        have = await state(sp)
         if have is not None and have[0].digest() == verdict.manifest_digest:
             return Plan(sp, have[0], verdict, have[1])
         manifest = await self._fetch_manifest(sp, verdict)
         return Plan(sp, manifest, verdict, False)
-
-    async def _complete_here(self, sp: StorePath | None, verdict: Trusted) -> bool:
-        if sp is None:
-            return False
-        have = await self.local.state(sp)
-        return have is not None and have[1] and have[0].digest() == verdict.manifest_digest
 
     def _decide(self, store_dir: str, want: StorePath | None,
                 claims: list[SignedClaim]) -> tuple[StorePath | None, Verdict | None]:

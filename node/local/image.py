@@ -5,12 +5,13 @@ so every image of every path shares one copy of each chunk."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from erofs import layout
 from erofs.writer import Chunks, Device, Entry, Kind, TreeError, write_image
 from node.local.errors import StoreError
+from node.local.index import ChunkRow
 from node.local.store import LocalStore
 from store.manifest import EntryKind, Manifest
 from store.path import StorePath
@@ -26,6 +27,7 @@ class PathImage:
     devices: tuple[str, ...]  # absolute slab paths, in device-table order: the `device=` options
     inodes: int
     absent_chunks: int  # holes: they read as zeros unless an ondemand backend fills them
+    chunks: Mapping[bytes, ChunkRow] = field(default_factory=dict, compare=False)  # where each chunk lies
 
     @property
     def mount_options(self) -> str:
@@ -51,7 +53,7 @@ def image_of(store: LocalStore, store_path: StorePath | str) -> PathImage:
     except TreeError as e:
         raise ImageUnsupported(f"{store_path}: {e}") from None
     paths = tuple(os.path.join(store.data_dir, "slabs", row.name) for row in slabs)
-    return PathImage(data, paths, len(manifest.entries), absent)
+    return PathImage(data, paths, len(manifest.entries), absent, rows)
 
 
 def entries_of(manifest: Manifest, place: Callable[[bytes], tuple[int, int]]) -> list[Entry]:
