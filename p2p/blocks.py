@@ -18,7 +18,10 @@ server that has all of them (within MAX_BASE_BYTES) answers with a diff (4); one
 lacks any says so by answering plainly (0 or 1).
 
 Requests are pipelined on one stream: a client may send many WANTS frames before any
-reply and the server answers in any order. `BlockServer` enforces the per-peer limit on
+reply and the server answers in any order. A want-have (block false) of a chunk the
+server lacks stays pending until the server gets it (then HAVE) or the client cancels
+it: a subscription, which is how fetchers of the same closure learn what to trade
+(DONT_HAVE answers a want-block at once). `BlockServer` enforces the per-peer limit on
 outstanding wants; `BlockClient` refuses replies it did not ask for, blocks larger than
 the cap, and blocks that decompress to another size than they claim. Neither checks a
 block's digest: that is the fetcher's job, which knows whom to blame.
@@ -187,6 +190,7 @@ class BlockServer:
     max_wants: int = MAX_WANTS
     _frames: FrameDecoder = field(default_factory=FrameDecoder)
     _pending: OrderedDict[bytes, Want] = field(default_factory=OrderedDict)
+    _waiting: dict[bytes, Want] = field(default_factory=dict)  # want-haves of chunks not here yet
 
     def receive_data(self, data: bytes) -> list[Wants | Cancel]:
         events: list[Wants | Cancel] = []
@@ -195,14 +199,16 @@ class BlockServer:
             if kind is Kind.WANTS:
                 wants = tuple(Want.decode(w) for w in items)
                 for w in wants:
+                    self._waiting.pop(w.digest, None)
                     self._pending[w.digest] = w
-                if len(self._pending) > self.max_wants:
+                if len(self._pending) + len(self._waiting) > self.max_wants:
                     raise BlocksError(f"peer has more than {self.max_wants} wants outstanding")
                 events.append(Wants(wants))
             elif kind is Kind.CANCEL:
                 digests = tuple(_digest(d) for d in items)
                 for d in digests:
                     self._pending.pop(d, None)
+                    self._waiting.pop(d, None)
                 events.append(Cancel(digests))
             else:
                 raise BlocksError("a client sent a reply frame")
@@ -221,6 +227,21 @@ class BlockServer:
         while self._pending and len(out) < n:
             out.append(self._pending.popitem(last=False)[1])
         return out
+
+    def wait(self, wants: Iterable[Want]) -> None:
+        """Want-haves of chunks the server lacks: kept until `arrived` or cancelled."""
+        for w in wants:
+            if w.block:
+                raise ValueError("only a want-have waits; a want-block is answered DONT_HAVE")
+            self._waiting[w.digest] = w
+
+    @property
+    def waiting(self) -> list[bytes]:
+        return list(self._waiting)
+
+    def arrived(self, digests: Iterable[bytes]) -> list[Have]:
+        """Of the waiting want-haves, those for `digests` (now here), as replies."""
+        return [Have(d) for d in digests if self._waiting.pop(d, None) is not None]
 
     @staticmethod
     def reply(entries: Sequence[Reply], *, level: int = 1, dictionaries: dict[bytes, bytes] | None = None,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.cli import demo, doctor, export, gc, image, manifest, mountcmd, netcmd, noderun, publish, storecmd, trust, ui
+from node.cli import (demo, doctor, export, gc, image, manifest, mountcmd, netcmd, noderun, publish, simcmd, storecmd,
+                      trust, ui)
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -32,6 +33,7 @@ def parser() -> Parser:
     mountcmd.add_parser(sub)
     demo.add_parser(sub)
     doctor.add_parser(sub)
+    simcmd.add_parser(sub)
     return p
 
 

@@ -91,7 +91,8 @@ def _fetch(args: argparse.Namespace) -> None:
                  f"({result['diff_logical_bytes']:,} bytes in {result['diff_received_bytes']:,})"
                  if result["diff_chunks"] else "")
         ui.out.print(f"  transfer: {logical:,} bytes needed, {result['deduplicated_bytes']:,} already here, "
-                     f"{result['received_bytes']:,} received{diffs}", soft_wrap=True, markup=False)
+                     f"{result['received_bytes']:,} received (+{result['metadata_bytes']:,} of claims and manifests)"
+                     f"{diffs}", soft_wrap=True, markup=False)
 
 
 def _peers(args: argparse.Namespace) -> None:

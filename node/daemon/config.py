@@ -35,6 +35,8 @@ SETTINGS: dict[str, str] = {
     "store_dir": "the Nix store directory the gateway serves (default \"/nix/store\")",
     "priority": "the gateway's priority in nix-cache-info; lower wins (default 30, ahead of cache.nixos.org's 40)",
     "narinfo_timeout": "seconds a narinfo request may spend asking peers before it answers 404 (default 10)",
+    "diffs": "ask peers for missing chunks as zstd diffs against the closest older version held locally "
+             "(default true; false sends plain chunks, which costs bandwidth and saves the peers' CPU)",
     "diff_level": "zstd level for chunks sent as diffs against a requester's older version (default 3; 1-19)",
     "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
@@ -63,6 +65,7 @@ class NodeConfig:
     priority: int = 30
     narinfo_timeout: float = 10.0
     read_deadline: float = 30.0
+    diffs: bool = True
     diff_level: int = 3
     gateway_key: str | None = None
     source: str = field(default="defaults", compare=False)
@@ -116,7 +119,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (list,), "bootstrap": (list,), "policy": (str,), "mdns": (bool,), "dht": (bool,),
     "gossip": (bool,), "max_connections": (int,), "ban_seconds": (int, float), "request_timeout": (int, float),
     "gateway": (str,), "gateway_public": (bool,), "store_dir": (str,), "priority": (int,),
-    "narinfo_timeout": (int, float), "read_deadline": (int, float), "diff_level": (int,), "gateway_key": (str,),
+    "narinfo_timeout": (int, float), "read_deadline": (int, float), "diffs": (bool,), "diff_level": (int,), "gateway_key": (str,),
 }
 
 

@@ -106,6 +106,9 @@ class _Collect:
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
         return {}
 
+    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
+        return None
+
     async def save(self) -> None:
         pass
 

@@ -89,6 +89,7 @@ class Node:
         self.write_lock = trio.Lock()
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
+        self._arrivals = trio.Event()  # replaced each time chunks are added (see `changes`)
         self.reader: StoreReader = store.reader()
         self.gateway_key: SecretKey | None = (
             gateway_key.load_or_create(self.data_dir, config.gateway_key) if config.gateway != "off" else None)
@@ -224,6 +225,20 @@ class Node:
 
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
         return await trio.to_thread.run_sync(self.reader.blobs, digests, limiter=self._read_limiter)
+
+    async def present(self, digests: list[bytes]) -> set[bytes]:
+        def work() -> set[bytes]:
+            return {d for d, r in self.reader.index.chunks(digests).items() if r.present}
+
+        return await trio.to_thread.run_sync(work, limiter=self._read_limiter)
+
+    def changes(self) -> trio.Event:
+        return self._arrivals
+
+    def chunks_added(self) -> None:
+        """Wake the servers' subscriptions (want-haves of chunks that were not here)."""
+        self._arrivals.set()
+        self._arrivals = trio.Event()
 
     async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
         return await trio.to_thread.run_sync(
@@ -439,8 +454,8 @@ class Node:
 
         async with self.write_lock:
             local = _FetchStore(self)
-            fetch = Fetch(self, local, self.policy, FetchSettings(request_timeout=self.config.request_timeout),
-                          on_progress=report)
+            settings = FetchSettings(request_timeout=self.config.request_timeout, diffs=self.config.diffs)
+            fetch = Fetch(self, local, self.policy, settings, on_progress=report)
             try:
                 plans = await fetch.run(target, closure=bool(req.get("closure")))
             except FetchRefused as e:
@@ -479,6 +494,7 @@ class Node:
                     _user_errors(work, args), limiter=self._write_limiter)
             except StoreError as e:
                 raise ControlError(str(e)) from None
+        self.chunks_added()
         await self.announce(signed, [manifest.store_path])
         s = manifest.stats()
         return {"store_path": str(manifest.store_path), "nar_hash": str(manifest.nar_hash),
@@ -559,25 +575,35 @@ class _FetchStore:
         reader = self.node.reader
 
         def work() -> dict[bytes, tuple[bytes, ...]]:
-            # Names first (one query), completeness only for paths of the same package: a
-            # completeness check per recorded path would be a query each.
             recorded = [StorePath.parse(p.store_path) for p in reader.index.paths()]
             out: dict[bytes, tuple[bytes, ...]] = {}
             for plan in plans:
-                name = package_name(plan.store_path)
-                local = [p for p in recorded
-                         if package_name(p) == name and not reader.index.missing_chunks(str(p))]
-                base = pick_base(plan.store_path, local)
-                if base is None:
-                    continue
-                state = reader.path_state(str(base))
-                if state is None:
-                    continue
-                rows = reader.index.chunks(list(set(state[0].chunk_digests())))
-                out.update(chunk_bases(plan.manifest, state[0], {d for d, r in rows.items() if r.present}))
+                base = self._base(plan.store_path, recorded)
+                if base is not None:
+                    rows = reader.index.chunks(list(set(base.chunk_digests())))
+                    out.update(chunk_bases(plan.manifest, base, {d for d, r in rows.items() if r.present}))
             return out
 
         return await trio.to_thread.run_sync(work, limiter=self.node._read_limiter)
+
+    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
+        reader = self.node.reader
+
+        def work() -> Manifest | None:
+            return self._base(store_path, [StorePath.parse(p.store_path) for p in reader.index.paths()])
+
+        return await trio.to_thread.run_sync(work, limiter=self.node._read_limiter)
+
+    def _base(self, sp: StorePath, recorded: list[StorePath]) -> Manifest | None:
+        """The manifest of the closest complete version of `sp`'s package (on a worker
+        thread). Names first, from one query; completeness only for the same package:
+        a check per recorded path would be a query each."""
+        reader = self.node.reader
+        name = package_name(sp)
+        local = [p for p in recorded if package_name(p) == name and not reader.index.missing_chunks(str(p))]
+        base = pick_base(sp, local)
+        state = reader.path_state(str(base)) if base is not None else None
+        return state[0] if state is not None else None
 
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
         return await trio.to_thread.run_sync(self.node.reader.blobs, digests, limiter=self.node._read_limiter)
@@ -590,10 +616,12 @@ class _FetchStore:
                 self._ingest.add_chunk(d, data)
 
         await self._write(work)
+        self.node.chunks_added()  # those in committed batches are servable now
 
     async def save(self) -> None:
         if self._ingest is not None:
             await self._write(self._ingest.save)
+            self.node.chunks_added()
 
     def close(self) -> None:
         if self._ingest is not None:
@@ -637,7 +665,7 @@ class _GatewayBackend:
         if node.policy is None:
             raise NoPolicy("this node has no trust policy, so it trusts nothing: start it with --policy FILE")
         return Fetch(node, _FetchStore(node), node.policy,
-                     FetchSettings(request_timeout=node.config.request_timeout,
+                     FetchSettings(request_timeout=node.config.request_timeout, diffs=node.config.diffs,
                                    connect_timeout=min(5.0, node.config.narinfo_timeout)))
 
     async def plan(self, hash_part: str) -> Plan:

