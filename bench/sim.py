@@ -7,7 +7,7 @@ the same link, a closure of --closure-mb. Each N runs in a child process with a 
 limit (--wall-limit seconds); a run over the limit is reported as such, not left out.
 Prints per N: p50/p95/max completion time and seed egress, the central-server baseline
 (a fluid model of one server with the seed's uplink, see sim.scenarios), wall time and
-peak Python memory (tracemalloc), then the targets: p95 at the largest N within 3x of
+peak memory (RSS), then the targets: p95 at the largest N within 3x of
 the smallest N, and seed egress at most 3 closures at every N. Writes seed_egress_vs_n.png.
 """
 
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--nodes", default="10,100,1000", help="fetcher counts, comma-separated (default %(default)s)")
     ap.add_argument("--closure-mb", type=float, default=500.0)
     ap.add_argument("--paths", type=int, default=5)
-    ap.add_argument("--scale", type=int, default=4096, help="link bytes per real chunk byte (4096: 16 MiB chunks)")
+    ap.add_argument("--scale", type=int, default=1024, help="link bytes per real chunk byte (1024: 4 MiB chunks)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--wall-limit", type=float, default=600.0, help="seconds a run may take (default 600)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/sim"))
@@ -73,7 +73,7 @@ def main() -> None:
             continue
         s, b = r["summary"], r["baseline"]
         print(f"{r['nodes']:>6} {s['p50']:>8.1f} {s['p95']:>8.1f} {s['max']:>8.1f} {s['seed_egress_closures']:>11.2f}x"
-              f" | {b['p95']:>13.1f} | {r['wall']:>7.1f} {r['memory_mb']:>7.0f}"
+              f" | {b['p95'] if b else float('nan'):>13.1f} | {r['wall']:>7.1f} {r['memory_mb']:>7.0f}"
               + ("" if s["completed"] == s["fetchers"] else f"  ({s['completed']}/{s['fetchers']} completed)"))
     done = [r for r in rows if not r["over_limit"]]
     print("targets:")

@@ -38,7 +38,7 @@ def markdown(r: SimResult) -> str:
     lines = [f"# ferry sim: {r.scenario}", "",
              f"Seed {r.params['seed']}; {s['fetchers']} fetchers; a {r.closure_bytes / MB:,.0f} MB closure of "
              f"{r.params['paths']} store paths; {r.virtual_seconds:,.0f} s simulated in {r.wall_seconds:,.1f} s of "
-             f"wall time, peak Python memory {r.peak_memory_mb:,.0f} MB.", ""]
+             f"wall time, peak memory (RSS) {r.peak_memory_mb:,.0f} MB.", ""]
     lines += [f"- {n}" for n in r.notes]
     lines += ["", "| | ferry | central server |", "|---|---:|---:|"]
     b = r.baseline or {}
