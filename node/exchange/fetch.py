@@ -163,6 +163,7 @@ class Fetch:
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
         self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local chunks to diff against
         self._plain: set[bytes] = set()  # chunks whose diff failed: asked for plain from now on
+        self._last_news = 0.0  # when a worker last had news (blocks, refusals, HAVEs)
 
     # --- 1. resolve
 
@@ -401,6 +402,7 @@ class Fetch:
         if not missing:
             return
         sched = Schedule(dict(missing), rng=random.Random(self.settings.order_seed), scale=self.settings.scale)
+        self._last_news = trio.current_time()
         failure: FetchError | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -429,18 +431,21 @@ class Fetch:
         if failure is not None:
             raise failure  # out here, not inside the nursery: callers get it bare, not in a group
 
-    @staticmethod
-    def _hopeless(sched: Schedule) -> FetchError | None:
+    def _hopeless(self, sched: Schedule) -> FetchError | None:
         if not sched.peers:
             return FetchError(f"{sched.remaining} chunks left and no peer to fetch them from "
                               "(every peer failed or left; see `ferry peers`)")
         # Only a settled picture can be hopeless; settling is rare, so check it first.
         lost = [] if any(st.in_flight for st in sched.peers.values()) else sched.unobtainable()
-        if lost:
+        # Peers fetching the same path may yet announce what is missing: give them a
+        # request timeout of quiet before giving up.
+        quiet = trio.current_time() - self._last_news >= self.settings.request_timeout
+        if lost and quiet:
             return FetchError(f"{len(lost)} chunks are held by none of the {len(sched.peers)} connected peers")
         return None
 
     def _notify(self) -> None:
+        self._last_news = trio.current_time()
         self._changed.set()
         self._changed = trio.Event()
 

@@ -83,10 +83,13 @@ class Schedule:
         return len(self.sizes) - len(self.done)
 
     def unobtainable(self) -> list[bytes]:
-        """Chunks every current peer said it lacks (or no peer is left to ask)."""
-        live = set(self.peers)
-        return [d for d in self.sizes if d not in self.done
-                and not self._asked.get(d) and live <= self._refused.get(d, {}).keys()]
+        """Chunks no current peer can be asked for: every one is partial (said DONT_HAVE
+        to something) and has not announced it. A partial peer may still get it: the
+        caller waits for a quiet spell before giving up."""
+        if any(not st.partial for st in self.peers.values()):
+            return []  # a peer that may hold everything is still there
+        return [d for d in self.sizes if d not in self.done and not self._asked.get(d)
+                and not any(d in st.has for st in self.peers.values())]
 
     def is_partial(self, peer: Peer) -> bool:
         st = self.peers.get(peer)
@@ -155,6 +158,10 @@ class Schedule:
             st.in_flight_bytes += self.sizes[d]
         return out
 
+    def _may_ask(self, peer: Peer, digest: bytes) -> bool:
+        st = self.peers[peer]
+        return digest in st.has if st.partial else peer not in self._refused.get(digest, ())
+
     def _endgame(self, peer: Peer, budget: int) -> list[bytes]:
         out = []
         # Oldest requests first: those are the ones most likely stuck on a slow peer.
@@ -166,8 +173,7 @@ class Schedule:
             asked = self._asked.get(d, set())
             if budget <= 0:
                 break
-            if peer in asked or len(asked) >= ENDGAME_COPIES or d in out \
-                    or ((d not in self.peers[peer].has) if self.peers[peer].partial else peer in self._refused.get(d, ())):
+            if peer in asked or len(asked) >= ENDGAME_COPIES or d in out or not self._may_ask(peer, d):
                 continue
             out.append(d)
             budget -= self.sizes[d]

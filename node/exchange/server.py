@@ -88,6 +88,7 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 more = trio.Event()
                 continue
             bases = {b for w in wants if w.block for b in w.bases}
+            arrivals = source.changes()  # before looking: a chunk landing meanwhile is noticed
             found = await source.blobs([w.digest for w in wants] + sorted(bases))
             replies: list[Reply] = []
             later: list[Want] = []
@@ -99,6 +100,8 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 else:
                     later.append(w)  # a subscription: HAVE once it is here (see `notify`)
             server.wait(later)
+            if later and arrivals.is_set():
+                await announce()
             if not replies:
                 continue
             frame = await source.encode_reply(replies, _prefixes(wants, found))
@@ -109,16 +112,20 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
             async with sending:
                 await write(stream, frame)
 
+    async def announce() -> None:
+        """HAVE for the subscriptions whose chunks are here now."""
+        waiting = server.waiting
+        if waiting:
+            haves = server.arrived(await source.present(waiting))
+            if haves:
+                frame = await source.encode_reply(list(haves), {})
+                async with sending:
+                    await write(stream, frame)
+
     async def notify() -> None:
         while True:
             await source.changes().wait()
-            waiting = server.waiting
-            if waiting:
-                haves = server.arrived(await source.present(waiting))
-                if haves:
-                    frame = await source.encode_reply(list(haves), {})
-                    async with sending:
-                        await write(stream, frame)
+            await announce()
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

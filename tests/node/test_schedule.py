@@ -104,3 +104,63 @@ def test_no_chunk_is_lost(ops: list[tuple[str, str]]) -> None:
         for d in s.take("fresh", now):
             s.received("fresh", d, now)
     assert s.complete
+
+
+def test_a_peer_that_lacks_a_chunk_is_asked_only_for_what_it_announces() -> None:
+    s = Schedule(_chunks(8))
+    a, b = list(s.sizes)[:2]
+    s.add_peer("fetcher")
+    first = s.take("fetcher", 0.0)  # taken to hold everything at first
+    s.refused("fetcher", first[0], 0.0)
+    for d in first[1:]:
+        s.refused("fetcher", d, 0.0)
+    assert s.is_partial("fetcher") and s.take("fetcher", 1.0) == []
+    query = s.to_query("fetcher")
+    assert set(query) == set(s.sizes)  # subscribes to every chunk still wanted, once
+    assert s.to_query("fetcher") == []
+    s.has("fetcher", b)
+    assert s.take("fetcher", 2.0) == [b]
+    s.received("fetcher", b, 2.5)
+    s.received("seed", a, 2.5)  # arrived from elsewhere: its subscription is stale
+    assert a in s.stale_queries("fetcher") and b not in s.stale_queries("fetcher")
+
+
+def test_a_complete_peer_is_not_asked_for_what_a_fetcher_offered() -> None:
+    s = Schedule(_chunks(4))
+    offered = list(s.sizes)[0]
+    s.add_peer("seed")
+    s.add_peer("fetcher")
+    s.refused("fetcher", list(s.sizes)[3], 0.0)  # partial from now on
+    s.has("fetcher", offered)
+    assert offered not in s.take("seed", 0.0)
+    assert s.take("fetcher", 0.0) == [offered]
+
+
+def test_a_random_order_differs_between_sessions_and_repeats_for_a_seed() -> None:
+    import random
+
+    orders = [list(Schedule(_chunks(50), rng=random.Random(seed))._queue) for seed in ("a", "b", "a")]
+    assert orders[0] != orders[1] and orders[0] == orders[2]
+
+
+def test_a_slow_peer_is_given_time_for_what_it_was_asked() -> None:
+    s = Schedule(_chunks(40))
+    s.add_peer("slow")
+    s.peers["slow"].window = 8 << 20
+    asked = s.take("slow", 0.0)
+    s.received("slow", asked[0], 8.0)  # 1 MiB in 8 s: about 130 kB/s
+    assert s.timed_out("slow", 15.0, timeout=10.0) == []  # 7 MiB more at that rate is a minute
+    assert s.timed_out("slow", 200.0, timeout=10.0) != []
+
+
+def test_nothing_is_unobtainable_while_a_peer_may_hold_everything() -> None:
+    s = Schedule(_chunks(2))
+    s.add_peer("fetcher")
+    s.add_peer("seed")
+    d = s.take("fetcher", 0)[0]
+    s.refused("fetcher", d)
+    assert s.unobtainable() == []  # the seed never said it lacks anything
+    s.remove_peer("seed")
+    assert d in s.unobtainable()
+    s.has("fetcher", d)  # it fetched the chunk meanwhile and said so
+    assert d not in s.unobtainable()

@@ -128,3 +128,25 @@ def test_claims_reader_refuses_a_second_message_and_bad_hashes() -> None:
         claims.Reader().receive_data(claims.encode(claims.Ack(1)) * 2)
     with pytest.raises(claims.ClaimsError, match="nix32"):
         claims.Reader().receive_data(frame(msgpack.packb([0, "e" * 32])))
+
+
+def test_a_want_have_waits_for_the_chunk_until_cancelled() -> None:
+    d1, d2 = blake3(b"one"), blake3(b"two")
+    client, server = BlockClient(), BlockServer()
+    server.receive_data(client.want([Want(d1, block=False), Want(d2, block=False)]))
+    server.wait(server.take(10))  # neither is here yet: subscriptions
+    assert sorted(server.waiting) == sorted([d1, d2])
+    assert server.arrived([d1]) == [Have(d1)] and server.waiting == [d2]
+    assert client.receive_data(BlockServer.reply([Have(d1)])) == [Have(d1)]
+    server.receive_data(client.cancel([d2]))
+    assert server.waiting == [] and server.arrived([d2]) == []
+    with pytest.raises(ValueError):
+        server.wait([Want(d1)])  # a want-block is answered at once, never kept
+
+
+def test_waiting_want_haves_count_toward_the_limit() -> None:
+    client, server = BlockClient(), BlockServer(max_wants=4)
+    server.receive_data(client.want([Want(blake3(bytes([i])), block=False) for i in range(4)]))
+    server.wait(server.take(10))
+    with pytest.raises(BlocksError, match="more than 4"):
+        server.receive_data(client.want([Want(blake3(b"x"))]))
