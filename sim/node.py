@@ -81,8 +81,8 @@ class SimNode:
         self.policy = policy
         self.settings = settings
         self.result = NodeResult(name, role.value)
-        self.done = trio.Event()
         self.refused = False
+        self.attempt = trio.CancelScope()  # the fetch attempt under way (churn cancels it)
         self.host.handlers[claimwire.PROTOCOL] = self._serve_claims
         self.host.handlers[BLOCKS] = self._stall if role is Role.STALL else self._serve_blocks
 
@@ -136,7 +136,6 @@ class SimNode:
         self.result.paths_trusted = sorted(f"{p.store_path} {p.manifest.nar_hash}" for p in plans)
         for p in plans:
             self.world.nursery.start_soon(self.host.provide, p.store_path.hash_part)
-        self.done.set()
         return True
 
     def finish(self) -> NodeResult:

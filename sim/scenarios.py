@@ -27,42 +27,8 @@ from sim.content import Release, key, lie_about, release
 from sim.host import World
 from sim.link import LinkSpec
 from sim.node import NodeResult, Role, SimNode
+from sim.params import SCENARIOS, Params
 from trust.policy import OnConflict, QuorumPolicy
-
-
-@dataclass(frozen=True)
-class Params:
-    nodes: int = 20  # fetchers (the fleet, in fleet-update)
-    seed: int = 1
-    closure_mb: float = 500.0
-    paths: int = 10
-    scale: int = 1024  # each real byte of chunk data stands for this many on the links (4 MiB chunks)
-    degree: int = 8  # random connections per node besides its bootstrap peers
-    stagger: float = 10.0  # fetchers start within this many seconds
-    churn: float = 0.5  # churn: chance per minute that an online node drops off
-    downtime: float = 60.0  # churn: longest time a node stays away
-    bad_fraction: float = 0.2  # byzantine-peers: misbehaving peers per honest fetcher
-    sybils: int = 50  # byzantine-builders: keys outside the trusted set signing the lie
-    on_conflict: str = "majority"  # byzantine-builders: the fetchers' policy on disagreeing builders
-    deadline: float = 6 * 3600.0  # virtual seconds before the run is called off
-
-    HELP = {
-        "nodes": "fetching nodes (the fleet in fleet-update)",
-        "seed": "random seed; the same seed gives the same result",
-        "closure_mb": "closure size in MB as the links carry it",
-        "paths": "store paths in the closure",
-        "scale": "link bytes per real byte of chunk data (hashing and compression run on the real bytes)",
-        "degree": "random connections each node keeps besides its bootstrap peers",
-        "stagger": "fetchers start at uniform times within this many seconds",
-        "churn": "chance per minute that an online node drops off (churn)",
-        "downtime": "a node that dropped off comes back within this many seconds (churn)",
-        "bad_fraction": "misbehaving peers per honest fetcher, split among corrupt, truncating and stalling "
-                        "(byzantine-peers)",
-        "sybils": "keys outside the trusted set signing the lying builder's result (byzantine-builders)",
-        "on_conflict": "the fetchers' policy when trusted builders disagree: majority or refuse "
-                       "(byzantine-builders)",
-        "deadline": "virtual seconds before the run is called off",
-    }
 
 
 @dataclass
@@ -120,6 +86,10 @@ class _Run:
         self.nodes: list[SimNode] = []
         self.timeline: list[dict[str, float]] = []
         self.settings = FetchSettings(request_timeout=10.0, claims_timeout=5.0, connect_timeout=5.0)
+        self.t0 = trio.current_time()
+        # The flash crowd's workload, for the central-server baseline.
+        self.starts: list[float] = []
+        self.seed_spec: LinkSpec | None = None
 
     def add(self, name: str, role: Role, policy: QuorumPolicy | None, spec: LinkSpec | None = None) -> SimNode:
         settings = dataclasses.replace(self.settings, order_seed=f"{self.p.seed}-{name}", scale=self.p.scale)
@@ -141,8 +111,7 @@ class _Run:
         for _ in range(200):  # bounded: a node that cannot finish in 200 attempts gives up
             if online is not None:
                 await online()
-            with trio.CancelScope() as scope:
-                node.cancel_fetch = scope  # type: ignore[attr-defined]
+            with trio.CancelScope() as node.attempt:
                 if await node.fetch(root) or node.refused:
                     return
             await trio.sleep(5.0)
@@ -169,11 +138,10 @@ def _clock_run(body: Callable[[_Run], Awaitable[list[str]]], name: str, p: Param
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             run = _Run(nursery, p)
-            run.t0 = trio.current_time()  # type: ignore[attr-defined]
             with trio.move_on_after(p.deadline):
                 out["notes"] = await body(run)
             out["run"] = run
-            out["virtual"] = trio.current_time() - run.t0  # type: ignore[attr-defined]
+            out["virtual"] = trio.current_time() - run.t0
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -182,8 +150,8 @@ def _clock_run(body: Callable[[_Run], Awaitable[list[str]]], name: str, p: Param
     run: _Run = out["run"]
     res = SimResult(name, dataclasses.asdict(p), [n.finish() for n in run.nodes],
                     int(p.closure_mb * 1e6), out["virtual"], run.timeline, notes=out.get("notes") or [])
-    if name == "flash-crowd" and hasattr(run, "starts"):
-        res.baseline = _baseline(run, run.starts, run.seed_spec, int(p.closure_mb * 1e6))  # type: ignore
+    if name == "flash-crowd" and run.seed_spec is not None:
+        res.baseline = _baseline(run.starts, run.seed_spec, int(p.closure_mb * 1e6))
     if res.virtual_seconds >= p.deadline - 1e-6:
         res.notes.append(f"the run was called off at the deadline ({p.deadline:.0f} s simulated)")
     res.wall_seconds = round(time.monotonic() - wall, 2)
@@ -218,7 +186,7 @@ def central_baseline(starts: list[float], size: float, server_up: float, client_
     return done
 
 
-def _baseline(run: _Run, starts: list[float], seed_spec: LinkSpec, size: int) -> dict[str, Any]:
+def _baseline(starts: list[float], seed_spec: LinkSpec, size: int) -> dict[str, Any]:
     times = sorted(central_baseline(starts, size, seed_spec.up, 100e6 / 8, 2 * seed_spec.latency))
     return {"model": "fluid: one server with the seed's uplink shared max-min fairly, clients capped by "
                      "their downlink", "p50": _pct(times, 50), "p95": _pct(times, 95), "max": times[-1],
@@ -250,8 +218,8 @@ async def _flash(run: _Run, *, churn: bool = False, bad: bool = False) -> list[s
                      "each is connected to some fetchers")
     starts = [run.rng.uniform(0, p.stagger) for _ in fetchers]
     # The baseline's workload: known before the run, so a run cut off by the deadline has it too.
-    run.starts = starts  # type: ignore[attr-defined]
-    run.seed_spec = seed.host.endpoint.spec  # type: ignore[attr-defined]
+    run.starts = starts
+    run.seed_spec = seed.host.endpoint.spec
     async with trio.open_nursery() as n:
         n.start_soon(run.sample, [seed], fetchers)
         async with trio.open_nursery() as fetching:
@@ -281,9 +249,7 @@ async def _churning(run: _Run, node: SimNode, rel: Release, start: float, bootst
                 return
             state["back"] = trio.Event()
             node.host.leave()
-            scope = getattr(node, "cancel_fetch", None)
-            if scope is not None:
-                scope.cancel()
+            node.attempt.cancel()
             await trio.sleep(run.rng.uniform(5.0, run.p.downtime))
             peers = [b.name for b in bootstrap] + [o.name for o in run.rng.sample(everyone, min(run.p.degree,
                                                                                               len(everyone)))]
@@ -369,28 +335,18 @@ async def byzantine_builders(run: _Run) -> list[str]:
             for f, s in zip(fetchers, starts):
                 fetching.start_soon(run.fetch_until_done, f, honest.root, s)
         n.cancel_scope.cancel()
-    run.honest = honest  # type: ignore[attr-defined]
     return [f"builder-3 signs other contents for the same store paths; {p.sybils} keys outside the policy sign "
             f"the same lie and serve it; each fetcher is connected to 10 of them; policy 2 of 3, on_conflict "
             f"{p.on_conflict}"]
 
 
-SCENARIOS: dict[str, tuple[Callable[[_Run], Awaitable[list[str]]], str, tuple[str, ...]]] = {
-    "flash-crowd": (flash_crowd, "1 seed and N fetchers of one closure, next to a central server with the "
-                    "seed's uplink", ("nodes", "closure_mb", "paths", "degree", "stagger")),
-    "fleet-update": (fleet_update, "N nodes hold the old generation, 3 builders publish the new one after a "
-                     "mass rebuild", ("nodes", "closure_mb", "paths", "degree", "stagger")),
-    "churn": (churn, "a flash crowd whose fetchers drop off and come back during the transfer",
-              ("nodes", "closure_mb", "paths", "degree", "churn", "downtime")),
-    "byzantine-peers": (byzantine_peers, "a flash crowd with peers that serve corrupt or truncated chunks, "
-                        "or stall", ("nodes", "closure_mb", "paths", "degree", "bad_fraction")),
-    "byzantine-builders": (byzantine_builders, "1 of 3 builders lies; Sybil keys outside the trusted set sign "
-                           "the lie", ("nodes", "closure_mb", "paths", "degree", "sybils", "on_conflict")),
+_BODIES: dict[str, Callable[[_Run], Awaitable[list[str]]]] = {
+    "flash-crowd": flash_crowd, "fleet-update": fleet_update, "churn": churn,
+    "byzantine-peers": byzantine_peers, "byzantine-builders": byzantine_builders,
 }
+assert _BODIES.keys() == SCENARIOS.keys()
 
 
 def run(name: str, p: Params) -> SimResult:
     """Runs scenario `name` (a key of SCENARIOS) with parameters `p`."""
-    body = SCENARIOS[name][0]
-
-    return _clock_run(body, name, p)
+    return _clock_run(_BODIES[name], name, p)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import ui
+from sim.params import SCENARIOS, Params
 
 PARAMS = ("closure_mb", "paths", "scale", "degree", "stagger", "churn", "downtime", "bad_fraction", "sybils",
           "on_conflict", "deadline")
@@ -33,32 +34,21 @@ def add_parser(sub: Any) -> None:
         "down, bad blocks received and stored, paths trusted), DIR/report.md (a table) and PNG plots: "
         "completion time CDF, bytes uploaded per node class, seed egress against nodes served.",
     )
-    rp.add_argument("scenario", metavar="SCENARIO", help="one of: " + ", ".join(_scenarios()))
+    rp.add_argument("scenario", metavar="SCENARIO", help="one of: " + ", ".join(SCENARIOS))
     rp.add_argument("--nodes", type=int, default=20, metavar="N", help="fetching nodes (default 20)")
     rp.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
     rp.add_argument("--out", default="sim-out", metavar="DIR", help="where to write the results (default sim-out)")
+    defaults = Params()
     for name in PARAMS:
-        default = getattr(_params_type()(), name)
+        default = getattr(defaults, name)
         rp.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=None,
-                        metavar=name.upper(), help=f"{_params_type().HELP[name]} (default {default})")
+                        metavar=name.upper(), help=f"{Params.HELP[name]} (default {default})")
     rp.set_defaults(run=_run)
 
 
-def _params_type() -> Any:
-    from sim.scenarios import Params
-
-    return Params
-
-
-def _scenarios() -> list[str]:
-    return ["flash-crowd", "fleet-update", "churn", "byzantine-peers", "byzantine-builders"]
-
-
 def _list(args: argparse.Namespace) -> None:
-    from sim.scenarios import SCENARIOS, Params
-
     defaults = Params()
-    for name, (_, what, used) in SCENARIOS.items():
+    for name, (what, used) in SCENARIOS.items():
         ui.out.print(f"[bold]{name}[/bold]: {what}")
         for param in dict.fromkeys(("nodes", "seed", *used)):
             flag = f"--{param.replace('_', '-')}"
@@ -73,7 +63,7 @@ def _run(args: argparse.Namespace) -> None:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-c", "from node.cli import main; main()", *sys.argv[1:]])
     from sim import report
-    from sim.scenarios import SCENARIOS, Params
+    from sim.scenarios import run
 
     if args.scenario not in SCENARIOS:
         ui.fail(f"no scenario {args.scenario!r}; `ferry sim list` names them: {', '.join(SCENARIOS)}", 2)
@@ -83,8 +73,6 @@ def _run(args: argparse.Namespace) -> None:
         _check(params)
     except ValueError as e:
         ui.fail(str(e), 2)
-    from sim.scenarios import run
-
     with ui.err.status(f"simulating {args.scenario} with {params.nodes} nodes..."):
         result = run(args.scenario, params)
     files = report.write(result, Path(args.out))
@@ -92,7 +80,7 @@ def _run(args: argparse.Namespace) -> None:
     ui.out.print("wrote " + ", ".join(str(f) for f in files), markup=False, soft_wrap=True)
 
 
-def _check(p: Any) -> None:
+def _check(p: Params) -> None:
     if not 1 <= p.nodes <= 100_000:
         raise ValueError("--nodes must be from 1 to 100000")
     if not 1 <= p.paths <= 10_000 or p.closure_mb <= 0:

@@ -546,6 +546,9 @@ class _FetchStore:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._ingest: Ingest | None = None
+        # Paths recorded when the session began: the candidate bases (a path it records
+        # itself is incomplete until it ends, so never one). Read once, not per path.
+        self._recorded: list[StorePath] | None = None
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.node._write_limiter)
@@ -575,7 +578,7 @@ class _FetchStore:
         reader = self.node.reader
 
         def work() -> dict[bytes, tuple[bytes, ...]]:
-            recorded = [StorePath.parse(p.store_path) for p in reader.index.paths()]
+            recorded = self._recorded_paths()
             out: dict[bytes, tuple[bytes, ...]] = {}
             for plan in plans:
                 base = self._base(plan.store_path, recorded)
@@ -587,12 +590,15 @@ class _FetchStore:
         return await trio.to_thread.run_sync(work, limiter=self.node._read_limiter)
 
     async def base_manifest(self, store_path: StorePath) -> Manifest | None:
-        reader = self.node.reader
-
         def work() -> Manifest | None:
-            return self._base(store_path, [StorePath.parse(p.store_path) for p in reader.index.paths()])
+            return self._base(store_path, self._recorded_paths())
 
         return await trio.to_thread.run_sync(work, limiter=self.node._read_limiter)
+
+    def _recorded_paths(self) -> list[StorePath]:
+        if self._recorded is None:
+            self._recorded = [StorePath.parse(p.store_path) for p in self.node.reader.index.paths()]
+        return self._recorded
 
     def _base(self, sp: StorePath, recorded: list[StorePath]) -> Manifest | None:
         """The manifest of the closest complete version of `sp`'s package (on a worker
