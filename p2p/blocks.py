@@ -12,6 +12,8 @@ Every frame (see `p2p.frame`) holds one msgpack array whose first item says what
           | [3, digest]                          DONT_HAVE
           | [4, digest, size: uint, zstd: bin]   BLOCK, zstd-compressed with the want's bases,
                                                  concatenated in order, as a raw-content prefix
+          | [5, digest]                          BUSY: held, but not sent now (the server's
+                                                 upload goes to others; ask them, or again later)
 
 A want may list bases: chunks the client holds (an older version of the same file). A
 server that has all of them (within MAX_BASE_BYTES) answers with a diff (4); one that
@@ -21,7 +23,10 @@ Requests are pipelined on one stream: a client may send many WANTS frames before
 reply and the server answers in any order. A want-have (block false) of a chunk the
 server lacks stays pending until the server gets it (then HAVE) or the client cancels
 it: a subscription, which is how fetchers of the same closure learn what to trade
-(DONT_HAVE answers a want-block at once). `BlockServer` enforces the per-peer limit on
+(DONT_HAVE answers a want-block at once). BUSY answers only a want-block: the server
+holds the chunk but gives its uplink to other peers now (see `node.exchange.uplink`); the
+client asks others first and this server again after a pause. Within a reply, entries
+without data come first, so a refusal is not queued behind blocks. `BlockServer` enforces the per-peer limit on
 outstanding wants; `BlockClient` refuses replies it did not ask for, blocks larger than
 the cap, and blocks that decompress to another size than they claim. Neither checks a
 block's digest: that is the fetcher's job, which knows whom to blame.
@@ -65,6 +70,7 @@ class Entry(enum.IntEnum):
     HAVE = 2
     DONT_HAVE = 3
     BLOCK_DIFF = 4
+    BUSY = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +116,13 @@ class DontHave:
 
 
 @dataclass(frozen=True, slots=True)
+class Busy:
+    """The server holds the chunk but will not send it now: ask another peer first."""
+
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class BadDiff:
     """A block sent against bases that does not decode with them: the client asks again
     for it plain (a server whose base differs from ours, or a liar: the plain answer's
@@ -118,7 +131,7 @@ class BadDiff:
     digest: bytes
 
 
-Reply = Block | Have | DontHave | BadDiff
+Reply = Block | Have | DontHave | Busy | BadDiff
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,15 +258,15 @@ class BlockServer:
 
     @staticmethod
     def reply(entries: Sequence[Reply], *, level: int = 1, dictionaries: dict[bytes, bytes] | None = None,
-              diff_level: int = 3) -> bytes:
-        """Frames (one or more, each about REPLY_TARGET) answering with `entries`.
-        `dictionaries` maps a block's digest to the concatenated bases to compress it
-        against."""
+              diff_level: int = 3, target: int = REPLY_TARGET) -> bytes:
+        """Frames (one or more, each about `target` bytes) answering with `entries`,
+        those without data first. `dictionaries` maps a block's digest to the
+        concatenated bases to compress it against."""
         out: list[bytes] = []
         batch: list[object] = []
         size = 0
         plain = zstandard.ZstdCompressor(level=level)
-        for e in entries:
+        for e in sorted(entries, key=lambda e: isinstance(e, Block)):
             if isinstance(e, Block):
                 prefix = (dictionaries or {}).get(e.digest)
                 if prefix:
@@ -266,11 +279,13 @@ class BlockServer:
                 size += len(item[3])  # type: ignore[arg-type]
             elif isinstance(e, Have):
                 item = [int(Entry.HAVE), e.digest]
+            elif isinstance(e, Busy):
+                item = [int(Entry.BUSY), e.digest]
             else:
                 item = [int(Entry.DONT_HAVE), e.digest]
             batch.append(item)
             size += DIGEST + 8
-            if size >= REPLY_TARGET:
+            if size >= target:
                 out.append(_pack(Kind.REPLY, batch))
                 batch, size = [], 0
         if batch:
@@ -358,10 +373,14 @@ class BlockClient:
                 raise BlocksError("answered want-block with HAVE")
             del self._outstanding[digest]
             return Have(digest)
+        if kind is Entry.BUSY and not w.block:
+            raise BlocksError("answered want-have with BUSY")
         del self._outstanding[digest]
         prefix = self._bases.pop(digest, None)
         if kind is Entry.DONT_HAVE:
             return DontHave(digest)
+        if kind is Entry.BUSY:
+            return Busy(digest)
         if kind is Entry.BLOCK_DIFF and not prefix:
             raise BlocksError(f"a diff for {digest.hex()[:16]}, which was asked for without bases")
         if kind is not Entry.BLOCK_DIFF:

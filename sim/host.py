@@ -70,7 +70,7 @@ class SimHost:
         if self.book.banned(peer, trio.current_time()) or other.book.banned(self.name, trio.current_time()):
             raise StreamError(f"{peer}: banned")
         # Opening a yamux stream on an open connection costs nothing before the first write.
-        mine, theirs = stream_pair(self.endpoint, other.endpoint, self.world.nursery)
+        mine, theirs = stream_pair(self.endpoint, other.endpoint)
         self.world.nursery.start_soon(self._serve, handler, theirs)
         return mine
 
@@ -133,6 +133,7 @@ class World:
         self.rng = rng
         self.hosts: dict[str, SimHost] = {}
         self.directory = Directory(rng)
+        self.chunks: dict[bytes, bytes] = {}  # interned chunk bytes, shared by every store (see sim.store)
 
     def add(self, name: str, spec: LinkSpec = LinkSpec()) -> SimHost:
         if name in self.hosts:

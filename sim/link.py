@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import random
 import weakref
-from collections.abc import Callable
 from collections import deque
 from dataclasses import dataclass
 
@@ -97,9 +96,8 @@ class _Pipe:
         self.eof = False
         self.closing = False
         self.broken: str | None = None
-        self.arrived = trio.Event()
+        self.arrived = trio.Event()  # set when a segment is sent or the pipe breaks
         self.last_arrival = 0.0  # keeps segments in order despite jitter
-        self.courier: trio.Event | None = None  # set to wake the courier; None: no courier running
 
     def land(self, now: float) -> None:
         """Everything due by `now` arrives, in the order it was sent."""
@@ -109,7 +107,6 @@ class _Pipe:
                 self.eof = True
             else:
                 self.data.append(seg)
-        self.wake()
 
     def wake(self) -> None:
         self.arrived.set()
@@ -119,25 +116,31 @@ class _Pipe:
 class SimStream:
     """ferry's `ByteStream` over two pipes."""
 
-    def __init__(self, src: Endpoint, dst: Endpoint, out: _Pipe, inp: _Pipe, nursery: trio.Nursery,
-                 charge: Callable[[bytes], int] = len) -> None:
+    def __init__(self, src: Endpoint, dst: Endpoint, out: _Pipe, inp: _Pipe) -> None:
         self._src, self._dst = src, dst
         self._out, self._in = out, inp
-        self._nursery = nursery
-        self.charge = charge  # link bytes a write stands for (see sim.content on scaling)
         self._buf = b""
         src.opened(self)
 
     async def read(self, n: int | None = None) -> bytes:
+        # The reader lands what is due itself, sleeping until the next arrival: no task
+        # per pipe, and one wake-up per segment.
+        pipe = self._in
         while not self._buf:
-            if self._in.broken:
-                raise StreamReset(self._in.broken)
-            if self._in.data:
-                self._buf = self._in.data.popleft()
+            if pipe.broken:
+                raise StreamReset(pipe.broken)
+            pipe.land(trio.current_time())
+            if pipe.data:
+                self._buf = pipe.data.popleft()
                 break
-            if self._in.eof:
+            if pipe.eof:
                 return b""
-            await self._in.arrived.wait()
+            arrived = pipe.arrived
+            if pipe.in_flight:
+                with trio.move_on_at(pipe.in_flight[0][0]):
+                    await arrived.wait()  # or the pipe breaks first
+            else:
+                await arrived.wait()
         n = n or len(self._buf)
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
@@ -151,7 +154,9 @@ class SimStream:
             self._break("the peer went away")
             raise StreamReset("the peer went away")
         view = memoryview(data)
-        logical = self.charge(data)
+        # What a write stands for on the link: more than its length for a reply frame of
+        # scaled chunks (see sim.content and sim.store.LinkBytes).
+        logical = getattr(data, "link_bytes", len(data))
         # A small head first: on a link shared by many streams every one of them hears
         # from the sender within a round of heads, as with TCP, not a round of segments.
         head = max(1, len(view) * HEAD // logical) if logical > 2 * HEAD else len(view)
@@ -171,7 +176,10 @@ class SimStream:
                 delay += RTO + 2 * delay
             # The sender's buffer drains at its uplink pace: block until the segment is on
             # the wire, so a fast writer cannot race ahead of its link.
-            await trio.sleep_until(max(now, sent))
+            if sent > now:
+                await trio.sleep_until(sent)
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
             self._send(seg, through + delay)
 
     def _send(self, seg: bytes | None, arrival: float) -> None:
@@ -179,26 +187,8 @@ class SimStream:
         arrival = max(arrival, pipe.last_arrival)
         pipe.last_arrival = arrival
         pipe.in_flight.append((arrival, seg))
-        if pipe.courier is None:
-            pipe.courier = trio.Event()
-            self._nursery.start_soon(self._courier, pipe)
-        else:
-            pipe.courier.set()
-
-    @staticmethod
-    async def _courier(pipe: _Pipe) -> None:
-        """Lands a pipe's segments at their arrival times: one task per pipe, not per segment."""
-        try:
-            while not (pipe.broken or pipe.eof):
-                if not pipe.in_flight:
-                    pipe.courier = trio.Event()
-                    await pipe.courier.wait()
-                    continue
-                await trio.sleep_until(pipe.in_flight[0][0])
-                if not pipe.broken:
-                    pipe.land(trio.current_time())
-        finally:
-            pipe.courier = None
+        if len(pipe.in_flight) == 1:
+            pipe.wake()  # a reader waiting on an empty pipe learns when to look
 
     async def close(self) -> None:
         if not self._out.closing:
@@ -215,7 +205,7 @@ class SimStream:
             p.wake()
 
 
-def stream_pair(a: Endpoint, b: Endpoint, nursery: trio.Nursery) -> tuple[SimStream, SimStream]:
-    """Two ends of a stream from a to b; deliveries run in `nursery` (the world's)."""
+def stream_pair(a: Endpoint, b: Endpoint) -> tuple[SimStream, SimStream]:
+    """Two ends of a stream from a to b."""
     ab, ba = _Pipe(), _Pipe()
-    return SimStream(a, b, ab, ba, nursery), SimStream(b, a, ba, ab, nursery)
+    return SimStream(a, b, ab, ba), SimStream(b, a, ba, ab)

@@ -12,6 +12,7 @@ import trio
 
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings
 from node.exchange.server import serve_blocks, serve_claims
+from node.exchange.uplink import DEFAULT_SLOTS, Uplink
 from p2p import claims as claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
 from p2p.stream import read_some
@@ -21,7 +22,7 @@ from sim.link import LinkSpec, SimStream
 from sim.store import MemoryStore
 from store.chunking import digest as blake3_digest
 from store.path import StorePath
-from trust.policy import QuorumPolicy
+from trust.policy import Insufficient, QuorumPolicy
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,16 @@ class NodeResult:
 
 class SimNode:
     def __init__(self, world: World, name: str, role: Role, spec: LinkSpec, policy: QuorumPolicy | None,
-                 store: MemoryStore | None = None, settings: FetchSettings = FetchSettings(), scale: int = 1) -> None:
+                 store: MemoryStore | None = None, settings: FetchSettings = FetchSettings(), scale: int = 1,
+                 slots: int = DEFAULT_SLOTS) -> None:
         self.world = world
         self.role = role
         self.host: SimHost = world.add(name, spec)
         self.store = store if store is not None else (Spoiling(role) if role in (Role.CORRUPT, Role.TRUNCATE)
                                                       else MemoryStore())
         self.store.scale = scale
+        self.store.interned = world.chunks
+        self.uplink = Uplink(slots)
         self.policy = policy
         self.settings = settings
         self.result = NodeResult(name, role.value)
@@ -100,8 +104,7 @@ class SimNode:
         await self.host.punish(peer, problem)
 
     async def _serve_blocks(self, stream: SimStream, peer: str) -> None:
-        stream.charge = self.store.charge
-        await serve_blocks(stream, peer, self.store, self._violation, lambda n, size: None)
+        await serve_blocks(stream, peer, self.store, self._violation, lambda n, size: None, self.uplink)
 
     async def _serve_claims(self, stream: SimStream, peer: str) -> None:
         await serve_claims(stream, peer, self.store, self._violation)
@@ -121,9 +124,10 @@ class SimNode:
         try:
             plans = await fetch.run(root, closure=True)
         except FetchRefused as e:
-            # A verdict, not a failure to retry: the policy refuses what the builders signed.
+            # A conflict is a verdict, not a failure to retry: the policy refuses what the
+            # builders signed. Too few signatures may be too few answers yet: try again.
             self.result.error = str(e)
-            self.refused = True
+            self.refused = not isinstance(e.verdict, Insufficient)
             return False
         except FetchError as e:
             self.result.error = str(e)

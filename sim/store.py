@@ -11,15 +11,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import trio
-
 from node.exchange.bases import chunk_bases, package_name, pick_base
 from node.exchange.fetch import Plan
-from p2p.blocks import Block, BlockServer, Reply
+from node.exchange.subscriptions import Subscriptions
+from p2p.blocks import REPLY_TARGET, Block, BlockServer, Reply
 from store.chunking import digest as blake3_digest
 from store.manifest import Manifest
 from store.path import StorePath
 from trust.claim import SignedClaim
+
+
+class LinkBytes(bytes):
+    """A reply frame that stands for more bytes on the links than it holds (scaled
+    chunks): `sim.link` charges `link_bytes`."""
+
+    link_bytes: int
+
+    def __new__(cls, data: bytes, link_bytes: int) -> LinkBytes:
+        self = super().__new__(cls, data)
+        self.link_bytes = link_bytes
+        return self
 
 
 @dataclass
@@ -37,8 +48,10 @@ class MemoryStore:
     manifests: dict[StorePath, Manifest] = field(default_factory=dict)
     _claims: dict[str, dict[bytes, SignedClaim]] = field(default_factory=dict)
     _manifest_blobs: dict[bytes, bytes] = field(default_factory=dict)
-    _charges: dict[int, int] = field(default_factory=dict)
-    _arrivals: trio.Event = field(default_factory=trio.Event)
+    subscriptions: Subscriptions = field(default_factory=Subscriptions)
+    # One copy of each chunk's bytes for every store of a simulation (which chunks a store
+    # holds is still its own): a thousand nodes of one closure fit in memory.
+    interned: dict[bytes, bytes] | None = None
     counters: StoreCounters = field(default_factory=StoreCounters)
 
     # --- filling it
@@ -96,11 +109,10 @@ class MemoryStore:
                 self.counters.rejected_chunks += 1
                 continue
             if d not in self.chunks:
-                self.chunks[d] = data
+                self.chunks[d] = data if self.interned is None else self.interned.setdefault(d, data)
                 self.counters.stored_chunks += 1
                 self.counters.stored_bytes += len(data)
-        self._arrivals.set()
-        self._arrivals = trio.Event()
+        self.subscriptions.stored(d for d, _ in blocks if d in self.chunks)
 
     async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
         out: dict[bytes, tuple[bytes, ...]] = {}
@@ -127,24 +139,19 @@ class MemoryStore:
         return {d: b for d in digests if (b := self.chunks.get(d) or self._manifest_blobs.get(d)) is not None}
 
     async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
-        frame = BlockServer.reply(replies, dictionaries=prefixes, diff_level=self.diff_level)
-        if self.scale != 1:
-            # Chunk payload is scaled on the links, framing and manifests are not: the
-            # payload is the frame less about 48 bytes of framing per entry.
-            blobs = sum(len(r.data) for r in replies if isinstance(r, Block) and r.digest not in self.chunks)
-            payload = max(0, len(frame) - 48 * len(replies) - blobs)
-            self._charges[id(frame)] = len(frame) + (self.scale - 1) * payload
-        return frame
-
-    def charge(self, data: bytes) -> int:
-        """Link bytes of a reply frame this store encoded (else of anything: its length)."""
-        return self._charges.pop(id(data), len(data))
+        # Frames of REPLY_TARGET bytes on the links, as the real node sends them.
+        frame = BlockServer.reply(replies, dictionaries=prefixes, diff_level=self.diff_level,
+                                  target=max(1, REPLY_TARGET // self.scale))
+        if self.scale == 1:
+            return frame
+        # Chunk payload is scaled on the links, framing and manifests are not: the
+        # payload is the frame less about 48 bytes of framing per entry.
+        blobs = sum(len(r.data) for r in replies if isinstance(r, Block) and r.digest not in self.chunks)
+        payload = max(0, len(frame) - 48 * len(replies) - blobs)
+        return LinkBytes(frame, len(frame) + (self.scale - 1) * payload)
 
     async def present(self, digests: list[bytes]) -> set[bytes]:
         return {d for d in digests if d in self.chunks}
-
-    def changes(self) -> trio.Event:
-        return self._arrivals
 
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
         return list(self._claims.get(path_hash, {}).values())

@@ -22,7 +22,15 @@ from store.userfile import UserFileError
 from trust.key import KeyFormatError, PublicKey
 from trust.policy import OnConflict, PolicyError, QuorumPolicy
 
-_FIELDS = ("trusted", "threshold", "on_conflict")
+# name -> meaning, for the configuration reference (docs/configuration.md).
+FIELDS: dict[str, str] = {
+    "trusted": "builder public keys whose signatures count, in Nix's `name:base64` form (required)",
+    "threshold": "how many trusted keys must sign the same build result before a path is accepted (required; "
+                 "1 to the number of trusted keys)",
+    "on_conflict": "what to do when trusted keys disagree about a path: \"refuse\" it (default), or "
+                   "\"majority\": accept the result at least `threshold` keys signed despite a dissenter",
+}
+_FIELDS = tuple(FIELDS)
 _MAX_FILE = 1 << 20
 
 

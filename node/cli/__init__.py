@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.cli import (demo, doctor, export, gc, image, manifest, mountcmd, netcmd, noderun, publish, simcmd, storecmd,
-                      trust, ui)
+from node.cli import (demo, doctor, export, gc, image, init, manifest, mountcmd, netcmd, noderun, publish, simcmd,
+                      storecmd, trust, ui)
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -21,6 +21,7 @@ def parser() -> Parser:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    init.add_parser(sub)
     manifest.add_parser(sub)
     publish.add_parser(sub)
     export.add_parser(sub)

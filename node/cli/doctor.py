@@ -1,34 +1,244 @@
-"""`ferry doctor`: what this machine can do, and how to fix what it cannot."""
+"""`ferry doctor`: what this machine can do, and how to fix what it cannot.
+
+Each check is `ok`, `warn` (ferry works, with less: no lazy mounts, no Nix) or `fail`
+(something the user asked for cannot work: a busy port, an unreadable policy, a
+bootstrap peer nobody answers on); every check that is not ok says how to fix it. Exit
+status 1 if any check fails.
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from node.cli import ui
+import multiaddr
+
+from node.cli import storeopt, ui
+from node.cli.noderun import CONFIG_FILE
+from node.daemon import config as nodeconfig
+from node.daemon import control
+from node.gateway import key as gateway_key
+from node.local.datadir import default_data_dir
 from ondemand.probe import probe
+from p2p import identity
+from trust import policyfile
+from trust.policy import PolicyError
+
+CONNECT_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "doctor", help="check what this machine supports (lazy-mount backends so far)",
-        description="Check the kernel and permissions for lazy mounts: which backends (fanotify, cachefiles, "
-        "materialize) can run here, what each one that cannot is missing, and which `ferry mount` will use.",
+        "doctor", help="check this machine and node set-up, and say how to fix what is wrong",
+        description="Check what ferry needs and say how to fix each problem: the kernel and permissions for "
+        "lazy mounts (which backend `ferry mount` will use), the data directory and its files, the node's "
+        "settings and trust policy, the ports it listens on, whether Nix is installed and pointed at the "
+        "node's binary cache, and whether peers are reachable.",
+        epilog="exit status: 0 nothing failed (warnings allowed), 1 some check failed",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    storeopt.add_data_dir(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     report = probe()
+    data_dir = os.path.abspath(args.data_dir or default_data_dir())
+    checks = [_kernel(report), *_data_dir(data_dir)]
+    config, problem = _config(data_dir)
+    checks.append(problem)
+    running = control.running(data_dir)
+    if config is not None:
+        checks.append(_policy(config))
+        checks += _ports(config, running)
+        checks += _nix(data_dir, config)
+        checks.append(_peers(data_dir, config, running))
+    failed = any(c.level == "fail" for c in checks)
     if args.json:
-        ui.print_json({**asdict(report), "chosen": report.chosen})
-        return
-    ui.out.print(f"kernel {report.kernel}, {'root' if report.root else 'not root'}", markup=False)
-    for b in report.backends:
-        mark = "ok " if b.usable else "no "
-        ui.out.print(f"  {mark} {b.name}", markup=False)
-        for m in b.missing:
-            ui.out.print(f"        needs: {m}", markup=False)
-    ui.out.print(f"ferry mount will use: {report.chosen}", markup=False)
+        ui.print_json({**asdict(report), "chosen": report.chosen, "data_dir": data_dir,
+                       "checks": [asdict(c) for c in checks]})
+    else:
+        ui.out.print(f"kernel {report.kernel}, {'root' if report.root else 'not root'}", markup=False)
+        for b in report.backends:
+            ui.out.print(f"  {'ok ' if b.usable else 'no '} {b.name}", markup=False)
+            for m in b.missing:
+                ui.out.print(f"        needs: {m}", markup=False)
+        ui.out.print(f"ferry mount will use: {report.chosen}\n", markup=False)
+        for c in checks:
+            ui.out.print(f"{c.level:<4} {c.name}: {c.detail}", markup=False, soft_wrap=True)
+            if c.fix:
+                ui.out.print(f"       fix: {c.fix}", markup=False, soft_wrap=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def _kernel(report: Any) -> Check:
+    if report.chosen == "materialize":
+        needs = "; ".join(m for b in report.backends[:2] for m in b.missing)
+        return Check("lazy mounts", "warn", "not available: `ferry mount` writes trees out whole (materialize)",
+                     f"for lazy mounts: {needs}")
+    return Check("lazy mounts", "ok", f"{report.chosen} backend")
+
+
+def _data_dir(data_dir: str) -> list[Check]:
+    if not os.path.exists(data_dir):
+        parent = os.path.dirname(data_dir)
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if os.access(parent or "/", os.W_OK):
+            return [Check("data directory", "warn", f"{data_dir} does not exist yet",
+                          f"ferry init --data-dir {data_dir}")]
+        return [Check("data directory", "fail", f"{data_dir} does not exist and {parent} is not writable",
+                      "run as a user who may create it, or choose another with --data-dir (or FERRY_DATA_DIR)")]
+    if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
+        return [Check("data directory", "fail", f"{data_dir} is not readable and writable by this user",
+                      f"run as its owner, or: chown -R $(id -u) {data_dir}")]
+    out = [Check("data directory", "ok", data_dir)]
+    missing = [f for f in (identity.FILE, gateway_key.SECRET, CONFIG_FILE)
+               if not os.path.exists(os.path.join(data_dir, f))]
+    if missing:
+        out.append(Check("node files", "warn", f"missing {', '.join(missing)} (a node makes the keys on first start)",
+                         f"ferry init --data-dir {data_dir}"))
+    else:
+        out.append(Check("node files", "ok", "identity, Nix signing key and node.toml present"))
+    return out
+
+
+def _config(data_dir: str) -> tuple[nodeconfig.NodeConfig | None, Check]:
+    path = os.path.join(data_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return nodeconfig.NodeConfig(), Check("settings", "ok", f"no {CONFIG_FILE}: the defaults")
+    try:
+        return nodeconfig.load(path), Check("settings", "ok", path)
+    except nodeconfig.ConfigError as e:
+        return None, Check("settings", "fail", str(e), f"edit {path} (docs/configuration.md lists every setting)")
+
+
+def _policy(config: nodeconfig.NodeConfig) -> Check:
+    if not config.policy:
+        return Check("trust policy", "warn", "none: the node serves but cannot fetch",
+                     "write a policy file (docs/configuration.md) and set `policy` in node.toml")
+    try:
+        p = policyfile.load(config.policy)
+    except PolicyError as e:
+        return Check("trust policy", "fail", str(e), f"fix {config.policy}")
+    return Check("trust policy", "ok", f"{config.policy}: {p.threshold} of {len(p.trusted)} keys")
+
+
+def _tcp_ports(config: nodeconfig.NodeConfig) -> list[tuple[str, str, int]]:
+    """(what, host, port) the node would bind."""
+    out = []
+    for a in config.listen:
+        try:
+            ma = multiaddr.Multiaddr(a)
+            host = ma.value_for_protocol("ip4") if "ip4" in [p.name for p in ma.protocols()] else "::"
+            out.append((f"listen {a}", host, int(ma.value_for_protocol("tcp"))))
+        except Exception:  # not an IP/TCP address (the node reports what it cannot use)
+            continue
+    if config.gateway != "off":
+        host, port = config.gateway_bind
+        out.append((f"gateway {config.gateway}", host, port))
+    return out
+
+
+def _ports(config: nodeconfig.NodeConfig, running: bool) -> list[Check]:
+    if running:
+        return [Check("ports", "ok", "the node is running and holds them")]
+    out = []
+    for what, host, port in _tcp_ports(config):
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                out.append(Check("port", "ok", f"{what}: free"))
+            except OSError as e:
+                out.append(Check("port", "fail", f"{what}: cannot bind {host}:{port} ({e.strerror})",
+                                 "stop the program using it (`ss -ltnp` names it) or choose another port in "
+                                 "node.toml"))
+    return out
+
+
+def _nix(data_dir: str, config: nodeconfig.NodeConfig) -> list[Check]:
+    if shutil.which("nix-store") is None:
+        return [Check("nix", "warn", "Nix is not installed: the binary cache has no local client",
+                      "install Nix (Debian: apt-get install nix-bin)")]
+    out = [Check("nix", "ok", subprocess.run(["nix-store", "--version"], capture_output=True, text=True)
+                 .stdout.strip() or "installed")]
+    if config.gateway == "off":
+        return out
+    try:
+        shown = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"],
+                               capture_output=True, text=True, timeout=30)
+        settings = json.loads(shown.stdout) if shown.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
+        settings = None
+    if settings is None:
+        return out + [Check("nix.conf", "warn", "could not read Nix's settings (`nix show-config`)",
+                            "check that `nix show-config` works for this user")]
+    url = f"http://{config.gateway}"
+    subs = settings.get("substituters", {}).get("value", [])
+    keys = settings.get("trusted-public-keys", {}).get("value", [])
+    pub_path = os.path.join(data_dir, gateway_key.PUBLIC)
+    ours = open(pub_path).read().strip() if os.path.exists(pub_path) else None
+    missing = []
+    if not any(s.rstrip("/") == url for s in subs):
+        missing.append(f"extra-substituters = {url}")
+    if ours is None:
+        missing.append("extra-trusted-public-keys = <the line in cache.pub, made by `ferry init`>")
+    elif ours not in keys:
+        missing.append(f"extra-trusted-public-keys = {ours}")
+    if missing:
+        out.append(Check("nix.conf", "warn", "Nix does not use this node's binary cache",
+                         "add to /etc/nix/nix.conf (then restart nix-daemon, if one runs): " + "; ".join(missing)))
+    else:
+        out.append(Check("nix.conf", "ok", f"substitutes from {url}, trusts the node's key"))
+    return out
+
+
+def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check:
+    if running:
+        import trio
+
+        status = trio.run(control.call, data_dir, {"op": "status"})
+        if status["peers"]:
+            return Check("peers", "ok", f"{status['peers']} connected")
+        return Check("peers", "warn", "the node runs but has no peers",
+                     "add a peer's address (from its node.addr) to `bootstrap` in node.toml, or enable mdns on a LAN")
+    unreachable = []
+    for a in config.bootstrap:
+        try:
+            ma = multiaddr.Multiaddr(a)
+            host = ma.value_for_protocol("ip4")
+            port = int(ma.value_for_protocol("tcp"))
+        except Exception:  # dns or other transports: not checked here
+            continue
+        try:
+            with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+                pass
+        except OSError as e:
+            unreachable.append(f"{host}:{port} ({e.strerror or 'timed out'})")
+    if unreachable:
+        return Check("peers", "fail", f"bootstrap peers not reachable: {', '.join(unreachable)}",
+                     "check the address (copy it from the peer's node.addr), that the peer runs, and firewalls")
+    if not config.bootstrap and not config.mdns:
+        return Check("peers", "warn", "no bootstrap peers and mdns off: the node will find no one",
+                     "add `bootstrap` addresses to node.toml, or enable mdns")
+    return Check("peers", "ok", f"{len(config.bootstrap)} bootstrap peers reachable"
+                 + (", mdns on" if config.mdns else "") + " (the node is not running)")

@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
         description="Reproduce the NAR of a store path from the local store, byte for byte "
         "what `nix-store --dump` gives. Every chunk is verified, and the NarHash at the end.",
     )
-    p.add_argument("store_path", metavar="STORE_PATH")
+    p.add_argument("store_path", metavar="STORE_PATH", help="a path in the local store (see `ferry store list`)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE (created only if the NarHash checks out) instead of standard output")
     storeopt.add_data_dir(p)
@@ -32,8 +32,8 @@ def add_parser(sub: Any) -> None:
         "symlinks) to DIR, which must not exist yet. Chunks are verified as they are written; "
         "DIR appears only once the whole tree is there.",
     )
-    p.add_argument("store_path", metavar="STORE_PATH")
-    p.add_argument("dest", metavar="DIR")
+    p.add_argument("store_path", metavar="STORE_PATH", help="a complete path in the local store")
+    p.add_argument("dest", metavar="DIR", help="where to write the tree (must not exist)")
     storeopt.add_data_dir(p)
     p.set_defaults(run=run_materialize)
 

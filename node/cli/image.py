@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
         "mount(2) and those options (util-linux mount puts a loop device under the image, which EROFS "
         "then cannot pair with its devices); `ferry mount` does this for you.",
     )
-    p.add_argument("store_path", metavar="STORE_PATH")
+    p.add_argument("store_path", metavar="STORE_PATH", help="a path in the local store")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the image file to write")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     storeopt.add_data_dir(p)
@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
         description="Check an EROFS image with ferry's reader and list it: superblock, device table, "
         "and every path with its mode, size and where its data is. Exit 1 if the image is malformed.",
     )
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", help="an EROFS image file (from `ferry image`)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=run_inspect)
 

@@ -25,8 +25,8 @@ def add_parser(sub: Any) -> None:
         "policy decides first, as for `ferry fetch`.",
         epilog="exit status: 0 mounted, 1 failed, 2 bad usage, 3 refused by the trust policy",
     )
-    p.add_argument("store_path", metavar="STORE_PATH")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("store_path", metavar="STORE_PATH", help="full store path, e.g. /nix/store/<hash>-hello-2.12")
+    p.add_argument("dir", metavar="DIR", help="the mount point (an empty directory; materialize creates it)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="how (default: auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     storeopt.add_data_dir(p)
@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("umount", help="unmount a ferry mount",
                        description="Unmount DIR (fails while a program uses it). A materialized tree stays "
                        "where it is; the node forgets it.")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="a directory `ferry mounts` lists")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_umount)
 

@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     cmds = p.add_subparsers(dest="root_command", metavar="COMMAND", required=True)
     for name, helptext in (("add", "protect paths from GC"), ("remove", "stop protecting paths")):
         c = cmds.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        c.add_argument("store_paths", metavar="STORE_PATH", nargs="+")
+        c.add_argument("store_paths", metavar="STORE_PATH", nargs="+", help="paths in the local store")
         storeopt.add_data_dir(c)
         c.set_defaults(run=run_root, root_action=name)
     c = cmds.add_parser("list", help="list the roots", description="List the GC roots.")

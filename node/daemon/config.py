@@ -38,6 +38,7 @@ SETTINGS: dict[str, str] = {
     "diffs": "ask peers for missing chunks as zstd diffs against the closest older version held locally "
              "(default true; false sends plain chunks, which costs bandwidth and saves the peers' CPU)",
     "diff_level": "zstd level for chunks sent as diffs against a requester's older version (default 3; 1-19)",
+    "upload_slots": "peers sent blocks at once; others are answered BUSY and ask elsewhere first (default 8)",
     "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
                    "first start; its public half is in <data-dir>/cache.pub)",
@@ -67,6 +68,7 @@ class NodeConfig:
     read_deadline: float = 30.0
     diffs: bool = True
     diff_level: int = 3
+    upload_slots: int = 8
     gateway_key: str | None = None
     source: str = field(default="defaults", compare=False)
 
@@ -98,6 +100,8 @@ class NodeConfig:
             raise ConfigError(f"{self.source}: store_dir: {self.store_dir!r} must be an absolute path like /nix/store")
         if not 1 <= self.diff_level <= 19:
             raise ConfigError(f"{self.source}: diff_level must be a zstd level from 1 to 19")
+        if not 1 <= self.upload_slots <= 1000:
+            raise ConfigError(f"{self.source}: upload_slots must be from 1 to 1000")
         if not -1000 <= self.priority <= 1000:
             raise ConfigError(f"{self.source}: priority must be a whole number (Nix uses 0-100)")
 
@@ -119,7 +123,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "listen": (list,), "bootstrap": (list,), "policy": (str,), "mdns": (bool,), "dht": (bool,),
     "gossip": (bool,), "max_connections": (int,), "ban_seconds": (int, float), "request_timeout": (int, float),
     "gateway": (str,), "gateway_public": (bool,), "store_dir": (str,), "priority": (int,),
-    "narinfo_timeout": (int, float), "read_deadline": (int, float), "diffs": (bool,), "diff_level": (int,), "gateway_key": (str,),
+    "narinfo_timeout": (int, float), "read_deadline": (int, float), "diffs": (bool,), "diff_level": (int,),
+    "upload_slots": (int,), "gateway_key": (str,),
 }
 
 
@@ -163,3 +168,39 @@ def parse(text: str, source: str) -> NodeConfig:
 def describe() -> str:
     """The settings for `--help` and the README."""
     return "\n".join(f"  {k:<16} {v}" for k, v in SETTINGS.items())
+
+
+def toml_value(value: object) -> str:
+    """A default as TOML (for the commented config file and the reference)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def defaults() -> dict[str, object]:
+    """Every setting's default (None: not set), in SETTINGS order."""
+    fields = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
+    return {name: fields[name] for name in SETTINGS}
+
+
+def commented(overrides: dict[str, object] | None = None) -> str:
+    """A node.toml with every setting: those in `overrides` set, the rest commented out
+    at their defaults, each under its help text."""
+    lines = ["# ferry node settings (`ferry node run --help` and docs/configuration.md explain each).",
+             "# A commented-out line shows the default; uncomment it to change the setting.", ""]
+    for name, default in defaults().items():
+        lines.append(f"# {SETTINGS[name]}")
+        if overrides and name in overrides:
+            lines.append(f"{name} = {toml_value(overrides[name])}")
+        elif default is None:
+            lines.append(f"# {name} = ...")
+        else:
+            lines.append(f"# {name} = {toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)

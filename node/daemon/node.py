@@ -33,6 +33,8 @@ from node.exchange.bases import chunk_bases, package_name, pick_base
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan, Progress
 from node.exchange.peers import PeerBook
 from node.exchange.server import Served, serve_blocks, serve_claims
+from node.exchange.subscriptions import Subscriptions
+from node.exchange.uplink import Uplink
 from node.gateway import key as gateway_key
 from node.gateway.app import Gateway, GatewaySettings, NoPolicy
 from node.gateway.metrics import Metrics
@@ -89,7 +91,8 @@ class Node:
         self.write_lock = trio.Lock()
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
-        self._arrivals = trio.Event()  # replaced each time chunks are added (see `changes`)
+        self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
+        self.uplink = Uplink(config.upload_slots)
         self.reader: StoreReader = store.reader()
         self.gateway_key: SecretKey | None = (
             gateway_key.load_or_create(self.data_dir, config.gateway_key) if config.gateway != "off" else None)
@@ -207,7 +210,7 @@ class Node:
             record.sent_bytes += size
 
         try:
-            await serve_blocks(stream, peer, self, self.punish, sent)
+            await serve_blocks(stream, peer, self, self.punish, sent, self.uplink)
         except Exception:
             # A bug met while serving one peer must not stop the node serving the rest.
             log.exception("serving blocks to %s failed", peer)
@@ -232,13 +235,10 @@ class Node:
 
         return await trio.to_thread.run_sync(work, limiter=self._read_limiter)
 
-    def changes(self) -> trio.Event:
-        return self._arrivals
-
     def chunks_added(self) -> None:
-        """Wake the servers' subscriptions (want-haves of chunks that were not here)."""
-        self._arrivals.set()
-        self._arrivals = trio.Event()
+        """Wake the servers' subscriptions (want-haves of chunks that were not here):
+        the store commits in batches, so which chunks became servable is not known."""
+        self.subscriptions.stored(None)
 
     async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
         return await trio.to_thread.run_sync(

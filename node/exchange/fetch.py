@@ -21,10 +21,10 @@ from typing import Protocol
 
 import trio
 
-from node.exchange.schedule import Schedule
+from node.exchange.schedule import BUSY_PAUSE, Schedule
 from p2p import claims as claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, DontHave, Have, Reply, Want
+from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, Busy, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from store.chunking import digest as blake3_digest
@@ -37,6 +37,12 @@ from trust.report import verdict_text
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 64 << 20
+MANIFEST_ROUNDS = 8  # rounds of asking busy peers for a manifest again (pauses double to 16 s)
+# How often a worker renews its subscriptions at a partial peer: new chunks to watch, and
+# cancels for those that came from elsewhere, each in one frame per period.
+QUERY_PERIOD = 5.0
+PEER_CHECK = 5.0  # seconds between a session's looks for newly connected peers (and for a hopeless state)
+IDLE_WAIT = 3  # request timeouts a worker with only subscriptions at its peer reads before looking up
 
 
 class FetchError(Exception):
@@ -158,7 +164,7 @@ class Fetch:
         self.settings = settings
         self.progress = Progress()
         self._on_progress = on_progress
-        self._changed = trio.Event()
+        self._changed = trio.Event()  # set when chunks go back to the queue, a worker ends, or all is here
         self._cancels: dict[str, list[bytes]] = {}
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
         self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local chunks to diff against
@@ -278,7 +284,10 @@ class Fetch:
         async with trio.open_nursery() as nursery:
             for p in peers:
                 nursery.start_soon(ask, p)
-        valid = [c for c in found if c.claim.store_path.hash_part == hash_part and c.valid()]
+        # Peers relay the claims they learned: the same claim comes from many of them,
+        # and checking its signatures once is enough.
+        unique = {c.encode(): c for c in found if c.claim.store_path.hash_part == hash_part}
+        valid = [c for c in unique.values() if c.valid()]
         await self.local.learn(valid, "peers")
         return valid
 
@@ -329,27 +338,41 @@ class Fetch:
         base = old.encode() if old is not None else None
         if base is not None and len(base) > MAX_BASE_BYTES:
             base = None
-        for peer in self._blob_peers(sp.hash_part):
-            data = await self._blob_from(peer, digest, base)
-            if data is None:
-                continue
-            try:
-                m = Manifest.decode(data)
-            except ManifestError as e:
-                await self.net.punish(peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}")
-                continue
-            o = verdict.outcome
-            if (m.store_path != sp or m.nar_hash != o.nar_hash or m.nar_size != o.nar_size
-                    or tuple(sorted(m.references, key=str)) != o.references):
-                # The builders signed a manifest that contradicts their own claim: no peer
-                # can fix that, so stop rather than ask everyone.
-                raise FetchError(f"{sp}: the manifest the builders signed does not match their claim")
-            return m
+        peers = self._blob_peers(sp.hash_part)
+        pause = BUSY_PAUSE[0]
+        for _ in range(MANIFEST_ROUNDS):
+            busy: list[str] = []
+            for peer in peers:
+                data = await self._blob_from(peer, digest, base)
+                if isinstance(data, _BusyPeer):
+                    busy.append(peer)
+                    continue
+                if data is None:
+                    continue
+                try:
+                    m = Manifest.decode(data)
+                except ManifestError as e:
+                    await self.net.punish(peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}")
+                    continue
+                o = verdict.outcome
+                if (m.store_path != sp or m.nar_hash != o.nar_hash or m.nar_size != o.nar_size
+                        or tuple(sorted(m.references, key=str)) != o.references):
+                    # The builders signed a manifest that contradicts their own claim: no peer
+                    # can fix that, so stop rather than ask everyone.
+                    raise FetchError(f"{sp}: the manifest the builders signed does not match their claim")
+                return m
+            if not busy:
+                break
+            # Every peer that has it is sending to others: ask them again after a pause.
+            await trio.sleep(pause)
+            pause = min(BUSY_PAUSE[1], 2 * pause)
+            peers = busy
         raise FetchError(f"{sp}: no connected peer has its manifest {digest.hex()[:16]}… "
                          "(is a builder that published it running and reachable? see `ferry peers`)")
 
-    async def _blob_from(self, peer: str, digest: bytes, base: bytes | None = None) -> bytes | None:
-        """The blob `digest` from `peer` (as a diff against `base` if given), verified."""
+    async def _blob_from(self, peer: str, digest: bytes, base: bytes | None = None) -> bytes | _BusyPeer | None:
+        """The blob `digest` from `peer` (as a diff against `base` if given), verified;
+        BUSY if the peer's upload slots are taken, None if it has no good copy."""
         client = BlockClient(max_block=MAX_MANIFEST)
         plain_again = False
         with trio.move_on_after(self.settings.request_timeout):
@@ -377,6 +400,8 @@ class Fetch:
                                                   and blake3_digest(r.data) != digest):
                         plain_again = True  # our base and theirs differ: no one's fault
                         break
+                    if isinstance(r, Busy):
+                        return BUSY
                     if isinstance(r, Block):
                         if blake3_digest(r.data) != digest:
                             await self.net.punish(peer, f"sent a blob that does not hash to {digest.hex()[:16]}")
@@ -421,7 +446,7 @@ class Fetch:
                     if failure is not None:
                         break
                     changed = self._changed
-                    with trio.move_on_after(1.0):
+                    with trio.move_on_after(PEER_CHECK):
                         await changed.wait()
                     add_peers()  # peers that connected meanwhile join in
                 nursery.cancel_scope.cancel()
@@ -444,10 +469,13 @@ class Fetch:
             return FetchError(f"{len(lost)} chunks are held by none of the {len(sched.peers)} connected peers")
         return None
 
-    def _notify(self) -> None:
+    def _notify(self, workers: bool = True) -> None:
+        """News: with `workers`, chunks went back to the queue, and idle workers may
+        take them (waking every worker for each block was most of a crowd's CPU)."""
         self._last_news = trio.current_time()
-        self._changed.set()
-        self._changed = trio.Event()
+        if workers:
+            self._changed.set()
+            self._changed = trio.Event()
 
     async def _report(self) -> None:
         if self._on_progress is not None:
@@ -494,7 +522,7 @@ class Fetch:
         while not sched.complete:
             now = trio.current_time()
             cancels = [d for d in self._cancels.pop(peer, []) if client.is_outstanding(d)]
-            late = sched.timed_out(peer, now, timeout)
+            late = sched.timed_out(peer, now, timeout, heard=last_heard if heard_any else None)
             if late:
                 # A peer that never sent a byte is stalling; one that did and is late now
                 # is serving many (a seed in a flash crowd): its requests go to others.
@@ -505,7 +533,7 @@ class Fetch:
             if sched.is_partial(peer) and now >= next_query:
                 # Another fetcher, part way through: subscribe to the chunks we still want
                 # (it says HAVE when it gets one), drop those that came from elsewhere.
-                next_query = now + 1.0
+                next_query = now + QUERY_PERIOD
                 cancels.extend(d for d in sched.stale_queries(peer) if client.is_outstanding(d))
                 query = sched.to_query(peer)
                 if query:
@@ -517,19 +545,23 @@ class Fetch:
                 wants, prefixes = await self._wants(ask)
                 await write(stream, client.want(wants, prefixes))
             if not client.outstanding:
-                # Nothing this peer can do now; wake when the picture changes.
+                # Nothing this peer can do now; wake when the picture changes, or when a
+                # busy peer's pause is over.
                 changed = self._changed
-                with trio.move_on_after(timeout):
+                rest = sched.resting_until(peer) - trio.current_time()
+                with trio.move_on_after(min(timeout, rest) if rest > 0 else timeout):
                     await changed.wait()
                 last_heard = trio.current_time()
                 continue
             # Read on until a frame completes: most reads end mid-frame, and the bookkeeping
             # above only has news once one does.
             replies: list[Reply] = []
-            # Only subscriptions outstanding: nothing times out, the HAVEs come when they come.
-            # Timeouts are checked at a granularity of half of one (they are seconds long).
-            idle = sched.is_partial(peer) and not sched.peers[peer].in_flight
-            with trio.move_on_after(timeout if idle else timeout / 2):
+            # Only subscriptions outstanding: nothing times out, the HAVEs come when they
+            # come, and a chunk handed back by another worker is usually announced again
+            # before long (a crowd's idle workers waking every few seconds was most of the
+            # simulator's time). Timeouts are checked at half of one (seconds long).
+            idle = sched.is_partial(peer) and not sched.peers[peer].in_flight and not self._cancels.get(peer)
+            with trio.move_on_after(IDLE_WAIT * timeout if idle else timeout / 2):
                 while not replies and client.outstanding:
                     data = await read_some(stream)
                     if not data:
@@ -538,7 +570,7 @@ class Fetch:
                     heard_any = True
                     replies = client.receive_data(data)
             good: list[tuple[bytes, bytes]] = []
-            refused = False
+            refused = False  # chunks went back to the queue: other workers may take them
             for r in replies:
                 if isinstance(r, Block):
                     expect = sched.sizes.get(r.digest)
@@ -567,9 +599,12 @@ class Fetch:
                 elif isinstance(r, DontHave):
                     sched.refused(peer, r.digest, trio.current_time())
                     refused = True
+                elif isinstance(r, Busy):
+                    sched.busy(peer, r.digest, trio.current_time())
+                    refused = True
                 elif isinstance(r, Have):
-                    sched.has(peer, r.digest)
-                    refused = True  # news for this worker's next take
+                    sched.has(peer, r.digest)  # this worker's next take asks for it
+                    self._last_news = trio.current_time()
             if good:
                 await self.local.store_blocks(good)
                 now = trio.current_time()
@@ -581,7 +616,7 @@ class Fetch:
                     self.progress.per_peer[peer] = self.progress.per_peer.get(peer, 0) + len(data_)
                 await self._report()
             if good or refused:
-                self._notify()
+                self._notify(workers=refused or sched.complete)
 
 
     async def _wants(self, ask: list[bytes]) -> tuple[list[Want], dict[bytes, bytes]]:
@@ -601,6 +636,13 @@ class Fetch:
         log.info("a diff from %s for %s did not verify: asking for it plain", peer, digest.hex()[:16])
         self._plain.add(digest)
         sched.retry(peer, digest)
+
+
+class _BusyPeer:
+    """`_blob_from`'s answer when the peer said BUSY."""
+
+
+BUSY = _BusyPeer()
 
 
 class _BadBlock(Exception):

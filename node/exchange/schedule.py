@@ -8,12 +8,20 @@ duplicate the slowest outstanding requests (endgame), and the first answer wins.
 
 A peer is taken to hold everything until it says DONT_HAVE; from then on it is partial
 (another fetcher, part way through): it is asked only for chunks it said it HAS. Its
-worker subscribes to the chunks still wanted (`to_query`: want-haves, which the peer
-answers with HAVE once it holds the chunk) and drops the subscriptions of chunks that
-arrived from elsewhere (`stale_queries`). Chunks are handed out in a random order per
+worker subscribes to chunks still wanted (`to_query`: want-haves, which the peer answers
+with HAVE once it holds the chunk) and drops the subscriptions of chunks that arrived
+from elsewhere (`stale_queries`). Each missing chunk is watched by WATCHERS partial peers,
+spread over them from random starting points, not by all of them: every HAVE is a
+message, and a crowd of N fetchers with D neighbours each would send N x D per chunk. Chunks are handed out in a random order per
 session, so fetchers of the same closure start from different chunks and have something
 to trade, and a complete peer (a builder, a seed) is not asked for chunks a partial peer
 has offered: its uplink goes to chunks nobody else has.
+
+A peer that answers BUSY (its upload slots are taken) is left alone for a pause that
+doubles while it stays busy, and its chunks go to the others. A request is late when the
+peer has been silent for a timeout, not merely when it is old: a builder serving a
+crowd sends slowly but steadily, and asking someone else for what is already on its way
+only sends it twice.
 
 No I/O and no clock of its own: the caller passes `now`, so the simulator and the tests
 drive it exactly like the daemon does.
@@ -32,7 +40,10 @@ MIN_WINDOW = 2 << 20
 MAX_WINDOW = 32 << 20
 TARGET_DELAY = 0.25  # seconds of a peer's throughput we keep in flight
 ENDGAME_COPIES = 2  # at most this many peers asked for one chunk at the end
+BUSY_PAUSE = (1.0, 16.0)  # seconds a busy peer is left alone: first, and at most (doubling)
+STALLED = 6  # a peer that sends, but not what we asked, keeps a request this many timeouts
 QUERY_LIMIT = 1024  # want-haves outstanding per partial peer (a server holds MAX_WANTS per stream)
+WATCHERS = 8  # partial peers subscribed to (or offering) each missing chunk
 SCAN = 64  # queue entries a complete peer's take looks at before giving up for now
 
 
@@ -50,6 +61,8 @@ class PeerState:
     has: set[bytes] = field(default_factory=set)  # said HAVE, not fetched yet
     avail: deque[bytes] = field(default_factory=deque)  # `has` in arrival order, checked lazily
     querying: set[bytes] = field(default_factory=set)  # want-haves outstanding
+    resting_until: float = 0.0  # said BUSY: not asked for anything before this
+    pause: float = 0.0  # the last pause after BUSY (doubles while it stays busy)
 
 
 @dataclass
@@ -63,6 +76,7 @@ class Schedule:
     _asked: dict[bytes, set[Peer]] = field(default_factory=dict)
     _refused: dict[bytes, dict[Peer, float]] = field(default_factory=dict)  # digest -> peer -> when
     _offered: dict[bytes, int] = field(default_factory=dict)  # digest -> partial peers that said HAVE
+    _watching: dict[bytes, int] = field(default_factory=dict)  # digest -> partial peers subscribed to it
     peers: dict[Peer, PeerState] = field(default_factory=dict)
     done: set[bytes] = field(default_factory=set)
 
@@ -106,7 +120,10 @@ class Schedule:
         if st is None:
             return []
         for d in st.has:
-            self._offered[d] -= 1
+            if d in self._offered:
+                self._offered[d] -= 1
+        for d in st.querying:
+            self._unwatch(d)
         back = list(st.in_flight)
         for d in back:
             self._unask(d, peer)
@@ -118,6 +135,8 @@ class Schedule:
         """Digests to ask `peer` for now (may be empty: window full, or nothing it can serve)."""
         st = self.peers[peer]
         out: list[bytes] = []
+        if now < st.resting_until:
+            return out
         budget = st.window - st.in_flight_bytes
         skipped: list[bytes] = []
         if st.partial:
@@ -188,8 +207,12 @@ class Schedule:
             st.in_flight_bytes -= size
             st.received_bytes += size
             st.received_chunks += 1
+            st.pause = 0.0
             self._measure(st, size, asked_at, now)
         self._refused.pop(digest, None)
+        if self._offered.pop(digest, 0):
+            for o in self.peers.values():
+                o.has.discard(digest)  # `avail` drops it lazily
         others = [p for p in self._asked.pop(digest, set()) if p != peer]
         for p in others:
             o = self.peers.get(p)
@@ -220,16 +243,30 @@ class Schedule:
             st.partial = True
             if digest in st.has:
                 st.has.discard(digest)
-                self._offered[digest] -= 1
-            st.querying.discard(digest)
+                if digest in self._offered:
+                    self._offered[digest] -= 1
+            self._unquery(st, digest)
         self._unask(digest, peer)
+
+    def busy(self, peer: Peer, digest: bytes, now: float) -> None:
+        """BUSY: the peer holds it but sends to others now; leave it alone for a while."""
+        st = self.peers.get(peer)
+        if st is not None and now >= st.resting_until:
+            # One pause per refusal, however many wants it answered BUSY at once.
+            st.pause = min(BUSY_PAUSE[1], max(BUSY_PAUSE[0], 2 * st.pause))
+            st.resting_until = now + st.pause
+        self._unask(digest, peer)
+
+    def resting_until(self, peer: Peer) -> float:
+        st = self.peers.get(peer)
+        return st.resting_until if st is not None else 0.0
 
     def has(self, peer: Peer, digest: bytes) -> None:
         """HAVE: the peer holds it now (it may have fetched it since it said otherwise)."""
         st = self.peers.get(peer)
         if st is None:
             return
-        st.querying.discard(digest)
+        self._unquery(st, digest)
         if digest in self.sizes and digest not in self.done and digest not in st.has:
             st.has.add(digest)
             st.avail.append(digest)
@@ -242,15 +279,37 @@ class Schedule:
         st = self.peers.get(peer)
         if st is None or not st.partial or len(st.querying) >= limit:
             return []
+        if len(st.querying) + len(st.has) >= self.remaining:
+            return []  # asked about everything left already (skip the scan)
+        # A fair share of the subscriptions the missing chunks need, and some slack.
+        partial = sum(1 for o in self.peers.values() if o.partial)
+        limit = min(limit, WATCHERS * self.remaining // max(1, partial) + 16)
+        queue = list(self._queue)
+        start = self.rng.randrange(len(queue)) if self.rng is not None and queue else 0
         out = []
-        for d in self._queue:
+        for d in queue[start:] + queue[:start]:
             if len(st.querying) + len(out) >= limit:
                 break
-            if d in self.done or d in st.has or d in st.querying or d in st.in_flight:
+            if (d in self.done or d in st.has or d in st.querying or d in st.in_flight
+                    or self._watching.get(d, 0) + self._offered.get(d, 0) >= WATCHERS):
                 continue
             out.append(d)
         st.querying.update(out)
+        for d in out:
+            self._watching[d] = self._watching.get(d, 0) + 1
         return out
+
+    def _unquery(self, st: PeerState, digest: bytes) -> None:
+        if digest in st.querying:
+            st.querying.discard(digest)
+            self._unwatch(digest)
+
+    def _unwatch(self, digest: bytes) -> None:
+        n = self._watching.get(digest, 0) - 1
+        if n > 0:
+            self._watching[digest] = n
+        else:
+            self._watching.pop(digest, None)
 
     def stale_queries(self, peer: Peer) -> list[bytes]:
         """Want-haves of `peer` for chunks that arrived since: to cancel."""
@@ -258,21 +317,25 @@ class Schedule:
         if st is None:
             return []
         out = [d for d in st.querying if d in self.done]
-        st.querying.difference_update(out)
+        for d in out:
+            self._unquery(st, d)
         return out
 
     def retry(self, peer: Peer, digest: bytes) -> None:
         """Ask again (from anyone, `peer` included): its diff did not verify."""
         self._unask(digest, peer)
 
-    def timed_out(self, peer: Peer, now: float, timeout: float) -> list[bytes]:
-        """Requests of `peer` older than `timeout`: they go back to the queue."""
+    def timed_out(self, peer: Peer, now: float, timeout: float, heard: float | None = None) -> list[bytes]:
+        """Requests of `peer` that are late: they go back to the queue. Late means older
+        than `timeout` (plus the time its measured rate needs for what is in flight) with
+        the peer silent since `heard` for a timeout; a peer that keeps sending gets
+        STALLED times as long."""
         st = self.peers.get(peer)
         if st is None:
             return []
-        # A slow peer (a seed shared by many) queues what it was asked: allow for the
-        # time its measured rate needs to get through what is in flight.
         limit = timeout + (st.in_flight_bytes / st.rate if st.rate > 0 else 0.0)
+        if heard is not None and now - heard <= timeout:
+            limit *= STALLED
         late = [d for d, t in st.in_flight.items() if now - t > limit]
         for d in late:
             self._unask(d, peer)

@@ -9,8 +9,10 @@ from typing import Protocol
 
 import trio
 
+from node.exchange.subscriptions import Subscriptions
+from node.exchange.uplink import Uplink
 from p2p import claims as wire
-from p2p.blocks import MAX_BASE_BYTES, Block, BlockServer, DontHave, Have, Reply, Want
+from p2p.blocks import MAX_BASE_BYTES, Block, BlockServer, Busy, Cancel, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from trust.claim import ClaimError, SignedClaim
@@ -18,10 +20,17 @@ from trust.claim import ClaimError, SignedClaim
 log = logging.getLogger(__name__)
 
 SERVE_BATCH = 64  # wants answered per store read
+# HAVE notices wait this long to share a frame with the next ones: a node that just got a
+# chunk usually gets more within a moment, and a request for it would wait behind what
+# the node is sending anyway. (In a crowd, one frame per chunk per subscriber was most of
+# the traffic by count.)
+HAVE_DELAY = 1.0
 CLAIM_TIMEOUT = 10.0
 
 
 class BlobSource(Protocol):
+    subscriptions: Subscriptions  # the node's want-haves of chunks it lacks (wake them as chunks land)
+
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
         """The present, intact chunks and manifests among `digests`."""
         ...
@@ -33,10 +42,6 @@ class BlobSource(Protocol):
 
     async def present(self, digests: list[bytes]) -> set[bytes]:
         """Which of `digests` are chunks held here (no data read)."""
-        ...
-
-    def changes(self) -> trio.Event:
-        """Set the next time chunks are added (a fresh event each time)."""
         ...
 
 
@@ -57,10 +62,13 @@ class Served:
 
 async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                        on_violation: Callable[[str, str], Awaitable[None]],
-                       on_sent: Callable[[int, int], None]) -> None:
+                       on_sent: Callable[[int, int], None], uplink: Uplink | None = None) -> None:
     """Reads wants while answering earlier ones, until the client closes the stream;
-    `on_sent(blocks, bytes)` as each reply is handed to the connection."""
+    `on_sent(blocks, bytes)` as each reply is handed to the connection. With `uplink`
+    (the node's, shared by its streams), blocks go out only while the peer holds an
+    upload slot; other want-blocks are answered BUSY."""
     server = BlockServer()
+    subscriber = source.subscriptions.subscriber()
     more = trio.Event()
     ended = False
     sending = trio.Lock()  # answers and HAVE notices share the stream: whole frames each
@@ -74,7 +82,9 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 ended = True
                 more.set()
                 return
-            server.receive_data(data)
+            for event in server.receive_data(data):
+                if isinstance(event, Cancel):
+                    subscriber.unwatch(event.digests)
             more.set()
 
     async def answer() -> None:
@@ -87,45 +97,61 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
                 await more.wait()
                 more = trio.Event()
                 continue
-            bases = {b for w in wants if w.block for b in w.bases}
-            arrivals = source.changes()  # before looking: a chunk landing meanwhile is noticed
-            found = await source.blobs([w.digest for w in wants] + sorted(bases))
-            replies: list[Reply] = []
-            later: list[Want] = []
-            for w in wants:
+            slot = uplink is None or not any(w.block for w in wants) or uplink.admit(peer)
+            try:
+                await _answer(wants, slot)
+            finally:
+                if slot and uplink is not None and any(w.block for w in wants):
+                    uplink.release(peer)
+
+    async def _answer(wants: list[Want], slot: bool) -> None:
+        # Watched before looking: a chunk that lands meanwhile is announced.
+        subscriber.watch(w.digest for w in wants if not w.block)
+        # Without a slot, chunks wait; manifests (metadata, needed before any chunk) and
+        # answers of DONT_HAVE never do.
+        busy = set() if slot else await source.present([w.digest for w in wants if w.block])
+        bases = {b for w in wants if w.block and w.digest not in busy for b in w.bases}
+        ask = [w.digest for w in wants if w.digest not in busy] + sorted(bases)
+        found = await source.blobs(ask)
+        replies: list[Reply] = []
+        later: list[Want] = []
+        for w in wants:
+            if not w.block:
                 if w.digest in found:
-                    replies.append(Block(w.digest, found[w.digest]) if w.block else Have(w.digest))
-                elif w.block:
-                    replies.append(DontHave(w.digest))
+                    replies.append(Have(w.digest))
                 else:
                     later.append(w)  # a subscription: HAVE once it is here (see `notify`)
-            server.wait(later)
-            if later and arrivals.is_set():
-                await announce()
-            if not replies:
-                continue
-            frame = await source.encode_reply(replies, _prefixes(wants, found))
-            # Counted when handed to the connection: a client that resets its stream the
-            # moment it has the last block would otherwise cancel the count of what it got.
-            sent = [len(r.data) for r in replies if isinstance(r, Block)]
-            on_sent(len(sent), sum(sent))
-            async with sending:
-                await write(stream, frame)
+            elif w.digest in busy:
+                replies.append(Busy(w.digest))
+            elif w.digest in found:
+                replies.append(Block(w.digest, found[w.digest]))
+            else:
+                replies.append(DontHave(w.digest))
+        server.wait(later)
+        subscriber.unwatch(w.digest for w in wants if not w.block and w.digest in found)
+        if not replies:
+            return
+        frame = await source.encode_reply(replies, _prefixes(wants, found))
+        # Counted when handed to the connection: a client that resets its stream the
+        # moment it has the last block would otherwise cancel the count of what it got.
+        sent = [len(r.data) for r in replies if isinstance(r, Block)]
+        on_sent(len(sent), sum(sent))
+        async with sending:
+            await write(stream, frame)
 
-    async def announce() -> None:
+    async def notify() -> None:
         """HAVE for the subscriptions whose chunks are here now."""
-        waiting = server.waiting
-        if waiting:
-            haves = server.arrived(await source.present(waiting))
+        while True:
+            await subscriber.wait(peek=True)
+            await trio.sleep(HAVE_DELAY)
+            ready, recheck = await subscriber.wait()
+            if recheck:
+                ready |= await source.present(server.waiting)
+            haves = server.arrived(ready)
             if haves:
                 frame = await source.encode_reply(list(haves), {})
                 async with sending:
                     await write(stream, frame)
-
-    async def notify() -> None:
-        while True:
-            await source.changes().wait()
-            await announce()
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -143,6 +169,8 @@ async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
         problem = str(group.exceptions[0])
     except* StreamGone:
         pass
+    finally:
+        subscriber.close()
     if problem is not None:
         await abort(stream)
         await on_violation(peer, f"blocks protocol: {problem}")

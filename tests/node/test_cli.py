@@ -84,9 +84,3 @@ def test_usage_errors_exit_2() -> None:
     assert ferry("manifest", "x", "--nar", "y").returncode == 2
     help_ = ferry("manifest", "--help")
     assert help_.returncode == 0 and "--nar FILE" in help_.stdout
-
-
-def test_demo_runs(nix) -> None:
-    r = ferry("demo")
-    assert r.returncode == 0, r.stderr
-    assert "identical to ferry's NAR" in r.stdout and "NarHash verified" in r.stdout

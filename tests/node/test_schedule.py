@@ -164,3 +164,35 @@ def test_nothing_is_unobtainable_while_a_peer_may_hold_everything() -> None:
     assert d in s.unobtainable()
     s.has("fetcher", d)  # it fetched the chunk meanwhile and said so
     assert d not in s.unobtainable()
+
+
+def test_a_busy_peer_rests_for_a_doubling_pause_and_its_chunk_goes_to_others() -> None:
+    s = Schedule(_chunks(4))
+    s.add_peer("seed")
+    s.add_peer("other")
+    asked = s.take("seed", 0.0)
+    for d in asked:  # one pause per refusal, however many wants it answered BUSY
+        s.busy("seed", d, 0.0)
+    assert s.resting_until("seed") == 1.0 and s.take("seed", 0.5) == []
+    assert asked[0] in s.take("other", 0.5)  # the refused chunk went back to the queue
+    s.busy("seed", asked[-1], 1.5)
+    assert s.resting_until("seed") == 3.5  # the pause doubled
+    got = s.take("seed", 3.5)
+    assert got
+    s.received("seed", got[0], 4.0)
+    s.busy("seed", got[-1], 4.0)
+    assert s.resting_until("seed") == 5.0  # a block resets the pause
+
+
+def test_a_peer_that_keeps_sending_is_not_timed_out_like_a_silent_one() -> None:
+    s = Schedule(_chunks(4))
+    s.add_peer("p")
+    asked = s.take("p", 0.0)
+    # Requests 12 s old: late if the peer was silent for the timeout, not if it spoke 1 s ago.
+    assert s.timed_out("p", 12.0, timeout=10.0, heard=11.0) == []
+    assert s.timed_out("p", 12.0, timeout=10.0, heard=1.0) == asked
+    s2 = Schedule(_chunks(4))
+    s2.add_peer("p")
+    asked = s2.take("p", 0.0)
+    # A peer that talks but never delivers is given STALLED timeouts, then dropped.
+    assert s2.timed_out("p", 61.0, timeout=10.0, heard=60.0) == asked

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2p import blocks, claims
-from p2p.blocks import Block, BlockClient, BlocksError, BlockServer, Cancel, DontHave, Have, Want, Wants
+from p2p.blocks import Block, BlockClient, BlocksError, BlockServer, Busy, Cancel, DontHave, Have, Want, Wants
 from p2p.frame import FrameError
 from p2p.frame import encode as frame
 from store.chunking import digest as blake3
@@ -22,23 +22,27 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
 
 
-@given(st.lists(st.tuples(st.binary(max_size=3000), st.booleans()), min_size=1, max_size=20, unique_by=lambda x: x[0]),
+@given(st.lists(st.tuples(st.binary(max_size=3000), st.booleans(), st.booleans()), min_size=1, max_size=20,
+                unique_by=lambda x: x[0]),
        st.lists(st.integers(0, 10**6), max_size=8))
-def test_round_trip_in_any_pieces(items: list[tuple[bytes, bool]], cuts: list[int]) -> None:
+def test_round_trip_in_any_pieces(items: list[tuple[bytes, bool, bool]], cuts: list[int]) -> None:
     client, server = BlockClient(), BlockServer()
-    wants = [Want(blake3(data), block=block) for data, block in items]
+    wants = [Want(blake3(data), block=block) for data, block, _ in items]
+    busy = {blake3(data) for data, _, b in items if b}
     events = []
     for piece in _split(client.want(wants), cuts):
         events += server.receive_data(piece)
     assert [w for e in events if isinstance(e, Wants) for w in e.wants] == wants
     taken = server.take(100)
     assert taken == wants and server.pending == 0
-    by_digest = {blake3(d): d for d, _ in items}
-    replies = [Block(w.digest, by_digest[w.digest]) if w.block else Have(w.digest) for w in taken]
+    by_digest = {blake3(d): d for d, _, _ in items}
+    replies = [(Busy(w.digest) if w.digest in busy else Block(w.digest, by_digest[w.digest])) if w.block
+               else Have(w.digest) for w in taken]
     got = []
     for piece in _split(BlockServer.reply(replies), cuts):
         got += client.receive_data(piece)
-    assert got == replies and client.outstanding == 0
+    # Entries without data come first (a refusal is not queued behind blocks), in order.
+    assert got == sorted(replies, key=lambda r: isinstance(r, Block)) and client.outstanding == 0
 
 
 def test_delta_against_bases_decodes_with_the_same_prefix() -> None:
@@ -77,6 +81,17 @@ def test_client_refuses_what_it_did_not_ask_for(reply: list, message: str) -> No
         client.want([Want(blake3(b"x"))])
     with pytest.raises(BlocksError, match=message):
         client.receive_data(frame(msgpack.packb([2, reply])))
+
+
+def test_busy_answers_only_a_want_block() -> None:
+    client = BlockClient()
+    d = blake3(b"x")
+    client.want([Want(d, block=False)])
+    with pytest.raises(BlocksError, match="want-have with BUSY"):
+        client.receive_data(BlockServer.reply([Busy(d)]))
+    client = BlockClient()
+    client.want([Want(d)])
+    assert client.receive_data(BlockServer.reply([Busy(d)])) == [Busy(d)] and client.outstanding == 0
 
 
 def test_server_limits_outstanding_wants() -> None:

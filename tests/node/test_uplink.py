@@ -1,0 +1,89 @@
+"""Upload slots and the want-have index: the pure parts, and a crowd served through one
+slot over the simulator's streams (real Fetch, real block server)."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from node.exchange.fetch import Fetch, FetchSettings
+from node.exchange.server import serve_blocks, serve_claims
+from node.exchange.subscriptions import Subscriptions
+from node.exchange.uplink import Uplink
+from p2p import claims as claimwire
+from p2p.blocks import PROTOCOL as BLOCKS
+from sim.content import key, release
+from sim.host import World
+from sim.store import MemoryStore
+from trust.claim import sign_manifest
+from trust.policy import QuorumPolicy
+
+
+def test_slots_are_held_per_peer_until_released() -> None:
+    u = Uplink(slots=2)
+    assert u.admit("a") and u.admit("a") and u.admit("b")  # a peer's streams share its slot
+    assert not u.admit("c") and u.turned_away == 1
+    u.release("a")
+    assert not u.admit("c")  # "a" still has a reply on the way
+    u.release("a")
+    assert u.admit("c") and u.busy == 2
+    with pytest.raises(ValueError):
+        Uplink(slots=0)
+
+
+async def test_a_landing_chunk_wakes_only_its_subscribers() -> None:
+    book = Subscriptions()
+    a, b = book.subscriber(), book.subscriber()
+    x, y = b"x" * 32, b"y" * 32
+    a.watch([x])
+    b.watch([y])
+    book.stored([x])
+    assert await a.wait() == ({x}, False)
+    assert not b.ready and len(book) == 1
+    b.unwatch([y])
+    assert len(book) == 0
+    b.watch([y])
+    book.stored(None)  # the store cannot say which: every subscriber looks
+    assert await b.wait() == (set(), True)
+    b.close()
+    assert len(book) == 0
+
+
+async def test_a_crowd_through_one_upload_slot_completes_and_hears_busy(
+        autojump_clock: trio.testing.MockClock) -> None:
+    rng = random.Random(3)
+    rel = release(rng, paths=2, real_bytes=40 * 4096)
+    builder = key(rng, "builder")
+    seed = MemoryStore()
+    for p in rel.paths:
+        seed.add_path(p.manifest, p.chunks, [sign_manifest(p.manifest, builder)])
+    uplink = Uplink(slots=1)
+    stores = [MemoryStore() for _ in range(4)]
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, rng)
+        srv = world.add("seed")
+        punished: list[str] = []
+
+        async def violation(peer: str, problem: str) -> None:
+            punished.append(problem)
+
+        srv.handlers[BLOCKS] = lambda s, peer: serve_blocks(s, peer, seed, violation, lambda n, b: None, uplink)
+        srv.handlers[claimwire.PROTOCOL] = lambda s, peer: serve_claims(s, peer, seed, violation)
+        hosts = [world.add(f"f{i}") for i in range(len(stores))]
+        for h in hosts:
+            h.connect("seed")
+        policy = QuorumPolicy((builder.public,), 1)
+        with trio.fail_after(600):
+            async with trio.open_nursery() as crowd:
+                for h, st in zip(hosts, stores):
+                    fetch = Fetch(h, st, policy, FetchSettings(request_timeout=5))
+                    crowd.start_soon(partial(fetch.run, rel.root, closure=True))
+        nursery.cancel_scope.cancel()
+    assert uplink.turned_away > 0 and uplink.busy == 0
+    assert not punished and not any(h.punished for h in hosts)
+    for st in stores:
+        assert all(st.complete(p.manifest.store_path) for p in rel.paths)
