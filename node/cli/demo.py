@@ -149,11 +149,28 @@ def _clean_up(net: LocalNet, root: Path) -> None:
         for point in mounts_under(root):
             detach(point)  # the client unmounts when it stops; this is for one that was killed
         if not mounts_under(root):
-            shutil.rmtree(root, ignore_errors=True)
+            _remove(root)
         else:
             ui.err.print(f"ferry demo: could not unmount everything under {root}; left it in place", markup=False)
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def _remove(root: Path) -> None:
+    """rm -rf, read-only directories included (Nix's store paths and materialized trees are)."""
+
+    def make_writable(func: Callable[..., Any], path: str, exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass  # what is left is reported below
+
+    shutil.rmtree(root, onerror=make_writable)
+    if root.exists():
+        ui.err.print(f"ferry demo: could not remove all of {root}", markup=False)
 
 
 class Demo:

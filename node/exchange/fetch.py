@@ -446,7 +446,9 @@ class Fetch:
                     if failure is not None:
                         break
                     changed = self._changed
-                    with trio.move_on_after(PEER_CHECK):
+                    # Half a request timeout at most: a hopeless fetch (a chunk nobody has)
+                    # fails soon after its quiet spell, which a lazy-mount read waits on.
+                    with trio.move_on_after(min(PEER_CHECK, self.settings.request_timeout / 2)):
                         await changed.wait()
                     add_peers()  # peers that connected meanwhile join in
                 nursery.cancel_scope.cancel()
@@ -570,6 +572,7 @@ class Fetch:
                     heard_any = True
                     replies = client.receive_data(data)
             good: list[tuple[bytes, bytes]] = []
+            wire: dict[bytes, tuple[int, bool]] = {}  # of each good block: bytes on the wire, came as a diff
             refused = False  # chunks went back to the queue: other workers may take them
             for r in replies:
                 if isinstance(r, Block):
@@ -588,11 +591,7 @@ class Fetch:
                     if blake3_digest(r.data) != r.digest:
                         raise _BadBlock(f"sent a chunk that does not hash to {r.digest.hex()[:16]}")
                     good.append((r.digest, r.data))
-                    self.progress.received_bytes += r.wire
-                    if r.diff:
-                        self.progress.diff_chunks += 1
-                        self.progress.diff_logical_bytes += len(r.data)
-                        self.progress.diff_received_bytes += r.wire
+                    wire[r.digest] = (r.wire, r.diff)
                 elif isinstance(r, BadDiff):
                     self._fall_back(sched, peer, r.digest)
                     refused = True
@@ -609,6 +608,16 @@ class Fetch:
                 await self.local.store_blocks(good)
                 now = trio.current_time()
                 for d, data_ in good:
+                    if d in sched.done:
+                        # Another worker stored the same chunk (the endgame asked two peers)
+                        # while this one was storing it: count it once.
+                        self.progress.duplicate_bytes += wire[d][0]
+                        continue
+                    self.progress.received_bytes += wire[d][0]
+                    if wire[d][1]:
+                        self.progress.diff_chunks += 1
+                        self.progress.diff_logical_bytes += len(data_)
+                        self.progress.diff_received_bytes += wire[d][0]
                     for other in sched.received(peer, d, now):
                         self._cancels.setdefault(other, []).append(d)
                     self.progress.chunks_done += 1

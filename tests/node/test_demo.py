@@ -107,7 +107,7 @@ def test_demo_as_an_unprivileged_user_materializes(tmp_path: Path) -> None:
     assert not _left_behind(r.stdout), _left_behind(r.stdout)
 
 
-@pytest.mark.parametrize("after", ["sample tree:", "started 3 builders", "mounted", "quorum verdict"])
+@pytest.mark.parametrize("after", ["working in", "started 3 builders", "mounted", "quorum verdict"])
 def test_interrupting_the_demo_leaves_nothing_behind(after: str) -> None:
     proc = subprocess.Popen([*ARGV, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parents[2])
