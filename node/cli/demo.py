@@ -407,7 +407,7 @@ def _print_keep(net: LocalNet, summary: dict[str, Any]) -> None:
         f"\nthe network keeps running; its files are in {net.root}\n"
         f"  client's Nix binary cache: {url}   (signed by {key.split(':')[0]})\n"
         f"  fetch with nix into a scratch store:\n"
-        f"    nix-store --store {net.root}/nix -r {latest} \\\n"
+        f"    nix-store --store {net.root}/from-gateway -r {latest} \\\n"
         f"      --option substituters {url} --option trusted-public-keys '{key}'\n"
         f"  or in nix.conf:  extra-substituters = {url}\n"
         f"                   extra-trusted-public-keys = {key}\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -125,3 +126,30 @@ def test_interrupting_the_demo_leaves_nothing_behind(after: str) -> None:
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "interrupted" in err and "Traceback" not in err
     assert not _left_behind(out), _left_behind(out)
+
+
+def test_keep_leaves_a_network_nix_can_substitute_from(tmp_path: Path, nix) -> None:
+    require(os.geteuid() == 0, "the demo's default run here is root's")
+    r = ferry("demo", "--keep", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    stop = re.search(r"stop it:  kill ([\d ]+); rm -rf (\S+)", r.stdout)
+    assert stop, r.stdout
+    pids, root = [int(p) for p in stop.group(1).split()], Path(stop.group(2))
+    try:
+        assert all(_alive(p) for p in pids)
+        lines = r.stdout.split("fetch with nix into a scratch store:\n", 1)[1].splitlines()
+        command = (lines[0].rstrip(" \\") + " " + lines[1]).split()
+        got = subprocess.run([arg.strip("'") for arg in command], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+        assert got.returncode == 0, got.stderr
+        assert "copying path" in got.stderr and "from 'http://127.0.0.1:" in got.stderr
+    finally:
+        # Not our children (the demo has exited): wait on their pidfds for the exit.
+        fds = [os.pidfd_open(p) for p in pids if _alive(p)]
+        for p in pids:
+            os.kill(p, signal.SIGTERM)
+        for fd in fds:
+            select.select([fd], [], [], 30)
+            os.close(fd)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not any(_alive(p) for p in pids)
