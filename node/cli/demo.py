@@ -393,8 +393,7 @@ def _call_with_bar(data_dir: str, req: dict[str, Any], label: str) -> Any:
             bar.update(task, total=p["bytes"] or None, completed=p["bytes_done"],
                        detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers")
 
-        show_: Callable[[dict[str, Any]], None] = show
-        return trio.run(control.call, data_dir, req, show_)
+        return trio.run(control.call, data_dir, req, show)
 
 
 def _print_keep(net: LocalNet, summary: dict[str, Any]) -> None:

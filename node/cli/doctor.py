@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import multiaddr
@@ -196,7 +197,7 @@ def _nix(data_dir: str, config: nodeconfig.NodeConfig) -> list[Check]:
     subs = settings.get("substituters", {}).get("value", [])
     keys = settings.get("trusted-public-keys", {}).get("value", [])
     pub_path = os.path.join(data_dir, gateway_key.PUBLIC)
-    ours = open(pub_path).read().strip() if os.path.exists(pub_path) else None
+    ours = Path(pub_path).read_text().strip() if os.path.exists(pub_path) else None
     missing = []
     if not any(s.rstrip("/") == url for s in subs):
         missing.append(f"extra-substituters = {url}")
