@@ -15,7 +15,6 @@ Both on 127.0.0.1 of this machine, in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from store import nixconf  # noqa: E402
 from tests.conftest import NIX_MK  # noqa: E402
 from tests.httpdir import serve  # noqa: E402
 from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
@@ -67,13 +67,13 @@ def main() -> None:
         sys.exit("needs Nix (Debian: nix-bin); `./run test` installs it when run as root")
     with tempfile.TemporaryDirectory(prefix="ferry-bench-gw-") as tmp_:
         tmp = Path(tmp_)
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "HOME": str(tmp)}
+        env = {**nixconf.environ(tmp), "HOME": str(tmp)}
         store = tmp / "store"
         (tmp / "closure.nix").write_text(NIX_EXPR)
         print("building the closure with Nix...", file=sys.stderr)
-        top = nix(env, "nix-build", "--store", str(store), "--option", "substituters", "", str(tmp / "closure.nix"),
+        top = nix(env, "nix-build", "--store", str(store), str(tmp / "closure.nix"),
                   "--argstr", "source", args.source, "--argstr", "extra", args.extra, "--no-out-link",
-                  "--option", "extra-sandbox-paths", f"/bin /lib /lib64 /usr {args.source} {args.extra}").strip()
+                  "--option", "extra-sandbox-paths", f"{args.source} {args.extra}").strip()
         paths = nix(env, "nix-store", "--store", str(store), "-qR", top).split()
         nar_bytes = sum(int(nix(env, "nix-store", "--store", str(store), "-q", "--size", p)) for p in paths)
         if nar_bytes < 200e6:

@@ -53,6 +53,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.exchange.bases import pick_base  # noqa: E402
+from store import nixconf  # noqa: E402
 from store.path import StorePath  # noqa: E402
 from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
 
@@ -530,18 +531,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ferry-bench-update-") as tmp_:
         tmp = Path(tmp_)
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "HOME": str(tmp)}
+        env = {**nixconf.environ(tmp), "HOME": str(tmp)}
         store = tmp / "store"
         for name, text in (("default.nix", NIX_EXPR), ("root.sh", ROOT_SH), ("pkg.sh", PKG_SH),
                            ("python.sh", PYTHON_SH), ("top.sh", TOP_SH), ("wheel.sh", WHEEL_SH)):
             (tmp / name).write_text(text)
-        sandbox = ["/bin", "/lib", "/lib64", "/usr", str(Path(patchelf).resolve())]
         gens: dict[str, dict[str, list[str]]] = {}
         for gen in ("old", "new"):
             say(f"building the {gen} generation with Nix")
             wj = json.dumps([{"name": w.store_name, "path": str(w.unpacked().resolve())} for w in wheels[gen]])
-            out = str(run(env, "nix-build", "--store", str(store), "--option", "substituters", "",
-                          "--option", "extra-sandbox-paths", " ".join(p for p in sandbox if os.path.exists(p)),
+            out = str(run(env, "nix-build", "--store", str(store),
+                          "--option", "extra-sandbox-paths", str(Path(patchelf).resolve()),
                           str(tmp / "default.nix"), "--no-out-link", "-A", "top", "-A", "wheels",
                           "--argstr", "gen", gen, "--argstr", "patchelf", str(Path(patchelf).resolve()),
                           "--argstr", "python", str(python), "--argstr", "rootLib", str(root_lib),

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import HealthCheck, settings
 
+from store import nixconf
+
 if TYPE_CHECKING:
     from tests.p2p.nodes import Swarm
 
@@ -31,11 +33,24 @@ def require(ok: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_nix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Every Nix the tests run, directly or through a ferry process, reads the project's own
+    # nix.conf: nothing in the host's /etc/nix, ~/.config/nix or /etc/group changes a result.
+    with pytest.MonkeyPatch.context() as mp:
+        env = nixconf.environ(tmp_path_factory.mktemp("nix-conf"))
+        for name in [n for n in os.environ if n not in env]:
+            mp.delenv(name)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        yield
+
+
 class Nix:
-    """The real Nix 2.8 CLI, with caches kept out of the user's home."""
+    """The real Nix 2.8 CLI, under the project's nix.conf, with caches out of the user's home."""
 
     def __init__(self, home: Path) -> None:
-        self.env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "HOME": str(home)}
+        self.env = {**os.environ, "HOME": str(home)}
 
     def run(self, *args: str, input: bytes | None = None) -> bytes:
         proc = subprocess.run(list(args), input=input, capture_output=True, env=self.env)
@@ -62,7 +77,7 @@ def nix(tmp_path_factory: pytest.TempPathFactory) -> Nix:
 # A small input-addressed closure (top -> dep), built by Nix in a chroot store: signature
 # tests need input-addressed paths, since Nix accepts content-addressed ones unsigned.
 # `mk NAME SCRIPT`: an input-addressed derivation that runs SCRIPT with the host's /bin/sh
-# (build with `--option extra-sandbox-paths "/bin /lib /lib64 /usr"`).
+# (the project's nix.conf lets /bin, /lib and /usr into the sandbox).
 NIX_MK = """
   mk = name: script: derivation {
     inherit name; system = builtins.currentSystem; builder = "/bin/sh";
@@ -83,11 +98,8 @@ class Closure:
         self.store = root / "store"
         self.cache = root / "cache"
         (root / "closure.nix").write_text(CLOSURE_NIX)
-        common = ["--option", "substituters", "", "--store", str(self.store)]
-        self.top = nix.run(
-            "nix-build", *common, str(root / "closure.nix"), "--no-out-link",
-            "--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr",
-        ).decode().strip()
+        common = ["--store", str(self.store)]
+        self.top = nix.run("nix-build", *common, str(root / "closure.nix"), "--no-out-link").decode().strip()
         self.keys = []
         for name in ("builder-a", "builder-b"):
             sk, pk = root / f"{name}.sec", root / f"{name}.pub"
@@ -95,7 +107,7 @@ class Closure:
             self.keys.append((sk, pk))
             nix.run("nix", "--extra-experimental-features", "nix-command", "store", "sign", *common,
                     "--key-file", str(sk), "--recursive", self.top)
-        nix.run("nix", "--extra-experimental-features", "nix-command", "copy", *common[:3],
+        nix.run("nix", "--extra-experimental-features", "nix-command", "copy",
                 "--from", str(self.store), "--to", f"file://{self.cache}?compression=none", self.top)
         self.paths = sorted(
             line for line in nix.run("nix-store", "--store", str(self.store), "-qR", self.top).decode().split()

@@ -33,7 +33,7 @@ from node.cli import ui
 from node.cli.localnet import LocalNet, LocalNetError, LocalNode, detach, mounts_under
 from node.daemon import control
 from node.daemon.control import ControlError
-from store import nixcli
+from store import nixcli, nixconf
 from trust import keyfile, policyfile
 from trust.key import SecretKey
 from trust.policy import QuorumPolicy
@@ -81,9 +81,6 @@ in mk "demo-app-${version}" ''
 """
 
 
-SANDBOX = ("/bin", "/lib", "/lib64", "/usr")
-
-
 @dataclass
 class Release:
     """One version as the builders publish it."""
@@ -119,7 +116,9 @@ def run(args: argparse.Namespace) -> None:
     if args.tree and not Path(args.tree).is_dir():
         ui.fail(f"{args.tree}: not a directory")
     root = Path(tempfile.mkdtemp(prefix="ferry-demo-"))
-    net = LocalNet(root, outlive=args.keep)
+    # The demo's Nix (its builds, and the nodes' queries of its scratch store) reads only
+    # configuration of ours: a fresh Debian's nix-bin cannot build as it comes.
+    net = LocalNet(root, outlive=args.keep, env=nixconf.environ(root))
     kept = False
 
     def terminate(signum: int, frame: Any) -> None:
@@ -214,15 +213,13 @@ class Demo:
         the reason said) if Nix cannot build here."""
         store = self.root / "nix"
         (self.root / "demo.nix").write_text(NIX_EXPR)
-        env = {**os.environ, "XDG_CACHE_HOME": str(self.root / "cache"), "HOME": str(self.root)}
+        env = {**(self.net.env or os.environ), "HOME": str(self.root)}
         stdlib = self.tree or Path(sysconfig.get_paths()["stdlib"])
         out = []
         for version in ("1.0", "1.1"):
             with ui.err.status(f"building demo-app-{version} and demo-lib-{version} with Nix ..."):
-                # A chroot store builds in a sandbox: the builder's /bin/sh and tools come in.
-                r = subprocess.run(["nix-build", "--store", str(store), "--option", "substituters", "",
-                                    "--option", "extra-sandbox-paths", " ".join(p for p in SANDBOX if os.path.exists(p)),
-                                    str(self.root / "demo.nix"), "--no-out-link",
+                # A chroot store builds in a sandbox; store.nixconf lets the host's /bin/sh and tools in.
+                r = subprocess.run(["nix-build", "--store", str(store), str(self.root / "demo.nix"), "--no-out-link",
                                     "--argstr", "version", version, "--argstr", "stdlib", str(stdlib)],
                                    capture_output=True, text=True, env=env)
             if r.returncode != 0:

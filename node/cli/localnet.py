@@ -62,6 +62,7 @@ class LocalNode:
 class LocalNet:
     root: Path
     outlive: bool = False  # --keep: the nodes keep running after the demo exits
+    env: dict[str, str] | None = None  # the nodes' environment (None: this process's)
     nodes: list[LocalNode] = field(default_factory=list)
 
     def start(self, name: str, *, config: str = "", args: tuple[str, ...] = ()) -> LocalNode:
@@ -73,7 +74,7 @@ class LocalNet:
             proc = subprocess.Popen(
                 [*ARGV, "node", "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns",
                  *args],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=self.env,
                 preexec_fn=None if self.outlive else _die_with_parent)
         node = LocalNode(name, data_dir, proc, log)
         self.nodes.append(node)

@@ -103,6 +103,8 @@ def test_demo_as_an_unprivileged_user_materializes(tmp_path: Path) -> None:
                                 "TMPDIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr + r.stdout
     assert "Traceback" not in r.stderr
+    if shutil.which("nix-build"):  # a plain user's Nix builds the closure too (single-user, no daemon)
+        assert "built with Nix" in r.stdout and "demo-lib-1.0" in r.stdout, r.stdout
     assert "by writing the tree out" in r.stdout and "identical to what the builders built" in r.stdout
     assert "update (diffs)" in r.stdout
     assert not _left_behind(r.stdout), _left_behind(r.stdout)
