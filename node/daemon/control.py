@@ -75,7 +75,8 @@ async def _answers(path: str) -> bool:
     return True
 
 
-async def serve(listener: trio.SocketListener, handler: Handler) -> None:
+async def serve(listener: trio.SocketListener, handler: Handler, *,
+                task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
             try:
@@ -104,7 +105,7 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
 
-    await trio.serve_listeners(one, [listener])
+    await trio.serve_listeners(one, [listener], task_status=task_status)
 
 
 async def _send(stream: trio.abc.Stream, msg: dict[str, Any]) -> None:

@@ -113,6 +113,9 @@ class Node:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         listener = await control.bind(self.data_dir)
         try:
+            # No other node runs on this data directory (bind checked): "ready" files here
+            # were left by one that was killed, and must not announce this one early.
+            _remove_files(self.data_dir, (ADDR_FILE, GATEWAY_FILE))
             async with self.host.run([multiaddr.Multiaddr(a) for a in self.config.listen]), AsyncExitStack() as stack:
                 try:
                     self.host.set_stream_handler(TProtocol(blocks.PROTOCOL), self._on_blocks)
@@ -126,21 +129,23 @@ class Node:
                         await stack.enter_async_context(background_trio_service(self.pubsub))
                         await self.pubsub.wait_until_ready()
                     addrs = [str(a) for a in self.host.get_addrs()]
-                    userfile.write_atomically(os.path.join(self.data_dir, ADDR_FILE),
-                                              "".join(a + "\n" for a in addrs).encode(), "the node address file")
                     for a in addrs:
                         log.info("listening on %s", a)
                     async with trio.open_nursery() as nursery:
                         if self.gateway_key is not None:
                             await nursery.start(self._serve_gateway)
                         await nursery.start(self.mounts.run)
-                        nursery.start_soon(control.serve, listener, self._control)
+                        await nursery.start(control.serve, listener, self._control)
                         nursery.start_soon(self._keep_bootstrap)
                         if self.pubsub is not None:
                             nursery.start_soon(self._gossip_listener)
                         if self.dht is not None:
                             nursery.start_soon(self._reprovide)
                             nursery.start_soon(self._provider)
+                        # node.addr tells scripts and other nodes that the node is up: written
+                        # only once peers, the control socket and the gateway all accept.
+                        userfile.write_atomically(os.path.join(self.data_dir, ADDR_FILE),
+                                                  "".join(a + "\n" for a in addrs).encode(), "the node address file")
                         self.started.set()
                         task_status.started(addrs)
                 finally:
@@ -148,11 +153,7 @@ class Node:
                         await self.host.close()  # inside host.run(): otherwise sockets leak
         finally:
             listener.socket.close()
-            for name in (control.SOCKET, ADDR_FILE, GATEWAY_FILE):
-                try:
-                    os.unlink(os.path.join(self.data_dir, name))
-                except FileNotFoundError:
-                    pass
+            _remove_files(self.data_dir, (control.SOCKET, ADDR_FILE, GATEWAY_FILE))
             self.reader.close()
 
     async def _keep_bootstrap(self) -> None:
@@ -534,6 +535,14 @@ class _Gate(Notifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.on_lost()
+
+
+def _remove_files(data_dir: str, names: Sequence[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join(data_dir, name))
+        except FileNotFoundError:
+            pass
 
 
 def _dht_key(path_hash: str) -> str:
