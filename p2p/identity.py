@@ -9,12 +9,13 @@ node's identity says who is talking, not who built what.
 from __future__ import annotations
 
 import os
-
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair
+from typing import TYPE_CHECKING
 
 from trust import keyfile
 from trust.key import SecretKey
+
+if TYPE_CHECKING:
+    from libp2p.crypto.keys import KeyPair
 
 FILE = "identity.key"
 NAME = "ferry-node"
@@ -22,6 +23,10 @@ NAME = "ferry-node"
 
 def load_or_create(data_dir: str) -> KeyPair:
     """Raises KeyFileError (with the file named) if the file exists but is unusable."""
+    # Imported here: libp2p takes most of a second to import, and `ferry doctor` and
+    # `ferry init` name this module's files without needing the key.
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
     path = os.path.join(data_dir, FILE)
     try:
         key = keyfile.load_secret(path)

@@ -25,6 +25,17 @@ settings.register_profile(
 settings.load_profile("ferry")
 
 
+def _expected_seconds(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return 0.0 if slow is None else float(slow.kwargs.get("seconds", 10))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Longest first: pytest-xdist hands tests out round robin, so the long ones are spread
+    # over the cores and none is left to run alone at the end while the others idle.
+    items.sort(key=_expected_seconds, reverse=True)
+
+
 def require(ok: bool, reason: str) -> None:
     if ok:
         return

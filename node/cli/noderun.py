@@ -15,7 +15,6 @@ from node.daemon import config as nodeconfig
 from node.daemon.config import ConfigError, NodeConfig
 from node.daemon.control import ControlError
 from node.local.datadir import default_data_dir
-from p2p.host import quiet_libp2p
 from trust.keyfile import KeyFileError
 from trust.policy import PolicyError
 
@@ -82,6 +81,8 @@ def run(args: argparse.Namespace) -> None:
     if args.verbose == 0:
         logging.getLogger().setLevel(logging.INFO)
     if args.verbose < 2:
+        from p2p.host import quiet_libp2p  # libp2p takes most of a second to import: only the daemon pays
+
         quiet_libp2p()
     data_dir = os.path.abspath(args.data_dir or default_data_dir())
     try:

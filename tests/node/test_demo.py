@@ -10,6 +10,7 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def _table_row(out: str, step: str) -> list[str]:
     return re.split(r"\s{2,}", line.strip())
 
 
+@pytest.mark.slow
 def test_demo_runs_to_the_final_table_with_a_lazy_mount_as_root() -> None:
     require(os.geteuid() == 0, "the lazy mount needs root")
     require(probe().chosen == "fanotify", "the lazy mount needs fanotify pre-content events and file-backed EROFS")
@@ -91,26 +93,32 @@ def test_demo_runs_to_the_final_table_with_a_lazy_mount_as_root() -> None:
 def test_demo_as_an_unprivileged_user_materializes(tmp_path: Path) -> None:
     # As uid 1000 in a user namespace of our own: no capability in the machine's namespace
     # (no mounts, no fanotify), as for any user; the files of this checkout (and the
-    # interpreter, perhaps under /root) stay readable, being ours.
+    # interpreter, perhaps under /root) stay readable, being ours. Its TMPDIR is short: the
+    # nodes' control sockets live under it, and a unix socket's path has at most 107 bytes.
     require(shutil.which("unshare") is not None, "unshare (util-linux) is needed to drop privileges")
-    if os.geteuid() != 0:
-        r = subprocess.run([*ARGV, "demo"], capture_output=True, text=True, timeout=300,
-                           cwd=Path(__file__).parents[2])
-    else:
-        r = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", *ARGV, "demo"],
-                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2],
-                           env={**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
-                                "TMPDIR": str(tmp_path)})
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert "Traceback" not in r.stderr
-    if shutil.which("nix-build"):  # a plain user's Nix builds the closure too (single-user, no daemon)
-        assert "built with Nix" in r.stdout and "demo-lib-1.0" in r.stdout, r.stdout
-    assert "by writing the tree out" in r.stdout and "identical to what the builders built" in r.stdout
-    assert "update (diffs)" in r.stdout
-    assert not _left_behind(r.stdout), _left_behind(r.stdout)
+    scratch = Path(tempfile.mkdtemp(prefix="ferry-u-"))
+    try:
+        if os.geteuid() != 0:
+            r = subprocess.run([*ARGV, "demo"], capture_output=True, text=True, timeout=300,
+                               cwd=Path(__file__).parents[2], env={**os.environ, "TMPDIR": str(scratch)})
+        else:
+            r = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", *ARGV, "demo"],
+                               capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2],
+                               env={**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+                                    "TMPDIR": str(scratch)})
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert "Traceback" not in r.stderr
+        if shutil.which("nix-build"):  # a plain user's Nix builds the closure too (single-user, no daemon)
+            assert "built with Nix" in r.stdout and "demo-lib-1.0" in r.stdout, r.stdout
+        assert "by writing the tree out" in r.stdout and "identical to what the builders built" in r.stdout
+        assert "update (diffs)" in r.stdout
+        assert not _left_behind(r.stdout), _left_behind(r.stdout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.mark.parametrize("after", ["working in", "started 3 builders", "mounted", "quorum verdict"])
+@pytest.mark.slow
 def test_interrupting_the_demo_leaves_nothing_behind(after: str) -> None:
     proc = subprocess.Popen([*ARGV, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parents[2])
@@ -130,6 +138,7 @@ def test_interrupting_the_demo_leaves_nothing_behind(after: str) -> None:
     assert not _left_behind(out), _left_behind(out)
 
 
+@pytest.mark.slow
 def test_keep_leaves_a_network_nix_can_substitute_from(tmp_path: Path, nix) -> None:
     require(os.geteuid() == 0, "the demo's default run here is root's")
     r = ferry("demo", "--keep", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import multiaddr
+import pytest
 import trio
 
 from node.daemon import control
@@ -62,6 +63,7 @@ def _answers(node: NodeProc) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_everything_answers_the_instant_node_addr_appears_on_a_busy_machine(tmp_path: Path) -> None:
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     nodes = [NodeProc(tmp_path, f"n{i}") for i in range(NODES)]

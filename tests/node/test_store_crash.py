@@ -66,6 +66,7 @@ def _pick(names: list[str], want: int) -> list[tuple[str, int]]:
     return sorted(chosen, key=points.index)
 
 
+@pytest.mark.slow(seconds=30)
 def test_ingest_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
     publish_b = ("publish", str(world / "b"), "--store-path", B)
     names = _checkpoints(world / "base", tmp_path, *publish_b)
@@ -100,6 +101,7 @@ def test_ingest_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
         shutil.rmtree(data)
 
 
+@pytest.mark.slow
 def test_gc_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
     base = tmp_path / "with-b"
     shutil.copytree(world / "base", base)

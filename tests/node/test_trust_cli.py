@@ -192,6 +192,7 @@ def _bad_inputs(world: Path, tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_3(world: Path, tmp_path: Path) -> None:
     for args, message in _bad_inputs(world, tmp_path):
         r = ferry(*args)

@@ -162,6 +162,7 @@ def test_one_claim_is_not_enough_for_nix(nix: Nix, built: Built, network, tmp_pa
     assert 'ferry_gateway_narinfo_total{reason="insufficient",result="refused"}' in metrics
 
 
+@pytest.mark.slow
 def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(nix: Nix, built: Built, network, tmp_path: Path) -> None:
     (b1, b2, _), (ka, kb, _), client = network
     path = built.out["broken"]

@@ -8,6 +8,7 @@ import random
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 
 from node.daemon import control
@@ -19,6 +20,7 @@ def physical(closure, store_path: str) -> Path:
     return closure.store / store_path.lstrip("/")
 
 
+@pytest.mark.slow
 def test_five_nodes_quorum_closure_insufficient_and_conflict(swarm: Swarm, tmp_path: Path, nix, nix_closure) -> None:
     k = keys(tmp_path, "builder-a", "builder-b", "builder-c")
     pol = policy(tmp_path, [k[n][1] for n in k], threshold=2)
@@ -77,6 +79,7 @@ def _publish_everywhere(nodes, tree: Path, key: Path) -> None:
         n.json("publish", str(tree), "--store-path", SP, "--key", str(key))
 
 
+@pytest.mark.slow
 def test_swarm_fetches_from_several_peers(swarm: Swarm, tmp_path: Path) -> None:
     k = keys(tmp_path, "builder-a")
     pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)

@@ -17,7 +17,7 @@ from tests.cli import ARGV
 NODES = 60
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 @pytest.mark.parametrize("scenario", ["flash-crowd", "fleet-update"])
 def test_the_same_seed_gives_a_byte_identical_result_at_60_nodes(scenario: str, tmp_path: Path) -> None:
     outs = [tmp_path / name for name in ("first", "second")]

@@ -81,7 +81,10 @@ def test_readable_secret_is_refused(tmp_path: Path, mode: int) -> None:
     assert keyfile.load_secret(str(path)).name == "a"
 
 
-GOOD_PUB = SecretKey.generate("k").public.encode()
+# Fixed keys, not generated ones: the parameters name the tests, and every pytest-xdist
+# worker must collect the same names.
+GOOD_SECRET = SecretKey("k", bytes(range(32)))
+GOOD_PUB = GOOD_SECRET.public.encode()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -91,7 +94,7 @@ GOOD_PUB = SecretKey.generate("k").public.encode()
     ("AAAA", "no 'name:' prefix"),
     (":" + GOOD_PUB.partition(":")[2], "key name '' is not valid"),
     ("a b:" + GOOD_PUB.partition(":")[2], "is not valid"),
-    (SecretKey.generate("k").encode(), "is a secret key where a public key was expected"),
+    (GOOD_SECRET.encode(), "is a secret key where a public key was expected"),
 ])
 def test_bad_public_keys(text: str, message: str) -> None:
     with pytest.raises(KeyFormatError, match=message):
