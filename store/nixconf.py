@@ -5,7 +5,10 @@ tests' fixtures, the benches), so that nothing on the host changes what they do:
 Why each setting is here:
 - `build-users-group =`: Debian's nix-bin is built with `nixbld` as the default and
   creates no such group, so every build fails on a fresh machine. Without a daemon no
-  build users are needed: builds run as the calling user, in the sandbox.
+  build users are needed: builds run as the calling user, in a sandbox in a user
+  namespace. Where the kernel refuses user namespaces (to any process in a chroot), a
+  sandbox needs build users: as root, `./run` then makes the group `ferry-nixbld`, and
+  builds run as its members.
 - `substituters =`: nothing is downloaded unless a command names a substituter.
 - `extra-sandbox-paths`: the scratch derivations ferry builds run the host's `/bin/sh`
   and coreutils; a `?` suffix lets a path be absent (no /lib64 on some systems).
@@ -16,11 +19,14 @@ Why each setting is here:
 
 from __future__ import annotations
 
+import grp
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 SANDBOX_PATHS = ("/bin", "/usr", "/lib", "/lib64?", "/lib32?", "/libx32?")
+
+BUILD_GROUP = "ferry-nixbld"  # made by ./run where needed (see above)
 
 SETTINGS: dict[str, str] = {
     "build-users-group": "",
@@ -39,6 +45,16 @@ SETTINGS: dict[str, str] = {
 CONF = "nix.conf"
 
 
+def build_users_group() -> str:
+    """`BUILD_GROUP` for root where it exists with members, else none."""
+    if os.geteuid() != 0:
+        return ""
+    try:
+        return BUILD_GROUP if grp.getgrnam(BUILD_GROUP).gr_mem else ""
+    except KeyError:
+        return ""
+
+
 def render(settings: Mapping[str, str] = SETTINGS) -> str:
     return "".join(f"{k} = {v}\n" for k, v in settings.items())
 
@@ -49,7 +65,7 @@ def environ(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]
     Writes the configuration file (again, if it is there: it is ours)."""
     conf_dir = home / "nix"
     conf_dir.mkdir(parents=True, exist_ok=True)
-    (conf_dir / CONF).write_text(render())
+    (conf_dir / CONF).write_text(render({**SETTINGS, "build-users-group": build_users_group()}))
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("NIX_")}
     env.update({
         "NIX_CONF_DIR": str(conf_dir),
