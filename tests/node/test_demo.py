@@ -112,6 +112,7 @@ def test_demo_as_an_unprivileged_user_materializes() -> None:
             argv, plain = ["unshare", "--user", "--map-user=1000", "--map-group=1000", *ARGV, "demo"], {}
         else:
             os.chown(scratch, 1000, 1000)
+            env["USER"] = "ferry-test"  # Nix needs a user name, and uid 1000 may have no passwd entry
             argv, plain = [*ARGV, "demo"], {"user": 1000, "group": 1000, "extra_groups": []}
         r = subprocess.run(argv, env=env, **run, **plain)
         assert r.returncode == 0, r.stderr + r.stdout
