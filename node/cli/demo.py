@@ -223,8 +223,10 @@ class Demo:
                                     "--argstr", "version", version, "--argstr", "stdlib", str(stdlib)],
                                    capture_output=True, text=True, env=env)
             if r.returncode != 0:
-                last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-                self.say(f"nix-build failed here ({last}); using a plain tree instead")
+                # The first error is the cause; later ones name the derivations that failed with it.
+                lines = r.stderr.strip().splitlines()
+                cause = next((line for line in lines if line.startswith("error:")), lines[-1] if lines else "no output")
+                self.say(f"nix-build failed here ({cause}); using a plain tree instead")
                 return None
             app = r.stdout.split()[-1]
             closure = subprocess.run(["nix-store", "--store", str(store), "-qR", app], capture_output=True,
