@@ -118,12 +118,13 @@ def test_demo_as_an_unprivileged_user_materializes() -> None:
         assert r.returncode == 0, r.stderr + r.stdout
         assert "Traceback" not in r.stderr
         # A plain user's Nix builds single-user, in a sandbox in a user namespace: where
-        # the kernel allows those, the closure is Nix-built; elsewhere the demo says why not.
+        # the kernel allows those, the closure is Nix-built; elsewhere (a chroot) Nix 2.8
+        # runs the builder unsandboxed, it cannot write the scratch store's /nix/store, and
+        # the demo says that Nix failed and goes on with a plain tree.
         if shutil.which("nix-build") and _user_namespaces(**plain):
             assert "built with Nix" in r.stdout and "demo-lib-1.0" in r.stdout, r.stdout
         elif shutil.which("nix-build"):
-            assert "nix-build failed here (error: cannot perform a sandboxed build because user namespaces" \
-                in r.stdout, r.stdout
+            assert "nix-build failed here (error: " in r.stdout and "using a plain tree instead" in r.stdout, r.stdout
         assert "by writing the tree out" in r.stdout and "identical to what the builders built" in r.stdout
         assert "update (diffs)" in r.stdout
         assert not _left_behind(r.stdout), _left_behind(r.stdout)
