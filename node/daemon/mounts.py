@@ -27,7 +27,7 @@ import trio
 from node.daemon.blobs import StoreBlobs
 from node.daemon.control import ControlError
 from node.daemon.slabmap import SlabMap
-from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings, Plan
+from node.exchange.fetch import Fetch, FetchError, FetchRefused, Plan
 from node.local.errors import StoreError
 from node.local.image import image_of
 from ondemand import fanotify, holder, syscalls
@@ -294,7 +294,7 @@ class Mounts:
             sizes.update({d: m.chunks[d] for d in digests if d in m.chunks})
         local = _Collect()
         assert node.policy is not None
-        fetch = Fetch(node, local, node.policy, FetchSettings(request_timeout=node.config.request_timeout))
+        fetch = Fetch(node, local, node.policy, node.fetch_settings())
         try:
             await fetch.transfer(sizes)
         except FetchError as e:
@@ -337,7 +337,7 @@ class Mounts:
 
         async with node.write_lock:
             local = _FetchStore(node)
-            fetch = Fetch(node, local, node.policy, FetchSettings(request_timeout=node.config.request_timeout))
+            fetch = Fetch(node, local, node.policy, node.fetch_settings())
             try:
                 plans = await fetch.resolve(sp, closure=False)
                 if backend == MATERIALIZE:

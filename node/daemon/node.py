@@ -376,6 +376,11 @@ class Node:
         finally:
             backend.close()
 
+    def fetch_settings(self, **overrides: Any) -> FetchSettings:
+        """A fetch session's settings, from the node's: made here only, so that every
+        session (a fetch, a narinfo, a mount's fills) honours every setting."""
+        return FetchSettings(request_timeout=self.config.request_timeout, diffs=self.config.diffs, **overrides)
+
     def account(self, fetch: Fetch) -> None:
         """Count a finished (or failed) session's traffic in the peer book and metrics."""
         p = fetch.progress
@@ -455,8 +460,7 @@ class Node:
 
         async with self.write_lock:
             local = _FetchStore(self)
-            settings = FetchSettings(request_timeout=self.config.request_timeout, diffs=self.config.diffs)
-            fetch = Fetch(self, local, self.policy, settings, on_progress=report)
+            fetch = Fetch(self, local, self.policy, self.fetch_settings(), on_progress=report)
             try:
                 plans = await fetch.run(target, closure=bool(req.get("closure")))
             except FetchRefused as e:
@@ -680,8 +684,7 @@ class _GatewayBackend:
         if node.policy is None:
             raise NoPolicy("this node has no trust policy, so it trusts nothing: start it with --policy FILE")
         return Fetch(node, _FetchStore(node), node.policy,
-                     FetchSettings(request_timeout=node.config.request_timeout, diffs=node.config.diffs,
-                                   connect_timeout=min(5.0, node.config.narinfo_timeout)))
+                     node.fetch_settings(connect_timeout=min(5.0, node.config.narinfo_timeout)))
 
     async def plan(self, hash_part: str) -> Plan:
         fetch = self._fetch()

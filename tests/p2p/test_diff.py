@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import random
+import re
+import urllib.request
 from pathlib import Path
 
-from tests.p2p.nodes import Swarm, keys, policy
+from tests.p2p.nodes import NodeProc, Swarm, keys, policy
 
 V1 = "/nix/store/" + "a" * 32 + "-tool-1.0"
 V2 = "/nix/store/" + "b" * 32 + "-tool-1.1"
@@ -53,3 +55,28 @@ def test_an_update_travels_as_diffs_and_arrives_intact(swarm: Swarm, tmp_path: P
         b = seed.ferry("export", sp, "-o", str(tmp_path / "seed.nar"))
         assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
         assert (tmp_path / "client.nar").read_bytes() == (tmp_path / "seed.nar").read_bytes()
+
+
+def _diff_bytes(node: NodeProc) -> float:
+    with urllib.request.urlopen(node.gateway_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return float(re.search(r"^ferry_diff_logical_bytes_total (\S+)$", text, re.M).group(1))
+
+
+def test_every_fetch_session_honours_diffs_false(swarm: Swarm, tmp_path: Path) -> None:
+    # A materialize mount fetches through its own session; `diffs = false` holds there too
+    # (a node whose peers are short of CPU asks for plain chunks whatever fetches them).
+    k = keys(tmp_path, "builder")
+    pol = policy(tmp_path, [k["builder"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    for sp, v in ((V1, 1), (V2, 2)):
+        seed.json("publish", str(_version(tmp_path / f"v{v}", v)), "--store-path", sp, "--key", str(k["builder"][0]))
+    (plain,) = swarm.start("plain", bootstrap=[seed.addr], policy=pol, config="diffs = false\n")
+    (diffing,) = swarm.start("diffing", bootstrap=[seed.addr], policy=pol)
+    for client in (plain, diffing):
+        client.json("fetch", V1)
+        got = client.json("mount", V2, str(tmp_path / f"{client.name}-v2"), "--backend", "materialize")
+        assert got["backend"] == "materialize"
+        assert (tmp_path / f"{client.name}-v2" / "share" / "tool-2.txt").read_bytes().endswith(b"version 2\n")
+    assert _diff_bytes(diffing) > 0  # the same mount on a default node does use diffs
+    assert _diff_bytes(plain) == 0
