@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from typing import Any
 
 from node.cli import (demo, doctor, export, gc, image, init, manifest, mountcmd, netcmd, noderun, publish, simcmd,
                       storecmd, trust, ui)
@@ -13,6 +15,23 @@ from node.cli.parser import Parser
 # (argparse), 130 interrupted. `ferry trust` has its own (see node/cli/trust.py).
 
 
+class _Version(argparse.Action):
+    """--version, reading the installed metadata only when asked (it takes a while to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("ferry")
+        except importlib.metadata.PackageNotFoundError:  # a checkout that was never installed
+            version = "unknown (not installed)"
+        print(f"ferry {version}")
+        parser.exit(0)
+
+
 def parser() -> Parser:
     p = Parser(
         prog="ferry",
@@ -20,6 +39,7 @@ def parser() -> Parser:
         "quorum-signed builds, lazy EROFS mounts.",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("--version", action=_Version, help="print ferry's version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     init.add_parser(sub)
     manifest.add_parser(sub)

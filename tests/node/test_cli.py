@@ -84,3 +84,10 @@ def test_usage_errors_exit_2() -> None:
     assert ferry("manifest", "x", "--nar", "y").returncode == 2
     help_ = ferry("manifest", "--help")
     assert help_.returncode == 0 and "--nar FILE" in help_.stdout
+
+
+def test_version_names_the_installed_release() -> None:
+    from importlib.metadata import version
+
+    r = ferry("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"ferry {version('ferry')}"
