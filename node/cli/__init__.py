@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except KeyboardInterrupt:
         ui.fail("interrupted", 130)
+    except BaseExceptionGroup as e:
+        # Ctrl-C inside a trio nursery (a command talking to a node) arrives wrapped in a group.
+        _, rest = e.split(KeyboardInterrupt)
+        if rest is None:
+            ui.fail("interrupted", 130)
+        raise
     except BrokenPipeError:
         # The reader went away (`ferry ... | head`): not an error of ours.
         sys.stderr.close()
