@@ -28,8 +28,8 @@ SANDBOX_PATHS = ("/bin", "/usr", "/lib", "/lib64?", "/lib32?", "/libx32?")
 
 BUILD_GROUP = "ferry-nixbld"  # made by ./run where needed (see above)
 
+# Besides `build-users-group`, which depends on who runs Nix (see `build_users_group`).
 SETTINGS: dict[str, str] = {
-    "build-users-group": "",
     "substituters": "",
     "trusted-substituters": "",
     "require-sigs": "true",
@@ -55,7 +55,8 @@ def build_users_group() -> str:
         return ""
 
 
-def render(settings: Mapping[str, str] = SETTINGS) -> str:
+def render() -> str:
+    settings = {"build-users-group": build_users_group(), **SETTINGS}
     return "".join(f"{k} = {v}\n" for k, v in settings.items())
 
 
@@ -65,7 +66,7 @@ def environ(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]
     Writes the configuration file (again, if it is there: it is ours)."""
     conf_dir = home / "nix"
     conf_dir.mkdir(parents=True, exist_ok=True)
-    (conf_dir / CONF).write_text(render({**SETTINGS, "build-users-group": build_users_group()}))
+    (conf_dir / CONF).write_text(render())
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("NIX_")}
     env.update({
         "NIX_CONF_DIR": str(conf_dir),
