@@ -22,12 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.cli import ARGV  # noqa: E402
-from tests.p2p.nodes import NodeProc  # noqa: E402
+from tests.cli import ARGV
+from tests.p2p.nodes import NodeProc
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ferry-bench-cli-") as tmp:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from erofs.writer import Device, write_image  # noqa: E402
-from node.local.image import entries_of  # noqa: E402
-from store import build  # noqa: E402
-from store.path import StorePath  # noqa: E402
+from erofs.writer import Device, write_image
+from node.local.image import entries_of
+from store import build
+from store.path import StorePath
 
 
 def make_tree(root: Path, files: int) -> int:
@@ -37,7 +37,11 @@ def make_tree(root: Path, files: int) -> int:
     for i in range(files):
         d = root / f"d{i % 97:02d}" / f"e{i % 13}"
         d.mkdir(parents=True, exist_ok=True)
-        size = rnd.choice([0, 80, 300, 1500, 3000, 9000, 30_000, 70_000, 200_000]) if i % 500 else 3_000_000
+        size = (
+            rnd.choice([0, 80, 300, 1500, 3000, 9000, 30_000, 70_000, 200_000])
+            if i % 500
+            else 3_000_000
+        )
         (d / f"file{i:05d}.dat").write_bytes(rnd.randbytes(size))
         total += size
         if i % 50 == 0:
@@ -46,12 +50,16 @@ def make_tree(root: Path, files: int) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if shutil.which("mkfs.erofs") is None:
-        sys.exit("needs mkfs.erofs (Debian: erofs-utils); `./run test` installs it when run as root")
+        sys.exit(
+            "needs mkfs.erofs (Debian: erofs-utils); `./run test` installs it when run as root"
+        )
     with tempfile.TemporaryDirectory(prefix="ferry-bench-erofs-") as tmp_:
         tmp = Path(tmp_)
         tree = tmp / "tree"
@@ -66,7 +74,9 @@ def main() -> None:
                 places[d] = (1, slab_blocks)
                 slab_blocks += -(-len(chunk) // 4096)
 
-        manifest = build.from_directory(str(tree), StorePath("/nix/store", "4" * 32, "bench-tree"), on_chunk=place)
+        manifest = build.from_directory(
+            str(tree), StorePath("/nix/store", "4" * 32, "bench-tree"), on_chunk=place
+        )
         entries = entries_of(manifest, places.__getitem__)
         ours: list[float] = []
         theirs: list[float] = []
@@ -78,16 +88,33 @@ def main() -> None:
             for f in (tmp / "mkfs.img", tmp / "mkfs.blob"):
                 f.unlink(missing_ok=True)
             t = time.perf_counter()
-            subprocess.run(["mkfs.erofs", "--chunksize=65536", f"--blobdev={tmp / 'mkfs.blob'}", "-T0",
-                            "--all-root", "-U00000000-0000-0000-0000-000000000000", str(tmp / "mkfs.img"),
-                            str(tree)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "mkfs.erofs",
+                    "--chunksize=65536",
+                    f"--blobdev={tmp / 'mkfs.blob'}",
+                    "-T0",
+                    "--all-root",
+                    "-U00000000-0000-0000-0000-000000000000",
+                    str(tmp / "mkfs.img"),
+                    str(tree),
+                ],
+                check=True,
+                capture_output=True,
+            )
             theirs.append(time.perf_counter() - t)
         mkfs_size = (tmp / "mkfs.img").stat().st_size
-    print(f"tree: {args.files:,} files, {len(manifest.entries):,} entries, {data_bytes / 1e6:.0f} MB of data")
-    print(f"  ferry write_image   best {min(ours) * 1e3:7.1f} ms  ({1 / min(ours):6.1f} images/s)   "
-          f"metadata {len(image) / 1e6:6.2f} MB")
-    print(f"  mkfs.erofs (whole)  best {min(theirs) * 1e3:7.1f} ms                       "
-          f"metadata {mkfs_size / 1e6:6.2f} MB")
+    print(
+        f"tree: {args.files:,} files, {len(manifest.entries):,} entries, {data_bytes / 1e6:.0f} MB of data"
+    )
+    print(
+        f"  ferry write_image   best {min(ours) * 1e3:7.1f} ms  ({1 / min(ours):6.1f} images/s)   "
+        f"metadata {len(image) / 1e6:6.2f} MB"
+    )
+    print(
+        f"  mkfs.erofs (whole)  best {min(theirs) * 1e3:7.1f} ms                       "
+        f"metadata {mkfs_size / 1e6:6.2f} MB"
+    )
     print(f"  metadata size ferry / mkfs.erofs: {len(image) / mkfs_size:.2f}")
 
 

@@ -28,15 +28,15 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
-from libp2p.custom_types import TProtocol  # noqa: E402
-from libp2p.peer.peerinfo import info_from_p2p_addr  # noqa: E402
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.daemon import control  # noqa: E402
-from p2p import blocks  # noqa: E402
-from p2p.blocks import BlockClient, Want  # noqa: E402
-from p2p.host import make_host, quiet_libp2p  # noqa: E402
-from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
+from node.daemon import control
+from p2p import blocks
+from p2p.blocks import BlockClient, Want
+from p2p.host import make_host, quiet_libp2p
+from tests.p2p.nodes import NodeProc, keys, policy
 
 RAW = TProtocol("/ferry-bench/raw/1")
 SP = "/nix/store/bcnchmarkbcnchmarkbcnchmarkbcncx-exchange-1.0"
@@ -109,7 +109,9 @@ def fetch(client: NodeProc) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -127,8 +129,11 @@ def main() -> None:
         pol = policy(tmp, [k["builder"][1]], threshold=1)
         seeds = [NodeProc(tmp, f"seed{i}", timeout=10).start() for i in range(3)]
         procs = list(seeds)
-        raw = subprocess.Popen([sys.executable, __file__, "--raw-serve", str(tree / "data")], stdout=subprocess.PIPE,
-                               text=True)
+        raw = subprocess.Popen(
+            [sys.executable, __file__, "--raw-serve", str(tree / "data")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             for s in seeds:
                 s.wait_ready()
@@ -140,8 +145,17 @@ def main() -> None:
             for r in range(args.rounds):
                 results["raw"].append(trio.run(raw_fetch, raw_addr, size))
                 for label, boot in (("1 peer", seeds[:1]), ("3 peers", seeds)):
-                    c = NodeProc(tmp, f"client-{label[0]}-{r}", bootstrap=[s.addr for s in boot], policy=pol,
-                                 timeout=10).start().wait_ready()
+                    c = (
+                        NodeProc(
+                            tmp,
+                            f"client-{label[0]}-{r}",
+                            bootstrap=[s.addr for s in boot],
+                            policy=pol,
+                            timeout=10,
+                        )
+                        .start()
+                        .wait_ready()
+                    )
                     procs.append(c)
                     try:
                         results[label].append(fetch(c))
@@ -155,15 +169,19 @@ def main() -> None:
             for p in procs:
                 p.stop()
     best = {k_: max(v) for k_, v in results.items()}
-    print(f"path: {args.size_mib} MiB of random data (1 MiB chunks), loopback, {args.rounds} interleaved rounds")
+    print(
+        f"path: {args.size_mib} MiB of random data (1 MiB chunks), loopback, {args.rounds} interleaved rounds"
+    )
     for label in ("raw", "1 peer", "3 peers"):
         runs = ", ".join(f"{x:.0f}" for x in results[label])
         print(f"  {label:<8} best {best[label]:6.1f} MB/s   (runs: {runs})")
     print(f"  1 peer / raw ceiling:  {best['1 peer'] / best['raw']:.2f}  (target >= 0.60)")
     print(f"  3 peers / raw ceiling: {best['3 peers'] / best['raw']:.2f}")
     lat.sort()
-    print(f"  want-block round trip, 64 KiB chunk, {len(lat)} requests: "
-          f"p50 {statistics.median(lat) * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99) - 1] * 1e3:.2f} ms")
+    print(
+        f"  want-block round trip, 64 KiB chunk, {len(lat)} requests: "
+        f"p50 {statistics.median(lat) * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99) - 1] * 1e3:.2f} ms"
+    )
 
 
 def _digests(node: NodeProc) -> list[tuple[bytes, int]]:

@@ -33,16 +33,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store import build, dump, nar  # noqa: E402
-from store.chunking import DEFAULT_POLICY, FileChunker  # noqa: E402
-from store.path import StorePath  # noqa: E402
+from store import build, dump, nar
+from store.chunking import DEFAULT_POLICY, FileChunker
+from store.path import StorePath
 
 MB = 1e6
 
 
 def make_tree(root: Path, target: int) -> None:
-    shutil.copytree(sysconfig.get_paths()["stdlib"], root / "stdlib", symlinks=True,
-                    ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
+    shutil.copytree(
+        sysconfig.get_paths()["stdlib"],
+        root / "stdlib",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("site-packages", "__pycache__"),
+    )
     gen = root / "generated"
     gen.mkdir()
     # One file per chunk tier, then medium files until the target size.
@@ -64,7 +68,9 @@ def nix_dump(root: Path) -> None:
 
 
 def nix_hash(root: Path) -> None:
-    subprocess.run(["nix-hash", "--type", "sha256", str(root)], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["nix-hash", "--type", "sha256", str(root)], stdout=subprocess.DEVNULL, check=True
+    )
 
 
 def ferry_dump(root: Path) -> None:
@@ -95,6 +101,7 @@ def ferry_chunk(root: Path) -> None:
 def ferry_manifest(workers: int | None):
     def run(root: Path) -> None:
         build.from_directory(str(root), StorePath("/nix/store", "0" * 32, "bench"), workers=workers)
+
     return run
 
 
@@ -104,26 +111,35 @@ CONTENDERS = [
     ("ferry NAR write", ferry_dump),
     ("ferry chunk+BLAKE3", ferry_chunk),
     (f"ferry manifest ({build.default_workers()}w)", ferry_manifest(None)),
-    (f"ferry manifest ({build.default_workers() + 1}w)", ferry_manifest(build.default_workers() + 1)),
+    (
+        f"ferry manifest ({build.default_workers() + 1}w)",
+        ferry_manifest(build.default_workers() + 1),
+    ),
 ]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tree", type=Path, help="benchmark this tree instead of generating one")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size-mb", type=int, default=320, help="size of the generated tree")
     args = ap.parse_args()
     if shutil.which("nix-store") is None:
-        sys.exit("bench/formats.py: nix-store is needed as the baseline (Debian: apt-get install nix-bin)")
+        sys.exit(
+            "bench/formats.py: nix-store is needed as the baseline (Debian: apt-get install nix-bin)"
+        )
     with tempfile.TemporaryDirectory(prefix="ferry-bench-", dir="/var/tmp") as tmp:
         root = args.tree or Path(tmp) / "tree"
         if not args.tree:
             make_tree(root, args.size_mb * 1_000_000)
         nar_size = sum(len(p) for p in dump.dump(str(root)))
         files = sum(1 for n, _ in dump.walk(str(root)) if isinstance(n, nar.Regular))
-        print(f"tree: {root}  NAR {nar_size / MB:,.0f} MB, {files:,} files; {args.rounds} rounds, "
-              f"{os.cpu_count()} CPUs\n")
+        print(
+            f"tree: {root}  NAR {nar_size / MB:,.0f} MB, {files:,} files; {args.rounds} rounds, "
+            f"{os.cpu_count()} CPUs\n"
+        )
         nix_dump(root)  # warm the page cache
         times: dict[str, list[float]] = {name: [] for name, _ in CONTENDERS}
         for _ in range(args.rounds):
@@ -136,7 +152,9 @@ def main() -> None:
     print(f"{'':24} {'median s':>9} {'MB/s':>8} {'vs nix-store --dump':>20} {'vs nix-hash':>12}")
     for name, _ in CONTENDERS:
         med = statistics.median(times[name])
-        print(f"{name:24} {med:9.3f} {nar_size / med / MB:8,.0f} {base / med:19.2f}x {nixhash / med:11.2f}x")
+        print(
+            f"{name:24} {med:9.3f} {nar_size / med / MB:8,.0f} {base / med:19.2f}x {nixhash / med:11.2f}x"
+        )
     print("\nA manifest includes the NarHash (SHA-256 over the whole NAR, sequential), so its")
     print("like-for-like Nix baseline is nix-hash; nix-store --dump computes no hash at all.")
 

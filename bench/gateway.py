@@ -24,18 +24,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store import nixconf  # noqa: E402
-from tests.conftest import NIX_MK  # noqa: E402
-from tests.httpdir import serve  # noqa: E402
-from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
+from store import nixconf
+from tests.conftest import NIX_MK
+from tests.httpdir import serve
+from tests.p2p.nodes import NodeProc, keys, policy
 
-NIX_EXPR = """
+NIX_EXPR = (
+    """
 { source, extra }:
-let""" + NIX_MK + """
+let"""
+    + NIX_MK
+    + """
   bin = mk "bench-bin-1.0" "mkdir $out; cp -r ${source}/. $out/ 2>/dev/null; chmod -R u+w $out; true";
   lib = mk "bench-lib-1.0" "mkdir $out; cp -r ${extra}/. $out/ 2>/dev/null; chmod -R u+w $out; true";
 in mk "bench-top-1.0" "mkdir $out; echo ${bin} > $out/bin; echo ${lib} > $out/lib"
 """
+)
 
 
 def nix(env: dict[str, str], *args: str) -> str:
@@ -46,21 +50,45 @@ def nix(env: dict[str, str], *args: str) -> str:
 
 
 def du(path: Path) -> int:
-    return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True).stdout.split()[0])
+    return int(
+        subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True).stdout.split()[0]
+    )
 
 
 def realise(env: dict[str, str], dest: Path, top: str, url: str, key: str) -> float:
     t = time.perf_counter()
-    nix(env, "nix-store", "--store", str(dest), "--realise", top, "--option", "substituters", url,
-        "--option", "trusted-public-keys", key, "--option", "narinfo-cache-negative-ttl", "0")
+    nix(
+        env,
+        "nix-store",
+        "--store",
+        str(dest),
+        "--realise",
+        top,
+        "--option",
+        "substituters",
+        url,
+        "--option",
+        "trusted-public-keys",
+        key,
+        "--option",
+        "narinfo-cache-negative-ttl",
+        "0",
+    )
     return time.perf_counter() - t
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", default="/usr/bin", help="directory copied into the big path (default /usr/bin)")
-    ap.add_argument("--extra", default=f"/usr/lib/python3.{sys.version_info.minor}",
-                    help="directory copied into the second path")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--source", default="/usr/bin", help="directory copied into the big path (default /usr/bin)"
+    )
+    ap.add_argument(
+        "--extra",
+        default=f"/usr/lib/python3.{sys.version_info.minor}",
+        help="directory copied into the second path",
+    )
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if shutil.which("nix-store") is None:
@@ -71,23 +99,70 @@ def main() -> None:
         store = tmp / "store"
         (tmp / "closure.nix").write_text(NIX_EXPR)
         print("building the closure with Nix...", file=sys.stderr)
-        top = nix(env, "nix-build", "--store", str(store), str(tmp / "closure.nix"),
-                  "--argstr", "source", args.source, "--argstr", "extra", args.extra, "--no-out-link",
-                  "--option", "extra-sandbox-paths", f"{args.source} {args.extra}").strip()
+        top = nix(
+            env,
+            "nix-build",
+            "--store",
+            str(store),
+            str(tmp / "closure.nix"),
+            "--argstr",
+            "source",
+            args.source,
+            "--argstr",
+            "extra",
+            args.extra,
+            "--no-out-link",
+            "--option",
+            "extra-sandbox-paths",
+            f"{args.source} {args.extra}",
+        ).strip()
         paths = nix(env, "nix-store", "--store", str(store), "-qR", top).split()
-        nar_bytes = sum(int(nix(env, "nix-store", "--store", str(store), "-q", "--size", p)) for p in paths)
+        nar_bytes = sum(
+            int(nix(env, "nix-store", "--store", str(store), "-q", "--size", p)) for p in paths
+        )
         if nar_bytes < 200e6:
-            print(f"warning: the closure is only {nar_bytes / 1e6:.0f} MB; pick a bigger --source", file=sys.stderr)
+            print(
+                f"warning: the closure is only {nar_bytes / 1e6:.0f} MB; pick a bigger --source",
+                file=sys.stderr,
+            )
 
         # The plain cache: xz NARs signed by a Nix key.
-        nix(env, "nix-store", "--generate-binary-cache-key", "plain-cache", str(tmp / "plain.sec"),
-            str(tmp / "plain.pub"))
+        nix(
+            env,
+            "nix-store",
+            "--generate-binary-cache-key",
+            "plain-cache",
+            str(tmp / "plain.sec"),
+            str(tmp / "plain.pub"),
+        )
         plain_key = (tmp / "plain.pub").read_text().strip()
-        nix(env, "nix", "--extra-experimental-features", "nix-command", "store", "sign", "--store", str(store),
-            "--key-file", str(tmp / "plain.sec"), "--recursive", top)
+        nix(
+            env,
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "sign",
+            "--store",
+            str(store),
+            "--key-file",
+            str(tmp / "plain.sec"),
+            "--recursive",
+            top,
+        )
         print("compressing the xz cache (set-up, not timed)...", file=sys.stderr)
-        nix(env, "nix", "--extra-experimental-features", "nix-command", "copy", "--store", str(store),
-            "--to", f"file://{tmp / 'xzcache'}?compression=xz", top)
+        nix(
+            env,
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--store",
+            str(store),
+            "--to",
+            f"file://{tmp / 'xzcache'}?compression=xz",
+            top,
+        )
         xz_bytes = du(tmp / "xzcache" / "nar")
 
         k = keys(tmp, "builder")
@@ -100,25 +175,35 @@ def main() -> None:
                 seed.json("publish", p, "--store", str(store), "--key", str(k["builder"][0]))
             with serve(tmp / "xzcache") as plain_url:
                 for r in range(args.rounds):
-                    client = NodeProc(tmp, f"client{r}", bootstrap=[seed.addr], policy=pol, timeout=10).start()
+                    client = NodeProc(
+                        tmp, f"client{r}", bootstrap=[seed.addr], policy=pol, timeout=10
+                    ).start()
                     procs.append(client)
                     client.wait_ready()
                     node_key = (client.data_dir / "cache.pub").read_text().strip()
                     try:
-                        times["ferry"].append(realise(env, tmp / f"dest-ferry-{r}", top, client.gateway_url, node_key))
+                        times["ferry"].append(
+                            realise(env, tmp / f"dest-ferry-{r}", top, client.gateway_url, node_key)
+                        )
                     except SystemExit:
                         print("\n".join(client.log[-40:] + seed.log[-20:]), file=sys.stderr)
                         raise
                     client.stop()
-                    times["http+xz"].append(realise(env, tmp / f"dest-xz-{r}", top, plain_url, plain_key))
+                    times["http+xz"].append(
+                        realise(env, tmp / f"dest-xz-{r}", top, plain_url, plain_key)
+                    )
         finally:
             for p in procs:
                 p.stop()
-    print(f"closure: {len(paths)} paths, {nar_bytes / 1e6:.1f} MB of NAR ({args.source}, {args.extra}); "
-          f"xz NARs {xz_bytes / 1e6:.1f} MB")
+    print(
+        f"closure: {len(paths)} paths, {nar_bytes / 1e6:.1f} MB of NAR ({args.source}, {args.extra}); "
+        f"xz NARs {xz_bytes / 1e6:.1f} MB"
+    )
     for label, ts in times.items():
         runs = ", ".join(f"{t:.1f}" for t in ts)
-        print(f"  {label:<8} best {min(ts):6.1f} s  {nar_bytes / min(ts) / 1e6:6.1f} MB/s of NAR   (runs: {runs})")
+        print(
+            f"  {label:<8} best {min(ts):6.1f} s  {nar_bytes / min(ts) / 1e6:6.1f} MB/s of NAR   (runs: {runs})"
+        )
     print(f"  ferry / http+xz time: {min(times['ferry']) / min(times['http+xz']):.2f}")
 
 

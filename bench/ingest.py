@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.local.store import LocalStore  # noqa: E402
-from store import build, dump, nar  # noqa: E402
-from store.path import StorePath  # noqa: E402
+from node.local.store import LocalStore
+from store import build, dump, nar
+from store.path import StorePath
 
 MB = 1e6
 TREES = {"large files": "/usr/lib", "small files": "/usr/share"}
@@ -96,8 +96,10 @@ def ferry_ingest(root: Path, data: Path) -> float:
 def throughput(label: str, root: Path, rounds: int, work: Path) -> None:
     size = tree_bytes(root)
     files = sum(1 for n, _ in dump.walk(str(root)) if isinstance(n, nar.Regular))
-    print(f"\n{label}: {root} ({size / MB:,.0f} MB of file data, {files:,} files); {os.cpu_count()} CPUs, "
-          f"{rounds} rounds, medians")
+    print(
+        f"\n{label}: {root} ({size / MB:,.0f} MB of file data, {files:,} files); {os.cpu_count()} CPUs, "
+        f"{rounds} rounds, medians"
+    )
     baseline(root)  # warm the page cache
     base, ours = [], []
     for _ in range(rounds):
@@ -115,9 +117,26 @@ def fetch_wheel(version: str) -> Path:
     CACHE.mkdir(exist_ok=True)
     found = sorted(CACHE.glob(f"numpy-{version}-*.whl"))
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-                        "--dest", str(CACHE), f"numpy=={version}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--python-version",
+                "3.11",
+                "--platform",
+                "manylinux2014_x86_64",
+                "--dest",
+                str(CACHE),
+                f"numpy=={version}",
+            ],
+            check=True,
+        )
         found = sorted(CACHE.glob(f"numpy-{version}-*.whl"))
     return found[0]
 
@@ -132,28 +151,41 @@ def wheels(work: Path) -> None:
             with zipfile.ZipFile(fetch_wheel(version)) as z:
                 z.extractall(tree)
             with store.ingest() as ing:
-                m = build.from_directory(str(tree), StorePath("/nix/store", str(n) * 32, f"numpy-{version}"),
-                                         on_chunk=ing.add_chunk)
+                m = build.from_directory(
+                    str(tree),
+                    StorePath("/nix/store", str(n) * 32, f"numpy-{version}"),
+                    on_chunk=ing.add_chunk,
+                )
                 ing.commit(m)
             s = store.stats()
             rows.append((version, m.stats().file_bytes, ing.new_bytes, s))
     for version, file_bytes, new, s in rows:
-        print(f"  after numpy {version}: file data {file_bytes / MB:6.1f} MB, new chunk bytes {new / MB:6.1f} MB")
+        print(
+            f"  after numpy {version}: file data {file_bytes / MB:6.1f} MB, new chunk bytes {new / MB:6.1f} MB"
+        )
     s = rows[-1][3]
     print(f"  logical (chunked file data of both) {s.chunk_bytes / MB:6.1f} MB")
     print(f"  unique chunk bytes                  {s.unique_bytes / MB:6.1f} MB")
-    print(f"  slab bytes on disk                  {s.slab_disk_bytes / MB:6.1f} MB "
-          f"(+ index {s.index_bytes / MB:.1f} MB)")
-    print(f"  disk / logical                      {(s.slab_disk_bytes + s.index_bytes) / s.chunk_bytes:6.2f}")
+    print(
+        f"  slab bytes on disk                  {s.slab_disk_bytes / MB:6.1f} MB "
+        f"(+ index {s.index_bytes / MB:.1f} MB)"
+    )
+    print(
+        f"  disk / logical                      {(s.slab_disk_bytes + s.index_bytes) / s.chunk_bytes:6.2f}"
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tree", type=Path, help="ingest this tree instead of staging two")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-wheels", action="store_true", help="skip part 2 (needs PyPI)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ferry-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="ferry-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")
+    ) as tmp:
         work = Path(tmp)
         if args.tree:
             throughput("tree", args.tree, args.rounds, work)

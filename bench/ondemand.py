@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store.chunking import DEFAULT_POLICY  # noqa: E402
-from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
+from store.chunking import DEFAULT_POLICY
+from tests.p2p.nodes import NodeProc, keys, policy
 
 SP = "/nix/store/" + "8" * 32 + "-bench-lazy-1.0"
 
@@ -57,7 +57,9 @@ def present(client: NodeProc, mnt: Path) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--small", type=int, default=300)
     ap.add_argument("--big-mib", type=int, default=100)
     args = ap.parse_args()
@@ -78,7 +80,11 @@ def main() -> None:
         k = keys(tmp, "builder")
         pol = policy(tmp, [k["builder"][1]], threshold=1)
         seed = NodeProc(tmp, "seed", timeout=10).start().wait_ready()
-        client = NodeProc(tmp, "client", bootstrap=[seed.addr], policy=pol, timeout=10).start().wait_ready()
+        client = (
+            NodeProc(tmp, "client", bootstrap=[seed.addr], policy=pol, timeout=10)
+            .start()
+            .wait_ready()
+        )
         mnt = tmp / "mnt"
         mnt.mkdir()
         try:
@@ -116,14 +122,20 @@ def main() -> None:
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(len(xs) * q))] * 1e3
 
-    print(f"lazy mount (data on a peer, loopback) vs local ext4 copy, page cache dropped; {args.small} small files, "
-          f"{args.big_mib} MiB big files")
-    print(f"  cold 4 KiB open+read  lazy p50 {statistics.median(lazy_small) * 1e3:6.2f} ms  p99 {ms(lazy_small, .99):6.2f} ms"
-          f"   local p50 {statistics.median(local_small) * 1e3:6.2f} ms  p99 {ms(local_small, .99):6.2f} ms")
+    print(
+        f"lazy mount (data on a peer, loopback) vs local ext4 copy, page cache dropped; {args.small} small files, "
+        f"{args.big_mib} MiB big files"
+    )
+    print(
+        f"  cold 4 KiB open+read  lazy p50 {statistics.median(lazy_small) * 1e3:6.2f} ms  p99 {ms(lazy_small, 0.99):6.2f} ms"
+        f"   local p50 {statistics.median(local_small) * 1e3:6.2f} ms  p99 {ms(local_small, 0.99):6.2f} ms"
+    )
     print(f"  cold sequential read  lazy {lazy_seq:6.1f} MB/s   local {local_seq:6.1f} MB/s")
     chunk = DEFAULT_POLICY.chunk_size(args.big_mib << 20)
-    print(f"  fetch amplification   sequential {seq_amp:.2f}   random 4 KiB reads {rand_amp:.1f} "
-          f"(the file's chunks are {chunk >> 10} KiB: one chunk per read is {chunk // 4096})")
+    print(
+        f"  fetch amplification   sequential {seq_amp:.2f}   random 4 KiB reads {rand_amp:.1f} "
+        f"(the file's chunks are {chunk >> 10} KiB: one chunk per read is {chunk // 4096})"
+    )
 
 
 if __name__ == "__main__":

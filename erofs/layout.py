@@ -52,7 +52,7 @@ class ImageError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class erofs_super_block:  # noqa: N801 - the kernel's name
+class erofs_super_block:
     SIZE = 128
     _FMT = "<IIIBBHQQIIII16s16sIHHHBBIQ24x"
 
@@ -79,17 +79,37 @@ class erofs_super_block:  # noqa: N801 - the kernel's name
     packed_nid: int
 
     def encode(self) -> bytes:
-        return struct.pack(self._FMT, MAGIC, self.checksum, self.feature_compat, self.blkszbits, self.sb_extslots,
-                           self.root_nid, self.inos, self.build_time, self.build_time_nsec, self.blocks,
-                           self.meta_blkaddr, self.xattr_blkaddr, self.uuid, self.volume_name,
-                           self.feature_incompat, self.available_compr_algs, self.extra_devices, self.devt_slotoff,
-                           self.dirblkbits, self.xattr_prefix_count, self.xattr_prefix_start, self.packed_nid)
+        return struct.pack(
+            self._FMT,
+            MAGIC,
+            self.checksum,
+            self.feature_compat,
+            self.blkszbits,
+            self.sb_extslots,
+            self.root_nid,
+            self.inos,
+            self.build_time,
+            self.build_time_nsec,
+            self.blocks,
+            self.meta_blkaddr,
+            self.xattr_blkaddr,
+            self.uuid,
+            self.volume_name,
+            self.feature_incompat,
+            self.available_compr_algs,
+            self.extra_devices,
+            self.devt_slotoff,
+            self.dirblkbits,
+            self.xattr_prefix_count,
+            self.xattr_prefix_start,
+            self.packed_nid,
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> erofs_super_block:
         if len(raw) < cls.SIZE:
             raise ImageError(f"image of {len(raw)} bytes ends inside the superblock")
-        magic, *fields = struct.unpack(cls._FMT, raw[:cls.SIZE])
+        magic, *fields = struct.unpack(cls._FMT, raw[: cls.SIZE])
         if magic != MAGIC:
             raise ImageError(f"no EROFS magic at offset {SUPER_OFFSET} (found {magic:#x})")
         return cls(*fields)
@@ -99,7 +119,7 @@ assert struct.calcsize(erofs_super_block._FMT) == erofs_super_block.SIZE
 
 
 @dataclass(frozen=True, slots=True)
-class erofs_deviceslot:  # noqa: N801
+class erofs_deviceslot:
     SIZE = 128
     _FMT = "<64sII56x"
 
@@ -119,7 +139,7 @@ assert struct.calcsize(erofs_deviceslot._FMT) == erofs_deviceslot.SIZE
 
 
 @dataclass(frozen=True, slots=True)
-class erofs_inode_compact:  # noqa: N801
+class erofs_inode_compact:
     SIZE = 32
     _FMT = "<HHHHIIIIHHI"
 
@@ -136,8 +156,20 @@ class erofs_inode_compact:  # noqa: N801
     reserved2: int
 
     def encode(self) -> bytes:
-        return struct.pack(self._FMT, self.format, self.xattr_icount, self.mode, self.nlink, self.size,
-                           self.reserved, self.u, self.ino, self.uid, self.gid, self.reserved2)
+        return struct.pack(
+            self._FMT,
+            self.format,
+            self.xattr_icount,
+            self.mode,
+            self.nlink,
+            self.size,
+            self.reserved,
+            self.u,
+            self.ino,
+            self.uid,
+            self.gid,
+            self.reserved2,
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> erofs_inode_compact:
@@ -145,7 +177,7 @@ class erofs_inode_compact:  # noqa: N801
 
 
 @dataclass(frozen=True, slots=True)
-class erofs_inode_extended:  # noqa: N801
+class erofs_inode_extended:
     SIZE = 64
     _FMT = "<HHHHQIIIIQII16x"
 
@@ -163,8 +195,21 @@ class erofs_inode_extended:  # noqa: N801
     nlink: int
 
     def encode(self) -> bytes:
-        return struct.pack(self._FMT, self.format, self.xattr_icount, self.mode, self.reserved, self.size, self.u,
-                           self.ino, self.uid, self.gid, self.mtime, self.mtime_nsec, self.nlink)
+        return struct.pack(
+            self._FMT,
+            self.format,
+            self.xattr_icount,
+            self.mode,
+            self.reserved,
+            self.size,
+            self.u,
+            self.ino,
+            self.uid,
+            self.gid,
+            self.mtime,
+            self.mtime_nsec,
+            self.nlink,
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> erofs_inode_extended:
@@ -176,7 +221,7 @@ assert struct.calcsize(erofs_inode_extended._FMT) == erofs_inode_extended.SIZE
 
 
 @dataclass(frozen=True, slots=True)
-class erofs_inode_chunk_index:  # noqa: N801
+class erofs_inode_chunk_index:
     SIZE = 8
     _FMT = "<HHI"
 
@@ -193,7 +238,7 @@ class erofs_inode_chunk_index:  # noqa: N801
 
 
 @dataclass(frozen=True, slots=True)
-class erofs_dirent:  # noqa: N801
+class erofs_dirent:
     SIZE = 12
     _FMT = "<QHBx"
 

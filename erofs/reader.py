@@ -57,23 +57,33 @@ class Walked:
 class Image:
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.sb = L.erofs_super_block.decode(self._slice(L.SUPER_OFFSET, L.erofs_super_block.SIZE, "superblock"))
+        self.sb = L.erofs_super_block.decode(
+            self._slice(L.SUPER_OFFSET, L.erofs_super_block.SIZE, "superblock")
+        )
         if self.sb.blkszbits != L.BLKSZBITS:
             raise ImageError(f"block size 2^{self.sb.blkszbits}: only 4 KiB blocks are supported")
         self.meta = self.sb.meta_blkaddr * L.BLOCK
         if self.meta >= len(data):
-            raise ImageError(f"metadata area at block {self.sb.meta_blkaddr} lies past the image's end")
+            raise ImageError(
+                f"metadata area at block {self.sb.meta_blkaddr} lies past the image's end"
+            )
         self.devices = [
-            L.erofs_deviceslot.decode(self._slice(self.sb.devt_slotoff * L.erofs_deviceslot.SIZE
-                                                  + i * L.erofs_deviceslot.SIZE, L.erofs_deviceslot.SIZE,
-                                                  f"device slot {i}"))
+            L.erofs_deviceslot.decode(
+                self._slice(
+                    self.sb.devt_slotoff * L.erofs_deviceslot.SIZE + i * L.erofs_deviceslot.SIZE,
+                    L.erofs_deviceslot.SIZE,
+                    f"device slot {i}",
+                )
+            )
             for i in range(self.sb.extra_devices)
         ]
 
     def _slice(self, at: int, n: int, what: str) -> bytes:
         if at < 0 or n < 0 or at + n > len(self.data):
-            raise ImageError(f"{what} at {at} (+{n} bytes) lies outside the {len(self.data)}-byte image")
-        return self.data[at:at + n]
+            raise ImageError(
+                f"{what} at {at} (+{n} bytes) lies outside the {len(self.data)}-byte image"
+            )
+        return self.data[at : at + n]
 
     # --- inodes
 
@@ -85,15 +95,33 @@ class Image:
         if fmt >> 4:
             raise ImageError(f"inode {nid}: unknown format bits {fmt:#x}")
         if version == L.INODE_EXTENDED:
-            ie = L.erofs_inode_extended.decode(self._slice(at, L.erofs_inode_extended.SIZE, f"inode {nid}"))
-            mode, nlink, size, u, xattr, isize = ie.mode, ie.nlink, ie.size, ie.u, ie.xattr_icount, ie.SIZE
+            ie = L.erofs_inode_extended.decode(
+                self._slice(at, L.erofs_inode_extended.SIZE, f"inode {nid}")
+            )
+            mode, nlink, size, u, xattr, isize = (
+                ie.mode,
+                ie.nlink,
+                ie.size,
+                ie.u,
+                ie.xattr_icount,
+                ie.SIZE,
+            )
         else:
             ic = L.erofs_inode_compact.decode(head)
-            mode, nlink, size, u, xattr, isize = ic.mode, ic.nlink, ic.size, ic.u, ic.xattr_icount, ic.SIZE
+            mode, nlink, size, u, xattr, isize = (
+                ic.mode,
+                ic.nlink,
+                ic.size,
+                ic.u,
+                ic.xattr_icount,
+                ic.SIZE,
+            )
         if layout not in (L.LAYOUT_FLAT_PLAIN, L.LAYOUT_FLAT_INLINE, L.LAYOUT_CHUNK_BASED):
             raise ImageError(f"inode {nid}: data layout {layout} (compressed?) is not supported")
         xattr_size = 0 if xattr == 0 else 12 + (xattr - 1) * 4
-        return Inode(nid, mode, nlink, size, layout, version == L.INODE_EXTENDED, u, at + isize + xattr_size)
+        return Inode(
+            nid, mode, nlink, size, layout, version == L.INODE_EXTENDED, u, at + isize + xattr_size
+        )
 
     def read(self, ino: Inode, start: int = 0, n: int | None = None) -> bytes:
         """Bytes kept in the image: a directory's, a symlink's, a small file's."""
@@ -126,17 +154,23 @@ class Image:
         if ino.layout != L.LAYOUT_CHUNK_BASED:
             raise ImageError(f"inode {ino.nid} is not chunk-based")
         if not ino.u & L.CHUNK_FORMAT_INDEXES:
-            raise ImageError(f"inode {ino.nid}: block-map chunks (without device ids) are not supported")
+            raise ImageError(
+                f"inode {ino.nid}: block-map chunks (without device ids) are not supported"
+            )
         cs = self.chunk_size(ino)
         count = -(-ino.size // cs)
         at = -(-ino.data_at // 8) * 8
-        raw = self._slice(at, count * L.erofs_inode_chunk_index.SIZE, f"chunk indexes of inode {ino.nid}")
+        raw = self._slice(
+            at, count * L.erofs_inode_chunk_index.SIZE, f"chunk indexes of inode {ino.nid}"
+        )
         out = []
         for i in range(count):
-            ix = L.erofs_inode_chunk_index.decode(raw[i * 8:i * 8 + 8])
+            ix = L.erofs_inode_chunk_index.decode(raw[i * 8 : i * 8 + 8])
             if ix.blkaddr != L.NULL_ADDR and ix.device_id > len(self.devices):
-                raise ImageError(f"inode {ino.nid} chunk {i}: device {ix.device_id} is not in the "
-                                 f"{len(self.devices)}-device table")
+                raise ImageError(
+                    f"inode {ino.nid} chunk {i}: device {ix.device_id} is not in the "
+                    f"{len(self.devices)}-device table"
+                )
             out.append(ChunkRef(ix.device_id, ix.blkaddr))
         return out
 
@@ -147,26 +181,36 @@ class Image:
         if ino.kind != "dir":
             raise ImageError(f"inode {ino.nid} is not a directory")
         if ino.size > len(self.data):
-            raise ImageError(f"directory inode {ino.nid} claims {ino.size} bytes, more than the image")
+            raise ImageError(
+                f"directory inode {ino.nid} claims {ino.size} bytes, more than the image"
+            )
         out: list[tuple[bytes, int, int]] = []
         for pos in range(0, ino.size, L.BLOCK):
             blk = self.read(ino, pos, L.BLOCK)
             if len(blk) < L.erofs_dirent.SIZE:
-                raise ImageError(f"directory inode {ino.nid}: a block of {len(blk)} bytes holds no entry")
-            first = L.erofs_dirent.decode(blk[:L.erofs_dirent.SIZE])
+                raise ImageError(
+                    f"directory inode {ino.nid}: a block of {len(blk)} bytes holds no entry"
+                )
+            first = L.erofs_dirent.decode(blk[: L.erofs_dirent.SIZE])
             count = first.nameoff // L.erofs_dirent.SIZE
             if first.nameoff % L.erofs_dirent.SIZE or not 0 < first.nameoff <= len(blk):
-                raise ImageError(f"directory inode {ino.nid}: bad first name offset {first.nameoff}")
-            heads = [L.erofs_dirent.decode(blk[i * 12:i * 12 + 12]) for i in range(count)]
+                raise ImageError(
+                    f"directory inode {ino.nid}: bad first name offset {first.nameoff}"
+                )
+            heads = [L.erofs_dirent.decode(blk[i * 12 : i * 12 + 12]) for i in range(count)]
             for i, d in enumerate(heads):
                 end = heads[i + 1].nameoff if i + 1 < count else len(blk)
                 if not d.nameoff <= end <= len(blk) or d.nameoff < first.nameoff:
-                    raise ImageError(f"directory inode {ino.nid}: entry {i} has name bounds {d.nameoff}..{end}")
-                name = blk[d.nameoff:end]
+                    raise ImageError(
+                        f"directory inode {ino.nid}: entry {i} has name bounds {d.nameoff}..{end}"
+                    )
+                name = blk[d.nameoff : end]
                 if i + 1 == count:
                     name = name.split(b"\0", 1)[0]
                 if not 0 < len(name) <= 255:
-                    raise ImageError(f"directory inode {ino.nid}: entry {i} has a {len(name)}-byte name")
+                    raise ImageError(
+                        f"directory inode {ino.nid}: entry {i} has a {len(name)}-byte name"
+                    )
                 out.append((name, d.nid, d.file_type))
         return out
 
@@ -189,9 +233,13 @@ class Image:
                 if name in (b".", b".."):
                     continue
                 if b"/" in name:
-                    raise ImageError(f"directory inode {ino.nid} holds a name with a slash: {name[:80]!r}")
+                    raise ImageError(
+                        f"directory inode {ino.nid} holds a name with a slash: {name[:80]!r}"
+                    )
                 if nid in seen:
-                    raise ImageError(f"inode {nid} is reached twice (a directory loop or hard link)")
+                    raise ImageError(
+                        f"inode {nid} is reached twice (a directory loop or hard link)"
+                    )
                 seen.add(nid)
                 if len(seen) > MAX_INODES:
                     raise ImageError(f"more than {MAX_INODES} inodes")

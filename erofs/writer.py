@@ -92,39 +92,60 @@ def write_image(entries: Iterable[Entry], devices: Sequence[Device]) -> bytes:
             n.body = _dir_body(n)
     image = bytearray(next_blk * L.BLOCK)
     sb = L.erofs_super_block(
-        checksum=0, feature_compat=0, blkszbits=L.BLKSZBITS, sb_extslots=0, root_nid=root.nid, inos=len(order),
-        build_time=0, build_time_nsec=0, blocks=next_blk, meta_blkaddr=meta_blkaddr, xattr_blkaddr=0,
-        uuid=bytes(16), volume_name=bytes(16),
-        feature_incompat=L.FEATURE_INCOMPAT_CHUNKED_FILE | (L.FEATURE_INCOMPAT_DEVICE_TABLE if devices else 0),
-        available_compr_algs=0, extra_devices=len(devices),
+        checksum=0,
+        feature_compat=0,
+        blkszbits=L.BLKSZBITS,
+        sb_extslots=0,
+        root_nid=root.nid,
+        inos=len(order),
+        build_time=0,
+        build_time_nsec=0,
+        blocks=next_blk,
+        meta_blkaddr=meta_blkaddr,
+        xattr_blkaddr=0,
+        uuid=bytes(16),
+        volume_name=bytes(16),
+        feature_incompat=L.FEATURE_INCOMPAT_CHUNKED_FILE
+        | (L.FEATURE_INCOMPAT_DEVICE_TABLE if devices else 0),
+        available_compr_algs=0,
+        extra_devices=len(devices),
         devt_slotoff=(L.SUPER_OFFSET + L.erofs_super_block.SIZE) // L.erofs_deviceslot.SIZE,
-        dirblkbits=0, xattr_prefix_count=0, xattr_prefix_start=0, packed_nid=0,
+        dirblkbits=0,
+        xattr_prefix_count=0,
+        xattr_prefix_start=0,
+        packed_nid=0,
     )
-    image[L.SUPER_OFFSET:L.SUPER_OFFSET + sb.SIZE] = sb.encode()
+    image[L.SUPER_OFFSET : L.SUPER_OFFSET + sb.SIZE] = sb.encode()
     pos = L.SUPER_OFFSET + sb.SIZE
     for d in devices:
         if len(d.tag) > 64:
             raise TreeError(f"device tag {d.tag[:80]!r} is longer than 64 bytes")
-        image[pos:pos + L.erofs_deviceslot.SIZE] = L.erofs_deviceslot(d.tag.ljust(64, b"\0"), d.blocks, 0).encode()
+        image[pos : pos + L.erofs_deviceslot.SIZE] = L.erofs_deviceslot(
+            d.tag.ljust(64, b"\0"), d.blocks, 0
+        ).encode()
         pos += L.erofs_deviceslot.SIZE
     base = meta_blkaddr * L.BLOCK
     for n in order:
         at = base + n.nid * L.SLOT
         raw = _inode(n)
-        image[at:at + len(raw)] = raw
+        image[at : at + len(raw)] = raw
         at += len(raw)
         if n.layout == L.LAYOUT_FLAT_INLINE:
-            tail = n.body[(n.size // L.BLOCK) * L.BLOCK:]
-            image[at:at + len(tail)] = tail
+            tail = n.body[(n.size // L.BLOCK) * L.BLOCK :]
+            image[at : at + len(tail)] = tail
         elif n.layout == L.LAYOUT_CHUNK_BASED:
             for w in n.entry.chunks.where:  # type: ignore[union-attr]
-                ix = L.erofs_inode_chunk_index(0, 0, L.NULL_ADDR) if w is None else L.erofs_inode_chunk_index(0, *w)
-                image[at:at + ix.SIZE] = ix.encode()
+                ix = (
+                    L.erofs_inode_chunk_index(0, 0, L.NULL_ADDR)
+                    if w is None
+                    else L.erofs_inode_chunk_index(0, *w)
+                )
+                image[at : at + ix.SIZE] = ix.encode()
                 at += ix.SIZE
         if n.layout != L.LAYOUT_CHUNK_BASED and n.blkaddr:
             full = n.size // L.BLOCK * L.BLOCK if n.layout == L.LAYOUT_FLAT_INLINE else n.size
             start = n.blkaddr * L.BLOCK
-            image[start:start + full] = n.body[:full]
+            image[start : start + full] = n.body[:full]
     return bytes(image)
 
 
@@ -145,7 +166,9 @@ def _tree(entries: Iterable[Entry]) -> _Node:
             if parent is None or parent.entry.kind is not Kind.DIR:
                 raise TreeError(f"{e.path!r} comes before its directory {parent_path!r}")
             if not 0 < len(name) <= 255 or name in (b".", b"..") or b"\0" in name:
-                raise TreeError(f"{e.path!r}: a name must be 1 to 255 bytes, not . or .., without NUL")
+                raise TreeError(
+                    f"{e.path!r}: a name must be 1 to 255 bytes, not . or .., without NUL"
+                )
             parent.children[name] = node
             node.parent = parent
         nodes[e.path] = node
@@ -185,7 +208,9 @@ def _shape(n: _Node) -> None:
             if cs < L.BLOCK or cs & (cs - 1) or cs > 1 << 31:
                 raise TreeError(f"{e.path!r}: chunk size {cs} is not a power of two from 4 KiB")
             if len(e.chunks.where) != -(-e.size // cs):
-                raise TreeError(f"{e.path!r}: {len(e.chunks.where)} chunks for {e.size} bytes in {cs}-byte chunks")
+                raise TreeError(
+                    f"{e.path!r}: {len(e.chunks.where)} chunks for {e.size} bytes in {cs}-byte chunks"
+                )
             n.layout = L.LAYOUT_CHUNK_BASED
             return
         if len(e.data) != e.size:
@@ -262,14 +287,21 @@ def _dir_body(n: _Node) -> bytes:
 
 def _inode(n: _Node) -> bytes:
     e = n.entry
-    mode = {Kind.DIR: L.S_IFDIR | 0o755, Kind.SYMLINK: L.S_IFLNK | 0o777,
-            Kind.FILE: L.S_IFREG | (0o755 if e.executable else 0o644)}[e.kind]
+    mode = {
+        Kind.DIR: L.S_IFDIR | 0o755,
+        Kind.SYMLINK: L.S_IFLNK | 0o777,
+        Kind.FILE: L.S_IFREG | (0o755 if e.executable else 0o644),
+    }[e.kind]
     if n.layout == L.LAYOUT_CHUNK_BASED:
         cs = e.chunks.chunk_size  # type: ignore[union-attr]
         u = (cs.bit_length() - 1 - L.BLKSZBITS) | L.CHUNK_FORMAT_INDEXES
     else:
         u = n.blkaddr
-    nlink = 2 + sum(1 for c in n.children.values() if c.entry.kind is Kind.DIR) if e.kind is Kind.DIR else 1
+    nlink = (
+        2 + sum(1 for c in n.children.values() if c.entry.kind is Kind.DIR)
+        if e.kind is Kind.DIR
+        else 1
+    )
     version = L.INODE_EXTENDED if n.extended else L.INODE_COMPACT
     fmt = L.i_format(version, n.layout)
     if n.extended:

@@ -67,12 +67,12 @@ def decode(raw: bytes) -> Message:
     msg_id, opcode, length, object_id = _HEADER.unpack_from(raw)
     if length != len(raw):
         raise MessageError(f"message {msg_id} says {length} bytes but {len(raw)} came")
-    body = raw[_HEADER.size:]
+    body = raw[_HEADER.size :]
     if opcode == OP_OPEN:
         if len(body) < _OPEN.size:
             raise MessageError(f"OPEN {msg_id} is cut short")
         vsize, csize, fd, flags = _OPEN.unpack_from(body)
-        keys = body[_OPEN.size:]
+        keys = body[_OPEN.size :]
         if vsize + csize != len(keys) or vsize == 0:
             raise MessageError(f"OPEN {msg_id}: keys of {vsize} + {csize} bytes in {len(keys)}")
         volume = keys[:vsize]
@@ -94,8 +94,12 @@ def decode(raw: bytes) -> Message:
 def encode(msg: Message) -> bytes:
     """The bytes the kernel sends (for the emulated device and fuzzing)."""
     if isinstance(msg, Open):
-        body = _OPEN.pack(len(msg.volume_key) + 1, len(msg.cookie_key), msg.fd, msg.flags) \
-            + msg.volume_key + b"\0" + msg.cookie_key
+        body = (
+            _OPEN.pack(len(msg.volume_key) + 1, len(msg.cookie_key), msg.fd, msg.flags)
+            + msg.volume_key
+            + b"\0"
+            + msg.cookie_key
+        )
         op = OP_OPEN
     elif isinstance(msg, Close):
         body, op = b"", OP_CLOSE

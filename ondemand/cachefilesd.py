@@ -47,7 +47,9 @@ class Blobs(Protocol):
 class CacheDevice:
     """/dev/cachefiles itself."""
 
-    def __init__(self, cache_dir: str, tag: str, *, restore: bool = False, path: str = "/dev/cachefiles") -> None:
+    def __init__(
+        self, cache_dir: str, tag: str, *, restore: bool = False, path: str = "/dev/cachefiles"
+    ) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         for cmd in cachefiles.setup(cache_dir, tag):
             os.write(self.fd, cmd)
@@ -132,7 +134,9 @@ class CachefilesDaemon:
                 if data is not None and len(data) == end - start:
                     await trio.to_thread.run_sync(pwrite_all, obj.fd, data, start)
                 else:
-                    log.warning("cachefiles: %r bytes %d..%d are not available", obj.cookie, start, end)
+                    log.warning(
+                        "cachefiles: %r bytes %d..%d are not available", obj.cookie, start, end
+                    )
         except Exception:  # a bug must not leave the reader waiting forever
             log.exception("cachefiles: filling READ %d", msg.msg_id)
         finally:

@@ -100,5 +100,10 @@ def encode_event(ev: Event) -> bytes:
     """The bytes the kernel would send for `ev` (for tests and the simulator)."""
     info = b""
     if ev.offset is not None:
-        info = _INFO.pack(INFO_TYPE_RANGE, 0, _INFO.size + _RANGE.size) + _RANGE.pack(0, ev.offset, ev.count or 0)
-    return _META.pack(_META.size + len(info), METADATA_VERSION, 0, _META.size, ev.mask, ev.fd, ev.pid) + info
+        info = _INFO.pack(INFO_TYPE_RANGE, 0, _INFO.size + _RANGE.size) + _RANGE.pack(
+            0, ev.offset, ev.count or 0
+        )
+    return (
+        _META.pack(_META.size + len(info), METADATA_VERSION, 0, _META.size, ev.mask, ev.fd, ev.pid)
+        + info
+    )

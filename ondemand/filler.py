@@ -47,12 +47,21 @@ class SlabChunks(Protocol):
     def present(self, digest: bytes) -> bool: ...
 
 
-Fetch = Callable[[list[bytes]], Awaitable[dict[bytes, bytes]]]  # verified bytes of those it could get
+Fetch = Callable[
+    [list[bytes]], Awaitable[dict[bytes, bytes]]
+]  # verified bytes of those it could get
 
 
 class Filler:
-    def __init__(self, group: int, chunks: SlabChunks, fetch: Fetch, *, deadline: float,
-                 on_filled: Callable[[list[bytes]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        group: int,
+        chunks: SlabChunks,
+        fetch: Fetch,
+        *,
+        deadline: float,
+        on_filled: Callable[[list[bytes]], Awaitable[None]],
+    ) -> None:
         self.group = group
         self.chunks = chunks
         self.fetch = fetch
@@ -102,8 +111,12 @@ class Filler:
                 if all(self.chunks.present(c.digest) for c in asked):
                     verdict = fanotify.allow(ev.fd)
                 else:
-                    log.warning("slab range %d+%d: chunks not available within %.0f s: EIO",
-                                ev.offset, ev.count, self.deadline)
+                    log.warning(
+                        "slab range %d+%d: chunks not available within %.0f s: EIO",
+                        ev.offset,
+                        ev.count,
+                        self.deadline,
+                    )
         except Exception:  # a bug here must not leave a reader blocked forever
             log.exception("answering a fanotify event")
         finally:
@@ -121,14 +134,21 @@ class Filler:
         for file, cs in by_file.items():
             all_chunks = self.chunks.file_chunks(file)
             chunk_size = all_chunks[0].length  # every chunk but a file's last is full
-            span = self.readahead.plan(file, min(c.index for c in cs), max(c.index for c in cs), len(all_chunks),
-                                       chunk_size)
+            span = self.readahead.plan(
+                file,
+                min(c.index for c in cs),
+                max(c.index for c in cs),
+                len(all_chunks),
+                chunk_size,
+            )
             for i in span:
                 out.setdefault(all_chunks[i].digest, all_chunks[i])
         return [c for c in out.values() if not self.chunks.present(c.digest)]
 
     async def _ensure(self, want: list[ChunkAt], fd: int) -> None:
-        mine = [c for c in want if c.digest not in self._inflight and not self.chunks.present(c.digest)]
+        mine = [
+            c for c in want if c.digest not in self._inflight and not self.chunks.present(c.digest)
+        ]
         others = [self._inflight[c.digest] for c in want if c.digest in self._inflight]
         for c in mine:
             self._inflight[c.digest] = trio.Event()
@@ -137,7 +157,9 @@ class Filler:
                 got = await self.fetch([c.digest for c in mine])
                 done = [c for c in mine if c.digest in got]
                 if done:
-                    await trio.to_thread.run_sync(_write_all, fd, [(c.offset, got[c.digest]) for c in done])
+                    await trio.to_thread.run_sync(
+                        _write_all, fd, [(c.offset, got[c.digest]) for c in done]
+                    )
                     self.fetched_bytes += sum(c.length for c in done)
                     await self.on_filled([c.digest for c in done])
         finally:

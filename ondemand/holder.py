@@ -21,8 +21,10 @@ from ondemand import fanotify, syscalls
 
 
 def new_group() -> int:
-    return syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
-                                  os.O_RDWR | os.O_LARGEFILE)
+    return syscalls.fanotify_init(
+        fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
+        os.O_RDWR | os.O_LARGEFILE,
+    )
 
 
 def serve(path: str) -> None:

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from ondemand import fanotify, syscalls
 
 NEEDS = {
-    "fanotify": ("CONFIG_FANOTIFY_ACCESS_PERMISSIONS", "CONFIG_EROFS_FS", "CONFIG_EROFS_FS_BACKED_BY_FILE"),
+    "fanotify": (
+        "CONFIG_FANOTIFY_ACCESS_PERMISSIONS",
+        "CONFIG_EROFS_FS",
+        "CONFIG_EROFS_FS_BACKED_BY_FILE",
+    ),
     "cachefiles": ("CONFIG_CACHEFILES_ONDEMAND", "CONFIG_EROFS_FS_ONDEMAND"),
 }
 
@@ -48,7 +52,11 @@ def kernel_config() -> dict[str, str] | None:
         try:
             opener = gzip.open if path.endswith(".gz") else open
             with opener(path, "rt") as f:  # type: ignore[operator]
-                return {k: v for k, _, v in (line.strip().partition("=") for line in f) if k.startswith("CONFIG_")}
+                return {
+                    k: v
+                    for k, _, v in (line.strip().partition("=") for line in f)
+                    if k.startswith("CONFIG_")
+                }
         except OSError:
             continue
     return None
@@ -56,7 +64,9 @@ def kernel_config() -> dict[str, str] | None:
 
 def _pre_content_events() -> str | None:
     try:
-        os.close(syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR))
+        os.close(
+            syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR)
+        )
         return None
     except OSError as e:
         return f"fanotify pre-content groups: {e.strerror} (needs root and Linux 6.14+)"
@@ -71,7 +81,11 @@ def probe() -> Report:
     for name in ("fanotify", "cachefiles"):
         missing = [] if root else ["run as root"]
         if config is not None:
-            missing += [f"{opt}=y (kernel config)" for opt in NEEDS[name] if config.get(opt) not in ("y", "m")]
+            missing += [
+                f"{opt}=y (kernel config)"
+                for opt in NEEDS[name]
+                if config.get(opt) not in ("y", "m")
+            ]
         if name == "fanotify":
             if root and (problem := _pre_content_events()):
                 missing.append(problem)
@@ -80,7 +94,9 @@ def probe() -> Report:
         else:
             if not os.path.exists("/dev/cachefiles"):
                 missing.append("/dev/cachefiles (modprobe cachefiles)")
-            missing.append("ferry's cachefiles backend is tested only against an emulated device so far")
+            missing.append(
+                "ferry's cachefiles backend is tested only against an emulated device so far"
+            )
         out.append(Backend(name, not missing, tuple(dict.fromkeys(missing))))
     out.append(Backend("materialize", True))
     return Report(platform.release(), root, tuple(out))

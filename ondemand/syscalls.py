@@ -7,8 +7,20 @@ import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.fanotify_mark.argtypes = [
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_uint64,
+    ctypes.c_int,
+    ctypes.c_char_p,
+]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 AT_FDCWD = -100
@@ -28,20 +40,28 @@ def fanotify_init(flags: int, event_f_flags: int) -> int:
 
 
 def fanotify_mark(group: int, flags: int, mask: int, path: str) -> None:
-    _check(_libc.fanotify_mark(group, flags, mask, AT_FDCWD, os.fsencode(path)), f"fanotify_mark {path}")
+    _check(
+        _libc.fanotify_mark(group, flags, mask, AT_FDCWD, os.fsencode(path)),
+        f"fanotify_mark {path}",
+    )
 
 
 def mount_erofs(image: str, target: str, devices: list[str]) -> None:
     """mount(2) read-only with `device=` options (util-linux mount would loop the image)."""
     opts = ",".join(f"device={d}" for d in devices).encode()
-    _check(_libc.mount(os.fsencode(image), os.fsencode(target), b"erofs", MS_RDONLY, opts),
-           f"mount {image} on {target}")
+    _check(
+        _libc.mount(os.fsencode(image), os.fsencode(target), b"erofs", MS_RDONLY, opts),
+        f"mount {image} on {target}",
+    )
 
 
 def mount_erofs_fscache(target: str, fsid: str, domain: str) -> None:
     """mount(2) of an image served by cachefiles ondemand: no source device, the blob names."""
     opts = f"fsid={fsid},domain_id={domain}".encode()
-    _check(_libc.mount(b"none", os.fsencode(target), b"erofs", MS_RDONLY, opts), f"mount {fsid} on {target}")
+    _check(
+        _libc.mount(b"none", os.fsencode(target), b"erofs", MS_RDONLY, opts),
+        f"mount {fsid} on {target}",
+    )
 
 
 def umount(target: str, detach: bool = False) -> None:

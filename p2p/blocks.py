@@ -82,7 +82,9 @@ class Want:
     def __post_init__(self) -> None:
         _check_digest(self.digest)
         if len(self.bases) > MAX_BASES:
-            raise BlocksError(f"a want lists {len(self.bases)} bases; at most {MAX_BASES} are allowed")
+            raise BlocksError(
+                f"a want lists {len(self.bases)} bases; at most {MAX_BASES} are allowed"
+            )
         for b in self.bases:
             _check_digest(b)
 
@@ -91,7 +93,12 @@ class Want:
 
     @classmethod
     def decode(cls, raw: object) -> Want:
-        if not (isinstance(raw, list) and len(raw) == 3 and isinstance(raw[1], bool) and isinstance(raw[2], list)):
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 3
+            and isinstance(raw[1], bool)
+            and isinstance(raw[2], list)
+        ):
             raise BlocksError("malformed want")
         return cls(_digest(raw[0]), raw[1], tuple(_digest(b) for b in raw[2]))
 
@@ -101,7 +108,9 @@ class Block:
     digest: bytes
     data: bytes
     # How it travelled, not what it is: left out of comparisons.
-    wire: int = field(default=0, compare=False)  # payload bytes on the wire (compressed, perhaps a diff)
+    wire: int = field(
+        default=0, compare=False
+    )  # payload bytes on the wire (compressed, perhaps a diff)
     diff: bool = field(default=False, compare=False)  # decoded against the bases the client sent
 
 
@@ -153,8 +162,11 @@ def compress_with_prefix(data: bytes, prefix: bytes, level: int) -> bytes:
     """`data` compressed with `prefix` as raw content before it: matches reach back into
     the prefix (an older version of the same bytes) across the whole window."""
     params = zstandard.ZstdCompressionParameters.from_level(
-        level, window_log=_window_log(len(prefix) + len(data)), enable_ldm=len(prefix) > (8 << 20),
-        write_content_size=True)
+        level,
+        window_log=_window_log(len(prefix) + len(data)),
+        enable_ldm=len(prefix) > (8 << 20),
+        write_content_size=True,
+    )
     dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     return zstandard.ZstdCompressor(dict_data=dict_, compression_params=params).compress(data)
 
@@ -163,7 +175,9 @@ def _decompressor(prefix: bytes | None) -> zstandard.ZstdDecompressor:
     if not prefix:
         return zstandard.ZstdDecompressor()
     dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdDecompressor(dict_data=dict_, max_window_size=1 << _window_log(len(prefix) + MAX_BLOCK))
+    return zstandard.ZstdDecompressor(
+        dict_data=dict_, max_window_size=1 << _window_log(len(prefix) + MAX_BLOCK)
+    )
 
 
 def _check_digest(d: object) -> None:
@@ -178,12 +192,22 @@ def _digest(raw: object) -> bytes:
 
 def _unpack(payload: bytes) -> tuple[Kind, list[object]]:
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True,
-                              max_bin_len=DEFAULT_CAP, max_str_len=0, max_map_len=0, max_ext_len=0,
-                              max_array_len=max(MAX_WANTS, MAX_BASES) + 3)
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=DEFAULT_CAP,
+            max_str_len=0,
+            max_map_len=0,
+            max_ext_len=0,
+            max_array_len=max(MAX_WANTS, MAX_BASES) + 3,
+        )
     except Exception as e:  # msgpack raises many unrelated types for bad input
         raise BlocksError(f"frame is not valid msgpack: {e}") from None
-    if not (isinstance(obj, list) and len(obj) == 2 and type(obj[0]) is int and isinstance(obj[1], list)):
+    if not (
+        isinstance(obj, list) and len(obj) == 2 and type(obj[0]) is int and isinstance(obj[1], list)
+    ):
         raise BlocksError("frame is not [kind, items]")
     try:
         return Kind(obj[0]), obj[1]
@@ -257,8 +281,14 @@ class BlockServer:
         return [Have(d) for d in digests if self._waiting.pop(d, None) is not None]
 
     @staticmethod
-    def reply(entries: Sequence[Reply], *, level: int = 1, dictionaries: dict[bytes, bytes] | None = None,
-              diff_level: int = 3, target: int = REPLY_TARGET) -> bytes:
+    def reply(
+        entries: Sequence[Reply],
+        *,
+        level: int = 1,
+        dictionaries: dict[bytes, bytes] | None = None,
+        diff_level: int = 3,
+        target: int = REPLY_TARGET,
+    ) -> bytes:
         """Frames (one or more, each about `target` bytes) answering with `entries`,
         those without data first. `dictionaries` maps a block's digest to the
         concatenated bases to compress it against."""
@@ -274,8 +304,11 @@ class BlockServer:
                     item: list[object] = [int(Entry.BLOCK_DIFF), e.digest, len(e.data), z]
                 else:
                     z = plain.compress(e.data)
-                    item = ([int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z] if len(z) < len(e.data)
-                            else [int(Entry.BLOCK_RAW), e.digest, len(e.data), e.data])
+                    item = (
+                        [int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z]
+                        if len(z) < len(e.data)
+                        else [int(Entry.BLOCK_RAW), e.digest, len(e.data), e.data]
+                    )
                 size += len(item[3])  # type: ignore[arg-type]
             elif isinstance(e, Have):
                 item = [int(Entry.HAVE), e.digest]
@@ -315,7 +348,7 @@ class BlockClient:
                 self._bases[w.digest] = base_bytes[w.digest]
         out = []
         for i in range(0, len(wants), MAX_WANTS // 4):
-            out.append(_pack(Kind.WANTS, [w.encode() for w in wants[i:i + MAX_WANTS // 4]]))
+            out.append(_pack(Kind.WANTS, [w.encode() for w in wants[i : i + MAX_WANTS // 4]]))
         return b"".join(out)
 
     def cancel(self, digests: Iterable[bytes]) -> bytes:
@@ -387,7 +420,9 @@ class BlockClient:
             prefix = None  # answered plainly: the server lacked a base
         size, payload = raw[2], raw[3]
         if not (type(size) is int and 0 <= size <= self.max_block and isinstance(payload, bytes)):
-            raise BlocksError(f"block {digest.hex()[:16]} claims {size!r} bytes (limit {self.max_block:,})")
+            raise BlocksError(
+                f"block {digest.hex()[:16]} claims {size!r} bytes (limit {self.max_block:,})"
+            )
         if kind is Entry.BLOCK_RAW:
             data = payload
         else:
@@ -396,7 +431,9 @@ class BlockClient:
             except zstandard.ZstdError as e:
                 raise BlocksError(f"block {digest.hex()[:16]} does not decompress: {e}") from None
             if declared > size:  # refuse before allocating what the header asks for
-                raise BlocksError(f"block {digest.hex()[:16]} declares {declared:,} bytes, not {size:,}")
+                raise BlocksError(
+                    f"block {digest.hex()[:16]} declares {declared:,} bytes, not {size:,}"
+                )
             try:
                 data = _decompressor(prefix).decompress(payload, max_output_size=size)
             except zstandard.ZstdError as e:
@@ -406,5 +443,7 @@ class BlockClient:
             if prefix and len(data) != size:
                 return BadDiff(digest)
         if len(data) != size:
-            raise BlocksError(f"block {digest.hex()[:16]} is {len(data):,} bytes, not the {size:,} it claims")
+            raise BlocksError(
+                f"block {digest.hex()[:16]} is {len(data):,} bytes, not the {size:,} it claims"
+            )
         return Block(digest, data, len(payload), kind is Entry.BLOCK_DIFF)

@@ -82,8 +82,15 @@ def encode(msg: Message) -> bytes:
 
 def decode(payload: bytes) -> Message:
     try:
-        obj = msgpack.unpackb(payload, raw=False, max_bin_len=MAX_CLAIM, max_str_len=64, max_map_len=0,
-                              max_ext_len=0, max_array_len=MAX_CLAIMS)
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            max_bin_len=MAX_CLAIM,
+            max_str_len=64,
+            max_map_len=0,
+            max_ext_len=0,
+            max_array_len=MAX_CLAIMS,
+        )
     except Exception as e:  # msgpack raises many unrelated types for bad input
         raise ClaimsError(f"message is not valid msgpack: {e}") from None
     if not (isinstance(obj, list) and len(obj) == 2 and type(obj[0]) is int):

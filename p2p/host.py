@@ -54,7 +54,11 @@ def cancel_safe_frames(muxed: Yamux) -> None:
             if stall.cancelled_caught:
                 # Part of a frame may be on the wire: nothing after it would decrypt. Close
                 # the transport itself (a GO_AWAY frame would be one more stuck write).
-                log.info("peer %s took no data for %.0f s: closing the connection", muxed.peer_id, FRAME_STALL)
+                log.info(
+                    "peer %s took no data for %.0f s: closing the connection",
+                    muxed.peer_id,
+                    FRAME_STALL,
+                )
                 with trio.move_on_after(5):
                     await muxed.secured_conn.close()
                 raise ConnectionClosedError(f"peer {muxed.peer_id} stopped reading")
@@ -104,8 +108,13 @@ def quiet_libp2p() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def make_host(keys: KeyPair, limits: HostLimits = HostLimits(), *, mdns: bool = False,
-              listen: Sequence[multiaddr.Multiaddr] = ()) -> IHost:
+def make_host(
+    keys: KeyPair,
+    limits: HostLimits = HostLimits(),
+    *,
+    mdns: bool = False,
+    listen: Sequence[multiaddr.Multiaddr] = (),
+) -> IHost:
     config = ConnectionConfig(
         max_connections=limits.max_connections,
         # min_connections/low_watermark 0: no background dialing to "fill up" to a quota;
@@ -118,8 +127,14 @@ def make_host(keys: KeyPair, limits: HostLimits = HostLimits(), *, mdns: bool = 
         auto_connect_interval=3600.0,
     )
     sec_opt = {TProtocol(NOISE): NoiseTransport(keys, noise_privkey=new_x25519().private_key)}
-    host = new_host(key_pair=keys, sec_opt=sec_opt, muxer_opt={TProtocol(YAMUX): Yamux},
-                    connection_config=config, enable_mDNS=mdns, listen_addrs=list(listen) or None)
+    host = new_host(
+        key_pair=keys,
+        sec_opt=sec_opt,
+        muxer_opt={TProtocol(YAMUX): Yamux},
+        connection_config=config,
+        enable_mDNS=mdns,
+        listen_addrs=list(listen) or None,
+    )
     # The auto-connector dials every peer in the peerstore up to the midpoint of the
     # watermarks, whatever they are set to, and redials peers we disconnected on purpose
     # (a banned one). A node dials whom it needs: bootstrap peers and providers.

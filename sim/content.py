@@ -58,8 +58,15 @@ def key(rng: random.Random, name: str) -> SecretKey:
     return SecretKey(name, rng.randbytes(32))
 
 
-def release(rng: random.Random, *, paths: int, real_bytes: int, prefix: str = "pkg",
-            previous: Release | None = None, change: float = 0.02) -> Release:
+def release(
+    rng: random.Random,
+    *,
+    paths: int,
+    real_bytes: int,
+    prefix: str = "pkg",
+    previous: Release | None = None,
+    change: float = 0.02,
+) -> Release:
     """A closure of `paths` store paths holding `real_bytes` of chunk data in all. With
     `previous`, the next generation of it after a mass rebuild: the same names under new
     hashes, each file with a `change` fraction of its chunks edited in a few bytes and
@@ -69,7 +76,9 @@ def release(rng: random.Random, *, paths: int, real_bytes: int, prefix: str = "p
     per_path = max(CHUNK, real_bytes // paths)
     out = []
     for i, sp in enumerate(sps):
-        refs = sps[i + 1:] if i == 0 else sps[i + 1:i + 2]  # the root needs everything; a chain below
+        refs = (
+            sps[i + 1 :] if i == 0 else sps[i + 1 : i + 2]
+        )  # the root needs everything; a chain below
         if previous is None:
             data = bytearray(rng.randbytes(per_path))
         else:
@@ -78,16 +87,26 @@ def release(rng: random.Random, *, paths: int, real_bytes: int, prefix: str = "p
             for c in range(0, len(data), CHUNK):
                 if rng.random() < change:
                     at = c + rng.randrange(0, CHUNK - 16)
-                    data[at:at + 16] = rng.randbytes(16)
+                    data[at : at + 16] = rng.randbytes(16)
         # Where a build writes its dependencies' paths (an ELF RUNPATH, a script): the
         # first chunk, the way a mass rebuild touches every path.
-        stamp = " ".join(str(r) for r in [sp, *refs]).encode()[:CHUNK - 64]
-        data[64:64 + len(stamp)] = stamp
-        events = [nar.Directory(b""), nar.Directory(b"lib"),
-                  nar.Regular(b"lib/" + sp.name.encode() + b".so", len(data), True), nar.Contents(bytes(data))]
+        stamp = " ".join(str(r) for r in [sp, *refs]).encode()[: CHUNK - 64]
+        data[64 : 64 + len(stamp)] = stamp
+        events = [
+            nar.Directory(b""),
+            nar.Directory(b"lib"),
+            nar.Regular(b"lib/" + sp.name.encode() + b".so", len(data), True),
+            nar.Contents(bytes(data)),
+        ]
         chunks = export.MemoryChunks()
-        m = build.from_nar([nar.encode_bytes(events)], sp, references=refs, policy=SIM_CHUNKING,
-                           on_chunk=chunks.add, workers=0)
+        m = build.from_nar(
+            [nar.encode_bytes(events)],
+            sp,
+            references=refs,
+            policy=SIM_CHUNKING,
+            on_chunk=chunks.add,
+            workers=0,
+        )
         out.append(PathData(m, chunks.chunks))
     return Release(tuple(out))
 
@@ -96,9 +115,19 @@ def lie_about(rng: random.Random, honest: Release) -> Release:
     """What a lying builder signs: the same store paths with other contents."""
     out = []
     for p in honest.paths:
-        events = [nar.Directory(b""), nar.Regular(b"backdoor", 4 * CHUNK, True), nar.Contents(rng.randbytes(4 * CHUNK))]
+        events = [
+            nar.Directory(b""),
+            nar.Regular(b"backdoor", 4 * CHUNK, True),
+            nar.Contents(rng.randbytes(4 * CHUNK)),
+        ]
         chunks = export.MemoryChunks()
-        m = build.from_nar([nar.encode_bytes(events)], p.manifest.store_path, references=p.manifest.references,
-                           policy=SIM_CHUNKING, on_chunk=chunks.add, workers=0)
+        m = build.from_nar(
+            [nar.encode_bytes(events)],
+            p.manifest.store_path,
+            references=p.manifest.references,
+            policy=SIM_CHUNKING,
+            on_chunk=chunks.add,
+            workers=0,
+        )
         out.append(PathData(m, chunks.chunks))
     return Release(tuple(out))

@@ -57,8 +57,11 @@ class SimHost:
 
     def peers(self) -> list[str]:
         now = trio.current_time()
-        return sorted(p for p in self.connected if self.world.hosts[p].endpoint.online
-                      and not self.book.banned(p, now))
+        return sorted(
+            p
+            for p in self.connected
+            if self.world.hosts[p].endpoint.online and not self.book.banned(p, now)
+        )
 
     async def open_stream(self, peer: str, protocol: str) -> SimStream:
         other = self.world.hosts.get(peer)
@@ -67,7 +70,9 @@ class SimHost:
         handler = other.handlers.get(protocol)
         if handler is None:
             raise StreamError(f"{peer} does not speak {protocol}")
-        if self.book.banned(peer, trio.current_time()) or other.book.banned(self.name, trio.current_time()):
+        if self.book.banned(peer, trio.current_time()) or other.book.banned(
+            self.name, trio.current_time()
+        ):
             raise StreamError(f"{peer}: banned")
         # Opening a yamux stream on an open connection costs nothing before the first write.
         mine, theirs = stream_pair(self.endpoint, other.endpoint)
@@ -82,8 +87,11 @@ class SimHost:
 
     async def providers(self, path_hash: str) -> list[str]:
         await trio.sleep(self.world.directory.lookup_time())
-        found = [p for p in sorted(self.world.directory.providers.get(path_hash, ()))
-                 if p != self.name and self.world.hosts[p].endpoint.online]
+        found = [
+            p
+            for p in sorted(self.world.directory.providers.get(path_hash, ()))
+            if p != self.name and self.world.hosts[p].endpoint.online
+        ]
         for p in found:
             self.connect(p)
         return found
@@ -133,7 +141,9 @@ class World:
         self.rng = rng
         self.hosts: dict[str, SimHost] = {}
         self.directory = Directory(rng)
-        self.chunks: dict[bytes, bytes] = {}  # interned chunk bytes, shared by every store (see sim.store)
+        self.chunks: dict[
+            bytes, bytes
+        ] = {}  # interned chunk bytes, shared by every store (see sim.store)
 
     def add(self, name: str, spec: LinkSpec = LinkSpec()) -> SimHost:
         if name in self.hosts:

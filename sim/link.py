@@ -41,7 +41,9 @@ class LinkSpec:
     @classmethod
     def home(cls, rng: random.Random) -> LinkSpec:
         """100 Mbit/s down, 20 Mbit/s up, 20-80 ms round trips."""
-        return cls(up=20e6 / 8, down=100e6 / 8, latency=rng.uniform(0.010, 0.040), jitter=0.002, loss=0.001)
+        return cls(
+            up=20e6 / 8, down=100e6 / 8, latency=rng.uniform(0.010, 0.040), jitter=0.002, loss=0.001
+        )
 
 
 class Port:
@@ -92,7 +94,9 @@ class Endpoint:
 class _Pipe:
     def __init__(self) -> None:
         self.data: deque[bytes] = deque()  # arrived, not yet read
-        self.in_flight: deque[tuple[float, bytes | None]] = deque()  # (arrival, segment or EOF), in order
+        self.in_flight: deque[tuple[float, bytes | None]] = (
+            deque()
+        )  # (arrival, segment or EOF), in order
         self.eof = False
         self.closing = False
         self.broken: str | None = None
@@ -171,7 +175,11 @@ class SimStream:
             sent = self._src.up.book(now, cost)
             through = self._dst.down.book(sent, cost)
             spec_a, spec_b = self._src.spec, self._dst.spec
-            delay = spec_a.latency + spec_b.latency + self._src.rng.uniform(0, spec_a.jitter + spec_b.jitter)
+            delay = (
+                spec_a.latency
+                + spec_b.latency
+                + self._src.rng.uniform(0, spec_a.jitter + spec_b.jitter)
+            )
             if self._src.rng.random() < max(spec_a.loss, spec_b.loss):
                 delay += RTO + 2 * delay
             # The sender's buffer drains at its uplink pace: block until the segment is on

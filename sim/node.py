@@ -50,7 +50,9 @@ class Spoiling(MemoryStore):
         got = await super().blobs(digests)
         for d, data in got.items():
             if d in self.chunks:
-                got[d] = data[:-1] if self.how is Role.TRUNCATE else bytes([data[0] ^ 0xFF]) + data[1:]
+                got[d] = (
+                    data[:-1] if self.how is Role.TRUNCATE else bytes([data[0] ^ 0xFF]) + data[1:]
+                )
         return got
 
 
@@ -71,14 +73,26 @@ class NodeResult:
 
 
 class SimNode:
-    def __init__(self, world: World, name: str, role: Role, spec: LinkSpec, policy: QuorumPolicy | None,
-                 store: MemoryStore | None = None, settings: FetchSettings = FetchSettings(), scale: int = 1,
-                 slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(
+        self,
+        world: World,
+        name: str,
+        role: Role,
+        spec: LinkSpec,
+        policy: QuorumPolicy | None,
+        store: MemoryStore | None = None,
+        settings: FetchSettings = FetchSettings(),
+        scale: int = 1,
+        slots: int = DEFAULT_SLOTS,
+    ) -> None:
         self.world = world
         self.role = role
         self.host: SimHost = world.add(name, spec)
-        self.store = store if store is not None else (Spoiling(role) if role in (Role.CORRUPT, Role.TRUNCATE)
-                                                      else MemoryStore())
+        self.store = (
+            store
+            if store is not None
+            else (Spoiling(role) if role in (Role.CORRUPT, Role.TRUNCATE) else MemoryStore())
+        )
         self.store.scale = scale
         self.store.interned = world.chunks
         self.uplink = Uplink(slots)
@@ -104,7 +118,9 @@ class SimNode:
         await self.host.punish(peer, problem)
 
     async def _serve_blocks(self, stream: SimStream, peer: str) -> None:
-        await serve_blocks(stream, peer, self.store, self._violation, lambda n, size: None, self.uplink)
+        await serve_blocks(
+            stream, peer, self.store, self._violation, lambda n, size: None, self.uplink
+        )
 
     async def _serve_claims(self, stream: SimStream, peer: str) -> None:
         await serve_claims(stream, peer, self.store, self._violation)
@@ -147,5 +163,7 @@ class SimNode:
         r.bytes_up = self.host.endpoint.up.bytes
         r.bytes_down = self.host.endpoint.down.bytes
         r.bad_blocks_received = len(self.host.punished)
-        r.bad_blocks_stored = sum(1 for d, data in self.store.chunks.items() if blake3_digest(data) != d)
+        r.bad_blocks_stored = sum(
+            1 for d, data in self.store.chunks.items() if blake3_digest(data) != d
+        )
         return r

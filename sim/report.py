@@ -16,8 +16,10 @@ def write(result: SimResult, out: Path) -> list[Path]:
     """Writes the result into `out` (created); returns the files written. Each file is
     written to a temporary name and renamed: an interrupted run leaves no half file."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [_atomic(out / "result.json", json.dumps(result.as_json(), indent=1) + "\n"),
-             _atomic(out / "report.md", markdown(result))]
+    files = [
+        _atomic(out / "result.json", json.dumps(result.as_json(), indent=1) + "\n"),
+        _atomic(out / "report.md", markdown(result)),
+    ]
     files += plots(result, out)
     return files
 
@@ -35,35 +37,53 @@ def _fmt(x: float | None, unit: str = " s") -> str:
 
 def markdown(r: SimResult) -> str:
     s = summary(r)
-    lines = [f"# ferry sim: {r.scenario}", "",
-             f"Seed {r.params['seed']}; {s['fetchers']} fetchers; a {r.closure_bytes / MB:,.0f} MB closure of "
-             f"{r.params['paths']} store paths; {r.virtual_seconds:,.0f} s simulated in {r.wall_seconds:,.1f} s of "
-             f"wall time, peak memory (RSS) {r.peak_memory_mb:,.0f} MB.", ""]
+    lines = [
+        f"# ferry sim: {r.scenario}",
+        "",
+        f"Seed {r.params['seed']}; {s['fetchers']} fetchers; a {r.closure_bytes / MB:,.0f} MB closure of "
+        f"{r.params['paths']} store paths; {r.virtual_seconds:,.0f} s simulated in {r.wall_seconds:,.1f} s of "
+        f"wall time, peak memory (RSS) {r.peak_memory_mb:,.0f} MB.",
+        "",
+    ]
     lines += [f"- {n}" for n in r.notes]
     lines += ["", "| | ferry | central server |", "|---|---:|---:|"]
     b = r.baseline or {}
-    lines += [f"| completed | {s['completed']} of {s['fetchers']} | {'all' if b else '-'} |",
-              f"| completion p50 | {_fmt(s['p50'])} | {_fmt(b.get('p50'))} |",
-              f"| completion p95 | {_fmt(s['p95'])} | {_fmt(b.get('p95'))} |",
-              f"| completion max | {_fmt(s['max'])} | {_fmt(b.get('max'))} |",
-              f"| source egress (closures) | {s['seed_egress_closures']:.2f} | "
-              f"{b.get('server_egress_closures', '-')} |",
-              f"| bad blocks received / stored | {s['bad_blocks_received']} / {s['bad_blocks_stored']} | - |",
-              f"| fetchers that trusted the closure | {s['fetchers_trusting']} | - |"]
+    lines += [
+        f"| completed | {s['completed']} of {s['fetchers']} | {'all' if b else '-'} |",
+        f"| completion p50 | {_fmt(s['p50'])} | {_fmt(b.get('p50'))} |",
+        f"| completion p95 | {_fmt(s['p95'])} | {_fmt(b.get('p95'))} |",
+        f"| completion max | {_fmt(s['max'])} | {_fmt(b.get('max'))} |",
+        f"| source egress (closures) | {s['seed_egress_closures']:.2f} | "
+        f"{b.get('server_egress_closures', '-')} |",
+        f"| bad blocks received / stored | {s['bad_blocks_received']} / {s['bad_blocks_stored']} | - |",
+        f"| fetchers that trusted the closure | {s['fetchers_trusting']} | - |",
+    ]
     if b:
         lines += ["", f"Central server: {b['model']}."]
-    lines += ["", "## Per node class", "", "| class | nodes | completed | up (MB, mean) | down (MB, mean) | "
-              "bad blocks received | bad blocks stored |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Per node class",
+        "",
+        "| class | nodes | completed | up (MB, mean) | down (MB, mean) | "
+        "bad blocks received | bad blocks stored |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for role, nodes in _by_role(r).items():
         n = len(nodes)
-        lines.append(f"| {role} | {n} | {sum(x.completed for x in nodes)} | "
-                     f"{sum(x.bytes_up for x in nodes) / n / MB:,.1f} | {sum(x.bytes_down for x in nodes) / n / MB:,.1f} | "
-                     f"{sum(x.bad_blocks_received for x in nodes)} | {sum(x.bad_blocks_stored for x in nodes)} |")
-    lines += ["", "Models (not ferry's code): links (bandwidth shared first come first served per 1 MiB "
-              "segment, latency, jitter, loss as retransmission delay), the DHT (lookup time from hop counts), "
-              "who is connected to whom, and the central-server baseline. Chunk data is scaled: each real byte "
-              f"stands for {r.params['scale']} on the links (chunks of {4096 * r.params['scale'] / (1 << 20):g} MiB "
-              "as the links see them).", ""]
+        lines.append(
+            f"| {role} | {n} | {sum(x.completed for x in nodes)} | "
+            f"{sum(x.bytes_up for x in nodes) / n / MB:,.1f} | {sum(x.bytes_down for x in nodes) / n / MB:,.1f} | "
+            f"{sum(x.bad_blocks_received for x in nodes)} | {sum(x.bad_blocks_stored for x in nodes)} |"
+        )
+    lines += [
+        "",
+        "Models (not ferry's code): links (bandwidth shared first come first served per 1 MiB "
+        "segment, latency, jitter, loss as retransmission delay), the DHT (lookup time from hop counts), "
+        "who is connected to whom, and the central-server baseline. Chunk data is scaled: each real byte "
+        f"stands for {r.params['scale']} on the links (chunks of {4096 * r.params['scale'] / (1 << 20):g} MiB "
+        "as the links see them).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -84,9 +104,13 @@ def plots(r: SimResult, out: Path) -> list[Path]:
     s = summary(r)
     # 1. completion time CDF
     fig, ax = plt.subplots(figsize=(7, 4))
-    times = sorted(n.completion_time for n in r.nodes if n.role == "fetcher" and n.completion_time is not None)
+    times = sorted(
+        n.completion_time for n in r.nodes if n.role == "fetcher" and n.completion_time is not None
+    )
     if times:
-        ax.step(times, [(i + 1) / s["fetchers"] for i in range(len(times))], where="post", label="ferry")
+        ax.step(
+            times, [(i + 1) / s["fetchers"] for i in range(len(times))], where="post", label="ferry"
+        )
     if r.baseline:
         ax.axvline(r.baseline["p50"], color="grey", linestyle="--", label="central server p50")
     ax.set_xlabel("completion time (s)")
@@ -108,7 +132,9 @@ def plots(r: SimResult, out: Path) -> list[Path]:
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label="ferry")
     n = s["fetchers"]
-    ax.plot([0, n], [0, n], linestyle="--", color="grey", label="central server (one copy per node)")
+    ax.plot(
+        [0, n], [0, n], linestyle="--", color="grey", label="central server (one copy per node)"
+    )
     ax.set_xlabel("nodes served so far (N)")
     ax.set_ylabel("source egress (closures)")
     ax.set_title(f"{r.scenario}: seed egress vs N")

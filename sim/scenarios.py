@@ -47,10 +47,17 @@ class SimResult:
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "params": self.params, "closure_bytes": self.closure_bytes,
-                "virtual_seconds": round(self.virtual_seconds, 3), "summary": summary(self),
-                "baseline": self.baseline, "notes": self.notes, "timeline": self.timeline,
-                "nodes": [dataclasses.asdict(n) for n in self.nodes]}
+        return {
+            "scenario": self.scenario,
+            "params": self.params,
+            "closure_bytes": self.closure_bytes,
+            "virtual_seconds": round(self.virtual_seconds, 3),
+            "summary": summary(self),
+            "baseline": self.baseline,
+            "notes": self.notes,
+            "timeline": self.timeline,
+            "nodes": [dataclasses.asdict(n) for n in self.nodes],
+        }
 
 
 def summary(r: SimResult) -> dict[str, Any]:
@@ -60,7 +67,9 @@ def summary(r: SimResult) -> dict[str, Any]:
     return {
         "fetchers": len(fetchers),
         "completed": sum(n.completed for n in fetchers),
-        "p50": _pct(times, 50), "p95": _pct(times, 95), "max": times[-1] if times else None,
+        "p50": _pct(times, 50),
+        "p95": _pct(times, 95),
+        "max": times[-1] if times else None,
         "seed_egress_bytes": sum(n.bytes_up for n in sources),
         "seed_egress_closures": round(sum(n.bytes_up for n in sources) / r.closure_bytes, 3),
         "bad_blocks_received": sum(n.bad_blocks_received for n in fetchers),
@@ -93,10 +102,21 @@ class _Run:
         self.starts: list[float] = []
         self.seed_spec: LinkSpec | None = None
 
-    def add(self, name: str, role: Role, policy: QuorumPolicy | None, spec: LinkSpec | None = None) -> SimNode:
-        settings = dataclasses.replace(self.settings, order_seed=f"{self.p.seed}-{name}", scale=self.p.scale)
-        n = SimNode(self.world, name, role, spec or LinkSpec.home(self.rng), policy, settings=settings,
-                    scale=self.p.scale)
+    def add(
+        self, name: str, role: Role, policy: QuorumPolicy | None, spec: LinkSpec | None = None
+    ) -> SimNode:
+        settings = dataclasses.replace(
+            self.settings, order_seed=f"{self.p.seed}-{name}", scale=self.p.scale
+        )
+        n = SimNode(
+            self.world,
+            name,
+            role,
+            spec or LinkSpec.home(self.rng),
+            policy,
+            settings=settings,
+            scale=self.p.scale,
+        )
         self.nodes.append(n)
         return n
 
@@ -104,11 +124,18 @@ class _Run:
         for f in fetchers:
             for b in bootstrap:
                 f.host.connect(b.name)
-            for other in self.rng.sample(fetchers, min(self.p.degree, len(fetchers) - 1) if len(fetchers) > 1 else 0):
+            for other in self.rng.sample(
+                fetchers, min(self.p.degree, len(fetchers) - 1) if len(fetchers) > 1 else 0
+            ):
                 f.host.connect(other.name)
 
-    async def fetch_until_done(self, node: SimNode, root: Any, start: float,
-                               online: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def fetch_until_done(
+        self,
+        node: SimNode,
+        root: Any,
+        start: float,
+        online: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         await trio.sleep(start)
         for _ in range(200):  # bounded: a node that cannot finish in 200 attempts gives up
             if online is not None:
@@ -120,9 +147,13 @@ class _Run:
 
     async def sample(self, sources: list[SimNode], fetchers: list[SimNode]) -> None:
         while True:
-            self.timeline.append({"t": round(trio.current_time() - self.t0, 3),
-                                  "seed_egress": sum(s.host.endpoint.up.bytes for s in sources),
-                                  "completed": sum(f.result.completed for f in fetchers)})
+            self.timeline.append(
+                {
+                    "t": round(trio.current_time() - self.t0, 3),
+                    "seed_egress": sum(s.host.endpoint.up.bytes for s in sources),
+                    "completed": sum(f.result.completed for f in fetchers),
+                }
+            )
             await trio.sleep(5.0)
 
 
@@ -156,8 +187,15 @@ def _clock_run(body: Callable[[_Run], Awaitable[list[str]]], name: str, p: Param
     # Peak resident memory of the whole process (tracemalloc would slow the run twofold).
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     run: _Run = out["run"]
-    res = SimResult(name, dataclasses.asdict(p), [n.finish() for n in run.nodes],
-                    int(p.closure_mb * 1e6), out["virtual"], run.timeline, notes=out.get("notes") or [])
+    res = SimResult(
+        name,
+        dataclasses.asdict(p),
+        [n.finish() for n in run.nodes],
+        int(p.closure_mb * 1e6),
+        out["virtual"],
+        run.timeline,
+        notes=out.get("notes") or [],
+    )
     if name == "flash-crowd" and run.seed_spec is not None:
         res.baseline = _baseline(run.starts, run.seed_spec, int(p.closure_mb * 1e6))
     if res.virtual_seconds >= p.deadline - 1e-6:
@@ -174,7 +212,7 @@ def _repeatable_scheduling(seed: int) -> Iterator[None]:
     `id(cancel_scope)`, and a cancelled scope reschedules its tasks from a set. In the
     mode trio keeps for Hypothesis, each batch is sorted by task creation order and then
     shuffled by trio's own generator; seeded, a run repeats exactly."""
-    run = trio._core._run  # noqa: SLF001 - trio's one knob for this, as pytest-trio uses it
+    run = trio._core._run
     before = run._ALLOW_DETERMINISTIC_SCHEDULING
     run._ALLOW_DETERMINISTIC_SCHEDULING = True
     run._r.seed(seed)
@@ -184,8 +222,9 @@ def _repeatable_scheduling(seed: int) -> Iterator[None]:
         run._ALLOW_DETERMINISTIC_SCHEDULING = before
 
 
-def central_baseline(starts: list[float], size: float, server_up: float, client_down: float,
-                     rtt: float) -> list[float]:
+def central_baseline(
+    starts: list[float], size: float, server_up: float, client_down: float, rtt: float
+) -> list[float]:
     """Completion times (from each client's start) when every client downloads `size`
     bytes from one server: its uplink shared max-min fairly among active clients, each
     capped by its downlink (a fluid model of TCP fair sharing)."""
@@ -216,9 +255,14 @@ def central_baseline(starts: list[float], size: float, server_up: float, client_
 
 def _baseline(starts: list[float], seed_spec: LinkSpec, size: int) -> dict[str, Any]:
     times = sorted(central_baseline(starts, size, seed_spec.up, 100e6 / 8, 2 * seed_spec.latency))
-    return {"model": "fluid: one server with the seed's uplink shared max-min fairly, clients capped by "
-                     "their downlink", "p50": _pct(times, 50), "p95": _pct(times, 95), "max": times[-1],
-            "server_egress_closures": len(starts)}
+    return {
+        "model": "fluid: one server with the seed's uplink shared max-min fairly, clients capped by "
+        "their downlink",
+        "p50": _pct(times, 50),
+        "p95": _pct(times, 95),
+        "max": times[-1],
+        "server_egress_closures": len(starts),
+    }
 
 
 # --- the scenarios
@@ -237,13 +281,18 @@ async def _flash(run: _Run, *, churn: bool = False, bad: bool = False) -> list[s
     notes = []
     if bad:
         kinds = [Role.CORRUPT, Role.TRUNCATE, Role.STALL]
-        liars = [run.add(f"bad-{i:04d}", kinds[i % 3], None) for i in range(max(3, round(p.bad_fraction * p.nodes)))]
+        liars = [
+            run.add(f"bad-{i:04d}", kinds[i % 3], None)
+            for i in range(max(3, round(p.bad_fraction * p.nodes)))
+        ]
         for b in liars:
             b.hold(rel, claims)
             for f in run.rng.sample(fetchers, min(len(fetchers), max(2, p.degree))):
                 f.host.connect(b.name)
-        notes.append(f"{len(liars)} misbehaving peers hold the claims and serve spoiled chunks or stall; "
-                     "each is connected to some fetchers")
+        notes.append(
+            f"{len(liars)} misbehaving peers hold the claims and serve spoiled chunks or stall; "
+            "each is connected to some fetchers"
+        )
     starts = [run.rng.uniform(0, p.stagger) for _ in fetchers]
     # The baseline's workload: known before the run, so a run cut off by the deadline has it too.
     run.starts = starts
@@ -260,8 +309,14 @@ async def _flash(run: _Run, *, churn: bool = False, bad: bool = False) -> list[s
     return notes
 
 
-async def _churning(run: _Run, node: SimNode, rel: Release, start: float, bootstrap: list[SimNode],
-                    everyone: list[SimNode]) -> None:
+async def _churning(
+    run: _Run,
+    node: SimNode,
+    rel: Release,
+    start: float,
+    bootstrap: list[SimNode],
+    everyone: list[SimNode],
+) -> None:
     back = trio.Event()
     back.set()
     state = {"back": back}
@@ -279,8 +334,9 @@ async def _churning(run: _Run, node: SimNode, rel: Release, start: float, bootst
             node.host.leave()
             node.attempt.cancel()
             await trio.sleep(run.rng.uniform(5.0, run.p.downtime))
-            peers = [b.name for b in bootstrap] + [o.name for o in run.rng.sample(everyone, min(run.p.degree,
-                                                                                              len(everyone)))]
+            peers = [b.name for b in bootstrap] + [
+                o.name for o in run.rng.sample(everyone, min(run.p.degree, len(everyone)))
+            ]
             node.host.rejoin([x for x in peers if x != node.name])
             state["back"].set()
 
@@ -296,8 +352,10 @@ async def flash_crowd(run: _Run) -> list[str]:
 
 async def churn(run: _Run) -> list[str]:
     notes = await _flash(run, churn=True)
-    return notes + [f"each online fetcher drops off with probability {run.p.churn} per minute and comes back "
-                    f"within 5-{run.p.downtime:.0f} s, keeping what it fetched"]
+    return notes + [
+        f"each online fetcher drops off with probability {run.p.churn} per minute and comes back "
+        f"within 5-{run.p.downtime:.0f} s, keeping what it fetched"
+    ]
 
 
 async def byzantine_peers(run: _Run) -> list[str]:
@@ -314,8 +372,12 @@ async def fleet_update(run: _Run) -> list[str]:
     for k in keys_:
         for sp, c in new.claims(k).items():
             signed.setdefault(sp, []).append(c)
-    builders = [run.add(f"builder-{i}", Role.BUILDER, None, LinkSpec(up=100e6 / 8, down=100e6 / 8, latency=0.01))
-                for i in range(1, 4)]
+    builders = [
+        run.add(
+            f"builder-{i}", Role.BUILDER, None, LinkSpec(up=100e6 / 8, down=100e6 / 8, latency=0.01)
+        )
+        for i in range(1, 4)
+    ]
     for b in builders:
         b.hold(old, {})
         b.hold(new, signed)
@@ -330,10 +392,14 @@ async def fleet_update(run: _Run) -> list[str]:
             for f, s in zip(fleet, starts):
                 fetching.start_soon(run.fetch_until_done, f, new.root, s)
         n.cancel_scope.cancel()
-    changed = {d for p_ in new.paths for d in p_.chunks} - {d for p_ in old.paths for d in p_.chunks}
-    return [f"the fleet holds the old generation; {len(changed)} of {sum(len(p_.chunks) for p_ in new.paths)} "
-            "chunks of the new one are new, and travel as diffs against the old ones; 3 builders (100 Mbit/s "
-            "symmetric) publish it, policy 2 of 3"]
+    changed = {d for p_ in new.paths for d in p_.chunks} - {
+        d for p_ in old.paths for d in p_.chunks
+    }
+    return [
+        f"the fleet holds the old generation; {len(changed)} of {sum(len(p_.chunks) for p_ in new.paths)} "
+        "chunks of the new one are new, and travel as diffs against the old ones; 3 builders (100 Mbit/s "
+        "symmetric) publish it, policy 2 of 3"
+    ]
 
 
 async def byzantine_builders(run: _Run) -> list[str]:
@@ -342,7 +408,9 @@ async def byzantine_builders(run: _Run) -> list[str]:
     policy = QuorumPolicy(tuple(k.public for k in keys_), 2, OnConflict(p.on_conflict))
     honest = release(run.rng, paths=p.paths, real_bytes=_closure_real_bytes(p))
     lie = lie_about(run.rng, honest)
-    builders = [run.add(f"builder-{i}", Role.BUILDER if i < 3 else Role.LIAR, None) for i in range(1, 4)]
+    builders = [
+        run.add(f"builder-{i}", Role.BUILDER if i < 3 else Role.LIAR, None) for i in range(1, 4)
+    ]
     for b, k in zip(builders, keys_):
         rel = honest if b.role is Role.BUILDER else lie
         b.hold(rel, {sp: [c] for sp, c in rel.claims(k).items()})
@@ -363,14 +431,19 @@ async def byzantine_builders(run: _Run) -> list[str]:
             for f, s in zip(fetchers, starts):
                 fetching.start_soon(run.fetch_until_done, f, honest.root, s)
         n.cancel_scope.cancel()
-    return [f"builder-3 signs other contents for the same store paths; {p.sybils} keys outside the policy sign "
-            f"the same lie and serve it; each fetcher is connected to 10 of them; policy 2 of 3, on_conflict "
-            f"{p.on_conflict}"]
+    return [
+        f"builder-3 signs other contents for the same store paths; {p.sybils} keys outside the policy sign "
+        f"the same lie and serve it; each fetcher is connected to 10 of them; policy 2 of 3, on_conflict "
+        f"{p.on_conflict}"
+    ]
 
 
 _BODIES: dict[str, Callable[[_Run], Awaitable[list[str]]]] = {
-    "flash-crowd": flash_crowd, "fleet-update": fleet_update, "churn": churn,
-    "byzantine-peers": byzantine_peers, "byzantine-builders": byzantine_builders,
+    "flash-crowd": flash_crowd,
+    "fleet-update": fleet_update,
+    "churn": churn,
+    "byzantine-peers": byzantine_peers,
+    "byzantine-builders": byzantine_builders,
 }
 assert _BODIES.keys() == SCENARIOS.keys()
 

@@ -56,7 +56,9 @@ class MemoryStore:
 
     # --- filling it
 
-    def add_path(self, manifest: Manifest, chunks: dict[bytes, bytes], claims: Sequence[SignedClaim] = ()) -> None:
+    def add_path(
+        self, manifest: Manifest, chunks: dict[bytes, bytes], claims: Sequence[SignedClaim] = ()
+    ) -> None:
         """A path as a builder publishes it: manifest, every chunk, its claims."""
         for d, data in chunks.items():
             if blake3_digest(data) != d:
@@ -99,7 +101,9 @@ class MemoryStore:
     async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
         for p in plans:
             self._record(p.manifest)
-        return {d: n for p in plans for _, _, n, d in p.manifest.chunk_spans() if d not in self.chunks}
+        return {
+            d: n for p in plans for _, _, n, d in p.manifest.chunk_spans() if d not in self.chunks
+        }
 
     async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
         for d, data in blocks:
@@ -109,7 +113,9 @@ class MemoryStore:
                 self.counters.rejected_chunks += 1
                 continue
             if d not in self.chunks:
-                self.chunks[d] = data if self.interned is None else self.interned.setdefault(d, data)
+                self.chunks[d] = (
+                    data if self.interned is None else self.interned.setdefault(d, data)
+                )
                 self.counters.stored_chunks += 1
                 self.counters.stored_bytes += len(data)
         self.subscriptions.stored(d for d, _ in blocks if d in self.chunks)
@@ -119,12 +125,18 @@ class MemoryStore:
         for plan in plans:
             m = await self.base_manifest(plan.store_path)
             if m is not None:
-                out.update(chunk_bases(plan.manifest, m, {d for d in m.chunk_digests() if d in self.chunks}))
+                out.update(
+                    chunk_bases(
+                        plan.manifest, m, {d for d in m.chunk_digests() if d in self.chunks}
+                    )
+                )
         return out
 
     async def base_manifest(self, store_path: StorePath) -> Manifest | None:
         name = package_name(store_path)
-        base = pick_base(store_path, [p for p in self.manifests if package_name(p) == name and self.complete(p)])
+        base = pick_base(
+            store_path, [p for p in self.manifests if package_name(p) == name and self.complete(p)]
+        )
         return None if base is None else self.manifests[base]
 
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
@@ -136,17 +148,27 @@ class MemoryStore:
     # --- BlobSource and ClaimBook (serving peers)
 
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        return {d: b for d in digests if (b := self.chunks.get(d) or self._manifest_blobs.get(d)) is not None}
+        return {
+            d: b
+            for d in digests
+            if (b := self.chunks.get(d) or self._manifest_blobs.get(d)) is not None
+        }
 
     async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
         # Frames of REPLY_TARGET bytes on the links, as the real node sends them.
-        frame = BlockServer.reply(replies, dictionaries=prefixes, diff_level=self.diff_level,
-                                  target=max(1, REPLY_TARGET // self.scale))
+        frame = BlockServer.reply(
+            replies,
+            dictionaries=prefixes,
+            diff_level=self.diff_level,
+            target=max(1, REPLY_TARGET // self.scale),
+        )
         if self.scale == 1:
             return frame
         # Chunk payload is scaled on the links, framing and manifests are not: the
         # payload is the frame less about 48 bytes of framing per entry.
-        blobs = sum(len(r.data) for r in replies if isinstance(r, Block) and r.digest not in self.chunks)
+        blobs = sum(
+            len(r.data) for r in replies if isinstance(r, Block) and r.digest not in self.chunks
+        )
         payload = max(0, len(frame) - 48 * len(replies) - blobs)
         return LinkBytes(frame, len(frame) + (self.scale - 1) * payload)
 

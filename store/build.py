@@ -38,9 +38,13 @@ class _Digests:
     _IN_FLIGHT = 8
 
     def __init__(self, workers: int, on_chunk: ChunkSink | None) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blake3") if workers > 0 else None
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="blake3") if workers > 0 else None
+        )
         self._on_chunk = on_chunk
-        self._pending: deque[tuple[Future[list[bytes]] | list[bytes], list[Chunk], list[list[bytes]]]] = deque()
+        self._pending: deque[
+            tuple[Future[list[bytes]] | list[bytes], list[Chunk], list[list[bytes]]]
+        ] = deque()
         self._chunks: list[Chunk] = []
         self._dests: list[list[bytes]] = []
         self._bytes = 0
@@ -147,7 +151,9 @@ class _Entries:
             if isinstance(node, nar.Directory):
                 out.append(Entry(node.path, EntryKind.DIRECTORY))
             elif isinstance(node, nar.Symlink):
-                out.append(Entry(node.path, EntryKind.SYMLINK, len(node.target), inline=node.target))
+                out.append(
+                    Entry(node.path, EntryKind.SYMLINK, len(node.target), inline=node.target)
+                )
             else:
                 kind = EntryKind.EXECUTABLE if node.executable else EntryKind.REGULAR
                 if isinstance(payload, bytes):
@@ -167,8 +173,13 @@ def default_workers() -> int:
 class _Build:
     """One manifest being built: NarHash on its thread, chunk digests on theirs."""
 
-    def __init__(self, policy: ChunkingPolicy, workers: int | None, on_chunk: ChunkSink | None,
-                 on_progress: Progress | None) -> None:
+    def __init__(
+        self,
+        policy: ChunkingPolicy,
+        workers: int | None,
+        on_chunk: ChunkSink | None,
+        on_progress: Progress | None,
+    ) -> None:
         self.policy = policy
         self.hasher = NarHasher()
         self._digests = _Digests(default_workers() if workers is None else workers, on_chunk)
@@ -181,12 +192,20 @@ class _Build:
         self._digests.close()
         self.hasher.close()
 
-    def manifest(self, store_path: StorePath, references: Iterable[StorePath],
-                 deriver: StorePath | None) -> Manifest:
+    def manifest(
+        self, store_path: StorePath, references: Iterable[StorePath], deriver: StorePath | None
+    ) -> Manifest:
         entries = self.entries.finish()
         refs = tuple(sorted(set(references), key=str))
-        return Manifest(store_path, self.hasher.hash(), self.hasher.size, refs, deriver, self.policy,
-                        tuple(entries))
+        return Manifest(
+            store_path,
+            self.hasher.hash(),
+            self.hasher.size,
+            refs,
+            deriver,
+            self.policy,
+            tuple(entries),
+        )
 
 
 def from_directory(
@@ -255,8 +274,13 @@ def from_store_path(
     """
     info = nixcli.path_info(path, store)
     manifest = from_directory(
-        nixcli.physical_path(path, store), path, references=info.references, deriver=info.deriver,
-        policy=policy, on_chunk=on_chunk, on_progress=on_progress,
+        nixcli.physical_path(path, store),
+        path,
+        references=info.references,
+        deriver=info.deriver,
+        policy=policy,
+        on_chunk=on_chunk,
+        on_progress=on_progress,
     )
     if manifest.nar_hash != info.nar_hash or manifest.nar_size != info.nar_size:
         raise NarHashMismatch(

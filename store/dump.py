@@ -33,19 +33,25 @@ def _walk(fspath: bytes, path: bytes, st: os.stat_result) -> Iterator[tuple[nar.
     elif stat.S_ISLNK(mode):
         target = os.readlink(fspath)
         if not target:
-            raise DumpError(f"symlink {os.fsdecode(fspath)!r} has an empty target, which a NAR cannot hold")
+            raise DumpError(
+                f"symlink {os.fsdecode(fspath)!r} has an empty target, which a NAR cannot hold"
+            )
         yield nar.Symlink(path, target), fspath
     elif stat.S_ISDIR(mode):
         if nar.depth(path) >= nar.MAX_DEPTH:
-            raise DumpError(f"{os.fsdecode(fspath)!r} is more than {nar.MAX_DEPTH} levels deep; a NAR cannot hold it")
+            raise DumpError(
+                f"{os.fsdecode(fspath)!r} is more than {nar.MAX_DEPTH} levels deep; a NAR cannot hold it"
+            )
         yield nar.Directory(path), fspath
         with os.scandir(fspath) as it:
             children = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
         for name, child_st in children:
             yield from _walk(fspath + b"/" + name, path + b"/" + name if path else name, child_st)
     else:
-        raise DumpError(f"{os.fsdecode(fspath)!r} is a {_kind(mode)}, not a file, directory or symlink; "
-                        "a NAR cannot hold it")
+        raise DumpError(
+            f"{os.fsdecode(fspath)!r} is a {_kind(mode)}, not a file, directory or symlink; "
+            "a NAR cannot hold it"
+        )
 
 
 def tree_size(root: str | bytes) -> int:
@@ -65,7 +71,9 @@ def read_file(fspath: bytes, size: int, block: int = BLOCK) -> Iterator[bytes]:
             want = min(block, left + 1)
             data = os.read(fd, want)
             if not data:
-                raise DumpError(f"{os.fsdecode(fspath)!r} shrank while being read; archive it again")
+                raise DumpError(
+                    f"{os.fsdecode(fspath)!r} shrank while being read; archive it again"
+                )
             if len(data) > left:
                 raise DumpError(f"{os.fsdecode(fspath)!r} grew while being read; archive it again")
             left -= len(data)
@@ -92,8 +100,12 @@ def dump(root: str | bytes) -> Iterator[bytes | memoryview]:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISSOCK, "socket"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device")):
+    for test, name in (
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
         if test(mode):
             return name
     return "special file"

@@ -94,13 +94,19 @@ def read_ref(ref: ChunkRef, source: ChunkSource, *, verify: bool = True) -> byte
     return data
 
 
-def write_nar(manifest: Manifest, source: ChunkSource, *, verify_chunks: bool = True) -> Iterator[bytes | memoryview]:
+def write_nar(
+    manifest: Manifest, source: ChunkSource, *, verify_chunks: bool = True
+) -> Iterator[bytes | memoryview]:
     """Stream the manifest's NAR. Every chunk's BLAKE3 is checked (unless the caller
     already did) and NarHash and NarSize are checked at the end: a mismatch raises
     NarHashMismatch after the last byte, so a consumer must not commit before then."""
     with NarHasher() as hasher:
         for piece in nar_layout(manifest):
-            data = read_ref(piece, source, verify=verify_chunks) if isinstance(piece, ChunkRef) else piece
+            data = (
+                read_ref(piece, source, verify=verify_chunks)
+                if isinstance(piece, ChunkRef)
+                else piece
+            )
             if data:
                 hasher.update(data)
                 yield data

@@ -22,9 +22,13 @@ class Hash:
 
     def __post_init__(self) -> None:
         if self.algo not in SIZES:
-            raise HashError(f"unknown hash algorithm {self.algo!r} (expected one of {', '.join(SIZES)})")
+            raise HashError(
+                f"unknown hash algorithm {self.algo!r} (expected one of {', '.join(SIZES)})"
+            )
         if len(self.digest) != SIZES[self.algo]:
-            raise HashError(f"{self.algo} digest must be {SIZES[self.algo]} bytes, got {len(self.digest)}")
+            raise HashError(
+                f"{self.algo} digest must be {SIZES[self.algo]} bytes, got {len(self.digest)}"
+            )
 
     @classmethod
     def sha256(cls, digest: bytes) -> Hash:

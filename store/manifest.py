@@ -123,7 +123,9 @@ class Manifest:
         try:
             store_path = StorePath.parse(_str(sp, "store path"))
             store_dir = store_path.store_dir
-            references = tuple(StorePath.decode(_str(r, "reference"), store_dir) for r in _list(refs, "references"))
+            references = tuple(
+                StorePath.decode(_str(r, "reference"), store_dir) for r in _list(refs, "references")
+            )
             drv = None if deriver is None else StorePath.decode(_str(deriver, "deriver"), store_dir)
             policy = ChunkingPolicy.decode(chunking)
         except (StorePathError, ChunkingError) as e:
@@ -135,7 +137,12 @@ class Manifest:
         if not isinstance(nar_size, int) or nar_size < 0:
             raise ManifestError("manifest NarSize must be a non-negative integer")
         manifest = cls(
-            store_path, Hash.sha256(nar_hash), nar_size, references, drv, policy,
+            store_path,
+            Hash.sha256(nar_hash),
+            nar_size,
+            references,
+            drv,
+            policy,
             tuple(_decode_entry(i, e, policy) for i, e in enumerate(_list(entries, "entries"))),
         )
         framed = manifest.framed_size()
@@ -155,7 +162,9 @@ class Manifest:
                     enc.skip_contents(e.size)
             enc.finish()
         except nar.NarError as e:
-            raise ManifestError(f"manifest entries break a NAR rule: {e.rule.value} ({e.detail})") from None
+            raise ManifestError(
+                f"manifest entries break a NAR rule: {e.rule.value} ({e.detail})"
+            ) from None
         return enc.offset
 
     def chunk_digests(self) -> Iterator[bytes]:
@@ -186,9 +195,15 @@ class Manifest:
             chunks += 1
             unique.setdefault(d, length)
         return ManifestStats(
-            entries=len(self.entries), files=files, directories=dirs, symlinks=links,
-            file_bytes=file_bytes, inline_bytes=inline_bytes, chunks=chunks,
-            unique_chunks=len(unique), unique_chunk_bytes=sum(unique.values()),
+            entries=len(self.entries),
+            files=files,
+            directories=dirs,
+            symlinks=links,
+            file_bytes=file_bytes,
+            inline_bytes=inline_bytes,
+            chunks=chunks,
+            unique_chunks=len(unique),
+            unique_chunk_bytes=sum(unique.values()),
         )
 
 
@@ -227,12 +242,19 @@ def _decode_entry(i: int, raw: object, policy: ChunkingPolicy) -> Entry:
         return Entry(path, k, size, inline=payload)
     if policy.is_inline(size):
         if len(payload) != size:
-            raise ManifestError(f"{where}: inline file of {size} bytes has {len(payload)} bytes of payload")
+            raise ManifestError(
+                f"{where}: inline file of {size} bytes has {len(payload)} bytes of payload"
+            )
         return Entry(path, k, size, inline=payload)
     n = policy.chunk_count(size)
     if len(payload) != n * DIGEST_SIZE:
         raise ManifestError(f"{where}: a file of {size} bytes needs {n} chunk digests")
-    return Entry(path, k, size, chunks=tuple(payload[j : j + DIGEST_SIZE] for j in range(0, len(payload), DIGEST_SIZE)))
+    return Entry(
+        path,
+        k,
+        size,
+        chunks=tuple(payload[j : j + DIGEST_SIZE] for j in range(0, len(payload), DIGEST_SIZE)),
+    )
 
 
-__all__ = ["Entry", "EntryKind", "FORMAT", "Manifest", "ManifestError", "ManifestStats"]
+__all__ = ["FORMAT", "Entry", "EntryKind", "Manifest", "ManifestError", "ManifestStats"]

@@ -119,6 +119,7 @@ def split(path: bytes) -> tuple[bytes, bytes]:
 
 # --- encoding ---------------------------------------------------------------------
 
+
 def _pad(n: int) -> bytes:
     return b"\0" * (-n % 8)
 
@@ -168,7 +169,9 @@ class NarEncoder:
         path = event.path
         if not self._started:
             if path != b"":
-                raise NarError(self.offset, NarRule.EVENT_ORDER, f"first event must be the root, got {path!r}")
+                raise NarError(
+                    self.offset, NarRule.EVENT_ORDER, f"first event must be the root, got {path!r}"
+                )
             self._started = True
             out += _ROOT
         else:
@@ -179,7 +182,9 @@ class NarEncoder:
             while self._open and self._open[-1] != parent:
                 out += self._close_dir()
             if not self._open:
-                raise NarError(self.offset, NarRule.EVENT_ORDER, f"{path!r} is not inside an open directory")
+                raise NarError(
+                    self.offset, NarRule.EVENT_ORDER, f"{path!r} is not inside an open directory"
+                )
             last = self._last_child[-1]
             if last is not None and name <= last:
                 raise NarError(self.offset, NarRule.NAME_ORDER, f"{name!r} after {last!r}")
@@ -192,7 +197,12 @@ class NarEncoder:
             self._open.append(path)
             self._last_child.append(None)
         elif isinstance(event, Regular):
-            out += _REG + (_EXEC if event.executable else b"") + _CONTENTS + struct.pack("<Q", event.size)
+            out += (
+                _REG
+                + (_EXEC if event.executable else b"")
+                + _CONTENTS
+                + struct.pack("<Q", event.size)
+            )
             self._remaining = self._contents_size = event.size
             self._leaf_open, self._leaf_is_root = True, path == b""
         elif isinstance(event, Symlink):
@@ -208,7 +218,11 @@ class NarEncoder:
     def skip_contents(self, n: int) -> None:
         """Account for `n` content bytes written elsewhere (framing-only encoding)."""
         if n > self._remaining:
-            raise NarError(self.offset, NarRule.EVENT_ORDER, f"{n} content bytes where {self._remaining} remain")
+            raise NarError(
+                self.offset,
+                NarRule.EVENT_ORDER,
+                f"{n} content bytes where {self._remaining} remain",
+            )
         self._remaining -= n
         self.offset += n
 
@@ -227,7 +241,9 @@ class NarEncoder:
         if not self._leaf_open:
             return b""
         if self._remaining:
-            raise NarError(self.offset, NarRule.EVENT_ORDER, f"file still owes {self._remaining} content bytes")
+            raise NarError(
+                self.offset, NarRule.EVENT_ORDER, f"file still owes {self._remaining} content bytes"
+            )
         self._leaf_open = False
         out = _pad(self._contents_size) + _CLOSE
         if self._leaf_is_root:
@@ -260,6 +276,7 @@ def encode_bytes(events: Iterable[NarEvent]) -> bytes:
 
 
 # --- parsing ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Need:

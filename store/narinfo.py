@@ -18,8 +18,20 @@ class NarInfoError(ValueError):
     """A narinfo Nix would reject; the message names the line."""
 
 
-_KNOWN = ("StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash", "NarSize",
-          "References", "Deriver", "System", "Sig", "CA")
+_KNOWN = (
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "System",
+    "Sig",
+    "CA",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +92,9 @@ class NarInfo:
                 if line.endswith(":"):  # "References:" with nothing after it
                     key, value = line[:-1], ""
                 else:
-                    raise NarInfoError(f"narinfo line {n}: expected 'Name: value', got {line[:80]!r}")
+                    raise NarInfoError(
+                        f"narinfo line {n}: expected 'Name: value', got {line[:80]!r}"
+                    )
             if key == "Sig":
                 sigs.append(value)
             elif key in _KNOWN:
@@ -111,27 +125,39 @@ class NarInfo:
             nar_size = num("NarSize")
             if nar_size == 0:
                 raise NarInfoError("narinfo NarSize is 0")
-            refs = tuple(StorePath.from_base_name(r, store_dir) for r in fields.get("References", "").split())
+            refs = tuple(
+                StorePath.from_base_name(r, store_dir) for r in fields.get("References", "").split()
+            )
             file_hash = Hash.decode(fields["FileHash"]) if "FileHash" in fields else None
             deriver_s = fields.get("Deriver")
             deriver = (
                 StorePath.from_base_name(deriver_s, store_dir)
-                if deriver_s and deriver_s != "unknown-deriver" else None
+                if deriver_s and deriver_s != "unknown-deriver"
+                else None
             )
         except (StorePathError, HashError) as e:
             raise NarInfoError(f"narinfo: {e}") from None
         return cls(
-            store_path=path, url=url, nar_hash=nar_hash, nar_size=nar_size, references=refs,
+            store_path=path,
+            url=url,
+            nar_hash=nar_hash,
+            nar_size=nar_size,
+            references=refs,
             # Nix reads a missing Compression as bzip2 (the format's original default).
             compression=fields.get("Compression", "bzip2"),
             file_hash=file_hash,
             file_size=num("FileSize") if "FileSize" in fields else None,
-            deriver=deriver, system=fields.get("System") or None,
-            sigs=tuple(sigs), ca=fields.get("CA") or None, extra=tuple(extra),
+            deriver=deriver,
+            system=fields.get("System") or None,
+            sigs=tuple(sigs),
+            ca=fields.get("CA") or None,
+            extra=tuple(extra),
         )
 
 
-def fingerprint(path: StorePath, nar_hash: Hash, nar_size: int, references: tuple[StorePath, ...]) -> str:
+def fingerprint(
+    path: StorePath, nar_hash: Hash, nar_size: int, references: tuple[StorePath, ...]
+) -> str:
     if nar_hash.algo != "sha256":
         raise NarInfoError(f"Nix signs only sha256 NarHashes, not {nar_hash.algo}")
     refs = ",".join(sorted(str(r) for r in references))
@@ -159,7 +185,9 @@ class NixCacheInfo:
                 continue
             key, sep, value = line.partition(":")
             if not sep:
-                raise NarInfoError(f"nix-cache-info line {n}: expected 'Name: value', got {line[:80]!r}")
+                raise NarInfoError(
+                    f"nix-cache-info line {n}: expected 'Name: value', got {line[:80]!r}"
+                )
             fields[key.strip()] = value.strip()
         pr = fields.get("Priority", "50")
         if not pr.lstrip("-").isdigit():

@@ -42,7 +42,9 @@ def store_root(store: str | None) -> str:
         if roots:
             return roots[0].rstrip("/")
         return ""
-    raise NixError(f"--store {store!r}: ferry reads only local stores (a directory or 'local?root=DIR')")
+    raise NixError(
+        f"--store {store!r}: ferry reads only local stores (a directory or 'local?root=DIR')"
+    )
 
 
 def physical_path(path: StorePath, store: str | None) -> str:
@@ -52,18 +54,30 @@ def physical_path(path: StorePath, store: str | None) -> str:
 def _nix(*args: str) -> str:
     exe = shutil.which(args[0])
     if exe is None:
-        raise NixError(f"`{args[0]}` is not installed; install Nix (Debian: apt-get install nix-bin)")
+        raise NixError(
+            f"`{args[0]}` is not installed; install Nix (Debian: apt-get install nix-bin)"
+        )
     proc = subprocess.run([exe, *args[1:]], capture_output=True, text=True)
     if proc.returncode:
         msg = proc.stderr.strip().splitlines()
-        raise NixError(f"`{' '.join(args)}` failed: {msg[-1] if msg else f'exit {proc.returncode}'}")
+        raise NixError(
+            f"`{' '.join(args)}` failed: {msg[-1] if msg else f'exit {proc.returncode}'}"
+        )
     return proc.stdout
 
 
 def path_info(path: StorePath, store: str | None = None) -> PathInfo:
     """NarHash, NarSize, references and deriver of a valid path, as Nix records them."""
     store_args = ["--store", store] if store else []
-    out = _nix("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", *store_args, str(path))
+    out = _nix(
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        *store_args,
+        str(path),
+    )
     try:
         (info,) = json.loads(out)
         sd = path.store_dir

@@ -67,10 +67,14 @@ def environ(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]
     conf_dir = home / "nix"
     conf_dir.mkdir(parents=True, exist_ok=True)
     (conf_dir / CONF).write_text(render())
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("NIX_")}
-    env.update({
-        "NIX_CONF_DIR": str(conf_dir),
-        "NIX_USER_CONF_FILES": "",  # set but empty: no ~/.config/nix/nix.conf, no XDG_CONFIG_DIRS
-        "XDG_CACHE_HOME": str(home / "cache"),
-    })
+    env = {
+        k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("NIX_")
+    }
+    env.update(
+        {
+            "NIX_CONF_DIR": str(conf_dir),
+            "NIX_USER_CONF_FILES": "",  # set but empty: no ~/.config/nix/nix.conf, no XDG_CONFIG_DIRS
+            "XDG_CACHE_HOME": str(home / "cache"),
+        }
+    )
     return env

@@ -25,7 +25,9 @@ def check_name(name: str) -> None:
     if not name:
         raise StorePathError("store path name is empty")
     if len(name) > MAX_NAME_LEN:
-        raise StorePathError(f"store path name {name[:40]!r}... is longer than {MAX_NAME_LEN} characters")
+        raise StorePathError(
+            f"store path name {name[:40]!r}... is longer than {MAX_NAME_LEN} characters"
+        )
     if not _NAME_RE.fullmatch(name):
         bad = next(c for c in name if not _NAME_RE.fullmatch(c))
         raise StorePathError(
@@ -34,8 +36,10 @@ def check_name(name: str) -> None:
 
 
 def check_store_dir(store_dir: str) -> str:
-    if not store_dir.startswith("/") or store_dir != "/" and store_dir.endswith("/"):
-        raise StorePathError(f"store directory {store_dir!r} must be absolute with no trailing slash")
+    if not store_dir.startswith("/") or (store_dir != "/" and store_dir.endswith("/")):
+        raise StorePathError(
+            f"store directory {store_dir!r} must be absolute with no trailing slash"
+        )
     return store_dir
 
 
@@ -72,7 +76,7 @@ class StorePath:
         prefix = store_dir.rstrip("/") + "/"
         if not text.startswith(prefix):
             raise StorePathError(f"path {text!r} is not in the store directory {store_dir!r}")
-        return cls.from_base_name(text[len(prefix):], store_dir)
+        return cls.from_base_name(text[len(prefix) :], store_dir)
 
     @classmethod
     def parse(cls, text: str) -> StorePath:
@@ -80,7 +84,9 @@ class StorePath:
         (for formats that record full paths from any store)."""
         head, sep, base = text.rpartition("/")
         if not sep:
-            raise StorePathError(f"{text!r} is not a full store path (expected /nix/store/<hash>-<name>)")
+            raise StorePathError(
+                f"{text!r} is not a full store path (expected /nix/store/<hash>-<name>)"
+            )
         return cls.from_base_name(base, head or "/")
 
     @classmethod
@@ -88,10 +94,8 @@ class StorePath:
         if "/" in base:
             raise StorePathError(f"{base!r} is not a store path base name (it contains '/')")
         if len(base) < HASH_CHARS + 2 or base[HASH_CHARS] != "-":
-            raise StorePathError(
-                f"{base!r} is not <{HASH_CHARS} nix32 characters>-<name>"
-            )
-        return cls(store_dir, base[:HASH_CHARS], base[HASH_CHARS + 1:])
+            raise StorePathError(f"{base!r} is not <{HASH_CHARS} nix32 characters>-<name>")
+        return cls(store_dir, base[:HASH_CHARS], base[HASH_CHARS + 1 :])
 
     @classmethod
     def split(cls, text: str, store_dir: str = DEFAULT_STORE_DIR) -> tuple[StorePath, str]:
@@ -100,11 +104,13 @@ class StorePath:
         prefix = store_dir.rstrip("/") + "/"
         if not text.startswith(prefix):
             raise StorePathError(f"path {text!r} is not in the store directory {store_dir!r}")
-        base, _, rest = text[len(prefix):].partition("/")
+        base, _, rest = text[len(prefix) :].partition("/")
         return cls.from_base_name(base, store_dir), rest
 
     @classmethod
-    def make(cls, kind: str, inner: Hash, name: str, store_dir: str = DEFAULT_STORE_DIR) -> StorePath:
+    def make(
+        cls, kind: str, inner: Hash, name: str, store_dir: str = DEFAULT_STORE_DIR
+    ) -> StorePath:
         """Nix's makeStorePath: the path for `kind` (e.g. "source", "output:out") and `inner`."""
         check_name(name)
         fingerprint = f"{kind}:{inner.algo}:{inner.hex()}:{store_dir}:{name}"
@@ -113,7 +119,11 @@ class StorePath:
 
     @classmethod
     def for_source(
-        cls, name: str, nar_hash: Hash, references: tuple[StorePath, ...] = (), store_dir: str = DEFAULT_STORE_DIR
+        cls,
+        name: str,
+        nar_hash: Hash,
+        references: tuple[StorePath, ...] = (),
+        store_dir: str = DEFAULT_STORE_DIR,
     ) -> StorePath:
         """The path `nix-store --add` gives a tree with this NarHash (recursive sha256)."""
         kind = "source" + "".join(f":{r}" for r in sorted(str(r) for r in references))

@@ -21,8 +21,12 @@ class RestoreError(Exception):
     """The tree cannot be written where asked; the message says why."""
 
 
-def restore(manifest: Manifest, source: ChunkSource, dest: str,
-            on_progress: Callable[[int], None] | None = None) -> None:
+def restore(
+    manifest: Manifest,
+    source: ChunkSource,
+    dest: str,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
     dest = os.path.abspath(dest)
     if os.path.lexists(dest):
         raise RestoreError(f"{dest} already exists; give a path that does not exist yet")
@@ -38,7 +42,9 @@ def restore(manifest: Manifest, source: ChunkSource, dest: str,
         raise
 
 
-def _write(manifest: Manifest, source: ChunkSource, root: str, on_progress: Callable[[int], None] | None) -> None:
+def _write(
+    manifest: Manifest, source: ChunkSource, root: str, on_progress: Callable[[int], None] | None
+) -> None:
     spans = manifest.chunking
     base = os.fsencode(root)  # names in a NAR are bytes, not necessarily UTF-8
     for e in manifest.entries:

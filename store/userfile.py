@@ -24,7 +24,9 @@ def _named(path: str, what: str) -> Iterator[None]:
     except PermissionError:
         raise UserFileError(f"{path}: permission denied") from None
     except FileExistsError:
-        raise UserFileError(f"{path}: already exists; refusing to overwrite it (move it away first)") from None
+        raise UserFileError(
+            f"{path}: already exists; refusing to overwrite it (move it away first)"
+        ) from None
 
 
 def read(path: str, limit: int, what: str = "a file") -> bytes:

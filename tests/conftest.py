@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from tests.p2p.nodes import Swarm
 
 settings.register_profile(
-    "ferry", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    "ferry",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("ferry")
 
@@ -96,11 +98,15 @@ NIX_MK = """
   };
 """
 
-CLOSURE_NIX = """
-let""" + NIX_MK + """
+CLOSURE_NIX = (
+    """
+let"""
+    + NIX_MK
+    + """
   dep = mk "dep-1.0" "echo dep > $out";
 in mk "top-1.0" "mkdir $out; echo ${dep} > $out/ref; echo hi > $out/x; ln -s x $out/link"
 """
+)
 
 
 class Closure:
@@ -110,18 +116,44 @@ class Closure:
         self.cache = root / "cache"
         (root / "closure.nix").write_text(CLOSURE_NIX)
         common = ["--store", str(self.store)]
-        self.top = nix.run("nix-build", *common, str(root / "closure.nix"), "--no-out-link").decode().strip()
+        self.top = (
+            nix.run("nix-build", *common, str(root / "closure.nix"), "--no-out-link")
+            .decode()
+            .strip()
+        )
         self.keys = []
         for name in ("builder-a", "builder-b"):
             sk, pk = root / f"{name}.sec", root / f"{name}.pub"
             nix.run("nix-store", "--generate-binary-cache-key", name, str(sk), str(pk))
             self.keys.append((sk, pk))
-            nix.run("nix", "--extra-experimental-features", "nix-command", "store", "sign", *common,
-                    "--key-file", str(sk), "--recursive", self.top)
-        nix.run("nix", "--extra-experimental-features", "nix-command", "copy",
-                "--from", str(self.store), "--to", f"file://{self.cache}?compression=none", self.top)
+            nix.run(
+                "nix",
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "sign",
+                *common,
+                "--key-file",
+                str(sk),
+                "--recursive",
+                self.top,
+            )
+        nix.run(
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--from",
+            str(self.store),
+            "--to",
+            f"file://{self.cache}?compression=none",
+            self.top,
+        )
         self.paths = sorted(
-            line for line in nix.run("nix-store", "--store", str(self.store), "-qR", self.top).decode().split()
+            line
+            for line in nix.run("nix-store", "--store", str(self.store), "-qR", self.top)
+            .decode()
+            .split()
         )
 
 
@@ -131,7 +163,9 @@ def nix_closure(nix: Nix, tmp_path_factory: pytest.TempPathFactory) -> Closure:
 
 
 @pytest.fixture(autouse=True)
-def _private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Never let a test (or a `ferry` it runs) touch the user's or root's real store.
     monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path_factory.mktemp("ferry-data")))
 

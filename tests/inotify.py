@@ -40,7 +40,7 @@ class Watch:
         out, at = [], 0
         while at < len(data):
             wd, _, _, n = _EVENT.unpack_from(data, at)
-            name = data[at + _EVENT.size:at + _EVENT.size + n].rstrip(b"\0")
+            name = data[at + _EVENT.size : at + _EVENT.size + n].rstrip(b"\0")
             at += _EVENT.size + n
             if wd in self._dirs:
                 out.append(self._dirs[wd] / os.fsdecode(name))

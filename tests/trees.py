@@ -33,19 +33,37 @@ class Link:
 
 @dataclass(frozen=True)
 class Dir:
-    children: dict[bytes, "File | Link | Dir"]
+    children: dict[bytes, File | Link | Dir]
 
 
 Node = File | Link | Dir
 
 # Sizes around the inline limit (224), the block (4096) and chunk (64 KiB) boundaries.
-BOUNDARY_SIZES = [0, 1, 7, 8, 9, 223, 224, 225, 4095, 4096, 4097, 65535, 65536, 65537, 2 * 65536 + 3]
+BOUNDARY_SIZES = [
+    0,
+    1,
+    7,
+    8,
+    9,
+    223,
+    224,
+    225,
+    4095,
+    4096,
+    4097,
+    65535,
+    65536,
+    65537,
+    2 * 65536 + 3,
+]
 
 names = st.binary(min_size=1, max_size=255).filter(
     lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b"..")
 )
-short_names = st.text("abcXYZ019._-+=", min_size=1, max_size=8).map(str.encode).filter(
-    lambda n: n not in (b".", b"..")
+short_names = (
+    st.text("abcXYZ019._-+=", min_size=1, max_size=8)
+    .map(str.encode)
+    .filter(lambda n: n not in (b".", b".."))
 )
 targets = st.binary(min_size=1, max_size=4095).filter(lambda t: b"\0" not in t)
 files = st.builds(
@@ -57,7 +75,9 @@ files = st.builds(
 links = st.builds(Link, targets)
 
 
-def trees(name_strategy: st.SearchStrategy[bytes] = st.one_of(short_names, names)) -> st.SearchStrategy[Node]:
+def trees(
+    name_strategy: st.SearchStrategy[bytes] = st.one_of(short_names, names),
+) -> st.SearchStrategy[Node]:
     leaves = st.one_of(files, links)
     dirs = st.recursive(
         leaves,

@@ -92,8 +92,12 @@ class Claim:
     @classmethod
     def for_manifest(cls, manifest: Manifest, builder: PublicKey, time: int | None = None) -> Claim:
         return cls(
-            builder, manifest.store_path, manifest.nar_hash, manifest.nar_size,
-            tuple(sorted(set(manifest.references), key=str)), manifest.digest(),
+            builder,
+            manifest.store_path,
+            manifest.nar_hash,
+            manifest.nar_size,
+            tuple(sorted(set(manifest.references), key=str)),
+            manifest.digest(),
             int(_time.time()) if time is None else time,
         )
 
@@ -108,9 +112,15 @@ class Claim:
     def encode(self) -> bytes:
         return msgpack.packb(
             [
-                FORMAT, self.builder.name, self.builder.key,
-                str(self.store_path), self.nar_hash.digest, self.nar_size,
-                [str(r) for r in self.references], self.manifest_digest, self.time,
+                FORMAT,
+                self.builder.name,
+                self.builder.key,
+                str(self.store_path),
+                self.nar_hash.digest,
+                self.nar_size,
+                [str(r) for r in self.references],
+                self.manifest_digest,
+                self.time,
             ],
             use_bin_type=True,
         )
@@ -132,8 +142,12 @@ class Claim:
         try:
             builder = PublicKey(name, key)
             store_path = StorePath.parse(sp)
-            references = tuple(StorePath.decode(_need(r, str, "reference"), store_path.store_dir) for r in refs)
-            claim = cls(builder, store_path, Hash.sha256(nar_hash), nar_size, references, digest, when)
+            references = tuple(
+                StorePath.decode(_need(r, str, "reference"), store_path.store_dir) for r in refs
+            )
+            claim = cls(
+                builder, store_path, Hash.sha256(nar_hash), nar_size, references, digest, when
+            )
         except (KeyFormatError, StorePathError) as e:
             raise ClaimError(f"claim: {e}") from None
         if claim.encode() != data:
@@ -165,15 +179,21 @@ class SignedClaim:
         return NixSignature(self.builder.name, self.nix_signature)
 
     def encode(self) -> bytes:
-        return msgpack.packb([self.claim.encode(), self.signature, self.nix_signature], use_bin_type=True)
+        return msgpack.packb(
+            [self.claim.encode(), self.signature, self.nix_signature], use_bin_type=True
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SignedClaim:
         if len(data) > MAX_CLAIM:
-            raise ClaimError(f"signed claim of {len(data):,} bytes exceeds the {MAX_CLAIM:,}-byte limit")
+            raise ClaimError(
+                f"signed claim of {len(data):,} bytes exceeds the {MAX_CLAIM:,}-byte limit"
+            )
         raw = _unpack(data, "signed claim")
         if not isinstance(raw, list) or len(raw) != 3:
-            raise ClaimError("not a signed ferry claim (expected [claim, signature, Nix signature])")
+            raise ClaimError(
+                "not a signed ferry claim (expected [claim, signature, Nix signature])"
+            )
         body, sig, nix_sig = raw
         _need(body, bytes, "body")
         _need(sig, bytes, "signature", SIGNATURE_SIZE)
@@ -187,7 +207,9 @@ class SignedClaim:
 def sign(claim: Claim, key: SecretKey) -> SignedClaim:
     if key.public != claim.builder:
         raise ClaimError(f"claim names builder {claim.builder} but the key is {key.public}")
-    return SignedClaim(claim, key.sign(DOMAIN + claim.encode()), key.sign(claim.fingerprint().encode()))
+    return SignedClaim(
+        claim, key.sign(DOMAIN + claim.encode()), key.sign(claim.fingerprint().encode())
+    )
 
 
 def sign_manifest(manifest: Manifest, key: SecretKey, time: int | None = None) -> SignedClaim:
@@ -197,12 +219,20 @@ def sign_manifest(manifest: Manifest, key: SecretKey, time: int | None = None) -
 def _unpack(data: bytes, what: str) -> object:
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=MAX_STRING, max_bin_len=MAX_CLAIM, max_array_len=MAX_REFERENCES,
-            max_map_len=0, max_ext_len=0,
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=MAX_STRING,
+            max_bin_len=MAX_CLAIM,
+            max_array_len=MAX_REFERENCES,
+            max_map_len=0,
+            max_ext_len=0,
         )
     except Exception as e:  # msgpack raises several unrelated types
-        raise ClaimError(f"{what} is not valid msgpack ({type(e).__name__}: {_first_line(e)})") from None
+        raise ClaimError(
+            f"{what} is not valid msgpack ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 def _first_line(e: Exception) -> str:
@@ -213,7 +243,9 @@ def _first_line(e: Exception) -> str:
 def _need(v: object, t: type, what: str, size: int | None = None) -> object:
     # bool is an int to Python but not to msgpack; reject it like any other wrong type.
     if not isinstance(v, t) or isinstance(v, bool):
-        raise ClaimError(f"claim {what} has the wrong type ({type(v).__name__}, expected {t.__name__})")
+        raise ClaimError(
+            f"claim {what} has the wrong type ({type(v).__name__}, expected {t.__name__})"
+        )
     if size is not None and len(v) != size:  # type: ignore[arg-type]
         raise ClaimError(f"claim {what} is {len(v)} bytes, expected {size}")  # type: ignore[arg-type]
     return v

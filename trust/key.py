@@ -81,8 +81,10 @@ class PublicKey:
     def decode(cls, text: str) -> PublicKey:
         name, raw = split(text, "public key")
         if len(raw) == SEED_SIZE + PUBLIC_SIZE:
-            raise KeyFormatError(f"{name!r} is a secret key where a public key was expected; "
-                                 "get its public key with `ferry trust pubkey FILE`")
+            raise KeyFormatError(
+                f"{name!r} is a secret key where a public key was expected; "
+                "get its public key with `ferry trust pubkey FILE`"
+            )
         return cls(name, raw)
 
     def verify(self, message: bytes, signature: bytes) -> bool:
@@ -116,7 +118,10 @@ class SecretKey:
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(self.name, Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes_raw())
+        return PublicKey(
+            self.name,
+            Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes_raw(),
+        )
 
     def sign(self, message: bytes) -> bytes:
         return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
@@ -137,5 +142,7 @@ class SecretKey:
         if key.public.key != raw[SEED_SIZE:]:
             # libsodium keeps the public half beside the seed; if they disagree the file
             # was damaged, and signatures would not verify under the key people trust.
-            raise KeyFormatError(f"secret key {name!r} is corrupt: its public half does not match its seed")
+            raise KeyFormatError(
+                f"secret key {name!r} is corrupt: its public half does not match its seed"
+            )
         return key

@@ -61,7 +61,9 @@ class Trusted:
     outcome: Outcome
     signers: tuple[str, ...]
     claims: tuple[SignedClaim, ...]  # one per signer, in policy order
-    dissent: Mapping[Outcome, tuple[str, ...]] = field(default_factory=dict)  # only with on_conflict=majority
+    dissent: Mapping[Outcome, tuple[str, ...]] = field(
+        default_factory=dict
+    )  # only with on_conflict=majority
     ignored: tuple[Ignored, ...] = ()
 
     @property
@@ -98,22 +100,32 @@ class QuorumPolicy:
 
     def __post_init__(self) -> None:
         if not self.trusted:
-            raise PolicyError("the policy trusts no keys: add builder public keys to 'trusted'", "trusted")
+            raise PolicyError(
+                "the policy trusts no keys: add builder public keys to 'trusted'", "trusted"
+            )
         names: set[str] = set()
         keys: dict[bytes, str] = {}
         for k in self.trusted:
             if k.name in names:
                 # Nix matches Sig: lines to keys by name: two keys with one name are ambiguous.
-                raise PolicyError(f"two trusted keys are named {k.name!r}; key names must be unique", "trusted")
+                raise PolicyError(
+                    f"two trusted keys are named {k.name!r}; key names must be unique", "trusted"
+                )
             if k.key in keys:
-                raise PolicyError(f"keys {keys[k.key]!r} and {k.name!r} are the same key; list it once", "trusted")
+                raise PolicyError(
+                    f"keys {keys[k.key]!r} and {k.name!r} are the same key; list it once", "trusted"
+                )
             names.add(k.name)
             keys[k.key] = k.name
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) \
-                or not 1 <= self.threshold <= len(self.trusted):
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, int)
+            or not 1 <= self.threshold <= len(self.trusted)
+        ):
             raise PolicyError(
                 f"threshold must be a whole number from 1 to {len(self.trusted)} (the number of trusted keys), "
-                f"not {self.threshold!r}", "threshold",
+                f"not {self.threshold!r}",
+                "threshold",
             )
 
     def decide(self, store_path: StorePath, claims: Iterable[SignedClaim]) -> Verdict:
@@ -141,10 +153,12 @@ class QuorumPolicy:
             return self._conflict(groups, votes, ignored)
         if not groups:
             return Insufficient(0, self.threshold, missing, tuple(ignored))
-        (outcome, names), = groups.items()
+        ((outcome, names),) = groups.items()
         if len(names) < self.threshold:
             return Insufficient(len(names), self.threshold, missing, tuple(ignored))
-        return Trusted(outcome, tuple(names), tuple(votes[n][outcome][1] for n in names), {}, tuple(ignored))
+        return Trusted(
+            outcome, tuple(names), tuple(votes[n][outcome][1] for n in names), {}, tuple(ignored)
+        )
 
     def _reject(self, store_path: StorePath, c: SignedClaim) -> Reason | None:
         if not c.claim_valid():
@@ -159,7 +173,9 @@ class QuorumPolicy:
         return None
 
     def _conflict(
-        self, groups: dict[Outcome, list[str]], votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]],
+        self,
+        groups: dict[Outcome, list[str]],
+        votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]],
         ignored: list[Ignored],
     ) -> Verdict:
         everyone = {o: tuple(n) for o, n in groups.items()}
@@ -179,5 +195,7 @@ class QuorumPolicy:
                     others = tuple(n for n in names if o != win or n not in signers)
                     if others:
                         dissent[o] = others
-                return Trusted(win, signers, tuple(votes[n][win][1] for n in signers), dissent, tuple(ignored))
+                return Trusted(
+                    win, signers, tuple(votes[n][win][1] for n in signers), dissent, tuple(ignored)
+                )
         return Conflict(everyone, tuple(ignored))

@@ -26,9 +26,9 @@ from trust.policy import OnConflict, PolicyError, QuorumPolicy
 FIELDS: dict[str, str] = {
     "trusted": "builder public keys whose signatures count, in Nix's `name:base64` form (required)",
     "threshold": "how many trusted keys must sign the same build result before a path is accepted (required; "
-                 "1 to the number of trusted keys)",
-    "on_conflict": "what to do when trusted keys disagree about a path: \"refuse\" it (default), or "
-                   "\"majority\": accept the result at least `threshold` keys signed despite a dissenter",
+    "1 to the number of trusted keys)",
+    "on_conflict": 'what to do when trusted keys disagree about a path: "refuse" it (default), or '
+    '"majority": accept the result at least `threshold` keys signed despite a dissenter',
 }
 _FIELDS = tuple(FIELDS)
 _MAX_FILE = 1 << 20
@@ -54,18 +54,24 @@ def parse(text: str, source: str = "policy") -> QuorumPolicy:
     where = _Locator(text, source)
     for key in doc:
         if key not in _FIELDS:
-            raise PolicyError(f"{where.field(key)}: unknown field {key!r} (expected one of: {', '.join(_FIELDS)})")
+            raise PolicyError(
+                f"{where.field(key)}: unknown field {key!r} (expected one of: {', '.join(_FIELDS)})"
+            )
     for key in ("trusted", "threshold"):
         if key not in doc:
             raise PolicyError(f"{source}: missing field {key!r}")
 
     trusted = doc["trusted"]
     if not isinstance(trusted, list):
-        raise PolicyError(f"{where.field('trusted')}: 'trusted' must be a list of public keys (\"name:base64\")")
+        raise PolicyError(
+            f"{where.field('trusted')}: 'trusted' must be a list of public keys (\"name:base64\")"
+        )
     keys = []
     for i, item in enumerate(trusted):
         if not isinstance(item, str):
-            raise PolicyError(f"{where.field('trusted')}: trusted[{i}] must be a string \"name:base64\"")
+            raise PolicyError(
+                f'{where.field("trusted")}: trusted[{i}] must be a string "name:base64"'
+            )
         try:
             keys.append(PublicKey.decode(item))
             # Checked here too (QuorumPolicy does it again) to point at the repeated line.
@@ -76,14 +82,18 @@ def parse(text: str, source: str = "policy") -> QuorumPolicy:
 
     threshold = doc["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, int):
-        raise PolicyError(f"{where.field('threshold')}: threshold must be a whole number, not {threshold!r}")
+        raise PolicyError(
+            f"{where.field('threshold')}: threshold must be a whole number, not {threshold!r}"
+        )
 
     mode = doc.get("on_conflict", OnConflict.REFUSE.value)
     try:
         on_conflict = OnConflict(mode)
     except ValueError:
         choices = " or ".join(repr(m.value) for m in OnConflict)
-        raise PolicyError(f"{where.field('on_conflict')}: on_conflict must be {choices}, not {mode!r}") from None
+        raise PolicyError(
+            f"{where.field('on_conflict')}: on_conflict must be {choices}, not {mode!r}"
+        ) from None
 
     try:
         return QuorumPolicy(tuple(keys), threshold, on_conflict)

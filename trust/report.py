@@ -4,37 +4,59 @@ from __future__ import annotations
 
 from typing import Any
 
-from trust.policy import QuorumPolicy, Trusted, Insufficient, Verdict
+from trust.policy import Insufficient, QuorumPolicy, Trusted, Verdict
 
 
 def _outcomes_json(groups: Any) -> list[dict[str, Any]]:
-    return [{"nar_hash": str(o.nar_hash), "manifest_digest": o.manifest_digest.hex(), "nar_size": o.nar_size,
-             "signers": list(names)} for o, names in groups.items()]
+    return [
+        {
+            "nar_hash": str(o.nar_hash),
+            "manifest_digest": o.manifest_digest.hex(),
+            "nar_size": o.nar_size,
+            "signers": list(names),
+        }
+        for o, names in groups.items()
+    ]
 
 
 def verdict_json(v: Verdict) -> dict[str, Any]:
     if isinstance(v, Trusted):
-        return {"verdict": "trusted", "nar_hash": str(v.nar_hash), "manifest_digest": v.manifest_digest.hex(),
-                "nar_size": v.outcome.nar_size, "signers": list(v.signers),
-                "nix_signatures": [c.nix_sig().encode() for c in v.claims], "dissent": _outcomes_json(v.dissent)}
+        return {
+            "verdict": "trusted",
+            "nar_hash": str(v.nar_hash),
+            "manifest_digest": v.manifest_digest.hex(),
+            "nar_size": v.outcome.nar_size,
+            "signers": list(v.signers),
+            "nix_signatures": [c.nix_sig().encode() for c in v.claims],
+            "dissent": _outcomes_json(v.dissent),
+        }
     if isinstance(v, Insufficient):
-        return {"verdict": "insufficient", "have": v.have, "need": v.need, "missing": list(v.missing)}
+        return {
+            "verdict": "insufficient",
+            "have": v.have,
+            "need": v.need,
+            "missing": list(v.missing),
+        }
     return {"verdict": "conflict", "outcomes": _outcomes_json(v.outcomes)}
 
 
 def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
     n = len(policy.trusted)
     if isinstance(v, Trusted):
-        lines = [f"trusted: {len(v.signers)} of {n} builders agree (threshold {policy.threshold}): "
-                 f"{', '.join(v.signers)}",
-                 f"  NarHash   {v.nar_hash}  ({v.outcome.nar_size:,} bytes)",
-                 f"  manifest  {v.manifest_digest.hex()}"]
+        lines = [
+            f"trusted: {len(v.signers)} of {n} builders agree (threshold {policy.threshold}): "
+            f"{', '.join(v.signers)}",
+            f"  NarHash   {v.nar_hash}  ({v.outcome.nar_size:,} bytes)",
+            f"  manifest  {v.manifest_digest.hex()}",
+        ]
         for o, names in v.dissent.items():
             lines.append(f"warning: {', '.join(names)} signed a different result: {o.short()}")
         return "\n".join(lines)
     if isinstance(v, Insufficient):
-        return (f"insufficient: {v.have} of the {v.need} agreeing signatures needed "
-                f"(from {n} trusted builders); no valid claim from: {', '.join(v.missing) or 'none'}")
+        return (
+            f"insufficient: {v.have} of the {v.need} agreeing signatures needed "
+            f"(from {n} trusted builders); no valid claim from: {', '.join(v.missing) or 'none'}"
+        )
     lines = ["conflict: trusted builders signed different results; the path is refused"]
     for o, names in v.outcomes.items():
         lines.append(f"  {o.short()}: {', '.join(names)}")

@@ -7,8 +7,23 @@ import logging
 import sys
 from typing import Any
 
-from node.cli import (demo, doctor, export, gc, image, init, manifest, mountcmd, netcmd, noderun, publish, simcmd,
-                      storecmd, trust, ui)
+from node.cli import (
+    demo,
+    doctor,
+    export,
+    gc,
+    image,
+    init,
+    manifest,
+    mountcmd,
+    netcmd,
+    noderun,
+    publish,
+    simcmd,
+    storecmd,
+    trust,
+    ui,
+)
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -38,7 +53,9 @@ def parser() -> Parser:
         description="Peer-to-peer substitution for Nix stores: content-addressed chunks, "
         "quorum-signed builds, lazy EROFS mounts.",
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
     p.add_argument("--version", action=_Version, help="print ferry's version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     init.add_parser(sub)

@@ -45,7 +45,13 @@ NAME = "demo-stdlib"
 BUILDERS = 3
 THRESHOLD = 2
 # Files read back through the mount (those present in the tree are read).
-READ_BACK = ("os.py", "json/__init__.py", "email/message.py", "asyncio/base_events.py", "collections/__init__.py")
+READ_BACK = (
+    "os.py",
+    "json/__init__.py",
+    "email/message.py",
+    "asyncio/base_events.py",
+    "collections/__init__.py",
+)
 
 # With Nix: a two-path closure, as nixpkgs would build it: a library (the stdlib's
 # modules, some edited in 1.1) and an app that refers to it. The version is in both
@@ -105,10 +111,15 @@ def add_parser(sub: Any) -> None:
         "or on Ctrl-C.",
         epilog="exit status: 0 done, 1 a step failed (the message says which), 130 interrupted",
     )
-    p.add_argument("--tree", metavar="DIR", help="publish DIR instead of the Python standard library")
-    p.add_argument("--keep", action="store_true",
-                   help="leave the network running at the end and print how to point nix at the client's "
-                        "binary cache, and how to stop it")
+    p.add_argument(
+        "--tree", metavar="DIR", help="publish DIR instead of the Python standard library"
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the network running at the end and print how to point nix at the client's "
+        "binary cache, and how to stop it",
+    )
     p.set_defaults(run=run)
 
 
@@ -133,7 +144,10 @@ def run(args: argparse.Namespace) -> None:
     except LocalNetError as e:
         ui.fail(str(e))
     except ControlError as e:
-        ui.fail(f"{e}\n(node logs are in {root} until the demo exits; rerun with --keep to look at them)", e.code)
+        ui.fail(
+            f"{e}\n(node logs are in {root} until the demo exits; rerun with --keep to look at them)",
+            e.code,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
         if not kept:
@@ -150,7 +164,10 @@ def _clean_up(net: LocalNet, root: Path) -> None:
         if not mounts_under(root):
             _remove(root)
         else:
-            ui.err.print(f"ferry demo: could not unmount everything under {root}; left it in place", markup=False)
+            ui.err.print(
+                f"ferry demo: could not unmount everything under {root}; left it in place",
+                markup=False,
+            )
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -219,22 +236,51 @@ class Demo:
         for version in ("1.0", "1.1"):
             with ui.err.status(f"building demo-app-{version} and demo-lib-{version} with Nix ..."):
                 # A chroot store builds in a sandbox; store.nixconf lets the host's /bin/sh and tools in.
-                r = subprocess.run(["nix-build", "--store", str(store), str(self.root / "demo.nix"), "--no-out-link",
-                                    "--argstr", "version", version, "--argstr", "stdlib", str(stdlib)],
-                                   capture_output=True, text=True, env=env)
+                r = subprocess.run(
+                    [
+                        "nix-build",
+                        "--store",
+                        str(store),
+                        str(self.root / "demo.nix"),
+                        "--no-out-link",
+                        "--argstr",
+                        "version",
+                        version,
+                        "--argstr",
+                        "stdlib",
+                        str(stdlib),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
             if r.returncode != 0:
                 # The first error is the cause; later ones name the derivations that failed with it.
                 lines = r.stderr.strip().splitlines()
-                cause = next((line for line in lines if line.startswith("error:")), lines[-1] if lines else "no output")
+                cause = next(
+                    (line for line in lines if line.startswith("error:")),
+                    lines[-1] if lines else "no output",
+                )
                 self.say(f"nix-build failed here ({cause}); using a plain tree instead")
                 return None
             app = r.stdout.split()[-1]
-            closure = subprocess.run(["nix-store", "--store", str(store), "-qR", app], capture_output=True,
-                                     text=True, env=env, check=True).stdout.split()
+            closure = subprocess.run(
+                ["nix-store", "--store", str(store), "-qR", app],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout.split()
             lib = next(p for p in closure if f"-demo-lib-{version}" in p)
-            out.append(Release(app, tuple(closure), lib, store / lib.lstrip("/") / "lib" / "python", str(store)))
-        self.say(f"built with Nix: {out[0].root} and its library, then version 1.1 of both "
-                 f"({_size(out[0].tree) / 1e6:,.1f} MB of files)")
+            out.append(
+                Release(
+                    app, tuple(closure), lib, store / lib.lstrip("/") / "lib" / "python", str(store)
+                )
+            )
+        self.say(
+            f"built with Nix: {out[0].root} and its library, then version 1.1 of both "
+            f"({_size(out[0].tree) / 1e6:,.1f} MB of files)"
+        )
         return out
 
     def _trees(self) -> tuple[Path, Path]:
@@ -243,15 +289,23 @@ class Demo:
         v2 = src / f"{NAME}-1.1"
         origin = self.tree or Path(sysconfig.get_paths()["stdlib"])
         with ui.progress("staging the sample tree", ui.tree_size(str(origin))) as advance:
+
             def copy(s: str, d: str) -> None:
                 shutil.copy2(s, d)
                 advance(os.path.getsize(d))
 
-            shutil.copytree(origin, v1, symlinks=True, copy_function=copy,
-                            ignore=None if self.tree else (lambda d, names: [n for n in names if n in _SKIP]))
+            shutil.copytree(
+                origin,
+                v1,
+                symlinks=True,
+                copy_function=copy,
+                ignore=None if self.tree else (lambda d, names: [n for n in names if n in _SKIP]),
+            )
         shutil.copytree(v1, v2, symlinks=True)
         changed = _new_version(v2)
-        self.say(f"sample tree: {origin} ({_size(v1) / 1e6:,.1f} MB); version 1.1 changes {changed} files")
+        self.say(
+            f"sample tree: {origin} ({_size(v1) / 1e6:,.1f} MB); version 1.1 changes {changed} files"
+        )
         return v1, v2
 
     def _keys(self) -> Path:
@@ -268,16 +322,22 @@ class Demo:
 
     def _start(self, policy: Path) -> tuple[list[LocalNode], LocalNode]:
         with ui.err.status("starting 3 builder nodes and a client on 127.0.0.1 ..."):
-            builders = [self.net.start(f"builder-{i}", config='gateway = "off"\n') for i in range(1, BUILDERS + 1)]
+            builders = [
+                self.net.start(f"builder-{i}", config='gateway = "off"\n')
+                for i in range(1, BUILDERS + 1)
+            ]
             for b in builders:
                 self.net.wait_ready(b)
             boot = tuple(x for b in builders for x in ("--bootstrap", b.addr))
-            client = self.net.start("client", config='gateway = "127.0.0.1:0"\n',
-                                    args=("--policy", str(policy), *boot))
+            client = self.net.start(
+                "client", config='gateway = "127.0.0.1:0"\n', args=("--policy", str(policy), *boot)
+            )
             self.net.wait_ready(client)
-        self.say(f"started {len(builders)} builders and a client (pids "
-                 f"{', '.join(str(n.proc.pid) for n in self.net.nodes)}); client policy: {THRESHOLD} of "
-                 f"{BUILDERS} builders must sign the same result")
+        self.say(
+            f"started {len(builders)} builders and a client (pids "
+            f"{', '.join(str(n.proc.pid) for n in self.net.nodes)}); client policy: {THRESHOLD} of "
+            f"{BUILDERS} builders must sign the same result"
+        )
         return builders, client
 
     def _publish(self, builders: list[LocalNode], rel: Release) -> None:
@@ -287,10 +347,20 @@ class Demo:
             async def one(i: int, b: LocalNode) -> None:
                 for path in rel.paths:
                     plain = rel.store is None
-                    args = {"path": path, "nar": None, "key": str(self.root / "keys" / f"builder-{i}.secret"),
-                            "store_path": None, "references": [], "name": Path(path).name if plain else None,
-                            "store": rel.store, "store_dir": "/nix/store", "no_root": False}
-                    results.append(await control.call(str(b.data_dir), {"op": "publish", "args": args}))
+                    args = {
+                        "path": path,
+                        "nar": None,
+                        "key": str(self.root / "keys" / f"builder-{i}.secret"),
+                        "store_path": None,
+                        "references": [],
+                        "name": Path(path).name if plain else None,
+                        "store": rel.store,
+                        "store_dir": "/nix/store",
+                        "no_root": False,
+                    }
+                    results.append(
+                        await control.call(str(b.data_dir), {"op": "publish", "args": args})
+                    )
 
             async with trio.open_nursery() as n:
                 for i, b in enumerate(builders, 1):
@@ -302,7 +372,9 @@ class Demo:
         for r in results:
             by_path.setdefault(r["store_path"], set()).add(r["nar_hash"])
         if any(len(hashes) != 1 for hashes in by_path.values()):
-            raise ControlError("the builders published different results for the same path (a bug: please report)")
+            raise ControlError(
+                "the builders published different results for the same path (a bug: please report)"
+            )
         for sp in by_path:  # in the order published: dependencies first
             size = next(r["nar_size"] for r in results if r["store_path"] == sp)
             self.say(f"{len(builders)} builders published and signed {sp} ({size:,} bytes of NAR)")
@@ -321,39 +393,77 @@ class Demo:
         logical = result["bytes_done"] + result["deduplicated_bytes"]
         saved = result["diff_logical_bytes"] - result["diff_received_bytes"]
         fetched = result["received_bytes"] + result["metadata_bytes"]
-        self.say(f"fetched {logical / 1e6:,.1f} MB of chunks with {fetched / 1e6:,.2f} MB on the wire from "
-                 f"{len(result['per_peer'])} peers in {took:.1f} s")
-        self.rows.append((label, sp.rsplit("-", 1)[-1], f"{logical:,}", f"{fetched:,}",
-                          f"{result['deduplicated_bytes']:,}", f"{saved:,}", str(len(result["per_peer"])),
-                          f"{took:.1f} s", f"{len(signers)}/{BUILDERS} (≥{THRESHOLD})"))
+        self.say(
+            f"fetched {logical / 1e6:,.1f} MB of chunks with {fetched / 1e6:,.2f} MB on the wire from "
+            f"{len(result['per_peer'])} peers in {took:.1f} s"
+        )
+        self.rows.append(
+            (
+                label,
+                sp.rsplit("-", 1)[-1],
+                f"{logical:,}",
+                f"{fetched:,}",
+                f"{result['deduplicated_bytes']:,}",
+                f"{saved:,}",
+                str(len(result["per_peer"])),
+                f"{took:.1f} s",
+                f"{len(signers)}/{BUILDERS} (≥{THRESHOLD})",
+            )
+        )
 
     def _mount_and_read(self, client: LocalNode, rel: Release) -> None:
         sp = rel.files
         where = self.root / "mnt" / Path(sp).name
         where.mkdir(parents=True)
         t = time.monotonic()
-        got = _call(str(client.data_dir), {"op": "mount", "store_path": sp, "dir": str(where), "backend": "auto"})
-        how = {"fanotify": "lazily: fanotify pre-content events over a file-backed EROFS image",
-               "cachefiles": "lazily: EROFS over fscache/cachefiles on-demand",
-               "materialize": "by writing the tree out (lazy mounts need root and a capable kernel: "
-                              "see `ferry doctor`)"}.get(got["backend"], got["backend"])
+        got = _call(
+            str(client.data_dir),
+            {"op": "mount", "store_path": sp, "dir": str(where), "backend": "auto"},
+        )
+        how = {
+            "fanotify": "lazily: fanotify pre-content events over a file-backed EROFS image",
+            "cachefiles": "lazily: EROFS over fscache/cachefiles on-demand",
+            "materialize": "by writing the tree out (lazy mounts need root and a capable kernel: "
+            "see `ferry doctor`)",
+        }.get(got["backend"], got["backend"])
         self.say(f"mounted {sp} on {where} in {time.monotonic() - t:.2f} s, {how}")
-        inside = where / rel.tree.relative_to(Path(rel.store) / sp.lstrip("/")) if rel.store else where
+        inside = (
+            where / rel.tree.relative_to(Path(rel.store) / sp.lstrip("/")) if rel.store else where
+        )
         read = 0
         names = [n for n in READ_BACK if (rel.tree / n).is_file()] or [
-            str(p.relative_to(rel.tree)) for p in sorted(rel.tree.rglob("*")) if p.is_file() and not p.is_symlink()][:5]
+            str(p.relative_to(rel.tree))
+            for p in sorted(rel.tree.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+        ][:5]
         for n in names:
             data = (inside / n).read_bytes()
             if data != (rel.tree / n).read_bytes():
-                raise ControlError(f"{inside / n} differs from {rel.tree / n} (a bug: please report)")
+                raise ControlError(
+                    f"{inside / n} differs from {rel.tree / n} (a bug: please report)"
+                )
             read += len(data)
-        self.say(f"read {len(names)} files back ({read:,} bytes): identical to what the builders built")
+        self.say(
+            f"read {len(names)} files back ({read:,} bytes): identical to what the builders built"
+        )
         _call(str(client.data_dir), {"op": "umount", "dir": str(where)})
 
     def _table(self) -> None:
         ui.out.print()
-        ui.table(("step", "version", "logical B", "fetched B", "deduplicated B", "saved by diffs B", "peers",
-                  "time", "quorum"), self.rows)
+        ui.table(
+            (
+                "step",
+                "version",
+                "logical B",
+                "fetched B",
+                "deduplicated B",
+                "saved by diffs B",
+                "peers",
+                "time",
+                "quorum",
+            ),
+            self.rows,
+        )
         ui.out.print(f"\ndone in {time.monotonic() - self.t0:.1f} s", markup=False)
 
 
@@ -384,13 +494,24 @@ def _call_with_bar(data_dir: str, req: dict[str, Any], label: str) -> Any:
         return _call(data_dir, req)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TextColumn("{task.fields[detail]}"), console=ui.err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=ui.err,
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None, detail="asking peers for claims")
 
         def show(p: dict[str, Any]) -> None:
-            bar.update(task, total=p["bytes"] or None, completed=p["bytes_done"],
-                       detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers")
+            bar.update(
+                task,
+                total=p["bytes"] or None,
+                completed=p["bytes_done"],
+                detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers",
+            )
 
         return trio.run(control.call, data_dir, req, show)
 
@@ -411,4 +532,6 @@ def _print_keep(net: LocalNet, summary: dict[str, Any]) -> None:
         f"                   extra-trusted-public-keys = {key}\n"
         f"  talk to the client: ferry status --data-dir {client.data_dir}\n"
         f"  stop it:  kill {pids}; rm -rf {net.root}",
-        markup=False, soft_wrap=True)
+        markup=False,
+        soft_wrap=True,
+    )

@@ -44,7 +44,8 @@ class Check:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "doctor", help="check this machine and node set-up, and say how to fix what is wrong",
+        "doctor",
+        help="check this machine and node set-up, and say how to fix what is wrong",
         description="Check what ferry needs and say how to fix each problem: the kernel and permissions for "
         "lazy mounts (which backend `ferry mount` will use), the data directory and its files, the node's "
         "settings and trust policy, the ports it listens on, whether Nix is installed and pointed at the "
@@ -70,10 +71,18 @@ def run(args: argparse.Namespace) -> None:
         checks.append(_peers(data_dir, config, running))
     failed = any(c.level == "fail" for c in checks)
     if args.json:
-        ui.print_json({**asdict(report), "chosen": report.chosen, "data_dir": data_dir,
-                       "checks": [asdict(c) for c in checks]})
+        ui.print_json(
+            {
+                **asdict(report),
+                "chosen": report.chosen,
+                "data_dir": data_dir,
+                "checks": [asdict(c) for c in checks],
+            }
+        )
     else:
-        ui.out.print(f"kernel {report.kernel}, {'root' if report.root else 'not root'}", markup=False)
+        ui.out.print(
+            f"kernel {report.kernel}, {'root' if report.root else 'not root'}", markup=False
+        )
         for b in report.backends:
             ui.out.print(f"  {'ok ' if b.usable else 'no '} {b.name}", markup=False)
             for m in b.missing:
@@ -90,8 +99,12 @@ def run(args: argparse.Namespace) -> None:
 def _kernel(report: Any) -> Check:
     if report.chosen == "materialize":
         needs = "; ".join(m for b in report.backends[:2] for m in b.missing)
-        return Check("lazy mounts", "warn", "not available: `ferry mount` writes trees out whole (materialize)",
-                     f"for lazy mounts: {needs}")
+        return Check(
+            "lazy mounts",
+            "warn",
+            "not available: `ferry mount` writes trees out whole (materialize)",
+            f"for lazy mounts: {needs}",
+        )
     return Check("lazy mounts", "ok", f"{report.chosen} backend")
 
 
@@ -101,19 +114,46 @@ def _data_dir(data_dir: str) -> list[Check]:
         while parent and not os.path.exists(parent):
             parent = os.path.dirname(parent)
         if os.access(parent or "/", os.W_OK):
-            return [Check("data directory", "warn", f"{data_dir} does not exist yet",
-                          f"ferry init --data-dir {data_dir}")]
-        return [Check("data directory", "fail", f"{data_dir} does not exist and {parent} is not writable",
-                      "run as a user who may create it, or choose another with --data-dir (or FERRY_DATA_DIR)")]
+            return [
+                Check(
+                    "data directory",
+                    "warn",
+                    f"{data_dir} does not exist yet",
+                    f"ferry init --data-dir {data_dir}",
+                )
+            ]
+        return [
+            Check(
+                "data directory",
+                "fail",
+                f"{data_dir} does not exist and {parent} is not writable",
+                "run as a user who may create it, or choose another with --data-dir (or FERRY_DATA_DIR)",
+            )
+        ]
     if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
-        return [Check("data directory", "fail", f"{data_dir} is not readable and writable by this user",
-                      f"run as its owner, or: chown -R $(id -u) {data_dir}")]
+        return [
+            Check(
+                "data directory",
+                "fail",
+                f"{data_dir} is not readable and writable by this user",
+                f"run as its owner, or: chown -R $(id -u) {data_dir}",
+            )
+        ]
     out = [Check("data directory", "ok", data_dir)]
-    missing = [f for f in (identity.FILE, gateway_key.SECRET, CONFIG_FILE)
-               if not os.path.exists(os.path.join(data_dir, f))]
+    missing = [
+        f
+        for f in (identity.FILE, gateway_key.SECRET, CONFIG_FILE)
+        if not os.path.exists(os.path.join(data_dir, f))
+    ]
     if missing:
-        out.append(Check("node files", "warn", f"missing {', '.join(missing)} (a node makes the keys on first start)",
-                         f"ferry init --data-dir {data_dir}"))
+        out.append(
+            Check(
+                "node files",
+                "warn",
+                f"missing {', '.join(missing)} (a node makes the keys on first start)",
+                f"ferry init --data-dir {data_dir}",
+            )
+        )
     else:
         out.append(Check("node files", "ok", "identity, Nix signing key and node.toml present"))
     return out
@@ -126,13 +166,19 @@ def _config(data_dir: str) -> tuple[nodeconfig.NodeConfig | None, Check]:
     try:
         return nodeconfig.load(path), Check("settings", "ok", path)
     except nodeconfig.ConfigError as e:
-        return None, Check("settings", "fail", str(e), f"edit {path} (docs/configuration.md lists every setting)")
+        return None, Check(
+            "settings", "fail", str(e), f"edit {path} (docs/configuration.md lists every setting)"
+        )
 
 
 def _policy(config: nodeconfig.NodeConfig) -> Check:
     if not config.policy:
-        return Check("trust policy", "warn", "none: the node serves but cannot fetch",
-                     "write a policy file (docs/configuration.md) and set `policy` in node.toml")
+        return Check(
+            "trust policy",
+            "warn",
+            "none: the node serves but cannot fetch",
+            "write a policy file (docs/configuration.md) and set `policy` in node.toml",
+        )
     try:
         p = policyfile.load(config.policy)
     except PolicyError as e:
@@ -146,7 +192,9 @@ def _tcp_ports(config: nodeconfig.NodeConfig) -> list[tuple[str, str, int]]:
     for a in config.listen:
         try:
             ma = multiaddr.Multiaddr(a)
-            host = ma.value_for_protocol("ip4") if "ip4" in [p.name for p in ma.protocols()] else "::"
+            host = (
+                ma.value_for_protocol("ip4") if "ip4" in [p.name for p in ma.protocols()] else "::"
+            )
             out.append((f"listen {a}", host, int(ma.value_for_protocol("tcp"))))
         except Exception:  # not an IP/TCP address (the node reports what it cannot use)
             continue
@@ -170,29 +218,59 @@ def _ports(config: nodeconfig.NodeConfig, running: bool) -> list[Check]:
                 s.bind((host, port))
                 out.append(Check("port", "ok", f"{what}: free"))
             except OSError as e:
-                out.append(Check("port", "fail", f"{what}: cannot bind {host}:{port} ({e.strerror})",
-                                 "stop the program using it (`ss -ltnp` names it) or choose another port in "
-                                 "node.toml"))
+                out.append(
+                    Check(
+                        "port",
+                        "fail",
+                        f"{what}: cannot bind {host}:{port} ({e.strerror})",
+                        "stop the program using it (`ss -ltnp` names it) or choose another port in "
+                        "node.toml",
+                    )
+                )
     return out
 
 
 def _nix(data_dir: str, config: nodeconfig.NodeConfig) -> list[Check]:
     if shutil.which("nix-store") is None:
-        return [Check("nix", "warn", "Nix is not installed: the binary cache has no local client",
-                      "install Nix (Debian: apt-get install nix-bin)")]
-    out = [Check("nix", "ok", subprocess.run(["nix-store", "--version"], capture_output=True, text=True)
-                 .stdout.strip() or "installed")]
+        return [
+            Check(
+                "nix",
+                "warn",
+                "Nix is not installed: the binary cache has no local client",
+                "install Nix (Debian: apt-get install nix-bin)",
+            )
+        ]
+    out = [
+        Check(
+            "nix",
+            "ok",
+            subprocess.run(
+                ["nix-store", "--version"], capture_output=True, text=True
+            ).stdout.strip()
+            or "installed",
+        )
+    ]
     if config.gateway == "off":
         return out
     try:
-        shown = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"],
-                               capture_output=True, text=True, timeout=30)
+        shown = subprocess.run(
+            ["nix", "--extra-experimental-features", "nix-command", "show-config", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         settings = json.loads(shown.stdout) if shown.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
         settings = None
     if settings is None:
-        return out + [Check("nix.conf", "warn", "could not read Nix's settings (`nix show-config`)",
-                            "check that `nix show-config` works for this user")]
+        return out + [
+            Check(
+                "nix.conf",
+                "warn",
+                "could not read Nix's settings (`nix show-config`)",
+                "check that `nix show-config` works for this user",
+            )
+        ]
     url = f"http://{config.gateway}"
     subs = settings.get("substituters", {}).get("value", [])
     keys = settings.get("trusted-public-keys", {}).get("value", [])
@@ -206,8 +284,15 @@ def _nix(data_dir: str, config: nodeconfig.NodeConfig) -> list[Check]:
     elif ours not in keys:
         missing.append(f"extra-trusted-public-keys = {ours}")
     if missing:
-        out.append(Check("nix.conf", "warn", "Nix does not use this node's binary cache",
-                         "add to /etc/nix/nix.conf (then restart nix-daemon, if one runs): " + "; ".join(missing)))
+        out.append(
+            Check(
+                "nix.conf",
+                "warn",
+                "Nix does not use this node's binary cache",
+                "add to /etc/nix/nix.conf (then restart nix-daemon, if one runs): "
+                + "; ".join(missing),
+            )
+        )
     else:
         out.append(Check("nix.conf", "ok", f"substitutes from {url}, trusts the node's key"))
     return out
@@ -220,8 +305,12 @@ def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check
         status = trio.run(control.call, data_dir, {"op": "status"})
         if status["peers"]:
             return Check("peers", "ok", f"{status['peers']} connected")
-        return Check("peers", "warn", "the node runs but has no peers",
-                     "add a peer's address (from its node.addr) to `bootstrap` in node.toml, or enable mdns on a LAN")
+        return Check(
+            "peers",
+            "warn",
+            "the node runs but has no peers",
+            "add a peer's address (from its node.addr) to `bootstrap` in node.toml, or enable mdns on a LAN",
+        )
     unreachable = []
     for a in config.bootstrap:
         try:
@@ -236,10 +325,23 @@ def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check
         except OSError as e:
             unreachable.append(f"{host}:{port} ({e.strerror or 'timed out'})")
     if unreachable:
-        return Check("peers", "fail", f"bootstrap peers not reachable: {', '.join(unreachable)}",
-                     "check the address (copy it from the peer's node.addr), that the peer runs, and firewalls")
+        return Check(
+            "peers",
+            "fail",
+            f"bootstrap peers not reachable: {', '.join(unreachable)}",
+            "check the address (copy it from the peer's node.addr), that the peer runs, and firewalls",
+        )
     if not config.bootstrap and not config.mdns:
-        return Check("peers", "warn", "no bootstrap peers and mdns off: the node will find no one",
-                     "add `bootstrap` addresses to node.toml, or enable mdns")
-    return Check("peers", "ok", f"{len(config.bootstrap)} bootstrap peers reachable"
-                 + (", mdns on" if config.mdns else "") + " (the node is not running)")
+        return Check(
+            "peers",
+            "warn",
+            "no bootstrap peers and mdns off: the node will find no one",
+            "add `bootstrap` addresses to node.toml, or enable mdns",
+        )
+    return Check(
+        "peers",
+        "ok",
+        f"{len(config.bootstrap)} bootstrap peers reachable"
+        + (", mdns on" if config.mdns else "")
+        + " (the node is not running)",
+    )

@@ -16,18 +16,28 @@ from store.path import StorePath, StorePathError
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "export", help="write a stored path's NAR",
+        "export",
+        help="write a stored path's NAR",
         description="Reproduce the NAR of a store path from the local store, byte for byte "
         "what `nix-store --dump` gives. Every chunk is verified, and the NarHash at the end.",
     )
-    p.add_argument("store_path", metavar="STORE_PATH", help="a path in the local store (see `ferry store list`)")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE (created only if the NarHash checks out) instead of standard output")
+    p.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        help="a path in the local store (see `ferry store list`)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE (created only if the NarHash checks out) instead of standard output",
+    )
     storeopt.add_data_dir(p)
     p.set_defaults(run=run_export)
 
     p = sub.add_parser(
-        "materialize", help="write a stored path's tree to a directory",
+        "materialize",
+        help="write a stored path's tree to a directory",
         description="Write the files of a store path (directories, files, executables, "
         "symlinks) to DIR, which must not exist yet. Chunks are verified as they are written; "
         "DIR appears only once the whole tree is there.",

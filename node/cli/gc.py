@@ -11,7 +11,8 @@ from node.cli import storeopt, ui
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "gc", help="drop paths no root needs and free their chunks",
+        "gc",
+        help="drop paths no root needs and free their chunks",
         description="Remove store paths not reachable from the GC roots (through references), "
         "then free every chunk no remaining path uses by punching holes in the slabs. Paths "
         "you published are roots; see `ferry root`.",
@@ -22,13 +23,16 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run_gc)
 
     p = sub.add_parser(
-        "verify", help="check every chunk and path in the store",
+        "verify",
+        help="check every chunk and path in the store",
         description="Read every stored chunk and check its BLAKE3 digest, and check each path's "
         "manifest and that its chunks are all there. Reports every problem without stopping; "
         "exit status 1 if there were any. With --repair, corrupt chunks are dropped so that "
         "publishing or fetching the path again restores them.",
     )
-    p.add_argument("--repair", action="store_true", help="drop corrupt chunks (they become missing)")
+    p.add_argument(
+        "--repair", action="store_true", help="drop corrupt chunks (they become missing)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     storeopt.add_data_dir(p)
     p.set_defaults(run=run_verify)
@@ -38,15 +42,23 @@ def run_gc(args: argparse.Namespace) -> None:
     with storeopt.open_store(args) as store:
         r = store.gc(dry_run=args.dry_run)
     if args.json:
-        ui.print_json({"removed_paths": list(r.removed_paths), "freed_chunks": r.freed_chunks,
-                       "freed_bytes": r.freed_bytes, "dry_run": r.dry_run})
+        ui.print_json(
+            {
+                "removed_paths": list(r.removed_paths),
+                "freed_chunks": r.freed_chunks,
+                "freed_bytes": r.freed_bytes,
+                "dry_run": r.dry_run,
+            }
+        )
         return
     verb = "would remove" if r.dry_run else "removed"
     for p in r.removed_paths:
         ui.out.print(f"{verb} {p}", markup=False, soft_wrap=True)
-    ui.out.print(f"{verb} {len(r.removed_paths):,} paths; "
-                 f"{'would free' if r.dry_run else 'freed'} {r.freed_chunks:,} chunks ({_mb(r.freed_bytes)})",
-                 markup=False)
+    ui.out.print(
+        f"{verb} {len(r.removed_paths):,} paths; "
+        f"{'would free' if r.dry_run else 'freed'} {r.freed_chunks:,} chunks ({_mb(r.freed_bytes)})",
+        markup=False,
+    )
 
 
 def run_verify(args: argparse.Namespace) -> None:
@@ -55,18 +67,31 @@ def run_verify(args: argparse.Namespace) -> None:
         with ui.progress("verifying", total) as advance:
             r = store.verify(repair=args.repair, on_progress=advance)
     if args.json:
-        ui.print_json({"ok": r.ok, "chunks": r.chunks, "bytes": r.bytes, "repaired": r.repaired,
-                       "corrupt": [{"digest": d.hex(), "problem": p} for d, p in r.corrupt],
-                       "bad_paths": [{"store_path": s, "problem": p} for s, p in r.bad_paths]})
+        ui.print_json(
+            {
+                "ok": r.ok,
+                "chunks": r.chunks,
+                "bytes": r.bytes,
+                "repaired": r.repaired,
+                "corrupt": [{"digest": d.hex(), "problem": p} for d, p in r.corrupt],
+                "bad_paths": [{"store_path": s, "problem": p} for s, p in r.bad_paths],
+            }
+        )
     else:
         for d, problem in r.corrupt:
             ui.out.print(f"corrupt chunk {d.hex()}: {problem}", markup=False)
         for sp, problem in r.bad_paths:
             ui.out.print(f"bad path {sp}: {problem}", markup=False, soft_wrap=True)
-        ui.out.print(f"checked {r.chunks:,} chunks ({_mb(r.bytes)}): "
-                     + ("all good" if r.ok else f"{len(r.corrupt)} corrupt chunks, {len(r.bad_paths)} bad paths"
-                        + ("; corrupt chunks dropped" if r.repaired else "; run `ferry verify --repair`")),
-                     markup=False)
+        ui.out.print(
+            f"checked {r.chunks:,} chunks ({_mb(r.bytes)}): "
+            + (
+                "all good"
+                if r.ok
+                else f"{len(r.corrupt)} corrupt chunks, {len(r.bad_paths)} bad paths"
+                + ("; corrupt chunks dropped" if r.repaired else "; run `ferry verify --repair`")
+            ),
+            markup=False,
+        )
     sys.exit(0 if r.ok else 1)
 
 

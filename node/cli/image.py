@@ -20,7 +20,8 @@ MAX_IMAGE = 1 << 32
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "image", help="write a stored path as an EROFS metadata image",
+        "image",
+        help="write a stored path as an EROFS metadata image",
         description="Write an EROFS image of a stored path whose file data stays in the store's slab files: "
         "each chunk index points at the chunk in its slab, so images share one copy of every chunk. "
         "Prints the slab list the kernel needs as device= mount options, in order. Mount it with "
@@ -34,7 +35,8 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run_image)
 
     p = sub.add_parser(
-        "inspect", help="list an EROFS image",
+        "inspect",
+        help="list an EROFS image",
         description="Check an EROFS image with ferry's reader and list it: superblock, device table, "
         "and every path with its mode, size and where its data is. Exit 1 if the image is malformed.",
     )
@@ -55,15 +57,29 @@ def run_image(args: argparse.Namespace) -> None:
     except UserFileError as e:
         ui.fail(str(e))
     if args.json:
-        ui.print_json({"image": args.output, "bytes": len(img.data), "inodes": img.inodes,
-                       "devices": list(img.devices), "mount_options": img.mount_options,
-                       "absent_chunks": img.absent_chunks})
+        ui.print_json(
+            {
+                "image": args.output,
+                "bytes": len(img.data),
+                "inodes": img.inodes,
+                "devices": list(img.devices),
+                "mount_options": img.mount_options,
+                "absent_chunks": img.absent_chunks,
+            }
+        )
         return
-    ui.out.print(f"wrote {args.output}: {len(img.data):,} bytes, {img.inodes:,} inodes", markup=False)
-    ui.out.print(f"mount options (mount(2), read-only): {img.mount_options}", soft_wrap=True, markup=False)
+    ui.out.print(
+        f"wrote {args.output}: {len(img.data):,} bytes, {img.inodes:,} inodes", markup=False
+    )
+    ui.out.print(
+        f"mount options (mount(2), read-only): {img.mount_options}", soft_wrap=True, markup=False
+    )
     if img.absent_chunks:
-        ui.out.print(f"note: {img.absent_chunks} chunks are not in the store yet; without an ondemand "
-                     "backend they read as zeros", markup=False)
+        ui.out.print(
+            f"note: {img.absent_chunks} chunks are not in the store yet; without an ondemand "
+            "backend they read as zeros",
+            markup=False,
+        )
 
 
 def run_inspect(args: argparse.Namespace) -> None:
@@ -83,17 +99,39 @@ def run_inspect(args: argparse.Namespace) -> None:
                 where = f"{len(refs)} chunks of {img.chunk_size(ino)} on device {','.join(map(str, devs))}"
             elif ino.kind == "symlink":
                 where = "-> " + img.read(ino).decode("utf-8", "replace")
-            rows.append({"path": "/" + w.path.decode("utf-8", "replace"), "nid": ino.nid,
-                         "mode": stat.filemode(ino.mode), "size": ino.size, "nlink": ino.nlink, "data": where})
+            rows.append(
+                {
+                    "path": "/" + w.path.decode("utf-8", "replace"),
+                    "nid": ino.nid,
+                    "mode": stat.filemode(ino.mode),
+                    "size": ino.size,
+                    "nlink": ino.nlink,
+                    "data": where,
+                }
+            )
     except ImageError as e:
         ui.fail(f"{args.image}: not a usable EROFS image: {e}")
     sb = img.sb
     devices = [d.tag.rstrip(b"\0").decode("utf-8", "replace") for d in img.devices]
     if args.json:
-        ui.print_json({"inodes": sb.inos, "blocks": sb.blocks, "root_nid": sb.root_nid,
-                       "meta_blkaddr": sb.meta_blkaddr, "devices": devices, "entries": rows})
+        ui.print_json(
+            {
+                "inodes": sb.inos,
+                "blocks": sb.blocks,
+                "root_nid": sb.root_nid,
+                "meta_blkaddr": sb.meta_blkaddr,
+                "devices": devices,
+                "entries": rows,
+            }
+        )
         return
-    ui.out.print(f"{args.image}: {sb.inos:,} inodes, {sb.blocks:,} blocks of 4 KiB, root nid {sb.root_nid}, "
-                 f"{len(devices)} device{'' if len(devices) == 1 else 's'}: {', '.join(devices) or 'none'}", soft_wrap=True, markup=False)
-    ui.table(("mode", "size", "nid", "path", "data"),
-             [(r["mode"], f"{r['size']:,}", str(r["nid"]), r["path"], r["data"]) for r in rows])
+    ui.out.print(
+        f"{args.image}: {sb.inos:,} inodes, {sb.blocks:,} blocks of 4 KiB, root nid {sb.root_nid}, "
+        f"{len(devices)} device{'' if len(devices) == 1 else 's'}: {', '.join(devices) or 'none'}",
+        soft_wrap=True,
+        markup=False,
+    )
+    ui.table(
+        ("mode", "size", "nid", "path", "data"),
+        [(r["mode"], f"{r['size']:,}", str(r["nid"]), r["path"], r["data"]) for r in rows],
+    )

@@ -14,14 +14,14 @@ from node.local.datadir import default_data_dir
 from p2p import identity
 from store import userfile
 from store.userfile import UserFileError
-from trust import keyfile
-from trust import policyfile
+from trust import keyfile, policyfile
 from trust.policy import PolicyError
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "init", help="create the data directory, node identity, Nix signing key and a config file",
+        "init",
+        help="create the data directory, node identity, Nix signing key and a config file",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare a data directory for `ferry node run`: the directory itself (mode 0700), the "
         "node's libp2p identity (identity.key: its peer ID), the node's Nix signing key (cache.key and "
@@ -30,12 +30,23 @@ def add_parser(sub: Any) -> None:
         "to nix.conf.",
         epilog="next: `ferry node run`; check the machine with `ferry doctor`.",
     )
-    p.add_argument("--policy", metavar="FILE",
-                   help="the trust policy to fetch under (written into node.toml; checked now)")
-    p.add_argument("--bootstrap", metavar="MULTIADDR", action="append",
-                   help="a peer to connect to at start, with /p2p/<peer id> (repeatable)")
-    p.add_argument("--gateway", metavar="HOST:PORT", default=None,
-                   help=f"where the Nix binary cache listens (default {nodeconfig.DEFAULT_GATEWAY})")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the trust policy to fetch under (written into node.toml; checked now)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        metavar="MULTIADDR",
+        action="append",
+        help="a peer to connect to at start, with /p2p/<peer id> (repeatable)",
+    )
+    p.add_argument(
+        "--gateway",
+        metavar="HOST:PORT",
+        default=None,
+        help=f"where the Nix binary cache listens (default {nodeconfig.DEFAULT_GATEWAY})",
+    )
     storeopt.add_data_dir(p)
     p.set_defaults(run=run)
 
@@ -63,7 +74,9 @@ def run(args: argparse.Namespace) -> None:
     except OSError as e:
         ui.fail(f"cannot create {data_dir}: {e.strerror} (choose another with --data-dir)")
     if not os.access(data_dir, os.W_OK):
-        ui.fail(f"{data_dir} is not writable by this user (choose another with --data-dir, or run as its owner)")
+        ui.fail(
+            f"{data_dir} is not writable by this user (choose another with --data-dir, or run as its owner)"
+        )
     done: list[tuple[str, str]] = []
     existed = os.path.exists(os.path.join(data_dir, identity.FILE))
     try:
@@ -71,7 +84,9 @@ def run(args: argparse.Namespace) -> None:
         done.append((identity.FILE, "kept" if existed else "created"))
         existed = os.path.exists(os.path.join(data_dir, gateway_key.SECRET))
         nix_key = gateway_key.load_or_create(data_dir)
-        done.append((f"{gateway_key.SECRET}, {gateway_key.PUBLIC}", "kept" if existed else "created"))
+        done.append(
+            (f"{gateway_key.SECRET}, {gateway_key.PUBLIC}", "kept" if existed else "created")
+        )
     except keyfile.KeyFileError as e:
         ui.fail(str(e))
     config_path = os.path.join(data_dir, CONFIG_FILE)
@@ -90,10 +105,16 @@ def run(args: argparse.Namespace) -> None:
         ui.out.print(f"  {name}: {what}", markup=False)
     ui.out.print(f"peer ID  {ID.from_pubkey(keys.public_key)}", markup=False)
     gateway = str(overrides.get("gateway", nodeconfig.DEFAULT_GATEWAY))
-    ui.out.print("\nadd to nix.conf (/etc/nix/nix.conf, or ~/.config/nix/nix.conf for one user):", markup=False)
+    ui.out.print(
+        "\nadd to nix.conf (/etc/nix/nix.conf, or ~/.config/nix/nix.conf for one user):",
+        markup=False,
+    )
     ui.out.print(f"  extra-substituters = http://{gateway}", markup=False)
     ui.out.print(f"  extra-trusted-public-keys = {nix_key.public.encode()}", markup=False)
     if "policy" not in overrides:
-        ui.out.print("\nto fetch, the node needs a trust policy: set `policy` in node.toml to a policy file "
-                     "(see docs/configuration.md; builder keys come from `ferry trust keygen`)", markup=False)
+        ui.out.print(
+            "\nto fetch, the node needs a trust policy: set `policy` in node.toml to a policy file "
+            "(see docs/configuration.md; builder keys come from `ferry trust keygen`)",
+            markup=False,
+        )
     ui.out.print(f"then start it:  ferry node run --data-dir {data_dir}", markup=False)

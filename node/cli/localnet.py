@@ -72,10 +72,24 @@ class LocalNet:
         log = data_dir / "node.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [*ARGV, "node", "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns",
-                 *args],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=self.env,
-                preexec_fn=None if self.outlive else _die_with_parent)
+                [
+                    *ARGV,
+                    "node",
+                    "run",
+                    "--data-dir",
+                    str(data_dir),
+                    "--listen",
+                    "/ip4/127.0.0.1/tcp/0",
+                    "--no-mdns",
+                    *args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=self.env,
+                preexec_fn=None if self.outlive else _die_with_parent,
+            )
         node = LocalNode(name, data_dir, proc, log)
         self.nodes.append(node)
         return node
@@ -85,9 +99,13 @@ class LocalNet:
         deadline = time.monotonic() + START_TIMEOUT
         while not (node.data_dir / "node.addr").exists():
             if node.proc.poll() is not None:
-                raise LocalNetError(f"node {node.name} exited with status {node.proc.returncode}:\n{node.log_tail()}")
+                raise LocalNetError(
+                    f"node {node.name} exited with status {node.proc.returncode}:\n{node.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise LocalNetError(f"node {node.name} did not start within {START_TIMEOUT:.0f} s:\n{node.log_tail()}")
+                raise LocalNetError(
+                    f"node {node.name} did not start within {START_TIMEOUT:.0f} s:\n{node.log_tail()}"
+                )
             time.sleep(0.05)
 
     def stop(self) -> None:

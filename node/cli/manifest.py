@@ -63,10 +63,16 @@ def print_summary(s: dict[str, Any]) -> None:
         ("NarHash", s["nar_hash"]),
         ("NarSize", f"{s['nar_size']:,} bytes"),
         ("manifest", f"{s['manifest_digest']} ({s['manifest_size']:,} bytes)"),
-        ("entries", f"{s['entries']:,} ({s['files']:,} files, {s['directories']:,} directories, "
-                    f"{s['symlinks']:,} symlinks)"),
+        (
+            "entries",
+            f"{s['entries']:,} ({s['files']:,} files, {s['directories']:,} directories, "
+            f"{s['symlinks']:,} symlinks)",
+        ),
         ("file bytes", f"{s['file_bytes']:,} ({s['inline_bytes']:,} inline in the manifest)"),
-        ("chunks", f"{s['chunks']:,} ({s['unique_chunks']:,} unique, {s['unique_chunk_bytes']:,} bytes)"),
+        (
+            "chunks",
+            f"{s['chunks']:,} ({s['unique_chunks']:,} unique, {s['unique_chunk_bytes']:,} bytes)",
+        ),
         ("references", ", ".join(s["references"]) or "none"),
     ]
     if s["deriver"]:

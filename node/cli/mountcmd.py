@@ -14,7 +14,8 @@ BACKENDS = ("auto", "fanotify", "cachefiles", "materialize")
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "mount", help="make a store path appear at DIR, its file data fetched on first read",
+        "mount",
+        help="make a store path appear at DIR, its file data fetched on first read",
         description="Ask the running node to mount STORE_PATH on DIR. With the fanotify backend (root, Linux "
         "6.14+ with file-backed EROFS) the whole tree appears at once and only the bytes programs read are "
         "fetched from peers, chunk by chunk; a chunk no peer can supply makes the read fail with EIO, never "
@@ -25,30 +26,49 @@ def add_parser(sub: Any) -> None:
         "policy decides first, as for `ferry fetch`.",
         epilog="exit status: 0 mounted, 1 failed, 2 bad usage, 3 refused by the trust policy",
     )
-    p.add_argument("store_path", metavar="STORE_PATH", help="full store path, e.g. /nix/store/<hash>-hello-2.12")
-    p.add_argument("dir", metavar="DIR", help="the mount point (an empty directory; materialize creates it)")
+    p.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        help="full store path, e.g. /nix/store/<hash>-hello-2.12",
+    )
+    p.add_argument(
+        "dir", metavar="DIR", help="the mount point (an empty directory; materialize creates it)"
+    )
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="how (default: auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_mount)
 
-    p = sub.add_parser("umount", help="unmount a ferry mount",
-                       description="Unmount DIR (fails while a program uses it). A materialized tree stays "
-                       "where it is; the node forgets it.")
+    p = sub.add_parser(
+        "umount",
+        help="unmount a ferry mount",
+        description="Unmount DIR (fails while a program uses it). A materialized tree stays "
+        "where it is; the node forgets it.",
+    )
     p.add_argument("dir", metavar="DIR", help="a directory `ferry mounts` lists")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_umount)
 
-    p = sub.add_parser("mounts", help="list the node's mounts",
-                       description="Each mount: directory, store path, backend, and bytes present of the total.")
+    p = sub.add_parser(
+        "mounts",
+        help="list the node's mounts",
+        description="Each mount: directory, store path, backend, and bytes present of the total.",
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_mounts)
 
 
 def _mount(args: argparse.Namespace) -> None:
-    got = request(args, {"op": "mount", "store_path": args.store_path, "dir": os.path.abspath(args.dir),
-                         "backend": args.backend})
+    got = request(
+        args,
+        {
+            "op": "mount",
+            "store_path": args.store_path,
+            "dir": os.path.abspath(args.dir),
+            "backend": args.backend,
+        },
+    )
     if args.json:
         ui.print_json(got)
     else:
@@ -64,6 +84,17 @@ def _mounts(args: argparse.Namespace) -> None:
     if args.json:
         ui.print_json(rows)
         return
-    ui.table(("dir", "store path", "backend", "present / total"),
-             [(r["dir"], r["store_path"], r["backend"],
-               "-" if r["bytes_total"] is None else f"{r['bytes_present']:,} / {r['bytes_total']:,}") for r in rows])
+    ui.table(
+        ("dir", "store path", "backend", "present / total"),
+        [
+            (
+                r["dir"],
+                r["store_path"],
+                r["backend"],
+                "-"
+                if r["bytes_total"] is None
+                else f"{r['bytes_present']:,} / {r['bytes_total']:,}",
+            )
+            for r in rows
+        ],
+    )

@@ -13,32 +13,47 @@ from node.daemon import control
 from node.daemon.control import ControlError
 from node.local.datadir import default_data_dir
 
-EXIT_CODES = "exit status: 0 fetched, 1 failed (see the message), 2 bad usage, 3 refused by the trust policy"
+EXIT_CODES = (
+    "exit status: 0 fetched, 1 failed (see the message), 2 bad usage, 3 refused by the trust policy"
+)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "fetch", help="fetch a store path (or its closure) from peers through the running node",
+        "fetch",
+        help="fetch a store path (or its closure) from peers through the running node",
         description="Ask the running node to fetch STORE_PATH: it collects build claims from its peers, "
         "accepts the path only if the trust policy's quorum of builders signed the same result, then "
         "fetches the chunks it lacks from several peers at once, checking every chunk's BLAKE3. "
         "An interrupted fetch resumes where it stopped.",
         epilog=EXIT_CODES,
     )
-    p.add_argument("store_path", metavar="STORE_PATH", help="full store path, e.g. /nix/store/<hash>-hello-2.12")
-    p.add_argument("--closure", action="store_true", help="also fetch every path it refers to, recursively")
+    p.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        help="full store path, e.g. /nix/store/<hash>-hello-2.12",
+    )
+    p.add_argument(
+        "--closure", action="store_true", help="also fetch every path it refers to, recursively"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_fetch)
 
-    p = sub.add_parser("peers", help="list the node's peers",
-                       description="Peers the running node is connected to or has banned, with traffic.")
+    p = sub.add_parser(
+        "peers",
+        help="list the node's peers",
+        description="Peers the running node is connected to or has banned, with traffic.",
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_peers)
 
-    p = sub.add_parser("status", help="show the running node's identity, addresses and store",
-                       description="The running node's peer ID, addresses, peers and store summary.")
+    p = sub.add_parser(
+        "status",
+        help="show the running node's identity, addresses and store",
+        description="The running node's peer ID, addresses, peers and store summary.",
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     storeopt.add_data_dir(p)
     p.set_defaults(run=_status)
@@ -62,15 +77,32 @@ def _fail(e: ControlError) -> NoReturn:
 def _fetch(args: argparse.Namespace) -> None:
     req = {"op": "fetch", "store_path": args.store_path, "closure": args.closure}
     if ui.err.is_terminal and not args.json:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TextColumn("{task.fields[detail]}"), console=ui.err, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=ui.err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("fetching", total=None, detail="asking peers")
 
             def show(p: dict[str, Any]) -> None:
-                bar.update(task, total=p["bytes"] or None, completed=p["bytes_done"],
-                           detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers")
+                bar.update(
+                    task,
+                    total=p["bytes"] or None,
+                    completed=p["bytes_done"],
+                    detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers",
+                )
 
             result = request(args, req, show)
     else:
@@ -82,17 +114,27 @@ def _fetch(args: argparse.Namespace) -> None:
         how = "already here" if p["had"] else f"signed by {', '.join(p['signers'])}"
         ui.out.print(f"fetched {p['store_path']}  ({how})", soft_wrap=True, markup=False)
     peers = ", ".join(f"{peer[-8:]}: {n:,} B" for peer, n in sorted(result["per_peer"].items()))
-    ui.out.print(f"  {result['chunks_done']:,} chunks, {result['bytes_done']:,} bytes"
-                 + (f" from {len(result['per_peer'])} peers ({peers})" if peers else ""), soft_wrap=True,
-                 markup=False)
+    ui.out.print(
+        f"  {result['chunks_done']:,} chunks, {result['bytes_done']:,} bytes"
+        + (f" from {len(result['per_peer'])} peers ({peers})" if peers else ""),
+        soft_wrap=True,
+        markup=False,
+    )
     logical = result["bytes_done"] + result["deduplicated_bytes"]
     if logical:
-        diffs = (f"; {result['diff_chunks']:,} chunks came as diffs against an older version "
-                 f"({result['diff_logical_bytes']:,} bytes in {result['diff_received_bytes']:,})"
-                 if result["diff_chunks"] else "")
-        ui.out.print(f"  transfer: {logical:,} bytes needed, {result['deduplicated_bytes']:,} already here, "
-                     f"{result['received_bytes']:,} received (+{result['metadata_bytes']:,} of claims and manifests)"
-                     f"{diffs}", soft_wrap=True, markup=False)
+        diffs = (
+            f"; {result['diff_chunks']:,} chunks came as diffs against an older version "
+            f"({result['diff_logical_bytes']:,} bytes in {result['diff_received_bytes']:,})"
+            if result["diff_chunks"]
+            else ""
+        )
+        ui.out.print(
+            f"  transfer: {logical:,} bytes needed, {result['deduplicated_bytes']:,} already here, "
+            f"{result['received_bytes']:,} received (+{result['metadata_bytes']:,} of claims and manifests)"
+            f"{diffs}",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 def _peers(args: argparse.Namespace) -> None:
@@ -100,11 +142,20 @@ def _peers(args: argparse.Namespace) -> None:
     if args.json:
         ui.print_json(result)
         return
-    ui.table(("PEER", "STATE", "SENT", "RECEIVED", "BAD", "ADDRESS"), [
-        (p["peer_id"], "banned" if p["banned_for"] > 0 else "connected" if p["connected"] else "gone",
-         f"{p['sent_bytes']:,}", f"{p['received_bytes']:,}", str(p["bad"]), (p["addrs"] or ["-"])[0])
-        for p in result
-    ])
+    ui.table(
+        ("PEER", "STATE", "SENT", "RECEIVED", "BAD", "ADDRESS"),
+        [
+            (
+                p["peer_id"],
+                "banned" if p["banned_for"] > 0 else "connected" if p["connected"] else "gone",
+                f"{p['sent_bytes']:,}",
+                f"{p['received_bytes']:,}",
+                str(p["bad"]),
+                (p["addrs"] or ["-"])[0],
+            )
+            for p in result
+        ],
+    )
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -113,13 +164,17 @@ def _status(args: argparse.Namespace) -> None:
         ui.print_json(s)
         return
     st = s["store"]
-    lines = [f"node     {s['peer_id']}", f"data     {s['data_dir']}",
-             *(f"address  {a}" for a in s["addrs"]),
-             f"peers    {s['peers']}", f"policy   {s['policy'] or 'none (cannot fetch)'}",
-             f"store    {st['paths']} paths ({st['complete_paths']} complete), {st['unique_chunks']:,} chunks, "
-             f"{st['unique_bytes'] or 0:,} bytes",
-             f"served   {s['served_blocks']:,} blocks, {s['served_bytes']:,} bytes",
-             f"gateway  {s['gateway'] or 'off'}"]
+    lines = [
+        f"node     {s['peer_id']}",
+        f"data     {s['data_dir']}",
+        *(f"address  {a}" for a in s["addrs"]),
+        f"peers    {s['peers']}",
+        f"policy   {s['policy'] or 'none (cannot fetch)'}",
+        f"store    {st['paths']} paths ({st['complete_paths']} complete), {st['unique_chunks']:,} chunks, "
+        f"{st['unique_bytes'] or 0:,} bytes",
+        f"served   {s['served_blocks']:,} blocks, {s['served_bytes']:,} bytes",
+        f"gateway  {s['gateway'] or 'off'}",
+    ]
     if s.get("gateway_key"):
         lines.append(f"nix key  {s['gateway_key']}  (for trusted-public-keys)")
     ui.out.print("\n".join(lines), soft_wrap=True, markup=False)

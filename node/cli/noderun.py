@@ -24,8 +24,11 @@ CONFIG_FILE = "node.toml"
 
 
 def add_parser(sub: Any) -> None:
-    node = sub.add_parser("node", help="run the ferry node (daemon)",
-                          description="The ferry node: serves your store to peers and fetches from them.")
+    node = sub.add_parser(
+        "node",
+        help="run the ferry node (daemon)",
+        description="The ferry node: serves your store to peers and fetches from them.",
+    )
     nsub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
     p = nsub.add_parser(
         "run",
@@ -38,29 +41,61 @@ def add_parser(sub: Any) -> None:
         "<data-dir>/node.addr: give one of those to other nodes' --bootstrap.",
         epilog="settings (in the TOML file <data-dir>/node.toml or --config; flags override them):\n"
         + nodeconfig.describe()
-        + "\n\nexample node.toml:\n  listen = [\"/ip4/0.0.0.0/tcp/4737\"]\n"
-        "  bootstrap = [\"/ip4/192.0.2.7/tcp/4737/p2p/12D3KooW...\"]\n  policy = \"/etc/ferry/policy.toml\"\n"
-        "  mdns = false\n  gateway = \"127.0.0.1:4738\"\n\n"
+        + '\n\nexample node.toml:\n  listen = ["/ip4/0.0.0.0/tcp/4737"]\n'
+        '  bootstrap = ["/ip4/192.0.2.7/tcp/4737/p2p/12D3KooW..."]\n  policy = "/etc/ferry/policy.toml"\n'
+        '  mdns = false\n  gateway = "127.0.0.1:4738"\n\n'
         "The node's identity (its peer ID) is kept in <data-dir>/identity.key.\n\n"
         "Nix: the gateway signs what it serves with the key in <data-dir>/cache.key; add these to nix.conf:\n"
         "  extra-substituters = http://127.0.0.1:4738\n"
         "  extra-trusted-public-keys = <the line in <data-dir>/cache.pub>",
     )
-    p.add_argument("--listen", metavar="MULTIADDR", action="append",
-                   help="listen on this multiaddr (repeatable), e.g. /ip4/127.0.0.1/tcp/0 for a free port")
-    p.add_argument("--bootstrap", metavar="MULTIADDR", action="append",
-                   help="connect to this peer (repeatable; with /p2p/<peer id>)")
+    p.add_argument(
+        "--listen",
+        metavar="MULTIADDR",
+        action="append",
+        help="listen on this multiaddr (repeatable), e.g. /ip4/127.0.0.1/tcp/0 for a free port",
+    )
+    p.add_argument(
+        "--bootstrap",
+        metavar="MULTIADDR",
+        action="append",
+        help="connect to this peer (repeatable; with /p2p/<peer id>)",
+    )
     p.add_argument("--policy", metavar="FILE", help="trust policy file (needed to fetch)")
-    p.add_argument("--config", metavar="FILE", help=f"settings file (default: <data-dir>/{CONFIG_FILE} if it exists)")
-    p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None, help="no mDNS discovery")
-    p.add_argument("--no-dht", dest="dht", action="store_false", default=None, help="no Kademlia DHT")
-    p.add_argument("--no-gossip", dest="gossip", action="store_false", default=None, help="no gossipsub")
-    p.add_argument("--gateway", metavar="HOST:PORT",
-                   help="serve Nix a binary cache here (default 127.0.0.1:4738; port 0 picks a free one); "
-                        "point nix at it with `substituters = http://HOST:PORT`")
-    p.add_argument("--gateway-public", dest="gateway_public", action="store_true", default=None,
-                   help="allow --gateway on a non-loopback address (anyone who can connect gets every trusted path)")
-    p.add_argument("--no-gateway", dest="gateway", action="store_const", const="off", help="no binary-cache endpoint")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"settings file (default: <data-dir>/{CONFIG_FILE} if it exists)",
+    )
+    p.add_argument(
+        "--no-mdns", dest="mdns", action="store_false", default=None, help="no mDNS discovery"
+    )
+    p.add_argument(
+        "--no-dht", dest="dht", action="store_false", default=None, help="no Kademlia DHT"
+    )
+    p.add_argument(
+        "--no-gossip", dest="gossip", action="store_false", default=None, help="no gossipsub"
+    )
+    p.add_argument(
+        "--gateway",
+        metavar="HOST:PORT",
+        help="serve Nix a binary cache here (default 127.0.0.1:4738; port 0 picks a free one); "
+        "point nix at it with `substituters = http://HOST:PORT`",
+    )
+    p.add_argument(
+        "--gateway-public",
+        dest="gateway_public",
+        action="store_true",
+        default=None,
+        help="allow --gateway on a non-loopback address (anyone who can connect gets every trusted path)",
+    )
+    p.add_argument(
+        "--no-gateway",
+        dest="gateway",
+        action="store_const",
+        const="off",
+        help="no binary-cache endpoint",
+    )
     storeopt.add_data_dir(p)
     p.set_defaults(run=run)
 
@@ -72,7 +107,11 @@ def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
         listen=tuple(args.listen) if args.listen else None,
         bootstrap=tuple(base.bootstrap) + tuple(args.bootstrap) if args.bootstrap else None,
         policy=os.path.abspath(args.policy) if args.policy else None,
-        mdns=args.mdns, dht=args.dht, gossip=args.gossip, gateway=args.gateway, gateway_public=args.gateway_public,
+        mdns=args.mdns,
+        dht=args.dht,
+        gossip=args.gossip,
+        gateway=args.gateway,
+        gateway_public=args.gateway_public,
         source="command line" if not (args.config or os.path.exists(path)) else path,
     )
 
@@ -81,7 +120,9 @@ def run(args: argparse.Namespace) -> None:
     if args.verbose == 0:
         logging.getLogger().setLevel(logging.INFO)
     if args.verbose < 2:
-        from p2p.host import quiet_libp2p  # libp2p takes most of a second to import: only the daemon pays
+        from p2p.host import (
+            quiet_libp2p,  # libp2p takes most of a second to import: only the daemon pays
+        )
 
         quiet_libp2p()
     data_dir = os.path.abspath(args.data_dir or default_data_dir())

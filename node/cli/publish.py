@@ -50,10 +50,17 @@ def run(args: argparse.Namespace) -> None:
             ui.fail(str(e))
     s = manifest.stats()
     result = {
-        "store_path": str(manifest.store_path), "nar_hash": str(manifest.nar_hash), "nar_size": manifest.nar_size,
-        "manifest_digest": manifest.digest().hex(), "chunks": s.chunks, "unique_chunks": s.unique_chunks,
-        "new_chunks": ingest.new_chunks, "new_bytes": ingest.new_bytes, "root": not args.no_root,
-        "claim": signed[0].nix_sig().encode() if signed else None, "data_dir": store.data_dir,
+        "store_path": str(manifest.store_path),
+        "nar_hash": str(manifest.nar_hash),
+        "nar_size": manifest.nar_size,
+        "manifest_digest": manifest.digest().hex(),
+        "chunks": s.chunks,
+        "unique_chunks": s.unique_chunks,
+        "new_chunks": ingest.new_chunks,
+        "new_bytes": ingest.new_bytes,
+        "root": not args.no_root,
+        "claim": signed[0].nix_sig().encode() if signed else None,
+        "data_dir": store.data_dir,
     }
     if args.json:
         ui.print_json(result)
@@ -69,7 +76,8 @@ def _show(result: dict[str, Any], signer: str | None) -> None:
         f"  NarHash  {result['nar_hash']}  ({result['nar_size']:,} bytes)\n"
         f"  chunks   {unique_chunks:,} unique: {result['new_chunks']:,} new ({result['new_bytes']:,} bytes), "
         f"{had:,} already stored",
-        soft_wrap=True, markup=False,
+        soft_wrap=True,
+        markup=False,
     )
     if signer:
         ui.out.print(f"  claim    signed by {signer}", markup=False)
@@ -78,12 +86,19 @@ def _show(result: dict[str, Any], signer: str | None) -> None:
 def _through_node(args: argparse.Namespace) -> None:
     """The node holds the store: it ingests the path and announces it to its peers."""
     if args.nar == "-":
-        ui.fail("a running node cannot read your standard input: save the NAR to a file and pass --nar FILE")
-    absolute = {k: os.path.abspath(getattr(args, k)) if getattr(args, k) else None for k in ("path", "nar", "key")}
+        ui.fail(
+            "a running node cannot read your standard input: save the NAR to a file and pass --nar FILE"
+        )
+    absolute = {
+        k: os.path.abspath(getattr(args, k)) if getattr(args, k) else None
+        for k in ("path", "nar", "key")
+    }
     if args.store and os.path.exists(args.store):
         absolute["store"] = os.path.abspath(args.store)
     fields = ("store_path", "references", "name", "store", "store_dir", "no_root")
-    result = netcmd.request(args, {"op": "publish", "args": {**{k: getattr(args, k) for k in fields}, **absolute}})
+    result = netcmd.request(
+        args, {"op": "publish", "args": {**{k: getattr(args, k) for k in fields}, **absolute}}
+    )
     if args.json:
         ui.print_json({k: v for k, v in result.items() if k != "signer"})
         return

@@ -11,11 +11,15 @@ from node.cli.export import parse_store_path
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("store", help="look at the local store",
-                       description="Inspect the local ferry store.")
+    p = sub.add_parser(
+        "store", help="look at the local store", description="Inspect the local ferry store."
+    )
     cmds = p.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
-    c = cmds.add_parser("stats", help="paths, bytes, and how much dedup saves",
-                        description="Paths stored, logical bytes, unique bytes on disk, and the dedup ratio.")
+    c = cmds.add_parser(
+        "stats",
+        help="paths, bytes, and how much dedup saves",
+        description="Paths stored, logical bytes, unique bytes on disk, and the dedup ratio.",
+    )
     c.add_argument("--json", action="store_true", help="print as JSON")
     storeopt.add_data_dir(c)
     c.set_defaults(run=run_stats)
@@ -24,12 +28,19 @@ def add_parser(sub: Any) -> None:
     storeopt.add_data_dir(c)
     c.set_defaults(run=run_list)
 
-    p = sub.add_parser("root", help="GC roots: paths `ferry gc` keeps",
-                       description="Manage GC roots: `ferry gc` keeps these paths and everything they refer to.")
+    p = sub.add_parser(
+        "root",
+        help="GC roots: paths `ferry gc` keeps",
+        description="Manage GC roots: `ferry gc` keeps these paths and everything they refer to.",
+    )
     cmds = p.add_subparsers(dest="root_command", metavar="COMMAND", required=True)
     for name, helptext in (("add", "protect paths from GC"), ("remove", "stop protecting paths")):
-        c = cmds.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        c.add_argument("store_paths", metavar="STORE_PATH", nargs="+", help="paths in the local store")
+        c = cmds.add_parser(
+            name, help=helptext, description=helptext[0].upper() + helptext[1:] + "."
+        )
+        c.add_argument(
+            "store_paths", metavar="STORE_PATH", nargs="+", help="paths in the local store"
+        )
         storeopt.add_data_dir(c)
         c.set_defaults(run=run_root, root_action=name)
     c = cmds.add_parser("list", help="list the roots", description="List the GC roots.")
@@ -42,7 +53,9 @@ def run_stats(args: argparse.Namespace) -> None:
         s = store.stats()
         where = store.data_dir
     if args.json:
-        ui.print_json({"data_dir": where, **dataclasses.asdict(s), "dedup_ratio": round(s.dedup_ratio, 4)})
+        ui.print_json(
+            {"data_dir": where, **dataclasses.asdict(s), "dedup_ratio": round(s.dedup_ratio, 4)}
+        )
         return
     rows = [
         ("store", where),
@@ -62,13 +75,29 @@ def run_list(args: argparse.Namespace) -> None:
         roots = set(store.index.roots())
         rows = [(p, store.index.missing_chunks(p.store_path)) for p in store.index.paths()]
     if args.json:
-        ui.print_json([{"store_path": p.store_path, "nar_hash": p.nar_hash, "nar_size": p.nar_size,
-                        "manifest_digest": p.manifest_digest.hex(), "root": p.store_path in roots,
-                        "missing_chunks": missing} for p, missing in rows])
+        ui.print_json(
+            [
+                {
+                    "store_path": p.store_path,
+                    "nar_hash": p.nar_hash,
+                    "nar_size": p.nar_size,
+                    "manifest_digest": p.manifest_digest.hex(),
+                    "root": p.store_path in roots,
+                    "missing_chunks": missing,
+                }
+                for p, missing in rows
+            ]
+        )
         return
     for p, missing in rows:
-        flags = ("root" if p.store_path in roots else "") + (f" missing {missing} chunks" if missing else "")
-        ui.out.print(f"{p.store_path}  {p.nar_size:,}  {flags.strip()}".rstrip(), markup=False, soft_wrap=True)
+        flags = ("root" if p.store_path in roots else "") + (
+            f" missing {missing} chunks" if missing else ""
+        )
+        ui.out.print(
+            f"{p.store_path}  {p.nar_size:,}  {flags.strip()}".rstrip(),
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def run_root(args: argparse.Namespace) -> None:

@@ -24,8 +24,8 @@ from trust import keyfile, policyfile
 from trust.claim import ClaimError, SignedClaim
 from trust.key import KeyFormatError, SecretKey
 from trust.keyfile import KeyFileError
-from trust.report import verdict_json, verdict_text
 from trust.policy import Conflict, Ignored, Insufficient, PolicyError, Trusted, Verdict
+from trust.report import verdict_json, verdict_text
 
 OK, INSUFFICIENT, CONFLICT, BAD_INPUT = 0, 1, 2, 3
 INVALID = 1  # verify: some signature does not verify
@@ -40,61 +40,95 @@ _EXIT_CODES = """exit status:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "trust", usage_status=BAD_INPUT,
+        "trust",
+        usage_status=BAD_INPUT,
         help="builder keys, signed build claims, and quorum decisions",
         description="Make and check the signatures that decide which store paths a node "
         "accepts: a path is trusted when k of the configured builder keys signed the same "
         "build result (NarHash and manifest digest).",
-        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(usage_status=BAD_INPUT)
     cmds = p.add_subparsers(dest="trust_command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        c = cmds.add_parser(name, usage_status=BAD_INPUT, help=help, description=description,
-                            epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        c = cmds.add_parser(
+            name,
+            usage_status=BAD_INPUT,
+            help=help,
+            description=description,
+            epilog=_EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         c.add_argument("--json", action="store_true", help="print the result as JSON")
         return c
 
-    c = command("keygen", "make a builder key pair in Nix's format",
-                "Write NAME's secret key to PREFIX.secret (mode 0600) and its public key to "
-                "PREFIX.public. Both are in Nix's format: the secret works with `nix store sign "
-                "--key-file`, the public one in Nix's trusted-public-keys and in ferry policies. "
-                "Existing files are never overwritten.")
+    c = command(
+        "keygen",
+        "make a builder key pair in Nix's format",
+        "Write NAME's secret key to PREFIX.secret (mode 0600) and its public key to "
+        "PREFIX.public. Both are in Nix's format: the secret works with `nix store sign "
+        "--key-file`, the public one in Nix's trusted-public-keys and in ferry policies. "
+        "Existing files are never overwritten.",
+    )
     c.add_argument("name", metavar="NAME", help="the key's name, e.g. builder-1.example.org-1")
-    c.add_argument("-o", "--output", metavar="PREFIX", help="where to write the files (default: NAME)")
+    c.add_argument(
+        "-o", "--output", metavar="PREFIX", help="where to write the files (default: NAME)"
+    )
     c.set_defaults(run=_keygen)
 
-    c = command("pubkey", "print the public key of a secret key file",
-                "Print the public key (name:base64) belonging to a secret key file.")
+    c = command(
+        "pubkey",
+        "print the public key of a secret key file",
+        "Print the public key (name:base64) belonging to a secret key file.",
+    )
     c.add_argument("secret", metavar="SECRET", help="a secret key file (ferry's or Nix's)")
     c.set_defaults(run=_pubkey)
 
-    c = command("claim", "sign a build result as a builder",
-                "Build the manifest of the tree at PATH as STORE_PATH and write a claim, signed "
-                "with the builder's key, that this is the build result: NarHash, NarSize, "
-                "references and manifest digest. The claim also carries the key's Nix signature "
-                "over the path's narinfo fingerprint.")
+    c = command(
+        "claim",
+        "sign a build result as a builder",
+        "Build the manifest of the tree at PATH as STORE_PATH and write a claim, signed "
+        "with the builder's key, that this is the build result: NarHash, NarSize, "
+        "references and manifest digest. The claim also carries the key's Nix signature "
+        "over the path's narinfo fingerprint.",
+    )
     c.add_argument("path", metavar="PATH", help="the built output (a directory or file)")
     c.add_argument("--key", metavar="SECRET", required=True, help="the builder's secret key file")
-    c.add_argument("--store-path", metavar="STORE_PATH", required=True,
-                   help="the store path PATH was built as, e.g. /nix/store/<hash>-hello-2.12")
-    c.add_argument("--references", metavar="P", nargs="*", default=[],
-                   help="full store paths the output refers to")
+    c.add_argument(
+        "--store-path",
+        metavar="STORE_PATH",
+        required=True,
+        help="the store path PATH was built as, e.g. /nix/store/<hash>-hello-2.12",
+    )
+    c.add_argument(
+        "--references",
+        metavar="P",
+        nargs="*",
+        default=[],
+        help="full store paths the output refers to",
+    )
     c.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write the claim")
     c.set_defaults(run=_claim)
 
-    c = command("verify", "check claims' signatures",
-                "Check that each claim is well formed and that both its signatures (the claim's "
-                "and the Nix fingerprint's) verify under the key it names. This does not say the "
-                "key is trusted: that is `decide`'s job.")
+    c = command(
+        "verify",
+        "check claims' signatures",
+        "Check that each claim is well formed and that both its signatures (the claim's "
+        "and the Nix fingerprint's) verify under the key it names. This does not say the "
+        "key is trusted: that is `decide`'s job.",
+    )
     c.add_argument("claims", metavar="CLAIM", nargs="+", help="claim files")
     c.set_defaults(run=_verify)
 
-    c = command("decide", "apply a quorum policy to a store path's claims",
-                "Print each claim (builder, NarHash, manifest digest, signatures, whether it "
-                "counted) and the verdict for STORE_PATH under the policy: trusted, insufficient "
-                "or conflict.")
+    c = command(
+        "decide",
+        "apply a quorum policy to a store path's claims",
+        "Print each claim (builder, NarHash, manifest digest, signatures, whether it "
+        "counted) and the verdict for STORE_PATH under the policy: trusted, insufficient "
+        "or conflict.",
+    )
     c.add_argument("store_path", metavar="STORE_PATH", help="the store path to decide on")
     c.add_argument("--policy", metavar="FILE", required=True, help="the quorum policy (TOML)")
     # "+", not "*": argparse cannot split a "*" list that follows an option.
@@ -126,8 +160,16 @@ def _keygen(args: argparse.Namespace) -> None:
             raise
     except (KeyFormatError, KeyFileError) as e:
         _bad(str(e))
-    _emit(args, {"name": key.name, "public_key": key.public.encode(), "secret_file": secret, "public_file": public},
-          f"{key.public}\nwrote {secret} (keep it private) and {public}")
+    _emit(
+        args,
+        {
+            "name": key.name,
+            "public_key": key.public.encode(),
+            "secret_file": secret,
+            "public_file": public,
+        },
+        f"{key.public}\nwrote {secret} (keep it private) and {public}",
+    )
 
 
 def _pubkey(args: argparse.Namespace) -> None:
@@ -149,15 +191,20 @@ def _claim(args: argparse.Namespace) -> None:
         _bad(f"{args.path}: no such file or directory")
     try:
         with ui.progress(store_path.name, ui.tree_size(args.path)) as advance:
-            manifest = build.from_directory(args.path, store_path, references=refs, on_progress=advance)
+            manifest = build.from_directory(
+                args.path, store_path, references=refs, on_progress=advance
+            )
         signed = claims.sign_manifest(manifest, key)
         userfile.write_atomically(args.output, signed.encode())
     except (dump.DumpError, UserFileError) as e:
         _bad(str(e))
     except PermissionError as e:
         _bad(f"{e.filename}: permission denied")
-    _emit(args, {**_describe(signed), "output": args.output, "manifest_size": len(manifest.encode())},
-          _claim_text(signed, manifest, args.output))
+    _emit(
+        args,
+        {**_describe(signed), "output": args.output, "manifest_size": len(manifest.encode())},
+        _claim_text(signed, manifest, args.output),
+    )
 
 
 def _claim_text(signed: SignedClaim, manifest: Manifest, output: str) -> str:
@@ -185,9 +232,15 @@ def _load_claims(paths: list[str]) -> list[SignedClaim]:
 def _describe(s: SignedClaim) -> dict[str, Any]:
     c = s.claim
     return {
-        "builder": c.builder.name, "public_key": c.builder.encode(), "store_path": str(c.store_path),
-        "nar_hash": str(c.nar_hash), "nar_size": c.nar_size, "references": [str(r) for r in c.references],
-        "manifest_digest": c.manifest_digest.hex(), "time": c.time, "nix_signature": s.nix_sig().encode(),
+        "builder": c.builder.name,
+        "public_key": c.builder.encode(),
+        "store_path": str(c.store_path),
+        "nar_hash": str(c.nar_hash),
+        "nar_size": c.nar_size,
+        "references": [str(r) for r in c.references],
+        "manifest_digest": c.manifest_digest.hex(),
+        "time": c.time,
+        "nix_signature": s.nix_sig().encode(),
     }
 
 
@@ -200,7 +253,14 @@ def _verify(args: argparse.Namespace) -> None:
     rows, report = [], []
     for path, s in zip(args.claims, loaded):
         claim_ok, nix_ok = s.claim_valid(), s.nix_valid()
-        report.append({"file": path, **_describe(s), "claim_signature_ok": claim_ok, "nix_signature_ok": nix_ok})
+        report.append(
+            {
+                "file": path,
+                **_describe(s),
+                "claim_signature_ok": claim_ok,
+                "nix_signature_ok": nix_ok,
+            }
+        )
         rows.append((path, s.builder.name, str(s.claim.store_path), _ok(claim_ok), _ok(nix_ok)))
     all_ok = all(r["claim_signature_ok"] and r["nix_signature_ok"] for r in report)
     if args.json:
@@ -226,12 +286,33 @@ def _decide(args: argparse.Namespace) -> None:
     for n, (path, s) in enumerate(zip(args.claims, loaded)):
         status, reason = _status(verdict, n, s, ignored.get(n))
         claim_ok, nix_ok = s.claim_valid(), s.nix_valid()
-        report.append({"file": path, **_describe(s), "claim_signature_ok": claim_ok,
-                       "nix_signature_ok": nix_ok, "status": status, "reason": reason})
-        rows.append((s.builder.name, _short_hash(s), s.claim.manifest_digest.hex()[:16],
-                     _ok(claim_ok), _ok(nix_ok), status + (f": {reason}" if reason else "")))
-    data = {"store_path": str(store_path), "threshold": policy.threshold,
-            "on_conflict": policy.on_conflict.value, **verdict_json(verdict), "claims": report}
+        report.append(
+            {
+                "file": path,
+                **_describe(s),
+                "claim_signature_ok": claim_ok,
+                "nix_signature_ok": nix_ok,
+                "status": status,
+                "reason": reason,
+            }
+        )
+        rows.append(
+            (
+                s.builder.name,
+                _short_hash(s),
+                s.claim.manifest_digest.hex()[:16],
+                _ok(claim_ok),
+                _ok(nix_ok),
+                status + (f": {reason}" if reason else ""),
+            )
+        )
+    data = {
+        "store_path": str(store_path),
+        "threshold": policy.threshold,
+        "on_conflict": policy.on_conflict.value,
+        **verdict_json(verdict),
+        "claims": report,
+    }
     if args.json:
         _emit(args, data, "")
     else:
@@ -241,7 +322,9 @@ def _decide(args: argparse.Namespace) -> None:
     sys.exit({Trusted: OK, Insufficient: INSUFFICIENT, Conflict: CONFLICT}[type(verdict)])
 
 
-def _status(verdict: Verdict, n: int, s: SignedClaim, ignored: Ignored | None) -> tuple[str, str | None]:
+def _status(
+    verdict: Verdict, n: int, s: SignedClaim, ignored: Ignored | None
+) -> tuple[str, str | None]:
     if ignored is not None:
         return "ignored", ignored.reason.value
     if isinstance(verdict, Trusted) and s.claim.outcome != verdict.outcome:
@@ -252,5 +335,4 @@ def _status(verdict: Verdict, n: int, s: SignedClaim, ignored: Ignored | None) -
 
 
 def _short_hash(s: SignedClaim) -> str:
-    return str(s.claim.nar_hash)[:7 + 12] + "…"
-
+    return str(s.claim.nar_hash)[: 7 + 12] + "…"

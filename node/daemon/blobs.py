@@ -21,8 +21,15 @@ Filled = Callable[[list[bytes]], Awaitable[None]]
 
 
 class StoreBlobs:
-    def __init__(self, domain: str, slab_dir: str, slabs: SlabMap, slab_ids: dict[str, int], fetch: Fetch,
-                 filled: Filled) -> None:
+    def __init__(
+        self,
+        domain: str,
+        slab_dir: str,
+        slabs: SlabMap,
+        slab_ids: dict[str, int],
+        fetch: Fetch,
+        filled: Filled,
+    ) -> None:
         self.volume = f"erofs,{domain}".encode()
         self.slab_dir = slab_dir
         self.slabs = slabs
@@ -56,15 +63,25 @@ class StoreBlobs:
             return None
         path, slab = found
         if slab is not None:
-            need = [c for c in self.slabs.covering_slab(slab, off, n) if not self.slabs.present(c.digest)]
+            need = [
+                c
+                for c in self.slabs.covering_slab(slab, off, n)
+                if not self.slabs.present(c.digest)
+            ]
             if need:
                 got = await self.fetch([c.digest for c in need])
                 done = [c for c in need if c.digest in got]
                 if done:
-                    await trio.to_thread.run_sync(_write, path, [(c.offset, got[c.digest]) for c in done])
+                    await trio.to_thread.run_sync(
+                        _write, path, [(c.offset, got[c.digest]) for c in done]
+                    )
                     await self.filled([c.digest for c in done])
                 if len(done) < len(need):
-                    log.warning("cachefiles: %d chunks of %s are not available", len(need) - len(done), cookie)
+                    log.warning(
+                        "cachefiles: %d chunks of %s are not available",
+                        len(need) - len(done),
+                        cookie,
+                    )
                     return None
         return await trio.to_thread.run_sync(_read, path, off, n)
 

@@ -19,7 +19,7 @@ DEFAULT_GATEWAY = "127.0.0.1:4738"
 
 # name -> (help text); the order is the order `--help` and the README list them in.
 SETTINGS: dict[str, str] = {
-    "listen": f"multiaddrs to listen on (default [\"/ip4/0.0.0.0/tcp/{DEFAULT_PORT}\"])",
+    "listen": f'multiaddrs to listen on (default ["/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"])',
     "bootstrap": "multiaddrs (with /p2p/<peer id>) of peers to connect to at start and keep connected (default [])",
     "policy": "the trust policy file (TOML: trusted keys, threshold); needed to fetch, not to serve (default none)",
     "mdns": "find peers on the local network with mDNS (default true)",
@@ -28,20 +28,20 @@ SETTINGS: dict[str, str] = {
     "max_connections": "most libp2p connections the node keeps (default 64)",
     "ban_seconds": "how long a peer that sent bad data is shunned (default 600)",
     "request_timeout": "seconds before an unanswered request goes to another peer (default 10)",
-    "gateway": f"HOST:PORT of the Nix binary-cache endpoint, or \"off\" (default \"{DEFAULT_GATEWAY}\"; port 0 picks "
-               "a free one; the URL is written to <data-dir>/gateway.url)",
+    "gateway": f'HOST:PORT of the Nix binary-cache endpoint, or "off" (default "{DEFAULT_GATEWAY}"; port 0 picks '
+    "a free one; the URL is written to <data-dir>/gateway.url)",
     "gateway_public": "allow the gateway on a non-loopback address (default false: it serves anything the "
-                      "policy trusts to whoever connects)",
-    "store_dir": "the Nix store directory the gateway serves (default \"/nix/store\")",
+    "policy trusts to whoever connects)",
+    "store_dir": 'the Nix store directory the gateway serves (default "/nix/store")',
     "priority": "the gateway's priority in nix-cache-info; lower wins (default 30, ahead of cache.nixos.org's 40)",
     "narinfo_timeout": "seconds a narinfo request may spend asking peers before it answers 404 (default 10)",
     "diffs": "ask peers for missing chunks as zstd diffs against the closest older version held locally "
-             "(default true; false sends plain chunks, which costs bandwidth and saves the peers' CPU)",
+    "(default true; false sends plain chunks, which costs bandwidth and saves the peers' CPU)",
     "diff_level": "zstd level for chunks sent as diffs against a requester's older version (default 3; 1-19)",
     "upload_slots": "peers sent blocks at once; others are answered BUSY and ask elsewhere first (default 8)",
     "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
-                   "first start; its public half is in <data-dir>/cache.pub)",
+    "first start; its public half is in <data-dir>/cache.pub)",
 }
 
 
@@ -78,11 +78,15 @@ class NodeConfig:
                 try:
                     multiaddr.Multiaddr(a)
                 except Exception as e:  # the multiaddr library raises assorted types
-                    raise ConfigError(f"{self.source}: {name}: {a!r} is not a multiaddr ({e})") from None
+                    raise ConfigError(
+                        f"{self.source}: {name}: {a!r} is not a multiaddr ({e})"
+                    ) from None
         for a in self.bootstrap:
             if "/p2p/" not in a:
-                raise ConfigError(f"{self.source}: bootstrap: {a!r} lacks /p2p/<peer id> "
-                                  "(copy the line from the peer's node.addr)")
+                raise ConfigError(
+                    f"{self.source}: bootstrap: {a!r} lacks /p2p/<peer id> "
+                    "(copy the line from the peer's node.addr)"
+                )
         if not self.listen:
             raise ConfigError(f"{self.source}: listen: give at least one multiaddr")
         if not 1 <= self.max_connections <= 10_000:
@@ -93,11 +97,19 @@ class NodeConfig:
         if self.gateway != "off":
             host, _ = self.gateway_bind  # checks the form
             if not self.gateway_public and not _loopback(host):
-                raise ConfigError(f"{self.source}: gateway: {self.gateway} is not a loopback address; the gateway "
-                                  "hands out every path the policy trusts, so it listens on 127.0.0.1 unless "
-                                  "you also set gateway_public (--gateway-public)")
-        if not (self.store_dir.startswith("/") and len(self.store_dir) > 1 and not self.store_dir.endswith("/")):
-            raise ConfigError(f"{self.source}: store_dir: {self.store_dir!r} must be an absolute path like /nix/store")
+                raise ConfigError(
+                    f"{self.source}: gateway: {self.gateway} is not a loopback address; the gateway "
+                    "hands out every path the policy trusts, so it listens on 127.0.0.1 unless "
+                    "you also set gateway_public (--gateway-public)"
+                )
+        if not (
+            self.store_dir.startswith("/")
+            and len(self.store_dir) > 1
+            and not self.store_dir.endswith("/")
+        ):
+            raise ConfigError(
+                f"{self.source}: store_dir: {self.store_dir!r} must be an absolute path like /nix/store"
+            )
         if not 1 <= self.diff_level <= 19:
             raise ConfigError(f"{self.source}: diff_level must be a zstd level from 1 to 19")
         if not 1 <= self.upload_slots <= 1000:
@@ -111,8 +123,10 @@ class NodeConfig:
         host, sep, port = self.gateway.rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"{self.source}: gateway: {self.gateway!r} is not HOST:PORT (e.g. 127.0.0.1:4738) "
-                              "or \"off\"")
+            raise ConfigError(
+                f"{self.source}: gateway: {self.gateway!r} is not HOST:PORT (e.g. 127.0.0.1:4738) "
+                'or "off"'
+            )
         return host, int(port)
 
     def with_overrides(self, **changes: Any) -> NodeConfig:
@@ -120,11 +134,25 @@ class NodeConfig:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "listen": (list,), "bootstrap": (list,), "policy": (str,), "mdns": (bool,), "dht": (bool,),
-    "gossip": (bool,), "max_connections": (int,), "ban_seconds": (int, float), "request_timeout": (int, float),
-    "gateway": (str,), "gateway_public": (bool,), "store_dir": (str,), "priority": (int,),
-    "narinfo_timeout": (int, float), "read_deadline": (int, float), "diffs": (bool,), "diff_level": (int,),
-    "upload_slots": (int,), "gateway_key": (str,),
+    "listen": (list,),
+    "bootstrap": (list,),
+    "policy": (str,),
+    "mdns": (bool,),
+    "dht": (bool,),
+    "gossip": (bool,),
+    "max_connections": (int,),
+    "ban_seconds": (int, float),
+    "request_timeout": (int, float),
+    "gateway": (str,),
+    "gateway_public": (bool,),
+    "store_dir": (str,),
+    "priority": (int,),
+    "narinfo_timeout": (int, float),
+    "read_deadline": (int, float),
+    "diffs": (bool,),
+    "diff_level": (int,),
+    "upload_slots": (int,),
+    "gateway_key": (str,),
 }
 
 
@@ -155,7 +183,7 @@ def parse(text: str, source: str) -> NodeConfig:
         if key not in SETTINGS:
             raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(SETTINGS)})")
         types = _TYPES[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise ConfigError(f"{source}: {key} must be {' or '.join(t.__name__ for t in types)}")
         if types == (list,):
             if not all(isinstance(v, str) for v in value):
@@ -192,8 +220,11 @@ def defaults() -> dict[str, object]:
 def commented(overrides: dict[str, object] | None = None) -> str:
     """A node.toml with every setting: those in `overrides` set, the rest commented out
     at their defaults, each under its help text."""
-    lines = ["# ferry node settings (`ferry node run --help` and docs/configuration.md explain each).",
-             "# A commented-out line shows the default; uncomment it to change the setting.", ""]
+    lines = [
+        "# ferry node settings (`ferry node run --help` and docs/configuration.md explain each).",
+        "# A commented-out line shows the default; uncomment it to change the setting.",
+        "",
+    ]
     for name, default in defaults().items():
         lines.append(f"# {SETTINGS[name]}")
         if overrides and name in overrides:

@@ -44,8 +44,10 @@ def socket_path(data_dir: str) -> str:
 
 def _check_length(path: str) -> None:
     if len(path.encode()) > MAX_UNIX_PATH:
-        raise ControlError(f"{path}: the data directory's path is too long for a unix socket "
-                           f"(at most {MAX_UNIX_PATH} bytes); choose a shorter --data-dir")
+        raise ControlError(
+            f"{path}: the data directory's path is too long for a unix socket "
+            f"(at most {MAX_UNIX_PATH} bytes); choose a shorter --data-dir"
+        )
 
 
 async def bind(data_dir: str) -> trio.SocketListener:
@@ -75,8 +77,12 @@ async def _answers(path: str) -> bool:
     return True
 
 
-async def serve(listener: trio.SocketListener, handler: Handler, *,
-                task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    listener: trio.SocketListener,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
             try:
@@ -101,7 +107,9 @@ async def serve(listener: trio.SocketListener, handler: Handler, *,
                 # A bug in one request must not stop the node: log it, tell the client.
                 log.exception("control request %s failed", request["op"])
                 try:
-                    await _send(stream, {"error": f"internal error in the node: {e!r} (see the node's log)"})
+                    await _send(
+                        stream, {"error": f"internal error in the node: {e!r} (see the node's log)"}
+                    )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
 
@@ -125,8 +133,11 @@ async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder, pending: list
     return msgpack.unpackb(pending.pop(0), raw=False)
 
 
-async def call(data_dir: str, request: dict[str, Any],
-               on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+async def call(
+    data_dir: str,
+    request: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
     """Send one request to the node on `data_dir`; raises ControlError if it refuses or
     no node runs there."""
     path = socket_path(data_dir)
@@ -135,10 +146,14 @@ async def call(data_dir: str, request: dict[str, Any],
         stream = await trio.open_unix_socket(path)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
-            raise ControlError(f"no ferry node is running on {os.path.dirname(path)} "
-                               "(start one with `ferry node run`, or pass its --data-dir)") from None
+            raise ControlError(
+                f"no ferry node is running on {os.path.dirname(path)} "
+                "(start one with `ferry node run`, or pass its --data-dir)"
+            ) from None
         if e.errno == errno.EACCES:
-            raise ControlError(f"{path}: permission denied (the node runs as another user)") from None
+            raise ControlError(
+                f"{path}: permission denied (the node runs as another user)"
+            ) from None
         raise ControlError(f"{path}: {e.strerror}") from None
     async with stream:
         await stream.send_all(frame(msgpack.packb(request, use_bin_type=True), CAP))
@@ -152,7 +167,9 @@ async def call(data_dir: str, request: dict[str, Any],
             elif "ok" in msg:
                 return msg["ok"]
             else:
-                raise ControlError(msg.get("error", "the node refused the request"), int(msg.get("code", 1)))
+                raise ControlError(
+                    msg.get("error", "the node refused the request"), int(msg.get("code", 1))
+                )
 
 
 def running(data_dir: str) -> bool:

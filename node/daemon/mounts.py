@@ -154,11 +154,18 @@ class Mounts:
 
     def _attach(self, group: int) -> None:
         self.group = group
-        self.filler = Filler(group, self.slabs, self._fetch, deadline=self.node.config.read_deadline,
-                             on_filled=self._filled)
+        self.filler = Filler(
+            group,
+            self.slabs,
+            self._fetch,
+            deadline=self.node.config.read_deadline,
+            on_filled=self._filled,
+        )
         self._filler_scope = trio.CancelScope()
         self._filler_done = trio.Event()
-        self._nursery.start_soon(self._run_filler, self.filler, self._filler_scope, self._filler_done)
+        self._nursery.start_soon(
+            self._run_filler, self.filler, self._filler_scope, self._filler_done
+        )
 
     async def _run_filler(self, filler: Filler, scope: trio.CancelScope, done: trio.Event) -> None:
         try:
@@ -187,8 +194,13 @@ class Mounts:
         """A new holder process and its group (OSError without root or kernel support)."""
         path = self._holder_socket()
         os.close(holder.new_group())  # fails at once where the holder would
-        proc = subprocess.Popen([sys.executable, "-m", "ondemand.holder", path], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ondemand.holder", path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         assert proc.stdout is not None
         with proc.stdout:
             if proc.stdout.readline() != b"ready\n":
@@ -200,8 +212,10 @@ class Mounts:
             try:
                 self._attach(await trio.to_thread.run_sync(self._start_holder))
             except OSError as e:
-                self.unavailable = (f"no fanotify pre-content group ({e.strerror or e}): it needs root and Linux "
-                                    "6.14+; use --backend materialize")
+                self.unavailable = (
+                    f"no fanotify pre-content group ({e.strerror or e}): it needs root and Linux "
+                    "6.14+; use --backend materialize"
+                )
                 return False
         return True
 
@@ -217,11 +231,14 @@ class Mounts:
             os.makedirs(cache_dir, exist_ok=True)
             device = CacheDevice(cache_dir, DOMAIN, restore=restore)
         except OSError as e:
-            self.cache_unavailable = (f"cannot bind /dev/cachefiles ({e.strerror or e}): it needs root and "
-                                      "CONFIG_CACHEFILES_ONDEMAND; see `ferry doctor`")
+            self.cache_unavailable = (
+                f"cannot bind /dev/cachefiles ({e.strerror or e}): it needs root and "
+                "CONFIG_CACHEFILES_ONDEMAND; see `ferry doctor`"
+            )
             return False
-        self.blobs = StoreBlobs(DOMAIN, os.path.join(store.data_dir, "slabs"), self.slabs, {}, self._fetch,
-                                self._filled)
+        self.blobs = StoreBlobs(
+            DOMAIN, os.path.join(store.data_dir, "slabs"), self.slabs, {}, self._fetch, self._filled
+        )
         self._nursery.start_soon(CachefilesDaemon(device, self.blobs).run)
         return True
 
@@ -234,7 +251,9 @@ class Mounts:
             try:
                 syscalls.umount(m.dir)
             except OSError as e:
-                log.warning("%s stays mounted (%s): the next node start serves it", m.dir, e.strerror)
+                log.warning(
+                    "%s stays mounted (%s): the next node start serves it", m.dir, e.strerror
+                )
                 continue
             if m.image:
                 os.unlink(m.image)
@@ -243,9 +262,19 @@ class Mounts:
         await self._detach(release=not any(m.backend == FANOTIFY for m in self.table.values()))
 
     def _save_state(self) -> None:
-        rows = [{"store_path": str(m.store_path), "dir": m.dir, "backend": m.backend, "image": m.image,
-                 "fsid": m.fsid} for m in self.table.values()]
-        userfile.write_atomically(os.path.join(self.node.data_dir, STATE), json.dumps(rows).encode(), "the mount table")
+        rows = [
+            {
+                "store_path": str(m.store_path),
+                "dir": m.dir,
+                "backend": m.backend,
+                "image": m.image,
+                "fsid": m.fsid,
+            }
+            for m in self.table.values()
+        ]
+        userfile.write_atomically(
+            os.path.join(self.node.data_dir, STATE), json.dumps(rows).encode(), "the mount table"
+        )
 
     def _restore_state(self) -> None:
         """Mounts a previous node left (it died, or they were busy): serve them again."""
@@ -263,7 +292,11 @@ class Mounts:
                 if r["backend"] == MATERIALIZE:
                     self.table[r["dir"]] = Mounted(sp, r["dir"], MATERIALIZE)
                     continue
-                served = self.group is not None if r["backend"] == FANOTIFY else self._ensure_cachefiles(restore=True)
+                served = (
+                    self.group is not None
+                    if r["backend"] == FANOTIFY
+                    else self._ensure_cachefiles(restore=True)
+                )
                 if not (served and os.path.ismount(r["dir"])):
                     if r.get("image") and os.path.exists(r["image"]):
                         os.unlink(r["image"])
@@ -274,10 +307,19 @@ class Mounts:
                     for row in slab_rows:
                         path_ = os.path.join(store.data_dir, "slabs", row.name)
                         self.slabs.inode_of_slab[os.stat(path_).st_ino] = row.id
-                self.slabs.add({d: (x.slab, x.offset) for d, x in rows_.items()}, manifest,
-                               {d for d, x in rows_.items() if x.present})
-                m = Mounted(sp, r["dir"], r["backend"], r["image"], {d: n for _, _, n, d in manifest.chunk_spans()},
-                            r.get("fsid"))
+                self.slabs.add(
+                    {d: (x.slab, x.offset) for d, x in rows_.items()},
+                    manifest,
+                    {d for d, x in rows_.items() if x.present},
+                )
+                m = Mounted(
+                    sp,
+                    r["dir"],
+                    r["backend"],
+                    r["image"],
+                    {d: n for _, _, n, d in manifest.chunk_spans()},
+                    r.get("fsid"),
+                )
                 if m.fsid and self.blobs is not None:
                     self.blobs.images[m.fsid.encode()] = r["image"]
                     self.blobs.slab_ids.update({x.name: x.id for x in slab_rows})
@@ -318,20 +360,33 @@ class Mounts:
     async def mount(self, sp: StorePath, target: str, backend: str) -> dict[str, Any]:
         node = self.node
         if node.policy is None:
-            raise ControlError("this node has no trust policy, so it cannot accept paths: start it with --policy FILE")
+            raise ControlError(
+                "this node has no trust policy, so it cannot accept paths: start it with --policy FILE"
+            )
         target = os.path.abspath(target)
         if target in self.table:
-            raise ControlError(f"{target} is already a ferry mount (of {self.table[target].store_path})")
+            raise ControlError(
+                f"{target} is already a ferry mount (of {self.table[target].store_path})"
+            )
         if backend == "auto":
-            backend = (FANOTIFY if await self._ensure_group() else CACHEFILES if self._ensure_cachefiles()
-                       else MATERIALIZE)
+            backend = (
+                FANOTIFY
+                if await self._ensure_group()
+                else CACHEFILES
+                if self._ensure_cachefiles()
+                else MATERIALIZE
+            )
         elif backend == FANOTIFY and not await self._ensure_group():
             raise ControlError(self.unavailable)
         elif backend == CACHEFILES and not self._ensure_cachefiles():
             raise ControlError(self.cache_unavailable)
         if backend in KERNEL_BACKENDS and not os.path.isdir(target):
             raise ControlError(f"{target} is not a directory: create the mount point first")
-        if backend == MATERIALIZE and os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        if (
+            backend == MATERIALIZE
+            and os.path.exists(target)
+            and (not os.path.isdir(target) or os.listdir(target))
+        ):
             raise ControlError(f"{target} exists and is not an empty directory")
         from node.daemon.node import _FetchStore, _ReaderChunks  # the node module imports this one
 
@@ -360,7 +415,9 @@ class Mounts:
                 # A reader of its own: a long write-out must not hold up serving peers.
                 reader = node.store.reader()
                 try:
-                    await trio.to_thread.run_sync(restore.restore, manifest, _ReaderChunks(reader), target)
+                    await trio.to_thread.run_sync(
+                        restore.restore, manifest, _ReaderChunks(reader), target
+                    )
                 except (restore.RestoreError, ExportError, OSError) as e:
                     raise ControlError(f"cannot write {sp} to {target}: {e}") from None
                 finally:
@@ -370,7 +427,8 @@ class Mounts:
                 return self._row(self.table[target])
             try:
                 m, places, present, inodes, devices = await trio.to_thread.run_sync(
-                    self._prepare, sp, manifest, target, backend, limiter=node._write_limiter)
+                    self._prepare, sp, manifest, target, backend, limiter=node._write_limiter
+                )
             except (StoreError, OSError) as e:
                 raise ControlError(f"cannot mount {sp}: {e}") from None
         # Known to the filler before the kernel can ask (the slabs are marked already).
@@ -391,8 +449,9 @@ class Mounts:
         log.info("mounted %s on %s (%s)", sp, target, backend)
         return self._row(m)
 
-    def _prepare(self, sp: StorePath, manifest: Manifest, target: str, backend: str
-                 ) -> tuple[Mounted, dict[bytes, tuple[int, int]], set[bytes], dict[int, int], list[str]]:
+    def _prepare(
+        self, sp: StorePath, manifest: Manifest, target: str, backend: str
+    ) -> tuple[Mounted, dict[bytes, tuple[int, int]], set[bytes], dict[int, int], list[str]]:
         """Write the image and mark the slabs (on the writer thread); returns the mount,
         where its chunks are, which are present, the slabs' inode numbers, and the
         image's devices in table order."""
@@ -416,9 +475,16 @@ class Mounts:
             inodes[os.stat(dev).st_ino] = row.id
         rows = img.chunks
         lengths = {d: n for _, _, n, d in manifest.chunk_spans()}
-        fsid = f"ferry-{os.path.basename(path)[:-len('.erofs')]}" if backend == CACHEFILES else None
-        return (Mounted(sp, target, backend, path, lengths, fsid), {d: (r.slab, r.offset) for d, r in rows.items()},
-                {d for d, r in rows.items() if r.present}, inodes, list(img.devices))
+        fsid = (
+            f"ferry-{os.path.basename(path)[: -len('.erofs')]}" if backend == CACHEFILES else None
+        )
+        return (
+            Mounted(sp, target, backend, path, lengths, fsid),
+            {d: (r.slab, r.offset) for d, r in rows.items()},
+            {d for d, r in rows.items() if r.present},
+            inodes,
+            list(img.devices),
+        )
 
     async def umount(self, target: str) -> dict[str, Any]:
         target = os.path.abspath(target)
@@ -429,7 +495,9 @@ class Mounts:
             try:
                 await trio.to_thread.run_sync(syscalls.umount, target)
             except OSError as e:
-                raise ControlError(f"cannot unmount {target}: {e.strerror} (is a program using it?)") from None
+                raise ControlError(
+                    f"cannot unmount {target}: {e.strerror} (is a program using it?)"
+                ) from None
             if m.image:
                 os.unlink(m.image)
             if m.fsid and self.blobs is not None:
@@ -446,6 +514,10 @@ class Mounts:
     def _row(self, m: Mounted) -> dict[str, Any]:
         total = sum(m.chunks.values())
         present = sum(n for d, n in m.chunks.items() if d in self.slabs.have)
-        return {"dir": m.dir, "store_path": str(m.store_path), "backend": m.backend,
-                "bytes_present": present if m.backend in KERNEL_BACKENDS else None,
-                "bytes_total": total if m.backend in KERNEL_BACKENDS else None}
+        return {
+            "dir": m.dir,
+            "store_path": str(m.store_path),
+            "backend": m.backend,
+            "bytes_present": present if m.backend in KERNEL_BACKENDS else None,
+            "bytes_total": total if m.backend in KERNEL_BACKENDS else None,
+        }

@@ -81,8 +81,12 @@ class Node:
         self.metrics = Metrics()
         self.mounts = Mounts(self)
         self.keys = load_or_create(self.data_dir)
-        self.host: IHost = make_host(self.keys, HostLimits(max_connections=config.max_connections),
-                                     mdns=config.mdns, listen=[multiaddr.Multiaddr(a) for a in config.listen])
+        self.host: IHost = make_host(
+            self.keys,
+            HostLimits(max_connections=config.max_connections),
+            mdns=config.mdns,
+            listen=[multiaddr.Multiaddr(a) for a in config.listen],
+        )
         self.peer_id = self.host.get_id()
         self.dht: KadDHT | None = None
         self.pubsub: Pubsub | None = None
@@ -95,7 +99,10 @@ class Node:
         self.uplink = Uplink(config.upload_slots)
         self.reader: StoreReader = store.reader()
         self.gateway_key: SecretKey | None = (
-            gateway_key.load_or_create(self.data_dir, config.gateway_key) if config.gateway != "off" else None)
+            gateway_key.load_or_create(self.data_dir, config.gateway_key)
+            if config.gateway != "off"
+            else None
+        )
         self.gateway_url: str | None = None
         self.started = trio.Event()
         # Set once every bootstrap peer has been tried: a fetch asked for at start-up waits
@@ -116,7 +123,10 @@ class Node:
             # No other node runs on this data directory (bind checked): "ready" files here
             # were left by one that was killed, and must not announce this one early.
             _remove_files(self.data_dir, (ADDR_FILE, GATEWAY_FILE))
-            async with self.host.run([multiaddr.Multiaddr(a) for a in self.config.listen]), AsyncExitStack() as stack:
+            async with (
+                self.host.run([multiaddr.Multiaddr(a) for a in self.config.listen]),
+                AsyncExitStack() as stack,
+            ):
                 try:
                     self.host.set_stream_handler(TProtocol(blocks.PROTOCOL), self._on_blocks)
                     self.host.set_stream_handler(TProtocol(claims.PROTOCOL), self._on_claims)
@@ -144,8 +154,11 @@ class Node:
                             nursery.start_soon(self._provider)
                         # node.addr tells scripts and other nodes that the node is up: written
                         # only once peers, the control socket and the gateway all accept.
-                        userfile.write_atomically(os.path.join(self.data_dir, ADDR_FILE),
-                                                  "".join(a + "\n" for a in addrs).encode(), "the node address file")
+                        userfile.write_atomically(
+                            os.path.join(self.data_dir, ADDR_FILE),
+                            "".join(a + "\n" for a in addrs).encode(),
+                            "the node address file",
+                        )
                         self.started.set()
                         task_status.started(addrs)
                 finally:
@@ -161,10 +174,15 @@ class Node:
         while True:
             async with trio.open_nursery() as nursery:
                 for info in infos:
-                    if info.peer_id != self.peer_id and info.peer_id not in self.host.get_connected_peers():
+                    if (
+                        info.peer_id != self.peer_id
+                        and info.peer_id not in self.host.get_connected_peers()
+                    ):
                         nursery.start_soon(self._connect, info)
             self.bootstrapped.set()
-            await trio.sleep(BOOTSTRAP_MIN_GAP)  # a peer that drops us at once is not redialled in a loop
+            await trio.sleep(
+                BOOTSTRAP_MIN_GAP
+            )  # a peer that drops us at once is not redialled in a loop
             with trio.move_on_after(BOOTSTRAP_RETRY - BOOTSTRAP_MIN_GAP):
                 await self._lost.wait()
             self._lost = trio.Event()
@@ -243,10 +261,15 @@ class Node:
 
     async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
         return await trio.to_thread.run_sync(
-            partial(BlockServer.reply, replies, dictionaries=prefixes, diff_level=self.config.diff_level))
+            partial(
+                BlockServer.reply, replies, dictionaries=prefixes, diff_level=self.config.diff_level
+            )
+        )
 
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
-        return await trio.to_thread.run_sync(self.reader.claims_by_hash, path_hash, limiter=self._read_limiter)
+        return await trio.to_thread.run_sync(
+            self.reader.claims_by_hash, path_hash, limiter=self._read_limiter
+        )
 
     async def learn(self, found: list[SignedClaim], source: str) -> int:
         if not found:
@@ -260,7 +283,9 @@ class Node:
 
     def peers(self) -> list[str]:
         now = trio.current_time()
-        return [str(p) for p in self.host.get_connected_peers() if not self.book.banned(str(p), now)]
+        return [
+            str(p) for p in self.host.get_connected_peers() if not self.book.banned(str(p), now)
+        ]
 
     async def open_stream(self, peer: str, protocol: str) -> ByteStream:
         return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
@@ -284,7 +309,9 @@ class Node:
         if problem is not None:
             self.book.punish(peer, problem, trio.current_time())
         if self.dht is not None:
-            self.dht.routing_table.remove_peer(ID.from_base58(peer))  # or a DHT query dials it again
+            self.dht.routing_table.remove_peer(
+                ID.from_base58(peer)
+            )  # or a DHT query dials it again
         try:
             await self.host.disconnect(ID.from_base58(peer))
         except Exception as e:  # already gone: the ban is what matters
@@ -301,8 +328,12 @@ class Node:
                     nursery.start_soon(self._push, peer, payload)
             if self.pubsub is not None:
                 try:
-                    await self.pubsub.publish(GOSSIP_TOPIC, msgpack.packb([c.encode() for c in signed]))
-                except Exception as e:  # gossip is best effort: pushes and queries carry the claims too
+                    await self.pubsub.publish(
+                        GOSSIP_TOPIC, msgpack.packb([c.encode() for c in signed])
+                    )
+                except (
+                    Exception
+                ) as e:  # gossip is best effort: pushes and queries carry the claims too
                     log.info("gossip publish failed: %s", e)
         if self.dht is not None:
             for sp in complete:
@@ -336,7 +367,9 @@ class Node:
         while True:
             msg = await sub.get()
             try:
-                raw = msgpack.unpackb(msg.data, raw=False, max_array_len=claims.MAX_CLAIMS, max_map_len=0)
+                raw = msgpack.unpackb(
+                    msg.data, raw=False, max_array_len=claims.MAX_CLAIMS, max_map_len=0
+                )
                 found = [SignedClaim.decode(r) for r in raw if isinstance(r, bytes)]
             except (ClaimError, ValueError, TypeError, msgpack.UnpackException):
                 continue  # gossip is a hint: junk is dropped, never trusted
@@ -344,7 +377,9 @@ class Node:
 
     async def _reprovide(self) -> None:
         while True:
-            complete = await trio.to_thread.run_sync(self.reader.complete_paths, limiter=self._read_limiter)
+            complete = await trio.to_thread.run_sync(
+                self.reader.complete_paths, limiter=self._read_limiter
+            )
             await self.announce([], [StorePath.parse(p) for p in complete])
             await trio.sleep(REPROVIDE)
 
@@ -361,17 +396,24 @@ class Node:
         cfg.errorlog = logging.getLogger("node.gateway.http")
         cfg.graceful_timeout = 1.0
         backend = _GatewayBackend(self)
-        app = Gateway(backend, GatewaySettings(self.config.store_dir, self.config.priority), self.metrics)
+        app = Gateway(
+            backend, GatewaySettings(self.config.store_dir, self.config.priority), self.metrics
+        )
 
         try:
             _check_bind(host, port, self.config.gateway)
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(partial(hypercorn.trio.serve, app, cfg, mode="asgi"))
                 self.gateway_url = binds[0]
-                userfile.write_atomically(os.path.join(self.data_dir, GATEWAY_FILE), (binds[0] + "\n").encode(),
-                                          "the gateway address file")
+                userfile.write_atomically(
+                    os.path.join(self.data_dir, GATEWAY_FILE),
+                    (binds[0] + "\n").encode(),
+                    "the gateway address file",
+                )
                 assert self.gateway_key is not None
-                log.info("Nix gateway on %s (signing key %s)", binds[0], self.gateway_key.public.encode())
+                log.info(
+                    "Nix gateway on %s (signing key %s)", binds[0], self.gateway_key.public.encode()
+                )
                 task_status.started()
         finally:
             backend.close()
@@ -379,7 +421,9 @@ class Node:
     def fetch_settings(self, **overrides: Any) -> FetchSettings:
         """A fetch session's settings, from the node's: made here only, so that every
         session (a fetch, a narinfo, a mount's fills) honours every setting."""
-        return FetchSettings(request_timeout=self.config.request_timeout, diffs=self.config.diffs, **overrides)
+        return FetchSettings(
+            request_timeout=self.config.request_timeout, diffs=self.config.diffs, **overrides
+        )
 
     def account(self, fetch: Fetch) -> None:
         """Count a finished (or failed) session's traffic in the peer book and metrics."""
@@ -396,7 +440,9 @@ class Node:
 
     # --- control API
 
-    async def _control(self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+    async def _control(
+        self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> Any:
         op = req["op"]
         if op == "status":
             return await self._status()
@@ -407,7 +453,9 @@ class Node:
         if op == "publish":
             return await self._publish(req)
         if op == "mount":
-            return await self.mounts.mount(_store_path(req), str(req.get("dir")), str(req.get("backend", "auto")))
+            return await self.mounts.mount(
+                _store_path(req), str(req.get("dir")), str(req.get("backend", "auto"))
+            )
         if op == "umount":
             return await self.mounts.umount(str(req.get("dir")))
         if op == "mounts":
@@ -417,14 +465,25 @@ class Node:
     async def _status(self) -> dict[str, Any]:
         # From the peer-facing connection: a status must not wait for a long fetch.
         stats = await trio.to_thread.run_sync(self.reader.stats, limiter=self._read_limiter)
-        return {"peer_id": str(self.peer_id), "addrs": [str(a) for a in self.host.get_addrs()],
-                "data_dir": self.data_dir, "peers": len(self.peers()), "policy": self.config.policy,
-                "served_blocks": self.served.blocks, "served_bytes": self.served.bytes,
-                "dht": self.dht is not None, "gossip": self.pubsub is not None,
-                "gateway": self.gateway_url,
-                "gateway_key": self.gateway_key.public.encode() if self.gateway_key else None,
-                "store": {"paths": stats.paths, "complete_paths": stats.complete_paths,
-                          "unique_chunks": stats.unique_chunks, "unique_bytes": stats.unique_bytes}}
+        return {
+            "peer_id": str(self.peer_id),
+            "addrs": [str(a) for a in self.host.get_addrs()],
+            "data_dir": self.data_dir,
+            "peers": len(self.peers()),
+            "policy": self.config.policy,
+            "served_blocks": self.served.blocks,
+            "served_bytes": self.served.bytes,
+            "dht": self.dht is not None,
+            "gossip": self.pubsub is not None,
+            "gateway": self.gateway_url,
+            "gateway_key": self.gateway_key.public.encode() if self.gateway_key else None,
+            "store": {
+                "paths": stats.paths,
+                "complete_paths": stats.complete_paths,
+                "unique_chunks": stats.unique_chunks,
+                "unique_bytes": stats.unique_bytes,
+            },
+        }
 
     def _peers_report(self) -> list[dict[str, Any]]:
         now = trio.current_time()
@@ -436,15 +495,28 @@ class Node:
                 addrs = [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer))]
             except Exception:  # a peer we only remember for its ban has no addresses left
                 addrs = []
-            out.append({"peer_id": peer, "connected": peer in connected, "addrs": addrs,
-                        "sent_bytes": r.sent_bytes, "received_bytes": r.received_bytes, "bad": r.bad,
-                        "banned_for": max(0.0, r.banned_until - now), "last_problem": r.last_problem})
+            out.append(
+                {
+                    "peer_id": peer,
+                    "connected": peer in connected,
+                    "addrs": addrs,
+                    "sent_bytes": r.sent_bytes,
+                    "received_bytes": r.received_bytes,
+                    "bad": r.bad,
+                    "banned_for": max(0.0, r.banned_until - now),
+                    "last_problem": r.last_problem,
+                }
+            )
         return out
 
-    async def _fetch(self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+    async def _fetch(
+        self, req: dict[str, Any], progress: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> Any:
         if self.policy is None:
-            raise ControlError("this node has no trust policy, so it cannot accept paths: "
-                               "start it with --policy FILE (see `ferry trust --help`)")
+            raise ControlError(
+                "this node has no trust policy, so it cannot accept paths: "
+                "start it with --policy FILE (see `ferry trust --help`)"
+            )
         try:
             target = StorePath.parse(str(req.get("store_path")))
         except StorePathError as e:
@@ -471,9 +543,18 @@ class Node:
                 local.close()
                 self.account(fetch)
         await self.announce([], [p.store_path for p in plans])
-        return {"fetched": [{"store_path": str(p.store_path), "nar_hash": str(p.manifest.nar_hash),
-                           "signers": list(p.verdict.signers), "had": p.complete} for p in plans],
-                **fetch.progress.as_dict()}
+        return {
+            "fetched": [
+                {
+                    "store_path": str(p.store_path),
+                    "nar_hash": str(p.manifest.nar_hash),
+                    "signers": list(p.verdict.signers),
+                    "had": p.complete,
+                }
+                for p in plans
+            ],
+            **fetch.progress.as_dict(),
+        }
 
     async def _publish(self, req: dict[str, Any]) -> Any:
         from node.cli import source  # the CLI's source options are the request's vocabulary
@@ -496,17 +577,27 @@ class Node:
         async with self.write_lock:
             try:
                 manifest, signed, new_chunks, new_bytes = await trio.to_thread.run_sync(
-                    _user_errors(work, args), limiter=self._write_limiter)
+                    _user_errors(work, args), limiter=self._write_limiter
+                )
             except StoreError as e:
                 raise ControlError(str(e)) from None
         self.chunks_added()
         await self.announce(signed, [manifest.store_path])
         s = manifest.stats()
-        return {"store_path": str(manifest.store_path), "nar_hash": str(manifest.nar_hash),
-                "nar_size": manifest.nar_size, "manifest_digest": manifest.digest().hex(), "chunks": s.chunks,
-                "unique_chunks": s.unique_chunks, "new_chunks": new_chunks, "new_bytes": new_bytes,
-                "root": not args.no_root, "claim": signed[0].nix_sig().encode() if signed else None,
-                "signer": key.name if key else None, "data_dir": self.data_dir}
+        return {
+            "store_path": str(manifest.store_path),
+            "nar_hash": str(manifest.nar_hash),
+            "nar_size": manifest.nar_size,
+            "manifest_digest": manifest.digest().hex(),
+            "chunks": s.chunks,
+            "unique_chunks": s.unique_chunks,
+            "new_chunks": new_chunks,
+            "new_bytes": new_bytes,
+            "root": not args.no_root,
+            "claim": signed[0].nix_sig().encode() if signed else None,
+            "signer": key.name if key else None,
+            "data_dir": self.data_dir,
+        }
 
 
 def _user_errors(work: Callable[[], Any], args: argparse.Namespace) -> Callable[[], Any]:
@@ -567,7 +658,9 @@ class _FetchStore:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.node._write_limiter)
 
     async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
-        return await trio.to_thread.run_sync(self.node.reader.path_state, str(sp), limiter=self.node._read_limiter)
+        return await trio.to_thread.run_sync(
+            self.node.reader.path_state, str(sp), limiter=self.node._read_limiter
+        )
 
     async def claims(self, hash_part: str) -> list[SignedClaim]:
         return await self.node.claims_for(hash_part)
@@ -580,8 +673,9 @@ class _FetchStore:
             missing: dict[bytes, int] = {}
             for p in plans:
                 sizes = {d: n for _, _, n, d in p.manifest.chunk_spans()}
-                absent = self.node.store.reserve(p.manifest, claims=p.verdict.claims,
-                                                 root=str(p.store_path) in roots)
+                absent = self.node.store.reserve(
+                    p.manifest, claims=p.verdict.claims, root=str(p.store_path) in roots
+                )
                 missing.update((d, sizes[d]) for d in absent)
             return missing
 
@@ -597,7 +691,9 @@ class _FetchStore:
                 base = self._base(plan.store_path, recorded)
                 if base is not None:
                     rows = reader.index.chunks(list(set(base.chunk_digests())))
-                    out.update(chunk_bases(plan.manifest, base, {d for d, r in rows.items() if r.present}))
+                    out.update(
+                        chunk_bases(plan.manifest, base, {d for d, r in rows.items() if r.present})
+                    )
             return out
 
         return await trio.to_thread.run_sync(work, limiter=self.node._read_limiter)
@@ -619,13 +715,19 @@ class _FetchStore:
         a check per recorded path would be a query each."""
         reader = self.node.reader
         name = package_name(sp)
-        local = [p for p in recorded if package_name(p) == name and not reader.index.missing_chunks(str(p))]
+        local = [
+            p
+            for p in recorded
+            if package_name(p) == name and not reader.index.missing_chunks(str(p))
+        ]
         base = pick_base(sp, local)
         state = reader.path_state(str(base)) if base is not None else None
         return state[0] if state is not None else None
 
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        return await trio.to_thread.run_sync(self.node.reader.blobs, digests, limiter=self.node._read_limiter)
+        return await trio.to_thread.run_sync(
+            self.node.reader.blobs, digests, limiter=self.node._read_limiter
+        )
 
     async def store_blocks(self, found: list[tuple[bytes, bytes]]) -> None:
         def work() -> None:
@@ -663,8 +765,10 @@ def _check_bind(host: str, port: int, setting: str) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(infos[0][4])
     except OSError as e:
-        raise ControlError(f"cannot serve the gateway on {setting}: {e.strerror or e} "
-                           "(choose another with --gateway HOST:PORT, or --no-gateway)") from None
+        raise ControlError(
+            f"cannot serve the gateway on {setting}: {e.strerror or e} "
+            "(choose another with --gateway HOST:PORT, or --no-gateway)"
+        ) from None
 
 
 class _GatewayBackend:
@@ -682,9 +786,15 @@ class _GatewayBackend:
     def _fetch(self) -> Fetch:
         node = self.node
         if node.policy is None:
-            raise NoPolicy("this node has no trust policy, so it trusts nothing: start it with --policy FILE")
-        return Fetch(node, _FetchStore(node), node.policy,
-                     node.fetch_settings(connect_timeout=min(5.0, node.config.narinfo_timeout)))
+            raise NoPolicy(
+                "this node has no trust policy, so it trusts nothing: start it with --policy FILE"
+            )
+        return Fetch(
+            node,
+            _FetchStore(node),
+            node.policy,
+            node.fetch_settings(connect_timeout=min(5.0, node.config.narinfo_timeout)),
+        )
 
     async def plan(self, hash_part: str) -> Plan:
         fetch = self._fetch()
@@ -693,11 +803,15 @@ class _GatewayBackend:
             with trio.fail_after(self.node.config.narinfo_timeout):
                 return await fetch.plan_hash(hash_part, self.node.config.store_dir)
         except trio.TooSlowError:
-            raise FetchError(f"peers did not settle {hash_part} within narinfo_timeout "
-                             f"({self.node.config.narinfo_timeout:g} s)") from None
+            raise FetchError(
+                f"peers did not settle {hash_part} within narinfo_timeout "
+                f"({self.node.config.narinfo_timeout:g} s)"
+            ) from None
 
     async def plan_for_nar(self, nar_hash: Hash) -> Plan | None:
-        sp = await trio.to_thread.run_sync(self.reader.path_by_nar_hash, str(nar_hash), limiter=self.limiter)
+        sp = await trio.to_thread.run_sync(
+            self.reader.path_by_nar_hash, str(nar_hash), limiter=self.limiter
+        )
         if sp is None:
             return None
         try:

@@ -14,7 +14,7 @@ from trust import policyfile
 
 ENVIRONMENT = {
     "FERRY_DATA_DIR": "the data directory when --data-dir is not given (default /var/lib/ferry as root, "
-                      "else $XDG_DATA_HOME/ferry, i.e. ~/.local/share/ferry)",
+    "else $XDG_DATA_HOME/ferry, i.e. ~/.local/share/ferry)",
     "XDG_DATA_HOME": "see FERRY_DATA_DIR",
 }
 
@@ -22,7 +22,7 @@ DATA_FILES = {
     "node.toml": "the node's settings (this page); `ferry init` writes it with every setting commented out",
     "identity.key": "the node's libp2p identity (its peer ID), mode 0600",
     "cache.key, cache.pub": "the node's Nix signing key: the gateway signs every narinfo with it; cache.pub "
-                            "goes in nix.conf's trusted-public-keys",
+    "goes in nix.conf's trusted-public-keys",
     "node.addr": "the running node's multiaddrs with /p2p/<peer id>, one a line (for other nodes' bootstrap)",
     "gateway.url": "the running gateway's URL (for nix.conf's substituters)",
     "control.sock": "the running node's control socket (mode 0600): `ferry fetch`, `publish`, `mount`, `status`",
@@ -57,8 +57,10 @@ def _cell(text: str) -> str:
 
 def markdown() -> str:
     flags = _flags()
-    types = {name: " or ".join("list of strings" if t is list else t.__name__ for t in ts)
-             for name, ts in nodeconfig._TYPES.items()}
+    types = {
+        name: " or ".join("list of strings" if t is list else t.__name__ for t in ts)
+        for name, ts in nodeconfig._TYPES.items()
+    }
     lines = [
         "# Configuration reference",
         "",
@@ -76,7 +78,9 @@ def markdown() -> str:
     for name, default in nodeconfig.defaults().items():
         shown = "not set" if default is None else f"`{nodeconfig.toml_value(default)}`"
         flag = ", ".join(f"`{f}`" for f in flags.get(name, [])) or "-"
-        lines.append(f"| `{name}` | {types[name]} | {_cell(shown)} | {flag} | {_cell(nodeconfig.SETTINGS[name])} |")
+        lines.append(
+            f"| `{name}` | {types[name]} | {_cell(shown)} | {flag} | {_cell(nodeconfig.SETTINGS[name])} |"
+        )
     lines += [
         "",
         "## Trust policy file",

@@ -20,7 +20,9 @@ class SlabMap:
         self.inode_of_slab: dict[int, int] = {}  # st_ino -> slab id
         self.have: set[bytes] = set()
 
-    def add(self, slab_of: dict[bytes, tuple[int, int]], manifest: Manifest, present: set[bytes]) -> None:
+    def add(
+        self, slab_of: dict[bytes, tuple[int, int]], manifest: Manifest, present: set[bytes]
+    ) -> None:
         for e in manifest.entries:
             if not e.chunks:
                 continue

@@ -34,7 +34,11 @@ def package_name(sp: StorePath) -> str:
 def pick_base(target: StorePath, local: Iterable[StorePath]) -> StorePath | None:
     """The local path most like `target`: same package name, the closest name string."""
     name = package_name(target)
-    same = [p for p in local if p != target and package_name(p) == name and p.store_dir == target.store_dir]
+    same = [
+        p
+        for p in local
+        if p != target and package_name(p) == name and p.store_dir == target.store_dir
+    ]
     if not same:
         return None
     return min(same, key=lambda p: (_distance(p.name, target.name), str(p)))
@@ -49,7 +53,9 @@ def _distance(a: str, b: str) -> int:
     return len(a) + len(b) - 2 * common
 
 
-def chunk_bases(wanted: Manifest, base: Manifest, present: set[bytes]) -> dict[bytes, tuple[bytes, ...]]:
+def chunk_bases(
+    wanted: Manifest, base: Manifest, present: set[bytes]
+) -> dict[bytes, tuple[bytes, ...]]:
     """For each chunk of `wanted`, the chunks of `base` (present locally) to send as its
     bases, in the order the prefix concatenates them."""
     by_path = {e.path: e for e in base.entries if e.chunks}

@@ -23,8 +23,18 @@ import trio
 
 from node.exchange.schedule import BUSY_PAUSE, Schedule
 from p2p import claims as claimwire
+from p2p.blocks import (
+    MAX_BASE_BYTES,
+    BadDiff,
+    Block,
+    BlockClient,
+    Busy,
+    DontHave,
+    Have,
+    Reply,
+    Want,
+)
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, Busy, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
 from store.chunking import digest as blake3_digest
@@ -41,8 +51,12 @@ MANIFEST_ROUNDS = 8  # rounds of asking busy peers for a manifest again (pauses 
 # How often a worker renews its subscriptions at a partial peer: new chunks to watch, and
 # cancels for those that came from elsewhere, each in one frame per period.
 QUERY_PERIOD = 5.0
-PEER_CHECK = 5.0  # seconds between a session's looks for newly connected peers (and for a hopeless state)
-IDLE_WAIT = 3  # request timeouts a worker with only subscriptions at its peer reads before looking up
+PEER_CHECK = (
+    5.0  # seconds between a session's looks for newly connected peers (and for a hopeless state)
+)
+IDLE_WAIT = (
+    3  # request timeouts a worker with only subscriptions at its peer reads before looking up
+)
 
 
 class FetchError(Exception):
@@ -52,15 +66,19 @@ class FetchError(Exception):
 class NoClaims(FetchError):
     def __init__(self, hash_part: str) -> None:
         self.hash_part = hash_part
-        super().__init__(f"no peer has a claim for a path with hash {hash_part} "
-                         "(has a builder published it? see `ferry peers`)")
+        super().__init__(
+            f"no peer has a claim for a path with hash {hash_part} "
+            "(has a builder published it? see `ferry peers`)"
+        )
 
 
 class FetchRefused(FetchError):
     def __init__(self, store_path: StorePath, policy: QuorumPolicy, verdict: Verdict) -> None:
         self.store_path = store_path
         self.verdict = verdict
-        super().__init__(f"{store_path}: refused by the trust policy\n{verdict_text(policy, verdict)}")
+        super().__init__(
+            f"{store_path}: refused by the trust policy\n{verdict_text(policy, verdict)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,7 +87,9 @@ class FetchSettings:
     diffs: bool = True  # send bases: chunks of an older local version to compress against
     claims_timeout: float = 5.0
     connect_timeout: float = 5.0
-    order_seed: str | None = None  # seeds the random chunk order (the simulator's runs repeat); None: fresh
+    order_seed: str | None = (
+        None  # seeds the random chunk order (the simulator's runs repeat); None: fresh
+    )
     scale: int = 1  # link bytes per chunk byte (the simulator scales chunks down; see sim.content)
 
 
@@ -94,13 +114,24 @@ class Progress:
 
     def as_dict(self) -> dict[str, object]:
         elapsed = max(1e-9, time.monotonic() - self.started)
-        return {"paths": self.paths, "paths_done": self.paths_done, "chunks": self.chunks,
-                "chunks_done": self.chunks_done, "bytes": self.bytes, "bytes_done": self.bytes_done,
-                "per_peer": dict(self.per_peer), "rate": self.bytes_done / elapsed,
-                "deduplicated_chunks": self.deduplicated_chunks, "deduplicated_bytes": self.deduplicated_bytes,
-                "received_bytes": self.received_bytes, "diff_chunks": self.diff_chunks,
-                "diff_logical_bytes": self.diff_logical_bytes, "diff_received_bytes": self.diff_received_bytes,
-                "metadata_bytes": self.metadata_bytes, "duplicate_bytes": self.duplicate_bytes}
+        return {
+            "paths": self.paths,
+            "paths_done": self.paths_done,
+            "chunks": self.chunks,
+            "chunks_done": self.chunks_done,
+            "bytes": self.bytes,
+            "bytes_done": self.bytes_done,
+            "per_peer": dict(self.per_peer),
+            "rate": self.bytes_done / elapsed,
+            "deduplicated_chunks": self.deduplicated_chunks,
+            "deduplicated_bytes": self.deduplicated_bytes,
+            "received_bytes": self.received_bytes,
+            "diff_chunks": self.diff_chunks,
+            "diff_logical_bytes": self.diff_logical_bytes,
+            "diff_received_bytes": self.diff_received_bytes,
+            "metadata_bytes": self.metadata_bytes,
+            "duplicate_bytes": self.duplicate_bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,6 +161,7 @@ class LocalPaths(Protocol):
     async def claims(self, hash_part: str) -> list[SignedClaim]:
         """The claims the store keeps for paths with this hash part."""
         ...
+
     async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
     async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
         """Record the paths; the absent chunks (digest -> size) to fetch."""
@@ -155,19 +187,28 @@ class LocalPaths(Protocol):
 
 
 class Fetch:
-    def __init__(self, net: Network, local: LocalPaths, policy: QuorumPolicy,
-                 settings: FetchSettings = FetchSettings(),
-                 on_progress: Callable[[Progress], Awaitable[None] | None] | None = None) -> None:
+    def __init__(
+        self,
+        net: Network,
+        local: LocalPaths,
+        policy: QuorumPolicy,
+        settings: FetchSettings = FetchSettings(),
+        on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+    ) -> None:
         self.net = net
         self.local = local
         self.policy = policy
         self.settings = settings
         self.progress = Progress()
         self._on_progress = on_progress
-        self._changed = trio.Event()  # set when chunks go back to the queue, a worker ends, or all is here
+        self._changed = (
+            trio.Event()
+        )  # set when chunks go back to the queue, a worker ends, or all is here
         self._cancels: dict[str, list[bytes]] = {}
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
-        self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local chunks to diff against
+        self._bases: dict[
+            bytes, tuple[bytes, ...]
+        ] = {}  # wanted chunk -> local chunks to diff against
         self._plain: set[bytes] = set()  # chunks whose diff failed: asked for plain from now on
         self._last_news = 0.0  # when a worker last had news (blocks, refusals, HAVEs)
 
@@ -189,7 +230,9 @@ class Fetch:
             self.progress.deduplicated_chunks = len(needed) - len(missing)
             self.progress.deduplicated_bytes = sum(needed.values()) - sum(missing.values())
             if self.settings.diffs and missing:
-                self._bases = {d: b for d, b in (await self.local.bases(todo)).items() if d in missing}
+                self._bases = {
+                    d: b for d, b in (await self.local.bases(todo)).items() if d in missing
+                }
             await self.transfer(missing)
         self.progress.paths_done = len(plans)
         await self._report()
@@ -231,8 +274,12 @@ class Fetch:
         # A path held complete, with a verdict the claims we keep already give, needs no
         # one else's word; anything less asks every connected peer.
         have = await state(sp) if sp is not None and isinstance(verdict, Trusted) else None
-        if not (isinstance(verdict, Trusted) and have is not None and have[1]
-                and have[0].digest() == verdict.manifest_digest):
+        if not (
+            isinstance(verdict, Trusted)
+            and have is not None
+            and have[1]
+            and have[0].digest() == verdict.manifest_digest
+        ):
             gathered += await self._ask_claims(hash_part, set(self.net.peers()), asked)
             sp, verdict = self._decide(store_dir, want, gathered)
         if sp is None or isinstance(verdict, Insufficient):
@@ -254,14 +301,17 @@ class Fetch:
         manifest = await self._fetch_manifest(sp, verdict)
         return Plan(sp, manifest, verdict, False)
 
-    def _decide(self, store_dir: str, want: StorePath | None,
-                claims: list[SignedClaim]) -> tuple[StorePath | None, Verdict | None]:
+    def _decide(
+        self, store_dir: str, want: StorePath | None, claims: list[SignedClaim]
+    ) -> tuple[StorePath | None, Verdict | None]:
         """The verdict for `want`, or, by hash alone, for the path the claims name: the
         trusted one if any, else the one with the most claims (a hash names one path, but
         a liar may sign another name with the same hash: it counts for nothing)."""
         if want is not None:
             return want, self.policy.decide(want, claims)
-        names = Counter(c.claim.store_path for c in claims if c.claim.store_path.store_dir == store_dir)
+        names = Counter(
+            c.claim.store_path for c in claims if c.claim.store_path.store_dir == store_dir
+        )
         best: tuple[StorePath | None, Verdict | None] = (None, None)
         for sp, _ in names.most_common():
             verdict = self.policy.decide(sp, claims)
@@ -271,7 +321,9 @@ class Fetch:
                 best = (sp, verdict)
         return best
 
-    async def _ask_claims(self, hash_part: str, peers: set[str], asked: set[str]) -> list[SignedClaim]:
+    async def _ask_claims(
+        self, hash_part: str, peers: set[str], asked: set[str]
+    ) -> list[SignedClaim]:
         asked |= peers
         found: list[SignedClaim] = []
 
@@ -352,14 +404,22 @@ class Fetch:
                 try:
                     m = Manifest.decode(data)
                 except ManifestError as e:
-                    await self.net.punish(peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}")
+                    await self.net.punish(
+                        peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}"
+                    )
                     continue
                 o = verdict.outcome
-                if (m.store_path != sp or m.nar_hash != o.nar_hash or m.nar_size != o.nar_size
-                        or tuple(sorted(m.references, key=str)) != o.references):
+                if (
+                    m.store_path != sp
+                    or m.nar_hash != o.nar_hash
+                    or m.nar_size != o.nar_size
+                    or tuple(sorted(m.references, key=str)) != o.references
+                ):
                     # The builders signed a manifest that contradicts their own claim: no peer
                     # can fix that, so stop rather than ask everyone.
-                    raise FetchError(f"{sp}: the manifest the builders signed does not match their claim")
+                    raise FetchError(
+                        f"{sp}: the manifest the builders signed does not match their claim"
+                    )
                 return m
             if not busy:
                 break
@@ -367,10 +427,14 @@ class Fetch:
             await trio.sleep(pause)
             pause = min(BUSY_PAUSE[1], 2 * pause)
             peers = busy
-        raise FetchError(f"{sp}: no connected peer has its manifest {digest.hex()[:16]}… "
-                         "(is a builder that published it running and reachable? see `ferry peers`)")
+        raise FetchError(
+            f"{sp}: no connected peer has its manifest {digest.hex()[:16]}… "
+            "(is a builder that published it running and reachable? see `ferry peers`)"
+        )
 
-    async def _blob_from(self, peer: str, digest: bytes, base: bytes | None = None) -> bytes | _BusyPeer | None:
+    async def _blob_from(
+        self, peer: str, digest: bytes, base: bytes | None = None
+    ) -> bytes | _BusyPeer | None:
         """The blob `digest` from `peer` (as a diff against `base` if given), verified;
         BUSY if the peer's upload slots are taken, None if it has no good copy."""
         client = BlockClient(max_block=MAX_MANIFEST)
@@ -385,7 +449,10 @@ class Fetch:
                 if base is None:
                     await write(stream, client.want([Want(digest)]))
                 else:
-                    await write(stream, client.want([Want(digest, bases=(blake3_digest(base),))], {digest: base}))
+                    await write(
+                        stream,
+                        client.want([Want(digest, bases=(blake3_digest(base),))], {digest: base}),
+                    )
                 while True:
                     data = await read_some(stream)
                     if not data:
@@ -396,15 +463,18 @@ class Fetch:
                         continue
                     r = replies[0]
                     await _close(stream)
-                    if isinstance(r, BadDiff) or (isinstance(r, Block) and r.diff
-                                                  and blake3_digest(r.data) != digest):
+                    if isinstance(r, BadDiff) or (
+                        isinstance(r, Block) and r.diff and blake3_digest(r.data) != digest
+                    ):
                         plain_again = True  # our base and theirs differ: no one's fault
                         break
                     if isinstance(r, Busy):
                         return BUSY
                     if isinstance(r, Block):
                         if blake3_digest(r.data) != digest:
-                            await self.net.punish(peer, f"sent a blob that does not hash to {digest.hex()[:16]}")
+                            await self.net.punish(
+                                peer, f"sent a blob that does not hash to {digest.hex()[:16]}"
+                            )
                             return None
                         return r.data
                     return None
@@ -415,7 +485,11 @@ class Fetch:
             except StreamGone:
                 return None
         if plain_again:
-            log.info("a diff of blob %s from %s did not verify: asking for it plain", digest.hex()[:16], peer)
+            log.info(
+                "a diff of blob %s from %s did not verify: asking for it plain",
+                digest.hex()[:16],
+                peer,
+            )
             return await self._blob_from(peer, digest)
         return None
 
@@ -426,7 +500,9 @@ class Fetch:
         self.progress.bytes = sum(missing.values())
         if not missing:
             return
-        sched = Schedule(dict(missing), rng=random.Random(self.settings.order_seed), scale=self.settings.scale)
+        sched = Schedule(
+            dict(missing), rng=random.Random(self.settings.order_seed), scale=self.settings.scale
+        )
         self._last_news = trio.current_time()
         failure: FetchError | None = None
         try:
@@ -460,15 +536,19 @@ class Fetch:
 
     def _hopeless(self, sched: Schedule) -> FetchError | None:
         if not sched.peers:
-            return FetchError(f"{sched.remaining} chunks left and no peer to fetch them from "
-                              "(every peer failed or left; see `ferry peers`)")
+            return FetchError(
+                f"{sched.remaining} chunks left and no peer to fetch them from "
+                "(every peer failed or left; see `ferry peers`)"
+            )
         # Only a settled picture can be hopeless; settling is rare, so check it first.
         lost = [] if any(st.in_flight for st in sched.peers.values()) else sched.unobtainable()
         # Peers fetching the same path may yet announce what is missing: give them a
         # request timeout of quiet before giving up.
         quiet = trio.current_time() - self._last_news >= self.settings.request_timeout
         if lost and quiet:
-            return FetchError(f"{len(lost)} chunks are held by none of the {len(sched.peers)} connected peers")
+            return FetchError(
+                f"{len(lost)} chunks are held by none of the {len(sched.peers)} connected peers"
+            )
         return None
 
     def _notify(self, workers: bool = True) -> None:
@@ -562,7 +642,11 @@ class Fetch:
             # come, and a chunk handed back by another worker is usually announced again
             # before long (a crowd's idle workers waking every few seconds was most of the
             # simulator's time). Timeouts are checked at half of one (seconds long).
-            idle = sched.is_partial(peer) and not sched.peers[peer].in_flight and not self._cancels.get(peer)
+            idle = (
+                sched.is_partial(peer)
+                and not sched.peers[peer].in_flight
+                and not self._cancels.get(peer)
+            )
             with trio.move_on_after(IDLE_WAIT * timeout if idle else timeout / 2):
                 while not replies and client.outstanding:
                     data = await read_some(stream)
@@ -572,7 +656,9 @@ class Fetch:
                     heard_any = True
                     replies = client.receive_data(data)
             good: list[tuple[bytes, bytes]] = []
-            wire: dict[bytes, tuple[int, bool]] = {}  # of each good block: bytes on the wire, came as a diff
+            wire: dict[
+                bytes, tuple[int, bool]
+            ] = {}  # of each good block: bytes on the wire, came as a diff
             refused = False  # chunks went back to the queue: other workers may take them
             for r in replies:
                 if isinstance(r, Block):
@@ -587,7 +673,9 @@ class Fetch:
                         refused = True
                         continue
                     if len(r.data) != expect:
-                        raise _BadBlock(f"sent {len(r.data):,} bytes for a {expect:,}-byte chunk {r.digest.hex()[:16]}")
+                        raise _BadBlock(
+                            f"sent {len(r.data):,} bytes for a {expect:,}-byte chunk {r.digest.hex()[:16]}"
+                        )
                     if blake3_digest(r.data) != r.digest:
                         raise _BadBlock(f"sent a chunk that does not hash to {r.digest.hex()[:16]}")
                     good.append((r.digest, r.data))
@@ -627,13 +715,14 @@ class Fetch:
             if good or refused:
                 self._notify(workers=refused or sched.complete)
 
-
     async def _wants(self, ask: list[bytes]) -> tuple[list[Want], dict[bytes, bytes]]:
         """Wants for `ask`, with bases where we hold them, and the prefixes to decode with."""
         with_bases = {d: self._bases[d] for d in ask if d in self._bases and d not in self._plain}
         prefixes: dict[bytes, bytes] = {}
         if with_bases:
-            have = await self.local.read_chunks(sorted({b for bs in with_bases.values() for b in bs}))
+            have = await self.local.read_chunks(
+                sorted({b for bs in with_bases.values() for b in bs})
+            )
             for d, bs in list(with_bases.items()):
                 if all(b in have for b in bs) and sum(len(have[b]) for b in bs) <= MAX_BASE_BYTES:
                     prefixes[d] = b"".join(have[b] for b in bs)
@@ -642,7 +731,9 @@ class Fetch:
         return [Want(d, bases=with_bases.get(d, ())) for d in ask], prefixes
 
     def _fall_back(self, sched: Schedule, peer: str, digest: bytes) -> None:
-        log.info("a diff from %s for %s did not verify: asking for it plain", peer, digest.hex()[:16])
+        log.info(
+            "a diff from %s for %s did not verify: asking for it plain", peer, digest.hex()[:16]
+        )
         self._plain.add(digest)
         sched.retry(peer, digest)
 

@@ -75,8 +75,12 @@ class Schedule:
     _queue: deque[bytes] = field(init=False)
     _asked: dict[bytes, set[Peer]] = field(default_factory=dict)
     _refused: dict[bytes, dict[Peer, float]] = field(default_factory=dict)  # digest -> peer -> when
-    _offered: dict[bytes, int] = field(default_factory=dict)  # digest -> partial peers that said HAVE
-    _watching: dict[bytes, int] = field(default_factory=dict)  # digest -> partial peers subscribed to it
+    _offered: dict[bytes, int] = field(
+        default_factory=dict
+    )  # digest -> partial peers that said HAVE
+    _watching: dict[bytes, int] = field(
+        default_factory=dict
+    )  # digest -> partial peers subscribed to it
     peers: dict[Peer, PeerState] = field(default_factory=dict)
     done: set[bytes] = field(default_factory=set)
 
@@ -102,8 +106,13 @@ class Schedule:
         caller waits for a quiet spell before giving up."""
         if any(not st.partial for st in self.peers.values()):
             return []  # a peer that may hold everything is still there
-        return [d for d in self.sizes if d not in self.done and not self._asked.get(d)
-                and not any(d in st.has for st in self.peers.values())]
+        return [
+            d
+            for d in self.sizes
+            if d not in self.done
+            and not self._asked.get(d)
+            and not any(d in st.has for st in self.peers.values())
+        ]
 
     def is_partial(self, peer: Peer) -> bool:
         st = self.peers.get(peer)
@@ -192,7 +201,12 @@ class Schedule:
             asked = self._asked.get(d, set())
             if budget <= 0:
                 break
-            if peer in asked or len(asked) >= ENDGAME_COPIES or d in out or not self._may_ask(peer, d):
+            if (
+                peer in asked
+                or len(asked) >= ENDGAME_COPIES
+                or d in out
+                or not self._may_ask(peer, d)
+            ):
                 continue
             out.append(d)
             budget -= self.sizes[d]
@@ -226,12 +240,16 @@ class Schedule:
         # Throughput over the time since the previous arrival (or since asking, after an
         # idle spell): with many requests in flight, arrivals are spaced by the peer's
         # serving rate. Blocks arriving in one frame share one sample.
-        start = asked_at if st.last_receive is None or st.last_receive < asked_at else st.last_receive
+        start = (
+            asked_at if st.last_receive is None or st.last_receive < asked_at else st.last_receive
+        )
         st.unmeasured += size
         if now > start:
             sample = st.unmeasured / (now - start)
             st.rate = sample if st.rate == 0 else 0.8 * st.rate + 0.2 * sample
-            st.window = int(min(MAX_WINDOW // self.scale, max(MIN_WINDOW // self.scale, st.rate * TARGET_DELAY)))
+            st.window = int(
+                min(MAX_WINDOW // self.scale, max(MIN_WINDOW // self.scale, st.rate * TARGET_DELAY))
+            )
             st.unmeasured = 0
             st.last_receive = now
 
@@ -290,8 +308,13 @@ class Schedule:
         for d in queue[start:] + queue[:start]:
             if len(st.querying) + len(out) >= limit:
                 break
-            if (d in self.done or d in st.has or d in st.querying or d in st.in_flight
-                    or self._watching.get(d, 0) + self._offered.get(d, 0) >= WATCHERS):
+            if (
+                d in self.done
+                or d in st.has
+                or d in st.querying
+                or d in st.in_flight
+                or self._watching.get(d, 0) + self._offered.get(d, 0) >= WATCHERS
+            ):
                 continue
             out.append(d)
         st.querying.update(out)
@@ -325,7 +348,9 @@ class Schedule:
         """Ask again (from anyone, `peer` included): its diff did not verify."""
         self._unask(digest, peer)
 
-    def timed_out(self, peer: Peer, now: float, timeout: float, heard: float | None = None) -> list[bytes]:
+    def timed_out(
+        self, peer: Peer, now: float, timeout: float, heard: float | None = None
+    ) -> list[bytes]:
         """Requests of `peer` that are late: they go back to the queue. Late means older
         than `timeout` (plus the time its measured rate needs for what is in flight) with
         the peer silent since `heard` for a timeout; a peer that keeps sending gets

@@ -29,7 +29,9 @@ CLAIM_TIMEOUT = 10.0
 
 
 class BlobSource(Protocol):
-    subscriptions: Subscriptions  # the node's want-haves of chunks it lacks (wake them as chunks land)
+    subscriptions: (
+        Subscriptions  # the node's want-haves of chunks it lacks (wake them as chunks land)
+    )
 
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
         """The present, intact chunks and manifests among `digests`."""
@@ -60,9 +62,14 @@ class Served:
         self.bytes += size
 
 
-async def serve_blocks(stream: ByteStream, peer: str, source: BlobSource,
-                       on_violation: Callable[[str, str], Awaitable[None]],
-                       on_sent: Callable[[int, int], None], uplink: Uplink | None = None) -> None:
+async def serve_blocks(
+    stream: ByteStream,
+    peer: str,
+    source: BlobSource,
+    on_violation: Callable[[str, str], Awaitable[None]],
+    on_sent: Callable[[int, int], None],
+    uplink: Uplink | None = None,
+) -> None:
     """Reads wants while answering earlier ones, until the client closes the stream;
     `on_sent(blocks, bytes)` as each reply is handed to the connection. With `uplink`
     (the node's, shared by its streams), blocks go out only while the peer holds an
@@ -189,8 +196,12 @@ def _prefixes(wants: list[Want], found: dict[bytes, bytes]) -> dict[bytes, bytes
     return out
 
 
-async def serve_claims(stream: ByteStream, peer: str, book: ClaimBook,
-                       on_violation: Callable[[str, str], Awaitable[None]]) -> None:
+async def serve_claims(
+    stream: ByteStream,
+    peer: str,
+    book: ClaimBook,
+    on_violation: Callable[[str, str], Awaitable[None]],
+) -> None:
     reader = wire.Reader()
     try:
         with trio.fail_after(CLAIM_TIMEOUT):
@@ -202,7 +213,10 @@ async def serve_claims(stream: ByteStream, peer: str, book: ClaimBook,
                 msg = reader.receive_data(data)
             if isinstance(msg, wire.Get):
                 found = await book.claims_for(msg.path_hash)
-                await write(stream, wire.encode(wire.Claims(tuple(c.encode() for c in found[:wire.MAX_CLAIMS]))))
+                await write(
+                    stream,
+                    wire.encode(wire.Claims(tuple(c.encode() for c in found[: wire.MAX_CLAIMS]))),
+                )
             elif isinstance(msg, wire.Push):
                 good = []
                 for raw in msg.claims:

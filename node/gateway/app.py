@@ -98,21 +98,29 @@ class Gateway:
             return
         method = scope["method"]
         if method not in ("GET", "HEAD"):
-            await _respond(send, 405, b"only GET and HEAD\n", head=False, extra=[(b"allow", b"GET, HEAD")])
+            await _respond(
+                send, 405, b"only GET and HEAD\n", head=False, extra=[(b"allow", b"GET, HEAD")]
+            )
             return
         head = method == "HEAD"
         path = scope["path"]
         if path == "/nix-cache-info":
             info = NixCacheInfo(self.settings.store_dir, True, self.settings.priority)
-            await _respond(send, 200, info.encode().encode(), head, content_type=b"text/x-nix-cache-info")
+            await _respond(
+                send, 200, info.encode().encode(), head, content_type=b"text/x-nix-cache-info"
+            )
         elif m := _NARINFO.fullmatch(path):
             await self._narinfo(m.group(1), send, head)
         elif m := _NAR.fullmatch(path):
             await self._nar(m.group(1), bool(m.group(2)), _header(scope, b"range"), send, head)
         elif path == "/metrics":
-            await _respond(send, 200, self.metrics.render(), head, content_type=METRICS_TYPE.encode())
+            await _respond(
+                send, 200, self.metrics.render(), head, content_type=METRICS_TYPE.encode()
+            )
         elif path == "/":
-            await _respond(send, 200, b"ferry: a Nix binary cache backed by a peer-to-peer network\n", head)
+            await _respond(
+                send, 200, b"ferry: a Nix binary cache backed by a peer-to-peer network\n", head
+            )
         else:
             await _respond(send, 404, b"not found\n", head)
 
@@ -144,12 +152,25 @@ class Gateway:
             return
         self.metrics.narinfo.labels("hit", "").inc()
         self._remember(plan)
-        await _respond(send, 200, self.narinfo(plan).encode().encode(), head, content_type=b"text/x-nix-narinfo")
+        await _respond(
+            send,
+            200,
+            self.narinfo(plan).encode().encode(),
+            head,
+            content_type=b"text/x-nix-narinfo",
+        )
 
     def narinfo(self, plan: Plan) -> NarInfo:
         o = plan.verdict.outcome
-        info = NarInfo(plan.store_path, f"nar/{o.nar_hash.nix32()}.nar", o.nar_hash, o.nar_size, o.references,
-                       compression="none", deriver=plan.manifest.deriver)
+        info = NarInfo(
+            plan.store_path,
+            f"nar/{o.nar_hash.nix32()}.nar",
+            o.nar_hash,
+            o.nar_size,
+            o.references,
+            compression="none",
+            deriver=plan.manifest.deriver,
+        )
         sigs = [c.nix_sig().encode() for c in plan.verdict.claims]
         sigs.append(self.backend.sign(info.fingerprint()).encode())
         return dataclasses.replace(info, sigs=tuple(sigs))
@@ -163,7 +184,9 @@ class Gateway:
 
     # --- NAR
 
-    async def _nar(self, nar_hash32: str, zst: bool, range_header: str | None, send: Send, head: bool) -> None:
+    async def _nar(
+        self, nar_hash32: str, zst: bool, range_header: str | None, send: Send, head: bool
+    ) -> None:
         plan = self._plans.get(nar_hash32)
         if plan is None:
             try:
@@ -171,7 +194,13 @@ class Gateway:
             except HashError:
                 plan = None
         if plan is None:
-            await _respond(send, 404, b"", head, reason="no known path has this NarHash; ask for its narinfo first")
+            await _respond(
+                send,
+                404,
+                b"",
+                head,
+                reason="no known path has this NarHash; ask for its narinfo first",
+            )
             return
         size = plan.manifest.nar_size
         want: ranges.ByteRange | None = None
@@ -179,7 +208,9 @@ class Gateway:
             try:
                 want = ranges.parse(range_header, size)
             except ranges.Unsatisfiable:
-                await _respond(send, 416, b"", head, extra=[(b"content-range", f"bytes */{size}".encode())])
+                await _respond(
+                    send, 416, b"", head, extra=[(b"content-range", f"bytes */{size}".encode())]
+                )
                 return
         if not plan.complete:
             try:
@@ -202,7 +233,10 @@ class Gateway:
             return
         status = 206 if want else 200
         length = want.length if want else size
-        headers += [(b"content-type", b"application/x-nix-nar"), (b"content-length", str(length).encode())]
+        headers += [
+            (b"content-type", b"application/x-nix-nar"),
+            (b"content-length", str(length).encode()),
+        ]
         if want:
             headers.append((b"content-range", want.content_range(size).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -211,7 +245,9 @@ class Gateway:
             return
         await self._stream(plan, want, send, compress=False)
 
-    async def _stream(self, plan: Plan, want: ranges.ByteRange | None, send: Send, *, compress: bool) -> None:
+    async def _stream(
+        self, plan: Plan, want: ranges.ByteRange | None, send: Send, *, compress: bool
+    ) -> None:
         source, limiter = self.backend.chunk_source()
         reader = NarReader(plan.manifest, source, want, compress=compress)
         while True:
@@ -236,8 +272,14 @@ class NarReader:
     goes and its last piece is withheld until the NarHash matches: a mismatch raises,
     and the client sees a cut connection, not a complete body."""
 
-    def __init__(self, manifest: Manifest, source: ChunkSource, want: ranges.ByteRange | None, *,
-                 compress: bool) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        source: ChunkSource,
+        want: ranges.ByteRange | None,
+        *,
+        compress: bool,
+    ) -> None:
         self.manifest = manifest
         self.source = source
         self.start, self.end = (want.start, want.end + 1) if want else (0, manifest.nar_size)
@@ -282,7 +324,7 @@ class NarReader:
             data = read_ref(item, self.source, verify=False) if isinstance(item, ChunkRef) else item
             if self._sha is not None:
                 self._sha.update(data)
-            part = memoryview(data)[max(0, self.start - lo):min(n, self.end - lo)]
+            part = memoryview(data)[max(0, self.start - lo) : min(n, self.end - lo)]
             parts.append(part)
             size += len(part)
         if not parts:
@@ -293,8 +335,10 @@ class NarReader:
         if self._sha is not None:
             got = Hash.sha256(self._sha.digest())
             if self._offset != self.manifest.nar_size or got != self.manifest.nar_hash:
-                raise NarMismatch(f"NAR of {self.manifest.store_path} rebuilt from the store has {got}, "
-                                  f"not {self.manifest.nar_hash}: run `ferry verify`")
+                raise NarMismatch(
+                    f"NAR of {self.manifest.store_path} rebuilt from the store has {got}, "
+                    f"not {self.manifest.nar_hash}: run `ferry verify`"
+                )
         out = self._held or b""
         self._held = None
         if self._zstd is not None:
@@ -321,9 +365,21 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send: Send, status: int, body: bytes, head: bool, *, content_type: bytes = b"text/plain",
-                   reason: str | None = None, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    head: bool,
+    *,
+    content_type: bytes = b"text/plain",
+    reason: str | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
     if reason is not None:
         # A header is one line of latin-1: keep the first line, replace what cannot go.
         headers.append((b"x-ferry-reason", reason.split("\n")[0].encode("latin-1", "replace")))

@@ -12,5 +12,7 @@ def default_data_dir() -> str:
         return env
     if os.geteuid() == 0:
         return "/var/lib/ferry"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return os.path.join(base, "ferry")

@@ -36,4 +36,6 @@ class PathNotInStore(StoreError, KeyError):
 
 class PathIncomplete(StoreError):
     def __init__(self, store_path: str, missing: int) -> None:
-        super().__init__(f"{store_path} is missing {missing} chunks; fetch it again or re-publish it")
+        super().__init__(
+            f"{store_path} is missing {missing} chunks; fetch it again or re-publish it"
+        )

@@ -27,7 +27,9 @@ class PathImage:
     devices: tuple[str, ...]  # absolute slab paths, in device-table order: the `device=` options
     inodes: int
     absent_chunks: int  # holes: they read as zeros unless an ondemand backend fills them
-    chunks: Mapping[bytes, ChunkRow] = field(default_factory=dict, compare=False)  # where each chunk lies
+    chunks: Mapping[bytes, ChunkRow] = field(
+        default_factory=dict, compare=False
+    )  # where each chunk lies
 
     @property
     def mount_options(self) -> str:
@@ -44,7 +46,9 @@ def image_of(store: LocalStore, store_path: StorePath | str) -> PathImage:
     def place(d: bytes) -> tuple[int, int]:
         row = rows.get(d)
         if row is None:
-            raise ImageUnsupported(f"{store_path}: chunk {d.hex()[:16]} has no place in the store (run `ferry verify`)")
+            raise ImageUnsupported(
+                f"{store_path}: chunk {d.hex()[:16]} has no place in the store (run `ferry verify`)"
+            )
         return device_of[row.slab], row.offset // layout.BLOCK
 
     devices = [Device(row.name.encode(), -(-row.size // layout.BLOCK)) for row in slabs]
@@ -59,15 +63,21 @@ def image_of(store: LocalStore, store_path: StorePath | str) -> PathImage:
 def entries_of(manifest: Manifest, place: Callable[[bytes], tuple[int, int]]) -> list[Entry]:
     """The manifest as the EROFS writer's entries; `place` gives a chunk's (device, block)."""
     if not manifest.entries or manifest.entries[0].kind is not EntryKind.DIRECTORY:
-        raise ImageUnsupported(f"{manifest.store_path} is a single file or symlink, not a directory: it cannot "
-                               "be mounted; use `ferry materialize` or `ferry export` for it")
+        raise ImageUnsupported(
+            f"{manifest.store_path} is a single file or symlink, not a directory: it cannot "
+            "be mounted; use `ferry materialize` or `ferry export` for it"
+        )
     out = []
     for e in manifest.entries:
-        kind = {EntryKind.DIRECTORY: Kind.DIR, EntryKind.SYMLINK: Kind.SYMLINK}.get(e.kind, Kind.FILE)
+        kind = {EntryKind.DIRECTORY: Kind.DIR, EntryKind.SYMLINK: Kind.SYMLINK}.get(
+            e.kind, Kind.FILE
+        )
         executable = e.kind is EntryKind.EXECUTABLE
         if kind is Kind.FILE and e.chunks:
             chunks = Chunks(manifest.chunking.chunk_size(e.size), tuple(place(d) for d in e.chunks))
             out.append(Entry(e.path, kind, e.size, executable, chunks=chunks))
         else:
-            out.append(Entry(e.path, kind, e.size if kind is Kind.FILE else 0, executable, data=e.inline))
+            out.append(
+                Entry(e.path, kind, e.size if kind is Kind.FILE else 0, executable, data=e.inline)
+            )
     return out

@@ -125,14 +125,20 @@ class Index:
         self.db.close()
 
     def _migrate(self) -> None:
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         if not tables:
             # One script, one transaction: a crash leaves no half-made schema.
             self.db.executescript(
                 f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
             )
             return
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if "meta" in tables else None
+        row = (
+            self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if "meta" in tables
+            else None
+        )
         if row is None or row[0] != str(SCHEMA_VERSION):
             raise StoreVersionError(
                 f"index schema {row[0] if row else 'unknown'} is not {SCHEMA_VERSION}: "
@@ -152,7 +158,10 @@ class Index:
     # --- slabs
 
     def slabs(self) -> list[SlabRow]:
-        return [SlabRow(*r) for r in self.db.execute("SELECT id, name, size, cap FROM slabs ORDER BY id")]
+        return [
+            SlabRow(*r)
+            for r in self.db.execute("SELECT id, name, size, cap FROM slabs ORDER BY id")
+        ]
 
     def add_slab(self, name: str, cap: int) -> int:
         cur = self.db.execute("INSERT INTO slabs (name, size, cap) VALUES (?, 0, ?)", (name, cap))
@@ -168,20 +177,24 @@ class Index:
         """(digest, slab, offset, length) of chunks whose bytes are synced (or, with
         present=False, of holes reserved for chunks still to come)."""
         self.db.executemany(
-            f"INSERT INTO chunks (digest, slab, offset, length, present) VALUES (?, ?, ?, ?, {int(present)})", rows
+            f"INSERT INTO chunks (digest, slab, offset, length, present) VALUES (?, ?, ?, ?, {int(present)})",
+            rows,
         )
 
     def set_present(self, ids: Iterable[int], present: bool) -> None:
-        self.db.executemany("UPDATE chunks SET present = ? WHERE id = ?", ((int(present), i) for i in ids))
+        self.db.executemany(
+            "UPDATE chunks SET present = ? WHERE id = ?", ((int(present), i) for i in ids)
+        )
 
     def chunks(self, digests: list[bytes]) -> dict[bytes, ChunkRow]:
         """The rows of those of `digests` the index knows, in a few queries, not one each."""
         out = {}
         for i in range(0, len(digests), _IN_BATCH):
-            part = digests[i:i + _IN_BATCH]
+            part = digests[i : i + _IN_BATCH]
             for r in self.db.execute(
                 "SELECT id, digest, slab, offset, length, present FROM chunks "
-                f"WHERE digest IN ({','.join('?' * len(part))})", part,
+                f"WHERE digest IN ({','.join('?' * len(part))})",
+                part,
             ):
                 out[r[1]] = ChunkRow(*r[:5], bool(r[5]))
         return out
@@ -209,38 +222,59 @@ class Index:
         mid = cur.lastrowid
         assert mid is not None
         # Set-based: one join instead of a lookup per chunk.
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS wanted (digest BLOB PRIMARY KEY) WITHOUT ROWID"
+        )
         self.db.execute("DELETE FROM wanted")
-        self.db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((d,) for d in chunk_digests))
+        self.db.executemany(
+            "INSERT OR IGNORE INTO wanted VALUES (?)", ((d,) for d in chunk_digests)
+        )
         linked = self.db.execute(
-            "INSERT INTO manifest_chunks SELECT ?, c.id FROM wanted w JOIN chunks c ON c.digest = w.digest", (mid,)
+            "INSERT INTO manifest_chunks SELECT ?, c.id FROM wanted w JOIN chunks c ON c.digest = w.digest",
+            (mid,),
         ).rowcount
         wanted = self.db.execute("SELECT count(*) FROM wanted").fetchone()[0]
         if linked != wanted:
-            raise StoreError(f"{wanted - linked} chunks of manifest {digest.hex()} are not in the store")
+            raise StoreError(
+                f"{wanted - linked} chunks of manifest {digest.hex()} are not in the store"
+            )
         return mid
 
     def path(self, store_path: str) -> PathRow | None:
         r = self.db.execute(
             "SELECT p.id, p.store_path, m.digest, p.nar_hash, p.nar_size, p.deriver, p.added "
-            "FROM paths p JOIN manifests m ON m.id = p.manifest WHERE p.store_path = ?", (store_path,)
+            "FROM paths p JOIN manifests m ON m.id = p.manifest WHERE p.store_path = ?",
+            (store_path,),
         ).fetchone()
         return PathRow(*r) if r else None
 
     def paths(self) -> list[PathRow]:
-        return [PathRow(*r) for r in self.db.execute(
-            "SELECT p.id, p.store_path, m.digest, p.nar_hash, p.nar_size, p.deriver, p.added "
-            "FROM paths p JOIN manifests m ON m.id = p.manifest ORDER BY p.store_path"
-        )]
+        return [
+            PathRow(*r)
+            for r in self.db.execute(
+                "SELECT p.id, p.store_path, m.digest, p.nar_hash, p.nar_size, p.deriver, p.added "
+                "FROM paths p JOIN manifests m ON m.id = p.manifest ORDER BY p.store_path"
+            )
+        ]
 
-    def put_path(self, store_path: str, manifest: int, nar_hash: str, nar_size: int, deriver: str | None,
-                 refs: Iterable[str], added: int) -> None:
+    def put_path(
+        self,
+        store_path: str,
+        manifest: int,
+        nar_hash: str,
+        nar_size: int,
+        deriver: str | None,
+        refs: Iterable[str],
+        added: int,
+    ) -> None:
         self.db.execute("DELETE FROM paths WHERE store_path = ?", (store_path,))
         cur = self.db.execute(
             "INSERT INTO paths (store_path, manifest, nar_hash, nar_size, deriver, added) VALUES (?, ?, ?, ?, ?, ?)",
             (store_path, manifest, nar_hash, nar_size, deriver, added),
         )
-        self.db.executemany("INSERT OR IGNORE INTO path_refs VALUES (?, ?)", ((cur.lastrowid, r) for r in refs))
+        self.db.executemany(
+            "INSERT OR IGNORE INTO path_refs VALUES (?, ?)", ((cur.lastrowid, r) for r in refs)
+        )
 
     def refs(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -254,23 +288,34 @@ class Index:
         """How many of the path's chunks are not present (0: the path is complete)."""
         return self.db.execute(
             "SELECT count(*) FROM paths p JOIN manifest_chunks mc ON mc.manifest = p.manifest "
-            "JOIN chunks c ON c.id = mc.chunk WHERE p.store_path = ? AND c.present = 0", (store_path,)
+            "JOIN chunks c ON c.id = mc.chunk WHERE p.store_path = ? AND c.present = 0",
+            (store_path,),
         ).fetchone()[0]
 
     # --- claims and roots
 
     def add_claim(self, store_path: str, builder: str, data: bytes) -> None:
-        self.db.execute("INSERT OR IGNORE INTO claims (store_path, builder, data) VALUES (?, ?, ?)",
-                        (store_path, builder, data))
+        self.db.execute(
+            "INSERT OR IGNORE INTO claims (store_path, builder, data) VALUES (?, ?, ?)",
+            (store_path, builder, data),
+        )
 
     def claims(self, store_path: str) -> list[bytes]:
-        return [r[0] for r in self.db.execute("SELECT data FROM claims WHERE store_path = ? ORDER BY id",
-                                              (store_path,))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT data FROM claims WHERE store_path = ? ORDER BY id", (store_path,)
+            )
+        ]
 
     def claims_by_hash(self, path_hash: str) -> list[bytes]:
         # The hash is nix32 (no glob metacharacters); the store directory may be any.
-        return [r[0] for r in self.db.execute("SELECT data FROM claims WHERE store_path GLOB ? ORDER BY id",
-                                              (f"*/{path_hash}-*",))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT data FROM claims WHERE store_path GLOB ? ORDER BY id", (f"*/{path_hash}-*",)
+            )
+        ]
 
     def roots(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT store_path FROM roots ORDER BY store_path")]

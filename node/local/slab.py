@@ -61,7 +61,9 @@ class Slab:
         data = os.pread(self.fd, length, offset)
         if len(data) < length:
             # Past the end of the file: the index promised more than the slab holds.
-            raise OSError(errno.EIO, f"{self.path}: {length} bytes at {offset} reach past the end of the slab")
+            raise OSError(
+                errno.EIO, f"{self.path}: {length} bytes at {offset} reach past the end of the slab"
+            )
         return data
 
     def sync(self) -> None:
@@ -71,7 +73,10 @@ class Slab:
         """Free the blocks of [offset, offset + length); reads there then give zeros."""
         if length <= 0:
             return
-        if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        if (
+            _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+            != 0
+        ):
             e = ctypes.get_errno()
             raise OSError(e, f"{self.path}: cannot punch a hole: {os.strerror(e)}")
 

@@ -89,8 +89,14 @@ class VerifyReport:
 
 
 class LocalStore:
-    def __init__(self, data_dir: str, *, slab_cap: int = DEFAULT_CAP, batch_bytes: int = DEFAULT_BATCH,
-                 checkpoint: Checkpoint = no_checkpoint) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        slab_cap: int = DEFAULT_CAP,
+        batch_bytes: int = DEFAULT_BATCH,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.slab_cap = slab_cap
         self.batch_bytes = batch_bytes
@@ -98,7 +104,9 @@ class LocalStore:
         try:
             os.makedirs(os.path.join(self.data_dir, "slabs"), exist_ok=True)
         except PermissionError:
-            raise StoreError(f"{self.data_dir}: permission denied (choose another --data-dir)") from None
+            raise StoreError(
+                f"{self.data_dir}: permission denied (choose another --data-dir)"
+            ) from None
         self._lock = StoreLock(self.data_dir)
         self._slabs: dict[int, Slab] = {}
         try:
@@ -162,7 +170,10 @@ class LocalStore:
             f"SELECT count(*), coalesce(sum((length + 4095) / 4096 * 4096 * present), 0) FROM chunks WHERE {where}",
             args,
         ).fetchone()
-        db.execute(f"INSERT OR REPLACE INTO freed SELECT slab, offset, length FROM chunks WHERE {where}", args)
+        db.execute(
+            f"INSERT OR REPLACE INTO freed SELECT slab, offset, length FROM chunks WHERE {where}",
+            args,
+        )
         db.execute(f"DELETE FROM chunks WHERE {where}", args)
         return n, size
 
@@ -203,7 +214,9 @@ class LocalStore:
     def ingest(self) -> Ingest:
         return Ingest(self)
 
-    def reserve(self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True) -> list[bytes]:
+    def reserve(
+        self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True
+    ) -> list[bytes]:
         """Record a path before its bytes arrive (a fetch): the manifest, the claims, and a
         place (a hole) for every chunk the store lacks. Returns the digests still absent;
         an `Ingest` fills them. The path is complete once none is absent. Must not run
@@ -224,7 +237,9 @@ class LocalStore:
                     self.index.add_chunks(rows, present=False)
                     self.index.set_slab_size(slab_id, cursor)
                     rows = []
-                    slab_id = self.index.add_slab(_slab_name(len(self.index.slabs()) + 1), self.slab_cap)
+                    slab_id = self.index.add_slab(
+                        _slab_name(len(self.index.slabs()) + 1), self.slab_cap
+                    )
                     cap, cursor = self.slab_cap, 0
                 rows.append((d, slab_id, cursor, sizes[d]))
                 cursor += align(sizes[d])
@@ -247,7 +262,9 @@ class LocalStore:
     def remove_path(self, store_path: StorePath | str) -> None:
         """Forget a path (its chunks stay until GC finds them unused)."""
         with self.index.transaction():
-            if not self.index.db.execute("DELETE FROM paths WHERE store_path = ?", (str(store_path),)).rowcount:
+            if not self.index.db.execute(
+                "DELETE FROM paths WHERE store_path = ?", (str(store_path),)
+            ).rowcount:
                 raise PathNotInStore(str(store_path))
 
     # --- GC
@@ -284,7 +301,9 @@ class LocalStore:
 
     # --- verify
 
-    def verify(self, *, repair: bool = False, on_progress: Callable[[int], None] | None = None) -> VerifyReport:
+    def verify(
+        self, *, repair: bool = False, on_progress: Callable[[int], None] | None = None
+    ) -> VerifyReport:
         """Read every present chunk and check its BLAKE3; check each path's manifest and
         that its chunks are present. Reports everything; stops for nothing. With
         `repair`, corrupt chunks become holes (absent), so a re-publish or a fetch
@@ -381,7 +400,9 @@ class Ingest:
     def __enter__(self) -> Ingest:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         try:
             if exc is None:
                 return
@@ -455,7 +476,9 @@ class Ingest:
     def _next_slab(self) -> None:
         self.flush()  # the old slab's watermark is committed before moving on
         with self.index.transaction():
-            self._slab_id = self.index.add_slab(_slab_name(len(self.index.slabs()) + 1), self.store.slab_cap)
+            self._slab_id = self.index.add_slab(
+                _slab_name(len(self.index.slabs()) + 1), self.store.slab_cap
+            )
         self._cap, self._cursor = self.store.slab_cap, 0
 
     def flush(self) -> None:
@@ -473,7 +496,9 @@ class Ingest:
         self._new, self._fill, self._touched, self._pending = [], [], set(), 0
         self.store.checkpoint("batch-committed")
 
-    def commit(self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True) -> None:
+    def commit(
+        self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True
+    ) -> None:
         self._wait()
         self.flush()
         with self.index.transaction():
@@ -510,10 +535,16 @@ class Ingest:
             return
         try:
             with self.index.transaction():
-                self.index.db.execute("CREATE TEMP TABLE IF NOT EXISTS undo (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+                self.index.db.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS undo (digest BLOB PRIMARY KEY) WITHOUT ROWID"
+                )
                 self.index.db.execute("DELETE FROM undo")
-                self.index.db.executemany("INSERT OR IGNORE INTO undo VALUES (?)", ((d,) for d in self._created))
-                self.store._free("digest IN (SELECT digest FROM undo) AND id NOT IN (SELECT chunk FROM manifest_chunks)")
+                self.index.db.executemany(
+                    "INSERT OR IGNORE INTO undo VALUES (?)", ((d,) for d in self._created)
+                )
+                self.store._free(
+                    "digest IN (SELECT digest FROM undo) AND id NOT IN (SELECT chunk FROM manifest_chunks)"
+                )
         except sqlite3.OperationalError:
             # Even this small transaction failed (the disk is that full): the chunks stay
             # as committed, unused chunks, which is consistent; `ferry gc` frees them.
@@ -559,7 +590,9 @@ class StoreReader:
             return self.index.scalar("SELECT count(*) FROM claims") - before
 
     def complete_paths(self) -> list[str]:
-        return [p.store_path for p in self.index.paths() if not self.index.missing_chunks(p.store_path)]
+        return [
+            p.store_path for p in self.index.paths() if not self.index.missing_chunks(p.store_path)
+        ]
 
     def path_state(self, store_path: str) -> tuple[Manifest, bool] | None:
         """The path's manifest and whether all its chunks are present, if it is recorded."""
@@ -571,7 +604,9 @@ class StoreReader:
         return Manifest.decode(data), not self.index.missing_chunks(store_path)
 
     def path_by_nar_hash(self, nar_hash: str) -> str | None:
-        row = self.index.db.execute("SELECT store_path FROM paths WHERE nar_hash = ? LIMIT 1", (nar_hash,)).fetchone()
+        row = self.index.db.execute(
+            "SELECT store_path FROM paths WHERE nar_hash = ? LIMIT 1", (nar_hash,)
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
@@ -597,11 +632,14 @@ def _stats(ix: Index, slab: Callable[[int], Slab], data_dir: str) -> StoreStats:
     paths = ix.paths()
     complete = sum(1 for p in paths if not ix.missing_chunks(p.store_path))
     index_bytes = sum(
-        os.path.getsize(p) for p in (os.path.join(data_dir, f"index.sqlite{s}") for s in ("", "-wal"))
+        os.path.getsize(p)
+        for p in (os.path.join(data_dir, f"index.sqlite{s}") for s in ("", "-wal"))
         if os.path.exists(p)
     )
     return StoreStats(
-        paths=len(paths), complete_paths=complete, roots=len(ix.roots()),
+        paths=len(paths),
+        complete_paths=complete,
+        roots=len(ix.roots()),
         nar_bytes=sum(p.nar_size for p in paths),
         chunk_bytes=ix.scalar(
             "SELECT sum(c.length) FROM paths p JOIN manifest_chunks mc ON mc.manifest = p.manifest "
@@ -614,15 +652,23 @@ def _stats(ix: Index, slab: Callable[[int], Slab], data_dir: str) -> StoreStats:
     )
 
 
-def _record_path(index: Index, manifest: Manifest, claims: Iterable[SignedClaim], root: bool) -> None:
+def _record_path(
+    index: Index, manifest: Manifest, claims: Iterable[SignedClaim], root: bool
+) -> None:
     """Inside a transaction: the manifest, the path, its claims and root (its chunks,
     present or reserved, are in the index already)."""
     sp = str(manifest.store_path)
     data = manifest.encode()
     mid = index.add_manifest(blake3_digest(data), data, manifest.chunk_digests())
-    index.put_path(sp, mid, str(manifest.nar_hash), manifest.nar_size,
-                   str(manifest.deriver) if manifest.deriver else None,
-                   (str(r) for r in manifest.references), int(time.time()))
+    index.put_path(
+        sp,
+        mid,
+        str(manifest.nar_hash),
+        manifest.nar_size,
+        str(manifest.deriver) if manifest.deriver else None,
+        (str(r) for r in manifest.references),
+        int(time.time()),
+    )
     for c in claims:
         index.add_claim(sp, c.builder.encode(), c.encode())
     if root:

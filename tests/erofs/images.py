@@ -41,7 +41,13 @@ def manifest_of(tree: trees.Node, slab: Slab, sp: StorePath = SP) -> Manifest:
 def image_of(tree: trees.Node, slab: Slab | None = None) -> tuple[bytes, Slab, Manifest]:
     slab = slab or Slab()
     m = manifest_of(tree, slab)
-    return write_image(entries_of(m, slab.places.__getitem__), [Device(b"slab", len(slab.data) // 4096)]), slab, m
+    return (
+        write_image(
+            entries_of(m, slab.places.__getitem__), [Device(b"slab", len(slab.data) // 4096)]
+        ),
+        slab,
+        m,
+    )
 
 
 def model(node: trees.Node, path: bytes = b"") -> Model:
@@ -77,8 +83,12 @@ def on_disk(root: Path | str) -> Model:
 
 
 def fsck_extract(image: Path, slab: Path, dest: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["fsck.erofs", f"--device={slab}", f"--extract={dest}", str(image)],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["fsck.erofs", f"--device={slab}", f"--extract={dest}", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def mount(image: Path, target: Path, devices: list[str]) -> None:

@@ -25,13 +25,17 @@ STDLIB = Path(sysconfig.get_path("stdlib"))
 
 
 def _biggest_program() -> Path:
-    return max((p for p in Path("/usr/bin").iterdir() if p.is_file() and not p.is_symlink()),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in Path("/usr/bin").iterdir() if p.is_file() and not p.is_symlink()),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 def _tools() -> None:
-    require(shutil.which("fsck.erofs") is not None and shutil.which("dump.erofs") is not None,
-            "erofs-utils is not installed (Debian: erofs-utils)")
+    require(
+        shutil.which("fsck.erofs") is not None and shutil.which("dump.erofs") is not None,
+        "erofs-utils is not installed (Debian: erofs-utils)",
+    )
 
 
 def _kernel(tmp: Path) -> None:
@@ -50,26 +54,46 @@ def _kernel(tmp: Path) -> None:
 def _publish(src: Path, sp: str, data_dir: Path) -> dict:
     r = ferry("publish", str(src), "--store-path", sp, "--data-dir", str(data_dir), "--json")
     assert r.returncode == 0, r.stderr
-    r = ferry("image", sp, "-o", str(data_dir / f"{Path(sp).name}.erofs"), "--data-dir", str(data_dir), "--json")
+    r = ferry(
+        "image",
+        sp,
+        "-o",
+        str(data_dir / f"{Path(sp).name}.erofs"),
+        "--data-dir",
+        str(data_dir),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
 def _dump_counts(image: Path, devices: list[str]) -> dict[str, int]:
-    out = subprocess.run(["dump.erofs", *(f"--device={d}" for d in devices), "-s", "-S", str(image)],
-                         capture_output=True, text=True, timeout=300).stdout
-    want = {"inodes": r"Filesystem inode count:\s+(\d+)", "files": r"regular file count:\s+(\d+)",
-            "dirs": r"directory count:\s+(\d+)", "links": r"symlink file count:\s+(\d+)",
-            "bytes": r"total original file size:\s+(\d+)"}
+    out = subprocess.run(
+        ["dump.erofs", *(f"--device={d}" for d in devices), "-s", "-S", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    want = {
+        "inodes": r"Filesystem inode count:\s+(\d+)",
+        "files": r"regular file count:\s+(\d+)",
+        "dirs": r"directory count:\s+(\d+)",
+        "links": r"symlink file count:\s+(\d+)",
+        "bytes": r"total original file size:\s+(\d+)",
+    }
     return {k: int(re.search(rx, out).group(1)) for k, rx in want.items()}  # type: ignore[union-attr]
 
 
 def _our_counts(image: Path) -> dict[str, int]:
     img = Image(image.read_bytes())
     kinds = [w.inode for w in img.walk()]
-    return {"inodes": img.sb.inos, "files": sum(i.kind == "file" for i in kinds),
-            "dirs": sum(i.kind == "dir" for i in kinds), "links": sum(i.kind == "symlink" for i in kinds),
-            "bytes": sum(i.size for i in kinds if i.kind == "file")}
+    return {
+        "inodes": img.sb.inos,
+        "files": sum(i.kind == "file" for i in kinds),
+        "dirs": sum(i.kind == "dir" for i in kinds),
+        "links": sum(i.kind == "symlink" for i in kinds),
+        "bytes": sum(i.size for i in kinds if i.kind == "file"),
+    }
 
 
 def _source(name: str, tmp: Path) -> Path:
@@ -111,8 +135,15 @@ def test_kernel_mounts_real_trees(source: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", ["sizes around block and chunk limits", "names of any bytes up to 255",
-                                  "5000 entries in one directory", "symlinks up to 4095 bytes"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sizes around block and chunk limits",
+        "names of any bytes up to 255",
+        "5000 entries in one directory",
+        "symlinks up to 4095 bytes",
+    ],
+)
 def test_kernel_mounts_generated_trees(name: str, tmp_path: Path) -> None:
     _kernel(tmp_path)
     tree = EDGE_CASES[name]
@@ -124,7 +155,9 @@ def test_kernel_mounts_generated_trees(name: str, tmp_path: Path) -> None:
     mount(tmp_path / "meta.erofs", mnt, [str(tmp_path / "slab")])
     try:
         assert on_disk(mnt) == model(tree)
-        assert all(os.lstat(os.path.join(os.fsencode(mnt), p)).st_uid == 0 for p in list(model(tree))[:50])
+        assert all(
+            os.lstat(os.path.join(os.fsencode(mnt), p)).st_uid == 0 for p in list(model(tree))[:50]
+        )
     finally:
         umount(mnt)
 
@@ -150,7 +183,9 @@ def test_kernel_mounts_the_stdlib_and_two_versions_share_chunks(tmp_path: Path) 
     assert a["devices"] == b["devices"]  # one slab holds both
     ia, ib = Image(Path(a["image"]).read_bytes()), Image(Path(b["image"]).read_bytes())
     ca, cb = ia.chunks(ia.lookup(b"big.bin")), ib.chunks(ib.lookup(b"big.bin"))
-    assert sum(x == y for x, y in zip(ca, cb)) == len(ca) - 1  # all but the changed chunk: same blocks
+    assert (
+        sum(x == y for x, y in zip(ca, cb)) == len(ca) - 1
+    )  # all but the changed chunk: same blocks
     same = ia.chunks(ia.lookup(b"email/message.py")) == ib.chunks(ib.lookup(b"email/message.py"))
     assert same and all(c.device_id == 1 and c.blkaddr != layout.NULL_ADDR for c in ca)
     m1, m2 = tmp_path / "m1", tmp_path / "m2"

@@ -25,7 +25,12 @@ def test_manifest_json(tree: Path, nix) -> None:
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["nar_hash"] == "sha256:" + nix.hash_path(tree)
-    assert s["store_path"] == nix.run("nix-store", "--store", str(tree.parent / "s"), "--add", str(tree)).decode().strip()
+    assert (
+        s["store_path"]
+        == nix.run("nix-store", "--store", str(tree.parent / "s"), "--add", str(tree))
+        .decode()
+        .strip()
+    )
     assert (s["entries"], s["files"], s["chunks"], s["unique_chunks"]) == (4, 2, 5, 5)
     assert s["file_bytes"] == 300_003 and len(s["manifest_digest"]) == 64
 

@@ -9,26 +9,32 @@ from node.daemon.config import ConfigError, NodeConfig, parse
 
 def test_defaults_and_a_full_file() -> None:
     assert NodeConfig().gateway_bind == ("127.0.0.1", 4738)
-    c = parse('gateway = "[::1]:0"\npriority = 10\nstore_dir = "/gnu/store"\nnarinfo_timeout = 2.5\n'
-              'request_timeout = 3\nmdns = false\n', "node.toml")
+    c = parse(
+        'gateway = "[::1]:0"\npriority = 10\nstore_dir = "/gnu/store"\nnarinfo_timeout = 2.5\n'
+        "request_timeout = 3\nmdns = false\n",
+        "node.toml",
+    )
     assert c.gateway_bind == ("::1", 0) and c.priority == 10 and c.store_dir == "/gnu/store"
     assert c.narinfo_timeout == 2.5 and c.mdns is False
     assert parse('gateway = "off"\n', "node.toml").gateway == "off"
 
 
-@pytest.mark.parametrize("text, words", [
-    ('gateway = "0.0.0.0:4738"\n', ["node.toml", "not a loopback address", "gateway_public"]),
-    ('gateway = "example.org:80"\n', ["not a loopback address"]),
-    ('gateway = "4738"\n', ["not HOST:PORT"]),
-    ('gateway = "127.0.0.1:70000"\n', ["not HOST:PORT"]),
-    ('store_dir = "nix/store"\n', ["store_dir", "absolute"]),
-    ('narinfo_timeout = 0\n', ["narinfo_timeout", "above 0"]),
-    ('read_deadline = -1\n', ["read_deadline", "above 0"]),
-    ('priority = "high"\n', ["priority must be int"]),
-    ('gatway = "127.0.0.1:1"\n', ["unknown setting 'gatway'"]),
-    ('gateway_public = "yes"\n', ["gateway_public must be bool"]),
-    ("gateway = [\n", ["not valid TOML"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('gateway = "0.0.0.0:4738"\n', ["node.toml", "not a loopback address", "gateway_public"]),
+        ('gateway = "example.org:80"\n', ["not a loopback address"]),
+        ('gateway = "4738"\n', ["not HOST:PORT"]),
+        ('gateway = "127.0.0.1:70000"\n', ["not HOST:PORT"]),
+        ('store_dir = "nix/store"\n', ["store_dir", "absolute"]),
+        ("narinfo_timeout = 0\n", ["narinfo_timeout", "above 0"]),
+        ("read_deadline = -1\n", ["read_deadline", "above 0"]),
+        ('priority = "high"\n', ["priority must be int"]),
+        ('gatway = "127.0.0.1:1"\n', ["unknown setting 'gatway'"]),
+        ('gateway_public = "yes"\n', ["gateway_public must be bool"]),
+        ("gateway = [\n", ["not valid TOML"]),
+    ],
+)
 def test_mistakes_are_named(text: str, words: list[str]) -> None:
     with pytest.raises(ConfigError) as e:
         parse(text, "node.toml")

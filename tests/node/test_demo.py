@@ -48,14 +48,16 @@ def _left_behind(out: str) -> list[str]:
     if mounts_under(root):
         problems.append(f"mounts left: {mounts_under(root)}")
     p = PIDS.search(out)
-    for pid in ([int(x) for x in p.group(1).split(",")] if p else []):
+    for pid in [int(x) for x in p.group(1).split(",")] if p else []:
         if _alive(pid):
             problems.append(f"node process {pid} still runs")
     # Anything else started for the demo (the fanotify group's holder, say) names a path in it.
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cmdline = (
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
             except OSError:
                 continue
             if str(root) in cmdline and _alive(int(proc.name)):
@@ -71,7 +73,10 @@ def _table_row(out: str, step: str) -> list[str]:
 @pytest.mark.slow
 def test_demo_runs_to_the_final_table_with_a_lazy_mount_as_root() -> None:
     require(os.geteuid() == 0, "the lazy mount needs root")
-    require(probe().chosen == "fanotify", "the lazy mount needs fanotify pre-content events and file-backed EROFS")
+    require(
+        probe().chosen == "fanotify",
+        "the lazy mount needs fanotify pre-content events and file-backed EROFS",
+    )
     t = time.monotonic()
     r = ferry("demo")
     took = time.monotonic() - t
@@ -92,7 +97,10 @@ def test_demo_runs_to_the_final_table_with_a_lazy_mount_as_root() -> None:
 
 
 def _user_namespaces(**as_user: Any) -> bool:
-    return subprocess.run(["unshare", "--user", "true"], capture_output=True, **as_user).returncode == 0
+    return (
+        subprocess.run(["unshare", "--user", "true"], capture_output=True, **as_user).returncode
+        == 0
+    )
 
 
 def test_demo_as_an_unprivileged_user_materializes() -> None:
@@ -101,18 +109,35 @@ def test_demo_as_an_unprivileged_user_materializes() -> None:
     # checkout and the interpreter (perhaps under /root) stay readable; where the kernel
     # refuses user namespaces (in a chroot), by setuid. TMPDIR is short: the nodes' control
     # sockets live under it, and a unix socket's path has at most 107 bytes.
-    require(shutil.which("unshare") is not None, "unshare (util-linux) is needed to drop privileges")
+    require(
+        shutil.which("unshare") is not None, "unshare (util-linux) is needed to drop privileges"
+    )
     scratch = Path(tempfile.mkdtemp(prefix="ferry-u-"))
-    env = {**os.environ, "HOME": str(scratch), "XDG_DATA_HOME": str(scratch), "TMPDIR": str(scratch)}
-    run: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 300, "cwd": Path(__file__).parents[2]}
+    env = {
+        **os.environ,
+        "HOME": str(scratch),
+        "XDG_DATA_HOME": str(scratch),
+        "TMPDIR": str(scratch),
+    }
+    run: dict[str, Any] = {
+        "capture_output": True,
+        "text": True,
+        "timeout": 300,
+        "cwd": Path(__file__).parents[2],
+    }
     try:
         if os.geteuid() != 0:
             argv, plain = [*ARGV, "demo"], {}
         elif _user_namespaces():
-            argv, plain = ["unshare", "--user", "--map-user=1000", "--map-group=1000", *ARGV, "demo"], {}
+            argv, plain = (
+                ["unshare", "--user", "--map-user=1000", "--map-group=1000", *ARGV, "demo"],
+                {},
+            )
         else:
             os.chown(scratch, 1000, 1000)
-            env["USER"] = "ferry-test"  # Nix needs a user name, and uid 1000 may have no passwd entry
+            env["USER"] = (
+                "ferry-test"  # Nix needs a user name, and uid 1000 may have no passwd entry
+            )
             argv, plain = [*ARGV, "demo"], {"user": 1000, "group": 1000, "extra_groups": []}
         r = subprocess.run(argv, env=env, **run, **plain)
         assert r.returncode == 0, r.stderr + r.stdout
@@ -124,8 +149,14 @@ def test_demo_as_an_unprivileged_user_materializes() -> None:
         if shutil.which("nix-build") and _user_namespaces(**plain):
             assert "built with Nix" in r.stdout and "demo-lib-1.0" in r.stdout, r.stdout
         elif shutil.which("nix-build"):
-            assert "nix-build failed here (error: " in r.stdout and "using a plain tree instead" in r.stdout, r.stdout
-        assert "by writing the tree out" in r.stdout and "identical to what the builders built" in r.stdout
+            assert (
+                "nix-build failed here (error: " in r.stdout
+                and "using a plain tree instead" in r.stdout
+            ), r.stdout
+        assert (
+            "by writing the tree out" in r.stdout
+            and "identical to what the builders built" in r.stdout
+        )
         assert "update (diffs)" in r.stdout
         assert not _left_behind(r.stdout), _left_behind(r.stdout)
     finally:
@@ -135,8 +166,13 @@ def test_demo_as_an_unprivileged_user_materializes() -> None:
 @pytest.mark.parametrize("after", ["working in", "started 3 builders", "mounted", "quorum verdict"])
 @pytest.mark.slow
 def test_interrupting_the_demo_leaves_nothing_behind(after: str) -> None:
-    proc = subprocess.Popen([*ARGV, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parents[2])
+    proc = subprocess.Popen(
+        [*ARGV, "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 120
@@ -165,8 +201,13 @@ def test_keep_leaves_a_network_nix_can_substitute_from(tmp_path: Path, nix) -> N
         assert all(_alive(p) for p in pids)
         lines = r.stdout.split("fetch with nix into a scratch store:\n", 1)[1].splitlines()
         command = (lines[0].rstrip(" \\") + " " + lines[1]).split()
-        got = subprocess.run([arg.strip("'") for arg in command], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+        got = subprocess.run(
+            [arg.strip("'") for arg in command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )
         assert got.returncode == 0, got.stderr
         assert "copying path" in got.stderr and "from 'http://127.0.0.1:" in got.stderr
     finally:

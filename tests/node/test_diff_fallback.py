@@ -68,12 +68,15 @@ class Lying(MemoryStore):
 
 @pytest.mark.parametrize("how", ["honest", "wrong-base", "damaged", "lacks-base"])
 async def test_a_spoiled_diff_is_asked_for_plain_and_nothing_unverified_is_stored(
-        how: str, tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    how: str, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     key = SecretKey.generate("builder-1")
     versions = {}
     for sp, v in ((V1, 1), (V2, 2)):
         chunks = export.MemoryChunks()
-        m = build.from_directory(str(_tree(tmp_path / f"v{v}", v)), sp, on_chunk=chunks.add, workers=0)
+        m = build.from_directory(
+            str(_tree(tmp_path / f"v{v}", v)), sp, on_chunk=chunks.add, workers=0
+        )
         versions[sp] = (m, chunks.chunks, sign_manifest(m, key))
     server = Lying()
     server.how = how
@@ -90,7 +93,9 @@ async def test_a_spoiled_diff_is_asked_for_plain_and_nothing_unverified_is_store
         async def violation(peer: str, problem: str) -> None:
             await srv.punish(peer, problem)
 
-        srv.handlers[BLOCKS] = lambda s, peer: serve_blocks(s, peer, server, violation, lambda n, b: None)
+        srv.handlers[BLOCKS] = lambda s, peer: serve_blocks(
+            s, peer, server, violation, lambda n, b: None
+        )
         srv.handlers[claimwire.PROTOCOL] = lambda s, peer: serve_claims(s, peer, server, violation)
         cli.connect("server")
         fetch = Fetch(cli, client, QuorumPolicy((key.public,), 1), FetchSettings(request_timeout=5))

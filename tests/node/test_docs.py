@@ -21,7 +21,8 @@ DOCS = Path(__file__).parents[2] / "docs"
 
 def test_the_configuration_reference_is_the_generated_one() -> None:
     assert (DOCS / "configuration.md").read_text() == reference.markdown(), (
-        "docs/configuration.md is stale: python -m node.daemon.reference > docs/configuration.md")
+        "docs/configuration.md is stale: python -m node.daemon.reference > docs/configuration.md"
+    )
 
 
 def _documented(section: str) -> list[str]:
@@ -30,7 +31,9 @@ def _documented(section: str) -> list[str]:
     return re.findall(r"^\| `([a-z_]+)` \|", body, re.M)
 
 
-def test_every_documented_setting_is_known_to_the_code_and_every_setting_is_documented(tmp_path: Path) -> None:
+def test_every_documented_setting_is_known_to_the_code_and_every_setting_is_documented(
+    tmp_path: Path,
+) -> None:
     documented = _documented("Node settings")
     assert documented == list(nodeconfig.SETTINGS)
     known = {f.name for f in nodeconfig.dataclasses.fields(nodeconfig.NodeConfig)} - {"source"}
@@ -39,13 +42,17 @@ def test_every_documented_setting_is_known_to_the_code_and_every_setting_is_docu
     for name, default in nodeconfig.defaults().items():
         if default is not None:
             nodeconfig.parse(f"{name} = {nodeconfig.toml_value(default)}\n", "test")
-    flags = re.findall(r"`(--[a-z-]+)`", (DOCS / "configuration.md").read_text().split("## Trust policy")[0])
+    flags = re.findall(
+        r"`(--[a-z-]+)`", (DOCS / "configuration.md").read_text().split("## Trust policy")[0]
+    )
     run = _subparsers(parser())["node"]
     run_flags = {o for a in _subparsers(run)["run"]._actions for o in a.option_strings}
     assert flags and set(flags) <= run_flags
     assert _documented("Trust policy file") == list(policyfile.FIELDS)
     policy = tmp_path / "p.toml"
-    policy.write_text('trusted = ["a-1:' + "A" * 43 + '="]\nthreshold = 1\non_conflict = "majority"\n')
+    policy.write_text(
+        'trusted = ["a-1:' + "A" * 43 + '="]\nthreshold = 1\non_conflict = "majority"\n'
+    )
     policyfile.load(str(policy))  # every documented field is accepted
 
 
@@ -56,7 +63,9 @@ def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser
     return {}
 
 
-def _walk(p: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+def _walk(
+    p: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     out = [(path, p)]
     for name, sub in _subparsers(p).items():
         out += _walk(sub, (*path, name))
@@ -75,8 +84,15 @@ def test_help_is_complete(path: tuple[str, ...], p: argparse.ArgumentParser) -> 
         assert a.help, f"ferry {' '.join(path)}: {a.option_strings or a.dest} has no help text"
     subs = _subparsers(p)
     if subs:
-        choices = {c.dest for a in p._actions if isinstance(a, argparse._SubParsersAction) for c in a._choices_actions}
-        assert set(subs) == choices, f"ferry {' '.join(path)}: subcommands without a help line: {set(subs) - choices}"
+        choices = {
+            c.dest
+            for a in p._actions
+            if isinstance(a, argparse._SubParsersAction)
+            for c in a._choices_actions
+        }
+        assert set(subs) == choices, (
+            f"ferry {' '.join(path)}: subcommands without a help line: {set(subs) - choices}"
+        )
 
 
 def test_help_runs_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,5 +115,9 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "KillMode=process" in unit and "Restart=" in unit
     # verify checks that ExecStart exists: point it at a binary that does.
     (tmp_path / "ferry.service").write_text(unit.replace("/usr/local/bin/ferry", "/bin/true"))
-    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "ferry.service")], capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "ferry.service")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "ferry.service" not in r.stderr, r.stderr

@@ -24,19 +24,30 @@ def _checks(data_dir: Path, env: dict[str, str] | None = None) -> tuple[int, dic
 def test_init_makes_the_files_once_and_prints_the_nix_lines(tmp_path: Path) -> None:
     d = tmp_path / "node"
     code, checks = _checks(d)
-    assert code == 0 and checks["data directory"]["level"] == "warn" and "ferry init" in checks["data directory"]["fix"]
+    assert (
+        code == 0
+        and checks["data directory"]["level"] == "warn"
+        and "ferry init" in checks["data directory"]["fix"]
+    )
     r = ferry("init", "--data-dir", str(d))
     assert r.returncode == 0, r.stderr
     pub = (d / "cache.pub").read_text().strip()
-    assert f"extra-trusted-public-keys = {pub}" in r.stdout and "extra-substituters = http://127.0.0.1:4738" in r.stdout
-    assert (d / "identity.key").stat().st_mode & 0o777 == 0o600 and (d / "cache.key").stat().st_mode & 0o777 == 0o600
+    assert (
+        f"extra-trusted-public-keys = {pub}" in r.stdout
+        and "extra-substituters = http://127.0.0.1:4738" in r.stdout
+    )
+    assert (d / "identity.key").stat().st_mode & 0o777 == 0o600 and (
+        d / "cache.key"
+    ).stat().st_mode & 0o777 == 0o600
     assert d.stat().st_mode & 0o777 == 0o700
     config = (d / "node.toml").read_text()
     assert "# upload_slots = 8" in config and "# request_timeout = 10.0" in config
     (d / "node.toml").write_text(config + "\nmax_connections = 7\n")
     again = ferry("init", "--data-dir", str(d))
     assert again.returncode == 0 and "kept" in again.stdout
-    assert (d / "cache.pub").read_text().strip() == pub and "max_connections = 7" in (d / "node.toml").read_text()
+    assert (d / "cache.pub").read_text().strip() == pub and "max_connections = 7" in (
+        d / "node.toml"
+    ).read_text()
     _, checks = _checks(d)
     assert checks["node files"]["level"] == "ok" and checks["settings"]["level"] == "ok"
 
@@ -48,7 +59,9 @@ def test_init_refuses_a_bad_policy_in_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1 and "trusted" in r.stderr and not (tmp_path / "n").exists()
 
 
-def test_doctor_fails_a_busy_port_and_an_unreachable_peer_and_says_how_to_fix_them(tmp_path: Path) -> None:
+def test_doctor_fails_a_busy_port_and_an_unreachable_peer_and_says_how_to_fix_them(
+    tmp_path: Path,
+) -> None:
     d = tmp_path / "node"
     d.mkdir()
     with socket.socket() as busy, socket.socket() as closed:
@@ -59,7 +72,8 @@ def test_doctor_fails_a_busy_port_and_an_unreachable_peer_and_says_how_to_fix_th
         (d / "node.toml").write_text(
             f'listen = ["/ip4/127.0.0.1/tcp/{busy.getsockname()[1]}"]\n'
             f'bootstrap = ["/ip4/127.0.0.1/tcp/{closed.getsockname()[1]}/p2p/{peer}"]\n'
-            f'policy = "{tmp_path / "missing.toml"}"\ngateway = "127.0.0.1:0"\n')
+            f'policy = "{tmp_path / "missing.toml"}"\ngateway = "127.0.0.1:0"\n'
+        )
         code, checks = _checks(d)
     assert code == 1
     assert checks["port"]["level"] == "fail" and "choose another port" in checks["port"]["fix"]
@@ -77,8 +91,13 @@ def test_doctor_checks_that_nix_uses_the_node(tmp_path: Path, nix) -> None:
     env = {"NIX_CONF_DIR": str(conf), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     (conf / "nix.conf").write_text("")
     _, checks = _checks(d, env)
-    assert checks["nix.conf"]["level"] == "warn" and "extra-substituters = http://127.0.0.1:4738" in checks["nix.conf"]["fix"]
+    assert (
+        checks["nix.conf"]["level"] == "warn"
+        and "extra-substituters = http://127.0.0.1:4738" in checks["nix.conf"]["fix"]
+    )
     pub = (d / "cache.pub").read_text().strip()
-    (conf / "nix.conf").write_text(f"extra-substituters = http://127.0.0.1:4738\nextra-trusted-public-keys = {pub}\n")
+    (conf / "nix.conf").write_text(
+        f"extra-substituters = http://127.0.0.1:4738\nextra-trusted-public-keys = {pub}\n"
+    )
     _, checks = _checks(d, env)
     assert checks["nix.conf"]["level"] == "ok", checks["nix.conf"]

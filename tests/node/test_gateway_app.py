@@ -3,9 +3,9 @@ from chunks, and the ASGI app's answers over a stand-in node."""
 
 from __future__ import annotations
 
-import zstandard
 import pytest
 import trio
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -34,6 +34,7 @@ def manifest_of(tree: trees.Node) -> tuple[Manifest, export.MemoryChunks, bytes]
 
 
 # --- Range
+
 
 @given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7))
 def test_range_of_first_and_last(size: int, a: int, b: int) -> None:
@@ -78,6 +79,7 @@ def test_multiple_ranges_get_the_whole_body() -> None:
 
 # --- NAR pieces
 
+
 def _read_all(reader: NarReader) -> bytes:
     out = []
     while (piece := reader.next_piece()) is not None:
@@ -91,7 +93,10 @@ def test_nar_reader_whole_range_and_zstd(tree: trees.Node, data: st.DataObject) 
     assert _read_all(NarReader(m, chunks, None, compress=False)) == nar_bytes
     a = data.draw(st.integers(0, len(nar_bytes) - 1))
     b = data.draw(st.integers(a, len(nar_bytes) - 1))
-    assert _read_all(NarReader(m, chunks, ranges.ByteRange(a, b), compress=False)) == nar_bytes[a:b + 1]
+    assert (
+        _read_all(NarReader(m, chunks, ranges.ByteRange(a, b), compress=False))
+        == nar_bytes[a : b + 1]
+    )
     z = _read_all(NarReader(m, chunks, None, compress=True))
     assert zstandard.ZstdDecompressor().decompressobj().decompress(z) == nar_bytes
 
@@ -99,7 +104,12 @@ def test_nar_reader_whole_range_and_zstd(tree: trees.Node, data: st.DataObject) 
 def test_nar_reader_holds_back_the_end_of_a_nar_that_does_not_hash() -> None:
     tree = trees.Dir({b"big": trees.File(10_000_000, 1, False), b"x": trees.File(1, 2, False)})
     m, chunks, nar_bytes = manifest_of(tree)
-    wrong = Manifest(**{**{f: getattr(m, f) for f in m.__dataclass_fields__}, "nar_hash": Hash.sha256(b"\0" * 32)})
+    wrong = Manifest(
+        **{
+            **{f: getattr(m, f) for f in m.__dataclass_fields__},
+            "nar_hash": Hash.sha256(b"\0" * 32),
+        }
+    )
     reader = NarReader(wrong, chunks, None, compress=False)
     got = b""
     with pytest.raises(NarMismatch):
@@ -110,8 +120,11 @@ def test_nar_reader_holds_back_the_end_of_a_nar_that_does_not_hash() -> None:
 
 # --- the app
 
+
 class StandIn:
-    def __init__(self, plans: dict[str, Plan | Exception], chunks: export.MemoryChunks, key: SecretKey) -> None:
+    def __init__(
+        self, plans: dict[str, Plan | Exception], chunks: export.MemoryChunks, key: SecretKey
+    ) -> None:
         self.plans = plans
         self.chunks = chunks
         self.key = key
@@ -141,7 +154,9 @@ class StandIn:
         return sign(self.key, fingerprint)
 
 
-async def call(app: Gateway, path: str, method: str = "GET", headers=()) -> tuple[int, dict[str, str], bytes]:
+async def call(
+    app: Gateway, path: str, method: str = "GET", headers=()
+) -> tuple[int, dict[str, str], bytes]:
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -150,7 +165,9 @@ async def call(app: Gateway, path: str, method: str = "GET", headers=()) -> tupl
     async def send(msg: dict) -> None:
         sent.append(msg)
 
-    await app({"type": "http", "method": method, "path": path, "headers": list(headers)}, receive, send)
+    await app(
+        {"type": "http", "method": method, "path": path, "headers": list(headers)}, receive, send
+    )
     start = sent[0]
     assert start["type"] == "http.response.start"
     body = b"".join(m.get("body", b"") for m in sent[1:])
@@ -168,11 +185,23 @@ def world():
     assert isinstance(verdict, Trusted)
     refused = policy.decide(SP, [sign_manifest(m, builders[0])])
     node_key = SecretKey.generate("ferry-test-1")
-    backend = StandIn({SP.hash_part: Plan(SP, m, verdict, False),
-                       "2" * 32: FetchRefused(SP, policy, refused),
-                       "3" * 32: NoPolicy("this node has no trust policy"),
-                       "4" * 32: FetchError("peers did not settle")}, chunks, node_key)
-    return Gateway(backend, GatewaySettings(priority=25), Metrics()), backend, m, nar_bytes, node_key
+    backend = StandIn(
+        {
+            SP.hash_part: Plan(SP, m, verdict, False),
+            "2" * 32: FetchRefused(SP, policy, refused),
+            "3" * 32: NoPolicy("this node has no trust policy"),
+            "4" * 32: FetchError("peers did not settle"),
+        },
+        chunks,
+        node_key,
+    )
+    return (
+        Gateway(backend, GatewaySettings(priority=25), Metrics()),
+        backend,
+        m,
+        nar_bytes,
+        node_key,
+    )
 
 
 async def test_cache_info_and_unknown_paths(world) -> None:
@@ -204,7 +233,9 @@ async def test_narinfo_is_signed_by_builders_and_node_and_nar_streams(world) -> 
     assert status == 206 and got == nar_bytes[100:200]
     assert headers["content-range"] == f"bytes 100-199/{len(nar_bytes)}"
     status, _, got = await call(app, "/" + info.url + ".zst")
-    assert status == 200 and zstandard.ZstdDecompressor().decompressobj().decompress(got) == nar_bytes
+    assert (
+        status == 200 and zstandard.ZstdDecompressor().decompressobj().decompress(got) == nar_bytes
+    )
     metrics = (await call(app, "/metrics"))[2].decode()
     assert 'ferry_gateway_narinfo_total{reason="",result="hit"} 2.0' in metrics
 

@@ -24,7 +24,13 @@ def sp(name: str, n: int = 0) -> StorePath:
     return StorePath("/nix/store", str(n) * 32, name)
 
 
-def publish(store: LocalStore, root: Path, path: StorePath, refs: tuple[StorePath, ...] = (), root_: bool = True):
+def publish(
+    store: LocalStore,
+    root: Path,
+    path: StorePath,
+    refs: tuple[StorePath, ...] = (),
+    root_: bool = True,
+):
     with store.ingest() as ing:
         m = build.from_directory(str(root), path, references=refs, on_chunk=ing.add_chunk)
         ing.commit(m, root=root_)
@@ -36,8 +42,19 @@ def exported(store: LocalStore, path: StorePath) -> bytes:
 
 
 def table_counts(store: LocalStore) -> dict[str, int]:
-    return {t: store.index.scalar(f"SELECT count(*) FROM {t}")
-            for t in ("chunks", "manifests", "manifest_chunks", "paths", "path_refs", "claims", "roots", "freed")}
+    return {
+        t: store.index.scalar(f"SELECT count(*) FROM {t}")
+        for t in (
+            "chunks",
+            "manifests",
+            "manifest_chunks",
+            "paths",
+            "path_refs",
+            "claims",
+            "roots",
+            "freed",
+        )
+    }
 
 
 @settings(max_examples=25)
@@ -55,8 +72,13 @@ def test_ingest_then_export_is_nix_store_dump(nix, tree: trees.Node) -> None:
 
 
 def test_chunks_are_aligned_and_stored_once(tmp_path: Path) -> None:
-    tree = trees.Dir({b"a": trees.File(200_000, 1, False), b"b": trees.File(200_000, 1, True),
-                      b"c": trees.File(5000, 2, False)})
+    tree = trees.Dir(
+        {
+            b"a": trees.File(200_000, 1, False),
+            b"b": trees.File(200_000, 1, True),
+            b"c": trees.File(5000, 2, False),
+        }
+    )
     trees.write(tree, tmp_path / "t")
     with LocalStore(str(tmp_path / "data")) as store:
         m, ing = publish(store, tmp_path / "t", sp("t"))
@@ -66,7 +88,10 @@ def test_chunks_are_aligned_and_stored_once(tmp_path: Path) -> None:
 
 
 def test_two_versions_share_chunks(tmp_path: Path) -> None:
-    v1 = {b"lib": trees.Dir({b"big.so": trees.File(3_000_000, 7, True)}), b"doc": trees.File(90_000, 3, False)}
+    v1 = {
+        b"lib": trees.Dir({b"big.so": trees.File(3_000_000, 7, True)}),
+        b"doc": trees.File(90_000, 3, False),
+    }
     v2 = {**v1, b"doc": trees.File(90_000, 4, False)}
     trees.write(trees.Dir(v1), tmp_path / "v1")
     trees.write(trees.Dir(v2), tmp_path / "v2")
@@ -105,7 +130,10 @@ def test_gc_follows_roots_and_references(tmp_path: Path) -> None:
 
 
 def test_verify_finds_corruption_and_repair_lets_republish_fix_it(tmp_path: Path) -> None:
-    trees.write(trees.Dir({b"f": trees.File(300_000, 1, False), b"g": trees.File(70_000, 2, False)}), tmp_path / "t")
+    trees.write(
+        trees.Dir({b"f": trees.File(300_000, 1, False), b"g": trees.File(70_000, 2, False)}),
+        tmp_path / "t",
+    )
     with LocalStore(str(tmp_path / "data")) as store:
         publish(store, tmp_path / "t", sp("t"))
         victim = next(store.index.all_chunks())
@@ -121,7 +149,9 @@ def test_verify_finds_corruption_and_repair_lets_republish_fix_it(tmp_path: Path
             store.complete_manifest(sp("t"))
         _, ing = publish(store, tmp_path / "t", sp("t"))
         assert ing.new_chunks == 1
-        assert store.verify().ok and exported(store, sp("t")) == b"".join(bytes(p) for p in dump.dump(str(tmp_path / "t")))
+        assert store.verify().ok and exported(store, sp("t")) == b"".join(
+            bytes(p) for p in dump.dump(str(tmp_path / "t"))
+        )
 
 
 def test_slabs_roll_over_at_their_cap(tmp_path: Path) -> None:
@@ -130,7 +160,9 @@ def test_slabs_roll_over_at_their_cap(tmp_path: Path) -> None:
         publish(store, tmp_path / "t", sp("t"))
         assert len(store.index.slabs()) == 4
         assert all(r.size <= 256 * 1024 for r in store.index.slabs())
-        assert exported(store, sp("t")) == b"".join(bytes(p) for p in dump.dump(str(tmp_path / "t")))
+        assert exported(store, sp("t")) == b"".join(
+            bytes(p) for p in dump.dump(str(tmp_path / "t"))
+        )
 
 
 def test_a_second_opener_is_told_who_holds_the_store(tmp_path: Path) -> None:
@@ -146,22 +178,31 @@ def _assert_untouched(store: LocalStore) -> None:
     assert store.stats().slab_disk_bytes == 0
 
 
-@pytest.mark.parametrize("batch", [64 << 20, 100_000])  # the failure comes before / after batches commit
+@pytest.mark.parametrize(
+    "batch", [64 << 20, 100_000]
+)  # the failure comes before / after batches commit
 def test_bad_input_leaves_nothing_behind(tmp_path: Path, nix, batch: int) -> None:
-    trees.write(trees.Dir({b"a": trees.File(900_000, 1, False), b"z": trees.File(10, 2, False)}), tmp_path / "t")
+    trees.write(
+        trees.Dir({b"a": trees.File(900_000, 1, False), b"z": trees.File(10, 2, False)}),
+        tmp_path / "t",
+    )
     good = nix.dump(tmp_path / "t")
     cases = {
         "truncated NAR": good[: len(good) - 100],
-        "NAR breaking a rule": good.replace(b"\x01\x00\x00\x00\x00\x00\x00\x00z\x00", b"\x01\x00\x00\x00\x00\x00\x00\x00/\x00"),
+        "NAR breaking a rule": good.replace(
+            b"\x01\x00\x00\x00\x00\x00\x00\x00z\x00", b"\x01\x00\x00\x00\x00\x00\x00\x00/\x00"
+        ),
     }
     assert cases["NAR breaking a rule"] != good
     with LocalStore(str(tmp_path / "data"), batch_bytes=batch) as store:
         for what, data in cases.items():
-            with pytest.raises(nar.NarError):
-                with store.ingest() as ing:
-                    m = build.from_nar([data[i:i + 65536] for i in range(0, len(data), 65536)], sp("t"),
-                                       on_chunk=ing.add_chunk)
-                    ing.commit(m)
+            with pytest.raises(nar.NarError), store.ingest() as ing:
+                m = build.from_nar(
+                    [data[i : i + 65536] for i in range(0, len(data), 65536)],
+                    sp("t"),
+                    on_chunk=ing.add_chunk,
+                )
+                ing.commit(m)
             _assert_untouched(store)
         # A socket in the tree, found after a big file was already chunked.
         s = socket.socket(socket.AF_UNIX)
@@ -192,7 +233,9 @@ def test_a_store_reopens_as_it_was(tmp_path: Path) -> None:
         before = store.stats()
     with LocalStore(str(tmp_path / "data")) as store:
         # The index file may shrink (its WAL is checkpointed on close); nothing else moves.
-        assert dataclasses.replace(store.stats(), index_bytes=0) == dataclasses.replace(before, index_bytes=0)
+        assert dataclasses.replace(store.stats(), index_bytes=0) == dataclasses.replace(
+            before, index_bytes=0
+        )
         assert store.verify().ok
 
 
@@ -202,7 +245,9 @@ def test_real_tree_round_trips_and_a_second_version_shares_its_chunks(tmp_path: 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     v1 = tmp_path / "pylib-1"
     for sub in ("email", "json", "asyncio", "lib-dynload"):
-        shutil.copytree(stdlib / sub, v1 / sub, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            stdlib / sub, v1 / sub, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
     v2 = tmp_path / "pylib-2"
     shutil.copytree(v1, v2, symlinks=True)
     (v2 / "json" / "__init__.py").write_text((v1 / "json" / "__init__.py").read_text() + "\n# 2\n")

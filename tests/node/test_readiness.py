@@ -41,7 +41,9 @@ def _listening(node: NodeProc) -> list[str]:
         problems.append(f"{node.name}: gateway: {e}")
     ma = multiaddr.Multiaddr(node.addr)
     try:
-        socket.create_connection((ma.value_for_protocol("ip4"), int(ma.value_for_protocol("tcp"))), timeout=10).close()
+        socket.create_connection(
+            (ma.value_for_protocol("ip4"), int(ma.value_for_protocol("tcp"))), timeout=10
+        ).close()
     except OSError as e:
         problems.append(f"{node.name}: peer port: {e}")
     return problems
@@ -65,7 +67,10 @@ def _answers(node: NodeProc) -> list[str]:
 
 @pytest.mark.slow
 def test_everything_answers_the_instant_node_addr_appears_on_a_busy_machine(tmp_path: Path) -> None:
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
     nodes = [NodeProc(tmp_path, f"n{i}") for i in range(NODES)]
     problems: list[str] = []
     try:
@@ -76,8 +81,12 @@ def test_everything_answers_the_instant_node_addr_appears_on_a_busy_machine(tmp_
             deadline = time.monotonic() + 2 * START_TIMEOUT
             while pending:
                 appeared = watch.next(deadline)
-                assert appeared, "no node.addr from: " + ", ".join(n.name for n in pending.values()) + "\n" + \
-                    "\n".join(line for n in pending.values() for line in n.log[-5:])
+                assert appeared, (
+                    "no node.addr from: "
+                    + ", ".join(n.name for n in pending.values())
+                    + "\n"
+                    + "\n".join(line for n in pending.values() for line in n.log[-5:])
+                )
                 for path in appeared:
                     node = pending.pop(path, None)
                     if node is None:
@@ -98,4 +107,6 @@ def test_everything_answers_the_instant_node_addr_appears_on_a_busy_machine(tmp_
         for n in nodes:
             n.stop()
     assert not problems, "\n".join(problems)
-    assert all(n.proc is not None and n.proc.returncode == 0 for n in nodes), "a node did not stop cleanly"
+    assert all(n.proc is not None and n.proc.returncode == 0 for n in nodes), (
+        "a node did not stop cleanly"
+    )

@@ -77,7 +77,12 @@ def test_timeouts_requeue_and_endgame_duplicates_once() -> None:
     assert s.timed_out("a", 100, 10) == [first[1]]
 
 
-@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["take", "recv", "refuse", "drop"])), max_size=60))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.sampled_from(["take", "recv", "refuse", "drop"])),
+        max_size=60,
+    )
+)
 def test_no_chunk_is_lost(ops: list[tuple[str, str]]) -> None:
     s = Schedule(_chunks(6, 1 << 20))
     for p in "abc":
@@ -139,7 +144,9 @@ def test_a_complete_peer_is_not_asked_for_what_a_fetcher_offered() -> None:
 def test_a_random_order_differs_between_sessions_and_repeats_for_a_seed() -> None:
     import random
 
-    orders = [list(Schedule(_chunks(50), rng=random.Random(seed))._queue) for seed in ("a", "b", "a")]
+    orders = [
+        list(Schedule(_chunks(50), rng=random.Random(seed))._queue) for seed in ("a", "b", "a")
+    ]
     assert orders[0] != orders[1] and orders[0] == orders[2]
 
 

@@ -20,9 +20,16 @@ SP = "/nix/store/" + "c" * 32 + "-hello-2.12"
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    trees.write(trees.Dir({b"bin": trees.Dir({b"hello": trees.File(400_000, 1, True)}),
-                           b"share": trees.File(5_000, 2, False), b"link": trees.Link(b"bin/hello")}),
-                tmp_path / "hello")
+    trees.write(
+        trees.Dir(
+            {
+                b"bin": trees.Dir({b"hello": trees.File(400_000, 1, True)}),
+                b"share": trees.File(5_000, 2, False),
+                b"link": trees.Link(b"bin/hello"),
+            }
+        ),
+        tmp_path / "hello",
+    )
     return tmp_path / "hello"
 
 
@@ -30,7 +37,9 @@ def test_publish_export_materialize(tree: Path, tmp_path: Path, nix) -> None:
     r = ferry("publish", str(tree), "--store-path", SP, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["store_path"] == SP and out["new_chunks"] == out["unique_chunks"] == 8 and out["root"]
+    assert (
+        out["store_path"] == SP and out["new_chunks"] == out["unique_chunks"] == 8 and out["root"]
+    )
     again = json.loads(ferry("publish", str(tree), "--store-path", SP, "--json").stdout)
     assert again["new_chunks"] == 0
     assert ferry("export", SP, "-o", str(tmp_path / "x.nar")).returncode == 0
@@ -59,17 +68,24 @@ def test_publish_a_nix_store_path_with_its_references(nix_closure) -> None:
     assert ferry("root", "remove", dep).returncode == 0
     assert json.loads(ferry("gc", "--json").stdout)["removed_paths"] == []
     assert ferry("root", "remove", nix_closure.top).returncode == 0
-    assert sorted(json.loads(ferry("gc", "--json").stdout)["removed_paths"]) == sorted(nix_closure.paths)
+    assert sorted(json.loads(ferry("gc", "--json").stdout)["removed_paths"]) == sorted(
+        nix_closure.paths
+    )
 
 
 def test_publish_with_key_records_a_claim(tree: Path, tmp_path: Path) -> None:
     assert ferry("trust", "keygen", "builder-a", "-o", str(tmp_path / "a")).returncode == 0
-    r = ferry("publish", str(tree), "--store-path", SP, "--key", str(tmp_path / "a.secret"), "--json")
+    r = ferry(
+        "publish", str(tree), "--store-path", SP, "--key", str(tmp_path / "a.secret"), "--json"
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["claim"].startswith("builder-a:")
     with LocalStore(os.environ["FERRY_DATA_DIR"]) as store:
         (claim,) = store.claims(SP)
-    assert claim.valid() and claim.claim.manifest_digest.hex() == json.loads(r.stdout)["manifest_digest"]
+    assert (
+        claim.valid()
+        and claim.claim.manifest_digest.hex() == json.loads(r.stdout)["manifest_digest"]
+    )
 
 
 def test_user_mistakes_are_one_line_errors(tree: Path, tmp_path: Path) -> None:
@@ -82,11 +98,17 @@ def test_user_mistakes_are_one_line_errors(tree: Path, tmp_path: Path) -> None:
     s.bind(str(weird / "sock"))
     cases = [
         (["publish", str(tmp_path / "nothing"), "--store-path", SP], "no such file or directory"),
-        (["publish", str(tree), "--store-path", "/nix/store/hello"], "is not <32 nix32 characters>"),
+        (
+            ["publish", str(tree), "--store-path", "/nix/store/hello"],
+            "is not <32 nix32 characters>",
+        ),
         (["publish", "--nar", str(tmp_path / "bad.nar"), "--store-path", SP], "bad.nar: "),
         (["publish", str(weird), "--store-path", SP], "is a socket, not a file"),
         (["publish", str(tree), "--references", SP], "--references needs --store-path"),
-        (["publish", str(tree), "--store-path", SP, "--key", str(tmp_path / "nokey")], "no such file"),
+        (
+            ["publish", str(tree), "--store-path", SP, "--key", str(tmp_path / "nokey")],
+            "no such file",
+        ),
         (["export", SP], "is not in this ferry store"),
         (["export", "hello"], "not a full store path"),
         (["materialize", SP, str(tmp_path / "m")], "is not in this ferry store"),
@@ -120,7 +142,10 @@ def test_export_refuses_a_terminal(tree: Path) -> None:
             break
         output += chunk
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 1 and b"refusing to write a NAR to a terminal" in output
+    assert (
+        os.waitstatus_to_exitcode(status) == 1
+        and b"refusing to write a NAR to a terminal" in output
+    )
 
 
 def test_store_in_use_names_the_holder(tmp_path: Path) -> None:
@@ -137,7 +162,11 @@ def test_verify_cli_reports_and_repairs(tree: Path) -> None:
             store.slab(row.slab).write(row.offset, b"\0\1\2")
     r = ferry("verify", "--json")
     report = json.loads(r.stdout)
-    assert r.returncode == 1 and len(report["corrupt"]) == 2 and report["bad_paths"][0]["store_path"] == SP
+    assert (
+        r.returncode == 1
+        and len(report["corrupt"]) == 2
+        and report["bad_paths"][0]["store_path"] == SP
+    )
     r = ferry("verify", "--repair")
     assert r.returncode == 1 and "corrupt chunks dropped" in r.stdout
     r = ferry("verify")
@@ -158,13 +187,24 @@ def small_fs(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def test_disk_full_is_clear_and_leaves_the_store_usable(small_fs: Path, tmp_path: Path, tree: Path, nix) -> None:
+def test_disk_full_is_clear_and_leaves_the_store_usable(
+    small_fs: Path, tmp_path: Path, tree: Path, nix
+) -> None:
     data = str(small_fs / "ferry")
     big = tmp_path / "big"
-    trees.write(trees.Dir({f"f{i}".encode(): trees.File(1_000_000, i, False) for i in range(10)}), big)
-    for batch in ("100000000", "500000"):  # the failure before any batch commits, and after some did
-        r = subprocess.run([*ARGV, "publish", str(big), "--store-path", SP, "--data-dir", data],
-                           capture_output=True, text=True, env={**os.environ, "FERRY_TEST_BATCH_BYTES": batch})
+    trees.write(
+        trees.Dir({f"f{i}".encode(): trees.File(1_000_000, i, False) for i in range(10)}), big
+    )
+    for batch in (
+        "100000000",
+        "500000",
+    ):  # the failure before any batch commits, and after some did
+        r = subprocess.run(
+            [*ARGV, "publish", str(big), "--store-path", SP, "--data-dir", data],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "FERRY_TEST_BATCH_BYTES": batch},
+        )
         assert r.returncode == 1 and "no space left on the device" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         with LocalStore(data) as store:

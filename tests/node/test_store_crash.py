@@ -26,7 +26,9 @@ def nar_of(tree: Path) -> bytes:
 
 
 def exported(store: LocalStore, path: str) -> bytes:
-    return b"".join(bytes(p) for p in export.write_nar(store.complete_manifest(StorePath.parse(path)), store))
+    return b"".join(
+        bytes(p) for p in export.write_nar(store.complete_manifest(StorePath.parse(path)), store)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("crash")
     shared = {b"lib": trees.Dir({b"libbig.so": trees.File(1_500_000, 1, True)})}
     trees.write(trees.Dir({**shared, b"doc": trees.File(300_000, 2, False)}), d / "a")
-    b_files = {f"f{i:02d}".encode(): trees.File(20_000 + 9_000 * i, 100 + i, False) for i in range(24)}
+    b_files = {
+        f"f{i:02d}".encode(): trees.File(20_000 + 9_000 * i, 100 + i, False) for i in range(24)
+    }
     trees.write(trees.Dir({**shared, **b_files, b"big": trees.File(900_000, 3, False)}), d / "b")
     r = ferry("publish", str(d / "a"), "--store-path", A, "--data-dir", str(d / "base"), env={})
     assert r.returncode == 0, r.stderr
@@ -48,8 +52,12 @@ def _checkpoints(start: Path, tmp: Path, *args: str) -> list[str]:
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(start, data)
     log = tmp / "checkpoints"
-    r = ferry(*args, "--data-dir", str(data),
-              env={"FERRY_TEST_CHECKPOINTS": str(log), "FERRY_TEST_BATCH_BYTES": str(BATCH)})
+    r = ferry(
+        *args,
+        "--data-dir",
+        str(data),
+        env={"FERRY_TEST_CHECKPOINTS": str(log), "FERRY_TEST_BATCH_BYTES": str(BATCH)},
+    )
     assert r.returncode == 0, r.stderr
     return log.read_text().split()
 
@@ -77,8 +85,12 @@ def test_ingest_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
     for n, (name, k) in enumerate(points):
         data = tmp_path / f"run{n}"
         shutil.copytree(world / "base", data)
-        r = ferry(*publish_b, "--data-dir", str(data),
-                  env={"FERRY_TEST_CRASH": f"{name}:{k}", "FERRY_TEST_BATCH_BYTES": str(BATCH)})
+        r = ferry(
+            *publish_b,
+            "--data-dir",
+            str(data),
+            env={"FERRY_TEST_CRASH": f"{name}:{k}", "FERRY_TEST_BATCH_BYTES": str(BATCH)},
+        )
         assert r.returncode == -signal.SIGKILL, (name, k, r.stderr)
         with LocalStore(str(data)) as store:
             report = store.verify()
@@ -97,7 +109,8 @@ def test_ingest_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
             # Chunks the killed run committed were reused, not written twice.
             assert store.index.scalar("SELECT count(*) FROM chunks") == len(
                 set(store.complete_manifest(StorePath.parse(A)).chunk_digests())
-                | set(store.complete_manifest(StorePath.parse(B)).chunk_digests()))
+                | set(store.complete_manifest(StorePath.parse(B)).chunk_digests())
+            )
         shutil.rmtree(data)
 
 
@@ -105,11 +118,24 @@ def test_ingest_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
 def test_gc_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
     base = tmp_path / "with-b"
     shutil.copytree(world / "base", base)
-    assert ferry("publish", str(world / "b"), "--store-path", B, "--no-root", "--data-dir", str(base),
-                 env={}).returncode == 0
+    assert (
+        ferry(
+            "publish",
+            str(world / "b"),
+            "--store-path",
+            B,
+            "--no-root",
+            "--data-dir",
+            str(base),
+            env={},
+        ).returncode
+        == 0
+    )
     with LocalStore(str(base)) as store:
-        only_b = len(set(store.complete_manifest(StorePath.parse(B)).chunk_digests())
-                     - set(store.complete_manifest(StorePath.parse(A)).chunk_digests()))
+        only_b = len(
+            set(store.complete_manifest(StorePath.parse(B)).chunk_digests())
+            - set(store.complete_manifest(StorePath.parse(A)).chunk_digests())
+        )
         disk_with_b = store.stats().slab_disk_bytes
     names = _checkpoints(base, tmp_path, "gc")
     assert names.count("hole-punched") == only_b and names.count("gc-committed") == 1
@@ -128,4 +154,3 @@ def test_gc_killed_anywhere(world: Path, tmp_path: Path, nix) -> None:
         r = ferry("gc", "--json", "--data-dir", str(data), env={})
         assert r.returncode == 0 and '"removed_paths": []' in r.stdout
         shutil.rmtree(data)
-

@@ -6,16 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 
-from tests.cli import ferry
 from store.hash import Hash
 from store.narinfo import NarInfo
 from store.path import StorePath
+from tests.cli import ferry
 from trust import keyfile, signature
 from trust.claim import SignedClaim
 from trust.key import SecretKey
@@ -36,16 +36,40 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "bin" / "hello").write_bytes(os.urandom(200_000))
     (out / "share").write_text("hello\n")
     for n in "abcm":
-        r = ferry("trust", "claim", str(out), "--key", str(d / f"{n}.secret"), "--store-path", STORE_PATH,
-                  "--references", DEP, "-o", str(d / f"{n}.claim"))
+        r = ferry(
+            "trust",
+            "claim",
+            str(out),
+            "--key",
+            str(d / f"{n}.secret"),
+            "--store-path",
+            STORE_PATH,
+            "--references",
+            DEP,
+            "-o",
+            str(d / f"{n}.claim"),
+        )
         assert r.returncode == 0, r.stderr
     (out / "share").write_text("hello, with a backdoor\n")
-    r = ferry("trust", "claim", str(out), "--key", str(d / "c.secret"), "--store-path", STORE_PATH,
-              "--references", DEP, "-o", str(d / "c-lie.claim"))
+    r = ferry(
+        "trust",
+        "claim",
+        str(out),
+        "--key",
+        str(d / "c.secret"),
+        "--store-path",
+        STORE_PATH,
+        "--references",
+        DEP,
+        "-o",
+        str(d / "c-lie.claim"),
+    )
     assert r.returncode == 0, r.stderr
     keys = "".join(f'  "{(d / f"{n}.public").read_text()}",\n' for n in "abc")
     (d / "policy.toml").write_text(f"trusted = [\n{keys}]\nthreshold = 2\n")
-    (d / "majority.toml").write_text(f'trusted = [\n{keys}]\nthreshold = 2\non_conflict = "majority"\n')
+    (d / "majority.toml").write_text(
+        f'trusted = [\n{keys}]\nthreshold = 2\non_conflict = "majority"\n'
+    )
     return d
 
 
@@ -58,7 +82,12 @@ def test_keygen_files_and_output(world: Path, tmp_path: Path) -> None:
     assert info["secret_file"] == "ci-builder-1.secret"
     r = ferry("trust", "pubkey", str(tmp_path / "ci-builder-1.secret"))
     assert (r.returncode, r.stdout.strip()) == (0, info["public_key"])
-    assert ferry("trust", "pubkey", str(tmp_path / "ci-builder-1.secret"), "--json").stdout.count('"name"') == 1
+    assert (
+        ferry("trust", "pubkey", str(tmp_path / "ci-builder-1.secret"), "--json").stdout.count(
+            '"name"'
+        )
+        == 1
+    )
     # Never overwrites a key.
     r = ferry("trust", "keygen", "ci-builder-1", cwd=tmp_path)
     assert r.returncode == 3 and "already exists" in r.stderr
@@ -69,11 +98,30 @@ def test_nix_signs_with_a_key_ferry_made(world: Path, nix, nix_closure, tmp_path
     store = tmp_path / "store"
     shutil.copytree(nix_closure.store, store, symlinks=True)
     nix_cmd = ("nix", "--extra-experimental-features", "nix-command")
-    nix.run(*nix_cmd, "store", "sign", "--store", str(store), "--key-file", str(world / "a.secret"), nix_closure.top)
-    (info,) = json.loads(nix.run(*nix_cmd, "path-info", "--json", "--sigs", "--store", str(store), nix_closure.top))
-    narinfo = NarInfo(StorePath.decode(info["path"]), "nar/x.nar", Hash.decode(info["narHash"]), info["narSize"],
-                      tuple(StorePath.decode(r) for r in info["references"]), sigs=tuple(info["signatures"]))
-    assert signature.signers(narinfo, [keyfile.load_public(str(world / "a.public"))]) == ("builder-a",)
+    nix.run(
+        *nix_cmd,
+        "store",
+        "sign",
+        "--store",
+        str(store),
+        "--key-file",
+        str(world / "a.secret"),
+        nix_closure.top,
+    )
+    (info,) = json.loads(
+        nix.run(*nix_cmd, "path-info", "--json", "--sigs", "--store", str(store), nix_closure.top)
+    )
+    narinfo = NarInfo(
+        StorePath.decode(info["path"]),
+        "nar/x.nar",
+        Hash.decode(info["narHash"]),
+        info["narSize"],
+        tuple(StorePath.decode(r) for r in info["references"]),
+        sigs=tuple(info["signatures"]),
+    )
+    assert signature.signers(narinfo, [keyfile.load_public(str(world / "a.public"))]) == (
+        "builder-a",
+    )
 
 
 def test_claim_contents(world: Path) -> None:
@@ -97,17 +145,31 @@ def test_verify(world: Path, tmp_path: Path) -> None:
     assert r.returncode == 1
     report = json.loads(r.stdout)
     assert report["valid"] is False
-    assert [(c["claim_signature_ok"], c["nix_signature_ok"]) for c in report["claims"]] == [(True, True), (True, False)]
+    assert [(c["claim_signature_ok"], c["nix_signature_ok"]) for c in report["claims"]] == [
+        (True, True),
+        (True, False),
+    ]
 
 
 def decide(world: Path, *claims: str, policy: str = "policy.toml", json_out: bool = False):
-    args = ["trust", "decide", STORE_PATH, "--policy", str(world / policy), *(str(world / c) for c in claims)]
+    args = [
+        "trust",
+        "decide",
+        STORE_PATH,
+        "--policy",
+        str(world / policy),
+        *(str(world / c) for c in claims),
+    ]
     return ferry(*args, *(["--json"] if json_out else []))
 
 
 def test_decide_verdicts_and_exit_codes(world: Path) -> None:
     r = decide(world, "a.claim")
-    assert r.returncode == 1 and "insufficient: 1 of the 2" in r.stdout and "builder-b, builder-c" in r.stdout
+    assert (
+        r.returncode == 1
+        and "insufficient: 1 of the 2" in r.stdout
+        and "builder-b, builder-c" in r.stdout
+    )
     r = decide(world, "a.claim", "b.claim")
     assert r.returncode == 0 and "trusted: 2 of 3 builders agree" in r.stdout
     r = decide(world, "a.claim", "b.claim", "c-lie.claim")
@@ -119,15 +181,25 @@ def test_decide_verdicts_and_exit_codes(world: Path) -> None:
     # Outsiders and repeats do not count.
     r = decide(world, "a.claim", "m.claim", "a.claim", "a.claim")
     assert r.returncode == 1
-    assert "ignored: key is not in the policy" in r.stdout and r.stdout.count("ignored: key already counted") == 2
+    assert (
+        "ignored: key is not in the policy" in r.stdout
+        and r.stdout.count("ignored: key already counted") == 2
+    )
 
 
 def test_decide_json(world: Path) -> None:
     r = decide(world, "a.claim", "b.claim", "m.claim", json_out=True)
     out = json.loads(r.stdout)
     a = SignedClaim.decode((world / "a.claim").read_bytes())
-    assert r.returncode == 0 and out["verdict"] == "trusted" and out["signers"] == ["builder-a", "builder-b"]
-    assert out["nar_hash"] == str(a.claim.nar_hash) and out["manifest_digest"] == a.claim.manifest_digest.hex()
+    assert (
+        r.returncode == 0
+        and out["verdict"] == "trusted"
+        and out["signers"] == ["builder-a", "builder-b"]
+    )
+    assert (
+        out["nar_hash"] == str(a.claim.nar_hash)
+        and out["manifest_digest"] == a.claim.manifest_digest.hex()
+    )
     assert out["nix_signatures"][0] == a.nix_sig().encode()
     assert [c["status"] for c in out["claims"]] == ["counted", "counted", "ignored"]
     r = decide(world, "a.claim", "c-lie.claim", json_out=True)
@@ -135,7 +207,12 @@ def test_decide_json(world: Path) -> None:
     assert r.returncode == 2 and out["verdict"] == "conflict"
     assert sorted(o["signers"] for o in out["outcomes"]) == [["builder-a"], ["builder-c"]]
     out = json.loads(decide(world, "b.claim", json_out=True).stdout)
-    assert (out["verdict"], out["have"], out["need"], out["missing"]) == ("insufficient", 1, 2, ["builder-a", "builder-c"])
+    assert (out["verdict"], out["have"], out["need"], out["missing"]) == (
+        "insufficient",
+        1,
+        2,
+        ["builder-a", "builder-c"],
+    )
 
 
 def _bad_inputs(world: Path, tmp: Path) -> list[tuple[list[str], str]]:
@@ -158,7 +235,16 @@ def _bad_inputs(world: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "open.secret").write_text(SecretKey.generate("x").encode())
     os.chmod(tmp / "open.secret", 0o644)
     t = str(tmp)
-    claim = ["trust", "claim", str(world / "out"), "--store-path", STORE_PATH, "-o", f"{t}/x.claim", "--key"]
+    claim = [
+        "trust",
+        "claim",
+        str(world / "out"),
+        "--store-path",
+        STORE_PATH,
+        "-o",
+        f"{t}/x.claim",
+        "--key",
+    ]
     return [
         (["trust", "verify", f"{t}/trunc.claim"], "not valid msgpack"),
         (["trust", "verify", f"{t}/empty.claim"], "not valid msgpack"),
@@ -172,20 +258,100 @@ def _bad_inputs(world: Path, tmp: Path) -> list[tuple[list[str], str]]:
         ([*claim, f"{t}/open.secret"], "chmod 600"),
         ([*claim, str(world / "a.public")], "is a public key"),
         (["trust", "pubkey", f"{t}/short.secret"], "has 40 bytes"),
-        (["trust", "claim", f"{t}/nothing", "--key", str(world / "a.secret"), "--store-path", STORE_PATH,
-          "-o", f"{t}/x.claim"], "no such file or directory"),
-        (["trust", "claim", str(world / "out"), "--key", str(world / "a.secret"), "--store-path", "/nix/store/hello",
-          "-o", f"{t}/x.claim"], "is not <32 nix32"),
-        (["trust", "claim", str(world / "out"), "--key", str(world / "a.secret"), "--store-path", STORE_PATH,
-          "--references", "/usr/lib", "-o", f"{t}/x.claim"], "not in the store directory"),
-        (["trust", "decide", STORE_PATH, "--policy", f"{t}/ssh.toml", str(world / "a.claim")], "ssh.toml line 1"),
-        (["trust", "decide", STORE_PATH, "--policy", f"{t}/shortkey.toml", str(world / "a.claim")], "has 3 bytes"),
-        (["trust", "decide", STORE_PATH, "--policy", f"{t}/broken.toml", str(world / "a.claim")], "not valid TOML"),
-        (["trust", "decide", STORE_PATH, "--policy", f"{t}/none.toml", str(world / "a.claim")], "none.toml: no such file"),
-        (["trust", "decide", STORE_PATH, "--policy", str(world / "policy.toml"), f"{t}/trunc.claim"], "msgpack"),
-        (["trust", "decide", "hello", "--policy", str(world / "policy.toml"), str(world / "a.claim")], "store path"),
+        (
+            [
+                "trust",
+                "claim",
+                f"{t}/nothing",
+                "--key",
+                str(world / "a.secret"),
+                "--store-path",
+                STORE_PATH,
+                "-o",
+                f"{t}/x.claim",
+            ],
+            "no such file or directory",
+        ),
+        (
+            [
+                "trust",
+                "claim",
+                str(world / "out"),
+                "--key",
+                str(world / "a.secret"),
+                "--store-path",
+                "/nix/store/hello",
+                "-o",
+                f"{t}/x.claim",
+            ],
+            "is not <32 nix32",
+        ),
+        (
+            [
+                "trust",
+                "claim",
+                str(world / "out"),
+                "--key",
+                str(world / "a.secret"),
+                "--store-path",
+                STORE_PATH,
+                "--references",
+                "/usr/lib",
+                "-o",
+                f"{t}/x.claim",
+            ],
+            "not in the store directory",
+        ),
+        (
+            ["trust", "decide", STORE_PATH, "--policy", f"{t}/ssh.toml", str(world / "a.claim")],
+            "ssh.toml line 1",
+        ),
+        (
+            [
+                "trust",
+                "decide",
+                STORE_PATH,
+                "--policy",
+                f"{t}/shortkey.toml",
+                str(world / "a.claim"),
+            ],
+            "has 3 bytes",
+        ),
+        (
+            ["trust", "decide", STORE_PATH, "--policy", f"{t}/broken.toml", str(world / "a.claim")],
+            "not valid TOML",
+        ),
+        (
+            ["trust", "decide", STORE_PATH, "--policy", f"{t}/none.toml", str(world / "a.claim")],
+            "none.toml: no such file",
+        ),
+        (
+            [
+                "trust",
+                "decide",
+                STORE_PATH,
+                "--policy",
+                str(world / "policy.toml"),
+                f"{t}/trunc.claim",
+            ],
+            "msgpack",
+        ),
+        (
+            [
+                "trust",
+                "decide",
+                "hello",
+                "--policy",
+                str(world / "policy.toml"),
+                str(world / "a.claim"),
+            ],
+            "store path",
+        ),
         (["trust", "decide", STORE_PATH, str(world / "a.claim")], "required: --policy"),
-        (["trust", "decide", STORE_PATH, "--policy", str(world / "policy.toml")], "required: CLAIM"),
+        (
+            ["trust", "decide", STORE_PATH, "--policy", str(world / "policy.toml")],
+            "required: CLAIM",
+        ),
         (["trust", "verify", str(world / "a.claim"), "--bogus"], "unrecognized arguments: --bogus"),
         (["trust"], "required: COMMAND"),
         (["trust", "keygen", "bad:name", "-o", f"{t}/k"], "key name 'bad:name' is not valid"),
@@ -206,4 +372,7 @@ def test_bad_input_is_one_line_and_exit_3(world: Path, tmp_path: Path) -> None:
 def test_help_explains_exit_codes() -> None:
     r = ferry("trust", "decide", "--help")
     assert r.returncode == 0
-    assert "3  bad input" in r.stdout and "2  decide: trusted builders signed different results" in r.stdout
+    assert (
+        "3  bad input" in r.stdout
+        and "2  decide: trusted builders signed different results" in r.stdout
+    )

@@ -54,7 +54,8 @@ async def test_a_landing_chunk_wakes_only_its_subscribers() -> None:
 
 
 async def test_a_crowd_through_one_upload_slot_completes_and_hears_busy(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     rng = random.Random(3)
     rel = release(rng, paths=2, real_bytes=40 * 4096)
     builder = key(rng, "builder")
@@ -71,7 +72,9 @@ async def test_a_crowd_through_one_upload_slot_completes_and_hears_busy(
         async def violation(peer: str, problem: str) -> None:
             punished.append(problem)
 
-        srv.handlers[BLOCKS] = lambda s, peer: serve_blocks(s, peer, seed, violation, lambda n, b: None, uplink)
+        srv.handlers[BLOCKS] = lambda s, peer: serve_blocks(
+            s, peer, seed, violation, lambda n, b: None, uplink
+        )
         srv.handlers[claimwire.PROTOCOL] = lambda s, peer: serve_claims(s, peer, seed, violation)
         hosts = [world.add(f"f{i}") for i in range(len(stores))]
         for h in hosts:

@@ -62,7 +62,7 @@ class Blobs:
     async def read(self, volume: bytes, cookie: bytes, off: int, n: int) -> bytes | None:
         if cookie in self.withheld:
             return None
-        return self.blobs[cookie][off:off + n]
+        return self.blobs[cookie][off : off + n]
 
 
 @pytest.fixture
@@ -89,11 +89,13 @@ async def test_open_read_close(daemon, tmp_path: Path) -> None:  # type: ignore[
     await dev.until(lambda: dev.completed)
     assert dev.completed == [(fd, 8)]
     cached = (tmp_path / "cache-slab").read_bytes()
-    assert cached[4096:len(SLAB)] == SLAB[4096:]
+    assert cached[4096 : len(SLAB)] == SLAB[4096:]
     assert cached[:4096] == bytes(4096)  # not asked for: still a hole
     await dev.send.send(cachefiles.encode(Close(9, 1)))
     await dev.send.send(cachefiles.encode(Read(10, 1, 0, 10)))  # after CLOSE: an unknown object
-    await dev.send.send(cachefiles.encode(Open(11, 2, VOLUME, b"fsid-1", _anon(tmp_path, "img"), 0)))
+    await dev.send.send(
+        cachefiles.encode(Open(11, 2, VOLUME, b"fsid-1", _anon(tmp_path, "img"), 0))
+    )
     await dev.until(lambda: len(dev.commands) == 2)
     # The anon fd was closed on CLOSE (its number may since hold the image's new fd).
     try:
@@ -121,13 +123,20 @@ async def test_unavailable_bytes_complete_without_data(daemon, tmp_path: Path) -
     await dev.send.send(cachefiles.encode(Open(1, 3, VOLUME, b"fsid-1", fd, 0)))
     await dev.send.send(cachefiles.encode(Read(2, 3, 0, 4096)))
     await dev.until(lambda: dev.completed)
-    assert dev.completed == [(fd, 2)] and (tmp_path / "img").read_bytes() == b""  # the reader gets an error
+    assert (
+        dev.completed == [(fd, 2)] and (tmp_path / "img").read_bytes() == b""
+    )  # the reader gets an error
 
 
 async def test_malformed_messages_are_survived(daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     d, dev, _ = daemon
-    for junk in (b"", b"\x01\x02", cachefiles.encode(Read(1, 1, 0, 1))[:-3], b"\0" * 12 + b"\x10\0\0\0",
-                 cachefiles.encode(Close(1, 1)) + b"x"):
+    for junk in (
+        b"",
+        b"\x01\x02",
+        cachefiles.encode(Read(1, 1, 0, 1))[:-3],
+        b"\0" * 12 + b"\x10\0\0\0",
+        cachefiles.encode(Close(1, 1)) + b"x",
+    ):
         await dev.send.send(junk)
     await dev.send.send(cachefiles.encode(Open(3, 1, VOLUME, b"fsid-1", _anon(tmp_path, "i"), 0)))
     await dev.until(lambda: dev.commands)
@@ -138,16 +147,30 @@ def test_the_device_is_bound_and_restored(tmp_path: Path) -> None:
     fake = tmp_path / "device"
     fake.write_bytes(b"")
     CacheDevice(str(tmp_path / "cache"), "ferry", restore=True, path=str(fake))
-    assert fake.read_bytes() == f"dir {tmp_path / 'cache'}".encode() + b"tag ferry" + b"bind ondemand" + b"restore"
+    assert (
+        fake.read_bytes()
+        == f"dir {tmp_path / 'cache'}".encode() + b"tag ferry" + b"bind ondemand" + b"restore"
+    )
 
 
 msgs = st.one_of(
-    st.builds(Open, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
-              st.binary(min_size=0, max_size=100).filter(lambda b: b"\0" not in b), st.binary(max_size=100),
-              st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.builds(
+        Open,
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.binary(min_size=0, max_size=100).filter(lambda b: b"\0" not in b),
+        st.binary(max_size=100),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+    ),
     st.builds(Close, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
-    st.builds(Read, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
-              st.integers(0, 2**64 - 1)),
+    st.builds(
+        Read,
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+    ),
 )
 
 

@@ -24,11 +24,14 @@ from tests import trees
 from tests.ondemand.test_cachefiles import EmulatedDevice
 
 SP = StorePath("/nix/store", "9" * 32, "cached-1.0")
-TREE = trees.Dir({b"a": trees.File(200_000, 1, True), b"b": trees.File(70_000, 2, False),
-                  b"l": trees.Link(b"a")})
+TREE = trees.Dir(
+    {b"a": trees.File(200_000, 1, True), b"b": trees.File(70_000, 2, False), b"l": trees.Link(b"a")}
+)
 
 
-async def test_store_blobs_through_the_emulated_device(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_store_blobs_through_the_emulated_device(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
     chunks = export.MemoryChunks()
     manifest = build.from_nar([nar.encode_bytes(trees.events(TREE))], SP, on_chunk=chunks.add)
     store = LocalStore(str(tmp_path / "store"))
@@ -50,8 +53,14 @@ async def test_store_blobs_through_the_emulated_device(nursery: trio.Nursery, tm
             slabs.have.update(digests)
 
         slab_rows = store.index.slabs()
-        blobs = StoreBlobs("ferry", os.path.join(store.data_dir, "slabs"), slabs,
-                           {r.name: r.id for r in slab_rows}, fetch, filled)
+        blobs = StoreBlobs(
+            "ferry",
+            os.path.join(store.data_dir, "slabs"),
+            slabs,
+            {r.name: r.id for r in slab_rows},
+            fetch,
+            filled,
+        )
         (tmp_path / "meta.erofs").write_bytes(img.data)
         blobs.images[b"fsid-cached"] = str(tmp_path / "meta.erofs")
         for r in slab_rows:  # a reserved slab may not exist on disk yet
@@ -62,8 +71,12 @@ async def test_store_blobs_through_the_emulated_device(nursery: trio.Nursery, tm
 
         image_fd = os.open(tmp_path / "cache-image", os.O_RDWR | os.O_CREAT, 0o600)
         slab_fd = os.open(tmp_path / "cache-slab", os.O_RDWR | os.O_CREAT, 0o600)
-        await dev.send.send(cachefiles.encode(Open(1, 10, b"erofs,ferry", b"fsid-cached", image_fd, 0)))
-        await dev.send.send(cachefiles.encode(Open(2, 11, b"erofs,ferry", slab_rows[0].name.encode(), slab_fd, 0)))
+        await dev.send.send(
+            cachefiles.encode(Open(1, 10, b"erofs,ferry", b"fsid-cached", image_fd, 0))
+        )
+        await dev.send.send(
+            cachefiles.encode(Open(2, 11, b"erofs,ferry", slab_rows[0].name.encode(), slab_fd, 0))
+        )
         await dev.until(lambda: len(dev.commands) == 2)
         assert dev.commands[0] == f"copen 1,{len(img.data)}".encode()
         await dev.send.send(cachefiles.encode(Read(3, 10, 0, len(img.data))))
@@ -79,8 +92,10 @@ async def test_store_blobs_through_the_emulated_device(nursery: trio.Nursery, tm
             await dev.send.send(cachefiles.encode(Read(10 + i, 11, ref.blkaddr * 4096, n)))
         await dev.until(lambda: len(dev.completed) == 1 + len(refs))
         slab_cache = (tmp_path / "cache-slab").read_bytes()
-        got = b"".join(slab_cache[r.blkaddr * 4096:r.blkaddr * 4096 + min(cs, a.size - i * cs)]
-                       for i, r in enumerate(refs))
+        got = b"".join(
+            slab_cache[r.blkaddr * 4096 : r.blkaddr * 4096 + min(cs, a.size - i * cs)]
+            for i, r in enumerate(refs)
+        )
         assert got == trees.File(200_000, 1, True).data()
         e = next(x for x in manifest.entries if x.path == b"a")
         assert sorted(fetched) == sorted(set(e.chunks))  # only file a's chunks were fetched

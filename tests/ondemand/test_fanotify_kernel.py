@@ -19,12 +19,14 @@ from tests import trees
 from tests.conftest import require
 from tests.erofs.images import Slab, image_of, model
 
-TREE = trees.Dir({
-    b"big": trees.File(3 << 20, 1, False),  # 48 chunks of 64 KiB
-    b"mid": trees.File(300_000, 2, True),
-    b"sub": trees.Dir({b"small": trees.File(100, 3, False), b"link": trees.Link(b"../mid")}),
-    b"lonely": trees.File(70_000, 4, False),
-})
+TREE = trees.Dir(
+    {
+        b"big": trees.File(3 << 20, 1, False),  # 48 chunks of 64 KiB
+        b"mid": trees.File(300_000, 2, True),
+        b"sub": trees.Dir({b"small": trees.File(100, 3, False), b"link": trees.Link(b"../mid")}),
+        b"lonely": trees.File(70_000, 4, False),
+    }
+)
 
 
 class Chunks:
@@ -40,7 +42,11 @@ class Chunks:
         self.have: set[bytes] = set()
 
     def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
-        return [c for c in self.by_offset.values() if c.offset < offset + count and offset < c.offset + c.length]
+        return [
+            c
+            for c in self.by_offset.values()
+            if c.offset < offset + count and offset < c.offset + c.length
+        ]
 
     def file_chunks(self, file: object) -> list[ChunkAt]:
         return self.files[file]
@@ -53,7 +59,10 @@ class Peers:
     """Hands out chunk bytes like a fetch session would, counting what it sent."""
 
     def __init__(self, slab: Slab, chunks: Chunks, withhold: set[bytes]) -> None:
-        self.data = {c.digest: bytes(slab.data[c.offset:c.offset + c.length]) for c in chunks.by_offset.values()}
+        self.data = {
+            c.digest: bytes(slab.data[c.offset : c.offset + c.length])
+            for c in chunks.by_offset.values()
+        }
         self.withhold = set(withhold)
         self.sent: Counter[bytes] = Counter()
         self.gate = trio.Event()
@@ -70,7 +79,9 @@ class Peers:
 
 
 class Mounted:
-    def __init__(self, root: Path, filler: Filler, chunks: Chunks, peers: Peers, lengths: dict[bytes, int]) -> None:
+    def __init__(
+        self, root: Path, filler: Filler, chunks: Chunks, peers: Peers, lengths: dict[bytes, int]
+    ) -> None:
         self.root = root
         self.filler = filler
         self.chunks = chunks
@@ -85,7 +96,9 @@ class Mounted:
 def _probe(tmp: Path) -> None:
     require(os.geteuid() == 0, "fanotify pre-content and mount(2) need root")
     try:
-        os.close(syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR))
+        os.close(
+            syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR)
+        )
     except OSError as e:
         require(False, f"this kernel has no fanotify pre-content events (Linux 6.14+): {e}")
 
@@ -102,8 +115,10 @@ async def mounted(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     slab_path = tmp_path / "slab"
     with open(slab_path, "wb") as f:
         f.truncate(len(slab.data))  # every chunk a hole: nothing is here until a read asks
-    group = syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
-                                   os.O_RDWR | os.O_LARGEFILE)
+    group = syscalls.fanotify_init(
+        fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
+        os.O_RDWR | os.O_LARGEFILE,
+    )
     mnt = tmp_path / "mnt"
     mnt.mkdir()
 
@@ -113,7 +128,9 @@ async def mounted(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     filler = Filler(group, chunks, peers.fetch, deadline=1.0, on_filled=filled)
     try:
         # Marked before EROFS opens the slab: no read of it escapes the filler.
-        syscalls.fanotify_mark(group, fanotify.FAN_MARK_ADD, fanotify.FAN_PRE_ACCESS, str(slab_path))
+        syscalls.fanotify_mark(
+            group, fanotify.FAN_MARK_ADD, fanotify.FAN_PRE_ACCESS, str(slab_path)
+        )
         syscalls.mount_erofs(str(tmp_path / "meta.erofs"), str(mnt), [str(slab_path)])
         try:
             async with trio.open_nursery() as nursery:
@@ -128,7 +145,9 @@ async def mounted(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
 
 async def _run(*argv: str) -> trio.CompletedProcess[bytes]:
     with trio.fail_after(30):
-        return await trio.run_process(list(argv), capture_stdout=True, capture_stderr=True, check=False)
+        return await trio.run_process(
+            list(argv), capture_stdout=True, capture_stderr=True, check=False
+        )
 
 
 @pytest.mark.kernel
@@ -137,7 +156,9 @@ async def test_listing_fetches_nothing_and_reads_fetch_what_they_need(mounted: M
     assert r.returncode == 0 and b"sub/small" in r.stdout
     assert mounted.fetched == 0  # metadata lives in the image
     r = await _run("cat", str(mounted.root / "sub" / "small"))
-    assert r.stdout == model(TREE)[b"sub/small"][2] and mounted.fetched == 0  # small files are inline
+    assert (
+        r.stdout == model(TREE)[b"sub/small"][2] and mounted.fetched == 0
+    )  # small files are inline
     r = await _run("cat", str(mounted.root / "mid"))
     assert r.stdout == model(TREE)[b"mid"][2]
     assert 300_000 <= mounted.fetched <= 320 << 10

@@ -22,7 +22,9 @@ SP2 = "/nix/store/" + "7" * 32 + "-lazy-1.1"
 def _kernel() -> None:
     require(os.geteuid() == 0, "fanotify pre-content and mount(2) need root")
     try:
-        os.close(syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR))
+        os.close(
+            syscalls.fanotify_init(fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_CLOEXEC, os.O_RDWR)
+        )
     except OSError as e:
         require(False, f"this kernel has no fanotify pre-content events (Linux 6.14+): {e}")
 
@@ -65,10 +67,14 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
         r = subprocess.run(["find", str(mnt), "-ls"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "one-mib.dat" in r.stdout
         assert _present(client, mnt) == 0  # listing reads metadata only
-        r = subprocess.run(["cat", str(mnt / "lib" / "one-mib.dat")], capture_output=True, timeout=60)
+        r = subprocess.run(
+            ["cat", str(mnt / "lib" / "one-mib.dat")], capture_output=True, timeout=60
+        )
         assert r.stdout == (src / "lib" / "one-mib.dat").read_bytes()
         assert _present(client, mnt) <= 2 << 20
-        r = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(mnt)], capture_output=True, timeout=300)
+        r = subprocess.run(
+            ["diff", "-r", "--no-dereference", str(src), str(mnt)], capture_output=True, timeout=300
+        )
         assert r.returncode == 0, r.stdout[-2000:]
         assert _present(client, mnt) == got["bytes_total"]
 
@@ -87,7 +93,10 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
         mnt2.mkdir()
         got2 = client.json("mount", SP2, str(mnt2))
         assert _present(client, mnt2) == got2["bytes_total"]  # every chunk shared with 1.0
-        assert subprocess.run(["cat", str(mnt2 / "bin" / "tool")], capture_output=True).stdout == b"#!/bin/sh\necho v2\n"
+        assert (
+            subprocess.run(["cat", str(mnt2 / "bin" / "tool")], capture_output=True).stdout
+            == b"#!/bin/sh\necho v2\n"
+        )
         client.ferry("umount", str(mnt2))
     finally:
         r = client.ferry("umount", str(mnt))
@@ -109,10 +118,16 @@ def test_materialize_backend_writes_the_tree(swarm: Swarm, tmp_path: Path) -> No
     src = _tree(tmp_path / "src", big_files=1)
     seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
     dest = tmp_path / "dest"
-    if not os.path.exists("/dev/cachefiles"):  # as on these machines: a plain refusal, then another backend
+    if not os.path.exists(
+        "/dev/cachefiles"
+    ):  # as on these machines: a plain refusal, then another backend
         dest.mkdir()
         r = client.ferry("mount", SP, str(dest), "--backend", "cachefiles")
-        assert r.returncode == 1 and "cannot bind /dev/cachefiles" in r.stderr and "ferry doctor" in r.stderr
+        assert (
+            r.returncode == 1
+            and "cannot bind /dev/cachefiles" in r.stderr
+            and "ferry doctor" in r.stderr
+        )
         dest.rmdir()
     got = client.json("mount", SP, str(dest), "--backend", "materialize")
     assert got["backend"] == "materialize"
@@ -158,8 +173,10 @@ def test_killing_the_node_never_hands_readers_zeros(swarm: Swarm, tmp_path: Path
     mnt.mkdir()
     client.json("mount", SP, str(mnt))
     files = [f"lib/big{i}.so" for i in range(4)]
-    readers = [subprocess.Popen(["python3", "-c", READER, str(mnt / f)], stdout=subprocess.PIPE, text=True)
-               for f in files]
+    readers = [
+        subprocess.Popen(["python3", "-c", READER, str(mnt / f)], stdout=subprocess.PIPE, text=True)
+        for f in files
+    ]
     # Kill the node once reading is under way (chunks are arriving), not before.
     with_progress = False
     for _ in range(200):
@@ -175,15 +192,20 @@ def test_killing_the_node_never_hands_readers_zeros(swarm: Swarm, tmp_path: Path
         want = hashlib.sha256((src / f).read_bytes()).hexdigest()
         assert got == want or got == "ERR 5", (f, got)  # right bytes or EIO, never zeros
     assert any(got != "ERR 5" for got in outcomes)  # the restarted node went on serving
-    r = subprocess.run(["cmp", str(src / files[0]), str(mnt / files[0])], capture_output=True, timeout=300)
+    r = subprocess.run(
+        ["cmp", str(src / files[0]), str(mnt / files[0])], capture_output=True, timeout=300
+    )
     assert r.returncode == 0  # and reads after the restart are right
     assert client.stop() == 0
     assert not os.path.ismount(mnt)
     # No group left behind: the holder dropped it before answering the stopping node, and exits.
     assert not (client.data_dir / "fanotify.sock").exists()
-    holders = [p for p in psutil.process_iter(["cmdline"])
-               if "ondemand.holder" in " ".join(p.info["cmdline"] or []) and str(client.data_dir) in
-               " ".join(p.info["cmdline"] or [])]
+    holders = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ondemand.holder" in " ".join(p.info["cmdline"] or [])
+        and str(client.data_dir) in " ".join(p.info["cmdline"] or [])
+    ]
     _, alive = psutil.wait_procs(holders, timeout=10)
     assert not alive
 
@@ -198,7 +220,9 @@ def test_a_chunk_no_peer_has_fails_the_read_with_eio(swarm: Swarm, tmp_path: Pat
     k = keys(tmp_path, "builder")
     pol = policy(tmp_path, [k["builder"][1]], threshold=1)
     (seed,) = swarm.start("seed")
-    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol, config="read_deadline = 5\n")
+    (client,) = swarm.start(
+        "client", bootstrap=[seed.addr], policy=pol, config="read_deadline = 5\n"
+    )
     src = _tree(tmp_path / "src", big_files=0)
     seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
     # The seed's only copy of one file's chunk rots: it will not serve it, and nobody else has it.
@@ -208,9 +232,13 @@ def test_a_chunk_no_peer_has_fails_the_read_with_eio(swarm: Swarm, tmp_path: Pat
     client.json("mount", SP, str(mnt))
     try:
         t = time.monotonic()
-        r = subprocess.run(["cat", str(mnt / "share" / "doc0.txt")], capture_output=True, timeout=60)
+        r = subprocess.run(
+            ["cat", str(mnt / "share" / "doc0.txt")], capture_output=True, timeout=60
+        )
         assert r.returncode != 0 and b"Input/output error" in r.stderr and r.stdout == b""
         assert time.monotonic() - t < 5 + 3  # within the deadline (and its fetch's own failure)
-        assert (mnt / "share" / "doc1.txt").read_bytes() == (src / "share" / "doc1.txt").read_bytes()
+        assert (mnt / "share" / "doc1.txt").read_bytes() == (
+            src / "share" / "doc1.txt"
+        ).read_bytes()
     finally:
         assert client.ferry("umount", str(mnt)).returncode == 0

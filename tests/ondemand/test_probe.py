@@ -36,5 +36,7 @@ def test_missing_kernel_options_are_named(monkeypatch: pytest.MonkeyPatch) -> No
 def test_fanotify_is_chosen_where_it_works() -> None:
     require(os.geteuid() == 0, "needs root")
     report = probe.probe()
-    require(report.backends[0].usable, f"fanotify backend unavailable: {report.backends[0].missing}")
+    require(
+        report.backends[0].usable, f"fanotify backend unavailable: {report.backends[0].missing}"
+    )
     assert report.chosen == "fanotify"

@@ -17,16 +17,36 @@ START_TIMEOUT = 60.0
 
 
 class NodeProc:
-    def __init__(self, root: Path, name: str, *, bootstrap: list[str] = (), policy: Path | None = None,
-                 timeout: float = 2.0, env: dict[str, str] | None = None, config: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        *,
+        bootstrap: list[str] = (),
+        policy: Path | None = None,
+        timeout: float = 2.0,
+        env: dict[str, str] | None = None,
+        config: str = "",
+    ) -> None:
         self.name = name
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Tests are impatient: a silent peer is given up on after 2 s, not 10. Many nodes
         # run at once: each gateway takes a free port (see `gateway_url`).
-        (self.data_dir / "node.toml").write_text(f"request_timeout = {timeout}\ngateway = \"127.0.0.1:0\"\n{config}")
-        self.argv = [*ARGV, "node", "run", "--data-dir", str(self.data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
-                     "--no-mdns", *[x for b in bootstrap for x in ("--bootstrap", b)]]
+        (self.data_dir / "node.toml").write_text(
+            f'request_timeout = {timeout}\ngateway = "127.0.0.1:0"\n{config}'
+        )
+        self.argv = [
+            *ARGV,
+            "node",
+            "run",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            *[x for b in bootstrap for x in ("--bootstrap", b)],
+        ]
         if policy:
             self.argv += ["--policy", str(policy)]
         self.env = {**os.environ, **(env or {})}
@@ -39,9 +59,16 @@ class NodeProc:
         # finishing, and must not mark the new one ready.
         self.log = []
         self._ready = threading.Event()
-        self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=self.env,
-                                     cwd=Path(__file__).parents[2])
-        threading.Thread(target=self._drain, args=(self.proc, self.log, self._ready), daemon=True).start()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=self.env,
+            cwd=Path(__file__).parents[2],
+        )
+        threading.Thread(
+            target=self._drain, args=(self.proc, self.log, self._ready), daemon=True
+        ).start()
         return self
 
     def _drain(self, proc: subprocess.Popen[bytes], log: list[str], ready: threading.Event) -> None:
@@ -54,8 +81,12 @@ class NodeProc:
         ready.set()  # it exited: wait() returns and the caller sees why
 
     def wait_ready(self) -> NodeProc:
-        assert self._ready.wait(START_TIMEOUT), f"{self.name} did not start:\n" + "\n".join(self.log)
-        assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited:\n" + "\n".join(self.log)
+        assert self._ready.wait(START_TIMEOUT), f"{self.name} did not start:\n" + "\n".join(
+            self.log
+        )
+        assert self.proc is not None and self.proc.poll() is None, (
+            f"{self.name} exited:\n" + "\n".join(self.log)
+        )
         return self
 
     @property
@@ -75,7 +106,9 @@ class NodeProc:
 
     def json(self, *args: str) -> Any:
         r = self.ferry(*args, "--json")
-        assert r.returncode == 0, f"{self.name}: ferry {' '.join(args)}: {r.stderr}\n" + "\n".join(self.log[-30:])
+        assert r.returncode == 0, f"{self.name}: ferry {' '.join(args)}: {r.stderr}\n" + "\n".join(
+            self.log[-30:]
+        )
         return json.loads(r.stdout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -123,9 +156,13 @@ def keys(tmp: Path, *names: str) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def policy(tmp: Path, publics: list[str], threshold: int, on_conflict: str = "refuse", name: str = "policy") -> Path:
+def policy(
+    tmp: Path, publics: list[str], threshold: int, on_conflict: str = "refuse", name: str = "policy"
+) -> Path:
     p = tmp / f"{name}.toml"
-    p.write_text(f"trusted = {json.dumps(publics)}\nthreshold = {threshold}\non_conflict = \"{on_conflict}\"\n")
+    p.write_text(
+        f'trusted = {json.dumps(publics)}\nthreshold = {threshold}\non_conflict = "{on_conflict}"\n'
+    )
     return p
 
 
@@ -134,9 +171,15 @@ def rot_chunk(node: NodeProc, digest: bytes | None = None) -> None:
     disk rot would: the node then refuses to serve it."""
     db = sqlite3.connect(node.data_dir / "index.sqlite")
     try:
-        where, args = ("WHERE c.digest = ?", (digest,)) if digest else ("ORDER BY c.length DESC, c.digest", ())
-        slab, offset = db.execute("SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab "
-                                  f"{where} LIMIT 1", args).fetchone()
+        where, args = (
+            ("WHERE c.digest = ?", (digest,))
+            if digest
+            else ("ORDER BY c.length DESC, c.digest", ())
+        )
+        slab, offset = db.execute(
+            f"SELECT s.name, c.offset FROM chunks c JOIN slabs s ON s.id = c.slab {where} LIMIT 1",
+            args,
+        ).fetchone()
     finally:
         db.close()
     with open(node.data_dir / "slabs" / slab, "r+b") as f:

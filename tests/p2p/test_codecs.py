@@ -9,7 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2p import blocks, claims
-from p2p.blocks import Block, BlockClient, BlocksError, BlockServer, Busy, Cancel, DontHave, Have, Want, Wants
+from p2p.blocks import (
+    Block,
+    BlockClient,
+    BlocksError,
+    BlockServer,
+    Busy,
+    Cancel,
+    DontHave,
+    Have,
+    Want,
+    Wants,
+)
 from p2p.frame import FrameError
 from p2p.frame import encode as frame
 from store.chunking import digest as blake3
@@ -22,9 +33,15 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
 
 
-@given(st.lists(st.tuples(st.binary(max_size=3000), st.booleans(), st.booleans()), min_size=1, max_size=20,
-                unique_by=lambda x: x[0]),
-       st.lists(st.integers(0, 10**6), max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=3000), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=20,
+        unique_by=lambda x: x[0],
+    ),
+    st.lists(st.integers(0, 10**6), max_size=8),
+)
 def test_round_trip_in_any_pieces(items: list[tuple[bytes, bool, bool]], cuts: list[int]) -> None:
     client, server = BlockClient(), BlockServer()
     wants = [Want(blake3(data), block=block) for data, block, _ in items]
@@ -36,8 +53,12 @@ def test_round_trip_in_any_pieces(items: list[tuple[bytes, bool, bool]], cuts: l
     taken = server.take(100)
     assert taken == wants and server.pending == 0
     by_digest = {blake3(d): d for d, _, _ in items}
-    replies = [(Busy(w.digest) if w.digest in busy else Block(w.digest, by_digest[w.digest])) if w.block
-               else Have(w.digest) for w in taken]
+    replies = [
+        (Busy(w.digest) if w.digest in busy else Block(w.digest, by_digest[w.digest]))
+        if w.block
+        else Have(w.digest)
+        for w in taken
+    ]
     got = []
     for piece in _split(BlockServer.reply(replies), cuts):
         got += client.receive_data(piece)
@@ -66,15 +87,18 @@ def test_cancel_removes_pending_wants_and_late_dont_have_is_ignored() -> None:
     assert client.receive_data(BlockServer.reply([DontHave(a), Block(a, b"a")])) == []
 
 
-@pytest.mark.parametrize("reply, message", [
-    ([[0, blake3(b"x"), 1, b"x"]], "unsolicited"),
-    ([[1, blake3(b"x"), 5, b"x"]], "not the 5"),
-    ([[0, blake3(b"x"), 1, b"not zstd"]], "decompress"),
-    ([[0, blake3(b"x"), 1, zstandard.ZstdCompressor().compress(b"x" * 1000)]], "declares"),
-    ([[1, blake3(b"x"), blocks.MAX_BLOCK + 1, b"x"]], "limit"),
-    ([[9, blake3(b"x")]], "unknown reply"),
-    ([[2, blake3(b"x")]], "HAVE"),
-])
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        ([[0, blake3(b"x"), 1, b"x"]], "unsolicited"),
+        ([[1, blake3(b"x"), 5, b"x"]], "not the 5"),
+        ([[0, blake3(b"x"), 1, b"not zstd"]], "decompress"),
+        ([[0, blake3(b"x"), 1, zstandard.ZstdCompressor().compress(b"x" * 1000)]], "declares"),
+        ([[1, blake3(b"x"), blocks.MAX_BLOCK + 1, b"x"]], "limit"),
+        ([[9, blake3(b"x")]], "unknown reply"),
+        ([[2, blake3(b"x")]], "HAVE"),
+    ],
+)
 def test_client_refuses_what_it_did_not_ask_for(reply: list, message: str) -> None:
     client = BlockClient()
     if message != "unsolicited":
@@ -91,7 +115,9 @@ def test_busy_answers_only_a_want_block() -> None:
         client.receive_data(BlockServer.reply([Busy(d)]))
     client = BlockClient()
     client.want([Want(d)])
-    assert client.receive_data(BlockServer.reply([Busy(d)])) == [Busy(d)] and client.outstanding == 0
+    assert (
+        client.receive_data(BlockServer.reply([Busy(d)])) == [Busy(d)] and client.outstanding == 0
+    )
 
 
 def test_server_limits_outstanding_wants() -> None:
@@ -109,8 +135,18 @@ def test_server_survives_any_bytes_with_only_protocol_errors(data: bytes) -> Non
         pass
 
 
-@given(st.lists(st.one_of(INTS, st.binary(max_size=40), st.booleans(), st.none(),
-                          st.lists(st.one_of(INTS, st.binary(max_size=40)), max_size=4)), max_size=4))
+@given(
+    st.lists(
+        st.one_of(
+            INTS,
+            st.binary(max_size=40),
+            st.booleans(),
+            st.none(),
+            st.lists(st.one_of(INTS, st.binary(max_size=40)), max_size=4),
+        ),
+        max_size=4,
+    )
+)
 def test_client_survives_any_msgpack_with_only_protocol_errors(body: list) -> None:
     client = BlockClient()
     client.want([Want(blake3(b"x"))])
@@ -120,8 +156,12 @@ def test_client_survives_any_msgpack_with_only_protocol_errors(body: list) -> No
         pass
 
 
-@given(st.sampled_from([claims.Get("0" * 32), claims.Claims((b"a", b"b")), claims.Push(()), claims.Ack(3)]),
-       st.lists(st.integers(0, 1000), max_size=5))
+@given(
+    st.sampled_from(
+        [claims.Get("0" * 32), claims.Claims((b"a", b"b")), claims.Push(()), claims.Ack(3)]
+    ),
+    st.lists(st.integers(0, 1000), max_size=5),
+)
 def test_claims_messages_round_trip(msg: claims.Message, cuts: list[int]) -> None:
     reader = claims.Reader()
     out = None

@@ -34,7 +34,14 @@ def test_an_update_travels_as_diffs_and_arrives_intact(swarm: Swarm, tmp_path: P
     (seed,) = swarm.start("seed")
     (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
     for sp, v in ((V1, 1), (V2, 2)):
-        seed.json("publish", str(_version(tmp_path / f"v{v}", v)), "--store-path", sp, "--key", str(k["builder"][0]))
+        seed.json(
+            "publish",
+            str(_version(tmp_path / f"v{v}", v)),
+            "--store-path",
+            sp,
+            "--key",
+            str(k["builder"][0]),
+        )
     first = client.json("fetch", V1)
     assert first["diff_chunks"] == 0
     got = client.json("fetch", V2)
@@ -70,13 +77,26 @@ def test_every_fetch_session_honours_diffs_false(swarm: Swarm, tmp_path: Path) -
     pol = policy(tmp_path, [k["builder"][1]], threshold=1)
     (seed,) = swarm.start("seed")
     for sp, v in ((V1, 1), (V2, 2)):
-        seed.json("publish", str(_version(tmp_path / f"v{v}", v)), "--store-path", sp, "--key", str(k["builder"][0]))
+        seed.json(
+            "publish",
+            str(_version(tmp_path / f"v{v}", v)),
+            "--store-path",
+            sp,
+            "--key",
+            str(k["builder"][0]),
+        )
     (plain,) = swarm.start("plain", bootstrap=[seed.addr], policy=pol, config="diffs = false\n")
     (diffing,) = swarm.start("diffing", bootstrap=[seed.addr], policy=pol)
     for client in (plain, diffing):
         client.json("fetch", V1)
-        got = client.json("mount", V2, str(tmp_path / f"{client.name}-v2"), "--backend", "materialize")
+        got = client.json(
+            "mount", V2, str(tmp_path / f"{client.name}-v2"), "--backend", "materialize"
+        )
         assert got["backend"] == "materialize"
-        assert (tmp_path / f"{client.name}-v2" / "share" / "tool-2.txt").read_bytes().endswith(b"version 2\n")
+        assert (
+            (tmp_path / f"{client.name}-v2" / "share" / "tool-2.txt")
+            .read_bytes()
+            .endswith(b"version 2\n")
+        )
     assert _diff_bytes(diffing) > 0  # the same mount on a default node does use diffs
     assert _diff_bytes(plain) == 0

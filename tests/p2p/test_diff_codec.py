@@ -11,8 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.exchange.server import _prefixes
-from p2p.blocks import MAX_BASE_BYTES, BadDiff, Block, BlockClient, BlocksError, BlockServer, Entry, Want
-from p2p.blocks import _pack, Kind
+from p2p.blocks import (
+    MAX_BASE_BYTES,
+    BadDiff,
+    Block,
+    BlockClient,
+    BlocksError,
+    BlockServer,
+    Entry,
+    Kind,
+    Want,
+    _pack,
+)
 from store.chunking import digest
 
 OLD = random.Random(1).randbytes(1 << 20)
@@ -21,12 +31,16 @@ OLD = random.Random(1).randbytes(1 << 20)
 def _new(edits: list[tuple[int, bytes]]) -> bytes:
     b = bytearray(OLD)
     for at, data in edits:
-        b[at:at + len(data)] = data
+        b[at : at + len(data)] = data
     return bytes(b)
 
 
 @settings(max_examples=30)
-@given(st.lists(st.tuples(st.integers(0, (1 << 20) - 64), st.binary(min_size=1, max_size=64)), max_size=5))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, (1 << 20) - 64), st.binary(min_size=1, max_size=64)), max_size=5
+    )
+)
 def test_a_diff_gives_back_exactly_the_chunk(edits: list[tuple[int, bytes]]) -> None:
     new = _new(edits)
     d, base = digest(new), digest(OLD)
@@ -46,7 +60,7 @@ def test_a_server_without_the_base_answers_plainly_and_the_client_decodes_it() -
     assert _prefixes(wants, {d: new, base: OLD}) == {d: OLD}
     too_big = [Want(d, bases=tuple(digest(bytes([i])) for i in range(17)))]
     found = {d: new, **{digest(bytes([i])): b"x" * (1 << 20) for i in range(17)}}
-    assert 17 << 20 > MAX_BASE_BYTES and _prefixes(too_big, found) == {}  # over the limit: plain
+    assert MAX_BASE_BYTES < 17 << 20 and _prefixes(too_big, found) == {}  # over the limit: plain
     client = BlockClient()
     client.want(wants, {d: OLD})
     (got,) = client.receive_data(BlockServer.reply([Block(d, new)]))
@@ -57,11 +71,15 @@ def test_a_diff_that_does_not_decode_is_a_bad_diff() -> None:
     new = _new([(5, b"abc")])
     d = digest(new)
     client = BlockClient()
-    client.want([Want(d, bases=(digest(OLD),))], {d: OLD[:-1] + b"?"})  # our base differs from theirs
+    client.want(
+        [Want(d, bases=(digest(OLD),))], {d: OLD[:-1] + b"?"}
+    )  # our base differs from theirs
     z = bytearray(BlockServer.reply([Block(d, new)], dictionaries={d: OLD}))
     z[-40] ^= 0xFF  # and the stream is damaged on the way
     got = client.receive_data(bytes(z))
-    assert got == [BadDiff(d)] or (isinstance(got[0], Block) and got[0].diff)  # if it decodes, the hash decides
+    assert got == [BadDiff(d)] or (
+        isinstance(got[0], Block) and got[0].diff
+    )  # if it decodes, the hash decides
     if isinstance(got[0], Block):
         assert digest(got[0].data) != d
 

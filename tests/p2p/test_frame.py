@@ -13,7 +13,10 @@ from p2p import frame
 from p2p.frame import FrameDecoder, FrameError, FrameTooLarge
 
 
-@given(payloads=st.lists(st.binary(max_size=600), max_size=8), cuts=st.lists(st.integers(0, 5000), max_size=12))
+@given(
+    payloads=st.lists(st.binary(max_size=600), max_size=8),
+    cuts=st.lists(st.integers(0, 5000), max_size=12),
+)
 def test_any_split_gives_the_same_payloads(payloads: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(frame.encode(p) for p in payloads)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})

@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 
 from store.narinfo import NarInfo
+from tests.cli import ferry
 from tests.conftest import NIX_MK, Nix
 from tests.p2p.nodes import NodeProc, Swarm, keys, policy, rot_chunk
-from tests.cli import ferry
 from trust.key import PublicKey
 from trust.signature import NixSignature
 
-GATEWAY_NIX = """
-let""" + NIX_MK + """
+GATEWAY_NIX = (
+    """
+let"""
+    + NIX_MK
+    + """
   lib = mk "gw-lib-1.0" "mkdir $out; seq 1 300000 > $out/data; echo lib > $out/name";
   mid = mk "gw-mid-1.0" "mkdir $out; echo ${lib} > $out/lib-ref; seq 5 5 900000 > $out/table";
   top = mk "gw-top-1.0" ''
@@ -30,6 +33,7 @@ let""" + NIX_MK + """
   broken = mk "gw-broken-1.0" "mkdir $out; seq 1 400000 > $out/big";
 in { inherit top lonely broken; }
 """
+)
 
 
 class Built:
@@ -38,9 +42,24 @@ class Built:
         (root / "gateway.nix").write_text(GATEWAY_NIX)
         self.out = {}
         for attr in ("top", "lonely", "broken"):
-            self.out[attr] = nix.run("nix-build", "--store", str(self.store), str(root / "gateway.nix"),
-                                     "-A", attr, "--no-out-link").decode().strip()
-        self.closure = sorted(nix.run("nix-store", "--store", str(self.store), "-qR", self.out["top"]).decode().split())
+            self.out[attr] = (
+                nix.run(
+                    "nix-build",
+                    "--store",
+                    str(self.store),
+                    str(root / "gateway.nix"),
+                    "-A",
+                    attr,
+                    "--no-out-link",
+                )
+                .decode()
+                .strip()
+            )
+        self.closure = sorted(
+            nix.run("nix-store", "--store", str(self.store), "-qR", self.out["top"])
+            .decode()
+            .split()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +86,26 @@ def _publish(node: NodeProc, built: Built, paths: list[str], key: Path) -> None:
 def _realise(nix: Nix, dest: Path, path: str, client: NodeProc) -> subprocess.CompletedProcess[str]:
     key = (client.data_dir / "cache.pub").read_text().strip()
     return subprocess.run(
-        ["nix-store", "--store", str(dest), "--realise", path, "--option", "substituters", client.gateway_url,
-         "--option", "trusted-public-keys", key, "--option", "narinfo-cache-negative-ttl", "0"],
-        capture_output=True, text=True, env=nix.env, timeout=300,
+        [
+            "nix-store",
+            "--store",
+            str(dest),
+            "--realise",
+            path,
+            "--option",
+            "substituters",
+            client.gateway_url,
+            "--option",
+            "trusted-public-keys",
+            key,
+            "--option",
+            "narinfo-cache-negative-ttl",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=nix.env,
+        timeout=300,
     )
 
 
@@ -86,7 +122,9 @@ def _hash(path: str) -> str:
     return Path(path).name.split("-", 1)[0]
 
 
-def test_nix_substitutes_a_closure_through_the_gateway(nix: Nix, built: Built, network, tmp_path: Path) -> None:
+def test_nix_substitutes_a_closure_through_the_gateway(
+    nix: Nix, built: Built, network, tmp_path: Path
+) -> None:
     (b1, b2, _), (ka, kb, _), client = network
     assert len(built.closure) >= 3
     _publish(b1, built, built.closure, ka)
@@ -117,7 +155,9 @@ def test_nix_substitutes_a_closure_through_the_gateway(nix: Nix, built: Built, n
     assert {"builder-a", "builder-b"} <= names
     node_key = PublicKey.decode((client.data_dir / "cache.pub").read_text().strip())
     assert any(NixSignature.decode(s).verify(info.fingerprint(), node_key) for s in info.sigs)
-    status, headers, body = _get(f"{client.gateway_url}/{_hash(built.out['top'])}.narinfo", method="HEAD")
+    status, headers, body = _get(
+        f"{client.gateway_url}/{_hash(built.out['top'])}.narinfo", method="HEAD"
+    )
     assert status == 200 and body == b""
 
     # A Range request gets exactly those bytes of the NAR.
@@ -129,7 +169,7 @@ def test_nix_substitutes_a_closure_through_the_gateway(nix: Nix, built: Built, n
     a, b = len(lib_nar) // 3, len(lib_nar) // 3 + 200_000
     status, headers, body = _get(url, {"Range": f"bytes={a}-{b}"})
     assert status == 206, headers
-    assert body == lib_nar[a:b + 1]
+    assert body == lib_nar[a : b + 1]
     assert headers["content-range"] == f"bytes {a}-{b}/{len(lib_nar)}"
     status, headers, _ = _get(url, {"Range": f"bytes={len(lib_nar)}-"})
     assert status == 416 and headers["content-range"] == f"bytes */{len(lib_nar)}"
@@ -139,11 +179,17 @@ def test_nix_substitutes_a_closure_through_the_gateway(nix: Nix, built: Built, n
 
     metrics = _get(client.gateway_url + "/metrics")[2].decode()
     assert 'ferry_gateway_narinfo_total{reason="",result="hit"}' in metrics
-    served = next(float(line.split()[1]) for line in metrics.splitlines()
-                  if line.startswith("ferry_gateway_served_bytes_total "))
+    served = next(
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("ferry_gateway_served_bytes_total ")
+    )
     assert served >= sum(len(nix.dump(built.store / p.lstrip("/"))) for p in built.closure)
-    fetched = next(float(line.split()[1]) for line in metrics.splitlines()
-                   if line.startswith("ferry_fetched_bytes_total "))
+    fetched = next(
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("ferry_fetched_bytes_total ")
+    )
     assert fetched > 2_000_000
 
 
@@ -163,7 +209,9 @@ def test_one_claim_is_not_enough_for_nix(nix: Nix, built: Built, network, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(nix: Nix, built: Built, network, tmp_path: Path) -> None:
+def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
+    nix: Nix, built: Built, network, tmp_path: Path
+) -> None:
     (b1, b2, _), (ka, kb, _), client = network
     path = built.out["broken"]
     _publish(b1, built, [path], ka)
@@ -181,8 +229,17 @@ def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(nix: Nix, built: Built, netwo
 
 
 def test_gateway_refuses_a_public_address_unless_told(tmp_path: Path) -> None:
-    r = ferry("node", "run", "--data-dir", str(tmp_path / "n"), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns",
-              "--gateway", "0.0.0.0:0")
+    r = ferry(
+        "node",
+        "run",
+        "--data-dir",
+        str(tmp_path / "n"),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+        "--gateway",
+        "0.0.0.0:0",
+    )
     assert r.returncode == 1
     assert "not a loopback address" in r.stderr and "--gateway-public" in r.stderr
     assert "Traceback" not in r.stderr

@@ -33,7 +33,9 @@ def _tree(root: Path, size: int) -> tuple[Path, dict[bytes, bytes]]:
     root.mkdir()
     (root / "big").write_bytes(random.Random(7).randbytes(size))
     chunks: dict[bytes, bytes] = {}
-    build.from_directory(str(root), StorePath.parse(SP), on_chunk=lambda d, b: chunks.setdefault(d, bytes(b)))
+    build.from_directory(
+        str(root), StorePath.parse(SP), on_chunk=lambda d, b: chunks.setdefault(d, bytes(b))
+    )
     return root, chunks
 
 
@@ -76,16 +78,22 @@ async def _no_claims(stream) -> None:
 
 
 @pytest.mark.parametrize("mode", ["corrupt", "wrong-size", "silent"])
-async def test_bad_block_peer_is_dropped_and_fetch_completes(swarm: Swarm, tmp_path: Path, mode: str) -> None:
+async def test_bad_block_peer_is_dropped_and_fetch_completes(
+    swarm: Swarm, tmp_path: Path, mode: str
+) -> None:
     quiet_libp2p()
     k = keys(tmp_path, "builder-a")
     pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
     tree, chunks = _tree(tmp_path / "tree", (96 if mode == "silent" else 32) << 20)
     (seed,) = await trio.to_thread.run_sync(lambda: swarm.start("seed"))
     (client,) = await trio.to_thread.run_sync(
-        lambda: swarm.start("client", bootstrap=[seed.addr], policy=pol, timeout=0.5 if mode == "silent" else 2))
+        lambda: swarm.start(
+            "client", bootstrap=[seed.addr], policy=pol, timeout=0.5 if mode == "silent" else 2
+        )
+    )
     await trio.to_thread.run_sync(
-        lambda: seed.json("publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0])))
+        lambda: seed.json("publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0]))
+    )
 
     evil = make_host(create_new_key_pair())
     asked: list[int] = []
@@ -96,7 +104,9 @@ async def test_bad_block_peer_is_dropped_and_fetch_completes(swarm: Swarm, tmp_p
             await evil.connect(info_from_p2p_addr(multiaddr.Multiaddr(client.addr)))
             got = await control.call(str(client.data_dir), {"op": "fetch", "store_path": SP})
             assert asked, "the hostile peer was never asked for anything"
-            peers = {p["peer_id"]: p for p in await control.call(str(client.data_dir), {"op": "peers"})}
+            peers = {
+                p["peer_id"]: p for p in await control.call(str(client.data_dir), {"op": "peers"})
+            }
             bad = peers[str(evil.get_id())]
             assert bad["bad"] == 1 and bad["banned_for"] > 0 and not bad["connected"], bad
             assert str(evil.get_id()) not in got["per_peer"]
@@ -113,20 +123,28 @@ async def test_bad_block_peer_is_dropped_and_fetch_completes(swarm: Swarm, tmp_p
     assert out.read_bytes() == ref.read_bytes()
 
 
-@pytest.mark.parametrize("garbage", [
-    struct.pack(">I", 0xFFFF_FFF0),  # a frame header far over the cap
-    struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",  # 0xc1 is never valid msgpack
-    frame.encode(msgpack.packb([0, [[b"short", True, []]]])),  # a digest of the wrong size
-], ids=["oversized-frame", "malformed-msgpack", "bad-digest"])
-async def test_protocol_garbage_disconnects_without_crashing(swarm: Swarm, tmp_path: Path, garbage: bytes) -> None:
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack(">I", 0xFFFF_FFF0),  # a frame header far over the cap
+        struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",  # 0xc1 is never valid msgpack
+        frame.encode(msgpack.packb([0, [[b"short", True, []]]])),  # a digest of the wrong size
+    ],
+    ids=["oversized-frame", "malformed-msgpack", "bad-digest"],
+)
+async def test_protocol_garbage_disconnects_without_crashing(
+    swarm: Swarm, tmp_path: Path, garbage: bytes
+) -> None:
     quiet_libp2p()
     (node,) = await trio.to_thread.run_sync(lambda: swarm.start("node"))
     rogue = make_host(create_new_key_pair())
     async with rogue.run([LOCAL]):
         try:
             await rogue.connect(info_from_p2p_addr(multiaddr.Multiaddr(node.addr)))
-            stream = await rogue.new_stream(info_from_p2p_addr(multiaddr.Multiaddr(node.addr)).peer_id,
-                                            [TProtocol(blocks.PROTOCOL)])
+            stream = await rogue.new_stream(
+                info_from_p2p_addr(multiaddr.Multiaddr(node.addr)).peer_id,
+                [TProtocol(blocks.PROTOCOL)],
+            )
             await stream.write(garbage)
             with trio.fail_after(10):
                 try:

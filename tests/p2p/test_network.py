@@ -15,13 +15,14 @@ from node.daemon import control
 from tests.p2p.nodes import Swarm, keys, policy
 
 
-
 def physical(closure, store_path: str) -> Path:
     return closure.store / store_path.lstrip("/")
 
 
 @pytest.mark.slow
-def test_five_nodes_quorum_closure_insufficient_and_conflict(swarm: Swarm, tmp_path: Path, nix, nix_closure) -> None:
+def test_five_nodes_quorum_closure_insufficient_and_conflict(
+    swarm: Swarm, tmp_path: Path, nix, nix_closure
+) -> None:
     k = keys(tmp_path, "builder-a", "builder-b", "builder-c")
     pol = policy(tmp_path, [k[n][1] for n in k], threshold=2)
     (boot,) = swarm.start("boot")
@@ -49,13 +50,25 @@ def test_five_nodes_quorum_closure_insufficient_and_conflict(swarm: Swarm, tmp_p
     lie = tmp_path / "lie"
     lie.mkdir()
     (lie / "x").write_text("not what top contains\n")
-    b3.json("publish", str(lie), "--store-path", top, "--references", dep, "--key", str(k["builder-c"][0]))
+    b3.json(
+        "publish",
+        str(lie),
+        "--store-path",
+        top,
+        "--references",
+        dep,
+        "--key",
+        str(k["builder-c"][0]),
+    )
     r = client.ferry("fetch", top)
     assert r.returncode == 3, r.stderr
     assert "conflict" in r.stderr and "builder-c" in r.stderr
 
     assert client.stop() == 0
-    assert not (client.data_dir / "node.addr").exists() and not (client.data_dir / "control.sock").exists()
+    assert (
+        not (client.data_dir / "node.addr").exists()
+        and not (client.data_dir / "control.sock").exists()
+    )
     for p in (top, dep):
         out = tmp_path / "out.nar"
         r = client.ferry("export", p, "-o", str(out))
@@ -139,8 +152,9 @@ def test_killed_client_resumes_without_refetching(swarm: Swarm, tmp_path: Path) 
     pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
     (seed,) = swarm.start("seed")
     # Small batches: what arrived is durable every 4 MiB, so a kill loses little.
-    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol,
-                            env={"FERRY_TEST_BATCH_BYTES": str(4 << 20)})
+    (client,) = swarm.start(
+        "client", bootstrap=[seed.addr], policy=pol, env={"FERRY_TEST_BATCH_BYTES": str(4 << 20)}
+    )
     tree = _tree(tmp_path / "tree", 96 << 20, 3)
     _publish_everywhere([seed], tree, k["builder-a"][0])
     total = json.loads(seed.ferry("status", "--json").stdout)["store"]["unique_chunks"]

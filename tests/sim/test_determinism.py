@@ -19,15 +19,38 @@ NODES = 60
 
 @pytest.mark.slow(seconds=60)
 @pytest.mark.parametrize("scenario", ["flash-crowd", "fleet-update"])
-def test_the_same_seed_gives_a_byte_identical_result_at_60_nodes(scenario: str, tmp_path: Path) -> None:
+def test_the_same_seed_gives_a_byte_identical_result_at_60_nodes(
+    scenario: str, tmp_path: Path
+) -> None:
     outs = [tmp_path / name for name in ("first", "second")]
-    procs = [subprocess.Popen([*ARGV, "sim", "run", scenario, "--nodes", str(NODES), "--seed", "7", "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for out in outs]
+    procs = [
+        subprocess.Popen(
+            [
+                *ARGV,
+                "sim",
+                "run",
+                scenario,
+                "--nodes",
+                str(NODES),
+                "--seed",
+                "7",
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in outs
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
     first, second = ((out / "result.json").read_text() for out in outs)
     assert json.loads(first)["summary"]["completed"] == NODES
-    diff = list(difflib.unified_diff(first.splitlines(), second.splitlines(), "first", "second", n=2, lineterm=""))
+    diff = list(
+        difflib.unified_diff(
+            first.splitlines(), second.splitlines(), "first", "second", n=2, lineterm=""
+        )
+    )
     assert first == second, "\n".join(diff[:40])

@@ -29,7 +29,11 @@ def _honest_paths(r) -> set[str]:
 def test_a_flash_crowd_completes_and_the_fetchers_serve_each_other() -> None:
     r = run("flash-crowd", SMALL)
     s = summary(r)
-    assert s["completed"] == SMALL.nodes and s["bad_blocks_stored"] == 0 and s["bad_blocks_received"] == 0
+    assert (
+        s["completed"] == SMALL.nodes
+        and s["bad_blocks_stored"] == 0
+        and s["bad_blocks_received"] == 0
+    )
     assert len(_honest_paths(r)) == SMALL.paths
     # The seed sent fewer copies than there are fetchers: they traded among themselves.
     assert s["seed_egress_closures"] < SMALL.nodes - 1
@@ -39,8 +43,10 @@ def test_a_flash_crowd_completes_and_the_fetchers_serve_each_other() -> None:
 
 def test_the_same_seed_gives_the_same_json_and_another_seed_does_not() -> None:
     def result(seed: int) -> str:
-        return json.dumps(run("flash-crowd", dataclasses.replace(SMALL, nodes=4, seed=seed)).as_json(),
-                          sort_keys=True)
+        return json.dumps(
+            run("flash-crowd", dataclasses.replace(SMALL, nodes=4, seed=seed)).as_json(),
+            sort_keys=True,
+        )
 
     first = result(3)
     assert result(3) == first
@@ -60,7 +66,9 @@ def test_byzantine_peers_are_caught_and_nothing_corrupt_is_stored() -> None:
     s = summary(r)
     assert s["completed"] == p.nodes
     assert s["bad_blocks_stored"] == 0
-    assert s["bad_blocks_received"] > 0  # corrupt and truncated blocks were seen and their senders banned
+    assert (
+        s["bad_blocks_received"] > 0
+    )  # corrupt and truncated blocks were seen and their senders banned
     assert len(_honest_paths(r)) == p.paths
 
 
@@ -87,9 +95,29 @@ def test_a_fleet_update_travels_as_diffs() -> None:
 
 def test_ferry_sim_run_writes_the_json_report_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", "from node.cli import main; main()", "sim", "run", "flash-crowd",
-                           "--nodes", "3", "--closure-mb", "12", "--paths", "2", "--scale", "1024", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from node.cli import main; main()",
+            "sim",
+            "run",
+            "flash-crowd",
+            "--nodes",
+            "3",
+            "--closure-mb",
+            "12",
+            "--paths",
+            "2",
+            "--scale",
+            "1024",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "result.json").read_text())
     assert data["summary"]["completed"] == 3
@@ -97,6 +125,10 @@ def test_ferry_sim_run_writes_the_json_report_and_plots(tmp_path: Path) -> None:
     assert "| completion p95 |" in (out / "report.md").read_text()
     for png in ("completion_cdf.png", "upload_by_class.png", "seed_egress.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = subprocess.run([sys.executable, "-c", "from node.cli import main; main()", "sim", "run", "nope"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-c", "from node.cli import main; main()", "sim", "run", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "ferry sim list" in bad.stderr and "Traceback" not in bad.stderr

@@ -52,7 +52,9 @@ def test_hypothesis_trees_match_nix(nix, tree: trees.Node) -> None:
 
 
 def test_events_of_a_tree_match_nix(nix, tmp_path: Path) -> None:
-    tree = trees.Dir({b"b": trees.File(70_000, 1, True), b"a": trees.Link(b"b"), b"\xff": trees.Dir({})})
+    tree = trees.Dir(
+        {b"b": trees.File(70_000, 1, True), b"a": trees.Link(b"b"), b"\xff": trees.Dir({})}
+    )
     trees.write(tree, tmp_path / "t")
     assert nar.encode_bytes(trees.events(tree)) == nix.dump(tmp_path / "t")
 
@@ -90,8 +92,12 @@ def test_single_file_and_symlink_roots(nix, tmp_path: Path) -> None:
 def test_python_stdlib(nix, tmp_path: Path) -> None:
     # A copy, so Python writing .pyc files meanwhile cannot change the tree under us.
     root = tmp_path / "stdlib"
-    shutil.copytree(sysconfig.get_paths()["stdlib"], root, symlinks=True,
-                    ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
+    shutil.copytree(
+        sysconfig.get_paths()["stdlib"],
+        root,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("site-packages", "__pycache__"),
+    )
     theirs = hashlib.sha256(nix.dump(root)).hexdigest()
     ours = hashlib.sha256()
     for p in dump.dump(str(root)):

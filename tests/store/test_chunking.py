@@ -3,13 +3,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.chunking import DEFAULT_POLICY, KiB, MiB, ChunkingError, ChunkingPolicy, FileChunker, digest
+from store.chunking import (
+    DEFAULT_POLICY,
+    ChunkingError,
+    ChunkingPolicy,
+    FileChunker,
+    KiB,
+    MiB,
+    digest,
+)
 
 
 @pytest.mark.parametrize(
     "size, chunk",
-    [(225, 64 * KiB), (16 * MiB, 64 * KiB), (16 * MiB + 1, 256 * KiB), (64 * MiB, 256 * KiB),
-     (64 * MiB + 1, MiB), (10**12, MiB)],
+    [
+        (225, 64 * KiB),
+        (16 * MiB, 64 * KiB),
+        (16 * MiB + 1, 256 * KiB),
+        (64 * MiB, 256 * KiB),
+        (64 * MiB + 1, MiB),
+        (10**12, MiB),
+    ],
 )
 def test_tiers(size: int, chunk: int) -> None:
     assert DEFAULT_POLICY.chunk_size(size) == chunk
@@ -30,7 +44,10 @@ def test_spans_cover_the_file_aligned(size: int) -> None:
     assert sum(n for _, n in spans) == size and all(0 < n <= cs for _, n in spans)
 
 
-@given(st.binary(min_size=225, max_size=300_000), st.lists(st.integers(1, 70_000), min_size=1, max_size=30))
+@given(
+    st.binary(min_size=225, max_size=300_000),
+    st.lists(st.integers(1, 70_000), min_size=1, max_size=30),
+)
 def test_chunker_any_feed_sizes(data: bytes, cuts: list[int]) -> None:
     chunker = FileChunker(len(data))
     got = []
@@ -60,13 +77,21 @@ def test_parallel_digest_is_the_same() -> None:
     assert digest(data, parallel=True) == digest(data) == blake3.blake3(data).digest()
 
 
-@given(st.builds(ChunkingPolicy, st.integers(0, 4095),
-                 st.just(((16 * MiB, 64 * KiB),)) | st.just(()), st.sampled_from([4 * KiB, MiB])))
+@given(
+    st.builds(
+        ChunkingPolicy,
+        st.integers(0, 4095),
+        st.just(((16 * MiB, 64 * KiB),)) | st.just(()),
+        st.sampled_from([4 * KiB, MiB]),
+    )
+)
 def test_policy_round_trip(policy: ChunkingPolicy) -> None:
     assert ChunkingPolicy.decode(policy.encode()) == policy
 
 
-@pytest.mark.parametrize("raw", [[224, [], 3000], [224, [[10, 8192], [5, 8192]], 8192], [5000, [], 4096], "x"])
+@pytest.mark.parametrize(
+    "raw", [[224, [], 3000], [224, [[10, 8192], [5, 8192]], 8192], [5000, [], 4096], "x"]
+)
 def test_policy_rejects(raw: object) -> None:
     with pytest.raises(ChunkingError):
         ChunkingPolicy.decode(raw)

@@ -53,7 +53,9 @@ def test_digest_is_deterministic_and_content_bound() -> None:
     a, _, _ = manifest_of(tree)
     b, _, _ = manifest_of(tree)
     assert a.encode() == b.encode() and a.digest() == b.digest()
-    c, _, _ = manifest_of(trees.Dir({b"f": trees.File(100_000, 8, False), b"g": trees.File(10, 7, True)}))
+    c, _, _ = manifest_of(
+        trees.Dir({b"f": trees.File(100_000, 8, False), b"g": trees.File(10, 7, True)})
+    )
     assert c.digest() != a.digest()
 
 
@@ -97,8 +99,16 @@ def _pack(raw: list) -> bytes:
 
 @pytest.fixture
 def sample() -> Manifest:
-    m, _, _ = manifest_of(trees.Dir({b"a": trees.File(100_000, 1, False), b"b": trees.Link(b"a"),
-                                     b"c": trees.Dir({}), b"d": trees.File(3, 1, True)}))
+    m, _, _ = manifest_of(
+        trees.Dir(
+            {
+                b"a": trees.File(100_000, 1, False),
+                b"b": trees.Link(b"a"),
+                b"c": trees.Dir({}),
+                b"d": trees.File(3, 1, True),
+            }
+        )
+    )
     return m
 
 
@@ -139,7 +149,12 @@ def test_decode_rejects_non_canonical_encoding(sample: Manifest) -> None:
 
 def test_entry_kinds_in_order(sample: Manifest) -> None:
     assert [(e.path, e.kind) for e in sample.entries] == [
-        (b"", EntryKind.DIRECTORY), (b"a", EntryKind.REGULAR), (b"b", EntryKind.SYMLINK),
-        (b"c", EntryKind.DIRECTORY), (b"d", EntryKind.EXECUTABLE),
+        (b"", EntryKind.DIRECTORY),
+        (b"a", EntryKind.REGULAR),
+        (b"b", EntryKind.SYMLINK),
+        (b"c", EntryKind.DIRECTORY),
+        (b"d", EntryKind.EXECUTABLE),
     ]
-    assert sample.entries[4] == Entry(b"d", EntryKind.EXECUTABLE, 3, inline=trees.File(3, 1, True).data())
+    assert sample.entries[4] == Entry(
+        b"d", EntryKind.EXECUTABLE, 3, inline=trees.File(3, 1, True).data()
+    )

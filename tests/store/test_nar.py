@@ -21,7 +21,12 @@ def raw(*tokens: bytes | int) -> bytes:
 
 
 def reg(data: bytes) -> bytes:
-    return raw(b"(", b"type", b"regular", b"contents", len(data)) + data + b"\0" * (-len(data) % 8) + s(b")")
+    return (
+        raw(b"(", b"type", b"regular", b"contents", len(data))
+        + data
+        + b"\0" * (-len(data) % 8)
+        + s(b")")
+    )
 
 
 def entry(name: bytes, node: bytes) -> bytes:
@@ -63,7 +68,9 @@ def test_any_feed_split_gives_same_events(tree: trees.Node, step: int) -> None:
     parser.close()
     contents = b"".join(bytes(e.data) for e in got if isinstance(e, nar.Contents))
     want = trees.events(tree)
-    assert [e for e in got if not isinstance(e, nar.Contents)] == [e for e in want if not isinstance(e, nar.Contents)]
+    assert [e for e in got if not isinstance(e, nar.Contents)] == [
+        e for e in want if not isinstance(e, nar.Contents)
+    ]
     assert contents == b"".join(bytes(e.data) for e in want if isinstance(e, nar.Contents))
 
 
@@ -85,12 +92,16 @@ def test_arbitrary_bytes_only_raise_nar_error(data: bytes) -> None:
 
 def test_example_layout_is_exact() -> None:
     data = archive(directory(entry(b"a", reg(b"hi")), entry(b"l", link(b"a"))))
-    assert nar.encode_bytes(
-        [nar.Directory(b""), nar.Regular(b"a", 2), nar.Contents(b"hi"), nar.Symlink(b"l", b"a")]
-    ) == data
+    assert (
+        nar.encode_bytes(
+            [nar.Directory(b""), nar.Regular(b"a", 2), nar.Contents(b"hi"), nar.Symlink(b"l", b"a")]
+        )
+        == data
+    )
 
 
 # --- each rule -----------------------------------------------------------------------
+
 
 def test_magic() -> None:
     err = parse_error(s(b"nix-archive-2") + reg(b""))
@@ -125,7 +136,9 @@ def test_unknown_node_type() -> None:
 
 
 def test_executable_marker_must_be_empty() -> None:
-    err = parse_error(archive(raw(b"(", b"type", b"regular", b"executable", b"x", b"contents", 0, b")")))
+    err = parse_error(
+        archive(raw(b"(", b"type", b"regular", b"executable", b"x", b"contents", 0, b")"))
+    )
     assert err.rule is NarRule.EXECUTABLE_MARKER
 
 
@@ -139,7 +152,9 @@ def test_invalid_names(name: bytes) -> None:
 
 def test_name_length() -> None:
     assert nar.parse_bytes(archive(directory(entry(b"n" * 255, reg(b"")))))[1].path == b"n" * 255
-    assert parse_error(archive(directory(entry(b"n" * 256, reg(b""))))).rule is NarRule.NAME_TOO_LONG
+    assert (
+        parse_error(archive(directory(entry(b"n" * 256, reg(b""))))).rule is NarRule.NAME_TOO_LONG
+    )
 
 
 @pytest.mark.parametrize("names", [(b"b", b"a"), (b"a", b"a"), (b"a", b"B")])
@@ -154,7 +169,9 @@ def test_unsorted_or_duplicate_names(names: tuple[bytes, bytes]) -> None:
 
 def test_names_sort_as_unsigned_bytes() -> None:
     # Nix orders with std::string (unsigned bytes): 'Z' < 'a' < '\xe9'.
-    nar.parse_bytes(archive(directory(entry(b"Z", reg(b"")), entry(b"a", reg(b"")), entry(b"\xe9", reg(b"")))))
+    nar.parse_bytes(
+        archive(directory(entry(b"Z", reg(b"")), entry(b"a", reg(b"")), entry(b"\xe9", reg(b""))))
+    )
 
 
 def test_symlink_rules() -> None:

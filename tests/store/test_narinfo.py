@@ -70,17 +70,25 @@ def test_nix_written_narinfos_round_trip(nix_closure) -> None:
         assert info.encode() == text, f"re-rendered {f.name} differs"
         assert len(info.sigs) == 2  # two keys signed every path
         assert str(info.store_path) in nix_closure.paths
-    top = NarInfo.decode((Path(nix_closure.cache) / (nix_closure.top[11:43] + ".narinfo")).read_text())
-    assert [str(r) for r in top.references] == [p for p in nix_closure.paths if p != nix_closure.top]
+    top = NarInfo.decode(
+        (Path(nix_closure.cache) / (nix_closure.top[11:43] + ".narinfo")).read_text()
+    )
+    assert [str(r) for r in top.references] == [
+        p for p in nix_closure.paths if p != nix_closure.top
+    ]
     assert top.deriver is not None and top.deriver.name == "top-1.0.drv"
 
 
 def test_lenient_like_nix() -> None:
     # Any order, unknown fields kept, missing Compression means bzip2, SRI NarHash.
-    text = ("NarSize: 5\nFuture: yes\nNarHash: sha256-" + "A" * 43 + "=\n"
-            "URL: nar/x.nar\nStorePath: /nix/store/" + "a" * 32 + "-x\nReferences:\n")
+    text = (
+        "NarSize: 5\nFuture: yes\nNarHash: sha256-" + "A" * 43 + "=\n"
+        "URL: nar/x.nar\nStorePath: /nix/store/" + "a" * 32 + "-x\nReferences:\n"
+    )
     info = NarInfo.decode(text)
-    assert info.compression == "bzip2" and info.extra == (("Future", "yes"),) and info.references == ()
+    assert (
+        info.compression == "bzip2" and info.extra == (("Future", "yes"),) and info.references == ()
+    )
     assert "References: \n" in info.encode()
 
 
@@ -88,14 +96,35 @@ def test_lenient_like_nix() -> None:
     "text, message",
     [
         ("URL: x\nNarHash: sha256:" + "0" * 52 + "\nNarSize: 1\n", "no StorePath"),
-        ("StorePath: /nix/store/bad\nURL: x\nNarHash: sha256:" + "0" * 52 + "\nNarSize: 1\n", "is not <32"),
-        ("StorePath: /nix/store/" + "a" * 32 + "-x\nURL: x\nNarHash: sha256:zz\nNarSize: 1\n", "wrong length"),
-        ("StorePath: /nix/store/" + "a" * 32 + "-x\nURL: x\nNarHash: sha256:" + "0" * 52 + "\nNarSize: -1\n",
-         "not a number"),
-        ("StorePath: /nix/store/" + "a" * 32 + "-x\nURL: x\nNarHash: sha256:" + "0" * 52 + "\nNarSize: 0\n",
-         "NarSize is 0"),
+        (
+            "StorePath: /nix/store/bad\nURL: x\nNarHash: sha256:" + "0" * 52 + "\nNarSize: 1\n",
+            "is not <32",
+        ),
+        (
+            "StorePath: /nix/store/" + "a" * 32 + "-x\nURL: x\nNarHash: sha256:zz\nNarSize: 1\n",
+            "wrong length",
+        ),
+        (
+            "StorePath: /nix/store/"
+            + "a" * 32
+            + "-x\nURL: x\nNarHash: sha256:"
+            + "0" * 52
+            + "\nNarSize: -1\n",
+            "not a number",
+        ),
+        (
+            "StorePath: /nix/store/"
+            + "a" * 32
+            + "-x\nURL: x\nNarHash: sha256:"
+            + "0" * 52
+            + "\nNarSize: 0\n",
+            "NarSize is 0",
+        ),
         ("StorePath: /nix/store/" + "a" * 32 + "-x\nno colon here\n", "line 2"),
-        ("StorePath: /nix/store/" + "a" * 32 + "-x\nStorePath: /nix/store/" + "a" * 32 + "-x\n", "twice"),
+        (
+            "StorePath: /nix/store/" + "a" * 32 + "-x\nStorePath: /nix/store/" + "a" * 32 + "-x\n",
+            "twice",
+        ),
     ],
 )
 def test_rejects(text: str, message: str) -> None:
@@ -103,7 +132,14 @@ def test_rejects(text: str, message: str) -> None:
         NarInfo.decode(text)
 
 
-@given(st.builds(NixCacheInfo, st.sampled_from(["/nix/store", "/gnu/store"]), st.booleans(), st.integers(0, 100)))
+@given(
+    st.builds(
+        NixCacheInfo,
+        st.sampled_from(["/nix/store", "/gnu/store"]),
+        st.booleans(),
+        st.integers(0, 100),
+    )
+)
 def test_cache_info_round_trip(info: NixCacheInfo) -> None:
     assert NixCacheInfo.decode(info.encode()) == info
 

@@ -35,17 +35,29 @@ def test_rejects_bad_text() -> None:
 
 def test_matches_nix_hash(nix) -> None:
     digests = [os.urandom(32) for _ in range(100)] + [bytes(32), b"\xff" * 32, bytes(range(32))]
-    out = nix.run("nix-hash", "--type", "sha256", "--to-base32", *(d.hex() for d in digests)).decode().split()
+    out = (
+        nix.run("nix-hash", "--type", "sha256", "--to-base32", *(d.hex() for d in digests))
+        .decode()
+        .split()
+    )
     assert out == [nix32.encode(d) for d in digests]
     back = nix.run("nix-hash", "--type", "sha256", "--to-base16", *out).decode().split()
     assert back == [nix32.decode(t, 32).hex() for t in out]
 
 
-@given(st.sampled_from(sorted(SIZES)).flatmap(
-    lambda a: st.tuples(st.just(a), st.binary(min_size=SIZES[a], max_size=SIZES[a]))))
+@given(
+    st.sampled_from(sorted(SIZES)).flatmap(
+        lambda a: st.tuples(st.just(a), st.binary(min_size=SIZES[a], max_size=SIZES[a]))
+    )
+)
 def test_hash_round_trip_every_base(algo_digest: tuple[str, bytes]) -> None:
     h = Hash(*algo_digest)
-    for text in (h.encode(), f"{h.algo}:{h.hex()}", h.sri(), f"{h.algo}:{h.sri().split('-', 1)[1]}"):
+    for text in (
+        h.encode(),
+        f"{h.algo}:{h.hex()}",
+        h.sri(),
+        f"{h.algo}:{h.sri().split('-', 1)[1]}",
+    ):
         assert Hash.decode(text) == h
 
 
@@ -60,4 +72,6 @@ def test_hash_errors() -> None:
 
 
 def test_compress_xor_folds() -> None:
-    assert compress(bytes(range(32)), 20) == bytes(a ^ b for a, b in zip(range(20), list(range(20, 32)) + [0] * 8))
+    assert compress(bytes(range(32)), 20) == bytes(
+        a ^ b for a, b in zip(range(20), list(range(20, 32)) + [0] * 8)
+    )

@@ -23,7 +23,9 @@ def test_tampered_store_path_is_refused(nix, tmp_path: Path) -> None:
     tree.mkdir()
     (tree / "f").write_text("original")
     store = tmp_path / "s"
-    sp = StorePath.decode(nix.run("nix-store", "--store", str(store), "--add", str(tree)).decode().strip())
+    sp = StorePath.decode(
+        nix.run("nix-store", "--store", str(store), "--add", str(tree)).decode().strip()
+    )
     physical = Path(nixcli.physical_path(sp, str(store)))
     os.chmod(physical, 0o755)
     os.chmod(physical / "f", 0o644)

@@ -16,6 +16,13 @@ GOOD = Hash.sha256(b"\x11" * 32)
 EVIL = Hash.sha256(b"\xee" * 32)
 
 
-def make(key: SecretKey, path: StorePath = PATH_A, nar_hash: Hash = GOOD, manifest: bytes = b"\x22" * 32,
-         nar_size: int = 4096, refs: tuple[StorePath, ...] = (DEP,), time: int = 1_700_000_000) -> SignedClaim:
+def make(
+    key: SecretKey,
+    path: StorePath = PATH_A,
+    nar_hash: Hash = GOOD,
+    manifest: bytes = b"\x22" * 32,
+    nar_size: int = 4096,
+    refs: tuple[StorePath, ...] = (DEP,),
+    time: int = 1_700_000_000,
+) -> SignedClaim:
     return claims.sign(Claim(key.public, path, nar_hash, nar_size, refs, manifest, time), key)

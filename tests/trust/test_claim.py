@@ -19,19 +19,26 @@ from trust.key import SecretKey
 KEY = SecretKey.generate("builder-a")
 
 store_paths = st.builds(
-    StorePath, st.just("/nix/store"), st.text("0123456789abcdfghijklmnpqrsvwxyz", min_size=32, max_size=32),
+    StorePath,
+    st.just("/nix/store"),
+    st.text("0123456789abcdfghijklmnpqrsvwxyz", min_size=32, max_size=32),
     st.from_regex(r"[a-z][a-z0-9.+_-]{0,30}", fullmatch=True),
 )
 
 
 @given(
-    path=store_paths, digest=st.binary(min_size=32, max_size=32), manifest=st.binary(min_size=32, max_size=32),
-    size=st.integers(1, 2**63 - 1), refs=st.lists(store_paths, max_size=5, unique_by=str),
+    path=store_paths,
+    digest=st.binary(min_size=32, max_size=32),
+    manifest=st.binary(min_size=32, max_size=32),
+    size=st.integers(1, 2**63 - 1),
+    refs=st.lists(store_paths, max_size=5, unique_by=str),
     time=st.integers(0, 2**63 - 1),
 )
 def test_round_trip(path, digest, manifest, size, refs, time) -> None:
     refs = tuple(sorted(refs, key=str))
-    signed = claims.sign(Claim(KEY.public, path, Hash.sha256(digest), size, refs, manifest, time), KEY)
+    signed = claims.sign(
+        Claim(KEY.public, path, Hash.sha256(digest), size, refs, manifest, time), KEY
+    )
     data = signed.encode()
     assert SignedClaim.decode(data) == signed
     assert signed.claim_valid() and signed.nix_valid()
@@ -49,10 +56,17 @@ def test_signatures_cover_what_they_should() -> None:
     assert not swapped.claim_valid() and not swapped.nix_valid()
 
 
-@pytest.mark.parametrize("change", [
-    dict(store_path=PATH_B), dict(nar_size=4097), dict(references=()), dict(manifest_digest=b"\x23" * 32),
-    dict(time=1), dict(nar_hash=Hash.sha256(b"\x12" * 32)),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(store_path=PATH_B),
+        dict(nar_size=4097),
+        dict(references=()),
+        dict(manifest_digest=b"\x23" * 32),
+        dict(time=1),
+        dict(nar_hash=Hash.sha256(b"\x12" * 32)),
+    ],
+)
 def test_a_changed_claim_no_longer_verifies(change) -> None:
     s = make(KEY)
     forged = SignedClaim(dataclasses.replace(s.claim, **change), s.signature, s.nix_signature)
@@ -96,37 +110,51 @@ def _envelope(body: object, sig: object = b"s" * 64, nix_sig: object = b"n" * 64
 
 def _fields(**change: object) -> list[object]:
     c = make(KEY).claim
-    f = dict(fmt="ferry-claim-1", name=c.builder.name, key=c.builder.key, path=str(c.store_path),
-             nar_hash=c.nar_hash.digest, size=c.nar_size, refs=[str(r) for r in c.references],
-             manifest=c.manifest_digest, time=c.time)
+    f = dict(
+        fmt="ferry-claim-1",
+        name=c.builder.name,
+        key=c.builder.key,
+        path=str(c.store_path),
+        nar_hash=c.nar_hash.digest,
+        size=c.nar_size,
+        refs=[str(r) for r in c.references],
+        manifest=c.manifest_digest,
+        time=c.time,
+    )
     f.update(change)
     return list(f.values())
 
 
-@pytest.mark.parametrize("data, message", [
-    (_envelope(_fields(), sig=b"s" * 63), "signature is 63 bytes"),
-    (_envelope(_fields(), sig=b"s" * 65), "signature is 65 bytes"),
-    (_envelope(_fields(), nix_sig=b""), "Nix signature is 0 bytes"),
-    (_envelope(_fields(fmt="ferry-claim-2")), "not a ferry-claim-1 claim"),
-    (_envelope(_fields(key=b"k" * 31)), "builder key is 31 bytes"),
-    (_envelope(_fields(nar_hash=b"h" * 20)), "NarHash is 20 bytes"),
-    (_envelope(_fields(size=0)), "NarSize 0 is out of range"),
-    (_envelope(_fields(size=-1)), "out of range"),
-    (_envelope(_fields(size=True)), "wrong type"),
-    (_envelope(_fields(size=1.5)), "wrong type"),
-    (_envelope(_fields(time=-5)), "time -5 is out of range"),
-    (_envelope(_fields(path="/nix/store/short")), "is not <32 nix32"),
-    (_envelope(_fields(refs=[str(DEP), str(DEP)])), "sorted and unique"),
-    (_envelope(_fields(refs=["/other/store/" + DEP.base_name])), "not in the store directory"),
-    (_envelope(_fields(name="a b")), "key name"),
-    (_envelope(_fields(name="x" * 5000)), "not valid msgpack"),  # over MAX_STRING
-    (_envelope(_fields(refs=["/nix/store/x"] * 20_000)), "not valid msgpack"),  # over MAX_REFERENCES
-    (_envelope(_fields(fmt={"a": 1})), "not valid msgpack"),  # maps are never allowed
-    (_envelope(b"\xc1"), "not valid msgpack"),
-    (msgpack.packb([b"x"]), "not a signed ferry claim"),
-    (b"\xc6\x7f\xff\xff\xff", "not valid msgpack"),  # a 2 GiB bin header, no data behind it
-    (b"\x00" * (claims.MAX_CLAIM + 1), "exceeds"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_envelope(_fields(), sig=b"s" * 63), "signature is 63 bytes"),
+        (_envelope(_fields(), sig=b"s" * 65), "signature is 65 bytes"),
+        (_envelope(_fields(), nix_sig=b""), "Nix signature is 0 bytes"),
+        (_envelope(_fields(fmt="ferry-claim-2")), "not a ferry-claim-1 claim"),
+        (_envelope(_fields(key=b"k" * 31)), "builder key is 31 bytes"),
+        (_envelope(_fields(nar_hash=b"h" * 20)), "NarHash is 20 bytes"),
+        (_envelope(_fields(size=0)), "NarSize 0 is out of range"),
+        (_envelope(_fields(size=-1)), "out of range"),
+        (_envelope(_fields(size=True)), "wrong type"),
+        (_envelope(_fields(size=1.5)), "wrong type"),
+        (_envelope(_fields(time=-5)), "time -5 is out of range"),
+        (_envelope(_fields(path="/nix/store/short")), "is not <32 nix32"),
+        (_envelope(_fields(refs=[str(DEP), str(DEP)])), "sorted and unique"),
+        (_envelope(_fields(refs=["/other/store/" + DEP.base_name])), "not in the store directory"),
+        (_envelope(_fields(name="a b")), "key name"),
+        (_envelope(_fields(name="x" * 5000)), "not valid msgpack"),  # over MAX_STRING
+        (
+            _envelope(_fields(refs=["/nix/store/x"] * 20_000)),
+            "not valid msgpack",
+        ),  # over MAX_REFERENCES
+        (_envelope(_fields(fmt={"a": 1})), "not valid msgpack"),  # maps are never allowed
+        (_envelope(b"\xc1"), "not valid msgpack"),
+        (msgpack.packb([b"x"]), "not a signed ferry claim"),
+        (b"\xc6\x7f\xff\xff\xff", "not valid msgpack"),  # a 2 GiB bin header, no data behind it
+        (b"\x00" * (claims.MAX_CLAIM + 1), "exceeds"),
+    ],
+)
 def test_malformed_claims(data: bytes, message: str) -> None:
     with pytest.raises(ClaimError, match=message):
         SignedClaim.decode(data)

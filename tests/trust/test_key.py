@@ -17,8 +17,11 @@ from trust.keyfile import KeyFileError
 
 NIX = ("nix", "--extra-experimental-features", "nix-command")
 
-names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters=":"),
-                min_size=1, max_size=40)
+names = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters=":"),
+    min_size=1,
+    max_size=40,
+)
 
 
 @given(name=names, seed=st.binary(min_size=32, max_size=32))
@@ -38,7 +41,13 @@ def test_secret_repr_hides_seed() -> None:
 def test_nix_written_keys_load(nix, tmp_path: Path) -> None:
     # nix-store --generate-binary-cache-key, and nix key generate-secret (stdout).
     sk_path, pk_path = tmp_path / "k.sec", tmp_path / "k.pub"
-    nix.run("nix-store", "--generate-binary-cache-key", "cache.example.org-1", str(sk_path), str(pk_path))
+    nix.run(
+        "nix-store",
+        "--generate-binary-cache-key",
+        "cache.example.org-1",
+        str(sk_path),
+        str(pk_path),
+    )
     sk = keyfile.load_secret(str(sk_path))
     assert sk.name == "cache.example.org-1"
     assert keyfile.load_public(str(pk_path)) == sk.public
@@ -53,7 +62,9 @@ def test_ferry_keys_load_in_nix(nix, tmp_path: Path) -> None:
     keyfile.write_secret(str(tmp_path / "s"), sk)
     keyfile.write_public(str(tmp_path / "p"), sk.public)
     # Nix derives the same public key from our secret file...
-    pub = nix.run(*NIX, "key", "convert-secret-to-public", input=(tmp_path / "s").read_bytes()).decode()
+    pub = nix.run(
+        *NIX, "key", "convert-secret-to-public", input=(tmp_path / "s").read_bytes()
+    ).decode()
     assert pub.strip() == (tmp_path / "p").read_text() == sk.public.encode()
 
 
@@ -87,15 +98,18 @@ GOOD_SECRET = SecretKey("k", bytes(range(32)))
 GOOD_PUB = GOOD_SECRET.public.encode()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("k:not*base64", "not valid base64"),
-    ("k:" + base64.b64encode(b"x" * 31).decode(), "has 31 bytes"),
-    ("k:" + base64.b64encode(b"x" * 33).decode(), "has 33 bytes"),
-    ("AAAA", "no 'name:' prefix"),
-    (":" + GOOD_PUB.partition(":")[2], "key name '' is not valid"),
-    ("a b:" + GOOD_PUB.partition(":")[2], "is not valid"),
-    (GOOD_SECRET.encode(), "is a secret key where a public key was expected"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("k:not*base64", "not valid base64"),
+        ("k:" + base64.b64encode(b"x" * 31).decode(), "has 31 bytes"),
+        ("k:" + base64.b64encode(b"x" * 33).decode(), "has 33 bytes"),
+        ("AAAA", "no 'name:' prefix"),
+        (":" + GOOD_PUB.partition(":")[2], "key name '' is not valid"),
+        ("a b:" + GOOD_PUB.partition(":")[2], "is not valid"),
+        (GOOD_SECRET.encode(), "is a secret key where a public key was expected"),
+    ],
+)
 def test_bad_public_keys(text: str, message: str) -> None:
     with pytest.raises(KeyFormatError, match=message):
         PublicKey.decode(text)

@@ -32,8 +32,10 @@ def test_nix_store_sign_verifies_in_ferry(nix_closure) -> None:
         assert len(info.sigs) == 2
         assert signature.signers(info, keys) == ("builder-a", "builder-b")
         # Any change to what the fingerprint covers breaks every signature.
-        for changed in (dataclasses.replace(info, nar_size=info.nar_size + 1),
-                        dataclasses.replace(info, references=())):
+        for changed in (
+            dataclasses.replace(info, nar_size=info.nar_size + 1),
+            dataclasses.replace(info, references=()),
+        ):
             if changed.fingerprint() != info.fingerprint():
                 assert signature.signers(changed, keys) == ()
         # Nix matches signatures to keys by name: same bytes under another name do not count.
@@ -47,9 +49,22 @@ def test_ferry_key_signs_like_nix_store_sign(nix, nix_closure, tmp_path: Path) -
     keyfile.write_secret(str(tmp_path / "sk"), sk)
     store = tmp_path / "store"
     shutil.copytree(nix_closure.store, store, symlinks=True)
-    nix.run(*NIX, "store", "sign", "--store", str(store), "--key-file", str(tmp_path / "sk"), nix_closure.top)
-    info = nix.run(*NIX, "path-info", "--json", "--sigs", "--store", str(store), nix_closure.top).decode()
-    ours = signature.sign(sk, narinfos(nix_closure.cache)[_narinfo_name(nix_closure.top)].fingerprint())
+    nix.run(
+        *NIX,
+        "store",
+        "sign",
+        "--store",
+        str(store),
+        "--key-file",
+        str(tmp_path / "sk"),
+        nix_closure.top,
+    )
+    info = nix.run(
+        *NIX, "path-info", "--json", "--sigs", "--store", str(store), nix_closure.top
+    ).decode()
+    ours = signature.sign(
+        sk, narinfos(nix_closure.cache)[_narinfo_name(nix_closure.top)].fingerprint()
+    )
     assert f'"{ours.encode()}"' in info
 
 
@@ -74,18 +89,43 @@ def _resigned_cache(src: Path, dest: Path, key: SecretKey) -> Path:
     return dest
 
 
-def _nix_copy(nix, url: str, dest: Path, trusted: PublicKey, path: str) -> subprocess.CompletedProcess[bytes]:
+def _nix_copy(
+    nix, url: str, dest: Path, trusted: PublicKey, path: str
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [*NIX, "copy", "--from", url, "--to", str(dest), path,
-         "--option", "substituters", "", "--option", "trusted-public-keys", trusted.encode(),
-         "--option", "narinfo-cache-negative-ttl", "0"],
-        capture_output=True, env=nix.env, timeout=120,
+        [
+            *NIX,
+            "copy",
+            "--from",
+            url,
+            "--to",
+            str(dest),
+            path,
+            "--option",
+            "substituters",
+            "",
+            "--option",
+            "trusted-public-keys",
+            trusted.encode(),
+            "--option",
+            "narinfo-cache-negative-ttl",
+            "0",
+        ],
+        capture_output=True,
+        env=nix.env,
+        timeout=120,
     )
 
 
 def _valid(nix, store: Path, path: str) -> bool:
-    return subprocess.run(["nix-store", "--store", str(store), "--check-validity", path],
-                          capture_output=True, env=nix.env).returncode == 0
+    return (
+        subprocess.run(
+            ["nix-store", "--store", str(store), "--check-validity", path],
+            capture_output=True,
+            env=nix.env,
+        ).returncode
+        == 0
+    )
 
 
 def test_nix_accepts_ferry_signed_narinfo(nix, nix_closure, tmp_path: Path) -> None:

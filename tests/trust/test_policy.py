@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from tests.trust.claims import EVIL, GOOD, PATH_A, PATH_B, make
 from trust.claim import SignedClaim
 from trust.key import PublicKey, SecretKey
-from trust.policy import Conflict, Insufficient, OnConflict, PolicyError, QuorumPolicy, Reason, Trusted
+from trust.policy import (
+    Conflict,
+    Insufficient,
+    OnConflict,
+    PolicyError,
+    QuorumPolicy,
+    Reason,
+    Trusted,
+)
 
 A, B, C = (SecretKey.generate(f"builder-{n}") for n in "abc")
 OUTSIDERS = [SecretKey.generate(f"outsider-{n}") for n in range(10)]
@@ -24,7 +32,9 @@ def reasons(verdict) -> list[Reason]:
     return [i.reason for i in verdict.ignored]
 
 
-@pytest.mark.parametrize("signers, expected", [((A,), Insufficient), ((A, B), Trusted), ((A, B, C), Trusted)])
+@pytest.mark.parametrize(
+    "signers, expected", [((A,), Insufficient), ((A, B), Trusted), ((A, B, C), Trusted)]
+)
 def test_two_of_three_honest(signers, expected) -> None:
     v = POLICY.decide(PATH_A, [make(k) for k in signers])
     assert type(v) is expected
@@ -96,8 +106,11 @@ def test_a_claim_for_another_path_does_not_count() -> None:
     v = POLICY.decide(PATH_A, [make(A), replayed])
     assert isinstance(v, Insufficient) and reasons(v) == [Reason.OTHER_PATH]
     # Re-labelling it for A breaks its signature.
-    relabelled = SignedClaim(dataclasses.replace(replayed.claim, store_path=PATH_A), replayed.signature,
-                             replayed.nix_signature)
+    relabelled = SignedClaim(
+        dataclasses.replace(replayed.claim, store_path=PATH_A),
+        replayed.signature,
+        replayed.nix_signature,
+    )
     v = POLICY.decide(PATH_A, [make(A), relabelled])
     assert isinstance(v, Insufficient) and reasons(v) == [Reason.BAD_SIGNATURE]
 
@@ -106,15 +119,18 @@ def _with_sig(s: SignedClaim, sig: bytes) -> SignedClaim:
     return SignedClaim(s.claim, sig, s.nix_signature)
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda sig: sig[:-1],  # truncated
-    lambda sig: sig[:32],
-    lambda sig: b"",
-    lambda sig: sig + b"\x00",  # wrong length
-    lambda sig: bytes([sig[0] ^ 1]) + sig[1:],  # bit flips, first and last byte
-    lambda sig: sig[:-1] + bytes([sig[-1] ^ 0x80]),
-    lambda sig: b"\x00" * 64,
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda sig: sig[:-1],  # truncated
+        lambda sig: sig[:32],
+        lambda sig: b"",
+        lambda sig: sig + b"\x00",  # wrong length
+        lambda sig: bytes([sig[0] ^ 1]) + sig[1:],  # bit flips, first and last byte
+        lambda sig: sig[:-1] + bytes([sig[-1] ^ 0x80]),
+        lambda sig: b"\x00" * 64,
+    ],
+)
 def test_mangled_signatures_are_rejected(mangle) -> None:
     bad = make(B)
     v = POLICY.decide(PATH_A, [make(A), _with_sig(bad, mangle(bad.signature))])
@@ -124,14 +140,21 @@ def test_mangled_signatures_are_rejected(mangle) -> None:
     assert isinstance(v, Insufficient) and reasons(v) == [Reason.BAD_NIX_SIGNATURE]
 
 
-@pytest.mark.parametrize("trusted, threshold, message", [
-    ((), 1, "trusts no keys"),
-    ((A.public,), 0, "threshold must be a whole number from 1 to 1"),
-    ((A.public, B.public), 3, "from 1 to 2"),
-    ((A.public,), True, "threshold"),
-    ((A.public, PublicKey("builder-a", B.public.key)), 1, "two trusted keys are named 'builder-a'"),
-    ((A.public, PublicKey("alias", A.public.key)), 1, "are the same key"),
-])
+@pytest.mark.parametrize(
+    "trusted, threshold, message",
+    [
+        ((), 1, "trusts no keys"),
+        ((A.public,), 0, "threshold must be a whole number from 1 to 1"),
+        ((A.public, B.public), 3, "from 1 to 2"),
+        ((A.public,), True, "threshold"),
+        (
+            (A.public, PublicKey("builder-a", B.public.key)),
+            1,
+            "two trusted keys are named 'builder-a'",
+        ),
+        ((A.public, PublicKey("alias", A.public.key)), 1, "are the same key"),
+    ],
+)
 def test_bad_policies(trusted, threshold, message) -> None:
     with pytest.raises(PolicyError, match=message):
         QuorumPolicy(trusted, threshold)
@@ -140,7 +163,9 @@ def test_bad_policies(trusted, threshold, message) -> None:
 # --- The property: nothing short of k distinct configured keys signing yields Trusted.
 
 TRUSTED_KEYS = (A, B, C)
-ALL_KEYS = TRUSTED_KEYS + tuple(OUTSIDERS[:2]) + (SecretKey.generate("builder-a"),)  # incl. an impostor
+ALL_KEYS = (
+    TRUSTED_KEYS + tuple(OUTSIDERS[:2]) + (SecretKey.generate("builder-a"),)
+)  # incl. an impostor
 RESULTS = (GOOD, EVIL)
 
 
@@ -152,21 +177,42 @@ def _signed(key: int, path: int, result: int) -> SignedClaim:
 @st.composite
 def claim_and_truth(draw):
     """A claim, and the (trusted key, result) it genuinely proves for PATH_A, if any."""
-    key, path, result = draw(st.integers(0, len(ALL_KEYS) - 1)), draw(st.integers(0, 1)), draw(st.integers(0, 1))
+    key, path, result = (
+        draw(st.integers(0, len(ALL_KEYS) - 1)),
+        draw(st.integers(0, 1)),
+        draw(st.integers(0, 1)),
+    )
     s = _signed(key, path, result)
-    how = draw(st.sampled_from(["honest"] * 4 + ["relabel-path", "relabel-hash", "flip-sig", "flip-nix", "swap-key"]))
+    how = draw(
+        st.sampled_from(
+            ["honest"] * 4 + ["relabel-path", "relabel-hash", "flip-sig", "flip-nix", "swap-key"]
+        )
+    )
     if how == "relabel-path":
-        s = SignedClaim(dataclasses.replace(s.claim, store_path=(PATH_B, PATH_A)[path]), s.signature, s.nix_signature)
+        s = SignedClaim(
+            dataclasses.replace(s.claim, store_path=(PATH_B, PATH_A)[path]),
+            s.signature,
+            s.nix_signature,
+        )
     elif how == "relabel-hash":
-        s = SignedClaim(dataclasses.replace(s.claim, nar_hash=RESULTS[1 - result]), s.signature, s.nix_signature)
+        s = SignedClaim(
+            dataclasses.replace(s.claim, nar_hash=RESULTS[1 - result]), s.signature, s.nix_signature
+        )
     elif how == "flip-sig":
         s = _with_sig(s, bytes([s.signature[0] ^ 1]) + s.signature[1:])
     elif how == "flip-nix":
-        s = SignedClaim(s.claim, s.signature, s.nix_signature[:5] + bytes([s.nix_signature[5] ^ 4]) + s.nix_signature[6:])
+        s = SignedClaim(
+            s.claim,
+            s.signature,
+            s.nix_signature[:5] + bytes([s.nix_signature[5] ^ 4]) + s.nix_signature[6:],
+        )
     elif how == "swap-key":  # claim that another (trusted) key made it
         other = draw(st.integers(0, 2).filter(lambda o: o != key))
-        s = SignedClaim(dataclasses.replace(s.claim, builder=TRUSTED_KEYS[other].public), s.signature,
-                        s.nix_signature)
+        s = SignedClaim(
+            dataclasses.replace(s.claim, builder=TRUSTED_KEYS[other].public),
+            s.signature,
+            s.nix_signature,
+        )
     genuine = how == "honest" and key < len(TRUSTED_KEYS) and path == 0
     return s, ((key, RESULTS[result]) if genuine else None)
 
