@@ -159,7 +159,7 @@ def wheels(work: Path) -> None:
                 ing.commit(m)
             s = store.stats()
             rows.append((version, m.stats().file_bytes, ing.new_bytes, s))
-    for version, file_bytes, new, s in rows:
+    for version, file_bytes, new, _ in rows:
         print(
             f"  after numpy {version}: file data {file_bytes / MB:6.1f} MB, new chunk bytes {new / MB:6.1f} MB"
         )

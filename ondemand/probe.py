@@ -51,7 +51,7 @@ def kernel_config() -> dict[str, str] | None:
     for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
         try:
             opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as f:  # type: ignore[operator]
+            with opener(path, "rt") as f:
                 return {
                     k: v
                     for k, _, v in (line.strip().partition("=") for line in f)

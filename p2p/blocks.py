@@ -203,7 +203,7 @@ def _unpack(payload: bytes) -> tuple[Kind, list[object]]:
             max_ext_len=0,
             max_array_len=max(MAX_WANTS, MAX_BASES) + 3,
         )
-    except Exception as e:  # msgpack raises many unrelated types for bad input
+    except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types for bad input
         raise BlocksError(f"frame is not valid msgpack: {e}") from None
     if not (
         isinstance(obj, list) and len(obj) == 2 and type(obj[0]) is int and isinstance(obj[1], list)
@@ -260,7 +260,7 @@ class BlockServer:
 
     def take(self, n: int) -> list[Want]:
         """The next `n` wants to answer (they leave the queue)."""
-        out = []
+        out: list[Want] = []
         while self._pending and len(out) < n:
             out.append(self._pending.popitem(last=False)[1])
         return out

@@ -91,7 +91,7 @@ def decode(payload: bytes) -> Message:
             max_ext_len=0,
             max_array_len=MAX_CLAIMS,
         )
-    except Exception as e:  # msgpack raises many unrelated types for bad input
+    except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types for bad input
         raise ClaimsError(f"message is not valid msgpack: {e}") from None
     if not (isinstance(obj, list) and len(obj) == 2 and type(obj[0]) is int):
         raise ClaimsError("message is not [kind, body]")

@@ -138,7 +138,7 @@ def make_host(
     # The auto-connector dials every peer in the peerstore up to the midpoint of the
     # watermarks, whatever they are set to, and redials peers we disconnected on purpose
     # (a banned one). A node dials whom it needs: bootstrap peers and providers.
-    host.get_network().auto_connector.maybe_connect = _dial_nobody  # type: ignore[attr-defined,method-assign]
+    host.get_network().auto_connector.maybe_connect = _dial_nobody  # type: ignore[attr-defined]
     host.get_network().register_notifee(_CancelSafeConnections())
     return host
 

@@ -45,5 +45,5 @@ async def abort(stream: ByteStream) -> None:
     """Reset a stream whose peer broke the protocol; never raises."""
     try:
         await stream.reset()
-    except Exception:  # the connection may already be gone: nothing left to do
+    except Exception:  # noqa: BLE001 - the connection may already be gone: nothing left to do
         pass

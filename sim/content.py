@@ -92,7 +92,7 @@ def release(
         # first chunk, the way a mass rebuild touches every path.
         stamp = " ".join(str(r) for r in [sp, *refs]).encode()[: CHUNK - 64]
         data[64 : 64 + len(stamp)] = stamp
-        events = [
+        events: list[nar.NarEvent] = [
             nar.Directory(b""),
             nar.Directory(b"lib"),
             nar.Regular(b"lib/" + sp.name.encode() + b".so", len(data), True),
@@ -115,7 +115,7 @@ def lie_about(rng: random.Random, honest: Release) -> Release:
     """What a lying builder signs: the same store paths with other contents."""
     out = []
     for p in honest.paths:
-        events = [
+        events: list[nar.NarEvent] = [
             nar.Directory(b""),
             nar.Regular(b"backdoor", 4 * CHUNK, True),
             nar.Contents(rng.randbytes(4 * CHUNK)),

@@ -27,7 +27,7 @@ from trust.policy import Insufficient, QuorumPolicy
 log = logging.getLogger(__name__)
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     SEED = "seed"  # holds the closure from the start (a builder that published it)
     BUILDER = "builder"  # signs and serves the closure
     LIAR = "lying-builder"  # signs and serves other contents under the same store paths

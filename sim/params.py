@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Params:
     )
     deadline: float = 6 * 3600.0  # virtual seconds before the run is called off
 
-    HELP = {
+    HELP: ClassVar[dict[str, str]] = {
         "nodes": "fetching nodes (the fleet in fleet-update)",
         "seed": "random seed; the same seed gives the same result",
         "closure_mb": "closure size in MB as the links carry it",

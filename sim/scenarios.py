@@ -212,7 +212,7 @@ def _repeatable_scheduling(seed: int) -> Iterator[None]:
     `id(cancel_scope)`, and a cancelled scope reschedules its tasks from a set. In the
     mode trio keeps for Hypothesis, each batch is sorted by task creation order and then
     shuffled by trio's own generator; seeded, a run repeats exactly."""
-    run = trio._core._run
+    run = trio._core._run  # type: ignore[attr-defined]
     before = run._ALLOW_DETERMINISTIC_SCHEDULING
     run._ALLOW_DETERMINISTIC_SCHEDULING = True
     run._r.seed(seed)
@@ -229,7 +229,7 @@ def central_baseline(
     bytes from one server: its uplink shared max-min fairly among active clients, each
     capped by its downlink (a fluid model of TCP fair sharing)."""
     events = sorted((s, i) for i, s in enumerate(starts))
-    left = {}
+    left: dict[int, float] = {}
     done = [0.0] * len(starts)
     now = 0.0
     pending = list(events)
@@ -428,8 +428,8 @@ async def byzantine_builders(run: _Run) -> list[str]:
     async with trio.open_nursery() as n:
         n.start_soon(run.sample, builders[:2], fetchers)
         async with trio.open_nursery() as fetching:
-            for f, s in zip(fetchers, starts):
-                fetching.start_soon(run.fetch_until_done, f, honest.root, s)
+            for f, at in zip(fetchers, starts):
+                fetching.start_soon(run.fetch_until_done, f, honest.root, at)
         n.cancel_scope.cancel()
     return [
         f"builder-3 signs other contents for the same store paths; {p.sybils} keys outside the policy sign "

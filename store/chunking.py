@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 
@@ -73,8 +74,11 @@ class ChunkingPolicy:
     @classmethod
     def decode(cls, raw: object) -> ChunkingPolicy:
         try:
-            inline_max, tiers, largest = raw  # type: ignore[misc]
-            policy = cls(int(inline_max), tuple((int(a), int(b)) for a, b in tiers), int(largest))
+            fields: Any = raw  # checked by the conversions below
+            inline_max_, tiers_, largest_ = fields
+            policy = cls(
+                int(inline_max_), tuple((int(a), int(b)) for a, b in tiers_), int(largest_)
+            )
         except (TypeError, ValueError) as e:
             if isinstance(e, ChunkingError):
                 raise

@@ -115,7 +115,7 @@ class Manifest:
         """Parse and validate; rejects anything that is not exactly canonical."""
         try:
             raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-        except Exception as e:  # msgpack raises several unrelated types
+        except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
             raise ManifestError(f"manifest is not valid msgpack: {e}") from None
         if not isinstance(raw, list) or len(raw) != 8 or raw[0] != FORMAT:
             raise ManifestError(f"not a {FORMAT} manifest")
@@ -130,7 +130,7 @@ class Manifest:
             policy = ChunkingPolicy.decode(chunking)
         except (StorePathError, ChunkingError) as e:
             raise ManifestError(str(e)) from None
-        if [str(r) for r in references] != sorted(set(str(r) for r in references)):
+        if [str(r) for r in references] != sorted({str(r) for r in references}):
             raise ManifestError("manifest references are not sorted and unique")
         if not isinstance(nar_hash, bytes) or len(nar_hash) != 32:
             raise ManifestError("manifest NarHash must be 32 bytes of sha256")

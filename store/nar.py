@@ -150,7 +150,7 @@ class NarEncoder:
 
     def __init__(self) -> None:
         self._open: list[bytes] = []  # directories whose node is still open
-        self._last_child: list[bytes] = []  # last entry name per open directory
+        self._last_child: list[bytes | None] = []  # last entry name per open directory
         self._leaf_open = False  # a file/symlink node awaits its closing tokens
         self._leaf_is_root = False
         self._remaining = 0  # content bytes still owed by the current Regular

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time as _time
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -229,7 +230,7 @@ def _unpack(data: bytes, what: str) -> object:
             max_map_len=0,
             max_ext_len=0,
         )
-    except Exception as e:  # msgpack raises several unrelated types
+    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
         raise ClaimError(
             f"{what} is not valid msgpack ({type(e).__name__}: {_first_line(e)})"
         ) from None
@@ -240,12 +241,13 @@ def _first_line(e: Exception) -> str:
     return text[:120]
 
 
-def _need(v: object, t: type, what: str, size: int | None = None) -> object:
+def _need(v: Any, t: type, what: str, size: int | None = None) -> Any:
     # bool is an int to Python but not to msgpack; reject it like any other wrong type.
     if not isinstance(v, t) or isinstance(v, bool):
         raise ClaimError(
             f"claim {what} has the wrong type ({type(v).__name__}, expected {t.__name__})"
         )
-    if size is not None and len(v) != size:  # type: ignore[arg-type]
-        raise ClaimError(f"claim {what} is {len(v)} bytes, expected {size}")  # type: ignore[arg-type]
+    sized: Any = v  # isinstance against a runtime type narrows to object
+    if size is not None and len(sized) != size:
+        raise ClaimError(f"claim {what} is {len(sized)} bytes, expected {size}")
     return v

@@ -25,7 +25,7 @@ MAX_NAME = 255
 
 # Nix splits at the first ':' and accepts any non-empty name; we also keep out
 # whitespace and control characters, which could never survive a narinfo line.
-_NAME = re.compile(r"[^\s:\x00-\x1f\x7f]{1,%d}" % MAX_NAME)
+_NAME = re.compile(rf"[^\s:\x00-\x1f\x7f]{{1,{MAX_NAME}}}")
 
 
 class KeyFormatError(ValueError):

@@ -347,7 +347,7 @@ class Demo:
             async def one(i: int, b: LocalNode) -> None:
                 for path in rel.paths:
                     plain = rel.store is None
-                    args = {
+                    args: dict[str, Any] = {
                         "path": path,
                         "nar": None,
                         "key": str(self.root / "keys" / f"builder-{i}.secret"),

@@ -196,7 +196,7 @@ def _tcp_ports(config: nodeconfig.NodeConfig) -> list[tuple[str, str, int]]:
                 ma.value_for_protocol("ip4") if "ip4" in [p.name for p in ma.protocols()] else "::"
             )
             out.append((f"listen {a}", host, int(ma.value_for_protocol("tcp"))))
-        except Exception:  # not an IP/TCP address (the node reports what it cannot use)
+        except Exception:  # noqa: BLE001 - not an IP/TCP address (the node reports what it cannot use)
             continue
     if config.gateway != "off":
         host, port = config.gateway_bind
@@ -317,7 +317,7 @@ def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check
             ma = multiaddr.Multiaddr(a)
             host = ma.value_for_protocol("ip4")
             port = int(ma.value_for_protocol("tcp"))
-        except Exception:  # dns or other transports: not checked here
+        except Exception:  # noqa: BLE001 - dns or other transports: not checked here
             continue
         try:
             with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):

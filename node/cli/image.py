@@ -133,5 +133,8 @@ def run_inspect(args: argparse.Namespace) -> None:
     )
     ui.table(
         ("mode", "size", "nid", "path", "data"),
-        [(r["mode"], f"{r['size']:,}", str(r["nid"]), r["path"], r["data"]) for r in rows],
+        [
+            (str(r["mode"]), f"{r['size']:,}", str(r["nid"]), str(r["path"]), str(r["data"]))
+            for r in rows
+        ],
     )

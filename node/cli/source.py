@@ -150,7 +150,7 @@ def with_source_path(m: Manifest, name: str) -> Manifest:
 
 
 def _read(path: str, advance: Any) -> Iterator[bytes]:
-    f = sys.stdin.buffer if path == "-" else open(path, "rb")
+    f = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 (closed below)
     with f:
         while data := f.read(_READ):
             advance(len(data))

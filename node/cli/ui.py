@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -24,7 +24,7 @@ from store import dump
 err = Console(stderr=True, highlight=False)
 # Piped output is read by people through `less` or by scripts (which should use --json):
 # wide enough that tables keep whole store paths and hashes.
-out = Console(highlight=False, **({} if sys.stdout.isatty() else {"width": 240}))
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 @contextmanager
@@ -54,7 +54,7 @@ def tree_size(path: str) -> int | None:
         return None  # the operation itself reports the problem properly
 
 
-def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     t = Table(*headers, box=None, pad_edge=False, header_style="bold")
     for r in rows:
         t.add_row(*r)

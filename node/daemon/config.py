@@ -77,7 +77,7 @@ class NodeConfig:
             for a in getattr(self, name):
                 try:
                     multiaddr.Multiaddr(a)
-                except Exception as e:  # the multiaddr library raises assorted types
+                except Exception as e:  # noqa: BLE001 - the multiaddr library raises assorted types
                     raise ConfigError(
                         f"{self.source}: {name}: {a!r} is not a multiaddr ({e})"
                     ) from None
@@ -185,7 +185,7 @@ def parse(text: str, source: str) -> NodeConfig:
         types = _TYPES[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise ConfigError(f"{source}: {key} must be {' or '.join(t.__name__ for t in types)}")
-        if types == (list,):
+        if isinstance(value, list):
             if not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: {key} must be a list of multiaddr strings")
             value = tuple(value)

@@ -81,7 +81,7 @@ async def serve(
     listener: trio.SocketListener,
     handler: Handler,
     *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async def one(stream: trio.SocketStream) -> None:
         async with stream:

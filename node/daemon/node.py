@@ -196,7 +196,7 @@ class Node:
         with trio.move_on_after(self.config.request_timeout):
             try:
                 await self.host.connect(info)
-            except Exception as e:  # unreachable or refusing: retried later
+            except Exception as e:  # noqa: BLE001 - unreachable or refusing: retried later
                 log.info("cannot connect to %s: %s", info.peer_id, e)
                 return False
             if self.dht is not None:
@@ -314,7 +314,7 @@ class Node:
             )  # or a DHT query dials it again
         try:
             await self.host.disconnect(ID.from_base58(peer))
-        except Exception as e:  # already gone: the ban is what matters
+        except Exception as e:  # noqa: BLE001 - already gone: the ban is what matters
             log.debug("disconnecting %s: %s", peer, e)
 
     # --- announcing
@@ -331,9 +331,7 @@ class Node:
                     await self.pubsub.publish(
                         GOSSIP_TOPIC, msgpack.packb([c.encode() for c in signed])
                     )
-                except (
-                    Exception
-                ) as e:  # gossip is best effort: pushes and queries carry the claims too
+                except Exception as e:  # noqa: BLE001 - gossip is best effort: pushes and queries carry the claims too
                     log.info("gossip publish failed: %s", e)
         if self.dht is not None:
             for sp in complete:
@@ -348,7 +346,7 @@ class Node:
             with trio.move_on_after(self.config.request_timeout):
                 try:
                     await self.dht.provide(_dht_key(sp.hash_part))
-                except Exception as e:  # the DHT is one way of many to be found
+                except Exception as e:  # noqa: BLE001 - the DHT is one way of many to be found
                     log.info("DHT provide of %s failed: %s", sp, e)
 
     async def _push(self, peer: str, payload: bytes) -> None:
@@ -358,7 +356,7 @@ class Node:
                 await stream.write(payload)
                 await stream.read(64)
                 await stream.close()
-            except Exception as e:  # the peer will ask for the claims when it needs them
+            except Exception as e:  # noqa: BLE001 - the peer will ask for the claims when it needs them
                 log.info("pushing claims to %s failed: %s", peer, e)
 
     async def _gossip_listener(self) -> None:
@@ -403,7 +401,9 @@ class Node:
         try:
             _check_bind(host, port, self.config.gateway)
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(partial(hypercorn.trio.serve, app, cfg, mode="asgi"))
+                # The gateway types its ASGI messages as plain dicts, not hypercorn's TypedDicts.
+                serve = partial(hypercorn.trio.serve, app, cfg, mode="asgi")  # type: ignore[arg-type]
+                binds = await nursery.start(serve)
                 self.gateway_url = binds[0]
                 userfile.write_atomically(
                     os.path.join(self.data_dir, GATEWAY_FILE),
@@ -493,7 +493,7 @@ class Node:
             r = self.book.get(peer)
             try:
                 addrs = [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer))]
-            except Exception:  # a peer we only remember for its ban has no addresses left
+            except Exception:  # noqa: BLE001 - a peer we only remember for its ban has no addresses left
                 addrs = []
             out.append(
                 {

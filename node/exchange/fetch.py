@@ -348,7 +348,7 @@ class Fetch:
         with trio.move_on_after(self.settings.claims_timeout):
             try:
                 stream = await self.net.open_stream(peer, claimwire.PROTOCOL)
-            except Exception as e:  # unreachable peer: another may answer
+            except Exception as e:  # noqa: BLE001 - unreachable peer: another may answer
                 log.info("cannot ask %s for claims: %s", peer, e)
                 return []
             try:
@@ -442,7 +442,7 @@ class Fetch:
         with trio.move_on_after(self.settings.request_timeout):
             try:
                 stream = await self.net.open_stream(peer, BLOCKS)
-            except Exception as e:  # unreachable: try the next peer
+            except Exception as e:  # noqa: BLE001 - unreachable: try the next peer
                 log.info("cannot open a blocks stream to %s: %s", peer, e)
                 return None
             try:
@@ -568,7 +568,7 @@ class Fetch:
     async def _worker(self, peer: str, sched: Schedule) -> None:
         try:
             stream = await self.net.open_stream(peer, BLOCKS)
-        except Exception as e:  # the peer is gone: the others carry on
+        except Exception as e:  # noqa: BLE001 - the peer is gone: the others carry on
             log.info("cannot open a blocks stream to %s: %s", peer, e)
             sched.remove_peer(peer)
             self._notify()
@@ -707,7 +707,7 @@ class Fetch:
                         self.progress.diff_logical_bytes += len(data_)
                         self.progress.diff_received_bytes += wire[d][0]
                     for other in sched.received(peer, d, now):
-                        self._cancels.setdefault(other, []).append(d)
+                        self._cancels.setdefault(str(other), []).append(d)
                     self.progress.chunks_done += 1
                     self.progress.bytes_done += len(data_)
                     self.progress.per_peer[peer] = self.progress.per_peer.get(peer, 0) + len(data_)
@@ -752,5 +752,5 @@ class _BadBlock(Exception):
 async def _close(stream: ByteStream) -> None:
     try:
         await stream.close()
-    except Exception:  # already gone: nothing to release
+    except Exception:  # noqa: BLE001 - already gone: nothing to release
         pass

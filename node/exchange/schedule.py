@@ -229,10 +229,10 @@ class Schedule:
                 o.has.discard(digest)  # `avail` drops it lazily
         others = [p for p in self._asked.pop(digest, set()) if p != peer]
         for p in others:
-            o = self.peers.get(p)
-            if o is not None and digest in o.in_flight:
-                o.in_flight.pop(digest)
-                o.in_flight_bytes -= self.sizes[digest]
+            other = self.peers.get(p)
+            if other is not None and digest in other.in_flight:
+                other.in_flight.pop(digest)
+                other.in_flight_bytes -= self.sizes[digest]
         self.done.add(digest)
         return others
 
@@ -304,7 +304,7 @@ class Schedule:
         limit = min(limit, WATCHERS * self.remaining // max(1, partial) + 16)
         queue = list(self._queue)
         start = self.rng.randrange(len(queue)) if self.rng is not None and queue else 0
-        out = []
+        out: list[bytes] = []
         for d in queue[start:] + queue[:start]:
             if len(st.querying) + len(out) >= limit:
                 break

@@ -190,9 +190,14 @@ def _prefixes(wants: list[Want], found: dict[bytes, bytes]) -> dict[bytes, bytes
     decodes with all it listed; a frame made without any decodes either way)."""
     out = {}
     for w in wants:
-        if w.block and w.bases and w.digest in found and all(b in found for b in w.bases):
-            if sum(len(found[b]) for b in w.bases) <= MAX_BASE_BYTES:
-                out[w.digest] = b"".join(found[b] for b in w.bases)
+        if (
+            w.block
+            and w.bases
+            and w.digest in found
+            and all(b in found for b in w.bases)
+            and sum(len(found[b]) for b in w.bases) <= MAX_BASE_BYTES
+        ):
+            out[w.digest] = b"".join(found[b] for b in w.bases)
     return out
 
 
@@ -243,5 +248,5 @@ async def serve_claims(
 async def _close(stream: ByteStream) -> None:
     try:
         await stream.close()
-    except Exception:  # the peer may have gone already: the stream is finished either way
+    except Exception:  # noqa: BLE001 - the peer may have gone already: the stream is finished either way
         pass

@@ -188,7 +188,7 @@ class Index:
 
     def chunks(self, digests: list[bytes]) -> dict[bytes, ChunkRow]:
         """The rows of those of `digests` the index knows, in a few queries, not one each."""
-        out = {}
+        out: dict[bytes, ChunkRow] = {}
         for i in range(0, len(digests), _IN_BATCH):
             part = digests[i : i + _IN_BATCH]
             for r in self.db.execute(
@@ -196,7 +196,7 @@ class Index:
                 f"WHERE digest IN ({','.join('?' * len(part))})",
                 part,
             ):
-                out[r[1]] = ChunkRow(*r[:5], bool(r[5]))
+                out[r[1]] = ChunkRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
         return out
 
     def all_chunks(self, present_only: bool = True) -> Iterator[ChunkRow]:
@@ -204,7 +204,7 @@ class Index:
         for r in self.db.execute(
             f"SELECT id, digest, slab, offset, length, present FROM chunks {where} ORDER BY slab, offset"
         ):
-            yield ChunkRow(*r[:5], bool(r[5]))
+            yield ChunkRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
 
     # --- manifests and paths
 

@@ -15,6 +15,7 @@ kill the process at chosen points.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import sqlite3
@@ -79,7 +80,7 @@ class GcReport:
 class VerifyReport:
     chunks: int = 0
     bytes: int = 0
-    corrupt: list[tuple[bytes, str]] = field(default_factory=list)
+    corrupt: list[tuple[builtins.bytes, str]] = field(default_factory=list)
     bad_paths: list[tuple[str, str]] = field(default_factory=list)  # (store path, what is wrong)
     repaired: bool = False
 
@@ -231,7 +232,7 @@ class LocalStore:
                 slabs = self.index.slabs()
             slab = slabs[-1]
             slab_id, cap, cursor = slab.id, slab.cap, slab.size
-            rows = []
+            rows: list[tuple[bytes, int, int, int]] = []
             for d in new:
                 if cursor + align(sizes[d]) > cap:
                     self.index.add_chunks(rows, present=False)
@@ -339,9 +340,9 @@ class LocalStore:
             report.repaired = True
         bad = {d for d, _ in report.corrupt}
         for p in self.index.paths():
-            data = self.index.manifest(p.manifest_digest)
+            encoded = self.index.manifest(p.manifest_digest)
             try:
-                m = Manifest.decode(data or b"")
+                m = Manifest.decode(encoded or b"")
             except ManifestError as e:
                 report.bad_paths.append((p.store_path, f"its manifest is damaged: {e}"))
                 continue
@@ -523,7 +524,7 @@ class Ingest:
         for f in self._in_flight:
             try:
                 f.result()
-            except BaseException:  # already being handled: it is why we undo
+            except BaseException:  # noqa: BLE001 - already being handled: it is why we undo
                 pass
         self._in_flight.clear()
         self._new, self._fill, self._touched, self._pending = [], [], set(), 0

@@ -257,6 +257,6 @@ async def test_a_nar_that_cannot_be_completed_is_503(world) -> None:
     app, backend, *_ = world
     info = NarInfo.decode((await call(app, f"/{SP.hash_part}.narinfo"))[2].decode())
     backend.fail_complete = FetchError("1 chunks are held by none of the 2 connected peers")
-    status, headers, body = await call(app, "/" + info.url)
+    status, headers, _body = await call(app, "/" + info.url)
     assert status == 503 and "held by none" in headers["x-ferry-reason"]
     assert (await call(app, "/nar/" + "0" * 52 + ".nar"))[0] == 404  # never asked for: unknown

@@ -166,9 +166,11 @@ def test_slabs_roll_over_at_their_cap(tmp_path: Path) -> None:
 
 
 def test_a_second_opener_is_told_who_holds_the_store(tmp_path: Path) -> None:
-    with LocalStore(str(tmp_path / "data")):
-        with pytest.raises(StoreInUse, match=f"in use by pid {os.getpid()}"):
-            LocalStore(str(tmp_path / "data"))
+    with (
+        LocalStore(str(tmp_path / "data")),
+        pytest.raises(StoreInUse, match=f"in use by pid {os.getpid()}"),
+    ):
+        LocalStore(str(tmp_path / "data"))
     LocalStore(str(tmp_path / "data")).close()  # released on close
 
 
@@ -195,7 +197,7 @@ def test_bad_input_leaves_nothing_behind(tmp_path: Path, nix, batch: int) -> Non
     }
     assert cases["NAR breaking a rule"] != good
     with LocalStore(str(tmp_path / "data"), batch_bytes=batch) as store:
-        for what, data in cases.items():
+        for data in cases.values():
             with pytest.raises(nar.NarError), store.ingest() as ing:
                 m = build.from_nar(
                     [data[i : i + 65536] for i in range(0, len(data), 65536)],

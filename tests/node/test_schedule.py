@@ -132,7 +132,7 @@ def test_a_peer_that_lacks_a_chunk_is_asked_only_for_what_it_announces() -> None
 
 def test_a_complete_peer_is_not_asked_for_what_a_fetcher_offered() -> None:
     s = Schedule(_chunks(4))
-    offered = list(s.sizes)[0]
+    offered = next(iter(s.sizes))
     s.add_peer("seed")
     s.add_peer("fetcher")
     s.refused("fetcher", list(s.sizes)[3], 0.0)  # partial from now on

@@ -78,7 +78,7 @@ def _anon(tmp: Path, name: str) -> int:
 
 
 async def test_open_read_close(daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    d, dev, blobs = daemon
+    d, dev, _blobs = daemon
     fd = _anon(tmp_path, "cache-slab")
     slab_ino = os.fstat(fd).st_ino
     await dev.send.send(cachefiles.encode(Open(7, 1, VOLUME, b"slab-000001", fd, 0)))
@@ -107,7 +107,7 @@ async def test_open_read_close(daemon, tmp_path: Path) -> None:  # type: ignore[
 
 
 async def test_unknown_blob_is_refused_and_its_fd_closed(daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    d, dev, _ = daemon
+    _d, dev, _ = daemon
     fd = _anon(tmp_path, "x")
     await dev.send.send(cachefiles.encode(Open(1, 5, VOLUME, b"no-such-blob", fd, 0)))
     await dev.until(lambda: dev.commands)
@@ -117,7 +117,7 @@ async def test_unknown_blob_is_refused_and_its_fd_closed(daemon, tmp_path: Path)
 
 
 async def test_unavailable_bytes_complete_without_data(daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    d, dev, blobs = daemon
+    _d, dev, blobs = daemon
     blobs.withheld.add(b"fsid-1")
     fd = _anon(tmp_path, "img")
     await dev.send.send(cachefiles.encode(Open(1, 3, VOLUME, b"fsid-1", fd, 0)))

@@ -3,6 +3,7 @@ hostile length is refused before its payload is buffered."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -22,7 +23,7 @@ def test_any_split_gives_the_same_payloads(payloads: list[bytes], cuts: list[int
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     dec = FrameDecoder()
     got = []
-    for a, b in zip(points, points[1:]):
+    for a, b in itertools.pairwise(points):
         got += dec.feed(stream[a:b])
     dec.close()
     assert got == payloads and dec.buffered == 0

@@ -70,7 +70,7 @@ def test_errors_name_the_line_and_field(text: str, message: str) -> None:
 
 
 def test_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="none.toml: no such file"):
+    with pytest.raises(PolicyError, match=r"none\.toml: no such file"):
         policyfile.load(str(tmp_path / "none.toml"))
     with pytest.raises(PolicyError, match="is a directory"):
         policyfile.load(str(tmp_path))
