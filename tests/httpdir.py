@@ -41,3 +41,4 @@ def serve(directory: Path) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        proc.stdout.close()

@@ -73,11 +73,12 @@ class NodeProc:
 
     def _drain(self, proc: subprocess.Popen[bytes], log: list[str], ready: threading.Event) -> None:
         assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            log.append(line)
-            if " running on " in line:
-                ready.set()
+        with proc.stderr:  # closed at the end of output, not left to the collector
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                log.append(line)
+                if " running on " in line:
+                    ready.set()
         ready.set()  # it exited: wait() returns and the caller sees why
 
     def wait_ready(self) -> NodeProc:
