@@ -32,7 +32,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.daemon import control
+from node.daemon import api, control
 from p2p import blocks
 from p2p.blocks import BlockClient, Want
 from p2p.host import make_host, quiet_libp2p
@@ -103,9 +103,9 @@ async def latency(addr: str, digest: bytes, n: int) -> list[float]:
 
 def fetch(client: NodeProc) -> float:
     t = time.perf_counter()
-    got = trio.run(control.call, str(client.data_dir), {"op": "fetch", "store_path": SP})
+    got = trio.run(control.call, str(client.data_dir), api.FetchRequest(SP))
     dt = time.perf_counter() - t
-    return got["bytes_done"] / dt / 1e6
+    return got.progress.bytes_done / dt / 1e6
 
 
 def main() -> None:

@@ -255,7 +255,7 @@ def from_nar(
         return b.manifest(store_path, references, deriver)
 
 
-class NarHashMismatch(ValueError):
+class ModifiedStorePath(ValueError):
     """ferry and Nix disagree on a path's NarHash: the store path was modified."""
 
 
@@ -283,7 +283,7 @@ def from_store_path(
         on_progress=on_progress,
     )
     if manifest.nar_hash != info.nar_hash or manifest.nar_size != info.nar_size:
-        raise NarHashMismatch(
+        raise ModifiedStorePath(
             f"{path} on disk has NarHash {manifest.nar_hash} ({manifest.nar_size} bytes) but Nix "
             f"recorded {info.nar_hash} ({info.nar_size} bytes); repair it with `nix-store --repair-path`"
         )

@@ -1,33 +1,64 @@
-"""`ferry`: the command line. Each subcommand lives in a module of its own."""
+"""`ferry`: the command line.
+
+A command's parser and code live in a module of their own, imported only when that
+command runs: `ferry --help`, `--version` and the commands that talk to a running node
+start without loading libp2p, the store or the simulator."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from node.cli import (
-    demo,
-    doctor,
-    export,
-    gc,
-    image,
-    init,
-    manifest,
-    mountcmd,
-    netcmd,
-    noderun,
-    publish,
-    simcmd,
-    storecmd,
-    trust,
-    ui,
-)
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
 # (argparse), 130 interrupted. `ferry trust` has its own (see node/cli/trust.py).
+
+# command -> (the module whose add_parser defines it, the line `ferry --help` shows).
+# In the order `ferry --help` lists them; a module's commands stay together.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": (
+        "node.cli.init",
+        "create the data directory, node identity, Nix signing key and a config file",
+    ),
+    "manifest": ("node.cli.manifest", "build a store path's manifest and print a summary"),
+    "publish": ("node.cli.publish", "add a store path to the local ferry store"),
+    "export": ("node.cli.export", "write a stored path's NAR"),
+    "materialize": ("node.cli.export", "write a stored path's tree to a directory"),
+    "image": ("node.cli.image", "write a stored path as an EROFS metadata image"),
+    "inspect": ("node.cli.image", "list an EROFS image"),
+    "gc": ("node.cli.gc", "drop paths no root needs and free their chunks"),
+    "verify": ("node.cli.gc", "check every chunk and path in the store"),
+    "store": ("node.cli.storecmd", "look at the local store"),
+    "root": ("node.cli.storecmd", "GC roots: paths `ferry gc` keeps"),
+    "trust": ("node.cli.trust", "builder keys, signed build claims, and quorum decisions"),
+    "node": ("node.cli.noderun", "run the ferry node (daemon)"),
+    "fetch": (
+        "node.cli.netcmd",
+        "fetch a store path (or its closure) from peers through the running node",
+    ),
+    "peers": ("node.cli.netcmd", "list the node's peers"),
+    "status": ("node.cli.netcmd", "show the running node's identity, addresses and store"),
+    "mount": (
+        "node.cli.mountcmd",
+        "make a store path appear at DIR, its file data fetched on first read",
+    ),
+    "umount": ("node.cli.mountcmd", "unmount a ferry mount"),
+    "mounts": ("node.cli.mountcmd", "list the node's mounts"),
+    "demo": (
+        "node.cli.demo",
+        "see ferry work on this machine: 3 builders and a client on 127.0.0.1",
+    ),
+    "doctor": (
+        "node.cli.doctor",
+        "check this machine and node set-up, and say how to fix what is wrong",
+    ),
+    "sim": ("sim.cli", "simulate a ferry network in virtual time (flash crowds, churn, liars)"),
+}
 
 
 class _Version(argparse.Action):
@@ -47,7 +78,21 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
-def parser() -> Parser:
+class Commands:
+    """What a command module's add_parser is handed: argparse's subparsers, with each
+    command's one-line help taken from COMMANDS (it is shown before the module loads)."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    def add_parser(self, name: str, **kwargs: Any) -> Parser:
+        parser: Parser = self._sub.add_parser(name, help=COMMANDS[name][1], **kwargs)
+        return parser
+
+
+def parser(commands: Sequence[str] | None = None) -> Parser:
+    """ferry's argument parser, with the full definition of `commands` (all when None)
+    and, for the others, just the name and the line `ferry --help` shows."""
     p = Parser(
         prog="ferry",
         description="Peer-to-peer substitution for Nix stores: content-addressed chunks, "
@@ -58,25 +103,33 @@ def parser() -> Parser:
     )
     p.add_argument("--version", action=_Version, help="print ferry's version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    init.add_parser(sub)
-    manifest.add_parser(sub)
-    publish.add_parser(sub)
-    export.add_parser(sub)
-    image.add_parser(sub)
-    gc.add_parser(sub)
-    storecmd.add_parser(sub)
-    trust.add_parser(sub)
-    noderun.add_parser(sub)
-    netcmd.add_parser(sub)
-    mountcmd.add_parser(sub)
-    demo.add_parser(sub)
-    doctor.add_parser(sub)
-    simcmd.add_parser(sub)
+    wanted = {COMMANDS[c][0] for c in (COMMANDS if commands is None else commands)}
+    loaded: set[str] = set()
+    for name, (module, line) in COMMANDS.items():
+        if module in wanted:
+            if module not in loaded:
+                loaded.add(module)
+                importlib.import_module(module).add_parser(Commands(sub))
+        else:
+            sub.add_parser(name, help=line, add_help=False)
     return p
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word: the first argument that is not an option (ferry's own options
+    take no value)."""
+    for a in argv:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else argv
+    command = _command(args_list)
+    args = parser([command] if command else []).parse_args(args_list)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
@@ -84,14 +137,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except KeyboardInterrupt:
-        ui.fail("interrupted", 130)
+        _interrupted()
     except BaseExceptionGroup as e:
         # Ctrl-C inside a trio nursery (a command talking to a node) arrives wrapped in a group.
         _, rest = e.split(KeyboardInterrupt)
         if rest is None:
-            ui.fail("interrupted", 130)
+            _interrupted()
         raise
     except BrokenPipeError:
         # The reader went away (`ferry ... | head`): not an error of ours.
         sys.stderr.close()
         sys.exit(1)
+
+
+def _interrupted() -> None:
+    print("ferry: error: interrupted", file=sys.stderr)
+    sys.exit(130)

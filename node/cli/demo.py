@@ -29,11 +29,12 @@ from typing import Any
 
 import trio
 
-from node.cli import ui
+from node.cli import Commands, netcmd, ui
 from node.cli.localnet import LocalNet, LocalNetError, LocalNode, detach, mounts_under
-from node.daemon import control
+from node.daemon import api, control
 from node.daemon.control import ControlError
 from store import nixcli, nixconf
+from store.source import Source, tree_size
 from trust import keyfile, policyfile
 from trust.key import SecretKey
 from trust.policy import QuorumPolicy
@@ -98,10 +99,9 @@ class Release:
     store: str | None  # the Nix chroot store the paths are in (None: plain directories)
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "demo",
-        help="see ferry work on this machine: 3 builders and a client on 127.0.0.1",
         description="Start 3 builder nodes and a client as separate processes on 127.0.0.1 (in a temporary "
         "directory). The builders publish a real tree (this Python's standard library, or --tree DIR) as a "
         "store path and sign build claims; the client, with a 2-of-3 trust policy, fetches it over libp2p, "
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
     except ControlError as e:
         ui.fail(
             f"{e}\n(node logs are in {root} until the demo exits; rerun with --keep to look at them)",
-            e.code,
+            netcmd.EXIT[e.failure],
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -288,7 +288,7 @@ class Demo:
         v1 = src / f"{NAME}-1.0"
         v2 = src / f"{NAME}-1.1"
         origin = self.tree or Path(sysconfig.get_paths()["stdlib"])
-        with ui.progress("staging the sample tree", ui.tree_size(str(origin))) as advance:
+        with ui.progress("staging the sample tree", tree_size(str(origin))) as advance:
 
             def copy(s: str, d: str) -> None:
                 shutil.copy2(s, d)
@@ -341,26 +341,17 @@ class Demo:
         return builders, client
 
     def _publish(self, builders: list[LocalNode], rel: Release) -> None:
-        results: list[dict[str, Any]] = []
+        results: list[api.Published] = []
 
         async def publish_all() -> None:
             async def one(i: int, b: LocalNode) -> None:
                 for path in rel.paths:
                     plain = rel.store is None
-                    args: dict[str, Any] = {
-                        "path": path,
-                        "nar": None,
-                        "key": str(self.root / "keys" / f"builder-{i}.secret"),
-                        "store_path": None,
-                        "references": [],
-                        "name": Path(path).name if plain else None,
-                        "store": rel.store,
-                        "store_dir": "/nix/store",
-                        "no_root": False,
-                    }
-                    results.append(
-                        await control.call(str(b.data_dir), {"op": "publish", "args": args})
+                    req = api.PublishRequest(
+                        Source(path=path, name=Path(path).name if plain else None, store=rel.store),
+                        key=str(self.root / "keys" / f"builder-{i}.secret"),
                     )
+                    results.append(await control.call(str(b.data_dir), req))
 
             async with trio.open_nursery() as n:
                 for i, b in enumerate(builders, 1):
@@ -370,24 +361,25 @@ class Demo:
             trio.run(publish_all)
         by_path: dict[str, set[str]] = {}
         for r in results:
-            by_path.setdefault(r["store_path"], set()).add(r["nar_hash"])
+            by_path.setdefault(r.store_path, set()).add(r.nar_hash)
         if any(len(hashes) != 1 for hashes in by_path.values()):
             raise ControlError(
                 "the builders published different results for the same path (a bug: please report)"
             )
         for sp in by_path:  # in the order published: dependencies first
-            size = next(r["nar_size"] for r in results if r["store_path"] == sp)
+            size = next(r.nar_size for r in results if r.store_path == sp)
             self.say(f"{len(builders)} builders published and signed {sp} ({size:,} bytes of NAR)")
         if rel.store is None:
             # A plain tree gets its store path from its contents: that is the one to fetch.
             rel.root = rel.files = next(iter(by_path))
 
     def _fetch(self, client: LocalNode, sp: str, label: str) -> None:
-        req = {"op": "fetch", "store_path": sp, "closure": True}
+        req = api.FetchRequest(sp, closure=True)
         t = time.monotonic()
-        result = _call_with_bar(str(client.data_dir), req, f"client fetching ({label})")
+        reply: api.Fetched = _call_with_bar(str(client.data_dir), req, f"client fetching ({label})")
+        result = reply.as_json()
         took = time.monotonic() - t
-        signers = sorted({s for p in result["fetched"] for s in p["signers"]})
+        signers = sorted({s for p in reply.fetched for s in p.signers})
         verdict = f"trusted: {len(signers)} of {BUILDERS} signed (policy needs {THRESHOLD})"
         self.say(f"quorum verdict for {sp}: {verdict}\n         signed by {', '.join(signers)}")
         logical = result["bytes_done"] + result["deduplicated_bytes"]
@@ -418,14 +410,14 @@ class Demo:
         t = time.monotonic()
         got = _call(
             str(client.data_dir),
-            {"op": "mount", "store_path": sp, "dir": str(where), "backend": "auto"},
+            api.MountRequest(sp, str(where)),
         )
         how = {
             "fanotify": "lazily: fanotify pre-content events over a file-backed EROFS image",
             "cachefiles": "lazily: EROFS over fscache/cachefiles on-demand",
             "materialize": "by writing the tree out (lazy mounts need root and a capable kernel: "
             "see `ferry doctor`)",
-        }.get(got["backend"], got["backend"])
+        }.get(got.backend, got.backend)
         self.say(f"mounted {sp} on {where} in {time.monotonic() - t:.2f} s, {how}")
         inside = (
             where / rel.tree.relative_to(Path(rel.store) / sp.lstrip("/")) if rel.store else where
@@ -446,7 +438,7 @@ class Demo:
         self.say(
             f"read {len(names)} files back ({read:,} bytes): identical to what the builders built"
         )
-        _call(str(client.data_dir), {"op": "umount", "dir": str(where)})
+        _call(str(client.data_dir), api.UmountRequest(str(where)))
 
     def _table(self) -> None:
         ui.out.print()
@@ -485,11 +477,11 @@ def _size(tree: Path) -> int:
     return sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _call(data_dir: str, req: dict[str, Any]) -> Any:
+def _call(data_dir: str, req: api.Request) -> Any:
     return trio.run(control.call, data_dir, req)
 
 
-def _call_with_bar(data_dir: str, req: dict[str, Any], label: str) -> Any:
+def _call_with_bar(data_dir: str, req: api.Request, label: str) -> Any:
     if not ui.err.is_terminal:
         return _call(data_dir, req)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -505,12 +497,12 @@ def _call_with_bar(data_dir: str, req: dict[str, Any], label: str) -> Any:
     ) as bar:
         task = bar.add_task(label, total=None, detail="asking peers for claims")
 
-        def show(p: dict[str, Any]) -> None:
+        def show(p: api.FetchProgress) -> None:
             bar.update(
                 task,
-                total=p["bytes"] or None,
-                completed=p["bytes_done"],
-                detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers",
+                total=p.bytes or None,
+                completed=p.bytes_done,
+                detail=f"{p.chunks_done:,}/{p.chunks:,} chunks from {len(p.per_peer)} peers",
             )
 
         return trio.run(control.call, data_dir, req, show)

@@ -20,10 +20,10 @@ from typing import Any
 
 import multiaddr
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, ui
 from node.cli.noderun import CONFIG_FILE
+from node.daemon import api, control
 from node.daemon import config as nodeconfig
-from node.daemon import control
 from node.gateway import key as gateway_key
 from node.local.datadir import default_data_dir
 from ondemand.probe import probe
@@ -42,10 +42,9 @@ class Check:
     fix: str = ""
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "doctor",
-        help="check this machine and node set-up, and say how to fix what is wrong",
         description="Check what ferry needs and say how to fix each problem: the kernel and permissions for "
         "lazy mounts (which backend `ferry mount` will use), the data directory and its files, the node's "
         "settings and trust policy, the ports it listens on, whether Nix is installed and pointed at the "
@@ -53,7 +52,7 @@ def add_parser(sub: Any) -> None:
         epilog="exit status: 0 nothing failed (warnings allowed), 1 some check failed",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run)
 
 
@@ -302,9 +301,9 @@ def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check
     if running:
         import trio
 
-        status = trio.run(control.call, data_dir, {"op": "status"})
-        if status["peers"]:
-            return Check("peers", "ok", f"{status['peers']} connected")
+        status: api.Status = trio.run(control.call, data_dir, api.StatusRequest())
+        if status.peers:
+            return Check("peers", "ok", f"{status.peers} connected")
         return Check(
             "peers",
             "warn",

@@ -7,17 +7,16 @@ import os
 import sys
 from typing import Any
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, storeopt, ui
 from node.local.errors import StoreError
 from store import restore
 from store.export import ExportError, write_nar
 from store.path import StorePath, StorePathError
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "export",
-        help="write a stored path's NAR",
         description="Reproduce the NAR of a store path from the local store, byte for byte "
         "what `nix-store --dump` gives. Every chunk is verified, and the NarHash at the end.",
     )
@@ -32,19 +31,18 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help="write to FILE (created only if the NarHash checks out) instead of standard output",
     )
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run_export)
 
     p = sub.add_parser(
         "materialize",
-        help="write a stored path's tree to a directory",
         description="Write the files of a store path (directories, files, executables, "
         "symlinks) to DIR, which must not exist yet. Chunks are verified as they are written; "
         "DIR appears only once the whole tree is there.",
     )
     p.add_argument("store_path", metavar="STORE_PATH", help="a complete path in the local store")
     p.add_argument("dest", metavar="DIR", help="where to write the tree (must not exist)")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run_materialize)
 
 

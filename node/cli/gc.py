@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, storeopt, ui
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "gc",
-        help="drop paths no root needs and free their chunks",
         description="Remove store paths not reachable from the GC roots (through references), "
         "then free every chunk no remaining path uses by punching holes in the slabs. Paths "
         "you published are roots; see `ferry root`.",
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be freed, change nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run_gc)
 
     p = sub.add_parser(
         "verify",
-        help="check every chunk and path in the store",
         description="Read every stored chunk and check its BLAKE3 digest, and check each path's "
         "manifest and that its chunks are all there. Reports every problem without stopping; "
         "exit status 1 if there were any. With --repair, corrupt chunks are dropped so that "
@@ -34,7 +31,7 @@ def add_parser(sub: Any) -> None:
         "--repair", action="store_true", help="drop corrupt chunks (they become missing)"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run_verify)
 
 

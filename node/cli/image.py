@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import stat
-from typing import Any
 
 from erofs.layout import LAYOUT_CHUNK_BASED, ImageError
 from erofs.reader import Image
-from node.cli import storeopt, ui
+from node.cli import Commands, options, storeopt, ui
 from node.cli.export import parse_store_path
 from node.local.errors import StoreError
 from node.local.image import image_of
@@ -18,10 +17,9 @@ from store.userfile import UserFileError
 MAX_IMAGE = 1 << 32
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "image",
-        help="write a stored path as an EROFS metadata image",
         description="Write an EROFS image of a stored path whose file data stays in the store's slab files: "
         "each chunk index points at the chunk in its slab, so images share one copy of every chunk. "
         "Prints the slab list the kernel needs as device= mount options, in order. Mount it with "
@@ -31,12 +29,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("store_path", metavar="STORE_PATH", help="a path in the local store")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the image file to write")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run_image)
 
     p = sub.add_parser(
         "inspect",
-        help="list an EROFS image",
         description="Check an EROFS image with ferry's reader and list it: superblock, device table, "
         "and every path with its mode, size and where its data is. Exit 1 if the image is malformed.",
     )

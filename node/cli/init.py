@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, ui
 from node.cli.noderun import CONFIG_FILE
 from node.daemon import config as nodeconfig
 from node.gateway import key as gateway_key
@@ -18,10 +17,9 @@ from trust import keyfile, policyfile
 from trust.policy import PolicyError
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "init",
-        help="create the data directory, node identity, Nix signing key and a config file",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare a data directory for `ferry node run`: the directory itself (mode 0700), the "
         "node's libp2p identity (identity.key: its peer ID), the node's Nix signing key (cache.key and "
@@ -47,7 +45,7 @@ def add_parser(sub: Any) -> None:
         default=None,
         help=f"where the Nix binary cache listens (default {nodeconfig.DEFAULT_GATEWAY})",
     )
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run)
 
 

@@ -6,16 +6,15 @@ import argparse
 import dataclasses
 from typing import Any
 
-from node.cli import source, ui
+from node.cli import Commands, source, ui
 from store import userfile
 from store.manifest import Manifest
 from store.userfile import UserFileError
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "manifest",
-        help="build a store path's manifest and print a summary",
         description="Build the ferry manifest of a directory, a NAR file, or a path in a Nix "
         "store, and print a summary: entries, bytes, chunks, unique chunks and the NarHash "
         "in Nix's sha256: form. A path inside the store directory is read as a Nix store path "
@@ -28,8 +27,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    with source.user_errors(args):
-        manifest = source.build_manifest(args)
+    manifest = source.build(source.from_args(args))
     if args.output:
         try:
             userfile.write_atomically(args.output, manifest.encode())

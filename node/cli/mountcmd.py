@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, ui
 from node.cli.netcmd import request
+from node.daemon import api
 
 BACKENDS = ("auto", "fanotify", "cachefiles", "materialize")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "mount",
-        help="make a store path appear at DIR, its file data fetched on first read",
         description="Ask the running node to mount STORE_PATH on DIR. With the fanotify backend (root, Linux "
         "6.14+ with file-backed EROFS) the whole tree appears at once and only the bytes programs read are "
         "fetched from peers, chunk by chunk; a chunk no peer can supply makes the read fail with EIO, never "
@@ -36,65 +35,55 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="how (default: auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=_mount)
 
     p = sub.add_parser(
         "umount",
-        help="unmount a ferry mount",
         description="Unmount DIR (fails while a program uses it). A materialized tree stays "
         "where it is; the node forgets it.",
     )
     p.add_argument("dir", metavar="DIR", help="a directory `ferry mounts` lists")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=_umount)
 
     p = sub.add_parser(
         "mounts",
-        help="list the node's mounts",
         description="Each mount: directory, store path, backend, and bytes present of the total.",
     )
     p.add_argument("--json", action="store_true", help="print as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=_mounts)
 
 
 def _mount(args: argparse.Namespace) -> None:
-    got = request(
-        args,
-        {
-            "op": "mount",
-            "store_path": args.store_path,
-            "dir": os.path.abspath(args.dir),
-            "backend": args.backend,
-        },
+    got: api.MountRow = request(
+        args, api.MountRequest(args.store_path, os.path.abspath(args.dir), args.backend)
     )
     if args.json:
-        ui.print_json(got)
+        ui.print_json(api.encode(got))
     else:
-        ui.out.print(f"{got['store_path']} on {got['dir']} ({got['backend']})", markup=False)
+        ui.out.print(f"{got.store_path} on {got.dir} ({got.backend})", markup=False)
 
 
 def _umount(args: argparse.Namespace) -> None:
-    request(args, {"op": "umount", "dir": os.path.abspath(args.dir)})
+    request(args, api.UmountRequest(os.path.abspath(args.dir)))
 
 
 def _mounts(args: argparse.Namespace) -> None:
-    rows = request(args, {"op": "mounts"})
+    table: api.MountTable = request(args, api.MountsRequest())
     if args.json:
-        ui.print_json(rows)
+        ui.print_json([api.encode(r) for r in table.mounts])
         return
     ui.table(
         ("dir", "store path", "backend", "present / total"),
         [
             (
-                r["dir"],
-                r["store_path"],
-                r["backend"],
-                "-"
-                if r["bytes_total"] is None
-                else f"{r['bytes_present']:,} / {r['bytes_total']:,}",
+                r.dir,
+                r.store_path,
+                r.backend,
+                "-" if r.bytes_total is None else f"{r.bytes_present or 0:,} / {r.bytes_total:,}",
             )
-            for r in rows
+            for r in table.mounts
         ],
     )

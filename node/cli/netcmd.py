@@ -8,8 +8,8 @@ from typing import Any, NoReturn
 
 import trio
 
-from node.cli import storeopt, ui
-from node.daemon import control
+from node.cli import Commands, options, ui
+from node.daemon import api, control
 from node.daemon.control import ControlError
 from node.local.datadir import default_data_dir
 
@@ -18,10 +18,9 @@ EXIT_CODES = (
 )
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "fetch",
-        help="fetch a store path (or its closure) from peers through the running node",
         description="Ask the running node to fetch STORE_PATH: it collects build claims from its peers, "
         "accepts the path only if the trust policy's quorum of builders signed the same result, then "
         "fetches the chunks it lacks from several peers at once, checking every chunk's BLAKE3. "
@@ -37,25 +36,23 @@ def add_parser(sub: Any) -> None:
         "--closure", action="store_true", help="also fetch every path it refers to, recursively"
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=_fetch)
 
     p = sub.add_parser(
         "peers",
-        help="list the node's peers",
         description="Peers the running node is connected to or has banned, with traffic.",
     )
     p.add_argument("--json", action="store_true", help="print as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=_peers)
 
     p = sub.add_parser(
         "status",
-        help="show the running node's identity, addresses and store",
         description="The running node's peer ID, addresses, peers and store summary.",
     )
     p.add_argument("--json", action="store_true", help="print as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=_status)
 
 
@@ -63,19 +60,30 @@ def data_dir(args: argparse.Namespace) -> str:
     return os.path.abspath(args.data_dir or default_data_dir())
 
 
-def request(args: argparse.Namespace, req: dict[str, Any], on_progress: Any = None) -> Any:
+def request(args: argparse.Namespace, req: api.Request, on_progress: Any = None) -> Any:
+    """The node's reply to `req` (the reply type api.REPLIES names); a refusal ends the
+    command with the node's message and exit status."""
     try:
         return trio.run(control.call, data_dir(args), req, on_progress)
     except ControlError as e:
-        _fail(e)
+        fail(e)
 
 
-def _fail(e: ControlError) -> NoReturn:
-    ui.fail(str(e), e.code)
+# The exit status for each way the node can fail a request (see EXIT_CODES above).
+EXIT = {
+    api.Failure.FAILED: 1,
+    api.Failure.USAGE: 2,
+    api.Failure.REFUSED: 3,
+    api.Failure.MALFORMED: 3,
+}
+
+
+def fail(e: ControlError) -> NoReturn:
+    ui.fail(str(e), EXIT[e.failure])
 
 
 def _fetch(args: argparse.Namespace) -> None:
-    req = {"op": "fetch", "store_path": args.store_path, "closure": args.closure}
+    req = api.FetchRequest(args.store_path, closure=args.closure)
     if ui.err.is_terminal and not args.json:
         from rich.progress import (
             BarColumn,
@@ -96,23 +104,24 @@ def _fetch(args: argparse.Namespace) -> None:
         ) as bar:
             task = bar.add_task("fetching", total=None, detail="asking peers")
 
-            def show(p: dict[str, Any]) -> None:
+            def show(p: api.FetchProgress) -> None:
                 bar.update(
                     task,
-                    total=p["bytes"] or None,
-                    completed=p["bytes_done"],
-                    detail=f"{p['chunks_done']:,}/{p['chunks']:,} chunks from {len(p['per_peer'])} peers",
+                    total=p.bytes or None,
+                    completed=p.bytes_done,
+                    detail=f"{p.chunks_done:,}/{p.chunks:,} chunks from {len(p.per_peer)} peers",
                 )
 
-            result = request(args, req, show)
+            fetched: api.Fetched = request(args, req, show)
     else:
-        result = request(args, req)
+        fetched = request(args, req)
     if args.json:
-        ui.print_json(result)
+        ui.print_json(fetched.as_json())
         return
-    for p in result["fetched"]:
-        how = "already here" if p["had"] else f"signed by {', '.join(p['signers'])}"
-        ui.out.print(f"fetched {p['store_path']}  ({how})", soft_wrap=True, markup=False)
+    for p in fetched.fetched:
+        how = "already here" if p.had else f"signed by {', '.join(p.signers)}"
+        ui.out.print(f"fetched {p.store_path}  ({how})", soft_wrap=True, markup=False)
+    result = api.encode(fetched.progress)
     peers = ", ".join(f"{peer[-8:]}: {n:,} B" for peer, n in sorted(result["per_peer"].items()))
     ui.out.print(
         f"  {result['chunks_done']:,} chunks, {result['bytes_done']:,} bytes"
@@ -138,43 +147,43 @@ def _fetch(args: argparse.Namespace) -> None:
 
 
 def _peers(args: argparse.Namespace) -> None:
-    result = request(args, {"op": "peers"})
+    reply: api.Peers = request(args, api.PeersRequest())
     if args.json:
-        ui.print_json(result)
+        ui.print_json([api.encode(p) for p in reply.peers])
         return
     ui.table(
         ("PEER", "STATE", "SENT", "RECEIVED", "BAD", "ADDRESS"),
         [
             (
-                p["peer_id"],
-                "banned" if p["banned_for"] > 0 else "connected" if p["connected"] else "gone",
-                f"{p['sent_bytes']:,}",
-                f"{p['received_bytes']:,}",
-                str(p["bad"]),
-                (p["addrs"] or ["-"])[0],
+                p.peer_id,
+                "banned" if p.banned_for > 0 else "connected" if p.connected else "gone",
+                f"{p.sent_bytes:,}",
+                f"{p.received_bytes:,}",
+                str(p.bad),
+                (p.addrs or ("-",))[0],
             )
-            for p in result
+            for p in reply.peers
         ],
     )
 
 
 def _status(args: argparse.Namespace) -> None:
-    s = request(args, {"op": "status"})
+    s: api.Status = request(args, api.StatusRequest())
     if args.json:
-        ui.print_json(s)
+        ui.print_json(api.encode(s))
         return
-    st = s["store"]
+    st = s.store
     lines = [
-        f"node     {s['peer_id']}",
-        f"data     {s['data_dir']}",
-        *(f"address  {a}" for a in s["addrs"]),
-        f"peers    {s['peers']}",
-        f"policy   {s['policy'] or 'none (cannot fetch)'}",
-        f"store    {st['paths']} paths ({st['complete_paths']} complete), {st['unique_chunks']:,} chunks, "
-        f"{st['unique_bytes'] or 0:,} bytes",
-        f"served   {s['served_blocks']:,} blocks, {s['served_bytes']:,} bytes",
-        f"gateway  {s['gateway'] or 'off'}",
+        f"node     {s.peer_id}",
+        f"data     {s.data_dir}",
+        *(f"address  {a}" for a in s.addrs),
+        f"peers    {s.peers}",
+        f"policy   {s.policy or 'none (cannot fetch)'}",
+        f"store    {st.paths} paths ({st.complete_paths} complete), {st.unique_chunks:,} chunks, "
+        f"{st.unique_bytes or 0:,} bytes",
+        f"served   {s.served_blocks:,} blocks, {s.served_bytes:,} bytes",
+        f"gateway  {s.gateway or 'off'}",
     ]
-    if s.get("gateway_key"):
-        lines.append(f"nix key  {s['gateway_key']}  (for trusted-public-keys)")
+    if s.gateway_key:
+        lines.append(f"nix key  {s.gateway_key}  (for trusted-public-keys)")
     ui.out.print("\n".join(lines), soft_wrap=True, markup=False)

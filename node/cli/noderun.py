@@ -10,10 +10,12 @@ from typing import Any
 
 import trio
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, storeopt, ui
 from node.daemon import config as nodeconfig
 from node.daemon.config import ConfigError, NodeConfig
 from node.daemon.control import ControlError
+from node.daemon.gateway import GatewayUnavailable
+from node.daemon.node import Node
 from node.local.datadir import default_data_dir
 from trust.keyfile import KeyFileError
 from trust.policy import PolicyError
@@ -23,10 +25,9 @@ log = logging.getLogger("ferry.node")
 CONFIG_FILE = "node.toml"
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     node = sub.add_parser(
         "node",
-        help="run the ferry node (daemon)",
         description="The ferry node: serves your store to peers and fetches from them.",
     )
     nsub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
@@ -96,7 +97,7 @@ def add_parser(sub: Any) -> None:
         const="off",
         help="no binary-cache endpoint",
     )
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run)
 
 
@@ -151,7 +152,7 @@ def _user_error(e: BaseException) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(e, (ConfigError, ControlError, PolicyError, KeyFileError)):
+    if isinstance(e, (ConfigError, ControlError, GatewayUnavailable, PolicyError, KeyFileError)):
         return str(e)
     if isinstance(e, OSError):
         return f"cannot start the node: {e.strerror or e}"
@@ -159,8 +160,6 @@ def _user_error(e: BaseException) -> str | None:
 
 
 async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:
-    from node.daemon.node import Node  # libp2p takes a while to import: only the daemon pays
-
     node = Node(data_dir, config, store)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)

@@ -6,18 +6,17 @@ import argparse
 import os
 from typing import Any
 
-from node.cli import netcmd, source, storeopt, ui
-from node.daemon import control
+from node.cli import Commands, netcmd, options, source, storeopt, ui
+from node.daemon import api, control
 from node.local.errors import StoreError
 from trust import claim as claims
 from trust import keyfile
 from trust.keyfile import KeyFileError
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "publish",
-        help="add a store path to the local ferry store",
         description="Build the manifest of a directory, a NAR, or a path in a Nix store, and "
         "store the chunks the store does not have yet. A path inside the store directory is "
         "read from Nix (references, deriver and NarHash asked from Nix; the NarHash is checked "
@@ -28,7 +27,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--key", metavar="SECRET", help="sign a build claim with this builder key")
     p.add_argument("--no-root", action="store_true", help="do not protect the path from `ferry gc`")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    storeopt.add_data_dir(p)
+    options.add_data_dir(p)
     p.set_defaults(run=run)
 
 
@@ -42,8 +41,8 @@ def run(args: argparse.Namespace) -> None:
         return
     with storeopt.open_store(args) as store:
         try:
-            with source.user_errors(args), store.ingest() as ingest:
-                manifest = source.build_manifest(args, on_chunk=ingest.add_chunk)
+            with store.ingest() as ingest:
+                manifest = source.build(source.from_args(args), on_chunk=ingest.add_chunk)
                 signed = [claims.sign_manifest(manifest, key)] if key else []
                 ingest.commit(manifest, claims=signed, root=not args.no_root)
         except StoreError as e:
@@ -89,17 +88,15 @@ def _through_node(args: argparse.Namespace) -> None:
         ui.fail(
             "a running node cannot read your standard input: save the NAR to a file and pass --nar FILE"
         )
-    absolute = {
-        k: os.path.abspath(getattr(args, k)) if getattr(args, k) else None
-        for k in ("path", "nar", "key")
-    }
-    if args.store and os.path.exists(args.store):
-        absolute["store"] = os.path.abspath(args.store)
-    fields = ("store_path", "references", "name", "store", "store_dir", "no_root")
-    result = netcmd.request(
-        args, {"op": "publish", "args": {**{k: getattr(args, k) for k in fields}, **absolute}}
+    req = api.PublishRequest(
+        source.from_args(args).absolute(),
+        key=os.path.abspath(args.key) if args.key else None,
+        root=not args.no_root,
     )
+    published: api.Published = netcmd.request(args, req)
+    result = api.encode(published)
+    del result["signer"]
     if args.json:
-        ui.print_json({k: v for k, v in result.items() if k != "signer"})
+        ui.print_json(result)
         return
-    _show(result, result["signer"])
+    _show(result, published.signer)

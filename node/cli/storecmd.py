@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
 
-from node.cli import storeopt, ui
+from node.cli import Commands, options, storeopt, ui
 from node.cli.export import parse_store_path
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "store", help="look at the local store", description="Inspect the local ferry store."
-    )
+def add_parser(sub: Commands) -> None:
+    p = sub.add_parser("store", description="Inspect the local ferry store.")
     cmds = p.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
     c = cmds.add_parser(
         "stats",
@@ -21,16 +18,15 @@ def add_parser(sub: Any) -> None:
         description="Paths stored, logical bytes, unique bytes on disk, and the dedup ratio.",
     )
     c.add_argument("--json", action="store_true", help="print as JSON")
-    storeopt.add_data_dir(c)
+    options.add_data_dir(c)
     c.set_defaults(run=run_stats)
     c = cmds.add_parser("list", help="the stored paths", description="List the stored paths.")
     c.add_argument("--json", action="store_true", help="print as JSON")
-    storeopt.add_data_dir(c)
+    options.add_data_dir(c)
     c.set_defaults(run=run_list)
 
     p = sub.add_parser(
         "root",
-        help="GC roots: paths `ferry gc` keeps",
         description="Manage GC roots: `ferry gc` keeps these paths and everything they refer to.",
     )
     cmds = p.add_subparsers(dest="root_command", metavar="COMMAND", required=True)
@@ -41,10 +37,10 @@ def add_parser(sub: Any) -> None:
         c.add_argument(
             "store_paths", metavar="STORE_PATH", nargs="+", help="paths in the local store"
         )
-        storeopt.add_data_dir(c)
+        options.add_data_dir(c)
         c.set_defaults(run=run_root, root_action=name)
     c = cmds.add_parser("list", help="list the roots", description="List the GC roots.")
-    storeopt.add_data_dir(c)
+    options.add_data_dir(c)
     c.set_defaults(run=run_root, root_action="list")
 
 

@@ -1,4 +1,4 @@
-"""The `--data-dir` option and opening the local store for a command."""
+"""Opening the local store for a command (its `--data-dir`, see options.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,6 @@ from node.local import checkpoints
 from node.local.datadir import default_data_dir
 from node.local.errors import StoreError
 from node.local.store import DEFAULT_BATCH, LocalStore, no_checkpoint
-
-
-def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=None,
-        help="the ferry store (default: $FERRY_DATA_DIR, else /var/lib/ferry as root, "
-        "else ~/.local/share/ferry)",
-    )
 
 
 def open_store(args: argparse.Namespace) -> LocalStore:

@@ -14,10 +14,11 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from node.cli import ui
+from node.cli import Commands, ui
 from store import build, dump, userfile
 from store.manifest import Manifest
 from store.path import StorePath, StorePathError
+from store.source import tree_size
 from store.userfile import UserFileError
 from trust import claim as claims
 from trust import keyfile, policyfile
@@ -38,11 +39,10 @@ _EXIT_CODES = """exit status:
 """
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "trust",
         usage_status=BAD_INPUT,
-        help="builder keys, signed build claims, and quorum decisions",
         description="Make and check the signatures that decide which store paths a node "
         "accepts: a path is trusted when k of the configured builder keys signed the same "
         "build result (NarHash and manifest digest).",
@@ -190,7 +190,7 @@ def _claim(args: argparse.Namespace) -> None:
     if not os.path.lexists(args.path):
         _bad(f"{args.path}: no such file or directory")
     try:
-        with ui.progress(store_path.name, ui.tree_size(args.path)) as advance:
+        with ui.progress(store_path.name, tree_size(args.path)) as advance:
             manifest = build.from_directory(
                 args.path, store_path, references=refs, on_progress=advance
             )

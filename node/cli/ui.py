@@ -13,13 +13,12 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
-
-from store import dump
 
 err = Console(stderr=True, highlight=False)
 # Piped output is read by people through `less` or by scripts (which should use --json):
@@ -46,12 +45,29 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
         yield lambda n: bar.advance(task, n)
 
 
-def tree_size(path: str) -> int | None:
-    """Bytes a progress bar should expect for the tree at `path`; None if unknown."""
-    try:
-        return dump.tree_size(path)
-    except OSError:
-        return None  # the operation itself reports the problem properly
+@contextmanager
+def progress_report() -> Iterator[Callable[[str, int, int | None], None]]:
+    """Yields `report(what, done, total)`: one bar per `what`, on a terminal only."""
+    if not err.is_terminal:
+        yield lambda what, done, total: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def report(what: str, done: int, total: int | None) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done)
+
+        yield report
 
 
 def table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

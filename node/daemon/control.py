@@ -1,9 +1,10 @@
-"""The control API: how `ferry fetch`, `ferry peers`, `ferry status` and `ferry publish`
-talk to a running node. A unix socket in the data directory, mode 0600 (only the
-node's user may drive it). One request per connection, all frames msgpack maps:
+"""The control socket: how the commands that drive a running node (`ferry fetch`,
+`publish`, `mount`, `umount`, `mounts`, `peers`, `status`) talk to it. A unix socket in
+the data directory, mode 0600 (only the node's user may drive it). One request per
+connection, each frame a msgpack map (the messages are in api.py):
 
-    client: {"op": "fetch" | "publish" | "peers" | "status", ...arguments}
-    node:   {"progress": {...}}*  then  {"ok": result}  or  {"error": message, "code": int}
+    client: {"op": ..., ...the request's fields}
+    node:   {"progress": FetchProgress}*  then  {"ok": reply}  or  {"error": message, "code": int}
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import msgpack
 import trio
 
+from node.daemon import api
 from p2p.frame import FrameDecoder, FrameError
 from p2p.frame import encode as frame
 
@@ -27,15 +29,17 @@ SOCKET = "control.sock"
 CAP = 16 << 20
 MAX_UNIX_PATH = 107
 
-Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[Any]]
+OnProgress = Callable[[api.FetchProgress], Awaitable[None]]
+Handler = Callable[[api.Request, OnProgress], Awaitable[api.Reply]]
+Failure = api.Failure
 
 
 class ControlError(Exception):
     """The node refused a request or is not reachable; the message says what to do."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, failure: api.Failure = api.Failure.FAILED) -> None:
         super().__init__(message)
-        self.code = code
+        self.failure = failure
 
 
 def socket_path(data_dir: str) -> str:
@@ -86,26 +90,30 @@ async def serve(
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                request = await _receive(stream, FrameDecoder(CAP), [])
+                raw = await _receive(stream, FrameDecoder(CAP), [])
             except (ControlError, trio.BrokenResourceError):
                 return
-            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-                await _send(stream, {"error": "malformed request", "code": 3})
+            try:
+                request = api.decode_request(raw)
+            except api.ApiError as e:
+                await _send(
+                    stream, {"error": f"malformed request: {e}", "failure": api.Failure.MALFORMED}
+                )
                 return
 
-            async def progress(p: dict[str, Any]) -> None:
-                await _send(stream, {"progress": p})
+            async def progress(p: api.FetchProgress) -> None:
+                await _send(stream, {"progress": api.encode(p)})
 
             try:
-                result = await handler(request, progress)
-                await _send(stream, {"ok": result})
+                reply = await handler(request, progress)
+                await _send(stream, {"ok": api.encode(reply)})
             except ControlError as e:
-                await _send(stream, {"error": str(e), "code": e.code})
+                await _send(stream, {"error": str(e), "failure": e.failure.value})
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.info("a control client left before its %s finished", request["op"])
+                log.info("a control client left before its %s finished", request.OP)
             except Exception as e:
                 # A bug in one request must not stop the node: log it, tell the client.
-                log.exception("control request %s failed", request["op"])
+                log.exception("control request %s failed", request.OP)
                 try:
                     await _send(
                         stream, {"error": f"internal error in the node: {e!r} (see the node's log)"}
@@ -135,8 +143,8 @@ async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder, pending: list
 
 async def call(
     data_dir: str,
-    request: dict[str, Any],
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    request: api.Request,
+    on_progress: Callable[[api.FetchProgress], None] | None = None,
 ) -> Any:
     """Send one request to the node on `data_dir`; raises ControlError if it refuses or
     no node runs there."""
@@ -156,20 +164,29 @@ async def call(
             ) from None
         raise ControlError(f"{path}: {e.strerror}") from None
     async with stream:
-        await stream.send_all(frame(msgpack.packb(request, use_bin_type=True), CAP))
+        await stream.send_all(
+            frame(msgpack.packb(api.encode_request(request), use_bin_type=True), CAP)
+        )
         decoder = FrameDecoder(CAP)
         pending: list[bytes] = []
         while True:
             msg = await _receive(stream, decoder, pending)
-            if "progress" in msg:
-                if on_progress:
-                    on_progress(msg["progress"])
-            elif "ok" in msg:
-                return msg["ok"]
-            else:
+            try:
+                if "progress" in msg:
+                    if on_progress:
+                        on_progress(api.decode(api.FetchProgress, msg["progress"]))
+                elif "ok" in msg:
+                    return api.decode(api.REPLIES[type(request)], msg["ok"])
+            except api.ApiError as e:
                 raise ControlError(
-                    msg.get("error", "the node refused the request"), int(msg.get("code", 1))
-                )
+                    f"the node's answer does not decode ({e}): is it another version of ferry?"
+                ) from None
+            if "ok" not in msg and "progress" not in msg:
+                try:
+                    failure = api.Failure(msg.get("failure", api.Failure.FAILED))
+                except ValueError:
+                    failure = api.Failure.FAILED
+                raise ControlError(str(msg.get("error", "the node refused the request")), failure)
 
 
 def running(data_dir: str) -> bool:

@@ -18,18 +18,22 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from node.daemon import api
 from node.daemon.blobs import StoreBlobs
-from node.daemon.control import ControlError
+from node.daemon.config import NodeConfig
+from node.daemon.control import ControlError, Failure
+from node.daemon.nodestore import NodeStore
+from node.daemon.session import FetchSessions
 from node.daemon.slabmap import SlabMap
-from node.exchange.fetch import Fetch, FetchError, FetchRefused, Plan
+from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
 from node.local.errors import StoreError
 from node.local.image import image_of
+from node.local.store import ReaderChunks
 from ondemand import fanotify, holder, syscalls
 from ondemand.cachefilesd import CacheDevice, CachefilesDaemon
 from ondemand.filler import Filler
@@ -37,10 +41,6 @@ from store import restore, userfile
 from store.export import ExportError
 from store.manifest import Manifest
 from store.path import StorePath, StorePathError
-from trust.claim import SignedClaim
-
-if TYPE_CHECKING:
-    from node.daemon.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -77,45 +77,14 @@ class Mounted:
     fsid: str | None = None  # cachefiles: the image's blob name
 
 
-class _Collect:
-    """A fetch session's store for ondemand: keeps the verified blocks in memory for the
-    filler to write through its event fd (writing them to the marked slab any other way
-    would raise events of its own)."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[bytes, bytes] = {}
-
-    async def state(self, store_path: StorePath) -> None:
-        return None
-
-    async def claims(self, hash_part: str) -> list[SignedClaim]:
-        return []
-
-    async def learn(self, claims: list[SignedClaim], source: str) -> int:
-        return 0
-
-    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
-        raise AssertionError("an ondemand fetch records nothing")
-
-    async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
-        self.blocks.update(blocks)
-
-    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
-        return {}
-
-    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        return {}
-
-    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
-        return None
-
-    async def save(self) -> None:
-        pass
-
-
 class Mounts:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self, data_dir: str, config: NodeConfig, store: NodeStore, sessions: FetchSessions
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.store = store
+        self.sessions = sessions
         self.table: dict[str, Mounted] = {}
         self.slabs = SlabMap()
         self.group: int | None = None
@@ -150,7 +119,7 @@ class Mounts:
                     await self._unmount_all()
 
     def _holder_socket(self) -> str:
-        return os.path.join(self.node.data_dir, HOLDER_SOCKET)
+        return os.path.join(self.data_dir, HOLDER_SOCKET)
 
     def _attach(self, group: int) -> None:
         self.group = group
@@ -158,7 +127,7 @@ class Mounts:
             group,
             self.slabs,
             self._fetch,
-            deadline=self.node.config.read_deadline,
+            deadline=self.config.read_deadline,
             on_filled=self._filled,
         )
         self._filler_scope = trio.CancelScope()
@@ -225,7 +194,7 @@ class Mounts:
         its loop and the store side are tested against an emulated device."""
         if self.blobs is not None:
             return True
-        store = self.node.store
+        store = self.store.store
         cache_dir = os.path.join(store.data_dir, "cachefiles")
         try:
             os.makedirs(cache_dir, exist_ok=True)
@@ -273,18 +242,18 @@ class Mounts:
             for m in self.table.values()
         ]
         userfile.write_atomically(
-            os.path.join(self.node.data_dir, STATE), json.dumps(rows).encode(), "the mount table"
+            os.path.join(self.data_dir, STATE), json.dumps(rows).encode(), "the mount table"
         )
 
     def _restore_state(self) -> None:
         """Mounts a previous node left (it died, or they were busy): serve them again."""
-        path = os.path.join(self.node.data_dir, STATE)
+        path = os.path.join(self.data_dir, STATE)
         try:
             with open(path) as f:
                 rows = json.load(f)
         except (OSError, ValueError):
             return
-        store = self.node.store
+        store = self.store.store
         slab_rows = store.index.slabs()
         for r in rows:
             try:
@@ -330,36 +299,29 @@ class Mounts:
         self._save_state()
 
     async def _fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        node = self.node
         sizes = {}
         for m in self.table.values():
             sizes.update({d: m.chunks[d] for d in digests if d in m.chunks})
-        local = _Collect()
-        assert node.policy is not None
-        fetch = Fetch(node, local, node.policy, node.fetch_settings())
         try:
-            await fetch.transfer(sizes)
-        except FetchError as e:
+            return await self.sessions.transfer(sizes)
+        except (FetchError, NoPolicy) as e:
             log.warning("ondemand fetch of %d chunks: %s", len(sizes), e)
-        finally:
-            node.account(fetch)
-        return local.blocks
+            return {}
 
     async def _filled(self, digests: list[bytes]) -> None:
         def work() -> None:
-            ix = self.node.store.index
+            ix = self.store.store.index
             rows = ix.chunks(digests)
             with ix.transaction():
                 ix.set_present([r.id for r in rows.values()], True)
 
-        await trio.to_thread.run_sync(work, limiter=self.node._write_limiter)
+        await self.store.write(work)
         self.slabs.have.update(digests)
 
     # --- control API
 
-    async def mount(self, sp: StorePath, target: str, backend: str) -> dict[str, Any]:
-        node = self.node
-        if node.policy is None:
+    async def mount(self, sp: StorePath, target: str, backend: str) -> api.MountRow:
+        if self.sessions.policy is None:
             raise ControlError(
                 "this node has no trust policy, so it cannot accept paths: start it with --policy FILE"
             )
@@ -388,11 +350,7 @@ class Mounts:
             and (not os.path.isdir(target) or os.listdir(target))
         ):
             raise ControlError(f"{target} exists and is not an empty directory")
-        from node.daemon.node import _FetchStore, _ReaderChunks  # the node module imports this one
-
-        async with node.write_lock:
-            local = _FetchStore(node)
-            fetch = Fetch(node, local, node.policy, node.fetch_settings())
+        async with self.sessions.recording() as (fetch, local):
             try:
                 plans = await fetch.resolve(sp, closure=False)
                 if backend == MATERIALIZE:
@@ -402,21 +360,18 @@ class Mounts:
                     if todo:
                         await local.reserve(todo, roots={str(sp)})
             except FetchRefused as e:
-                raise ControlError(str(e), 3) from None
+                raise ControlError(str(e), Failure.REFUSED) from None
             except FetchError as e:
                 raise ControlError(str(e)) from None
-            finally:
-                local.close()
-                node.account(fetch)
             manifest = plans[0].manifest
             if backend == MATERIALIZE:
                 if os.path.isdir(target):
                     os.rmdir(target)
                 # A reader of its own: a long write-out must not hold up serving peers.
-                reader = node.store.reader()
+                reader = self.store.store.reader()
                 try:
                     await trio.to_thread.run_sync(
-                        restore.restore, manifest, _ReaderChunks(reader), target
+                        restore.restore, manifest, ReaderChunks(reader), target
                     )
                 except (restore.RestoreError, ExportError, OSError) as e:
                     raise ControlError(f"cannot write {sp} to {target}: {e}") from None
@@ -426,8 +381,8 @@ class Mounts:
                 self._save_state()
                 return self._row(self.table[target])
             try:
-                m, places, present, inodes, devices = await trio.to_thread.run_sync(
-                    self._prepare, sp, manifest, target, backend, limiter=node._write_limiter
+                m, places, present, inodes, devices = await self.store.write(
+                    self._prepare, sp, manifest, target, backend
                 )
             except (StoreError, OSError) as e:
                 raise ControlError(f"cannot mount {sp}: {e}") from None
@@ -440,7 +395,7 @@ class Mounts:
             else:
                 assert self.blobs is not None and m.fsid is not None and m.image is not None
                 self.blobs.images[m.fsid.encode()] = m.image
-                self.blobs.slab_ids.update({r.name: r.id for r in node.store.index.slabs()})
+                self.blobs.slab_ids.update({r.name: r.id for r in self.store.store.index.slabs()})
                 await trio.to_thread.run_sync(syscalls.mount_erofs_fscache, target, m.fsid, DOMAIN)
         except OSError as e:
             raise ControlError(f"cannot mount {sp} on {target}: {e.strerror}") from None
@@ -455,7 +410,7 @@ class Mounts:
         """Write the image and mark the slabs (on the writer thread); returns the mount,
         where its chunks are, which are present, the slabs' inode numbers, and the
         image's devices in table order."""
-        store = self.node.store
+        store = self.store.store
         img = image_of(store, sp)
         directory = os.path.join(store.data_dir, MOUNTS_DIR)
         os.makedirs(directory, exist_ok=True)
@@ -486,11 +441,11 @@ class Mounts:
             list(img.devices),
         )
 
-    async def umount(self, target: str) -> dict[str, Any]:
+    async def umount(self, target: str) -> api.Unmounted:
         target = os.path.abspath(target)
         m = self.table.get(target)
         if m is None:
-            raise ControlError(f"{target} is not a ferry mount (see `ferry mounts`)", 2)
+            raise ControlError(f"{target} is not a ferry mount (see `ferry mounts`)", Failure.USAGE)
         if m.backend in KERNEL_BACKENDS:
             try:
                 await trio.to_thread.run_sync(syscalls.umount, target)
@@ -506,18 +461,19 @@ class Mounts:
         self._save_state()
         if self.group is not None and not any(x.backend == FANOTIFY for x in self.table.values()):
             await self._detach(release=True)  # nothing mounted: no group left behind
-        return {"dir": target, "store_path": str(m.store_path), "backend": m.backend}
+        return api.Unmounted(target, str(m.store_path), m.backend)
 
-    def report(self) -> list[dict[str, Any]]:
-        return [self._row(m) for m in self.table.values()]
+    def report(self) -> api.MountTable:
+        return api.MountTable(tuple(self._row(m) for m in self.table.values()))
 
-    def _row(self, m: Mounted) -> dict[str, Any]:
+    def _row(self, m: Mounted) -> api.MountRow:
         total = sum(m.chunks.values())
         present = sum(n for d, n in m.chunks.items() if d in self.slabs.have)
-        return {
-            "dir": m.dir,
-            "store_path": str(m.store_path),
-            "backend": m.backend,
-            "bytes_present": present if m.backend in KERNEL_BACKENDS else None,
-            "bytes_total": total if m.backend in KERNEL_BACKENDS else None,
-        }
+        kernel = m.backend in KERNEL_BACKENDS
+        return api.MountRow(
+            dir=m.dir,
+            store_path=str(m.store_path),
+            backend=m.backend,
+            bytes_present=present if kernel else None,
+            bytes_total=total if kernel else None,
+        )

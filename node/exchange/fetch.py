@@ -72,6 +72,10 @@ class NoClaims(FetchError):
         )
 
 
+class NoPolicy(Exception):
+    """The node has no trust policy, so it accepts nothing."""
+
+
 class FetchRefused(FetchError):
     def __init__(self, store_path: StorePath, policy: QuorumPolicy, verdict: Verdict) -> None:
         self.store_path = store_path

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import trio
 import zstandard
 
-from node.exchange.fetch import FetchError, FetchRefused, NoClaims, Plan
+from node.exchange.fetch import FetchError, FetchRefused, NoClaims, NoPolicy, Plan
 from node.gateway import ranges
 from node.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from node.gateway.metrics import Metrics
@@ -47,10 +47,6 @@ _NARINFO = re.compile(rf"/([{ALPHABET}]{{32}})\.narinfo")
 _NAR = re.compile(rf"/nar/([{ALPHABET}]{{52}})\.nar(\.zst)?")
 PIECE = 1 << 20  # bytes read from the store per thread hop
 REMEMBERED = 4096  # narinfo answers kept to map a NAR URL back to its path
-
-
-class NoPolicy(Exception):
-    """The node has no trust policy, so it trusts nothing."""
 
 
 class Backend(Protocol):

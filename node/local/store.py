@@ -678,3 +678,17 @@ def _record_path(
 
 def _slab_name(n: int) -> str:
     return f"slab-{n:06d}"
+
+
+class ReaderChunks:
+    """A reader's chunks as a ChunkSource (export, restore, the gateway's NARs): verified
+    on every read, so rot is never passed on."""
+
+    def __init__(self, reader: StoreReader) -> None:
+        self.reader = reader
+
+    def read_chunk(self, digest: bytes) -> bytes:
+        data = self.reader.blobs([digest]).get(digest)
+        if data is None:
+            raise ChunkMissing(digest)
+        return data

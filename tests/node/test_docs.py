@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import main, parser
+from node.cli import main, parser, reference
 from node.daemon import config as nodeconfig
-from node.daemon import reference
 from tests.cli import ferry
 from trust import policyfile
 
@@ -21,7 +20,7 @@ DOCS = Path(__file__).parents[2] / "docs"
 
 def test_the_configuration_reference_is_the_generated_one() -> None:
     assert (DOCS / "configuration.md").read_text() == reference.markdown(), (
-        "docs/configuration.md is stale: python -m node.daemon.reference > docs/configuration.md"
+        "docs/configuration.md is stale: python -m node.cli.reference > docs/configuration.md"
     )
 
 

@@ -9,9 +9,9 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.exchange.fetch import FetchError, FetchRefused, NoClaims, Plan
+from node.exchange.fetch import FetchError, FetchRefused, NoClaims, NoPolicy, Plan
 from node.gateway import ranges
-from node.gateway.app import Gateway, GatewaySettings, NarMismatch, NarReader, NoPolicy
+from node.gateway.app import Gateway, GatewaySettings, NarMismatch, NarReader
 from node.gateway.metrics import Metrics
 from store import build, export, nar
 from store.hash import Hash

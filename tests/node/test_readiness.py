@@ -18,7 +18,7 @@ import multiaddr
 import pytest
 import trio
 
-from node.daemon import control
+from node.daemon import api, control
 from node.daemon.control import ControlError
 from tests.inotify import Watch
 from tests.p2p.nodes import START_TIMEOUT, NodeProc
@@ -53,8 +53,8 @@ def _answers(node: NodeProc) -> list[str]:
     """What does not answer a request."""
     problems = []
     try:
-        status = trio.run(control.call, str(node.data_dir), {"op": "status"})
-        assert status["peer_id"] in node.addr
+        status = trio.run(control.call, str(node.data_dir), api.StatusRequest())
+        assert status.peer_id in node.addr
     except ControlError as e:
         problems.append(f"{node.name}: `ferry status`: {e}")
     try:

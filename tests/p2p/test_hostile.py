@@ -17,13 +17,13 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from node.daemon import control
+from node.daemon import api, control
 from p2p import blocks, claims, frame
 from p2p.blocks import Block, BlockServer
 from p2p.host import make_host, quiet_libp2p
 from store import build
 from store.path import StorePath
-from tests.p2p.nodes import Swarm, keys, policy
+from tests.p2p.nodes import NodeProc, Swarm, keys, policy
 
 SP = "/nix/store/0c9wqdbw7ak1a0lcz5nh3rq3fxdvswzb-hostile-1.0"
 LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
@@ -102,15 +102,13 @@ async def test_bad_block_peer_is_dropped_and_fetch_completes(
     async with evil.run([LOCAL]):
         try:
             await evil.connect(info_from_p2p_addr(multiaddr.Multiaddr(client.addr)))
-            got = await control.call(str(client.data_dir), {"op": "fetch", "store_path": SP})
+            got = await control.call(str(client.data_dir), api.FetchRequest(SP))
             assert asked, "the hostile peer was never asked for anything"
-            peers = {
-                p["peer_id"]: p for p in await control.call(str(client.data_dir), {"op": "peers"})
-            }
+            peers = await _peers(client)
             bad = peers[str(evil.get_id())]
-            assert bad["bad"] == 1 and bad["banned_for"] > 0 and not bad["connected"], bad
-            assert str(evil.get_id()) not in got["per_peer"]
-            assert got["per_peer"][seed.peer_id] == got["bytes_done"]
+            assert bad.bad == 1 and bad.banned_for > 0 and not bad.connected, bad
+            assert str(evil.get_id()) not in got.progress.per_peer
+            assert got.progress.per_peer[seed.peer_id] == got.progress.bytes_done
         finally:
             await evil.close()
     assert client.stop() == 0
@@ -154,11 +152,11 @@ async def test_protocol_garbage_disconnects_without_crashing(
                     pass
         finally:
             await rogue.close()
-    status = await control.call(str(node.data_dir), {"op": "status"})
-    assert status["peer_id"] == node.peer_id  # still alive and answering
-    peers = {p["peer_id"]: p for p in await control.call(str(node.data_dir), {"op": "peers"})}
+    status = await control.call(str(node.data_dir), api.StatusRequest())
+    assert status.peer_id == node.peer_id  # still alive and answering
+    peers = await _peers(node)
     rec = peers[str(rogue.get_id())]
-    assert rec["bad"] == 1 and rec["banned_for"] > 0 and not rec["connected"], rec
+    assert rec.bad == 1 and rec.banned_for > 0 and not rec.connected, rec
 
 
 async def test_plaintext_dialer_cannot_connect(swarm: Swarm) -> None:
@@ -176,5 +174,10 @@ async def test_plaintext_dialer_cannot_connect(swarm: Swarm) -> None:
             assert not plain.get_connected_peers()
         finally:
             await plain.close()
-    peers = await control.call(str(node.data_dir), {"op": "peers"})
-    assert peers == []
+    peers = await control.call(str(node.data_dir), api.PeersRequest())
+    assert peers.peers == ()
+
+
+async def _peers(node: NodeProc) -> dict[str, api.PeerRow]:
+    reply = await control.call(str(node.data_dir), api.PeersRequest())
+    return {p.peer_id: p for p in reply.peers}

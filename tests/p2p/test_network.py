@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.daemon import control
+from node.daemon import api, control
 from tests.p2p.nodes import Swarm, keys, policy
 
 
@@ -114,14 +114,14 @@ def _fetch_and_kill(client, when: float, victim) -> None:
     """Fetch through the control API; SIGKILL `victim` once `when` of the bytes are in."""
     killed = False
 
-    def progress(p: dict) -> None:
+    def progress(p: api.FetchProgress) -> None:
         nonlocal killed
-        if not killed and p["bytes"] and p["bytes_done"] >= when * p["bytes"]:
+        if not killed and p.bytes and p.bytes_done >= when * p.bytes:
             victim.kill(signal.SIGKILL)
             killed = True
 
     async def run() -> object:
-        return await control.call(str(client.data_dir), {"op": "fetch", "store_path": SP}, progress)
+        return await control.call(str(client.data_dir), api.FetchRequest(SP), progress)
 
     try:
         trio.run(run)

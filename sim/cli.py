@@ -7,9 +7,8 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from node.cli import ui
+from node.cli import Commands, ui
 from sim.params import SCENARIOS, Params
 
 PARAMS = (
@@ -27,10 +26,9 @@ PARAMS = (
 )
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Commands) -> None:
     p = sub.add_parser(
         "sim",
-        help="simulate a ferry network in virtual time (flash crowds, churn, liars)",
         description="Run ferry's own fetch sessions, block and claim protocols, quorum decisions and chunk "
         "verification for many simulated nodes in one process, over modelled links in virtual time. "
         "The same seed gives the same result.",

@@ -1,0 +1,314 @@
+"""The control API's messages: one frozen dataclass per request and per reply.
+
+On the socket (control.py) each is a msgpack map: a request carries its `op`, a reply
+its fields. The CLI's `--json` output is a reply's fields as they are here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, Union
+
+from store.source import Source
+
+
+class Failure(enum.StrEnum):
+    """Why the node did not do what was asked; the CLI turns each into its exit status."""
+
+    FAILED = "failed"  # it tried and could not (no peer had it, a disk error, ...)
+    USAGE = "usage"  # the request names something wrong (a malformed store path, ...)
+    REFUSED = "refused"  # the trust policy refused the path
+    MALFORMED = "malformed"  # the request does not decode (another version of ferry?)
+
+
+class ApiError(Exception):
+    """A message that does not decode (a client or node of another version)."""
+
+
+# --- requests
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    OP: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True, slots=True)
+class PeersRequest:
+    OP: ClassVar[str] = "peers"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    OP: ClassVar[str] = "fetch"
+    store_path: str
+    closure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """`source`'s file names are absolute: the node runs in another directory."""
+
+    OP: ClassVar[str] = "publish"
+    source: Source
+    key: str | None = None  # a secret key file: sign a claim with it
+    root: bool = True  # keep the path from `ferry gc`
+
+
+@dataclass(frozen=True, slots=True)
+class MountRequest:
+    OP: ClassVar[str] = "mount"
+    store_path: str
+    dir: str
+    backend: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class UmountRequest:
+    OP: ClassVar[str] = "umount"
+    dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class MountsRequest:
+    OP: ClassVar[str] = "mounts"
+
+
+Request = (
+    StatusRequest
+    | PeersRequest
+    | FetchRequest
+    | PublishRequest
+    | MountRequest
+    | UmountRequest
+    | MountsRequest
+)
+REQUESTS: dict[str, type[Request]] = {
+    c.OP: c
+    for c in (
+        StatusRequest,
+        PeersRequest,
+        FetchRequest,
+        PublishRequest,
+        MountRequest,
+        UmountRequest,
+        MountsRequest,
+    )
+}
+
+
+def encode_request(req: Request) -> dict[str, Any]:
+    return {"op": req.OP, **encode(req)}
+
+
+def decode_request(raw: object) -> Request:
+    if not isinstance(raw, dict) or raw.get("op") not in REQUESTS:
+        op = raw.get("op") if isinstance(raw, dict) else None
+        raise ApiError(f"unknown request {op!r}")
+    return decode(REQUESTS[raw["op"]], {k: v for k, v in raw.items() if k != "op"})
+
+
+# --- replies
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSummary:
+    paths: int
+    complete_paths: int
+    unique_chunks: int
+    unique_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    peer_id: str
+    addrs: tuple[str, ...]
+    data_dir: str
+    peers: int
+    policy: str | None
+    served_blocks: int
+    served_bytes: int
+    dht: bool
+    gossip: bool
+    gateway: str | None
+    gateway_key: str | None
+    store: StoreSummary
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRow:
+    peer_id: str
+    connected: bool
+    addrs: tuple[str, ...]
+    sent_bytes: int
+    received_bytes: int
+    bad: int
+    banned_for: float
+    last_problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    peers: tuple[PeerRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchProgress:
+    """A fetch session's counters, sent while it runs and with its result."""
+
+    paths: int = 0
+    paths_done: int = 0
+    chunks: int = 0
+    chunks_done: int = 0
+    bytes: int = 0
+    bytes_done: int = 0
+    per_peer: dict[str, int] = field(default_factory=dict)
+    rate: float = 0.0
+    deduplicated_chunks: int = 0
+    deduplicated_bytes: int = 0
+    received_bytes: int = 0
+    diff_chunks: int = 0
+    diff_logical_bytes: int = 0
+    diff_received_bytes: int = 0
+    metadata_bytes: int = 0
+    duplicate_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPath:
+    store_path: str
+    nar_hash: str
+    signers: tuple[str, ...]
+    had: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    fetched: tuple[FetchedPath, ...]
+    progress: FetchProgress
+
+    def as_json(self) -> dict[str, Any]:
+        """What `ferry fetch --json` prints: the paths, and the counters beside them."""
+        return {"fetched": [encode(p) for p in self.fetched], **encode(self.progress)}
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    store_path: str
+    nar_hash: str
+    nar_size: int
+    manifest_digest: str
+    chunks: int
+    unique_chunks: int
+    new_chunks: int
+    new_bytes: int
+    root: bool
+    claim: str | None
+    signer: str | None
+    data_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unmounted:
+    dir: str
+    store_path: str
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class MountRow:
+    dir: str
+    store_path: str
+    backend: str
+    bytes_present: int | None  # None for a materialized tree
+    bytes_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MountTable:
+    mounts: tuple[MountRow, ...]
+
+
+Reply = Status | Peers | Fetched | Published | MountRow | Unmounted | MountTable
+
+# Which reply each request gets.
+REPLIES: dict[type[Any], type[Any]] = {
+    StatusRequest: Status,
+    PeersRequest: Peers,
+    FetchRequest: Fetched,
+    PublishRequest: Published,
+    MountRequest: MountRow,
+    UmountRequest: Unmounted,
+    MountsRequest: MountTable,
+}
+
+
+# --- the codec: dataclasses to plain maps and back, checking each field's type
+
+T = TypeVar("T")
+
+
+def encode(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        out[f.name] = _encode_value(getattr(obj, f.name))
+    return out
+
+
+def _encode_value(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return encode(v)
+    if isinstance(v, tuple):
+        return [_encode_value(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _encode_value(x) for k, x in v.items()}
+    return v
+
+
+def decode(cls: type[T], raw: object) -> T:
+    if not isinstance(raw, dict):
+        raise ApiError(f"{cls.__name__}: expected a map, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ApiError(f"{cls.__name__}: {f.name} is missing")
+            continue
+        kwargs[f.name] = _decode_value(hints[f.name], raw[f.name], f"{cls.__name__}.{f.name}")
+    return cls(**kwargs)
+
+
+def _decode_value(t: Any, v: object, where: str) -> Any:
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(t):
+            try:
+                return _decode_value(option, v, where)
+            except ApiError:
+                continue
+        raise ApiError(f"{where}: unexpected {type(v).__name__}")
+    if t is type(None):
+        if v is None:
+            return None
+        raise ApiError(f"{where}: expected nothing")
+    if isinstance(t, type) and dataclasses.is_dataclass(t):
+        return decode(t, v)
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ApiError(f"{where}: expected a list")
+        (item, _) = typing.get_args(t)
+        return tuple(_decode_value(item, x, where) for x in v)
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise ApiError(f"{where}: expected a map")
+        kt, vt = typing.get_args(t)
+        return {_decode_value(kt, k, where): _decode_value(vt, x, where) for k, x in v.items()}
+    if t is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(t, type) and (not isinstance(v, t) or (t is int and isinstance(v, bool))):
+        raise ApiError(f"{where}: expected {t.__name__}, got {type(v).__name__}")
+    return v

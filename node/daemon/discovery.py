@@ -1,0 +1,236 @@
+"""How a node finds peers and is found: bootstrap peers kept connected, DHT provider
+records (written by one task, renewed hourly), claims pushed to peers and gossiped; and
+the network as a fetch session sees it (node.exchange.fetch.Network)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+
+import msgpack
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetConn, INetwork
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.daemon.config import NodeConfig
+from node.daemon.nodestore import NodeStore
+from node.exchange.peers import PeerBook
+from p2p import claims
+from p2p.host import Notifee
+from p2p.stream import ByteStream
+from store.path import StorePath
+from trust.claim import ClaimError, SignedClaim
+
+log = logging.getLogger(__name__)
+
+GOSSIP_TOPIC = "ferry/claims/1"
+GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+BOOTSTRAP_RETRY = 30.0
+BOOTSTRAP_MIN_GAP = 2.0
+REPROVIDE = 3600.0
+
+
+class Discovery:
+    def __init__(self, host: IHost, config: NodeConfig, book: PeerBook, store: NodeStore) -> None:
+        self.host = host
+        self.config = config
+        self.book = book
+        self.store = store
+        self.peer_id = host.get_id()
+        self.dht: KadDHT | None = None
+        self.pubsub: Pubsub | None = None
+        # Set once every bootstrap peer has been tried: a fetch asked for at start-up waits
+        # for it rather than finding nobody to ask.
+        self.bootstrapped = trio.Event()
+        self._lost = trio.Event()  # a connection closed: bootstrap peers are redialled soon
+        host.get_network().register_notifee(_Gate(book, self._on_lost))
+        # Provider records are written by one task of the node's own: a DHT walk can take
+        # seconds (dead routing-table entries), and no fetch or publish should wait for it.
+        self._to_provide, self._providing = trio.open_memory_channel[StorePath](math.inf)
+        self._queued: set[StorePath] = set()
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """The DHT and gossip services, as configured (inside the host's run)."""
+        if self.config.dht:
+            self.dht = KadDHT(self.host, DHTMode.SERVER)
+            await stack.enter_async_context(background_trio_service(self.dht))
+        if self.config.gossip:
+            router = GossipSub(GOSSIP_PROTOCOLS, 6, 4, 12, heartbeat_interval=1)
+            self.pubsub = Pubsub(self.host, router)
+            await stack.enter_async_context(background_trio_service(self.pubsub))
+            await self.pubsub.wait_until_ready()
+
+    def run(self, nursery: trio.Nursery) -> None:
+        """Its tasks, in the node's nursery."""
+        nursery.start_soon(self._keep_bootstrap)
+        if self.pubsub is not None:
+            nursery.start_soon(self._gossip_listener)
+        if self.dht is not None:
+            nursery.start_soon(self._reprovide)
+            nursery.start_soon(self._provider)
+
+    # --- staying connected
+
+    async def _keep_bootstrap(self) -> None:
+        infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.config.bootstrap]
+        while True:
+            async with trio.open_nursery() as nursery:
+                for info in infos:
+                    if (
+                        info.peer_id != self.peer_id
+                        and info.peer_id not in self.host.get_connected_peers()
+                    ):
+                        nursery.start_soon(self.connect, info)
+            self.bootstrapped.set()
+            # A peer that drops us at once is not redialled in a loop.
+            await trio.sleep(BOOTSTRAP_MIN_GAP)
+            with trio.move_on_after(BOOTSTRAP_RETRY - BOOTSTRAP_MIN_GAP):
+                await self._lost.wait()
+            self._lost = trio.Event()
+
+    def _on_lost(self) -> None:
+        self._lost.set()
+
+    async def connect(self, info: PeerInfo) -> bool:
+        if self.book.banned(str(info.peer_id), trio.current_time()):
+            return False
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                await self.host.connect(info)
+            except Exception as e:  # noqa: BLE001 - unreachable or refusing: retried later
+                log.info("cannot connect to %s: %s", info.peer_id, e)
+                return False
+            if self.dht is not None:
+                await self.dht.add_peer(info.peer_id)
+            log.info("connected to %s", info.peer_id)
+            return True
+        log.info("connecting to %s timed out", info.peer_id)
+        return False
+
+    # --- the network as a fetch session sees it
+
+    def peers(self) -> list[str]:
+        now = trio.current_time()
+        return [
+            str(p) for p in self.host.get_connected_peers() if not self.book.banned(str(p), now)
+        ]
+
+    async def open_stream(self, peer: str, protocol: str) -> ByteStream:
+        return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+
+    async def providers(self, path_hash: str) -> list[str]:
+        if self.dht is None:
+            return []
+        found = await self.dht.find_providers(_dht_key(path_hash))
+        out: dict[str, PeerInfo] = {}
+        for info in found:  # py-libp2p returns duplicates
+            if info.peer_id != self.peer_id:
+                out.setdefault(str(info.peer_id), info)
+        connected = {str(p) for p in self.host.get_connected_peers()}
+        for peer, info in out.items():
+            if peer not in connected and info.addrs:
+                await self.connect(info)
+        return [p for p in out if p in {str(c) for c in self.host.get_connected_peers()}]
+
+    async def punish(self, peer: str, problem: str | None) -> None:
+        """Ban the peer for `problem` and disconnect it (None: it is banned already)."""
+        if problem is not None:
+            self.book.punish(peer, problem, trio.current_time())
+        if self.dht is not None:
+            # Or a DHT query dials it again.
+            self.dht.routing_table.remove_peer(ID.from_base58(peer))
+        try:
+            await self.host.disconnect(ID.from_base58(peer))
+        except Exception as e:  # noqa: BLE001 - already gone: the ban is what matters
+            log.debug("disconnecting %s: %s", peer, e)
+
+    # --- being found
+
+    async def announce(self, signed: Sequence[SignedClaim], complete: Sequence[StorePath]) -> None:
+        """Tell peers about new claims (push and gossip); queue new complete paths for the DHT."""
+        if signed:
+            payload = claims.encode(claims.Push(tuple(c.encode() for c in signed)))
+            async with trio.open_nursery() as nursery:
+                for peer in self.peers():
+                    nursery.start_soon(self._push, peer, payload)
+            if self.pubsub is not None:
+                try:
+                    await self.pubsub.publish(
+                        GOSSIP_TOPIC, msgpack.packb([c.encode() for c in signed])
+                    )
+                except Exception as e:  # noqa: BLE001 - best effort: pushes and queries carry the claims too
+                    log.info("gossip publish failed: %s", e)
+        if self.dht is not None:
+            for sp in complete:
+                if sp not in self._queued:
+                    self._queued.add(sp)
+                    self._to_provide.send_nowait(sp)
+
+    async def _provider(self) -> None:
+        assert self.dht is not None
+        async for sp in self._providing:
+            self._queued.discard(sp)
+            with trio.move_on_after(self.config.request_timeout):
+                try:
+                    await self.dht.provide(_dht_key(sp.hash_part))
+                except Exception as e:  # noqa: BLE001 - the DHT is one way of many to be found
+                    log.info("DHT provide of %s failed: %s", sp, e)
+
+    async def _push(self, peer: str, payload: bytes) -> None:
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                stream = await self.open_stream(peer, claims.PROTOCOL)
+                await stream.write(payload)
+                await stream.read(64)
+                await stream.close()
+            except Exception as e:  # noqa: BLE001 - the peer will ask for the claims when it needs them
+                log.info("pushing claims to %s failed: %s", peer, e)
+
+    async def _gossip_listener(self) -> None:
+        assert self.pubsub is not None
+        sub = await self.pubsub.subscribe(GOSSIP_TOPIC)
+        while True:
+            msg = await sub.get()
+            try:
+                raw = msgpack.unpackb(
+                    msg.data, raw=False, max_array_len=claims.MAX_CLAIMS, max_map_len=0
+                )
+                found = [SignedClaim.decode(r) for r in raw if isinstance(r, bytes)]
+            except (ClaimError, ValueError, TypeError, msgpack.UnpackException):
+                continue  # gossip is a hint: junk is dropped, never trusted
+            await self.store.learn([c for c in found if c.valid()], "gossip")
+
+    async def _reprovide(self) -> None:
+        while True:
+            complete = await self.store.read(self.store.reader.complete_paths)
+            await self.announce([], [StorePath.parse(p) for p in complete])
+            await trio.sleep(REPROVIDE)
+
+
+class _Gate(Notifee):
+    """Closes any connection with a banned peer, whoever dialed it; reports lost ones."""
+
+    def __init__(self, book: PeerBook, on_lost: Callable[[], None]) -> None:
+        self.book = book
+        self.on_lost = on_lost
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        if self.book.banned(str(conn.muxed_conn.peer_id), trio.current_time()):
+            log.info("closing a connection with banned peer %s", conn.muxed_conn.peer_id)
+            await conn.close()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self.on_lost()
+
+
+def _dht_key(path_hash: str) -> str:
+    return f"/ferry/path/{path_hash}"

@@ -1,0 +1,149 @@
+"""The Nix gateway as the node runs it: hypercorn on the configured address, and the
+node as the gateway sees it (GatewayBackend)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from node.daemon.config import NodeConfig
+from node.daemon.nodestore import NodeStore
+from node.daemon.session import FetchSessions
+from node.exchange.fetch import FetchError, NoPolicy, Plan
+from node.gateway.app import Gateway, GatewaySettings
+from node.gateway.metrics import Metrics
+from node.local.store import ReaderChunks
+from store import userfile
+from store.export import ChunkSource
+from store.hash import Hash
+from store.path import StorePath
+from trust.key import SecretKey
+from trust.signature import NixSignature
+from trust.signature import sign as nix_sign
+
+log = logging.getLogger(__name__)
+
+GATEWAY_FILE = "gateway.url"
+
+Announce = Callable[[Sequence[Any], Sequence[StorePath]], Awaitable[None]]
+
+
+class GatewayUnavailable(Exception):
+    """The gateway cannot listen where it is configured to; the message says what to do."""
+
+
+class GatewayBackend:
+    """Plans by path hash, fetches into the store, reads chunks on a connection of its
+    own (so Nix downloads do not queue behind peers)."""
+
+    def __init__(
+        self,
+        sessions: FetchSessions,
+        store: NodeStore,
+        config: NodeConfig,
+        key: SecretKey,
+        bootstrapped: trio.Event,
+        announce: Announce,
+    ) -> None:
+        self.sessions = sessions
+        self.config = config
+        self.key = key
+        self.bootstrapped = bootstrapped
+        self.announce = announce
+        self.reader = store.store.reader()
+        self.limiter = trio.CapacityLimiter(1)  # one SQLite connection: one thread at a time
+
+    def close(self) -> None:
+        self.reader.close()
+
+    async def plan(self, hash_part: str) -> Plan:
+        fetch = self.sessions.planning(connect_timeout=min(5.0, self.config.narinfo_timeout))
+        await self.bootstrapped.wait()
+        try:
+            with trio.fail_after(self.config.narinfo_timeout):
+                return await fetch.plan_hash(hash_part, self.config.store_dir)
+        except trio.TooSlowError:
+            raise FetchError(
+                f"peers did not settle {hash_part} within narinfo_timeout "
+                f"({self.config.narinfo_timeout:g} s)"
+            ) from None
+
+    async def plan_for_nar(self, nar_hash: Hash) -> Plan | None:
+        sp = await trio.to_thread.run_sync(
+            self.reader.path_by_nar_hash, str(nar_hash), limiter=self.limiter
+        )
+        if sp is None:
+            return None
+        try:
+            return await self.plan(StorePath.parse(sp).hash_part)
+        except (FetchError, NoPolicy) as e:
+            log.info("NAR %s: %s", nar_hash, e)
+            return None
+
+    async def complete(self, plan: Plan) -> None:
+        timeout = min(5.0, self.config.narinfo_timeout)
+        async with self.sessions.recording(connect_timeout=timeout) as (fetch, _):
+            await fetch.complete([plan], roots=set())
+        await self.announce([], [plan.store_path])
+
+    def chunk_source(self) -> tuple[ChunkSource, trio.CapacityLimiter]:
+        return ReaderChunks(self.reader), self.limiter
+
+    def sign(self, fingerprint: str) -> NixSignature:
+        return nix_sign(self.key, fingerprint)
+
+
+async def serve(
+    backend: GatewayBackend,
+    config: NodeConfig,
+    metrics: Metrics,
+    data_dir: str,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the gateway until cancelled; started() with its URL once it accepts, which
+    is also written to `gateway.url`."""
+    host, port = config.gateway_bind
+    cfg = hypercorn.config.Config()
+    cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("node.gateway.http")
+    cfg.graceful_timeout = 1.0
+    app = Gateway(backend, GatewaySettings(config.store_dir, config.priority), metrics)
+    try:
+        _check_bind(host, port, config.gateway)
+        async with trio.open_nursery() as nursery:
+            # The gateway types its ASGI messages as plain dicts, not hypercorn's TypedDicts.
+            run = partial(hypercorn.trio.serve, app, cfg, mode="asgi")  # type: ignore[arg-type]
+            binds = await nursery.start(run)
+            userfile.write_atomically(
+                os.path.join(data_dir, GATEWAY_FILE),
+                (binds[0] + "\n").encode(),
+                "the gateway address file",
+            )
+            log.info("Nix gateway on %s (signing key %s)", binds[0], backend.key.public.encode())
+            task_status.started(binds[0])
+    finally:
+        backend.close()
+
+
+def _check_bind(host: str, port: int, setting: str) -> None:
+    """Fail with a message that names the setting, before hypercorn fails with a traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise GatewayUnavailable(
+            f"cannot serve the gateway on {setting}: {e.strerror or e} "
+            "(choose another with --gateway HOST:PORT, or --no-gateway)"
+        ) from None

@@ -1,0 +1,84 @@
+"""The local store as a running node's parts share it.
+
+Two SQLite connections: the store's own, for writes, used by one session at a time (a
+fetch, a publish, a mount; `write_lock`), and a reader that serves peers, the control
+API and the fetchers' reads, so a long write never stalls them. Each connection is used
+from one worker thread at a time (its limiter)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import trio
+
+from node.exchange.subscriptions import Subscriptions
+from node.local.store import LocalStore, StoreReader
+from p2p.blocks import BlockServer, Reply
+from trust.claim import SignedClaim
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class NodeStore:
+    def __init__(self, store: LocalStore, diff_level: int) -> None:
+        self.store = store
+        self.reader: StoreReader = store.reader()
+        self.write_lock = trio.Lock()  # held for a whole writing session
+        self._writer = trio.CapacityLimiter(1)
+        self._readers = trio.CapacityLimiter(1)
+        self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
+        self.diff_level = diff_level
+
+    @property
+    def data_dir(self) -> str:
+        return self.store.data_dir
+
+    def close(self) -> None:
+        self.reader.close()
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the writer's thread (the caller holds `write_lock`)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the reader's thread; `fn` uses `self.reader`."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._readers)
+
+    # --- what the block server asks (node.exchange.server.BlobSource)
+
+    async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return await self.read(self.reader.blobs, digests)
+
+    async def present(self, digests: list[bytes]) -> set[bytes]:
+        def work() -> set[bytes]:
+            return {d for d, r in self.reader.index.chunks(digests).items() if r.present}
+
+        return await self.read(work)
+
+    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
+        return await trio.to_thread.run_sync(
+            partial(BlockServer.reply, replies, dictionaries=prefixes, diff_level=self.diff_level)
+        )
+
+    def chunks_added(self) -> None:
+        """Wake the servers' subscriptions (want-haves of chunks that were not here):
+        the store commits in batches, so which chunks became servable is not known."""
+        self.subscriptions.stored(None)
+
+    # --- claims (node.exchange.server.ClaimSource, and the fetchers)
+
+    async def claims_for(self, path_hash: str) -> list[SignedClaim]:
+        return await self.read(self.reader.claims_by_hash, path_hash)
+
+    async def learn(self, found: list[SignedClaim], source: str) -> int:
+        if not found:
+            return 0
+        n = await self.read(self.reader.add_claims, found)
+        if n:
+            log.info("learned %d new claims from %s", n, source)
+        return n

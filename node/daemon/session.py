@@ -1,0 +1,243 @@
+"""Fetch sessions: where a Fetch keeps what it gets, and the one place sessions are made.
+
+FetchSessions owns what every session needs and nobody may forget: the write lock, the
+settings taken from the node's configuration, closing the store session, and counting
+its traffic in the peer book and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from node.daemon.config import NodeConfig
+from node.daemon.nodestore import NodeStore
+from node.exchange.bases import chunk_bases, package_name, pick_base
+from node.exchange.fetch import Fetch, FetchSettings, Network, NoPolicy, Plan, Progress
+from node.exchange.peers import PeerBook
+from node.gateway.metrics import Metrics
+from node.local.store import Ingest
+from store.manifest import Manifest
+from store.path import StorePath
+from trust.claim import SignedClaim
+from trust.policy import QuorumPolicy
+
+
+class FetchStore:
+    """The store as one fetch session sees it (the session holds the write lock)."""
+
+    def __init__(self, store: NodeStore) -> None:
+        self.store = store
+        self._ingest: Ingest | None = None
+        # Paths recorded when the session began: the candidate bases (a path it records
+        # itself is incomplete until it ends, so never one). Read once, not per path.
+        self._recorded: list[StorePath] | None = None
+
+    async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
+        return await self.store.read(self.store.reader.path_state, str(sp))
+
+    async def claims(self, hash_part: str) -> list[SignedClaim]:
+        return await self.store.claims_for(hash_part)
+
+    async def learn(self, found: list[SignedClaim], source: str) -> int:
+        return await self.store.learn(found, source)
+
+    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
+        local = self.store.store
+
+        def work() -> dict[bytes, int]:
+            missing: dict[bytes, int] = {}
+            for p in plans:
+                sizes = {d: n for _, _, n, d in p.manifest.chunk_spans()}
+                absent = local.reserve(
+                    p.manifest, claims=p.verdict.claims, root=str(p.store_path) in roots
+                )
+                missing.update((d, sizes[d]) for d in absent)
+            return missing
+
+        return await self.store.write(work)
+
+    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
+        reader = self.store.reader
+
+        def work() -> dict[bytes, tuple[bytes, ...]]:
+            recorded = self._recorded_paths()
+            out: dict[bytes, tuple[bytes, ...]] = {}
+            for plan in plans:
+                base = self._base(plan.store_path, recorded)
+                if base is not None:
+                    rows = reader.index.chunks(list(set(base.chunk_digests())))
+                    out.update(
+                        chunk_bases(plan.manifest, base, {d for d, r in rows.items() if r.present})
+                    )
+            return out
+
+        return await self.store.read(work)
+
+    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
+        def work() -> Manifest | None:
+            return self._base(store_path, self._recorded_paths())
+
+        return await self.store.read(work)
+
+    def _recorded_paths(self) -> list[StorePath]:
+        if self._recorded is None:
+            self._recorded = [
+                StorePath.parse(p.store_path) for p in self.store.reader.index.paths()
+            ]
+        return self._recorded
+
+    def _base(self, sp: StorePath, recorded: list[StorePath]) -> Manifest | None:
+        """The manifest of the closest complete version of `sp`'s package (on a worker
+        thread). Names first, from one query; completeness only for the same package:
+        a check per recorded path would be a query each."""
+        reader = self.store.reader
+        name = package_name(sp)
+        local = [
+            p
+            for p in recorded
+            if package_name(p) == name and not reader.index.missing_chunks(str(p))
+        ]
+        base = pick_base(sp, local)
+        state = reader.path_state(str(base)) if base is not None else None
+        return state[0] if state is not None else None
+
+    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return await self.store.blobs(digests)
+
+    async def store_blocks(self, found: list[tuple[bytes, bytes]]) -> None:
+        local = self.store.store
+
+        def work() -> None:
+            if self._ingest is None:
+                self._ingest = local.ingest()
+            for d, data in found:
+                self._ingest.add_chunk(d, data)
+
+        await self.store.write(work)
+        self.store.chunks_added()  # those in committed batches are servable now
+
+    async def save(self) -> None:
+        if self._ingest is not None:
+            await self.store.write(self._ingest.save)
+            self.store.chunks_added()
+
+    def close(self) -> None:
+        if self._ingest is not None:
+            self._ingest.close()
+            self._ingest = None
+
+
+class Collect:
+    """Where a transfer-only session (a lazy mount's fill) puts blocks: in memory, for
+    the filler to write through its event fd (writing them to the marked slab any other
+    way would raise events of its own). Records nothing."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[bytes, bytes] = {}
+
+    async def state(self, store_path: StorePath) -> None:
+        return None
+
+    async def claims(self, hash_part: str) -> list[SignedClaim]:
+        return []
+
+    async def learn(self, claims: list[SignedClaim], source: str) -> int:
+        return 0
+
+    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
+        raise AssertionError("a transfer-only session records nothing")
+
+    async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
+        self.blocks.update(blocks)
+
+    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
+        return {}
+
+    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return {}
+
+    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
+        return None
+
+    async def save(self) -> None:
+        pass
+
+
+class FetchSessions:
+    def __init__(
+        self,
+        net: Network,
+        store: NodeStore,
+        policy: QuorumPolicy | None,
+        config: NodeConfig,
+        book: PeerBook,
+        metrics: Metrics,
+    ) -> None:
+        self.net = net
+        self.store = store
+        self.policy = policy
+        self.config = config
+        self.book = book
+        self.metrics = metrics
+
+    def settings(self, **overrides: Any) -> FetchSettings:
+        return FetchSettings(
+            request_timeout=self.config.request_timeout, diffs=self.config.diffs, **overrides
+        )
+
+    def _policy(self) -> QuorumPolicy:
+        if self.policy is None:
+            raise NoPolicy(
+                "this node has no trust policy, so it cannot accept paths: "
+                "start it with --policy FILE (see `ferry trust --help`)"
+            )
+        return self.policy
+
+    @asynccontextmanager
+    async def recording(
+        self,
+        on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[tuple[Fetch, FetchStore]]:
+        """A session that records what it fetches in the store: holds the write lock
+        throughout, and closes and accounts for itself however it ends."""
+        policy = self._policy()
+        async with self.store.write_lock:
+            local = FetchStore(self.store)
+            fetch = Fetch(self.net, local, policy, self.settings(**overrides), on_progress)
+            try:
+                yield fetch, local
+            finally:
+                local.close()
+                self.account(fetch)
+
+    def planning(self, **overrides: Any) -> Fetch:
+        """A session that only resolves (reads the store, takes no lock): the gateway's
+        narinfo answers. Complete its plans with `recording`."""
+        return Fetch(self.net, FetchStore(self.store), self._policy(), self.settings(**overrides))
+
+    async def transfer(self, sizes: dict[bytes, int]) -> dict[bytes, bytes]:
+        """Fetch these chunks into memory (not the store), verified; those no peer gave
+        are missing from the result."""
+        local = Collect()
+        fetch = Fetch(self.net, local, self._policy(), self.settings())
+        try:
+            await fetch.transfer(sizes)
+        finally:
+            self.account(fetch)
+        return local.blocks
+
+    def account(self, fetch: Fetch) -> None:
+        """Count a finished (or failed) session's traffic in the peer book and metrics."""
+        p = fetch.progress
+        for peer, n in p.per_peer.items():
+            self.book.get(peer).received_bytes += n
+        m = self.metrics
+        m.fetched_bytes.inc(p.bytes_done)
+        m.fetched_chunks.inc(p.chunks_done)
+        m.deduplicated_chunks.inc(p.deduplicated_chunks)
+        m.deduplicated_bytes.inc(p.deduplicated_bytes)
+        m.received_bytes.inc(p.received_bytes)
+        m.diff_logical_bytes.inc(p.diff_logical_bytes)
+        m.diff_received_bytes.inc(p.diff_received_bytes)
