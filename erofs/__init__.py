@@ -1,1 +1,1 @@
-"""EROFS image writer and reader (issue 7)."""
+"""EROFS image writer and reader."""

@@ -1,1 +1,1 @@
-"""Kernel backends that fill chunks on first read (issue 8)."""
+"""Kernel backends that fill chunks on first read."""

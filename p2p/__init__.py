@@ -1,1 +1,1 @@
-"""libp2p host setup, wire codecs and the exchange protocols (issue 5)."""
+"""libp2p host setup, wire codecs and the exchange protocols."""

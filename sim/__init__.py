@@ -1,1 +1,1 @@
-"""Network simulator running the real node code in virtual time (issue 10)."""
+"""Network simulator running the real node code in virtual time."""

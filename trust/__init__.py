@@ -1,1 +1,1 @@
-"""Nix-format keys, signed build claims and the quorum policy (issue 3)."""
+"""Nix-format keys, signed build claims and the quorum policy."""

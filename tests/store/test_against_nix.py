@@ -20,7 +20,7 @@ SP = StorePath("/nix/store", "0" * 32, "tree")
 
 
 def check_tree(nix, root: Path, tmp: Path) -> None:
-    """Everything issue 2 promises about one tree, against Nix."""
+    """Everything ferry promises about one tree's NAR and manifest, against Nix."""
     theirs = nix.dump(root)
     ours = b"".join(bytes(p) for p in dump.dump(str(root)))
     assert ours == theirs, "NAR differs from nix-store --dump"
