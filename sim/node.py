@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 from dataclasses import dataclass, field
 
 import trio
 
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings
+from node.exchange.schedule import Schedule
 from node.exchange.server import serve_blocks, serve_claims
 from node.exchange.uplink import DEFAULT_SLOTS, Uplink
-from p2p import claims as claimwire
+from p2p import claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
 from p2p.stream import read_some
 from sim.content import Release
 from sim.host import SimHost, World
 from sim.link import LinkSpec, SimStream
-from sim.store import MemoryStore
+from sim.store import SimStore
 from store.chunking import digest as blake3_digest
 from store.path import StorePath
 from trust.policy import Insufficient, QuorumPolicy
@@ -39,7 +41,7 @@ class Role(enum.StrEnum):
     SERVER = "central-server"  # the baseline's server
 
 
-class Spoiling(MemoryStore):
+class Spoiling(SimStore):
     """Serves claims and manifests honestly (so it is asked), chunks spoiled."""
 
     def __init__(self, how: Role) -> None:
@@ -80,10 +82,11 @@ class SimNode:
         role: Role,
         spec: LinkSpec,
         policy: QuorumPolicy | None,
-        store: MemoryStore | None = None,
+        store: SimStore | None = None,
         settings: FetchSettings = FetchSettings(),
         scale: int = 1,
         slots: int = DEFAULT_SLOTS,
+        order_seed: str | None = None,
     ) -> None:
         self.world = world
         self.role = role
@@ -91,13 +94,14 @@ class SimNode:
         self.store = (
             store
             if store is not None
-            else (Spoiling(role) if role in (Role.CORRUPT, Role.TRUNCATE) else MemoryStore())
+            else (Spoiling(role) if role in (Role.CORRUPT, Role.TRUNCATE) else SimStore())
         )
         self.store.scale = scale
         self.store.interned = world.chunks
         self.uplink = Uplink(slots)
         self.policy = policy
         self.settings = settings
+        self.order_seed = order_seed  # the chunk order of its fetches: runs repeat
         self.result = NodeResult(name, role.value)
         self.refused = False
         self.attempt = trio.CancelScope()  # the fetch attempt under way (churn cancels it)
@@ -131,12 +135,16 @@ class SimNode:
 
     # --- fetching
 
+    def _schedule(self, sizes: dict[bytes, int]) -> Schedule:
+        # Windows and frames count link bytes: scaled chunks stand for larger ones.
+        return Schedule(sizes, rng=random.Random(self.order_seed), scale=self.store.scale)
+
     async def fetch(self, root: StorePath) -> bool:
         """One attempt at the closure of `root`; the result records how it went."""
         assert self.policy is not None
         if self.result.started is None:
             self.result.started = trio.current_time()
-        fetch = Fetch(self.host, self.store, self.policy, self.settings)
+        fetch = Fetch(self.host, self.store, self.policy, self.settings, schedule=self._schedule)
         try:
             plans = await fetch.run(root, closure=True)
         except FetchRefused as e:

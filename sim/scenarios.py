@@ -105,17 +105,15 @@ class _Run:
     def add(
         self, name: str, role: Role, policy: QuorumPolicy | None, spec: LinkSpec | None = None
     ) -> SimNode:
-        settings = dataclasses.replace(
-            self.settings, order_seed=f"{self.p.seed}-{name}", scale=self.p.scale
-        )
         n = SimNode(
             self.world,
             name,
             role,
             spec or LinkSpec.home(self.rng),
             policy,
-            settings=settings,
+            settings=self.settings,
             scale=self.p.scale,
+            order_seed=f"{self.p.seed}-{name}",
         )
         self.nodes.append(n)
         return n

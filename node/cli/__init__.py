@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "image": ("node.cli.image", "write a stored path as an EROFS metadata image"),
     "inspect": ("node.cli.image", "list an EROFS image"),
     "gc": ("node.cli.gc", "drop paths no root needs and free their chunks"),
-    "verify": ("node.cli.gc", "check every chunk and path in the store"),
+    "verify": ("node.cli.verify", "check every chunk and path in the store"),
     "store": ("node.cli.storecmd", "look at the local store"),
     "root": ("node.cli.storecmd", "GC roots: paths `ferry gc` keeps"),
     "trust": ("node.cli.trust", "builder keys, signed build claims, and quorum decisions"),

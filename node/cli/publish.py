@@ -9,8 +9,7 @@ from typing import Any
 from node.cli import Commands, netcmd, options, source, storeopt, ui
 from node.daemon import api, control
 from node.local.errors import StoreError
-from trust import claim as claims
-from trust import keyfile
+from trust import claim, keyfile
 from trust.keyfile import KeyFileError
 
 
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
         try:
             with store.ingest() as ingest:
                 manifest = source.build(source.from_args(args), on_chunk=ingest.add_chunk)
-                signed = [claims.sign_manifest(manifest, key)] if key else []
+                signed = [claim.sign_manifest(manifest, key)] if key else []
                 ingest.commit(manifest, claims=signed, root=not args.no_root)
         except StoreError as e:
             ui.fail(str(e))

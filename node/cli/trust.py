@@ -20,8 +20,7 @@ from store.manifest import Manifest
 from store.path import StorePath, StorePathError
 from store.source import tree_size
 from store.userfile import UserFileError
-from trust import claim as claims
-from trust import keyfile, policyfile
+from trust import claim, keyfile, policyfile
 from trust.claim import ClaimError, SignedClaim
 from trust.key import KeyFormatError, SecretKey
 from trust.keyfile import KeyFileError
@@ -194,7 +193,7 @@ def _claim(args: argparse.Namespace) -> None:
             manifest = build.from_directory(
                 args.path, store_path, references=refs, on_progress=advance
             )
-        signed = claims.sign_manifest(manifest, key)
+        signed = claim.sign_manifest(manifest, key)
         userfile.write_atomically(args.output, signed.encode())
     except (dump.DumpError, UserFileError) as e:
         _bad(str(e))
@@ -221,7 +220,7 @@ def _load_claims(paths: list[str]) -> list[SignedClaim]:
     loaded = []
     for path in paths:
         try:
-            loaded.append(SignedClaim.decode(userfile.read(path, claims.MAX_CLAIM, "a claim")))
+            loaded.append(SignedClaim.decode(userfile.read(path, claim.MAX_CLAIM, "a claim")))
         except UserFileError as e:
             _bad(str(e))
         except ClaimError as e:

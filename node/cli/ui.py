@@ -88,6 +88,10 @@ def print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]ferry: error:[/] {message}", markup=True, soft_wrap=True)
     sys.exit(code)

@@ -24,7 +24,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.peers import PeerBook
-from p2p import claims
+from p2p import claimwire
 from p2p.host import Notifee
 from p2p.stream import ByteStream
 from store.path import StorePath
@@ -158,7 +158,7 @@ class Discovery:
     async def announce(self, signed: Sequence[SignedClaim], complete: Sequence[StorePath]) -> None:
         """Tell peers about new claims (push and gossip); queue new complete paths for the DHT."""
         if signed:
-            payload = claims.encode(claims.Push(tuple(c.encode() for c in signed)))
+            payload = claimwire.encode(claimwire.Push(tuple(c.encode() for c in signed)))
             async with trio.open_nursery() as nursery:
                 for peer in self.peers():
                     nursery.start_soon(self._push, peer, payload)
@@ -188,7 +188,7 @@ class Discovery:
     async def _push(self, peer: str, payload: bytes) -> None:
         with trio.move_on_after(self.config.request_timeout):
             try:
-                stream = await self.open_stream(peer, claims.PROTOCOL)
+                stream = await self.open_stream(peer, claimwire.PROTOCOL)
                 await stream.write(payload)
                 await stream.read(64)
                 await stream.close()
@@ -202,7 +202,7 @@ class Discovery:
             msg = await sub.get()
             try:
                 raw = msgpack.unpackb(
-                    msg.data, raw=False, max_array_len=claims.MAX_CLAIMS, max_map_len=0
+                    msg.data, raw=False, max_array_len=claimwire.MAX_CLAIMS, max_map_len=0
                 )
                 found = [SignedClaim.decode(r) for r in raw if isinstance(r, bytes)]
             except (ClaimError, ValueError, TypeError, msgpack.UnpackException):

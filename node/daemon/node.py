@@ -25,23 +25,23 @@ from node.daemon.discovery import Discovery
 from node.daemon.mounts import Mounts
 from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
-from node.exchange.fetch import FetchError, FetchRefused, NoPolicy, Progress
+from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
 from node.exchange.peers import PeerBook
+from node.exchange.progress import Progress
 from node.exchange.server import Served, serve_blocks, serve_claims
 from node.exchange.uplink import Uplink
 from node.gateway import key as gateway_key
 from node.gateway.metrics import Metrics
 from node.local.errors import StoreError
 from node.local.store import LocalStore
-from p2p import blocks, claims
+from p2p import blocks, claimwire
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
 from store import userfile
 from store.path import StorePath, StorePathError
 from store.source import SourceError, build_manifest
-from trust import claim as claimmod
-from trust import keyfile, policyfile
+from trust import claim, keyfile, policyfile
 from trust.key import SecretKey
 from trust.policy import QuorumPolicy
 
@@ -93,7 +93,7 @@ class Node:
             ):
                 try:
                     self.host.set_stream_handler(TProtocol(blocks.PROTOCOL), self._on_blocks)
-                    self.host.set_stream_handler(TProtocol(claims.PROTOCOL), self._on_claims)
+                    self.host.set_stream_handler(TProtocol(claimwire.PROTOCOL), self._on_claims)
                     await self.discovery.start(stack)
                     addrs = [str(a) for a in self.host.get_addrs()]
                     for a in addrs:
@@ -282,10 +282,10 @@ class Node:
             raise ControlError(str(e)) from None
         local = self.store.store
 
-        def work() -> tuple[Any, list[claimmod.SignedClaim], int, int]:
+        def work() -> tuple[Any, list[claim.SignedClaim], int, int]:
             with local.ingest() as ingest:
                 manifest = build_manifest(req.source, on_chunk=ingest.add_chunk)
-                signed = [claimmod.sign_manifest(manifest, key)] if key else []
+                signed = [claim.sign_manifest(manifest, key)] if key else []
                 ingest.commit(manifest, claims=signed, root=req.root)
             return manifest, signed, ingest.new_chunks, ingest.new_bytes
 

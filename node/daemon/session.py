@@ -13,8 +13,9 @@ from typing import Any
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.bases import chunk_bases, package_name, pick_base
-from node.exchange.fetch import Fetch, FetchSettings, Network, NoPolicy, Plan, Progress
+from node.exchange.fetch import Fetch, FetchSettings, Network, NoPolicy, Plan
 from node.exchange.peers import PeerBook
+from node.exchange.progress import Progress
 from node.gateway.metrics import Metrics
 from node.local.store import Ingest
 from store.manifest import Manifest

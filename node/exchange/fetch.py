@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
+from node.exchange.progress import Progress
 from node.exchange.schedule import BUSY_PAUSE, Schedule
-from p2p import claims as claimwire
+from node.exchange.transfer import BadPeer, Transfer
+from p2p import claimwire
 from p2p.blocks import (
     MAX_BASE_BYTES,
     BadDiff,
     Block,
     BlockClient,
     Busy,
-    DontHave,
-    Have,
     Reply,
     Want,
 )
@@ -48,14 +47,8 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 64 << 20
 MANIFEST_ROUNDS = 8  # rounds of asking busy peers for a manifest again (pauses double to 16 s)
-# How often a worker renews its subscriptions at a partial peer: new chunks to watch, and
-# cancels for those that came from elsewhere, each in one frame per period.
-QUERY_PERIOD = 5.0
 PEER_CHECK = (
     5.0  # seconds between a session's looks for newly connected peers (and for a hopeless state)
-)
-IDLE_WAIT = (
-    3  # request timeouts a worker with only subscriptions at its peer reads before looking up
 )
 
 
@@ -91,51 +84,6 @@ class FetchSettings:
     diffs: bool = True  # send bases: chunks of an older local version to compress against
     claims_timeout: float = 5.0
     connect_timeout: float = 5.0
-    order_seed: str | None = (
-        None  # seeds the random chunk order (the simulator's runs repeat); None: fresh
-    )
-    scale: int = 1  # link bytes per chunk byte (the simulator scales chunks down; see sim.content)
-
-
-@dataclass
-class Progress:
-    paths: int = 0
-    paths_done: int = 0
-    chunks: int = 0
-    chunks_done: int = 0
-    bytes: int = 0
-    bytes_done: int = 0
-    per_peer: dict[str, int] = field(default_factory=dict)  # verified bytes received from each peer
-    deduplicated_chunks: int = 0  # needed by the recorded paths and already in the store
-    deduplicated_bytes: int = 0
-    received_bytes: int = 0  # block payloads on the wire, compressed (and diffed)
-    diff_chunks: int = 0  # chunks that came as diffs against local bases
-    diff_logical_bytes: int = 0  # their size once decoded
-    diff_received_bytes: int = 0  # what they took on the wire
-    metadata_bytes: int = 0  # claims and manifests as they came off the streams
-    duplicate_bytes: int = 0  # blocks that came twice (asked of two peers at the end), on the wire
-    started: float = field(default_factory=time.monotonic)
-
-    def as_dict(self) -> dict[str, object]:
-        elapsed = max(1e-9, time.monotonic() - self.started)
-        return {
-            "paths": self.paths,
-            "paths_done": self.paths_done,
-            "chunks": self.chunks,
-            "chunks_done": self.chunks_done,
-            "bytes": self.bytes,
-            "bytes_done": self.bytes_done,
-            "per_peer": dict(self.per_peer),
-            "rate": self.bytes_done / elapsed,
-            "deduplicated_chunks": self.deduplicated_chunks,
-            "deduplicated_bytes": self.deduplicated_bytes,
-            "received_bytes": self.received_bytes,
-            "diff_chunks": self.diff_chunks,
-            "diff_logical_bytes": self.diff_logical_bytes,
-            "diff_received_bytes": self.diff_received_bytes,
-            "metadata_bytes": self.metadata_bytes,
-            "duplicate_bytes": self.duplicate_bytes,
-        }
 
 
 @dataclass(frozen=True)
@@ -198,23 +146,22 @@ class Fetch:
         policy: QuorumPolicy,
         settings: FetchSettings = FetchSettings(),
         on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+        schedule: Callable[[dict[bytes, int]], Schedule] | None = None,
     ) -> None:
+        """`schedule` makes the transfer's scheduler from the chunk sizes it wants
+        (default: chunks in a fresh random order); the simulator seeds and scales it."""
         self.net = net
+        self._new_schedule = schedule or _fresh_schedule
         self.local = local
         self.policy = policy
         self.settings = settings
         self.progress = Progress()
         self._on_progress = on_progress
-        self._changed = (
-            trio.Event()
-        )  # set when chunks go back to the queue, a worker ends, or all is here
-        self._cancels: dict[str, list[bytes]] = {}
+        # Set when chunks go back to the queue, a worker ends, or all is here.
+        self._changed = trio.Event()
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
-        self._bases: dict[
-            bytes, tuple[bytes, ...]
-        ] = {}  # wanted chunk -> local chunks to diff against
+        self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local bases
         self._plain: set[bytes] = set()  # chunks whose diff failed: asked for plain from now on
-        self._last_news = 0.0  # when a worker last had news (blocks, refusals, HAVEs)
 
     # --- 1. resolve
 
@@ -504,11 +451,15 @@ class Fetch:
         self.progress.bytes = sum(missing.values())
         if not missing:
             return
-        sched = Schedule(
-            dict(missing), rng=random.Random(self.settings.order_seed), scale=self.settings.scale
+        core = Transfer(
+            self._new_schedule(dict(missing)),
+            self.settings.request_timeout,
+            self.progress,
+            bases=self._bases,
+            plain=self._plain,
+            last_news=trio.current_time(),
         )
-        self._last_news = trio.current_time()
-        failure: FetchError | None = None
+        failure: str | None = None
         try:
             async with trio.open_nursery() as nursery:
                 started: set[str] = set()
@@ -517,12 +468,12 @@ class Fetch:
                     for p in self.net.peers():
                         if p not in started:
                             started.add(p)
-                            sched.add_peer(p)
-                            nursery.start_soon(self._worker, p, sched)
+                            core.sched.add_peer(p)
+                            nursery.start_soon(self._worker, p, core)
 
                 add_peers()
-                while not sched.complete:
-                    failure = self._hopeless(sched)
+                while not core.complete:
+                    failure = core.hopeless(trio.current_time())
                     if failure is not None:
                         break
                     changed = self._changed
@@ -536,29 +487,13 @@ class Fetch:
             with trio.CancelScope(shield=True):
                 await self.local.save()
         if failure is not None:
-            raise failure  # out here, not inside the nursery: callers get it bare, not in a group
+            # Out here, not inside the nursery: callers get it bare, not in a group.
+            raise FetchError(failure)
 
-    def _hopeless(self, sched: Schedule) -> FetchError | None:
-        if not sched.peers:
-            return FetchError(
-                f"{sched.remaining} chunks left and no peer to fetch them from "
-                "(every peer failed or left; see `ferry peers`)"
-            )
-        # Only a settled picture can be hopeless; settling is rare, so check it first.
-        lost = [] if any(st.in_flight for st in sched.peers.values()) else sched.unobtainable()
-        # Peers fetching the same path may yet announce what is missing: give them a
-        # request timeout of quiet before giving up.
-        quiet = trio.current_time() - self._last_news >= self.settings.request_timeout
-        if lost and quiet:
-            return FetchError(
-                f"{len(lost)} chunks are held by none of the {len(sched.peers)} connected peers"
-            )
-        return None
-
-    def _notify(self, workers: bool = True) -> None:
+    def _notify(self, core: Transfer, workers: bool = True) -> None:
         """News: with `workers`, chunks went back to the queue, and idle workers may
         take them (waking every worker for each block was most of a crowd's CPU)."""
-        self._last_news = trio.current_time()
+        core.news(trio.current_time())
         if workers:
             self._changed.set()
             self._changed = trio.Event()
@@ -569,20 +504,21 @@ class Fetch:
             if r is not None:
                 await r
 
-    async def _worker(self, peer: str, sched: Schedule) -> None:
+    async def _worker(self, peer: str, core: Transfer) -> None:
         try:
             stream = await self.net.open_stream(peer, BLOCKS)
         except Exception as e:  # noqa: BLE001 - the peer is gone: the others carry on
             log.info("cannot open a blocks stream to %s: %s", peer, e)
-            sched.remove_peer(peer)
-            self._notify()
+            core.close(peer)
+            self._notify(core)
             return
+        core.open(peer, trio.current_time())
         try:
-            await self._exchange(peer, stream, sched)
+            await self._exchange(peer, stream, core)
         except FrameError as e:  # BlocksError is one
             await abort(stream)
             await self.net.punish(peer, f"blocks protocol: {e}")
-        except _BadBlock as e:
+        except BadPeer as e:
             await abort(stream)
             await self.net.punish(peer, str(e))
         except StreamGone as e:
@@ -595,133 +531,53 @@ class Fetch:
         else:
             await _close(stream)
         finally:
-            sched.remove_peer(peer)
-            self._cancels.pop(peer, None)
-            self._notify()
+            core.close(peer)
+            self._notify(core)
 
-    async def _exchange(self, peer: str, stream: ByteStream, sched: Schedule) -> None:
+    async def _exchange(self, peer: str, stream: ByteStream, core: Transfer) -> None:
+        """Drives `core` for one peer: sends what it says, reads replies, stores blocks."""
         client = BlockClient()
-        timeout = self.settings.request_timeout
-        last_heard = trio.current_time()
-        next_query = last_heard
-        heard_any = False
-        while not sched.complete:
-            now = trio.current_time()
-            cancels = [d for d in self._cancels.pop(peer, []) if client.is_outstanding(d)]
-            late = sched.timed_out(peer, now, timeout, heard=last_heard if heard_any else None)
-            if late:
-                # A peer that never sent a byte is stalling; one that did and is late now
-                # is serving many (a seed in a flash crowd): its requests go to others.
-                if not heard_any and now - last_heard > timeout:
-                    raise _BadBlock(f"answered nothing for {timeout:.0f} s")
-                cancels.extend(d for d in late if client.is_outstanding(d))
-                self._notify()
-            if sched.is_partial(peer) and now >= next_query:
-                # Another fetcher, part way through: subscribe to the chunks we still want
-                # (it says HAVE when it gets one), drop those that came from elsewhere.
-                next_query = now + QUERY_PERIOD
-                cancels.extend(d for d in sched.stale_queries(peer) if client.is_outstanding(d))
-                query = sched.to_query(peer)
-                if query:
-                    await write(stream, client.want([Want(d, block=False) for d in query]))
-            if cancels:
-                await write(stream, client.cancel(cancels))
-            ask = sched.take(peer, now)
-            if ask:
-                wants, prefixes = await self._wants(ask)
+        while not core.complete:
+            step = core.step(peer, trio.current_time(), client.is_outstanding)
+            if step.requeued:
+                self._notify(core)
+            if step.query:
+                await write(stream, client.want([Want(d, block=False) for d in step.query]))
+            if step.cancels:
+                await write(stream, client.cancel(step.cancels))
+            if step.ask:
+                wants, prefixes = await self._wants(core, step.ask)
                 await write(stream, client.want(wants, prefixes))
             if not client.outstanding:
-                # Nothing this peer can do now; wake when the picture changes, or when a
-                # busy peer's pause is over.
+                # Nothing this peer can do now; wake when the picture changes.
                 changed = self._changed
-                rest = sched.resting_until(peer) - trio.current_time()
-                with trio.move_on_after(min(timeout, rest) if rest > 0 else timeout):
+                with trio.move_on_after(core.rest(peer, trio.current_time())):
                     await changed.wait()
-                last_heard = trio.current_time()
+                core.rested(peer, trio.current_time())
                 continue
             # Read on until a frame completes: most reads end mid-frame, and the bookkeeping
             # above only has news once one does.
             replies: list[Reply] = []
-            # Only subscriptions outstanding: nothing times out, the HAVEs come when they
-            # come, and a chunk handed back by another worker is usually announced again
-            # before long (a crowd's idle workers waking every few seconds was most of the
-            # simulator's time). Timeouts are checked at half of one (seconds long).
-            idle = (
-                sched.is_partial(peer)
-                and not sched.peers[peer].in_flight
-                and not self._cancels.get(peer)
-            )
-            with trio.move_on_after(IDLE_WAIT * timeout if idle else timeout / 2):
+            with trio.move_on_after(core.read_timeout(peer)):
                 while not replies and client.outstanding:
                     data = await read_some(stream)
                     if not data:
                         raise StreamGone("the peer closed the stream")
-                    last_heard = trio.current_time()
-                    heard_any = True
+                    core.heard(peer, trio.current_time())
                     replies = client.receive_data(data)
-            good: list[tuple[bytes, bytes]] = []
-            wire: dict[
-                bytes, tuple[int, bool]
-            ] = {}  # of each good block: bytes on the wire, came as a diff
-            refused = False  # chunks went back to the queue: other workers may take them
-            for r in replies:
-                if isinstance(r, Block):
-                    expect = sched.sizes.get(r.digest)
-                    if expect is None or r.digest in sched.done:
-                        self.progress.duplicate_bytes += r.wire
-                        continue  # a duplicate from the endgame, already stored
-                    if r.diff and (len(r.data) != expect or blake3_digest(r.data) != r.digest):
-                        # Decoded against our bases into something else: ask again, plain.
-                        # A peer that lies plain too is caught by the checks below then.
-                        self._fall_back(sched, peer, r.digest)
-                        refused = True
-                        continue
-                    if len(r.data) != expect:
-                        raise _BadBlock(
-                            f"sent {len(r.data):,} bytes for a {expect:,}-byte chunk {r.digest.hex()[:16]}"
-                        )
-                    if blake3_digest(r.data) != r.digest:
-                        raise _BadBlock(f"sent a chunk that does not hash to {r.digest.hex()[:16]}")
-                    good.append((r.digest, r.data))
-                    wire[r.digest] = (r.wire, r.diff)
-                elif isinstance(r, BadDiff):
-                    self._fall_back(sched, peer, r.digest)
-                    refused = True
-                elif isinstance(r, DontHave):
-                    sched.refused(peer, r.digest, trio.current_time())
-                    refused = True
-                elif isinstance(r, Busy):
-                    sched.busy(peer, r.digest, trio.current_time())
-                    refused = True
-                elif isinstance(r, Have):
-                    sched.has(peer, r.digest)  # this worker's next take asks for it
-                    self._last_news = trio.current_time()
-            if good:
-                await self.local.store_blocks(good)
-                now = trio.current_time()
-                for d, data_ in good:
-                    if d in sched.done:
-                        # Another worker stored the same chunk (the endgame asked two peers)
-                        # while this one was storing it: count it once.
-                        self.progress.duplicate_bytes += wire[d][0]
-                        continue
-                    self.progress.received_bytes += wire[d][0]
-                    if wire[d][1]:
-                        self.progress.diff_chunks += 1
-                        self.progress.diff_logical_bytes += len(data_)
-                        self.progress.diff_received_bytes += wire[d][0]
-                    for other in sched.received(peer, d, now):
-                        self._cancels.setdefault(str(other), []).append(d)
-                    self.progress.chunks_done += 1
-                    self.progress.bytes_done += len(data_)
-                    self.progress.per_peer[peer] = self.progress.per_peer.get(peer, 0) + len(data_)
+            judged = core.judge(peer, replies, trio.current_time())
+            if judged.good:
+                await self.local.store_blocks(judged.good)
+                core.stored(peer, judged, trio.current_time())
                 await self._report()
-            if good or refused:
-                self._notify(workers=refused or sched.complete)
+            if judged.good or judged.requeued:
+                self._notify(core, workers=judged.requeued or core.complete)
 
-    async def _wants(self, ask: list[bytes]) -> tuple[list[Want], dict[bytes, bytes]]:
+    async def _wants(
+        self, core: Transfer, ask: list[bytes]
+    ) -> tuple[list[Want], dict[bytes, bytes]]:
         """Wants for `ask`, with bases where we hold them, and the prefixes to decode with."""
-        with_bases = {d: self._bases[d] for d in ask if d in self._bases and d not in self._plain}
+        with_bases = core.with_bases(ask)
         prefixes: dict[bytes, bytes] = {}
         if with_bases:
             have = await self.local.read_chunks(
@@ -734,13 +590,6 @@ class Fetch:
                     del with_bases[d]
         return [Want(d, bases=with_bases.get(d, ())) for d in ask], prefixes
 
-    def _fall_back(self, sched: Schedule, peer: str, digest: bytes) -> None:
-        log.info(
-            "a diff from %s for %s did not verify: asking for it plain", peer, digest.hex()[:16]
-        )
-        self._plain.add(digest)
-        sched.retry(peer, digest)
-
 
 class _BusyPeer:
     """`_blob_from`'s answer when the peer said BUSY."""
@@ -749,12 +598,14 @@ class _BusyPeer:
 BUSY = _BusyPeer()
 
 
-class _BadBlock(Exception):
-    """The peer sent something no honest peer sends."""
-
-
 async def _close(stream: ByteStream) -> None:
     try:
         await stream.close()
     except Exception:  # noqa: BLE001 - already gone: nothing to release
         pass
+
+
+def _fresh_schedule(sizes: dict[bytes, int]) -> Schedule:
+    # Peers fetching the same closure start at different chunks, so they have
+    # something to trade early (a flash crowd).
+    return Schedule(sizes, rng=random.Random())

@@ -11,7 +11,7 @@ import trio
 
 from node.exchange.subscriptions import Subscriptions
 from node.exchange.uplink import Uplink
-from p2p import claims as wire
+from p2p import claimwire
 from p2p.blocks import MAX_BASE_BYTES, Block, BlockServer, Busy, Cancel, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, StreamGone, abort, read_some, write
@@ -207,7 +207,7 @@ async def serve_claims(
     book: ClaimBook,
     on_violation: Callable[[str, str], Awaitable[None]],
 ) -> None:
-    reader = wire.Reader()
+    reader = claimwire.Reader()
     try:
         with trio.fail_after(CLAIM_TIMEOUT):
             msg = None
@@ -216,13 +216,15 @@ async def serve_claims(
                 if not data:
                     return
                 msg = reader.receive_data(data)
-            if isinstance(msg, wire.Get):
+            if isinstance(msg, claimwire.Get):
                 found = await book.claims_for(msg.path_hash)
                 await write(
                     stream,
-                    wire.encode(wire.Claims(tuple(c.encode() for c in found[: wire.MAX_CLAIMS]))),
+                    claimwire.encode(
+                        claimwire.Claims(tuple(c.encode() for c in found[: claimwire.MAX_CLAIMS]))
+                    ),
                 )
-            elif isinstance(msg, wire.Push):
+            elif isinstance(msg, claimwire.Push):
                 good = []
                 for raw in msg.claims:
                     try:
@@ -232,9 +234,9 @@ async def serve_claims(
                     if c.valid():
                         good.append(c)
                 accepted = await book.learn(good, peer)
-                await write(stream, wire.encode(wire.Ack(accepted)))
+                await write(stream, claimwire.encode(claimwire.Ack(accepted)))
             else:
-                raise wire.ClaimsError("a client sent an answer")
+                raise claimwire.ClaimsError("a client sent an answer")
     except FrameError as e:  # ClaimsError is one
         await abort(stream)
         await on_violation(peer, f"claims protocol: {e}")

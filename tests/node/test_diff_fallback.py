@@ -13,12 +13,12 @@ import pytest
 import trio
 
 from node.exchange.fetch import Fetch, FetchSettings
+from node.exchange.memory import MemoryStore
 from node.exchange.server import serve_blocks, serve_claims
-from p2p import claims as claimwire
+from p2p import claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
 from p2p.blocks import Block, BlockServer, Entry, Kind, Reply, _pack, compress_with_prefix
 from sim.host import World
-from sim.store import MemoryStore
 from store import build, export
 from store.path import StorePath
 from trust.claim import sign_manifest

@@ -11,14 +11,14 @@ import trio
 import trio.testing
 
 from node.exchange.fetch import Fetch, FetchSettings
+from node.exchange.memory import MemoryStore
 from node.exchange.server import serve_blocks, serve_claims
 from node.exchange.subscriptions import Subscriptions
 from node.exchange.uplink import Uplink
-from p2p import claims as claimwire
+from p2p import claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
 from sim.content import key, release
 from sim.host import World
-from sim.store import MemoryStore
 from trust.claim import sign_manifest
 from trust.policy import QuorumPolicy
 

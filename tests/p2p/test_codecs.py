@@ -8,7 +8,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p import blocks, claims
+from p2p import blocks, claimwire
 from p2p.blocks import (
     Block,
     BlockClient,
@@ -158,14 +158,19 @@ def test_client_survives_any_msgpack_with_only_protocol_errors(body: list) -> No
 
 @given(
     st.sampled_from(
-        [claims.Get("0" * 32), claims.Claims((b"a", b"b")), claims.Push(()), claims.Ack(3)]
+        [
+            claimwire.Get("0" * 32),
+            claimwire.Claims((b"a", b"b")),
+            claimwire.Push(()),
+            claimwire.Ack(3),
+        ]
     ),
     st.lists(st.integers(0, 1000), max_size=5),
 )
-def test_claims_messages_round_trip(msg: claims.Message, cuts: list[int]) -> None:
-    reader = claims.Reader()
+def test_claims_messages_round_trip(msg: claimwire.Message, cuts: list[int]) -> None:
+    reader = claimwire.Reader()
     out = None
-    for piece in _split(claims.encode(msg), cuts):
+    for piece in _split(claimwire.encode(msg), cuts):
         out = reader.receive_data(piece) or out
     assert out == msg
 
@@ -173,16 +178,16 @@ def test_claims_messages_round_trip(msg: claims.Message, cuts: list[int]) -> Non
 @given(st.binary(max_size=500))
 def test_claims_reader_survives_any_bytes(data: bytes) -> None:
     try:
-        claims.Reader().receive_data(frame(data))
+        claimwire.Reader().receive_data(frame(data))
     except FrameError:
         pass
 
 
 def test_claims_reader_refuses_a_second_message_and_bad_hashes() -> None:
-    with pytest.raises(claims.ClaimsError, match="more than one"):
-        claims.Reader().receive_data(claims.encode(claims.Ack(1)) * 2)
-    with pytest.raises(claims.ClaimsError, match="nix32"):
-        claims.Reader().receive_data(frame(msgpack.packb([0, "e" * 32])))
+    with pytest.raises(claimwire.ClaimsError, match="more than one"):
+        claimwire.Reader().receive_data(claimwire.encode(claimwire.Ack(1)) * 2)
+    with pytest.raises(claimwire.ClaimsError, match="nix32"):
+        claimwire.Reader().receive_data(frame(msgpack.packb([0, "e" * 32])))
 
 
 def test_a_want_have_waits_for_the_chunk_until_cancelled() -> None:

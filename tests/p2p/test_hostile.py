@@ -18,7 +18,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from node.daemon import api, control
-from p2p import blocks, claims, frame
+from p2p import blocks, claimwire, frame
 from p2p.blocks import Block, BlockServer
 from p2p.host import make_host, quiet_libp2p
 from store import build
@@ -73,7 +73,7 @@ def _evil_server(mode: str, chunks: dict[bytes, bytes], asked: list[int]):
 
 async def _no_claims(stream) -> None:
     await stream.read(1 << 16)
-    await stream.write(claims.encode(claims.Claims(())))
+    await stream.write(claimwire.encode(claimwire.Claims(())))
     await stream.close()
 
 
@@ -98,7 +98,7 @@ async def test_bad_block_peer_is_dropped_and_fetch_completes(
     evil = make_host(create_new_key_pair())
     asked: list[int] = []
     evil.set_stream_handler(TProtocol(blocks.PROTOCOL), _evil_server(mode, chunks, asked))
-    evil.set_stream_handler(TProtocol(claims.PROTOCOL), _no_claims)
+    evil.set_stream_handler(TProtocol(claimwire.PROTOCOL), _no_claims)
     async with evil.run([LOCAL]):
         try:
             await evil.connect(info_from_p2p_addr(multiaddr.Multiaddr(client.addr)))

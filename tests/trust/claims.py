@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from store.hash import Hash
 from store.path import StorePath
-from trust import claim as claims
+from trust import claim
 from trust.claim import Claim, SignedClaim
 from trust.key import SecretKey
 
@@ -25,4 +25,4 @@ def make(
     refs: tuple[StorePath, ...] = (DEP,),
     time: int = 1_700_000_000,
 ) -> SignedClaim:
-    return claims.sign(Claim(key.public, path, nar_hash, nar_size, refs, manifest, time), key)
+    return claim.sign(Claim(key.public, path, nar_hash, nar_size, refs, manifest, time), key)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from store.hash import Hash
 from store.path import StorePath
 from tests.trust.claims import DEP, PATH_A, PATH_B, make
-from trust import claim as claims
+from trust import claim
 from trust.claim import DOMAIN, Claim, ClaimError, SignedClaim
 from trust.key import SecretKey
 
@@ -36,7 +36,7 @@ store_paths = st.builds(
 )
 def test_round_trip(path, digest, manifest, size, refs, time) -> None:
     refs = tuple(sorted(refs, key=str))
-    signed = claims.sign(
+    signed = claim.sign(
         Claim(KEY.public, path, Hash.sha256(digest), size, refs, manifest, time), KEY
     )
     data = signed.encode()
@@ -77,7 +77,7 @@ def test_a_changed_claim_no_longer_verifies(change) -> None:
 def test_key_must_match_builder() -> None:
     other = SecretKey.generate("builder-a")
     with pytest.raises(ClaimError, match="the key is"):
-        claims.sign(make(KEY).claim, other)
+        claim.sign(make(KEY).claim, other)
 
 
 def test_every_truncation_is_rejected() -> None:
@@ -152,7 +152,7 @@ def _fields(**change: object) -> list[object]:
         (_envelope(b"\xc1"), "not valid msgpack"),
         (msgpack.packb([b"x"]), "not a signed ferry claim"),
         (b"\xc6\x7f\xff\xff\xff", "not valid msgpack"),  # a 2 GiB bin header, no data behind it
-        (b"\x00" * (claims.MAX_CLAIM + 1), "exceeds"),
+        (b"\x00" * (claim.MAX_CLAIM + 1), "exceeds"),
     ],
 )
 def test_malformed_claims(data: bytes, message: str) -> None:
