@@ -47,3 +47,11 @@ async def abort(stream: ByteStream) -> None:
         await stream.reset()
     except Exception:  # noqa: BLE001 - the connection may already be gone: nothing left to do
         pass
+
+
+async def finish(stream: ByteStream) -> None:
+    """Close a stream whose exchange is over; never raises (the peer may be gone)."""
+    try:
+        await stream.close()
+    except Exception:  # noqa: BLE001 - already gone: nothing to release
+        pass

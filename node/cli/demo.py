@@ -376,7 +376,9 @@ class Demo:
     def _fetch(self, client: LocalNode, sp: str, label: str) -> None:
         req = api.FetchRequest(sp, closure=True)
         t = time.monotonic()
-        reply: api.Fetched = _call_with_bar(str(client.data_dir), req, f"client fetching ({label})")
+        reply = netcmd.fetch_with_progress(
+            str(client.data_dir), req, f"client fetching ({label})", "asking peers for claims"
+        )
         result = reply.as_json()
         took = time.monotonic() - t
         signers = sorted({s for p in reply.fetched for s in p.signers})
@@ -479,33 +481,6 @@ def _size(tree: Path) -> int:
 
 def _call(data_dir: str, req: api.Request) -> Any:
     return trio.run(control.call, data_dir, req)
-
-
-def _call_with_bar(data_dir: str, req: api.Request, label: str) -> Any:
-    if not ui.err.is_terminal:
-        return _call(data_dir, req)
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[detail]}"),
-        console=ui.err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None, detail="asking peers for claims")
-
-        def show(p: api.FetchProgress) -> None:
-            bar.update(
-                task,
-                total=p.bytes or None,
-                completed=p.bytes_done,
-                detail=f"{p.chunks_done:,}/{p.chunks:,} chunks from {len(p.per_peer)} peers",
-            )
-
-        return trio.run(control.call, data_dir, req, show)
 
 
 def _print_keep(net: LocalNet, summary: dict[str, Any]) -> None:

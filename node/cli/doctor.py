@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import multiaddr
+import trio
 
 from node.cli import Commands, options, ui
 from node.cli.noderun import CONFIG_FILE
@@ -299,8 +300,6 @@ def _nix(data_dir: str, config: nodeconfig.NodeConfig) -> list[Check]:
 
 def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check:
     if running:
-        import trio
-
         status: api.Status = trio.run(control.call, data_dir, api.StatusRequest())
         if status.peers:
             return Check("peers", "ok", f"{status.peers} connected")

@@ -78,43 +78,34 @@ EXIT = {
 }
 
 
+def fetch_with_progress(
+    data_dir: str, req: api.FetchRequest, label: str, waiting: str
+) -> api.Fetched:
+    """A fetch through the node on `data_dir`, drawn as a bar on a terminal; raises
+    ControlError."""
+    with ui.transfer_bar(label, waiting) as update:
+
+        def show(p: api.FetchProgress) -> None:
+            chunks = f"{p.chunks_done:,}/{p.chunks:,} chunks from {len(p.per_peer)} peers"
+            update(p.bytes or None, p.bytes_done, chunks)
+
+        fetched: api.Fetched = trio.run(control.call, data_dir, req, show)
+        return fetched
+
+
 def fail(e: ControlError) -> NoReturn:
     ui.fail(str(e), EXIT[e.failure])
 
 
 def _fetch(args: argparse.Namespace) -> None:
     req = api.FetchRequest(args.store_path, closure=args.closure)
-    if ui.err.is_terminal and not args.json:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
-
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=ui.err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("fetching", total=None, detail="asking peers")
-
-            def show(p: api.FetchProgress) -> None:
-                bar.update(
-                    task,
-                    total=p.bytes or None,
-                    completed=p.bytes_done,
-                    detail=f"{p.chunks_done:,}/{p.chunks:,} chunks from {len(p.per_peer)} peers",
-                )
-
-            fetched: api.Fetched = request(args, req, show)
-    else:
-        fetched = request(args, req)
+    try:
+        if args.json:
+            fetched = trio.run(control.call, data_dir(args), req)
+        else:
+            fetched = fetch_with_progress(data_dir(args), req, "fetching", "asking peers")
+    except ControlError as e:
+        fail(e)
     if args.json:
         ui.print_json(fetched.as_json())
         return

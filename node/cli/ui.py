@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
@@ -29,20 +30,16 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 @contextmanager
 def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """Yields `advance(n_bytes)`; draws a bar only when stderr is a terminal."""
-    if not err.is_terminal:
-        yield lambda n: None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    with progress_report() as report:
+        done = 0
+        report(description, 0, total)
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            report(description, done, total)
+
+        yield advance
 
 
 @contextmanager
@@ -51,15 +48,7 @@ def progress_report() -> Iterator[Callable[[str, int, int | None], None]]:
     if not err.is_terminal:
         yield lambda what, done, total: None
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with _bars(TimeRemainingColumn()) as bar:
         tasks: dict[str, TaskID] = {}
 
         def report(what: str, done: int, total: int | None) -> None:
@@ -68,6 +57,19 @@ def progress_report() -> Iterator[Callable[[str, int, int | None], None]]:
             bar.update(tasks[what], completed=done)
 
         yield report
+
+
+def _bars(last: ProgressColumn) -> Progress:
+    """Byte-counting bars on stderr that vanish when done, `last` at their end."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        last,
+        console=err,
+        transient=True,
+    )
 
 
 def table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
@@ -86,6 +88,22 @@ def table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
 def print_json(data: object) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+@contextmanager
+def transfer_bar(label: str, waiting: str) -> Iterator[Callable[[int | None, int, str], None]]:
+    """Yields `update(total_bytes, bytes_done, detail)` for a transfer whose size is known
+    only once it starts (`waiting` shows until then); a bar only on a terminal."""
+    if not err.is_terminal:
+        yield lambda total, done, detail: None
+        return
+    with _bars(TextColumn("{task.fields[detail]}")) as bar:
+        task = bar.add_task(label, total=None, detail=waiting)
+
+        def update(total: int | None, done: int, detail: str) -> None:
+            bar.update(task, total=total, completed=done, detail=detail)
+
+        yield update
 
 
 def megabytes(n: int) -> str:

@@ -97,7 +97,8 @@ async def serve(
                 request = api.decode_request(raw)
             except api.ApiError as e:
                 await _send(
-                    stream, {"error": f"malformed request: {e}", "failure": api.Failure.MALFORMED}
+                    stream,
+                    {"error": f"malformed request: {e}", "failure": api.Failure.MALFORMED.value},
                 )
                 return
 

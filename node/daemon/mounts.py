@@ -304,7 +304,7 @@ class Mounts:
             sizes.update({d: m.chunks[d] for d in digests if d in m.chunks})
         try:
             return await self.sessions.transfer(sizes)
-        except (FetchError, NoPolicy) as e:
+        except NoPolicy as e:
             log.warning("ondemand fetch of %d chunks: %s", len(sizes), e)
             return {}
 

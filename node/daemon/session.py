@@ -6,6 +6,7 @@ its traffic in the peer book and the metrics."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.bases import chunk_bases, package_name, pick_base
-from node.exchange.fetch import Fetch, FetchSettings, Network, NoPolicy, Plan
+from node.exchange.download import download
+from node.exchange.fetch import Fetch, FetchSettings, NoPolicy, Plan
+from node.exchange.network import Network
 from node.exchange.peers import PeerBook
 from node.exchange.progress import Progress
 from node.gateway.metrics import Metrics
@@ -22,6 +25,8 @@ from store.manifest import Manifest
 from store.path import StorePath
 from trust.claim import SignedClaim
 from trust.policy import QuorumPolicy
+
+log = logging.getLogger(__name__)
 
 
 class FetchStore:
@@ -132,34 +137,16 @@ class FetchStore:
 class Collect:
     """Where a transfer-only session (a lazy mount's fill) puts blocks: in memory, for
     the filler to write through its event fd (writing them to the marked slab any other
-    way would raise events of its own). Records nothing."""
+    way would raise events of its own)."""
 
     def __init__(self) -> None:
         self.blocks: dict[bytes, bytes] = {}
 
-    async def state(self, store_path: StorePath) -> None:
-        return None
-
-    async def claims(self, hash_part: str) -> list[SignedClaim]:
-        return []
-
-    async def learn(self, claims: list[SignedClaim], source: str) -> int:
-        return 0
-
-    async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
-        raise AssertionError("a transfer-only session records nothing")
-
     async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
         self.blocks.update(blocks)
 
-    async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
-        return {}
-
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        return {}
-
-    async def base_manifest(self, store_path: StorePath) -> Manifest | None:
-        return None
+        return {}  # no bases: a lazy read asks for plain chunks
 
     async def save(self) -> None:
         pass
@@ -220,18 +207,25 @@ class FetchSessions:
 
     async def transfer(self, sizes: dict[bytes, int]) -> dict[bytes, bytes]:
         """Fetch these chunks into memory (not the store), verified; those no peer gave
-        are missing from the result."""
-        local = Collect()
-        fetch = Fetch(self.net, local, self._policy(), self.settings())
+        are missing from the result (and logged)."""
+        self._policy()  # chunks only of paths the policy let in: none without one
+        sink = Collect()
+        progress = Progress()
         try:
-            await fetch.transfer(sizes)
+            failure = await download(
+                self.net, sink, sizes, progress, request_timeout=self.config.request_timeout
+            )
         finally:
-            self.account(fetch)
-        return local.blocks
+            self._account(progress)
+        if failure is not None:
+            log.warning("ondemand fetch of %d chunks: %s", len(sizes), failure)
+        return sink.blocks
 
     def account(self, fetch: Fetch) -> None:
         """Count a finished (or failed) session's traffic in the peer book and metrics."""
-        p = fetch.progress
+        self._account(fetch.progress)
+
+    def _account(self, p: Progress) -> None:
         for peer, n in p.per_peer.items():
             self.book.get(peer).received_bytes += n
         m = self.metrics

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from typing import Protocol
 
 import trio
 
+from node.exchange.download import BlockSink, download, fresh_schedule
+from node.exchange.network import Network
 from node.exchange.progress import Progress
 from node.exchange.schedule import BUSY_PAUSE, Schedule
-from node.exchange.transfer import BadPeer, Transfer
 from p2p import claimwire
 from p2p.blocks import (
     MAX_BASE_BYTES,
@@ -30,12 +30,11 @@ from p2p.blocks import (
     Block,
     BlockClient,
     Busy,
-    Reply,
     Want,
 )
 from p2p.blocks import PROTOCOL as BLOCKS
 from p2p.frame import FrameError
-from p2p.stream import ByteStream, StreamGone, abort, read_some, write
+from p2p.stream import StreamGone, abort, finish, read_some, write
 from store.chunking import digest as blake3_digest
 from store.manifest import Manifest, ManifestError
 from store.path import StorePath
@@ -47,9 +46,6 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 64 << 20
 MANIFEST_ROUNDS = 8  # rounds of asking busy peers for a manifest again (pauses double to 16 s)
-PEER_CHECK = (
-    5.0  # seconds between a session's looks for newly connected peers (and for a hopeless state)
-)
 
 
 class FetchError(Exception):
@@ -96,16 +92,9 @@ class Plan:
     complete: bool
 
 
-class Network(Protocol):
-    """What a session needs of the node (the simulator provides its own)."""
+class LocalPaths(BlockSink, Protocol):
+    """The store as a whole fetch session sees it: paths and claims besides chunks."""
 
-    def peers(self) -> list[str]: ...
-    async def open_stream(self, peer: str, protocol: str) -> ByteStream: ...
-    async def providers(self, path_hash: str) -> list[str]: ...
-    async def punish(self, peer: str, problem: str) -> None: ...
-
-
-class LocalPaths(Protocol):
     async def state(self, store_path: StorePath) -> tuple[Manifest, bool] | None:
         """The path's manifest and whether it is complete, if the store has it."""
         ...
@@ -119,22 +108,13 @@ class LocalPaths(Protocol):
         """Record the paths; the absent chunks (digest -> size) to fetch."""
         ...
 
-    async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None: ...
     async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
         """For chunks of the planned paths, local chunks of an older version to diff against."""
-        ...
-
-    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        """Present, intact local chunks among `digests`."""
         ...
 
     async def base_manifest(self, store_path: StorePath) -> Manifest | None:
         """The manifest of the closest older version held complete (the one `bases`
         diffs against), if any: the new manifest is fetched as a diff against it."""
-        ...
-
-    async def save(self) -> None:
-        """Make the stored blocks durable (called at the end, and when interrupted)."""
         ...
 
 
@@ -151,14 +131,12 @@ class Fetch:
         """`schedule` makes the transfer's scheduler from the chunk sizes it wants
         (default: chunks in a fresh random order); the simulator seeds and scales it."""
         self.net = net
-        self._new_schedule = schedule or _fresh_schedule
+        self._new_schedule = schedule or fresh_schedule
         self.local = local
         self.policy = policy
         self.settings = settings
         self.progress = Progress()
         self._on_progress = on_progress
-        # Set when chunks go back to the queue, a worker ends, or all is here.
-        self._changed = trio.Event()
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
         self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local bases
         self._plain: set[bytes] = set()  # chunks whose diff failed: asked for plain from now on
@@ -319,7 +297,7 @@ class Fetch:
                 return []
             except StreamGone:
                 return []
-            await _close(stream)
+            await finish(stream)
             out = []
             for raw in msg.claims:
                 try:
@@ -413,7 +391,7 @@ class Fetch:
                     if not replies:
                         continue
                     r = replies[0]
-                    await _close(stream)
+                    await finish(stream)
                     if isinstance(r, BadDiff) or (
                         isinstance(r, Block) and r.diff and blake3_digest(r.data) != digest
                     ):
@@ -447,56 +425,20 @@ class Fetch:
     # --- 3. transfer
 
     async def transfer(self, missing: dict[bytes, int]) -> None:
-        self.progress.chunks = len(missing)
-        self.progress.bytes = sum(missing.values())
-        if not missing:
-            return
-        core = Transfer(
-            self._new_schedule(dict(missing)),
-            self.settings.request_timeout,
+        """Fetch the `missing` chunks into the store, from every peer at once."""
+        failure = await download(
+            self.net,
+            self.local,
+            missing,
             self.progress,
+            request_timeout=self.settings.request_timeout,
+            schedule=self._new_schedule,
             bases=self._bases,
             plain=self._plain,
-            last_news=trio.current_time(),
+            on_progress=self._report,
         )
-        failure: str | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                started: set[str] = set()
-
-                def add_peers() -> None:
-                    for p in self.net.peers():
-                        if p not in started:
-                            started.add(p)
-                            core.sched.add_peer(p)
-                            nursery.start_soon(self._worker, p, core)
-
-                add_peers()
-                while not core.complete:
-                    failure = core.hopeless(trio.current_time())
-                    if failure is not None:
-                        break
-                    changed = self._changed
-                    # Half a request timeout at most: a hopeless fetch (a chunk nobody has)
-                    # fails soon after its quiet spell, which a lazy-mount read waits on.
-                    with trio.move_on_after(min(PEER_CHECK, self.settings.request_timeout / 2)):
-                        await changed.wait()
-                    add_peers()  # peers that connected meanwhile join in
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.local.save()
         if failure is not None:
-            # Out here, not inside the nursery: callers get it bare, not in a group.
             raise FetchError(failure)
-
-    def _notify(self, core: Transfer, workers: bool = True) -> None:
-        """News: with `workers`, chunks went back to the queue, and idle workers may
-        take them (waking every worker for each block was most of a crowd's CPU)."""
-        core.news(trio.current_time())
-        if workers:
-            self._changed.set()
-            self._changed = trio.Event()
 
     async def _report(self) -> None:
         if self._on_progress is not None:
@@ -504,108 +446,9 @@ class Fetch:
             if r is not None:
                 await r
 
-    async def _worker(self, peer: str, core: Transfer) -> None:
-        try:
-            stream = await self.net.open_stream(peer, BLOCKS)
-        except Exception as e:  # noqa: BLE001 - the peer is gone: the others carry on
-            log.info("cannot open a blocks stream to %s: %s", peer, e)
-            core.close(peer)
-            self._notify(core)
-            return
-        core.open(peer, trio.current_time())
-        try:
-            await self._exchange(peer, stream, core)
-        except FrameError as e:  # BlocksError is one
-            await abort(stream)
-            await self.net.punish(peer, f"blocks protocol: {e}")
-        except BadPeer as e:
-            await abort(stream)
-            await self.net.punish(peer, str(e))
-        except StreamGone as e:
-            log.info("lost %s mid-fetch: %s", peer, e)
-        except trio.Cancelled:
-            # The session is over: free the server's side now, not when the connection goes.
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await abort(stream)
-            raise
-        else:
-            await _close(stream)
-        finally:
-            core.close(peer)
-            self._notify(core)
-
-    async def _exchange(self, peer: str, stream: ByteStream, core: Transfer) -> None:
-        """Drives `core` for one peer: sends what it says, reads replies, stores blocks."""
-        client = BlockClient()
-        while not core.complete:
-            step = core.step(peer, trio.current_time(), client.is_outstanding)
-            if step.requeued:
-                self._notify(core)
-            if step.query:
-                await write(stream, client.want([Want(d, block=False) for d in step.query]))
-            if step.cancels:
-                await write(stream, client.cancel(step.cancels))
-            if step.ask:
-                wants, prefixes = await self._wants(core, step.ask)
-                await write(stream, client.want(wants, prefixes))
-            if not client.outstanding:
-                # Nothing this peer can do now; wake when the picture changes.
-                changed = self._changed
-                with trio.move_on_after(core.rest(peer, trio.current_time())):
-                    await changed.wait()
-                core.rested(peer, trio.current_time())
-                continue
-            # Read on until a frame completes: most reads end mid-frame, and the bookkeeping
-            # above only has news once one does.
-            replies: list[Reply] = []
-            with trio.move_on_after(core.read_timeout(peer)):
-                while not replies and client.outstanding:
-                    data = await read_some(stream)
-                    if not data:
-                        raise StreamGone("the peer closed the stream")
-                    core.heard(peer, trio.current_time())
-                    replies = client.receive_data(data)
-            judged = core.judge(peer, replies, trio.current_time())
-            if judged.good:
-                await self.local.store_blocks(judged.good)
-                core.stored(peer, judged, trio.current_time())
-                await self._report()
-            if judged.good or judged.requeued:
-                self._notify(core, workers=judged.requeued or core.complete)
-
-    async def _wants(
-        self, core: Transfer, ask: list[bytes]
-    ) -> tuple[list[Want], dict[bytes, bytes]]:
-        """Wants for `ask`, with bases where we hold them, and the prefixes to decode with."""
-        with_bases = core.with_bases(ask)
-        prefixes: dict[bytes, bytes] = {}
-        if with_bases:
-            have = await self.local.read_chunks(
-                sorted({b for bs in with_bases.values() for b in bs})
-            )
-            for d, bs in list(with_bases.items()):
-                if all(b in have for b in bs) and sum(len(have[b]) for b in bs) <= MAX_BASE_BYTES:
-                    prefixes[d] = b"".join(have[b] for b in bs)
-                else:
-                    del with_bases[d]
-        return [Want(d, bases=with_bases.get(d, ())) for d in ask], prefixes
-
 
 class _BusyPeer:
     """`_blob_from`'s answer when the peer said BUSY."""
 
 
 BUSY = _BusyPeer()
-
-
-async def _close(stream: ByteStream) -> None:
-    try:
-        await stream.close()
-    except Exception:  # noqa: BLE001 - already gone: nothing to release
-        pass
-
-
-def _fresh_schedule(sizes: dict[bytes, int]) -> Schedule:
-    # Peers fetching the same closure start at different chunks, so they have
-    # something to trade early (a flash crowd).
-    return Schedule(sizes, rng=random.Random())
