@@ -9,7 +9,9 @@ from typing import Any
 from node.cli import Commands, netcmd, options, source, storeopt, ui
 from node.daemon import api, control
 from node.local.errors import StoreError
-from trust import claim, keyfile
+from node.local.publish import publish
+from store.source import SourceError
+from trust import keyfile
 from trust.keyfile import KeyFileError
 
 
@@ -40,12 +42,13 @@ def run(args: argparse.Namespace) -> None:
         return
     with storeopt.open_store(args) as store:
         try:
-            with store.ingest() as ingest:
-                manifest = source.build(source.from_args(args), on_chunk=ingest.add_chunk)
-                signed = [claim.sign_manifest(manifest, key)] if key else []
-                ingest.commit(manifest, claims=signed, root=not args.no_root)
-        except StoreError as e:
+            with ui.progress_report() as report:
+                pub = publish(
+                    store, source.from_args(args), key, root=not args.no_root, on_progress=report
+                )
+        except (SourceError, StoreError) as e:
             ui.fail(str(e))
+    manifest, signed = pub.manifest, pub.signed
     s = manifest.stats()
     result = {
         "store_path": str(manifest.store_path),
@@ -54,8 +57,8 @@ def run(args: argparse.Namespace) -> None:
         "manifest_digest": manifest.digest().hex(),
         "chunks": s.chunks,
         "unique_chunks": s.unique_chunks,
-        "new_chunks": ingest.new_chunks,
-        "new_bytes": ingest.new_bytes,
+        "new_chunks": pub.new_chunks,
+        "new_bytes": pub.new_bytes,
         "root": not args.no_root,
         "claim": signed[0].nix_sig().encode() if signed else None,
         "data_dir": store.data_dir,

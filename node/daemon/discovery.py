@@ -21,6 +21,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from node.daemon import api
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.peers import PeerBook
@@ -152,6 +153,31 @@ class Discovery:
             await self.host.disconnect(ID.from_base58(peer))
         except Exception as e:  # noqa: BLE001 - already gone: the ban is what matters
             log.debug("disconnecting %s: %s", peer, e)
+
+    def report(self) -> api.Peers:
+        """Connected peers and those the book remembers (banned ones), with traffic."""
+        now = trio.current_time()
+        connected = {str(p) for p in self.host.get_connected_peers()}
+        out = []
+        for peer in sorted(connected | set(self.book.records)):
+            r = self.book.get(peer)
+            try:
+                addrs = [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer))]
+            except Exception:  # noqa: BLE001 - a peer we only remember for its ban has no addresses left
+                addrs = []
+            out.append(
+                api.PeerRow(
+                    peer_id=peer,
+                    connected=peer in connected,
+                    addrs=tuple(addrs),
+                    sent_bytes=r.sent_bytes,
+                    received_bytes=r.received_bytes,
+                    bad=r.bad,
+                    banned_for=max(0.0, r.banned_until - now),
+                    last_problem=r.last_problem,
+                )
+            )
+        return api.Peers(tuple(out))
 
     # --- being found
 

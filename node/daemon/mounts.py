@@ -95,6 +95,7 @@ class Mounts:
         self._filler_done = trio.Event()
         self.blobs: StoreBlobs | None = None  # the cachefiles backend, once started
         self.cache_unavailable = "not tried"
+        self._stopping = False  # the node is stopping: no new group may be attached
 
     # --- the group and its filler, owned by the node's nursery
 
@@ -115,6 +116,7 @@ class Mounts:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
+                self._stopping = True
                 with trio.CancelScope(shield=True):
                     await self._unmount_all()
 
@@ -179,7 +181,20 @@ class Mounts:
     async def _ensure_group(self) -> bool:
         if self.group is None:
             try:
-                self._attach(await trio.to_thread.run_sync(self._start_holder))
+                # Shielded: a holder started as the node stops must still be released, and
+                # that needs its group, which a cancelled thread call would throw away.
+                with trio.CancelScope(shield=True):
+                    group: int | None = await trio.to_thread.run_sync(self._start_holder)
+                    if self._stopping and group is not None:
+                        # The node stopped meanwhile (its unmount-all has run): nothing
+                        # will use the group, and the holder must not outlive the node.
+                        os.close(group)
+                        await trio.to_thread.run_sync(holder.release, self._holder_socket())
+                        group = None
+                if group is None:
+                    self.unavailable = "the node is stopping"
+                    return False
+                self._attach(group)
             except OSError as e:
                 self.unavailable = (
                     f"no fanotify pre-content group ({e.strerror or e}): it needs root and Linux "

@@ -16,7 +16,6 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from node.daemon import api, control, gateway
 from node.daemon.config import NodeConfig
@@ -40,8 +39,8 @@ from p2p.identity import load_or_create
 from p2p.stream import abort
 from store import userfile
 from store.path import StorePath, StorePathError
-from store.source import SourceError, build_manifest
-from trust import claim, keyfile, policyfile
+from store.source import SourceError
+from trust import keyfile, policyfile
 from trust.key import SecretKey
 from trust.policy import QuorumPolicy
 
@@ -190,7 +189,7 @@ class Node:
             case api.StatusRequest():
                 return await self._status()
             case api.PeersRequest():
-                return self._peers()
+                return self.discovery.report()
             case api.FetchRequest():
                 return await self._fetch(req, progress)
             case api.PublishRequest():
@@ -224,30 +223,6 @@ class Node:
             ),
         )
 
-    def _peers(self) -> api.Peers:
-        now = trio.current_time()
-        connected = {str(p) for p in self.host.get_connected_peers()}
-        out = []
-        for peer in sorted(connected | set(self.book.records)):
-            r = self.book.get(peer)
-            try:
-                addrs = [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer))]
-            except Exception:  # noqa: BLE001 - a peer we only remember for its ban has no addresses left
-                addrs = []
-            out.append(
-                api.PeerRow(
-                    peer_id=peer,
-                    connected=peer in connected,
-                    addrs=tuple(addrs),
-                    sent_bytes=r.sent_bytes,
-                    received_bytes=r.received_bytes,
-                    bad=r.bad,
-                    banned_for=max(0.0, r.banned_until - now),
-                    last_problem=r.last_problem,
-                )
-            )
-        return api.Peers(tuple(out))
-
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
         target = StorePath.parse(req.store_path)
         last = [0.0]
@@ -280,18 +255,8 @@ class Node:
             key = keyfile.load_secret(req.key) if req.key else None
         except keyfile.KeyFileError as e:
             raise ControlError(str(e)) from None
-        local = self.store.store
-
-        def work() -> tuple[Any, list[claim.SignedClaim], int, int]:
-            with local.ingest() as ingest:
-                manifest = build_manifest(req.source, on_chunk=ingest.add_chunk)
-                signed = [claim.sign_manifest(manifest, key)] if key else []
-                ingest.commit(manifest, claims=signed, root=req.root)
-            return manifest, signed, ingest.new_chunks, ingest.new_bytes
-
-        async with self.store.write_lock:
-            manifest, signed, new_chunks, new_bytes = await self.store.write(work)
-        self.store.chunks_added()
+        pub = await self.store.publish(req.source, key, root=req.root)
+        manifest, signed = pub.manifest, pub.signed
         await self.discovery.announce(signed, [manifest.store_path])
         s = manifest.stats()
         return api.Published(
@@ -301,8 +266,8 @@ class Node:
             manifest_digest=manifest.digest().hex(),
             chunks=s.chunks,
             unique_chunks=s.unique_chunks,
-            new_chunks=new_chunks,
-            new_bytes=new_bytes,
+            new_chunks=pub.new_chunks,
+            new_bytes=pub.new_bytes,
             root=req.root,
             claim=signed[0].nix_sig().encode() if signed else None,
             signer=key.name if key else None,

@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 import trio
 
 from node.exchange.subscriptions import Subscriptions
+from node.local.publish import Publication, publish
 from node.local.store import LocalStore, StoreReader
 from p2p.blocks import BlockServer, Reply
+from store.source import Source
 from trust.claim import SignedClaim
+from trust.key import SecretKey
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,17 @@ class NodeStore:
         """Wake the servers' subscriptions (want-haves of chunks that were not here):
         the store commits in batches, so which chunks became servable is not known."""
         self.subscriptions.stored(None)
+
+    # --- publishing
+
+    async def publish(self, src: Source, key: SecretKey | None, *, root: bool) -> Publication:
+        """Build `src`'s manifest into the store (its chunks as they are cut), with a
+        claim signed by `key`; a GC root unless `root` is false. Raises SourceError."""
+
+        async with self.write_lock:
+            pub = await self.write(partial(publish, self.store, src, key, root=root))
+        self.chunks_added()
+        return pub
 
     # --- claims (node.exchange.server.ClaimSource, and the fetchers)
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import threading
 from pathlib import Path
 
 import psutil
 import pytest
+import trio
 
+from node.daemon.config import NodeConfig
+from node.daemon.mounts import HOLDER_SOCKET, Mounts
+from node.daemon.nodestore import NodeStore
+from node.local.store import LocalStore
 from ondemand import fanotify, syscalls
 from tests.conftest import require
 from tests.p2p.nodes import NodeProc, Swarm, keys, policy, rot_chunk
@@ -242,3 +248,42 @@ def test_a_chunk_no_peer_has_fails_the_read_with_eio(swarm: Swarm, tmp_path: Pat
         ).read_bytes()
     finally:
         assert client.ferry("umount", str(mnt)).returncode == 0
+
+
+@pytest.mark.kernel
+# The node drops its Popen of the holder on purpose (the holder outlives a killed node);
+# Python warns of that when the object is collected, here inside the test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_holder_started_as_the_node_stops_does_not_outlive_it(tmp_path: Path) -> None:
+    """A mount that starts the fanotify holder just as the node stops (Ctrl-C during
+    `ferry demo`'s mount) must not leave the holder running with nothing to serve."""
+    _kernel()
+    data = tmp_path / "data"
+    with LocalStore(str(data)) as local:
+        store = NodeStore(local, diff_level=3)
+        mounts = Mounts(str(data), NodeConfig(), store, sessions=None)  # type: ignore[arg-type]
+        starting = threading.Event()
+        start = mounts._start_holder
+
+        def start_holder() -> int:
+            starting.set()
+            return start()
+
+        mounts._start_holder = start_holder  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mounts.run)
+            nursery.start_soon(mounts._ensure_group)
+            await trio.to_thread.run_sync(starting.wait, 30)
+            nursery.cancel_scope.cancel()  # the node stops while the holder starts
+        store.close()
+    socket_path = str(data / HOLDER_SOCKET)
+    holders = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ondemand.holder" in (p.info["cmdline"] or []) and socket_path in p.info["cmdline"]
+    ]
+    # Released, a holder exits at once; one nobody released holds on forever.
+    _, alive = psutil.wait_procs(holders, timeout=10)
+    for p in alive:
+        p.kill()  # not left for the next test
+    assert not alive, "the holder outlived the node"
