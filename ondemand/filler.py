@@ -106,16 +106,18 @@ class Filler:
             else:
                 asked = self.chunks.covering(ev.fd, ev.offset, ev.count)
                 want = self._with_readahead(asked)
-                with trio.move_on_after(self.deadline):
+                with trio.move_on_after(self.deadline) as wait:
                     await self._ensure(want, ev.fd)
                 if all(self.chunks.present(c.digest) for c in asked):
                     verdict = fanotify.allow(ev.fd)
                 else:
                     log.warning(
-                        "slab range %d+%d: chunks not available within %.0f s: EIO",
+                        "slab range %d+%d: %s: EIO",
                         ev.offset,
                         ev.count,
-                        self.deadline,
+                        f"chunks not fetched within the read deadline ({self.deadline:.0f} s)"
+                        if wait.cancelled_caught
+                        else "no peer gave its chunks",
                     )
         except Exception:  # a bug here must not leave a reader blocked forever
             log.exception("answering a fanotify event")

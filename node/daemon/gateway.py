@@ -50,13 +50,11 @@ class GatewayBackend:
         store: NodeStore,
         config: NodeConfig,
         key: SecretKey,
-        bootstrapped: trio.Event,
         announce: Announce,
     ) -> None:
         self.sessions = sessions
         self.config = config
         self.key = key
-        self.bootstrapped = bootstrapped
         self.announce = announce
         self.reader = store.store.reader()
         self.limiter = trio.CapacityLimiter(1)  # one SQLite connection: one thread at a time
@@ -66,7 +64,7 @@ class GatewayBackend:
 
     async def plan(self, hash_part: str) -> Plan:
         fetch = self.sessions.planning(connect_timeout=min(5.0, self.config.narinfo_timeout))
-        await self.bootstrapped.wait()
+        await self.sessions.ready.wait()
         try:
             with trio.fail_after(self.config.narinfo_timeout):
                 return await fetch.plan_hash(hash_part, self.config.store_dir)

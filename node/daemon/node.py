@@ -69,7 +69,13 @@ class Node:
         self.peer_id = self.host.get_id()
         self.discovery = Discovery(self.host, config, self.book, self.store)
         self.sessions = FetchSessions(
-            self.discovery, self.store, self.policy, config, self.book, self.metrics
+            self.discovery,
+            self.store,
+            self.policy,
+            config,
+            self.book,
+            self.metrics,
+            self.discovery.bootstrapped,
         )
         self.mounts = Mounts(self.data_dir, config, self.store, self.sessions)
         self.gateway_key: SecretKey | None = (
@@ -127,7 +133,6 @@ class Node:
             self.store,
             self.config,
             self.gateway_key,
-            self.discovery.bootstrapped,
             self.discovery.announce,
         )
         await gateway.serve(
@@ -226,7 +231,6 @@ class Node:
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
         target = StorePath.parse(req.store_path)
         last = [0.0]
-        await self.discovery.bootstrapped.wait()
 
         async def report(p: Progress) -> None:
             now = trio.current_time()

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import trio
+
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.bases import chunk_bases, package_name, pick_base
@@ -161,8 +163,13 @@ class FetchSessions:
         config: NodeConfig,
         book: PeerBook,
         metrics: Metrics,
+        ready: trio.Event,
     ) -> None:
         self.net = net
+        # Set once the node has tried its bootstrap peers: a session opened before (a
+        # fetch at start-up, a lazy read a restarted node takes over) waits for it rather
+        # than finding nobody to ask.
+        self.ready = ready
         self.store = store
         self.policy = policy
         self.config = config
@@ -191,6 +198,7 @@ class FetchSessions:
         """A session that records what it fetches in the store: holds the write lock
         throughout, and closes and accounts for itself however it ends."""
         policy = self._policy()
+        await self.ready.wait()
         async with self.store.write_lock:
             local = FetchStore(self.store)
             fetch = Fetch(self.net, local, policy, self.settings(**overrides), on_progress)
@@ -209,6 +217,7 @@ class FetchSessions:
         """Fetch these chunks into memory (not the store), verified; those no peer gave
         are missing from the result (and logged)."""
         self._policy()  # chunks only of paths the policy let in: none without one
+        await self.ready.wait()
         sink = Collect()
         progress = Progress()
         try:
