@@ -85,6 +85,9 @@ class SimHost:
         except (StreamError, StreamGone):
             pass  # the stream broke under the handler: what a vanished peer looks like
 
+    def claim_holders(self, path_hash: str) -> list[str]:
+        return self.peers()  # simulated nodes keep no summaries: every peer is asked
+
     async def providers(self, path_hash: str) -> list[str]:
         await trio.sleep(self.world.directory.lookup_time())
         found = [

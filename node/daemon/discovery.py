@@ -53,7 +53,9 @@ class Discovery:
         # for it rather than finding nobody to ask.
         self.bootstrapped = trio.Event()
         self._lost = trio.Event()  # a connection closed: bootstrap peers are redialled soon
-        host.get_network().register_notifee(_Gate(book, self._on_lost))
+        # Peers newly connected, in either direction: their summaries are followed.
+        self._joined, self._joins = trio.open_memory_channel[str](math.inf)
+        host.get_network().register_notifee(_Gate(book, self._on_lost, self._joined.send_nowait))
         # Provider records are written by one task of the node's own: a DHT walk can take
         # seconds (dead routing-table entries), and no fetch or publish should wait for it.
         self._to_provide, self._providing = trio.open_memory_channel[StorePath](math.inf)
@@ -73,6 +75,7 @@ class Discovery:
     def run(self, nursery: trio.Nursery) -> None:
         """Its tasks, in the node's nursery."""
         nursery.start_soon(self._keep_bootstrap)
+        nursery.start_soon(self._follow_summaries)
         if self.pubsub is not None:
             nursery.start_soon(self._gossip_listener)
         if self.dht is not None:
@@ -101,6 +104,16 @@ class Discovery:
     def _on_lost(self) -> None:
         self._lost.set()
 
+    async def _follow_summaries(self) -> None:
+        """Each connected peer's summary, read for as long as it stays connected."""
+        summaries = self.store.summaries
+        async with trio.open_nursery() as nursery:
+            for p in self.host.get_connected_peers():  # connected before this task ran
+                nursery.start_soon(summaries.follow, str(p), self.open_stream, self.punish)
+            async for peer in self._joins:
+                if peer != str(self.peer_id):
+                    nursery.start_soon(summaries.follow, peer, self.open_stream, self.punish)
+
     async def connect(self, info: PeerInfo) -> bool:
         if self.book.banned(str(info.peer_id), trio.current_time()):
             return False
@@ -124,6 +137,11 @@ class Discovery:
         return [
             str(p) for p in self.host.get_connected_peers() if not self.book.banned(str(p), now)
         ]
+
+    def claim_holders(self, path_hash: str) -> list[str]:
+        """Connected peers whose summary names the path (node.daemon.summaries)."""
+        held = set(self.store.summaries.holders(path_hash))
+        return [p for p in self.peers() if p in held]
 
     async def open_stream(self, peer: str, protocol: str) -> ByteStream:
         return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
@@ -243,16 +261,23 @@ class Discovery:
 
 
 class _Gate(Notifee):
-    """Closes any connection with a banned peer, whoever dialed it; reports lost ones."""
+    """Closes any connection with a banned peer, whoever dialed it; reports new and lost
+    ones."""
 
-    def __init__(self, book: PeerBook, on_lost: Callable[[], None]) -> None:
+    def __init__(
+        self, book: PeerBook, on_lost: Callable[[], None], on_joined: Callable[[str], None]
+    ) -> None:
         self.book = book
         self.on_lost = on_lost
+        self.on_joined = on_joined
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        if self.book.banned(str(conn.muxed_conn.peer_id), trio.current_time()):
-            log.info("closing a connection with banned peer %s", conn.muxed_conn.peer_id)
+        peer = str(conn.muxed_conn.peer_id)
+        if self.book.banned(peer, trio.current_time()):
+            log.info("closing a connection with banned peer %s", peer)
             await conn.close()
+            return
+        self.on_joined(peer)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.on_lost()

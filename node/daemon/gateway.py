@@ -17,7 +17,7 @@ import trio
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
-from node.exchange.fetch import FetchError, NoPolicy, Plan
+from node.exchange.fetch import FetchError, NoClaims, NoPolicy, Plan
 from node.gateway.app import Gateway, GatewaySettings
 from node.gateway.metrics import Metrics
 from node.local.store import ReaderChunks
@@ -32,6 +32,7 @@ from trust.signature import sign as nix_sign
 log = logging.getLogger(__name__)
 
 GATEWAY_FILE = "gateway.url"
+CLAIMS_WAIT = 1.0  # seconds a narinfo waits for a peer's claims
 
 Announce = Callable[[Sequence[Any], Sequence[StorePath]], Awaitable[None]]
 
@@ -57,14 +58,26 @@ class GatewayBackend:
         self.key = key
         self.announce = announce
         self.reader = store.store.reader()
+        self.summaries = store.summaries
         self.limiter = trio.CapacityLimiter(1)  # one SQLite connection: one thread at a time
 
     def close(self) -> None:
         self.reader.close()
 
     async def plan(self, hash_part: str) -> Plan:
-        fetch = self.sessions.planning(connect_timeout=min(5.0, self.config.narinfo_timeout))
+        # Nix waits on every answer: a hung peer may cost a hit a second, never more.
+        fetch = self.sessions.planning(
+            connect_timeout=min(5.0, self.config.narinfo_timeout),
+            claims_timeout=min(CLAIMS_WAIT, self.config.narinfo_timeout),
+        )
         await self.sessions.ready.wait()
+        await self.summaries.settle()
+        if not self.summaries.known(hash_part):
+            # Neither we nor any connected peer has a claim for it: answered from memory,
+            # as most of what Nix asks is (the DHT is walked only for a path we heard of).
+            raise NoClaims(
+                hash_part, f"neither this node nor its {len(self.summaries.peers)} connected peers"
+            )
         try:
             with trio.fail_after(self.config.narinfo_timeout):
                 return await fetch.plan_hash(hash_part, self.config.store_dir)

@@ -33,7 +33,7 @@ from node.gateway import key as gateway_key
 from node.gateway.metrics import Metrics
 from node.local.errors import StoreError
 from node.local.store import LocalStore
-from p2p import blocks, claimwire
+from p2p import blocks, claimwire, summary
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
@@ -99,6 +99,7 @@ class Node:
                 try:
                     self.host.set_stream_handler(TProtocol(blocks.PROTOCOL), self._on_blocks)
                     self.host.set_stream_handler(TProtocol(claimwire.PROTOCOL), self._on_claims)
+                    self.host.set_stream_handler(TProtocol(summary.PROTOCOL), self._on_summary)
                     await self.discovery.start(stack)
                     addrs = [str(a) for a in self.host.get_addrs()]
                     for a in addrs:
@@ -174,6 +175,12 @@ class Node:
         except Exception:
             log.exception("serving claims to %s failed", peer)
             await abort(stream)
+
+    async def _on_summary(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if await self._refuse_banned(stream, peer):
+            return
+        await self.store.summaries.serve(stream)
 
     # --- control requests
 

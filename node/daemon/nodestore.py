@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from node.daemon.summaries import Summaries
 from node.exchange.subscriptions import Subscriptions
 from node.local.publish import Publication, publish
 from node.local.store import LocalStore, StoreReader
@@ -36,6 +37,8 @@ class NodeStore:
         self._readers = trio.CapacityLimiter(1)
         self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
         self.diff_level = diff_level
+        # The paths we have claims for, and our peers': misses are answered from memory.
+        self.summaries = Summaries(self.reader.claimed_hashes())
 
     @property
     def data_dir(self) -> str:
@@ -82,6 +85,8 @@ class NodeStore:
         async with self.write_lock:
             pub = await self.write(partial(publish, self.store, src, key, root=root))
         self.chunks_added()
+        if pub.signed:
+            self.summaries.add([pub.manifest.store_path.hash_part])
         return pub
 
     # --- claims (node.exchange.server.ClaimSource, and the fetchers)
@@ -93,6 +98,7 @@ class NodeStore:
         if not found:
             return 0
         n = await self.read(self.reader.add_claims, found)
+        self.summaries.add(c.claim.store_path.hash_part for c in found)
         if n:
             log.info("learned %d new claims from %s", n, source)
         return n

@@ -199,6 +199,7 @@ class FetchSessions:
         throughout, and closes and accounts for itself however it ends."""
         policy = self._policy()
         await self.ready.wait()
+        await self.store.summaries.settle()
         async with self.store.write_lock:
             local = FetchStore(self.store)
             fetch = Fetch(self.net, local, policy, self.settings(**overrides), on_progress)

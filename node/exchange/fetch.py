@@ -53,10 +53,12 @@ class FetchError(Exception):
 
 
 class NoClaims(FetchError):
-    def __init__(self, hash_part: str) -> None:
+    """Nobody asked has any claim for the path: not a trust refusal, just unknown."""
+
+    def __init__(self, hash_part: str, asked: str = "no peer asked") -> None:
         self.hash_part = hash_part
         super().__init__(
-            f"no peer has a claim for a path with hash {hash_part} "
+            f"no claim for a path with hash {hash_part}: {asked} has one "
             "(has a builder published it? see `ferry peers`)"
         )
 
@@ -201,7 +203,7 @@ class Fetch:
 
         sp, verdict = self._decide(store_dir, want, gathered)
         # A path held complete, with a verdict the claims we keep already give, needs no
-        # one else's word; anything less asks every connected peer.
+        # one else's word; anything less asks the connected peers that hold claims for it.
         have = await state(sp) if sp is not None and isinstance(verdict, Trusted) else None
         if not (
             isinstance(verdict, Trusted)
@@ -209,7 +211,9 @@ class Fetch:
             and have[1]
             and have[0].digest() == verdict.manifest_digest
         ):
-            gathered += await self._ask_claims(hash_part, set(self.net.peers()), asked)
+            gathered += await self._ask_claims(
+                hash_part, set(self.net.claim_holders(hash_part)), asked
+            )
             sp, verdict = self._decide(store_dir, want, gathered)
         if sp is None or isinstance(verdict, Insufficient):
             # The DHT walk costs up to `connect_timeout` (dead entries in routing tables),

@@ -128,7 +128,7 @@ class Gateway:
         except NoClaims as e:
             self.metrics.narinfo.labels("miss", "no-claims").inc()
             log.debug("narinfo %s: %s", hash_part, e)
-            await _respond(send, 404, b"", head, reason=f"no claims for {hash_part}")
+            await _respond(send, 404, b"", head, reason=str(e))
             return
         except FetchRefused as e:
             reason = _refusal(e)

@@ -308,6 +308,9 @@ class Index:
             )
         ]
 
+    def claimed_paths(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT store_path FROM claims")]
+
     def claims_by_hash(self, path_hash: str) -> list[bytes]:
         # The hash is nix32 (no glob metacharacters); the store directory may be any.
         return [

@@ -581,6 +581,10 @@ class StoreReader:
     def claims_by_hash(self, path_hash: str) -> list[SignedClaim]:
         return [SignedClaim.decode(d) for d in self.index.claims_by_hash(path_hash)]
 
+    def claimed_hashes(self) -> set[str]:
+        """The hash parts of every path the store keeps claims for."""
+        return {StorePath.parse(p).hash_part for p in self.index.claimed_paths()}
+
     def add_claims(self, claims: Iterable[SignedClaim]) -> int:
         """Keep claims learned from peers (the caller verified them); peers' claims are
         the one thing written on this side. Returns how many were new."""

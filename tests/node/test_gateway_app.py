@@ -211,7 +211,7 @@ async def test_cache_info_and_unknown_paths(world) -> None:
     assert (await call(app, "/nope"))[0] == 404
     assert (await call(app, "/nix-cache-info", "POST"))[0] == 405
     status, headers, _ = await call(app, "/" + "5" * 32 + ".narinfo")
-    assert status == 404 and "no claims" in headers["x-ferry-reason"]
+    assert status == 404 and "no claim for a path" in headers["x-ferry-reason"]
 
 
 async def test_narinfo_is_signed_by_builders_and_node_and_nar_streams(world) -> None:

@@ -4,6 +4,8 @@ its binary-cache endpoint, fetching every byte from the builders over libp2p."""
 
 from __future__ import annotations
 
+import random
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -191,6 +193,32 @@ def test_nix_substitutes_a_closure_through_the_gateway(
         if line.startswith("ferry_fetched_bytes_total ")
     )
     assert fetched > 2_000_000
+
+
+def test_misses_are_answered_from_memory_while_a_peer_hangs(
+    built: Built, network, tmp_path: Path
+) -> None:
+    (b1, b2, b3), (ka, _, kc), client = network
+    lonely = built.out["lonely"]
+    _publish(b1, built, [lonely], ka)
+    _publish(b3, built, [lonely], kc)
+    assert b2.proc is not None
+    b2.proc.send_signal(signal.SIGSTOP)  # connected, and never answers again
+    try:
+        rnd = random.Random(21)
+        for _ in range(20):
+            missing = "".join(rnd.choice("0123456789abcdfghijklmnpqrsvwxyz") for _ in range(32))
+            status, headers, _ = _get(f"{client.gateway_url}/{missing}.narinfo")
+            assert status == 404
+            # Decided from what the node and its peers listed, not by asking them.
+            assert "neither this node nor its 3 connected peers" in headers["x-ferry-reason"]
+        status, _, body = _get(f"{client.gateway_url}/{_hash(lonely)}.narinfo")
+        assert status == 200, body
+        assert {"builder-a", "builder-c"} <= {
+            s.split(":", 1)[0] for s in NarInfo.decode(body.decode()).sigs
+        }
+    finally:
+        b2.proc.send_signal(signal.SIGCONT)
 
 
 def test_one_claim_is_not_enough_for_nix(nix: Nix, built: Built, network, tmp_path: Path) -> None:
