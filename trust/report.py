@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trust.policy import Insufficient, QuorumPolicy, Trusted, Verdict
+from trust.policy import Insufficient, QuorumPolicy, Reason, Trusted, Verdict
 
 
 def _outcomes_json(groups: Any) -> list[dict[str, Any]]:
@@ -40,6 +40,12 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
     return {"verdict": "conflict", "outcomes": _outcomes_json(v.outcomes)}
 
 
+def _outside(v: Insufficient) -> list[str]:
+    """Names of the keys whose claims counted for nothing because the policy lacks them."""
+    names = {i.claim.builder.name for i in v.ignored if i.reason is Reason.UNTRUSTED_KEY}
+    return sorted(names)
+
+
 def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
     n = len(policy.trusted)
     if isinstance(v, Trusted):
@@ -53,10 +59,14 @@ def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
             lines.append(f"warning: {', '.join(names)} signed a different result: {o.short()}")
         return "\n".join(lines)
     if isinstance(v, Insufficient):
-        return (
+        text = (
             f"insufficient: {v.have} of the {v.need} agreeing signatures needed "
             f"(from {n} trusted builders); no valid claim from: {', '.join(v.missing) or 'none'}"
         )
+        outside = _outside(v)
+        if outside:
+            text += f"; not counted, from keys outside the policy: {', '.join(outside)}"
+        return text
     lines = ["conflict: trusted builders signed different results; the path is refused"]
     for o, names in v.outcomes.items():
         lines.append(f"  {o.short()}: {', '.join(names)}")

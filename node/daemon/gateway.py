@@ -3,6 +3,7 @@ node as the gateway sees it (GatewayBackend)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -125,12 +126,25 @@ async def serve(
     host, port = config.gateway_bind
     cfg = hypercorn.config.Config()
     cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    given = activated_socket()
+    if given is not None:
+        # Socket activation: the socket outlives this process (systemd holds it), so
+        # Nix's requests wait in its queue while the node starts or restarts.
+        host = given.getsockname()[0]
+        if not config.gateway_public and not ipaddress.ip_address(host).is_loopback:
+            raise GatewayUnavailable(
+                f"the socket handed over by the service manager listens on {host}, not a "
+                "loopback address: bind it to 127.0.0.1 (ListenStream=127.0.0.1:PORT), or "
+                "set gateway_public"
+            )
+        cfg.bind = [f"fd://{given.detach()}"]
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("node.gateway.http")
     cfg.graceful_timeout = 1.0
     app = Gateway(backend, GatewaySettings(config.store_dir, config.priority), metrics)
     try:
-        _check_bind(host, port, config.gateway)
+        if given is None:
+            _check_bind(host, port, config.gateway)
         async with trio.open_nursery() as nursery:
             # The gateway types its ASGI messages as plain dicts, not hypercorn's TypedDicts.
             run = partial(hypercorn.trio.serve, app, cfg, mode="asgi")  # type: ignore[arg-type]
@@ -144,6 +158,37 @@ async def serve(
             task_status.started(binds[0])
     finally:
         backend.close()
+
+
+LISTEN_FDS_START = 3  # sd_listen_fds(3): the first socket a service manager passes
+
+
+def activated_socket() -> socket.socket | None:
+    """The listening TCP socket a service manager passed (systemd socket activation:
+    LISTEN_PID is this process, LISTEN_FDS >= 1), or None. The variables are removed so
+    children do not take the socket for theirs."""
+    pid, fds = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")
+    if pid is None or fds is None:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if not (pid.isdigit() and int(pid) == os.getpid() and fds.isdigit() and int(fds) >= 1):
+        return None
+    if int(fds) > 1:
+        log.warning("the service manager passed %s sockets; the gateway takes the first", fds)
+    sock = socket.socket(fileno=LISTEN_FDS_START)
+    if (
+        sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.type != socket.SOCK_STREAM
+        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    ):
+        sock.detach()
+        raise GatewayUnavailable(
+            "the socket the service manager passed is not a listening TCP socket: "
+            "ferry.socket needs ListenStream=127.0.0.1:PORT"
+        )
+    os.set_inheritable(LISTEN_FDS_START, False)
+    return sock
 
 
 def _check_bind(host: str, port: int, setting: str) -> None:

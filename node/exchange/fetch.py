@@ -223,8 +223,9 @@ class Fetch:
                 providers = set(await self.net.providers(hash_part))
             gathered += await self._ask_claims(hash_part, providers - asked, asked)
             sp, verdict = self._decide(store_dir, want, gathered)
-        if sp is None or verdict is None:
-            raise NoClaims(hash_part)
+        if sp is None or verdict is None or not gathered:
+            # Nothing signed anywhere we looked: the path is unknown, not refused.
+            raise NoClaims(hash_part, f"none of the {len(asked)} peers asked")
         if not isinstance(verdict, Trusted):
             raise FetchRefused(sp, self.policy, verdict)
         await self.local.learn(list(verdict.claims), "quorum")

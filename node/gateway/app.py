@@ -165,6 +165,7 @@ class Gateway:
             o.nar_size,
             o.references,
             compression="none",
+            file_size=o.nar_size,  # what Nix shows as the download size (uncompressed here)
             deriver=plan.manifest.deriver,
         )
         sigs = [c.nix_sig().encode() for c in plan.verdict.claims]

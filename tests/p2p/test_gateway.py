@@ -153,6 +153,7 @@ def test_nix_substitutes_a_closure_through_the_gateway(
     status, headers, body = _get(f"{client.gateway_url}/{_hash(built.out['top'])}.narinfo")
     assert status == 200
     info = NarInfo.decode(body.decode())
+    assert info.file_size == info.nar_size  # Nix announces the download's size
     names = {s.split(":", 1)[0] for s in info.sigs}
     assert {"builder-a", "builder-b"} <= names
     node_key = PublicKey.decode((client.data_dir / "cache.pub").read_text().strip())

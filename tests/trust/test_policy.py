@@ -21,6 +21,7 @@ from trust.policy import (
     Reason,
     Trusted,
 )
+from trust.report import verdict_text
 
 A, B, C = (SecretKey.generate(f"builder-{n}") for n in "abc")
 OUTSIDERS = [SecretKey.generate(f"outsider-{n}") for n in range(10)]
@@ -237,3 +238,12 @@ def test_trusted_only_with_k_genuine_distinct_signers(items, threshold, mode) ->
     by_result = {h: {k for k, hh in genuine if hh == h} for _, h in genuine}
     if len(by_result) == 1 and len(next(iter(by_result.values()))) >= threshold:
         assert isinstance(v, Trusted)
+
+
+def test_a_refusal_names_the_keys_outside_the_policy() -> None:
+    v = POLICY.decide(PATH_A, [make(A), make(OUTSIDERS[1]), make(OUTSIDERS[0])])
+    assert isinstance(v, Insufficient)
+    text = verdict_text(POLICY, v)
+    assert "1 of the 2" in text
+    assert "not counted, from keys outside the policy: outsider-0, outsider-1" in text
+    assert "outside" not in verdict_text(POLICY, POLICY.decide(PATH_A, [make(A)]))
