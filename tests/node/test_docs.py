@@ -110,13 +110,21 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
 
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    unit = (Path(__file__).parents[2] / "contrib" / "systemd" / "ferry.service").read_text()
-    assert "KillMode=process" in unit and "Restart=" in unit
+    units = Path(__file__).parents[2] / "contrib" / "systemd"
+    unit = (units / "ferry.service").read_text()
+    assert "KillMode=process" in unit and "Restart=" in unit and "Requires=ferry.socket" in unit
+    assert "ListenStream=127.0.0.1:4738" in (units / "ferry.socket").read_text()
     # verify checks that ExecStart exists: point it at a binary that does.
     (tmp_path / "ferry.service").write_text(unit.replace("/usr/local/bin/ferry", "/bin/true"))
+    (tmp_path / "ferry.socket").write_text((units / "ferry.socket").read_text())
     r = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / "ferry.service")],
+        [
+            "systemd-analyze",
+            "verify",
+            str(tmp_path / "ferry.socket"),
+            str(tmp_path / "ferry.service"),
+        ],
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 0 and "ferry.service" not in r.stderr, r.stderr
+    assert r.returncode == 0 and "ferry." not in r.stderr, r.stderr

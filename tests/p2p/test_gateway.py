@@ -4,18 +4,24 @@ its binary-cache endpoint, fetching every byte from the builders over libp2p."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from store.narinfo import NarInfo
-from tests.cli import ferry
-from tests.conftest import NIX_MK, Nix
+from tests.cli import ARGV, ferry
+from tests.conftest import NIX_MK, Nix, require
 from tests.p2p.nodes import NodeProc, Swarm, keys, policy, rot_chunk
 from trust.key import PublicKey
 from trust.signature import NixSignature
@@ -272,3 +278,123 @@ def test_gateway_refuses_a_public_address_unless_told(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "not a loopback address" in r.stderr and "--gateway-public" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# Restarts the node each time it exits, as systemd's Restart= does, while
+# systemd-socket-activate holds the gateway's socket; after an exit it waits for $GO.
+_SUPERVISOR = """
+while :; do
+    sh -c 'export LISTEN_PID=$$; exec "$@"' sh "$@"
+    [ -e "$STOP" ] && exit 0
+    while [ ! -e "$GO" ]; do sleep 0.05; done
+    rm -f "$GO"
+done
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _queued(port: int) -> int:
+    """Connections waiting in the accept queue of the listener on 127.0.0.1:port."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == f"0100007F:{port:04X}" and f[3] == "0A":  # LISTEN
+            return int(f[4].split(":")[1], 16)
+    return 0
+
+
+def _node_pid(data_dir: Path) -> int | None:
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        # The node itself, not the activator or the shell that run it with the same words.
+        if cmd[:1] == [sys.executable] and "run" in cmd and str(data_dir) in cmd:
+            return p.pid
+    return None
+
+
+def test_a_socket_activated_gateway_waits_for_the_node_through_a_restart(
+    nix: Nix, built: Built, swarm: Swarm, tmp_path: Path
+) -> None:
+    require(shutil.which("systemd-socket-activate") is not None, "no systemd-socket-activate")
+    k = keys(tmp_path, "builder-a")
+    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    _publish(seed, built, built.closure + [built.out["lonely"]], k["builder-a"][0])
+    port = _free_port()
+    data = tmp_path / "client"
+    data.mkdir()
+    (data / "node.toml").write_text(f'request_timeout = 2\ngateway = "127.0.0.1:{port}"\n')
+    stop, go = tmp_path / "stop", tmp_path / "go"
+    node = [
+        *ARGV,
+        "node",
+        "run",
+        "--data-dir",
+        str(data),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+        "--bootstrap",
+        seed.addr,
+        "--policy",
+        str(pol),
+    ]
+    env = {**os.environ, "STOP": str(stop), "GO": str(go)}
+    passed = [x for v in ("PATH", "HOME", "STOP", "GO") for x in ("-E", v)]
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", *passed]
+        + ["sh", "-c", _SUPERVISOR, "sh", *node],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    builder_key = k["builder-a"][1]  # narinfos carry the builder's Nix signature
+
+    def realise(path: str, dest: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["nix-store", "--store", str(dest), "--realise", path]
+            + ["--option", "substituters", url, "--option", "trusted-public-keys", builder_key]
+            + ["--option", "narinfo-cache-negative-ttl", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=nix.env,
+        )
+
+    try:
+        # Nothing runs yet: Nix's first request starts the node, and waits for it.
+        assert _node_pid(data) is None
+        r = realise(built.out["lonely"], tmp_path / "d1")
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err
+        # The node stops (an upgrade); Nix asks while none runs: the request waits in
+        # the socket's queue, and the next node answers it.
+        pid = _node_pid(data)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        psutil.wait_procs([psutil.Process(pid)], timeout=60)
+        r = realise(built.out["top"], tmp_path / "d2")
+        for _ in range(600):
+            if _queued(port) > 0 or r.poll() is not None:
+                break
+            time.sleep(0.05)  # no event says a connection is queued: look, boundedly
+        assert _queued(port) > 0, "Nix's request never waited in the socket's queue"
+        assert _node_pid(data) is None  # no node was there to take it
+        go.touch()
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err
+        for p in built.closure:
+            nix.run("nix-store", "--store", str(tmp_path / "d2"), "--verify-path", p)
+    finally:
+        stop.touch()
+        go.touch()
+        pid = _node_pid(data)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+        activator.wait(timeout=60)
