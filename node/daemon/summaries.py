@@ -71,16 +71,15 @@ class Summaries:
     # --- theirs
 
     async def follow(self, peer: str, open_stream: OpenStream, punish: Punish) -> None:
-        """Read `peer`'s summary until its connection ends."""
-        if peer in self.peers:
-            return
+        """Read `peer`'s summary until its connection ends. A new connection's summary
+        replaces the one of a connection still being torn down."""
         mine = self.peers[peer] = summary.PeerSummary()
         self._waiting[peer] = trio.current_time() + SETTLE
         try:
             stream = await open_stream(peer, summary.PROTOCOL)
         except Exception as e:  # noqa: BLE001 - an old or unreachable peer: it holds nothing we know of
             log.debug("no summary from %s: %s", peer, e)
-            self._forget(peer)
+            self._forget(peer, mine)
             return
         try:
             while data := await read_some(stream):
@@ -92,16 +91,17 @@ class Summaries:
         except StreamGone:
             pass
         finally:
-            self._forget(peer)
+            self._forget(peer, mine)
 
     def _settled(self, peer: str) -> None:
         if self._waiting.pop(peer, None) is not None:
             self._changed.set()
             self._changed = trio.Event()
 
-    def _forget(self, peer: str) -> None:
-        self.peers.pop(peer, None)
-        self._settled(peer)
+    def _forget(self, peer: str, mine: summary.PeerSummary) -> None:
+        if self.peers.get(peer) is mine:  # not a newer connection's
+            self.peers.pop(peer)
+            self._settled(peer)
 
     async def settle(self) -> None:
         """Wait until every newly connected peer has listed what it holds, or had SETTLE

@@ -108,3 +108,26 @@ async def test_a_peer_breaking_the_protocol_is_punished(autojump_clock: object) 
         assert client.peers == {}
         await client.settle()  # and nothing is waited for
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reconnected_peer_keeps_its_new_summary(autojump_clock: object) -> None:
+    seed, client = Summaries([H1]), Summaries()
+    old_theirs, old_mine = trio.testing.memory_stream_pair()
+    new_theirs, new_mine = trio.testing.memory_stream_pair()
+    streams = iter([old_mine, new_mine])
+
+    async def open_stream(peer: str, protocol: str) -> ByteStream:
+        return Pipe(next(streams))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seed.serve, Pipe(old_theirs))
+        nursery.start_soon(client.follow, "seed", open_stream, _no_punish)
+        await trio.testing.wait_all_tasks_blocked()
+        # The peer reconnects before the old connection's stream has ended.
+        nursery.start_soon(seed.serve, Pipe(new_theirs))
+        nursery.start_soon(client.follow, "seed", open_stream, _no_punish)
+        await trio.testing.wait_all_tasks_blocked()
+        await old_theirs.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.holders(H1) == ["seed"]
+        nursery.cancel_scope.cancel()
