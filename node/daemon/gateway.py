@@ -19,7 +19,8 @@ from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
 from node.exchange.fetch import FetchError, NoClaims, NoPolicy, Plan
-from node.gateway.app import Gateway, GatewaySettings
+from node.exchange.schedule import Schedule
+from node.gateway.app import PIECE, Gateway, GatewaySettings
 from node.gateway.metrics import Metrics
 from node.local.store import ReaderChunks
 from store import userfile
@@ -58,6 +59,7 @@ class GatewayBackend:
         self.config = config
         self.key = key
         self.announce = announce
+        self.store = store
         self.reader = store.store.reader()
         self.summaries = store.summaries
         self.limiter = trio.CapacityLimiter(1)  # one SQLite connection: one thread at a time
@@ -102,9 +104,16 @@ class GatewayBackend:
 
     async def complete(self, plan: Plan) -> None:
         timeout = min(5.0, self.config.narinfo_timeout)
-        async with self.sessions.recording(connect_timeout=timeout) as (fetch, _):
+        # In NAR order, not shuffled, and stored a piece at a time: the NAR streams to
+        # Nix as its chunks arrive.
+        async with self.sessions.recording(
+            schedule=Schedule, fill_bytes=PIECE, connect_timeout=timeout
+        ) as (fetch, _):
             await fetch.complete([plan], roots=set())
         await self.announce([], [plan.store_path])
+
+    def chunks_changed(self) -> trio.Event:
+        return self.store.chunks_changed()
 
     def chunk_source(self) -> tuple[ChunkSource, trio.CapacityLimiter]:
         return ReaderChunks(self.reader), self.limiter

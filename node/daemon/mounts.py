@@ -353,6 +353,8 @@ class Mounts:
                 if self._ensure_cachefiles()
                 else MATERIALIZE
             )
+            if backend != FANOTIFY:
+                log.info("mounting with %s: %s", backend, self.unavailable)
         elif backend == FANOTIFY and not await self._ensure_group():
             raise ControlError(self.unavailable)
         elif backend == CACHEFILES and not self._ensure_cachefiles():
@@ -396,9 +398,11 @@ class Mounts:
                 self._save_state()
                 return self._row(self.table[target])
             try:
-                m, places, present, inodes, devices = await self.store.write(
-                    self._prepare, sp, manifest, target, backend
-                )
+                # The image names the slabs as they are: no session may add one meanwhile.
+                async with self.store.write_lock:
+                    m, places, present, inodes, devices = await self.store.write(
+                        self._prepare, sp, manifest, target, backend
+                    )
             except (StoreError, OSError) as e:
                 raise ControlError(f"cannot mount {sp}: {e}") from None
         # Known to the filler before the kernel can ask (the slabs are marked already).

@@ -1,7 +1,8 @@
 """The local store as a running node's parts share it.
 
-Two SQLite connections: the store's own, for writes, used by one session at a time (a
-fetch, a publish, a mount; `write_lock`), and a reader that serves peers, the control
+Two SQLite connections: the store's own, for writes, used by one writer at a time
+(`write_lock`: a publish holds it throughout; fetch sessions only to reserve their
+paths and to fill holes, so they run side by side), and a reader that serves peers, the control
 API and the fetchers' reads, so a long write never stalls them. Each connection is used
 from one worker thread at a time (its limiter)."""
 
@@ -32,11 +33,12 @@ class NodeStore:
     def __init__(self, store: LocalStore, diff_level: int) -> None:
         self.store = store
         self.reader: StoreReader = store.reader()
-        self.write_lock = trio.Lock()  # held for a whole writing session
+        self.write_lock = trio.Lock()  # one writer of the store's connection and allocation mark
         self._writer = trio.CapacityLimiter(1)
         self._readers = trio.CapacityLimiter(1)
         self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
         self.diff_level = diff_level
+        self._added = trio.Event()
         # The paths we have claims for, and our peers': misses are answered from memory.
         self.summaries = Summaries(self.reader.claimed_hashes())
 
@@ -72,9 +74,16 @@ class NodeStore:
         )
 
     def chunks_added(self) -> None:
-        """Wake the servers' subscriptions (want-haves of chunks that were not here):
-        the store commits in batches, so which chunks became servable is not known."""
+        """Wake the servers' subscriptions (want-haves of chunks that were not here) and
+        the gateway's NAR streams: the store commits in batches, so which chunks became
+        servable is not known."""
         self.subscriptions.stored(None)
+        self._added.set()
+        self._added = trio.Event()
+
+    def chunks_changed(self) -> trio.Event:
+        """Set the next time chunks are added (take it before looking, or miss one)."""
+        return self._added
 
     # --- publishing
 

@@ -21,8 +21,8 @@ from node.exchange.fetch import Fetch, FetchSettings, NoPolicy, Plan
 from node.exchange.network import Network
 from node.exchange.peers import PeerBook
 from node.exchange.progress import Progress
+from node.exchange.schedule import Schedule
 from node.gateway.metrics import Metrics
-from node.local.store import Ingest
 from store.manifest import Manifest
 from store.path import StorePath
 from trust.claim import SignedClaim
@@ -31,12 +31,21 @@ from trust.policy import QuorumPolicy
 log = logging.getLogger(__name__)
 
 
-class FetchStore:
-    """The store as one fetch session sees it (the session holds the write lock)."""
+FILL_BYTES = 8 << 20  # fetched bytes gathered before they go to their holes (one sync)
+FILL_DELAY = 0.2  # seconds a fetched chunk may wait for company before it goes anyway
 
-    def __init__(self, store: NodeStore) -> None:
+
+class FetchStore:
+    """The store as one fetch session sees it. Sessions run side by side: each takes the
+    write lock only to reserve its paths and to fill their holes, never across the
+    network part (Nix downloads NARs in parallel)."""
+
+    def __init__(self, store: NodeStore, fill_bytes: int = FILL_BYTES) -> None:
         self.store = store
-        self._ingest: Ingest | None = None
+        self.fill_bytes = fill_bytes
+        self._blocks: list[tuple[bytes, bytes]] = []  # fetched, not in the store yet
+        self._block_bytes = 0
+        self._since = 0.0  # when the oldest of `_blocks` arrived
         # Paths recorded when the session began: the candidate bases (a path it records
         # itself is incomplete until it ends, so never one). Read once, not per path.
         self._recorded: list[StorePath] | None = None
@@ -63,7 +72,8 @@ class FetchStore:
                 missing.update((d, sizes[d]) for d in absent)
             return missing
 
-        return await self.store.write(work)
+        async with self.store.write_lock:
+            return await self.store.write(work)
 
     async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
         reader = self.store.reader
@@ -114,26 +124,25 @@ class FetchStore:
         return await self.store.blobs(digests)
 
     async def store_blocks(self, found: list[tuple[bytes, bytes]]) -> None:
-        local = self.store.store
-
-        def work() -> None:
-            if self._ingest is None:
-                self._ingest = local.ingest()
-            for d, data in found:
-                self._ingest.add_chunk(d, data)
-
-        await self.store.write(work)
-        self.store.chunks_added()  # those in committed batches are servable now
+        if not self._blocks:
+            self._since = trio.current_time()
+        self._blocks.extend(found)
+        self._block_bytes += sum(len(b) for _, b in found)
+        if self._block_bytes >= self.fill_bytes or trio.current_time() - self._since >= FILL_DELAY:
+            await self.save()
 
     async def save(self) -> None:
-        if self._ingest is not None:
-            await self.store.write(self._ingest.save)
-            self.store.chunks_added()
+        """Put the fetched chunks in their holes (durably): servable, and kept if the
+        session stops."""
+        if not self._blocks:
+            return
+        blocks, self._blocks, self._block_bytes = self._blocks, [], 0
+        async with self.store.write_lock:
+            await self.store.write(self.store.store.fill, blocks)
+        self.store.chunks_added()
 
     def close(self) -> None:
-        if self._ingest is not None:
-            self._ingest.close()
-            self._ingest = None
+        self._blocks, self._block_bytes = [], 0
 
 
 class Collect:
@@ -193,21 +202,23 @@ class FetchSessions:
     async def recording(
         self,
         on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
+        schedule: Callable[[dict[bytes, int]], Schedule] | None = None,
+        fill_bytes: int = FILL_BYTES,
         **overrides: Any,
     ) -> AsyncIterator[tuple[Fetch, FetchStore]]:
-        """A session that records what it fetches in the store: holds the write lock
-        throughout, and closes and accounts for itself however it ends."""
+        """A session that records what it fetches in the store (beside other sessions),
+        and closes and accounts for itself however it ends. `fill_bytes`: how much it
+        gathers before writing (less: readers of the store see chunks sooner)."""
         policy = self._policy()
         await self.ready.wait()
         await self.store.summaries.settle()
-        async with self.store.write_lock:
-            local = FetchStore(self.store)
-            fetch = Fetch(self.net, local, policy, self.settings(**overrides), on_progress)
-            try:
-                yield fetch, local
-            finally:
-                local.close()
-                self.account(fetch)
+        local = FetchStore(self.store, fill_bytes)
+        fetch = Fetch(self.net, local, policy, self.settings(**overrides), on_progress, schedule)
+        try:
+            yield fetch, local
+        finally:
+            local.close()
+            self.account(fetch)
 
     def planning(self, **overrides: Any) -> Fetch:
         """A session that only resolves (reads the store, takes no lock): the gateway's

@@ -5,10 +5,13 @@
                                    the reason in X-Ferry-Reason (and the node's log)
     GET /nar/<narhash>.nar[.zst]   the NAR rebuilt from chunks; Range for .nar
     GET /metrics                   Prometheus text
-HEAD works on each. A NAR's status line is sent only once every chunk is in the store
-and verified, so a chunk no peer can supply is a 503 (Nix then tries its next
-substituter), never a truncated 200; the NarHash is checked again while streaming and
-the last bytes are held back until it matches.
+HEAD works on each (a NAR's HEAD fetches nothing). A NAR's bytes leave as soon as its
+first chunks are here: chunks are fetched in NAR order and sent, verified, while the
+rest still arrive. A chunk no peer can supply is a 503 when that is known before the
+status line (Nix then tries its next substituter); after it, the connection is cut
+short of Content-Length, which Nix takes for a failed download: never a complete 200 of
+wrong bytes. The NarHash is checked again while streaming and the last bytes are held
+back until it matches.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from node.exchange.fetch import FetchError, FetchRefused, NoClaims, NoPolicy, Pl
 from node.gateway import ranges
 from node.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from node.gateway.metrics import Metrics
-from store.export import ChunkRef, ChunkSource, ExportError, nar_layout, read_ref
+from store.export import (
+    ChunkMissing,
+    ChunkRef,
+    ChunkSource,
+    ExportError,
+    nar_layout,
+    read_ref,
+)
 from store.hash import Hash, HashError
 from store.manifest import Manifest
 from store.narinfo import NarInfo, NixCacheInfo
@@ -62,8 +72,12 @@ class Backend(Protocol):
         ...
 
     async def complete(self, plan: Plan) -> None:
-        """Fetch whatever chunks the planned path lacks into the store (FetchError if some
-        cannot be had)."""
+        """Fetch whatever chunks the planned path lacks into the store, in NAR order
+        (FetchError if some cannot be had)."""
+        ...
+
+    def chunks_changed(self) -> trio.Event:
+        """Set the next time chunks are added to the store."""
         ...
 
     def chunk_source(self) -> tuple[ChunkSource, trio.CapacityLimiter]:
@@ -209,58 +223,121 @@ class Gateway:
                     send, 416, b"", head, extra=[(b"content-range", f"bytes */{size}".encode())]
                 )
                 return
-        if not plan.complete:
-            try:
-                await self.backend.complete(plan)
-            except FetchError as e:
-                self.metrics.nar_failures.labels("unavailable").inc()
-                log.warning("NAR of %s unavailable: %s", plan.store_path, e)
-                await _respond(send, 503, b"", head, reason=str(e).split("\n")[0])
-                return
-            plan = Plan(plan.store_path, plan.manifest, plan.verdict, True)
-            self._plans[nar_hash32] = plan
         headers = [(b"accept-ranges", b"bytes" if not zst else b"none")]
         if zst:
             headers.append((b"content-type", b"application/zstd"))
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            if not head:
-                await self._stream(plan, None, send, compress=True)
-            else:
-                await send({"type": "http.response.body", "body": b""})
-            return
-        status = 206 if want else 200
-        length = want.length if want else size
-        headers += [
-            (b"content-type", b"application/x-nix-nar"),
-            (b"content-length", str(length).encode()),
-        ]
-        if want:
-            headers.append((b"content-range", want.content_range(size).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        else:
+            headers += [
+                (b"content-type", b"application/x-nix-nar"),
+                (b"content-length", str(want.length if want else size).encode()),
+            ]
+            if want:
+                headers.append((b"content-range", want.content_range(size).encode()))
+        start = {"type": "http.response.start", "status": 206 if want else 200, "headers": headers}
         if head:
+            await send(start)
             await send({"type": "http.response.body", "body": b""})
             return
-        await self._stream(plan, want, send, compress=False)
+        if plan.complete:
+            await self._stream(plan, want, send, start, zst, None)
+            return
+        cut: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            fetching = Fetching()
+            nursery.start_soon(self._complete, plan, fetching)
+            try:
+                if await self._stream(plan, want, send, start, zst, fetching):
+                    self._plans[nar_hash32] = Plan(
+                        plan.store_path, plan.manifest, plan.verdict, True
+                    )
+            except (NarUnavailable, ExportError, NarMismatch) as e:
+                cut = e  # raised outside the nursery: the server sees what it was
+                nursery.cancel_scope.cancel()
+        if cut is not None:
+            raise cut
+
+    async def _complete(self, plan: Plan, fetching: Fetching) -> None:
+        try:
+            await self.backend.complete(plan)
+        except FetchError as e:
+            fetching.error = e
+        finally:
+            fetching.done.set()
 
     async def _stream(
-        self, plan: Plan, want: ranges.ByteRange | None, send: Send, *, compress: bool
-    ) -> None:
+        self,
+        plan: Plan,
+        want: ranges.ByteRange | None,
+        send: Send,
+        start: dict[str, Any],
+        compress: bool,
+        fetching: Fetching | None,
+    ) -> bool:
+        """Send the NAR's pieces as the store has them, the status line with the first
+        (`fetching`: chunks still arriving). True when all went out; False when it was
+        a 503. Raises, cutting the connection, when the body cannot be finished."""
         source, limiter = self.backend.chunk_source()
         reader = NarReader(plan.manifest, source, want, compress=compress)
+        started = False
         while True:
+            changed = self.backend.chunks_changed()
             try:
                 piece = await trio.to_thread.run_sync(reader.next_piece, limiter=limiter)
+            except ChunkMissing:
+                if fetching is not None and not fetching.done.is_set():
+                    await _first(changed.wait, fetching.done.wait)
+                    continue
+                if fetching is not None and fetching.error is not None:
+                    e: Exception = fetching.error
+                    self.metrics.nar_failures.labels("unavailable").inc()
+                    if not started:
+                        log.warning("NAR of %s unavailable: %s", plan.store_path, e)
+                        await _respond(send, 503, b"", False, reason=str(e).split("\n")[0])
+                        return False
+                    log.warning("NAR of %s cut short: %s", plan.store_path, e)
+                    raise NarUnavailable(str(e)) from None
+                self.metrics.nar_failures.labels("store").inc()
+                log.error("NAR of %s cut short: a chunk is missing from the store", plan.store_path)
+                raise
             except (ExportError, NarMismatch) as e:
                 # The status line is out: the one honest thing left is to cut the
                 # connection, so Nix sees a short body rather than a complete wrong one.
                 self.metrics.nar_failures.labels("store").inc()
                 log.error("NAR of %s cut short: %s", plan.store_path, e)
                 raise
+            if not started:
+                await send(start)
+                started = True
             if piece is None:
                 break
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             self.metrics.served_bytes.inc(len(piece))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+
+class Fetching:
+    """A NAR's fetch running beside its stream."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: FetchError | None = None
+
+
+class NarUnavailable(Exception):
+    """A chunk could not be had after the status line went out."""
+
+
+async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return when the first of `waits` does."""
+    async with trio.open_nursery() as nursery:
+
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for w in waits:
+            nursery.start_soon(one, w)
 
 
 class NarReader:
@@ -281,8 +358,10 @@ class NarReader:
         self.source = source
         self.start, self.end = (want.start, want.end + 1) if want else (0, manifest.nar_size)
         self._layout = nar_layout(manifest)
+        self._item: ChunkRef | bytes | memoryview | None = None  # the layout's item being read
+        self._parts: list[bytes | memoryview] = []  # of the piece being gathered
+        self._size = 0
         self._offset = 0
-        self._held: bytes | None = None
         self._sha = hashlib.sha256() if want is None else None
         self._zstd = zstandard.ZstdCompressor(level=3).compressobj() if compress else None
         self._done = False
@@ -290,45 +369,53 @@ class NarReader:
     def next_piece(self) -> bytes | None:
         while not self._done:
             piece = self._gather()
-            if piece is None:
-                self._done = True
-                last = self._finish()
-                return last or None
+            if piece is not None and self._offset < self.end:
+                if self._zstd is not None:
+                    piece = self._zstd.compress(piece)
+                    if not piece:
+                        continue
+                return piece
+            # The last piece: it goes only once the whole NAR hashed right.
+            self._done = True
+            self._check()
+            last = piece or b""
             if self._zstd is not None:
-                piece = self._zstd.compress(piece)
-                if not piece:
-                    continue
-            if self._held is None:
-                self._held = piece
-                continue
-            out, self._held = self._held, piece
-            return out
+                last = self._zstd.compress(last) + self._zstd.flush()
+            return last or None
         return None
 
     def _gather(self) -> bytes | None:
-        """The next PIECE-ish bytes of the wanted span, or None at its end."""
-        parts: list[bytes | memoryview] = []
-        size = 0
-        while size < PIECE and self._offset < self.end:
-            item = next(self._layout, None)
-            if item is None:
-                break
+        """The next PIECE-ish bytes of the wanted span, or None at its end. A chunk the
+        store lacks raises ChunkMissing and leaves the reader where it was: called again
+        once the chunk is here, it carries on."""
+        while self._size < PIECE and self._offset < self.end:
+            if self._item is None:
+                self._item = next(self._layout, None)
+                if self._item is None:
+                    break
+            item = self._item
             n = item.length if isinstance(item, ChunkRef) else len(item)
             lo, hi = self._offset, self._offset + n
+            if hi > self.start and n:
+                data = (
+                    read_ref(item, self.source, verify=False)
+                    if isinstance(item, ChunkRef)
+                    else item
+                )
+                if self._sha is not None:
+                    self._sha.update(data)
+                part = memoryview(data)[max(0, self.start - lo) : min(n, self.end - lo)]
+                self._parts.append(part)
+                self._size += len(part)
             self._offset = hi
-            if hi <= self.start or not n:
-                continue
-            data = read_ref(item, self.source, verify=False) if isinstance(item, ChunkRef) else item
-            if self._sha is not None:
-                self._sha.update(data)
-            part = memoryview(data)[max(0, self.start - lo) : min(n, self.end - lo)]
-            parts.append(part)
-            size += len(part)
-        if not parts:
+            self._item = None
+        if not self._parts:
             return None
-        return b"".join(parts)
+        out = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return out
 
-    def _finish(self) -> bytes:
+    def _check(self) -> None:
         if self._sha is not None:
             got = Hash.sha256(self._sha.digest())
             if self._offset != self.manifest.nar_size or got != self.manifest.nar_hash:
@@ -336,11 +423,6 @@ class NarReader:
                     f"NAR of {self.manifest.store_path} rebuilt from the store has {got}, "
                     f"not {self.manifest.nar_hash}: run `ferry verify`"
                 )
-        out = self._held or b""
-        self._held = None
-        if self._zstd is not None:
-            out += self._zstd.flush()
-        return out
 
 
 class NarMismatch(Exception):

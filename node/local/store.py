@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -248,6 +248,42 @@ class LocalStore:
             self.index.set_slab_size(slab_id, cursor)
             _record_path(self.index, manifest, claims, root)
         return [d for d in sizes if not (d in known and known[d].present)]
+
+    def fill(self, blocks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
+        """Write fetched chunks into the holes `reserve` made for them, sync, then mark
+        them present in one transaction (present means on disk). Chunks already present
+        or never reserved are skipped. Moves no allocation mark, so fetch sessions that
+        fill may take turns with each other's reserves; not beside an `Ingest` (the
+        caller's write lock). Returns the bytes written."""
+        rows = self.index.chunks([d for d, _ in blocks])
+        filled: dict[int, int] = {}  # row id -> slab
+        written = 0
+        for d, data in blocks:
+            row = rows.get(d)
+            if row is None or row.present or row.id in filled:
+                continue
+            if len(data) != row.length:
+                raise StoreError(
+                    f"chunk {d.hex()[:16]} is {len(data)} bytes, its reserved place "
+                    f"{row.length}: run `ferry verify`"
+                )
+            filled[row.id] = row.slab
+            written += len(data)
+            try:
+                self.slab(row.slab).write(row.offset, data)
+            except OSError as e:
+                if is_disk_full(e):
+                    raise StoreFull(self.data_dir, str(e)) from e
+                raise
+        if not filled:
+            return 0
+        for slab_id in sorted(set(filled.values())):
+            self.slab(slab_id).sync()
+        self.checkpoint("fill-synced")
+        with self.index.transaction():
+            self.index.set_present(filled, True)
+        self.checkpoint("fill-committed")
+        return written
 
     def reader(self) -> StoreReader:
         return StoreReader(self)

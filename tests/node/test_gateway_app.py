@@ -3,15 +3,18 @@ from chunks, and the ASGI app's answers over a stand-in node."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
+import trio.lowlevel
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from node.exchange.fetch import FetchError, FetchRefused, NoClaims, NoPolicy, Plan
 from node.gateway import ranges
-from node.gateway.app import Gateway, GatewaySettings, NarMismatch, NarReader
+from node.gateway.app import Gateway, GatewaySettings, NarMismatch, NarReader, NarUnavailable
 from node.gateway.metrics import Metrics
 from store import build, export, nar
 from store.hash import Hash
@@ -130,6 +133,8 @@ class StandIn:
         self.key = key
         self.completed: list[StorePath] = []
         self.fail_complete: Exception | None = None
+        self.fetch: Callable[[Plan], Awaitable[None]] | None = None  # stands in for peers
+        self._changed = trio.Event()
 
     async def plan(self, hash_part: str) -> Plan:
         got = self.plans.get(hash_part)
@@ -143,9 +148,19 @@ class StandIn:
         return None
 
     async def complete(self, plan: Plan) -> None:
+        if self.fetch is not None:
+            await self.fetch(plan)
         if self.fail_complete:
             raise self.fail_complete
         self.completed.append(plan.store_path)
+
+    def chunks_changed(self) -> trio.Event:
+        return self._changed
+
+    def add(self, chunks: dict[bytes, bytes]) -> None:
+        self.chunks.chunks.update(chunks)
+        self._changed.set()
+        self._changed = trio.Event()
 
     def chunk_source(self):
         return self.chunks, trio.CapacityLimiter(1)
@@ -256,7 +271,83 @@ async def test_refusals_say_why(world) -> None:
 async def test_a_nar_that_cannot_be_completed_is_503(world) -> None:
     app, backend, *_ = world
     info = NarInfo.decode((await call(app, f"/{SP.hash_part}.narinfo"))[2].decode())
+    backend.chunks.chunks.clear()  # nothing here yet, and nobody will give it
     backend.fail_complete = FetchError("1 chunks are held by none of the 2 connected peers")
     status, headers, _body = await call(app, "/" + info.url)
     assert status == 503 and "held by none" in headers["x-ferry-reason"]
     assert (await call(app, "/nar/" + "0" * 52 + ".nar"))[0] == 404  # never asked for: unknown
+
+
+def _in_nar_order(m: Manifest, chunks: export.MemoryChunks) -> list[tuple[bytes, bytes]]:
+    return [(d, chunks.chunks[d]) for _, _, _, d in m.chunk_spans()]
+
+
+async def test_a_nar_streams_while_its_chunks_still_arrive(world) -> None:
+    app, backend, m, nar_bytes, _ = world
+    info = NarInfo.decode((await call(app, f"/{SP.hash_part}.narinfo"))[2].decode())
+    wanted = _in_nar_order(m, backend.chunks)
+    assert len(wanted) >= 4
+    backend.chunks.chunks.clear()
+    half = len(wanted) // 2
+    first_bytes, rest = trio.Event(), trio.Event()
+
+    async def fetch(plan: Plan) -> None:
+        backend.add(dict(wanted[:half]))
+        await rest.wait()  # the rest stays on the "peer" until the client has bytes
+        backend.add(dict(wanted[half:]))
+
+    backend.fetch = fetch
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+        if msg.get("body"):
+            first_bytes.set()
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    # Bounded: a gateway that waits for the whole path would wait here for ever.
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            scope = {"type": "http", "method": "GET", "path": "/" + info.url, "headers": []}
+            nursery.start_soon(app, scope, receive, send)
+            await first_bytes.wait()
+            assert sent[0]["status"] == 200 and backend.completed == []  # fetch still running
+            got_early = sum(len(x.get("body", b"")) for x in sent[1:])
+            assert 0 < got_early < len(nar_bytes)
+            rest.set()
+    assert b"".join(x.get("body", b"") for x in sent[1:]) == nar_bytes
+    assert sent[-1]["more_body"] is False and backend.completed == [SP]
+
+
+async def test_a_chunk_lost_after_the_status_line_cuts_the_body_short(world) -> None:
+    app, backend, m, nar_bytes, _ = world
+    info = NarInfo.decode((await call(app, f"/{SP.hash_part}.narinfo"))[2].decode())
+    wanted = _in_nar_order(m, backend.chunks)
+    backend.chunks.chunks.clear()
+
+    async def fetch(plan: Plan) -> None:
+        backend.add(dict(wanted[: len(wanted) // 2]))
+        await trio.lowlevel.checkpoint()  # the stream takes what there is first
+
+    backend.fetch = fetch
+    backend.fail_complete = FetchError("3 chunks are held by none of the 2 connected peers")
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    with pytest.raises(NarUnavailable, match="held by none"):
+        await app(
+            {"type": "http", "method": "GET", "path": "/" + info.url, "headers": []},
+            receive,
+            send,
+        )
+    assert sent[0]["status"] == 200
+    body = b"".join(x.get("body", b"") for x in sent[1:])
+    assert 0 < len(body) < len(nar_bytes) and nar_bytes.startswith(body)
+    assert all(x.get("more_body", True) for x in sent[1:])  # never finished

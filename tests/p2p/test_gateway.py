@@ -4,6 +4,7 @@ its binary-cache endpoint, fetching every byte from the builders over libp2p."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from store import build
 from store.narinfo import NarInfo
+from store.path import StorePath
 from tests.cli import ARGV, ferry
 from tests.conftest import NIX_MK, Nix, require
 from tests.p2p.nodes import NodeProc, Swarm, keys, policy, rot_chunk
@@ -244,6 +248,16 @@ def test_one_claim_is_not_enough_for_nix(nix: Nix, built: Built, network, tmp_pa
 
 
 @pytest.mark.slow
+def _nar(nix: Nix, built: Built, path: str) -> bytes:
+    """The NAR of a built path, as Nix makes it (from the chroot store's files)."""
+    return nix.run("nix-store", "--dump", str(built.store) + path)
+
+
+def _chunks_in_nar_order(nix: Nix, built: Built, path: str) -> list[bytes]:
+    m = build.from_nar([_nar(nix, built, path)], StorePath.parse(path))
+    return [d for _, _, _, d in m.chunk_spans()]
+
+
 def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
     nix: Nix, built: Built, network, tmp_path: Path
 ) -> None:
@@ -251,8 +265,9 @@ def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
     path = built.out["broken"]
     _publish(b1, built, [path], ka)
     _publish(b2, built, [path], kb)
+    first = _chunks_in_nar_order(nix, built, path)[0]
     for b in (b1, b2):
-        rot_chunk(b)
+        rot_chunk(b, first)  # known before a byte could go out
     r = _realise(nix, tmp_path / "dest", path, client)
     assert r.returncode != 0
     assert "503" in r.stderr, r.stderr + "\n".join(client.log[-60:])
@@ -261,6 +276,84 @@ def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
     assert client.json("status")["store"]["complete_paths"] == 0
     r = client.ferry("fetch", path)  # the CLI says the same, plainly
     assert r.returncode == 1 and "held by none of the 3 connected peers" in r.stderr
+
+
+def test_a_nar_streams_before_its_fetch_ends_and_a_chunk_lost_midway_fails_nix(
+    nix: Nix, built: Built, network, tmp_path: Path
+) -> None:
+    (b1, b2, _), (ka, kb, _), client = network
+    path = built.out["broken"]
+    _publish(b1, built, [path], ka)
+    _publish(b2, built, [path], kb)
+    chunks = _chunks_in_nar_order(nix, built, path)
+    assert len(chunks) >= 4
+    for b in (b1, b2):
+        rot_chunk(b, chunks[-1])  # the fetch can never end: nobody has the last chunk
+    status, _, body = _get(f"{client.gateway_url}/{_hash(path)}.narinfo")
+    assert status == 200, body
+    info = NarInfo.decode(body.decode())
+    with urllib.request.urlopen(f"{client.gateway_url}/{info.url}", timeout=60) as r:
+        assert r.status == 200 and int(r.headers["content-length"]) == info.nar_size
+        first = r.read(1 << 20)  # bytes while the fetch is still going (it cannot end)
+        assert len(first) == 1 << 20
+        assert client.json("status")["store"]["complete_paths"] == 0
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            r.read()
+    got = first + cut.value.partial
+    assert 0 < len(got) < info.nar_size
+    assert got == _nar(nix, built, path)[: len(got)]
+    # Nix sees a failed download, not a path.
+    r2 = _realise(nix, tmp_path / "dest", path, client)
+    assert r2.returncode != 0, r2.stderr
+    assert "Transferred a partial file" in r2.stderr, r2.stderr  # the cut, as curl saw it
+    assert "hash mismatch" not in r2.stderr, r2.stderr
+    valid = subprocess.run(
+        ["nix-store", "--store", str(tmp_path / "dest"), "--check-validity", path],
+        capture_output=True,
+        env=nix.env,
+    )
+    assert valid.returncode != 0
+    assert any("cut short" in line for line in client.log)
+
+
+def test_nar_downloads_run_side_by_side(
+    nix: Nix, built: Built, swarm: Swarm, tmp_path: Path
+) -> None:
+    k = keys(tmp_path, "builder")
+    pol = policy(tmp_path, [k["builder"][1]], threshold=1)
+    slow, quick = swarm.start("slow", "quick")
+    (client,) = swarm.start("client", bootstrap=[slow.addr, quick.addr], policy=pol)
+    a, b = built.out["broken"], built.out["lonely"]
+    _publish(slow, built, [a], k["builder"][0])
+    _publish(quick, built, [b], k["builder"][0])
+    urls = {}
+    for p in (a, b):
+        status, _, body = _get(f"{client.gateway_url}/{_hash(p)}.narinfo")
+        assert status == 200, body
+        urls[p] = f"{client.gateway_url}/{NarInfo.decode(body.decode()).url}"
+    assert slow.proc is not None
+    slow.proc.send_signal(signal.SIGSTOP)  # a's chunks are on their way, for now
+    got: dict[str, object] = {}
+    waiting = threading.Thread(target=lambda: got.update(a=_get(urls[a])), daemon=True)
+    try:
+        waiting.start()
+        # a's fetch is under way (its path recorded, chunks reserved) before b is asked
+        # for; the state is in another process, so it is polled, a bounded number of times.
+        for _ in range(100):
+            if client.json("status")["store"]["paths"] == 1:
+                break
+        else:
+            raise AssertionError("the client never started fetching a")
+        status, _, body = _get(urls[b])
+        assert status == 200 and body == _nar(nix, built, b)
+        assert waiting.is_alive()  # b did not queue behind a
+    finally:
+        slow.proc.send_signal(signal.SIGCONT)
+    waiting.join(60)
+    assert not waiting.is_alive()
+    status, _, body = got["a"]  # type: ignore[misc]
+    assert status == 200
+    assert body == _nar(nix, built, a)
 
 
 def test_gateway_refuses_a_public_address_unless_told(tmp_path: Path) -> None:
