@@ -1,25 +1,41 @@
-"""Real Nix substituting a closure through the ferry gateway, next to a plain binary cache.
+"""The gateway as Nix meets it, next to a plain binary cache, in the same run.
 
-    .venv/bin/python bench/gateway.py [--source /usr/bin] [--extra /usr/lib/python3.11] [--rounds 2]
+    .venv/bin/python bench/gateway.py [--section all|substitute|misses]
+        [--source /usr/bin] [--extra /usr/lib/python3.11] [--rounds 2] [--requests 400]
 
-Nix 2.8 builds a three-path closure in a chroot store (`bin` copies --source, `lib`
-copies --extra, `top` refers to both), at least 200 MB. Then, in interleaved rounds,
-`nix-store --realise` fills a fresh chroot store from:
+substitute: Nix 2.8 builds a three-path closure in a chroot store (`bin` copies
+--source, `lib` copies --extra, `top` refers to both), at least 200 MB. Then, in
+interleaved rounds, `nix-store --realise` fills a fresh chroot store from:
   ferry     the gateway of a fresh client node (empty store, policy 1-of-1) whose only
             peer is a seed node that published the closure: every byte crosses libp2p
   http+xz   `nix copy --to file://...?compression=xz` served by `python -m http.server`
             (the usual self-hosted cache; compressing it is set-up, not timed)
-Both on 127.0.0.1 of this machine, in the same run.
+
+misses: how long Nix waits for a narinfo. A seed node publishes one path; a client
+node (policy 1-of-1) has the seed and a second peer connected. curl (libcurl, as Nix
+uses it: keep-alive connections) asks, one request at a time and 25 at once (Nix's
+http-connections), and reports each request's time; p50 and p99 for:
+  miss            paths nobody holds, every peer healthy
+  miss, hung peer the same with the second peer frozen (SIGSTOP: connected, never answers)
+  hit             the published path (claims from the seed, checked by the policy)
+Baseline: `python -m http.server` serving a file cache's narinfos (a miss is its 404,
+a hit its file). Targets: misses p99 <= 5 ms, hits p99 <= 50 ms.
+
+Both on 127.0.0.1 of this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,20 +93,7 @@ def realise(env: dict[str, str], dest: Path, top: str, url: str, key: str) -> fl
     return time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--source", default="/usr/bin", help="directory copied into the big path (default /usr/bin)"
-    )
-    ap.add_argument(
-        "--extra",
-        default=f"/usr/lib/python3.{sys.version_info.minor}",
-        help="directory copied into the second path",
-    )
-    ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
+def substitute(args: argparse.Namespace) -> None:
     if shutil.which("nix-store") is None:
         sys.exit("needs Nix (Debian: nix-bin); `./run test` installs it when run as root")
     with tempfile.TemporaryDirectory(prefix="ferry-bench-gw-") as tmp_:
@@ -193,8 +196,8 @@ def main() -> None:
                         realise(env, tmp / f"dest-xz-{r}", top, plain_url, plain_key)
                     )
         finally:
-            for p in procs:
-                p.stop()
+            for proc in procs:
+                proc.stop()
     print(
         f"closure: {len(paths)} paths, {nar_bytes / 1e6:.1f} MB of NAR ({args.source}, {args.extra}); "
         f"xz NARs {xz_bytes / 1e6:.1f} MB"
@@ -205,6 +208,123 @@ def main() -> None:
             f"  {label:<8} best {min(ts):6.1f} s  {nar_bytes / min(ts) / 1e6:6.1f} MB/s of NAR   (runs: {runs})"
         )
     print(f"  ferry / http+xz time: {min(times['ferry']) / min(times['http+xz']):.2f}")
+
+
+NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
+HIT_PATH = "/nix/store/" + "7" * 32 + "-bench-hit-1.0"
+
+
+def curl_times(base: str, hashes: list[str], parallel: int, tmp: Path) -> list[float]:
+    """Each request's seconds, as curl measured it (`--parallel` reuses connections)."""
+    config = tmp / "curl.conf"
+    config.write_text(
+        "".join(f'url = "{base}/{h}.narinfo"\noutput = "/dev/null"\n' for h in hashes)
+    )
+    proc = subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--parallel",
+            "--parallel-immediate",
+            "--parallel-max",
+            str(parallel),
+            "--write-out",
+            "%{http_code} %{time_total}\n",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    bad = [code for code, _ in rows if code not in ("200", "404")]
+    if proc.returncode or bad or len(rows) != len(hashes):
+        sys.exit(f"curl failed ({proc.returncode}, answers {bad[:5]}): {proc.stderr[-2000:]}")
+    return [float(t) for _, t in rows]
+
+
+def _quantiles(times: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(times, n=100)
+    return q[49] * 1000, q[98] * 1000
+
+
+def misses(args: argparse.Namespace) -> None:
+    if shutil.which("curl") is None:
+        sys.exit("needs curl (Debian: curl)")
+    rnd = random.Random(7)
+
+    def unknown(n: int) -> list[str]:
+        return ["".join(rnd.choice(NIX32) for _ in range(32)) for _ in range(n)]
+
+    rows: list[tuple[str, str, int, float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-miss-") as tmp_:
+        tmp = Path(tmp_)
+        k = keys(tmp, "builder")
+        pol = policy(tmp, [k["builder"][1]], threshold=1)
+        seed = NodeProc(tmp, "seed").start()
+        other = NodeProc(tmp, "other").start()
+        seed.wait_ready()
+        other.wait_ready()
+        client = NodeProc(tmp, "client", bootstrap=[seed.addr, other.addr], policy=pol)
+        client.start().wait_ready()
+        try:
+            src = tmp / "src"
+            src.mkdir()
+            (src / "data").write_bytes(rnd.randbytes(200_000))
+            seed.json("publish", str(src), "--store-path", HIT_PATH, "--key", str(k["builder"][0]))
+            hit = HIT_PATH.split("/")[-1][:32]
+            gw = client.gateway_url
+            cache = tmp / "cache"
+            cache.mkdir()
+            with urllib.request.urlopen(f"{gw}/{hit}.narinfo") as r:
+                (cache / f"{hit}.narinfo").write_bytes(r.read())
+            with serve(cache) as plain:
+
+                def both(case: str, hashes: list[str], parallel: int) -> None:
+                    for server, base in (("ferry", gw), ("http.server", plain)):
+                        times = curl_times(base, hashes, parallel, tmp)
+                        rows.append((case, server, parallel, *_quantiles(times)))
+
+                for parallel in (1, 25):
+                    both("miss", unknown(args.requests), parallel)
+                    both("hit", [hit] * args.requests, parallel)
+                assert other.proc is not None
+                other.proc.send_signal(signal.SIGSTOP)
+                try:
+                    for parallel in (1, 25):
+                        both("miss, hung peer", unknown(args.requests), parallel)
+                finally:
+                    other.proc.send_signal(signal.SIGCONT)
+        finally:
+            for n in (client, other, seed):
+                n.stop()
+    print(f"narinfo latency, {args.requests} requests per row (curl, keep-alive)")
+    print(f"  {'case':<16} {'server':<12} {'at once':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    for case, server, parallel, p50, p99 in rows:
+        print(f"  {case:<16} {server:<12} {parallel:>7} {p50:8.2f} {p99:8.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--section", choices=("all", "substitute", "misses"), default="all")
+    ap.add_argument(
+        "--source", default="/usr/bin", help="directory copied into the big path (default /usr/bin)"
+    )
+    ap.add_argument(
+        "--extra",
+        default=f"/usr/lib/python3.{sys.version_info.minor}",
+        help="directory copied into the second path",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="substitute: rounds")
+    ap.add_argument("--requests", type=int, default=400, help="misses: requests per figure")
+    args = ap.parse_args()
+    if args.section in ("all", "misses"):
+        misses(args)
+    if args.section in ("all", "substitute"):
+        substitute(args)
 
 
 if __name__ == "__main__":

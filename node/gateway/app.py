@@ -57,6 +57,9 @@ _NARINFO = re.compile(rf"/([{ALPHABET}]{{32}})\.narinfo")
 _NAR = re.compile(rf"/nar/([{ALPHABET}]{{52}})\.nar(\.zst)?")
 PIECE = 1 << 20  # bytes read from the store per thread hop
 REMEMBERED = 4096  # narinfo answers kept to map a NAR URL back to its path
+# Seconds a trusted plan answers narinfos again without asking peers (Nix itself keeps a
+# hit for 30 days; short here so a conflicting claim that arrives soon still counts).
+HIT_TTL = 30.0
 
 
 class Backend(Protocol):
@@ -99,6 +102,8 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics
         self._plans: OrderedDict[str, Plan] = OrderedDict()  # NarHash (nix32) -> plan
+        self._hits: OrderedDict[str, tuple[Plan, float]] = OrderedDict()  # hash -> until
+        self._planning: dict[str, Planning] = {}  # hash -> the request asking peers now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -136,9 +141,45 @@ class Gateway:
 
     # --- narinfo
 
-    async def _narinfo(self, hash_part: str, send: Send, head: bool) -> None:
+    async def _plan(self, hash_part: str) -> Plan:
+        """The backend's plan, shared: a hit is kept for HIT_TTL, and requests for a hash
+        another request is planning wait for its answer (Nix asks 25 at a time)."""
+        now = trio.current_time()
+        hit = self._hits.get(hash_part)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        other = self._planning.get(hash_part)
+        if other is not None:
+            await other.done.wait()
+            if other.plan is not None:
+                return other.plan
+            if other.error is not None:
+                raise other.error
+            # Its request went away before an answer: ask ourselves.
+        mine = self._planning[hash_part] = Planning()
         try:
             plan = await self.backend.plan(hash_part)
+        except (NoClaims, FetchError, NoPolicy) as e:
+            mine.error = e
+            raise
+        finally:
+            mine.done.set()
+            if self._planning.get(hash_part) is mine:
+                del self._planning[hash_part]
+        mine.plan = plan
+        self._keep(plan)
+        return plan
+
+    def _keep(self, plan: Plan) -> None:
+        key = plan.store_path.hash_part
+        self._hits[key] = (plan, trio.current_time() + HIT_TTL)
+        self._hits.move_to_end(key)
+        while len(self._hits) > REMEMBERED:
+            self._hits.popitem(last=False)
+
+    async def _narinfo(self, hash_part: str, send: Send, head: bool) -> None:
+        try:
+            plan = await self._plan(hash_part)
         except NoClaims as e:
             self.metrics.narinfo.labels("miss", "no-claims").inc()
             log.debug("narinfo %s: %s", hash_part, e)
@@ -247,9 +288,10 @@ class Gateway:
             nursery.start_soon(self._complete, plan, fetching)
             try:
                 if await self._stream(plan, want, send, start, zst, fetching):
-                    self._plans[nar_hash32] = Plan(
-                        plan.store_path, plan.manifest, plan.verdict, True
-                    )
+                    done = Plan(plan.store_path, plan.manifest, plan.verdict, True)
+                    self._plans[nar_hash32] = done
+                    if plan.store_path.hash_part in self._hits:
+                        self._keep(done)
             except (NarUnavailable, ExportError, NarMismatch) as e:
                 cut = e  # raised outside the nursery: the server sees what it was
                 nursery.cancel_scope.cancel()
@@ -314,6 +356,15 @@ class Gateway:
             self.metrics.served_bytes.inc(len(piece))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+class Planning:
+    """A narinfo's plan being made, which requests for the same hash wait for."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.plan: Plan | None = None
+        self.error: Exception | None = None
 
 
 class Fetching:

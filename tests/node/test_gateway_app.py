@@ -8,13 +8,21 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from node.exchange.fetch import FetchError, FetchRefused, NoClaims, NoPolicy, Plan
 from node.gateway import ranges
-from node.gateway.app import Gateway, GatewaySettings, NarMismatch, NarReader, NarUnavailable
+from node.gateway.app import (
+    HIT_TTL,
+    Gateway,
+    GatewaySettings,
+    NarMismatch,
+    NarReader,
+    NarUnavailable,
+)
 from node.gateway.metrics import Metrics
 from store import build, export, nar
 from store.hash import Hash
@@ -132,11 +140,16 @@ class StandIn:
         self.chunks = chunks
         self.key = key
         self.completed: list[StorePath] = []
+        self.asked: list[str] = []  # plan() calls: each would ask peers
+        self.planned = trio.Event()  # plans are answered once this is set
+        self.planned.set()
         self.fail_complete: Exception | None = None
         self.fetch: Callable[[Plan], Awaitable[None]] | None = None  # stands in for peers
         self._changed = trio.Event()
 
     async def plan(self, hash_part: str) -> Plan:
+        self.asked.append(hash_part)
+        await self.planned.wait()
         got = self.plans.get(hash_part)
         if got is None:
             raise NoClaims(hash_part)
@@ -351,3 +364,28 @@ async def test_a_chunk_lost_after_the_status_line_cuts_the_body_short(world) -> 
     body = b"".join(x.get("body", b"") for x in sent[1:])
     assert 0 < len(body) < len(nar_bytes) and nar_bytes.startswith(body)
     assert all(x.get("more_body", True) for x in sent[1:])  # never finished
+
+
+async def test_narinfos_for_one_path_ask_peers_once(world, autojump_clock) -> None:
+    app, backend, *_ = world
+    backend.planned = trio.Event()  # the first answer takes a while
+    answers: list[int] = []
+
+    async def ask(hash_part: str) -> None:
+        answers.append((await call(app, f"/{hash_part}.narinfo"))[0])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(25):  # Nix's http-connections
+            nursery.start_soon(ask, SP.hash_part)
+            nursery.start_soon(ask, "5" * 32)  # a miss
+        await trio.testing.wait_all_tasks_blocked()
+        backend.planned.set()
+    assert answers.count(200) == 25 and answers.count(404) == 25
+    assert backend.asked.count(SP.hash_part) == 1 and backend.asked.count("5" * 32) == 1
+    await call(app, f"/{SP.hash_part}.narinfo")
+    assert backend.asked.count(SP.hash_part) == 1  # a hit is kept
+    await trio.sleep(HIT_TTL + 1)
+    await call(app, f"/{SP.hash_part}.narinfo")
+    await call(app, "/" + "5" * 32 + ".narinfo")
+    assert backend.asked.count(SP.hash_part) == 2  # for a while only
+    assert backend.asked.count("5" * 32) == 2  # a miss never is: the path may appear
