@@ -4,6 +4,7 @@ its binary-cache endpoint, fetching every byte from the builders over libp2p."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import random
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -409,14 +411,11 @@ def _node_pid(data_dir: Path) -> int | None:
     return None
 
 
-def test_a_socket_activated_gateway_waits_for_the_node_through_a_restart(
-    nix: Nix, built: Built, swarm: Swarm, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def _activated_node(tmp_path: Path, seed: NodeProc, pol: Path) -> Iterator[Activated]:
+    """A client node behind systemd-socket-activate (which holds the gateway's port), run
+    by a supervisor that restarts it after each exit once `go` exists."""
     require(shutil.which("systemd-socket-activate") is not None, "no systemd-socket-activate")
-    k = keys(tmp_path, "builder-a")
-    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
-    (seed,) = swarm.start("seed")
-    _publish(seed, built, built.closure + [built.out["lonely"]], k["builder-a"][0])
     port = _free_port()
     data = tmp_path / "client"
     data.mkdir()
@@ -446,44 +445,8 @@ def test_a_socket_activated_gateway_waits_for_the_node_through_a_restart(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    builder_key = k["builder-a"][1]  # narinfos carry the builder's Nix signature
-
-    def realise(path: str, dest: Path) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            ["nix-store", "--store", str(dest), "--realise", path]
-            + ["--option", "substituters", url, "--option", "trusted-public-keys", builder_key]
-            + ["--option", "narinfo-cache-negative-ttl", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=nix.env,
-        )
-
     try:
-        # Nothing runs yet: Nix's first request starts the node, and waits for it.
-        assert _node_pid(data) is None
-        r = realise(built.out["lonely"], tmp_path / "d1")
-        _, err = r.communicate(timeout=300)
-        assert r.returncode == 0, err
-        # The node stops (an upgrade); Nix asks while none runs: the request waits in
-        # the socket's queue, and the next node answers it.
-        pid = _node_pid(data)
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        psutil.wait_procs([psutil.Process(pid)], timeout=60)
-        r = realise(built.out["top"], tmp_path / "d2")
-        for _ in range(600):
-            if _queued(port) > 0 or r.poll() is not None:
-                break
-            time.sleep(0.05)  # no event says a connection is queued: look, boundedly
-        assert _queued(port) > 0, "Nix's request never waited in the socket's queue"
-        assert _node_pid(data) is None  # no node was there to take it
-        go.touch()
-        _, err = r.communicate(timeout=300)
-        assert r.returncode == 0, err
-        for p in built.closure:
-            nix.run("nix-store", "--store", str(tmp_path / "d2"), "--verify-path", p)
+        yield Activated(port, data, go)
     finally:
         stop.touch()
         go.touch()
@@ -491,3 +454,121 @@ def test_a_socket_activated_gateway_waits_for_the_node_through_a_restart(
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
         activator.wait(timeout=60)
+
+
+class Activated:
+    def __init__(self, port: int, data: Path, go: Path) -> None:
+        self.port, self.data, self.go = port, data, go
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop_node(self) -> None:
+        """Stop the running node (an upgrade); the next starts once `go` is touched."""
+        pid = _node_pid(self.data)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        psutil.wait_procs([psutil.Process(pid)], timeout=60)
+
+    def wait_queued(self, nix: subprocess.Popen[str]) -> None:
+        """Until a request waits in the socket's queue (while no node runs)."""
+        for _ in range(600):
+            if _queued(self.port) > 0 or nix.poll() is not None:
+                break
+            time.sleep(0.05)  # no event says a connection is queued: look, boundedly
+        assert _queued(self.port) > 0, "Nix's request never waited in the socket's queue"
+        assert _node_pid(self.data) is None  # no node was there to take it
+
+
+def test_a_socket_activated_gateway_waits_for_the_node_through_a_restart(
+    nix: Nix, built: Built, swarm: Swarm, tmp_path: Path
+) -> None:
+    k = keys(tmp_path, "builder-a")
+    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    _publish(seed, built, built.closure + [built.out["lonely"]], k["builder-a"][0])
+    builder_key = k["builder-a"][1]  # narinfos carry the builder's Nix signature
+    with _activated_node(tmp_path, seed, pol) as node:
+
+        def realise(path: str, dest: Path) -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                ["nix-store", "--store", str(dest), "--realise", path]
+                + ["--option", "substituters", node.url]
+                + ["--option", "trusted-public-keys", builder_key]
+                + ["--option", "narinfo-cache-negative-ttl", "0"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=nix.env,
+            )
+
+        # Nothing runs yet: Nix's first request starts the node, and waits for it.
+        assert _node_pid(node.data) is None
+        r = realise(built.out["lonely"], tmp_path / "d1")
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err
+        # The node stops (an upgrade); Nix asks while none runs: the request waits in
+        # the socket's queue, and the next node answers it.
+        node.stop_node()
+        r = realise(built.out["top"], tmp_path / "d2")
+        node.wait_queued(r)
+        node.go.touch()
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err
+        for p in built.closure:
+            nix.run("nix-store", "--store", str(tmp_path / "d2"), "--verify-path", p)
+
+
+def test_a_nix_daemon_substitutes_through_the_gateway_across_a_node_restart(
+    nix: Nix, built: Built, swarm: Swarm, tmp_path: Path
+) -> None:
+    """As a multi-user install runs Nix: a nix-daemon (root, its own store and state)
+    does the substituting for a client that only talks to its socket."""
+    k = keys(tmp_path, "builder-a")
+    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
+    (seed,) = swarm.start("seed")
+    _publish(seed, built, built.closure + [built.out["lonely"]], k["builder-a"][0])
+    socket_path = tmp_path / "daemon.sock"
+    env = {
+        **nix.env,
+        "NIX_STATE_DIR": str(tmp_path / "state"),
+        "NIX_DAEMON_SOCKET_PATH": str(socket_path),
+    }
+    with _activated_node(tmp_path, seed, pol) as node:
+        daemon = subprocess.Popen(
+            ["nix-daemon", "--option", "store", str(tmp_path / "root")]
+            + ["--option", "substituters", node.url]
+            + ["--option", "trusted-public-keys", k["builder-a"][1]]
+            + ["--option", "narinfo-cache-negative-ttl", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(200):
+                if socket_path.exists() or daemon.poll() is not None:
+                    break
+                time.sleep(0.05)  # the daemon says nothing when it listens: look, boundedly
+            assert socket_path.exists(), "nix-daemon did not start"
+
+            def realise(path: str) -> subprocess.Popen[str]:
+                return subprocess.Popen(
+                    ["nix-store", "--store", "daemon", "--realise", path],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+
+            r = realise(built.out["lonely"])
+            _, err = r.communicate(timeout=300)
+            assert r.returncode == 0, err
+            node.stop_node()
+            r = realise(built.out["top"])  # a closure of three, while no node runs
+            node.wait_queued(r)
+            node.go.touch()
+            _, err = r.communicate(timeout=300)
+            assert r.returncode == 0, err
+            for p in built.closure:  # read from the daemon's store's files
+                nix.run("nix-store", "--store", str(tmp_path / "root"), "--verify-path", p)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=60)
