@@ -13,9 +13,11 @@ answers the events the dead one had taken with EIO, and serves the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import Iterator
 
 from ondemand import fanotify, syscalls
 
@@ -27,13 +29,28 @@ def new_group() -> int:
     )
 
 
+@contextlib.contextmanager
+def reachable(path: str) -> Iterator[str]:
+    """`path` as a socket address: the kernel takes at most 107 bytes, a data directory
+    can be longer, so a long one is reached through its directory's descriptor."""
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+    finally:
+        os.close(fd)
+
+
 def serve(path: str) -> None:
     group = new_group()
     tmp = f"{path}.tmp{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
         old = os.umask(0o177)
         try:
-            srv.bind(tmp)
+            with reachable(tmp) as address:
+                srv.bind(address)
         finally:
             os.umask(old)
         srv.listen(4)
@@ -62,7 +79,8 @@ def borrow(path: str) -> int:
     """The group's fd from the holder at `path` (OSError if none answers)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
-        s.connect(path)
+        with reachable(path) as address:
+            s.connect(address)
         s.sendall(b"get")
         _, fds, _, _ = socket.recv_fds(s, 1, 1)
     if not fds:
@@ -74,7 +92,8 @@ def release(path: str) -> None:
     """Tell the holder to drop the group and exit (nothing is mounted any more)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
-        s.connect(path)
+        with reachable(path) as address:
+            s.connect(address)
         s.sendall(b"quit")
         s.recv(1)
 

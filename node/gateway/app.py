@@ -326,6 +326,8 @@ class Gateway:
             try:
                 piece = await trio.to_thread.run_sync(reader.next_piece, limiter=limiter)
             except ChunkMissing:
+                if fetching is not None and changed.is_set():
+                    continue  # chunks landed while it read (the fetch may even be done)
                 if fetching is not None and not fetching.done.is_set():
                     await _first(changed.wait, fetching.done.wait)
                     continue

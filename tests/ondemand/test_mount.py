@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -315,3 +316,24 @@ async def test_a_holder_started_as_the_node_stops_does_not_outlive_it(tmp_path: 
     for p in alive:
         p.kill()  # not left for the next test
     assert not alive, "the holder outlived the node"
+
+
+@pytest.mark.kernel
+def test_the_holder_serves_from_a_data_dir_longer_than_a_socket_address(tmp_path: Path) -> None:
+    _kernel()
+    from ondemand import holder
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # past the kernel's 107 bytes for a socket
+    deep.mkdir(parents=True)
+    path = str(deep / HOLDER_SOCKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ondemand.holder", path],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.stdout is not None
+    with proc.stdout:
+        assert proc.stdout.readline() == b"ready\n", f"the holder exited {proc.wait()}"
+    os.close(holder.borrow(path))
+    holder.release(path)
+    assert proc.wait(timeout=30) == 0 and not os.path.exists(path)
