@@ -2,9 +2,9 @@
 
 Two SQLite connections: the store's own, for writes, used by one writer at a time
 (`write_lock`: a publish holds it throughout; fetch sessions only to reserve their
-paths and to fill holes, so they run side by side), and a reader that serves peers, the control
-API and the fetchers' reads, so a long write never stalls them. Each connection is used
-from one worker thread at a time (its limiter)."""
+paths and to fill holes, so they run side by side), and a reader that serves peers,
+the control API and the fetchers' reads, so a long write never stalls them. Each
+connection is used from one worker thread at a time (its limiter)."""
 
 from __future__ import annotations
 

@@ -326,23 +326,26 @@ class Gateway:
             try:
                 piece = await trio.to_thread.run_sync(reader.next_piece, limiter=limiter)
             except ChunkMissing:
-                if fetching is not None and changed.is_set():
-                    continue  # chunks landed while it read (the fetch may even be done)
-                if fetching is not None and not fetching.done.is_set():
-                    await _first(changed.wait, fetching.done.wait)
+                if fetching is not None and (changed.is_set() or not fetching.done.is_set()):
+                    # Chunks landed while it read (the fetch may even be done), or are
+                    # still on their way: look again once some are here.
+                    if not changed.is_set():
+                        await _first(changed.wait, fetching.done.wait)
                     continue
-                if fetching is not None and fetching.error is not None:
-                    e: Exception = fetching.error
-                    self.metrics.nar_failures.labels("unavailable").inc()
-                    if not started:
-                        log.warning("NAR of %s unavailable: %s", plan.store_path, e)
-                        await _respond(send, 503, b"", False, reason=str(e).split("\n")[0])
-                        return False
-                    log.warning("NAR of %s cut short: %s", plan.store_path, e)
-                    raise NarUnavailable(str(e)) from None
-                self.metrics.nar_failures.labels("store").inc()
-                log.error("NAR of %s cut short: a chunk is missing from the store", plan.store_path)
-                raise
+                if fetching is None or fetching.error is None:
+                    self.metrics.nar_failures.labels("store").inc()
+                    log.error(
+                        "NAR of %s cut short: a chunk is missing from the store", plan.store_path
+                    )
+                    raise
+                e: Exception = fetching.error
+                self.metrics.nar_failures.labels("unavailable").inc()
+                if not started:
+                    log.warning("NAR of %s unavailable: %s", plan.store_path, e)
+                    await _respond(send, 503, b"", False, reason=str(e).split("\n")[0])
+                    return False
+                log.warning("NAR of %s cut short: %s", plan.store_path, e)
+                raise NarUnavailable(str(e)) from None
             except (ExportError, NarMismatch) as e:
                 # The status line is out: the one honest thing left is to cut the
                 # connection, so Nix sees a short body rather than a complete wrong one.

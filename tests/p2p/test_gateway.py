@@ -260,16 +260,23 @@ def _chunks_in_nar_order(nix: Nix, built: Built, path: str) -> list[bytes]:
     return [d for _, _, _, d in m.chunk_spans()]
 
 
-def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
-    nix: Nix, built: Built, network, tmp_path: Path
-) -> None:
+def _broken(nix: Nix, built: Built, network, which: int) -> tuple[NodeProc, str, list[bytes]]:
+    """Two builders publish the broken path, and both lose its chunk number `which` (in
+    NAR order): nobody can give it. The client, the path, its chunks."""
     (b1, b2, _), (ka, kb, _), client = network
     path = built.out["broken"]
     _publish(b1, built, [path], ka)
     _publish(b2, built, [path], kb)
-    first = _chunks_in_nar_order(nix, built, path)[0]
+    chunks = _chunks_in_nar_order(nix, built, path)
     for b in (b1, b2):
-        rot_chunk(b, first)  # known before a byte could go out
+        rot_chunk(b, chunks[which])
+    return client, path, chunks
+
+
+def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
+    nix: Nix, built: Built, network, tmp_path: Path
+) -> None:
+    client, path, _ = _broken(nix, built, network, 0)  # known before a byte could go out
     r = _realise(nix, tmp_path / "dest", path, client)
     assert r.returncode != 0
     assert "503" in r.stderr, r.stderr + "\n".join(client.log[-60:])
@@ -283,14 +290,8 @@ def test_a_chunk_nobody_has_is_a_503_not_a_bad_nar(
 def test_a_nar_streams_before_its_fetch_ends_and_a_chunk_lost_midway_fails_nix(
     nix: Nix, built: Built, network, tmp_path: Path
 ) -> None:
-    (b1, b2, _), (ka, kb, _), client = network
-    path = built.out["broken"]
-    _publish(b1, built, [path], ka)
-    _publish(b2, built, [path], kb)
-    chunks = _chunks_in_nar_order(nix, built, path)
+    client, path, chunks = _broken(nix, built, network, -1)  # the fetch can never end
     assert len(chunks) >= 4
-    for b in (b1, b2):
-        rot_chunk(b, chunks[-1])  # the fetch can never end: nobody has the last chunk
     status, _, body = _get(f"{client.gateway_url}/{_hash(path)}.narinfo")
     assert status == 200, body
     info = NarInfo.decode(body.decode())
