@@ -24,6 +24,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.daemon import api
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
+from node.daemon.quiet import Quiet
 from node.exchange.peers import PeerBook
 from p2p import claimwire
 from p2p.host import Notifee
@@ -38,6 +39,8 @@ GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 BOOTSTRAP_RETRY = 30.0
 BOOTSTRAP_MIN_GAP = 2.0
 REPROVIDE = 3600.0
+PROVIDE_QUIET = 2.0  # seconds without a gateway request before provider records are written
+PROVIDE_LATEST = 120.0  # ...but a path waits no longer than this for its record
 
 
 class Discovery:
@@ -58,8 +61,12 @@ class Discovery:
         host.get_network().register_notifee(_Gate(book, self._on_lost, self._joined.send_nowait))
         # Provider records are written by one task of the node's own: a DHT walk can take
         # seconds (dead routing-table entries), and no fetch or publish should wait for it.
-        self._to_provide, self._providing = trio.open_memory_channel[StorePath](math.inf)
+        self._to_provide, self._providing = trio.open_memory_channel[tuple[StorePath, float]](
+            math.inf
+        )
         self._queued: set[StorePath] = set()
+        # Held by the gateway while Nix waits on it (see quiet.py).
+        self.upkeep = Quiet(PROVIDE_QUIET, PROVIDE_LATEST)
 
     async def start(self, stack: AsyncExitStack) -> None:
         """The DHT and gossip services, as configured (inside the host's run)."""
@@ -217,11 +224,12 @@ class Discovery:
             for sp in complete:
                 if sp not in self._queued:
                     self._queued.add(sp)
-                    self._to_provide.send_nowait(sp)
+                    self._to_provide.send_nowait((sp, trio.current_time()))
 
     async def _provider(self) -> None:
         assert self.dht is not None
-        async for sp in self._providing:
+        async for sp, queued in self._providing:
+            await self.upkeep.wait(queued)
             self._queued.discard(sp)
             with trio.move_on_after(self.config.request_timeout):
                 try:

@@ -54,11 +54,13 @@ class GatewayBackend:
         config: NodeConfig,
         key: SecretKey,
         announce: Announce,
+        busy: Callable[[], None],
     ) -> None:
         self.sessions = sessions
         self.config = config
         self.key = key
         self.announce = announce
+        self.busy = busy  # Nix waits on us: background upkeep holds off
         self.store = store
         self.reader = store.store.reader()
         self.summaries = store.summaries
@@ -68,6 +70,7 @@ class GatewayBackend:
         self.reader.close()
 
     async def plan(self, hash_part: str) -> Plan:
+        self.busy()
         # Nix waits on every answer: a hung peer may cost a hit a second, never more.
         fetch = self.sessions.planning(
             connect_timeout=min(5.0, self.config.narinfo_timeout),
@@ -103,6 +106,7 @@ class GatewayBackend:
             return None
 
     async def complete(self, plan: Plan) -> None:
+        self.busy()
         timeout = min(5.0, self.config.narinfo_timeout)
         # In NAR order, not shuffled, and stored a piece at a time: the NAR streams to
         # Nix as its chunks arrive.
@@ -110,12 +114,14 @@ class GatewayBackend:
             schedule=Schedule, fill_bytes=PIECE, connect_timeout=timeout
         ) as (fetch, _):
             await fetch.complete([plan], roots=set())
+        self.busy()
         await self.announce([], [plan.store_path])
 
     def chunks_changed(self) -> trio.Event:
         return self.store.chunks_changed()
 
     def chunk_source(self) -> tuple[ChunkSource, trio.CapacityLimiter]:
+        self.busy()
         return ReaderChunks(self.reader), self.limiter
 
     def sign(self, fingerprint: str) -> NixSignature:

@@ -135,6 +135,7 @@ class Node:
             self.config,
             self.gateway_key,
             self.discovery.announce,
+            self.discovery.upkeep.hold,
         )
         await gateway.serve(
             backend, self.config, self.metrics, self.data_dir, task_status=task_status

@@ -15,7 +15,7 @@ import trio
 
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
-from node.exchange.bases import chunk_bases, package_name, pick_base
+from node.exchange.bases import chunk_bases, package_name, rank_bases
 from node.exchange.download import download
 from node.exchange.fetch import Fetch, FetchSettings, NoPolicy, Plan
 from node.exchange.network import Network
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FILL_BYTES = 8 << 20  # fetched bytes gathered before they go to their holes (one sync)
 FILL_DELAY = 0.2  # seconds a fetched chunk may wait for company before it goes anyway
+BASE_CANDIDATES = 16  # nearest same-package paths checked for completeness, for a diff base
 
 
 class FetchStore:
@@ -46,9 +47,6 @@ class FetchStore:
         self._blocks: list[tuple[bytes, bytes]] = []  # fetched, not in the store yet
         self._block_bytes = 0
         self._since = 0.0  # when the oldest of `_blocks` arrived
-        # Paths recorded when the session began: the candidate bases (a path it records
-        # itself is incomplete until it ends, so never one). Read once, not per path.
-        self._recorded: list[StorePath] | None = None
 
     async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
         return await self.store.read(self.store.reader.path_state, str(sp))
@@ -79,10 +77,9 @@ class FetchStore:
         reader = self.store.reader
 
         def work() -> dict[bytes, tuple[bytes, ...]]:
-            recorded = self._recorded_paths()
             out: dict[bytes, tuple[bytes, ...]] = {}
             for plan in plans:
-                base = self._base(plan.store_path, recorded)
+                base = self._base(plan.store_path)
                 if base is not None:
                     rows = reader.index.chunks(list(set(base.chunk_digests())))
                     out.update(
@@ -93,32 +90,21 @@ class FetchStore:
         return await self.store.read(work)
 
     async def base_manifest(self, store_path: StorePath) -> Manifest | None:
-        def work() -> Manifest | None:
-            return self._base(store_path, self._recorded_paths())
+        return await self.store.read(self._base, store_path)
 
-        return await self.store.read(work)
-
-    def _recorded_paths(self) -> list[StorePath]:
-        if self._recorded is None:
-            self._recorded = [
-                StorePath.parse(p.store_path) for p in self.store.reader.index.paths()
-            ]
-        return self._recorded
-
-    def _base(self, sp: StorePath, recorded: list[StorePath]) -> Manifest | None:
+    def _base(self, sp: StorePath) -> Manifest | None:
         """The manifest of the closest complete version of `sp`'s package (on a worker
-        thread). Names first, from one query; completeness only for the same package:
-        a check per recorded path would be a query each."""
+        thread). Only paths whose names start like it are read (a store holds thousands,
+        and a closure asks for each of its paths); completeness only for the same
+        package. A path being fetched is incomplete, so never a base."""
         reader = self.store.reader
-        name = package_name(sp)
-        local = [
-            p
-            for p in recorded
-            if package_name(p) == name and not reader.index.missing_chunks(str(p))
-        ]
-        base = pick_base(sp, local)
-        state = reader.path_state(str(base)) if base is not None else None
-        return state[0] if state is not None else None
+        candidates = reader.index.store_paths_named(sp.store_dir, package_name(sp))
+        # Completeness is a query each: asked nearest first, and of a few only.
+        for p in rank_bases(sp, candidates)[:BASE_CANDIDATES]:
+            if not reader.index.missing_chunks(p):
+                state = reader.path_state(p)
+                return state[0] if state is not None else None
+        return None
 
     async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
         return await self.store.blobs(digests)

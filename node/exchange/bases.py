@@ -24,24 +24,32 @@ _DIGITS = re.compile(rb"\d+")
 def package_name(sp: StorePath) -> str:
     """The name without its version, as Nix's parseDrvName splits it: up to the first
     dash followed by something other than a letter."""
-    parts = sp.name.split("-")
+    return _package(sp.name)
+
+
+def _package(name: str) -> str:
+    parts = name.split("-")
     for i in range(1, len(parts)):
         if parts[i] and not parts[i][0].isalpha():
             return "-".join(parts[:i])
-    return sp.name
+    return name
 
 
 def pick_base(target: StorePath, local: Iterable[StorePath]) -> StorePath | None:
     """The local path most like `target`: same package name, the closest name string."""
-    name = package_name(target)
-    same = [
-        p
-        for p in local
-        if p != target and package_name(p) == name and p.store_dir == target.store_dir
-    ]
-    if not same:
-        return None
-    return min(same, key=lambda p: (_distance(p.name, target.name), str(p)))
+    ranked = rank_bases(target, (str(p) for p in local))
+    return StorePath.parse(ranked[0]) if ranked else None
+
+
+def rank_bases(target: StorePath, local: Iterable[str]) -> list[str]:
+    """The store paths among `local` of `target`'s package, the closest name first. On
+    strings: a store can hold thousands of one package name (`source`), and each path of
+    a closure being fetched asks."""
+    name, prefix, me = target.name, target.store_dir + "/", str(target)
+    package = _package(name)
+    start = len(prefix) + 33  # past the 32 hash characters and the dash
+    same = [p for p in local if p != me and p.startswith(prefix) and _package(p[start:]) == package]
+    return sorted(same, key=lambda p: (_distance(p[start:], name), p))
 
 
 def _distance(a: str, b: str) -> int:

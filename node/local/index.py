@@ -257,6 +257,19 @@ class Index:
             )
         ]
 
+    def store_paths_named(self, store_dir: str, prefix: str) -> list[str]:
+        """Recorded store paths whose name (after `<store_dir>/<hash>-`) starts with
+        `prefix` (or with it in another ASCII case: LIKE's rule; callers match exactly)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        first = len(store_dir) + 35  # 1-based: past the slash, 32 hash characters, the dash
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT store_path FROM paths WHERE substr(store_path, ?) LIKE ? ESCAPE '\\'",
+                (first, pattern),
+            )
+        ]
+
     def put_path(
         self,
         store_path: str,

@@ -1,0 +1,35 @@
+"""Finding recorded paths by the start of their name (candidate bases for a diff)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.local.index import Index
+
+# Nix's name characters, with the ones LIKE treats specially among them (and `%`, `\`,
+# which Nix forbids, in case a store was written by something laxer).
+NAME = st.text(alphabet="aAbB_-.%\\1+", min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(NAME, max_size=12), prefix=NAME)
+def test_store_paths_named_is_a_prefix_match(names: list[str], prefix: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Index(str(Path(tmp) / "index.sqlite"))
+        try:
+            with index.transaction():
+                m = index.add_manifest(b"\0" * 32, b"m", [])
+                paths = [f"/nix/store/{i:032d}-{n}" for i, n in enumerate(names)]
+                for p in paths:
+                    index.put_path(p, m, "sha256:x", 1, None, [], 0)
+            got = index.store_paths_named("/nix/store", prefix)
+        finally:
+            index.close()
+    # LIKE ignores ASCII case; callers compare exactly, so only the exact ones matter.
+    exact = {p for p in paths if p[44:].startswith(prefix)}
+    assert exact <= set(got)
+    assert all(p[44:].lower().startswith(prefix.lower()) for p in got)
