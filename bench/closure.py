@@ -46,24 +46,7 @@ from trust import keyfile
 from trust.claim import sign_manifest
 
 KB, MB = 1000, 1000 * 1000
-WORDS = [
-    b"lib",
-    b"include",
-    b"const",
-    b"return",
-    b"static",
-    b"struct",
-    b"void",
-    b"#define",
-    b"nix",
-    b"store",
-    b"path",
-    b"function",
-    b"the",
-    b"of",
-    b"and",
-    b"value",
-]
+WORDS = b"lib include const return static struct void #define nix store path function the of and value".split()
 
 
 def nix(env: dict[str, str], *args: str) -> str:
@@ -175,6 +158,8 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("nix-store") is None:
         sys.exit("needs Nix (Debian: nix-bin); `./run test` installs it when run as root")
+    if args.paths < 1 or args.rounds < 1:
+        sys.exit("--paths and --rounds must be at least 1")
     if not 0 <= args.big <= args.paths:
         sys.exit("--big must be between 0 and --paths")
     rnd = random.Random(args.seed)
