@@ -27,7 +27,6 @@ import json
 import math
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,25 +34,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.substitution import file_cache, nix, rounds
 from node.local.store import LocalStore
 from store import nixconf
 from store.build import from_directory
 from store.hash import Hash
 from store.path import StorePath
-from tests.httpdir import serve
 from tests.p2p.nodes import NodeProc, keys, policy
 from trust import keyfile
 from trust.claim import sign_manifest
 
 KB, MB = 1000, 1000 * 1000
 WORDS = b"lib include const return static struct void #define nix store path function the of and value".split()
-
-
-def nix(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(list(args), capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{' '.join(args[:4])}... failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def content(rnd: random.Random, size: int) -> bytes:
@@ -202,39 +194,8 @@ def main() -> None:
         nar_bytes = sum(i["narSize"] for i in infos)
         small = sum(1 for i in infos if i["narSize"] < MB)
 
-        nix(
-            env,
-            "nix-store",
-            "--generate-binary-cache-key",
-            "plain",
-            str(tmp / "plain.sec"),
-            str(tmp / "plain.pub"),
-        )
-        plain_key = (tmp / "plain.pub").read_text().strip()
-        nix(
-            env,
-            "nix",
-            "store",
-            "sign",
-            "--store",
-            str(store),
-            "--key-file",
-            str(tmp / "plain.sec"),
-            "--recursive",
-            top,
-        )
-        print("filling the zstd cache (set-up, not timed)...", file=sys.stderr)
-        nix(
-            env,
-            "nix",
-            "copy",
-            "--store",
-            str(store),
-            "--to",
-            f"file://{tmp / 'cache'}?compression=zstd",
-            top,
-        )
-        cache_bytes = sum(f.stat().st_size for f in (tmp / "cache" / "nar").iterdir())
+        cache, plain_key = file_cache(env, tmp, store, top, "zstd")
+        cache_bytes = sum(f.stat().st_size for f in (cache / "nar").iterdir())
 
         print("publishing into the seed's store (set-up, not timed)...", file=sys.stderr)
         k = keys(tmp, "builder")
@@ -242,34 +203,19 @@ def main() -> None:
         seed = NodeProc(tmp, "seed", timeout=10)
         publish_all(seed.data_dir, store, paths, k["builder"][0], env)
         seed.start().wait_ready()
-        procs = [seed]
-        times: dict[str, list[float]] = {"ferry": [], "http+zstd": []}
         try:
-            with serve(tmp / "cache") as plain_url:
-                for r in range(args.rounds):
-                    print(f"round {r + 1}...", file=sys.stderr)
-                    client = NodeProc(
-                        tmp, f"client{r}", bootstrap=[seed.addr], policy=pol, timeout=10
-                    ).start()
-                    procs.append(client)
-                    client.wait_ready()
-                    node_key = (client.data_dir / "cache.pub").read_text().strip()
-                    try:
-                        times["ferry"].append(
-                            copy_from(
-                                env, tmp / f"dest-ferry-{r}", top, client.gateway_url, node_key
-                            )
-                        )
-                    except SystemExit:
-                        print("\n".join(client.log[-40:] + seed.log[-20:]), file=sys.stderr)
-                        raise
-                    client.stop()
-                    times["http+zstd"].append(
-                        copy_from(env, tmp / f"dest-http-{r}", top, plain_url, plain_key)
-                    )
+            times = rounds(
+                tmp,
+                seed,
+                pol,
+                cache,
+                plain_key,
+                args.rounds,
+                lambda dest, url, key: copy_from(env, dest, top, url, key),
+                "http+zstd",
+            )
         finally:
-            for proc in procs:
-                proc.stop()
+            seed.stop()
     print(
         f"closure: {len(paths)} paths ({small} under 1 MB of NAR), {nar_bytes / 1e6:.1f} MB of NAR "
         f"({file_bytes / 1e6:.1f} MB of files); zstd NARs {cache_bytes / 1e6:.1f} MB"

@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.substitution import file_cache, nix, rounds
 from store import nixconf
 from tests.conftest import NIX_MK
 from tests.httpdir import serve
@@ -56,13 +57,6 @@ let"""
 in mk "bench-top-1.0" "mkdir $out; echo ${bin} > $out/bin; echo ${lib} > $out/lib"
 """
 )
-
-
-def nix(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(list(args), capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{' '.join(args[:3])}... failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def du(path: Path) -> int:
@@ -129,75 +123,27 @@ def substitute(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
 
-        # The plain cache: xz NARs signed by a Nix key.
-        nix(
-            env,
-            "nix-store",
-            "--generate-binary-cache-key",
-            "plain-cache",
-            str(tmp / "plain.sec"),
-            str(tmp / "plain.pub"),
-        )
-        plain_key = (tmp / "plain.pub").read_text().strip()
-        nix(
-            env,
-            "nix",
-            "--extra-experimental-features",
-            "nix-command",
-            "store",
-            "sign",
-            "--store",
-            str(store),
-            "--key-file",
-            str(tmp / "plain.sec"),
-            "--recursive",
-            top,
-        )
-        print("compressing the xz cache (set-up, not timed)...", file=sys.stderr)
-        nix(
-            env,
-            "nix",
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--store",
-            str(store),
-            "--to",
-            f"file://{tmp / 'xzcache'}?compression=xz",
-            top,
-        )
-        xz_bytes = du(tmp / "xzcache" / "nar")
+        cache, plain_key = file_cache(env, tmp, store, top, "xz")
+        xz_bytes = du(cache / "nar")
 
         k = keys(tmp, "builder")
         pol = policy(tmp, [k["builder"][1]], threshold=1)
         seed = NodeProc(tmp, "seed", timeout=10).start().wait_ready()
-        procs = [seed]
-        times: dict[str, list[float]] = {"ferry": [], "http+xz": []}
         try:
             for p in paths:
                 seed.json("publish", p, "--store", str(store), "--key", str(k["builder"][0]))
-            with serve(tmp / "xzcache") as plain_url:
-                for r in range(args.rounds):
-                    client = NodeProc(
-                        tmp, f"client{r}", bootstrap=[seed.addr], policy=pol, timeout=10
-                    ).start()
-                    procs.append(client)
-                    client.wait_ready()
-                    node_key = (client.data_dir / "cache.pub").read_text().strip()
-                    try:
-                        times["ferry"].append(
-                            realise(env, tmp / f"dest-ferry-{r}", top, client.gateway_url, node_key)
-                        )
-                    except SystemExit:
-                        print("\n".join(client.log[-40:] + seed.log[-20:]), file=sys.stderr)
-                        raise
-                    client.stop()
-                    times["http+xz"].append(
-                        realise(env, tmp / f"dest-xz-{r}", top, plain_url, plain_key)
-                    )
+            times = rounds(
+                tmp,
+                seed,
+                pol,
+                cache,
+                plain_key,
+                args.rounds,
+                lambda dest, url, key: realise(env, dest, top, url, key),
+                "http+xz",
+            )
         finally:
-            for proc in procs:
-                proc.stop()
+            seed.stop()
     print(
         f"closure: {len(paths)} paths, {nar_bytes / 1e6:.1f} MB of NAR ({args.source}, {args.extra}); "
         f"xz NARs {xz_bytes / 1e6:.1f} MB"

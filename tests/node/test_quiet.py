@@ -7,40 +7,41 @@ import trio
 from node.daemon.quiet import Quiet
 
 
+class Upkeep:
+    """A task that waits its turn from now; `done` holds when it ran (seconds since)."""
+
+    def __init__(self, quiet: Quiet) -> None:
+        self.quiet = quiet
+        self.start = trio.current_time()
+        self.done: list[float] = []
+
+    async def run(self) -> None:
+        await self.quiet.wait(self.start)
+        self.done.append(trio.current_time() - self.start)
+
+
 async def test_upkeep_runs_once_requests_stop(autojump_clock: trio.abc.Clock) -> None:
     quiet = Quiet(2.0, 120.0)
-    start = trio.current_time()
-    done: list[float] = []
-
-    async def upkeep() -> None:
-        await quiet.wait(start)
-        done.append(trio.current_time() - start)
-
+    upkeep = Upkeep(quiet)
     async with trio.open_nursery() as nursery:
         quiet.hold()
-        nursery.start_soon(upkeep)
+        nursery.start_soon(upkeep.run)
         for _ in range(5):  # a request each second for 5 s
             await trio.sleep(1.0)
-            assert not done
+            assert not upkeep.done
             quiet.hold()
-    assert done == [7.0]  # the last request at 5 s, then 2 s of quiet
+    assert upkeep.done == [7.0]  # the last request at 5 s, then 2 s of quiet
 
 
 async def test_a_busy_gateway_does_not_starve_upkeep(autojump_clock: trio.abc.Clock) -> None:
     quiet = Quiet(2.0, 10.0)
-    start = trio.current_time()
-    done: list[float] = []
-
-    async def upkeep() -> None:
-        await quiet.wait(start)
-        done.append(trio.current_time() - start)
-
+    upkeep = Upkeep(quiet)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(upkeep)
+        nursery.start_soon(upkeep.run)
         for _ in range(30):
             quiet.hold()
             await trio.sleep(0.5)
-    assert done == [10.0]
+    assert upkeep.done == [10.0]
 
 
 async def test_no_request_no_wait(autojump_clock: trio.abc.Clock) -> None:
