@@ -106,6 +106,7 @@ class SimNode:
         self.refused = False
         self.attempt = trio.CancelScope()  # the fetch attempt under way (churn cancels it)
         self.host.handlers[claimwire.PROTOCOL] = self._serve_claims
+        self.host.handlers[claimwire.PROTOCOL_GETS] = self._serve_claims
         self.host.handlers[BLOCKS] = self._stall if role is Role.STALL else self._serve_blocks
 
     @property

@@ -15,12 +15,13 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from node.daemon.ahead import Ahead
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
 from node.exchange.fetch import FetchError, NoClaims, NoPolicy, Plan
 from node.exchange.schedule import Schedule
-from node.gateway.app import PIECE, Gateway, GatewaySettings
+from node.gateway.app import PIECE, Gateway, GatewaySettings, first
 from node.gateway.metrics import Metrics
 from node.local.store import ReaderChunks
 from store import userfile
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 GATEWAY_FILE = "gateway.url"
 CLAIMS_WAIT = 1.0  # seconds a narinfo waits for a peer's claims
+AHEAD_WAIT = 2.0  # seconds a narinfo waits for the batch planning it ahead (then asks alone)
 
 Announce = Callable[[Sequence[Any], Sequence[StorePath]], Awaitable[None]]
 
@@ -55,6 +57,7 @@ class GatewayBackend:
         key: SecretKey,
         announce: Announce,
         busy: Callable[[], None],
+        metrics: Metrics,
     ) -> None:
         self.sessions = sessions
         self.config = config
@@ -65,12 +68,31 @@ class GatewayBackend:
         self.reader = store.store.reader()
         self.summaries = store.summaries
         self.limiter = trio.CapacityLimiter(1)  # one SQLite connection: one thread at a time
+        self.ahead = Ahead(
+            self._plan_many,
+            self._fill,
+            self.summaries.known,
+            lambda work, n: metrics.ahead.labels(work).inc(n),
+        )
 
     def close(self) -> None:
         self.reader.close()
 
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """What the backend does on its own (working ahead of Nix), until cancelled."""
+        await self.ahead.run(task_status=task_status)
+
     async def plan(self, hash_part: str) -> Plan:
+        """A narinfo's plan: a small path the store lacks is fetched at once."""
+        plan = await self._plan(hash_part)
+        self.ahead.wanted(plan)
+        return plan
+
+    async def _plan(self, hash_part: str) -> Plan:
         self.busy()
+        made = await self.ahead.plan(hash_part, AHEAD_WAIT)
+        if made is not None:
+            return made
         # Nix waits on every answer: a hung peer may cost a hit a second, never more.
         fetch = self.sessions.planning(
             connect_timeout=min(5.0, self.config.narinfo_timeout),
@@ -86,12 +108,21 @@ class GatewayBackend:
             )
         try:
             with trio.fail_after(self.config.narinfo_timeout):
-                return await fetch.plan_hash(hash_part, self.config.store_dir)
+                plan = await fetch.plan_hash(hash_part, self.config.store_dir)
         except trio.TooSlowError:
             raise FetchError(
                 f"peers did not settle {hash_part} within narinfo_timeout "
                 f"({self.config.narinfo_timeout:g} s)"
             ) from None
+        self.ahead.planned(plan)
+        return plan
+
+    async def _plan_many(self, hashes: list[str]) -> dict[str, Plan]:
+        fetch = self.sessions.planning(
+            connect_timeout=min(5.0, self.config.narinfo_timeout),
+            claims_timeout=min(CLAIMS_WAIT, self.config.narinfo_timeout),
+        )
+        return await fetch.plan_many(hashes, self.config.store_dir)
 
     async def plan_for_nar(self, nar_hash: Hash) -> Plan | None:
         sp = await trio.to_thread.run_sync(
@@ -100,12 +131,37 @@ class GatewayBackend:
         if sp is None:
             return None
         try:
-            return await self.plan(StorePath.parse(sp).hash_part)
+            return await self._plan(StorePath.parse(sp).hash_part)
         except (FetchError, NoPolicy) as e:
             log.info("NAR %s: %s", nar_hash, e)
             return None
 
     async def complete(self, plan: Plan) -> None:
+        self.busy()
+        running = self.ahead.filling(plan.store_path.hash_part)
+        while running is not None and not running.is_set():
+            changed = self.store.chunks_changed()
+            if await self._holds(plan):
+                return
+            await first(changed.wait, running.wait)
+        if not await self._holds(plan):  # else filled ahead, or by another request
+            await self._fill([plan])
+
+    async def _holds(self, plan: Plan) -> bool:
+        """Whether the store holds the planned path complete."""
+        index, sp = self.store.reader.index, str(plan.store_path)
+
+        def work() -> bool:
+            row = index.path(sp)
+            return (
+                row is not None
+                and row.manifest_digest == plan.verdict.manifest_digest
+                and not index.missing_chunks(sp)
+            )
+
+        return await self.store.read(work)
+
+    async def _fill(self, plans: list[Plan]) -> None:
         self.busy()
         timeout = min(5.0, self.config.narinfo_timeout)
         # In NAR order, not shuffled, and stored a piece at a time: the NAR streams to
@@ -113,9 +169,9 @@ class GatewayBackend:
         async with self.sessions.recording(
             schedule=Schedule, fill_bytes=PIECE, connect_timeout=timeout
         ) as (fetch, _):
-            await fetch.complete([plan], roots=set())
+            await fetch.complete(plans, roots=set())
         self.busy()
-        await self.announce([], [plan.store_path])
+        await self.announce([], [p.store_path for p in plans])
 
     def chunks_changed(self) -> trio.Event:
         return self.store.chunks_changed()
@@ -161,6 +217,7 @@ async def serve(
         if given is None:
             _check_bind(host, port, config.gateway)
         async with trio.open_nursery() as nursery:
+            await nursery.start(backend.run)
             # The gateway types its ASGI messages as plain dicts, not hypercorn's TypedDicts.
             run = partial(hypercorn.trio.serve, app, cfg, mode="asgi")  # type: ignore[arg-type]
             binds = await nursery.start(run)

@@ -99,6 +99,9 @@ class Node:
                 try:
                     self.host.set_stream_handler(TProtocol(blocks.PROTOCOL), self._on_blocks)
                     self.host.set_stream_handler(TProtocol(claimwire.PROTOCOL), self._on_claims)
+                    self.host.set_stream_handler(
+                        TProtocol(claimwire.PROTOCOL_GETS), self._on_claims
+                    )
                     self.host.set_stream_handler(TProtocol(summary.PROTOCOL), self._on_summary)
                     await self.discovery.start(stack)
                     addrs = [str(a) for a in self.host.get_addrs()]
@@ -136,6 +139,7 @@ class Node:
             self.gateway_key,
             self.discovery.announce,
             self.discovery.upkeep.hold,
+            self.metrics,
         )
         await gateway.serve(
             backend, self.config, self.metrics, self.data_dir, task_status=task_status

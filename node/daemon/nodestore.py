@@ -9,7 +9,7 @@ connection is used from one worker thread at a time (its limiter)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -102,6 +102,9 @@ class NodeStore:
 
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
         return await self.read(self.reader.claims_by_hash, path_hash)
+
+    async def claims_for_many(self, path_hashes: Sequence[str]) -> list[list[SignedClaim]]:
+        return await self.read(self.reader.claims_by_hashes, path_hashes)
 
     async def learn(self, found: list[SignedClaim], source: str) -> int:
         if not found:

@@ -51,8 +51,15 @@ class FetchStore:
     async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
         return await self.store.read(self.store.reader.path_state, str(sp))
 
+    async def states(self, sps: Sequence[StorePath]) -> list[tuple[Manifest, bool] | None]:
+        reader = self.store.reader
+        return await self.store.read(lambda: [reader.path_state(str(sp)) for sp in sps])
+
     async def claims(self, hash_part: str) -> list[SignedClaim]:
         return await self.store.claims_for(hash_part)
+
+    async def claims_many(self, hash_parts: Sequence[str]) -> list[list[SignedClaim]]:
+        return await self.store.claims_for_many(hash_parts)
 
     async def learn(self, found: list[SignedClaim], source: str) -> int:
         return await self.store.learn(found, source)
@@ -62,12 +69,14 @@ class FetchStore:
 
         def work() -> dict[bytes, int]:
             missing: dict[bytes, int] = {}
-            for p in plans:
-                sizes = {d: n for _, _, n, d in p.manifest.chunk_spans()}
-                absent = local.reserve(
-                    p.manifest, claims=p.verdict.claims, root=str(p.store_path) in roots
-                )
-                missing.update((d, sizes[d]) for d in absent)
+            # One commit (one sync) for a closure's thousands of small paths.
+            with local.index.transaction():
+                for p in plans:
+                    sizes = {d: n for _, _, n, d in p.manifest.chunk_spans()}
+                    absent = local.reserve(
+                        p.manifest, claims=p.verdict.claims, root=str(p.store_path) in roots
+                    )
+                    missing.update((d, sizes[d]) for d in absent)
             return missing
 
         async with self.store.write_lock:

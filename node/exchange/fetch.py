@@ -45,6 +45,7 @@ from trust.report import verdict_text
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 64 << 20
+BATCH_MANIFEST_TURNS = 3  # peers asked in turn for a batch's manifests (then: path by path)
 MANIFEST_ROUNDS = 8  # rounds of asking busy peers for a manifest again (pauses double to 16 s)
 
 
@@ -103,6 +104,14 @@ class LocalPaths(BlockSink, Protocol):
 
     async def claims(self, hash_part: str) -> list[SignedClaim]:
         """The claims the store keeps for paths with this hash part."""
+        ...
+
+    async def claims_many(self, hash_parts: Sequence[str]) -> list[list[SignedClaim]]:
+        """`claims` for each hash part, in order, at one go."""
+        ...
+
+    async def states(self, sps: Sequence[StorePath]) -> list[tuple[Manifest, bool] | None]:
+        """`state` of each, in order, at one go."""
         ...
 
     async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
@@ -235,6 +244,133 @@ class Fetch:
         manifest = await self._fetch_manifest(sp, verdict)
         return Plan(sp, manifest, verdict, False)
 
+    async def plan_many(self, hash_parts: Sequence[str], store_dir: str) -> dict[str, Plan]:
+        """Plans for as many of `hash_parts` as the claims kept here and those of the
+        connected peers that list them make trusted: a closure's paths asked at
+        `claimwire.MAX_GETS` a stream and their manifests on one blocks stream per peer,
+        where `plan_hash` costs two streams a path. A hash left out (unknown, refused, a
+        peer that did not answer) is for `plan_hash` to decide, with the DHT, the
+        refusal's reasons and the retries."""
+        hashes = list(dict.fromkeys(hash_parts))
+        gathered = dict(zip(hashes, await self.local.claims_many(hashes), strict=True))
+        by_peer: dict[str, list[str]] = {}
+        for h in hashes:
+            for peer in self.net.claim_holders(h):
+                by_peer.setdefault(peer, []).append(h)
+        found: list[SignedClaim] = []
+        async with trio.open_nursery() as nursery:
+            for peer, asked in by_peer.items():
+                for i in range(0, len(asked), claimwire.MAX_GETS):
+                    nursery.start_soon(
+                        self._gets_from, peer, asked[i : i + claimwire.MAX_GETS], found
+                    )
+        unique = {c.encode(): c for c in found}
+        valid = [c for c in unique.values() if c.valid()]
+        await self.local.learn(valid, "peers")
+        for c in valid:
+            gathered[c.claim.store_path.hash_part].append(c)
+
+        trusted: list[tuple[StorePath, Trusted]] = []
+        for h in hashes:
+            sp, verdict = self._decide(store_dir, None, gathered[h])
+            if sp is not None and isinstance(verdict, Trusted):
+                trusted.append((sp, verdict))
+        await self.local.learn([c for _, v in trusted for c in v.claims], "quorum")
+        plans: dict[str, Plan] = {}
+        wanted: list[tuple[StorePath, Trusted, list[str]]] = []
+        states = await self.local.states([sp for sp, _ in trusted])
+        for (sp, verdict), have in zip(trusted, states, strict=True):
+            if have is not None and have[0].digest() == verdict.manifest_digest:
+                plans[sp.hash_part] = Plan(sp, have[0], verdict, have[1])
+            else:
+                wanted.append((sp, verdict, self._blob_peers(sp.hash_part)))
+        # A peer may hold a path's claims (it relays them) but not its manifest: what the
+        # first peer lacks is asked of the next one, as `_fetch_manifest` does.
+        for turn in range(BATCH_MANIFEST_TURNS):
+            ask: dict[str, list[tuple[StorePath, Trusted]]] = {}
+            for sp, verdict, peers in wanted:
+                if sp.hash_part not in plans and turn < len(peers):
+                    ask.setdefault(peers[turn], []).append((sp, verdict))
+            async with trio.open_nursery() as nursery:
+                for peer, some in ask.items():
+                    nursery.start_soon(self._manifests_from, peer, some, plans)
+        return plans
+
+    async def _gets_from(self, peer: str, hashes: list[str], found: list[SignedClaim]) -> None:
+        """GETS `hashes` of `peer`: the claims it answers for each, into `found`."""
+        answers = claimwire.Answers(len(hashes))
+        with trio.move_on_after(self.settings.claims_timeout):
+            try:
+                stream = await self.net.open_stream(peer, claimwire.PROTOCOL_GETS)
+            except Exception as e:  # noqa: BLE001 - unreachable, or speaks only /1: plan_hash asks
+                log.info("cannot ask %s for claims in a batch: %s", peer, e)
+                return
+            try:
+                await write(stream, claimwire.encode(claimwire.Gets(tuple(hashes))))
+                done = False
+                while not done:
+                    data = await read_some(stream)
+                    if not data:
+                        return
+                    self.progress.metadata_bytes += len(data)
+                    done = answers.receive_data(data)
+            except FrameError as e:  # ClaimsError is one
+                await abort(stream)
+                await self.net.punish(peer, f"claims protocol: {e}")
+                return
+            except StreamGone:
+                return
+            await finish(stream)
+            for h, raws in zip(hashes, answers.answers, strict=True):
+                for raw in raws:
+                    try:
+                        c = SignedClaim.decode(raw)
+                    except ClaimError:
+                        continue  # counts for nothing, as in `_claims_from`
+                    if c.claim.store_path.hash_part == h:
+                        found.append(c)
+                        self._claimed_by.setdefault(h, set()).add(peer)
+
+    async def _manifests_from(
+        self, peer: str, wanted: list[tuple[StorePath, Trusted]], plans: dict[str, Plan]
+    ) -> None:
+        """The manifests of `wanted` from `peer` on one stream, plain, into `plans`; those
+        it lacks or sends wrong are left out."""
+        by_digest = {v.manifest_digest: (sp, v) for sp, v in wanted}
+        client = BlockClient(max_block=MAX_MANIFEST)
+        with trio.move_on_after(self.settings.request_timeout):
+            try:
+                stream = await self.net.open_stream(peer, BLOCKS)
+            except Exception as e:  # noqa: BLE001 - unreachable: plan_hash tries the others
+                log.info("cannot open a blocks stream to %s: %s", peer, e)
+                return
+            try:
+                await write(stream, client.want([Want(d) for d in by_digest]))
+                while client.outstanding:
+                    data = await read_some(stream)
+                    if not data:
+                        return
+                    self.progress.metadata_bytes += len(data)
+                    for r in client.receive_data(data):
+                        if not isinstance(r, Block):
+                            continue  # BUSY or DONT_HAVE: plan_hash asks again, or others
+                        if blake3_digest(r.data) != r.digest:
+                            await self.net.punish(
+                                peer, f"sent a blob that does not hash to {r.digest.hex()[:16]}"
+                            )
+                            return
+                        sp, verdict = by_digest[r.digest]
+                        m = await self._decode_manifest(peer, r.digest, r.data)
+                        if m is not None and _matches(m, sp, verdict):
+                            plans[sp.hash_part] = Plan(sp, m, verdict, False)
+            except FrameError as e:  # BlocksError is one
+                await abort(stream)
+                await self.net.punish(peer, f"blocks protocol: {e}")
+                return
+            except StreamGone:
+                return
+            await finish(stream)
+
     def _decide(
         self, store_dir: str, want: StorePath | None, claims: list[SignedClaim]
     ) -> tuple[StorePath | None, Verdict | None]:
@@ -335,20 +471,10 @@ class Fetch:
                     continue
                 if data is None:
                     continue
-                try:
-                    m = Manifest.decode(data)
-                except ManifestError as e:
-                    await self.net.punish(
-                        peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}"
-                    )
+                m = await self._decode_manifest(peer, digest, data)
+                if m is None:
                     continue
-                o = verdict.outcome
-                if (
-                    m.store_path != sp
-                    or m.nar_hash != o.nar_hash
-                    or m.nar_size != o.nar_size
-                    or tuple(sorted(m.references, key=str)) != o.references
-                ):
+                if not _matches(m, sp, verdict):
                     # The builders signed a manifest that contradicts their own claim: no peer
                     # can fix that, so stop rather than ask everyone.
                     raise FetchError(
@@ -365,6 +491,15 @@ class Fetch:
             f"{sp}: no connected peer has its manifest {digest.hex()[:16]}… "
             "(is a builder that published it running and reachable? see `ferry peers`)"
         )
+
+    async def _decode_manifest(self, peer: str, digest: bytes, data: bytes) -> Manifest | None:
+        try:
+            return Manifest.decode(data)
+        except ManifestError as e:
+            await self.net.punish(
+                peer, f"manifest {digest.hex()[:16]} hashes right but does not decode: {e}"
+            )
+            return None
 
     async def _blob_from(
         self, peer: str, digest: bytes, base: bytes | None = None
@@ -450,6 +585,17 @@ class Fetch:
             r = self._on_progress(self.progress)
             if r is not None:
                 await r
+
+
+def _matches(m: Manifest, sp: StorePath, verdict: Trusted) -> bool:
+    """Whether a manifest says what the builders' claim says of the path."""
+    o = verdict.outcome
+    return (
+        m.store_path == sp
+        and m.nar_hash == o.nar_hash
+        and m.nar_size == o.nar_size
+        and tuple(sorted(m.references, key=str)) == o.references
+    )
 
 
 class _BusyPeer:

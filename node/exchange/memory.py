@@ -83,6 +83,12 @@ class MemoryStore:
     async def claims(self, hash_part: str) -> list[SignedClaim]:
         return list(self._claims.get(hash_part, {}).values())
 
+    async def states(self, sps: Sequence[StorePath]) -> list[tuple[Manifest, bool] | None]:
+        return [await self.state(sp) for sp in sps]
+
+    async def claims_many(self, hash_parts: Sequence[str]) -> list[list[SignedClaim]]:
+        return [await self.claims(h) for h in hash_parts]
+
     async def learn(self, claims: list[SignedClaim], source: str) -> int:
         return self._learn(claims)
 
@@ -150,3 +156,6 @@ class MemoryStore:
 
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
         return list(self._claims.get(path_hash, {}).values())
+
+    async def claims_for_many(self, path_hashes: Sequence[str]) -> list[list[SignedClaim]]:
+        return [await self.claims_for(h) for h in path_hashes]

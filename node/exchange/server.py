@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,7 +48,7 @@ class BlobSource(Protocol):
 
 
 class ClaimBook(Protocol):
-    async def claims_for(self, path_hash: str) -> list[SignedClaim]: ...
+    async def claims_for_many(self, path_hashes: Sequence[str]) -> list[list[SignedClaim]]: ...
     async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
 
 
@@ -216,12 +216,18 @@ async def serve_claims(
                 if not data:
                     return
                 msg = reader.receive_data(data)
-            if isinstance(msg, claimwire.Get):
-                found = await book.claims_for(msg.path_hash)
+            if isinstance(msg, claimwire.Get | claimwire.Gets):
+                hashes = (msg.path_hash,) if isinstance(msg, claimwire.Get) else msg.path_hashes
+                answers = await book.claims_for_many(hashes)
                 await write(
                     stream,
-                    claimwire.encode(
-                        claimwire.Claims(tuple(c.encode() for c in found[: claimwire.MAX_CLAIMS]))
+                    b"".join(
+                        claimwire.encode(
+                            claimwire.Claims(
+                                tuple(c.encode() for c in found[: claimwire.MAX_CLAIMS])
+                            )
+                        )
+                        for found in answers
                     ),
                 )
             elif isinstance(msg, claimwire.Push):

@@ -330,7 +330,7 @@ class Gateway:
                     # Chunks landed while it read (the fetch may even be done), or are
                     # still on their way: look again once some are here.
                     if not changed.is_set():
-                        await _first(changed.wait, fetching.done.wait)
+                        await first(changed.wait, fetching.done.wait)
                     continue
                 if fetching is None or fetching.error is None:
                     self.metrics.nar_failures.labels("store").inc()
@@ -384,7 +384,7 @@ class NarUnavailable(Exception):
     """A chunk could not be had after the status line went out."""
 
 
-async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
+async def first(*waits: Callable[[], Awaitable[object]]) -> None:
     """Return when the first of `waits` does."""
     async with trio.open_nursery() as nursery:
 

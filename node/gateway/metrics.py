@@ -57,5 +57,13 @@ class Metrics:
             registry=r,
         )
 
+        self.ahead = Counter(
+            "ferry_gateway_ahead_paths",
+            "paths the gateway planned (a closure's references) or fetched (small paths "
+            "whose narinfo Nix asked for) before Nix asked for them",
+            ["work"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,7 @@ Writes are batched: one transaction per ingest batch, never one per chunk.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -119,6 +119,7 @@ class Index:
         # FULL: a commit is on disk when it returns, so "done" survives a power cut.
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA foreign_keys = ON")
+        self._depth = 0  # transactions open: an inner one is part of the outer
         self._migrate()
 
     def close(self) -> None:
@@ -147,12 +148,24 @@ class Index:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; opened inside another, it is part of that one (a batch of
+        writes that each take a transaction commits once)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         self.db.execute("COMMIT")
 
     # --- slabs
@@ -323,6 +336,16 @@ class Index:
 
     def claimed_paths(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT store_path FROM claims")]
+
+    def claims_by_hashes(self, path_hashes: Sequence[str]) -> dict[str, list[bytes]]:
+        """`claims_by_hash` of many at once: one pass over the claims, not one a hash."""
+        wanted = set(path_hashes)
+        out: dict[str, list[bytes]] = {}
+        for sp, data in self.db.execute("SELECT store_path, data FROM claims ORDER BY id"):
+            h = sp.rpartition("/")[2][:32]
+            if h in wanted:
+                out.setdefault(h, []).append(data)
+        return out
 
     def claims_by_hash(self, path_hash: str) -> list[bytes]:
         # The hash is nix32 (no glob metacharacters); the store directory may be any.

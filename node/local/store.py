@@ -617,6 +617,13 @@ class StoreReader:
     def claims_by_hash(self, path_hash: str) -> list[SignedClaim]:
         return [SignedClaim.decode(d) for d in self.index.claims_by_hash(path_hash)]
 
+    def claims_by_hashes(self, path_hashes: Sequence[str]) -> list[list[SignedClaim]]:
+        """`claims_by_hash` of each, in order."""
+        if len(path_hashes) < 4:
+            return [self.claims_by_hash(h) for h in path_hashes]
+        found = self.index.claims_by_hashes(path_hashes)
+        return [[SignedClaim.decode(d) for d in found.get(h, [])] for h in path_hashes]
+
     def claimed_hashes(self) -> set[str]:
         """The hash parts of every path the store keeps claims for."""
         return {StorePath.parse(p).hash_part for p in self.index.claimed_paths()}

@@ -33,3 +33,44 @@ def test_store_paths_named_is_a_prefix_match(names: list[str], prefix: str) -> N
     exact = {p for p in paths if p[44:].startswith(prefix)}
     assert exact <= set(got)
     assert all(p[44:].lower().startswith(prefix.lower()) for p in got)
+
+
+def test_a_transaction_inside_another_is_part_of_it(tmp_path: Path) -> None:
+    index = Index(str(tmp_path / "index.sqlite"))
+    try:
+        m = b"\1" * 32
+        try:
+            with index.transaction():
+                with index.transaction():
+                    index.add_manifest(m, b"m", [])
+                raise RuntimeError("the outer one fails after the inner one ended")
+        except RuntimeError:
+            pass
+        assert index.manifest(m) is None  # rolled back with the outer one
+        with index.transaction():
+            with index.transaction():
+                index.add_manifest(m, b"m", [])
+            assert index.db.in_transaction  # the inner one did not commit
+        assert not index.db.in_transaction and index.manifest(m) == b"m"
+    finally:
+        index.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    claimed=st.lists(st.sampled_from("0123abcd"), max_size=10),
+    asked=st.lists(st.sampled_from("0123abcd"), max_size=6),
+)
+def test_claims_of_many_hashes_are_the_claims_of_each(claimed: list[str], asked: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Index(str(Path(tmp) / "index.sqlite"))
+        try:
+            with index.transaction():
+                for i, c in enumerate(claimed):
+                    index.add_claim(f"/nix/store/{c * 32}-p{i % 3}", f"k{i}", b"claim %d" % i)
+            many = index.claims_by_hashes([c * 32 for c in asked])
+            assert {h: many.get(h, []) for h in (c * 32 for c in asked)} == {
+                c * 32: index.claims_by_hash(c * 32) for c in asked
+            }
+        finally:
+            index.close()

@@ -163,6 +163,7 @@ def test_client_survives_any_msgpack_with_only_protocol_errors(body: list) -> No
             claimwire.Claims((b"a", b"b")),
             claimwire.Push(()),
             claimwire.Ack(3),
+            claimwire.Gets(("0" * 32, "z" * 32)),
         ]
     ),
     st.lists(st.integers(0, 1000), max_size=5),
@@ -188,6 +189,46 @@ def test_claims_reader_refuses_a_second_message_and_bad_hashes() -> None:
         claimwire.Reader().receive_data(claimwire.encode(claimwire.Ack(1)) * 2)
     with pytest.raises(claimwire.ClaimsError, match="nix32"):
         claimwire.Reader().receive_data(frame(msgpack.packb([0, "e" * 32])))
+
+
+NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
+path_hashes = st.text(NIX32, min_size=32, max_size=32)
+
+
+@given(
+    st.lists(path_hashes, min_size=1, max_size=claimwire.MAX_GETS),
+    st.lists(st.lists(st.binary(max_size=40), max_size=3), min_size=1, max_size=20),
+    st.lists(st.integers(0, 5000), max_size=5),
+)
+def test_gets_and_its_answers_round_trip(
+    hashes: list[str], answers: list[list[bytes]], cuts: list[int]
+) -> None:
+    reader = claimwire.Reader()
+    got = None
+    for piece in _split(claimwire.encode(claimwire.Gets(tuple(hashes))), cuts):
+        got = reader.receive_data(piece) or got
+    assert got == claimwire.Gets(tuple(hashes))
+    # One CLAIMS a hash, in the order asked; done exactly when the last is in.
+    collect = claimwire.Answers(len(answers))
+    wire = b"".join(claimwire.encode(claimwire.Claims(tuple(a))) for a in answers)
+    done = [collect.receive_data(piece) for piece in _split(wire, cuts) if piece]
+    assert done[-1] and not any(done[:-1])
+    assert collect.answers == [tuple(a) for a in answers]
+
+
+def test_gets_is_bounded_and_its_answers_strict() -> None:
+    with pytest.raises(claimwire.ClaimsError, match="1 to 256"):
+        claimwire.Gets(())
+    with pytest.raises(claimwire.ClaimsError, match="1 to 256"):
+        claimwire.Gets(("0" * 32,) * (claimwire.MAX_GETS + 1))
+    with pytest.raises(claimwire.ClaimsError, match="max_array_len"):
+        claimwire.decode(msgpack.packb([4, ["0" * 32] * (claimwire.MAX_GETS + 1)]))
+    with pytest.raises(claimwire.ClaimsError, match="nix32"):
+        claimwire.decode(msgpack.packb([4, ["0" * 32, "e" * 32]]))
+    with pytest.raises(claimwire.ClaimsError, match="more than the 1 answers"):
+        claimwire.Answers(1).receive_data(claimwire.encode(claimwire.Claims(())) * 2)
+    with pytest.raises(claimwire.ClaimsError, match="other than CLAIMS"):
+        claimwire.Answers(2).receive_data(claimwire.encode(claimwire.Ack(1)))
 
 
 def test_a_want_have_waits_for_the_chunk_until_cancelled() -> None:
