@@ -32,7 +32,8 @@ from node.exchange.fetch import Plan
 
 log = logging.getLogger(__name__)
 
-PLAN_BATCH = 1024  # hashes planned together
+PLAN_BATCH = 512  # hashes planned together
+PLAN_SESSIONS = 4  # batches planned at once
 FILL_MAX = 1 << 20  # NAR bytes of a path filled ahead (larger ones stream on their own)
 FILL_BATCH = 64 << 20  # NAR bytes filled in one session
 FILL_SESSIONS = 2  # fill sessions at once
@@ -62,6 +63,7 @@ class Ahead:
         self._to_fill: OrderedDict[str, Plan] = OrderedDict()  # hash -> plan
         self._filling: dict[str, trio.Event] = {}  # hash -> its session's end
         self._fill_wake = trio.Event()
+        self._filled: OrderedDict[tuple[str, bytes], None] = OrderedDict()  # complete now
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -102,29 +104,41 @@ class Ahead:
         self._plan_wake.set()
 
     async def _planner(self) -> None:
-        while True:
-            await self._plan_wake.wait()
-            self._plan_wake = trio.Event()
-            while self._to_plan:
-                batch, self._to_plan = self._to_plan[:PLAN_BATCH], self._to_plan[PLAN_BATCH:]
-                done = trio.Event()
-                self._planning.update((h, done) for h in batch)
-                try:
-                    plans = await self._plan_many(batch)
-                except Exception as e:  # noqa: BLE001 - each path is still planned when asked
-                    log.info("planning %d paths ahead failed: %s", len(batch), e)
-                    plans = {}
-                finally:
-                    for h in batch:
-                        del self._planning[h]
-                    done.set()
-                until = trio.current_time() + HIT_TTL
-                now = trio.current_time()
-                self._plans = {h: v for h, v in self._plans.items() if v[1] > now}
-                for h, p in plans.items():
-                    self._plans[h] = (p, until)
-                    self.planned(p)
-                self._count("planned", len(plans))
+        sessions = trio.Semaphore(PLAN_SESSIONS)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._plan_wake.wait()
+                self._plan_wake = trio.Event()
+                while self._to_plan:
+                    await sessions.acquire()
+                    batch = self._to_plan[:PLAN_BATCH]
+                    del self._to_plan[:PLAN_BATCH]
+                    if not batch:
+                        sessions.release()
+                        break
+                    done = trio.Event()
+                    self._planning.update((h, done) for h in batch)
+                    nursery.start_soon(self._plan_batch, batch, done, sessions)
+
+    async def _plan_batch(
+        self, batch: list[str], done: trio.Event, sessions: trio.Semaphore
+    ) -> None:
+        try:
+            plans = await self._plan_many(batch)
+        except Exception as e:  # noqa: BLE001 - each path is still planned when asked
+            log.info("planning %d paths ahead failed: %s", len(batch), e)
+            plans = {}
+        finally:
+            sessions.release()
+            for h in batch:
+                del self._planning[h]
+            done.set()
+        now = trio.current_time()
+        self._plans = {h: v for h, v in self._plans.items() if v[1] > now}
+        for h, p in plans.items():
+            self._plans[h] = (p, now + HIT_TTL)
+            self.planned(p)
+        self._count("planned", len(plans))
 
     # --- fills
 
@@ -140,6 +154,11 @@ class Ahead:
             return
         self._to_fill[h] = plan
         self._fill_wake.set()
+
+    def filled(self, plan: Plan) -> bool:
+        """Whether a fill ahead brought `plan`'s path complete (a NAR request then reads
+        the store without asking it first)."""
+        return (plan.store_path.hash_part, plan.verdict.manifest_digest) in self._filled
 
     def filling(self, hash_part: str) -> trio.Event | None:
         """For a NAR request: the end of the session filling `hash_part` ahead, if one
@@ -175,6 +194,10 @@ class Ahead:
         try:
             await self._fill(batch)
             self._count("filled", len(batch))
+            for p in batch:
+                self._filled[p.store_path.hash_part, p.verdict.manifest_digest] = None
+            while len(self._filled) > REMEMBERED:
+                self._filled.popitem(last=False)
         except Exception as e:  # noqa: BLE001 - each NAR request fetches what it lacks
             log.info("fetching %d small paths ahead failed: %s", len(batch), e)
         finally:

@@ -1,5 +1,5 @@
-"""The Nix gateway as the node runs it: hypercorn on the configured address, and the
-node as the gateway sees it (GatewayBackend)."""
+"""The Nix gateway as the node runs it: the HTTP server (`node.gateway.http`) on the
+configured address, and the node as the gateway sees it (GatewayBackend)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from node.daemon.ahead import Ahead
@@ -21,6 +18,7 @@ from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
 from node.exchange.fetch import FetchError, NoClaims, NoPolicy, Plan
 from node.exchange.schedule import Schedule
+from node.gateway import http
 from node.gateway.app import PIECE, Gateway, GatewaySettings, first
 from node.gateway.metrics import Metrics
 from node.local.store import ReaderChunks
@@ -147,6 +145,9 @@ class GatewayBackend:
         if not await self._holds(plan):  # else filled ahead, or by another request
             await self._fill([plan])
 
+    def filled(self, plan: Plan) -> bool:
+        return self.ahead.filled(plan)
+
     async def _holds(self, plan: Plan) -> bool:
         """Whether the store holds the planned path complete."""
         index, sp = self.store.reader.index, str(plan.store_path)
@@ -195,8 +196,6 @@ async def serve(
     """Serve the gateway until cancelled; started() with its URL once it accepts, which
     is also written to `gateway.url`."""
     host, port = config.gateway_bind
-    cfg = hypercorn.config.Config()
-    cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     given = activated_socket()
     if given is not None:
         # Socket activation: the socket outlives this process (systemd holds it), so
@@ -208,28 +207,28 @@ async def serve(
                 "loopback address: bind it to 127.0.0.1 (ListenStream=127.0.0.1:PORT), or "
                 "set gateway_public"
             )
-        cfg.bind = [f"fd://{given.detach()}"]
-    cfg.accesslog = None
-    cfg.errorlog = logging.getLogger("node.gateway.http")
-    cfg.graceful_timeout = 1.0
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(given))]
+    else:
+        _check_bind(host, port, config.gateway)
+        listeners = list(await trio.open_tcp_listeners(port, host=host))
+    bound = listeners[0].socket.getsockname()
+    url = f"http://[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"http://{bound[0]}:{bound[1]}"
     app = Gateway(backend, GatewaySettings(config.store_dir, config.priority), metrics)
     try:
-        if given is None:
-            _check_bind(host, port, config.gateway)
         async with trio.open_nursery() as nursery:
             await nursery.start(backend.run)
-            # The gateway types its ASGI messages as plain dicts, not hypercorn's TypedDicts.
-            run = partial(hypercorn.trio.serve, app, cfg, mode="asgi")  # type: ignore[arg-type]
-            binds = await nursery.start(run)
+            await nursery.start(http.serve, app, listeners)
             userfile.write_atomically(
                 os.path.join(data_dir, GATEWAY_FILE),
-                (binds[0] + "\n").encode(),
+                (url + "\n").encode(),
                 "the gateway address file",
             )
-            log.info("Nix gateway on %s (signing key %s)", binds[0], backend.key.public.encode())
-            task_status.started(binds[0])
+            log.info("Nix gateway on %s (signing key %s)", url, backend.key.public.encode())
+            task_status.started(url)
     finally:
         backend.close()
+        for listener in listeners:
+            listener.socket.close()
 
 
 LISTEN_FDS_START = 3  # sd_listen_fds(3): the first socket a service manager passes
@@ -264,7 +263,7 @@ def activated_socket() -> socket.socket | None:
 
 
 def _check_bind(host: str, port: int, setting: str) -> None:
-    """Fail with a message that names the setting, before hypercorn fails with a traceback."""
+    """Fail with a message that names the setting, before binding fails with a traceback."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:

@@ -1,4 +1,4 @@
-"""The binary-cache endpoint as an ASGI app (served by hypercorn on trio).
+"""The binary-cache endpoint as an ASGI app (served by `node.gateway.http` on trio).
 
     GET /nix-cache-info            StoreDir, WantMassQuery, Priority
     GET /<hash>.narinfo            only for paths the quorum policy trusts; else 404 with
@@ -77,6 +77,10 @@ class Backend(Protocol):
     async def complete(self, plan: Plan) -> None:
         """Fetch whatever chunks the planned path lacks into the store, in NAR order
         (FetchError if some cannot be had)."""
+        ...
+
+    def filled(self, plan: Plan) -> bool:
+        """Whether the path was fetched complete since it was planned (no store read)."""
         ...
 
     def chunks_changed(self) -> trio.Event:
@@ -279,7 +283,7 @@ class Gateway:
             await send(start)
             await send({"type": "http.response.body", "body": b""})
             return
-        if plan.complete:
+        if plan.complete or self.backend.filled(plan):
             await self._stream(plan, want, send, start, zst, None)
             return
         cut: Exception | None = None
@@ -357,8 +361,13 @@ class Gateway:
                 started = True
             if piece is None:
                 break
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            # The last piece ends the body at once (a small NAR is one piece: one write,
+            # no second trip to the reader's thread).
+            last = reader.finished
+            await send({"type": "http.response.body", "body": piece, "more_body": not last})
             self.metrics.served_bytes.inc(len(piece))
+            if last:
+                return True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
@@ -421,6 +430,11 @@ class NarReader:
         self._sha = hashlib.sha256() if want is None else None
         self._zstd = zstandard.ZstdCompressor(level=3).compressobj() if compress else None
         self._done = False
+
+    @property
+    def finished(self) -> bool:
+        """The last piece has been returned."""
+        return self._done
 
     def next_piece(self) -> bytes | None:
         while not self._done:

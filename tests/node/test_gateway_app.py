@@ -167,6 +167,9 @@ class StandIn:
             raise self.fail_complete
         self.completed.append(plan.store_path)
 
+    def filled(self, plan: Plan) -> bool:
+        return False
+
     def chunks_changed(self) -> trio.Event:
         return self._changed
 
