@@ -85,6 +85,10 @@ class Ahead:
             return None
         return made[0]
 
+    def holds(self, hash_part: str) -> bool:
+        """Whether a plan for `hash_part` is being made ahead or was made (ask `plan`)."""
+        return hash_part in self._planning or hash_part in self._plans
+
     def planned(self, plan: Plan) -> None:
         """`plan` was made: plan its references ahead."""
         new = [

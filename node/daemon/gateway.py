@@ -3,6 +3,7 @@ configured address, and the node as the gateway sees it (GatewayBackend)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -86,24 +87,36 @@ class GatewayBackend:
         self.ahead.wanted(plan)
         return plan
 
+    def missing_now(self, hash_part: str) -> str | None:
+        # Neither we nor any connected peer has a claim for it: answered from memory, as
+        # most of what Nix asks is (the DHT is walked only for a path we heard of).
+        self.busy()
+        if (
+            self.ahead.holds(hash_part)
+            or not self.sessions.ready.is_set()
+            or not self.summaries.settled
+            or self.summaries.known(hash_part)
+        ):
+            return None
+        return str(NoClaims(hash_part, self._asked()))
+
+    def _asked(self) -> str:
+        return f"neither this node nor its {len(self.summaries.peers)} connected peers"
+
     async def _plan(self, hash_part: str) -> Plan:
         self.busy()
         made = await self.ahead.plan(hash_part, AHEAD_WAIT)
         if made is not None:
             return made
+        await self.sessions.ready.wait()
+        await self.summaries.settle()
+        if not self.summaries.known(hash_part):
+            raise NoClaims(hash_part, self._asked())
         # Nix waits on every answer: a hung peer may cost a hit a second, never more.
         fetch = self.sessions.planning(
             connect_timeout=min(5.0, self.config.narinfo_timeout),
             claims_timeout=min(CLAIMS_WAIT, self.config.narinfo_timeout),
         )
-        await self.sessions.ready.wait()
-        await self.summaries.settle()
-        if not self.summaries.known(hash_part):
-            # Neither we nor any connected peer has a claim for it: answered from memory,
-            # as most of what Nix asks is (the DHT is walked only for a path we heard of).
-            raise NoClaims(
-                hash_part, f"neither this node nor its {len(self.summaries.peers)} connected peers"
-            )
         try:
             with trio.fail_after(self.config.narinfo_timeout):
                 plan = await fetch.plan_hash(hash_part, self.config.store_dir)
@@ -217,7 +230,7 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(backend.run)
-            await nursery.start(http.serve, app, listeners)
+            await nursery.start(functools.partial(http.serve, app, listeners, quick=app.quick))
             userfile.write_atomically(
                 os.path.join(data_dir, GATEWAY_FILE),
                 (url + "\n").encode(),

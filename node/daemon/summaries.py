@@ -103,6 +103,11 @@ class Summaries:
             self.peers.pop(peer)
             self._settled(peer)
 
+    @property
+    def settled(self) -> bool:
+        """Every connected peer has listed what it holds (or had its time to)."""
+        return not self._waiting
+
     async def settle(self) -> None:
         """Wait until every newly connected peer has listed what it holds, or had SETTLE
         seconds to."""

@@ -141,6 +141,7 @@ class StandIn:
         self.key = key
         self.completed: list[StorePath] = []
         self.asked: list[str] = []  # plan() calls: each would ask peers
+        self.asked_now: list[str] = []  # missing_now() calls
         self.planned = trio.Event()  # plans are answered once this is set
         self.planned.set()
         self.fail_complete: Exception | None = None
@@ -156,6 +157,12 @@ class StandIn:
         if isinstance(got, Exception):
             raise got
         return got
+
+    def missing_now(self, hash_part: str) -> str | None:
+        self.asked_now.append(hash_part)
+        if hash_part in self.plans or not self.planned.is_set():
+            return None
+        return str(NoClaims(hash_part))
 
     async def plan_for_nar(self, nar_hash: Hash) -> Plan | None:
         return None
@@ -392,3 +399,24 @@ async def test_narinfos_for_one_path_ask_peers_once(world, autojump_clock) -> No
     await call(app, "/" + "5" * 32 + ".narinfo")
     assert backend.asked.count(SP.hash_part) == 2  # for a while only
     assert backend.asked.count("5" * 32) == 2  # a miss never is: the path may appear
+
+
+async def test_misses_and_recent_hits_are_answered_at_once(world, autojump_clock) -> None:
+    app, backend, *_ = world
+    miss = app.quick("GET", "/" + "5" * 32 + ".narinfo")
+    assert miss is not None and miss[0] == 404 and backend.asked == []
+    assert "no claim for a path" in dict(miss[1])[b"x-ferry-reason"].decode()
+    # Not known at once: a path some peer may hold, one being planned, anything else.
+    assert app.quick("GET", f"/{SP.hash_part}.narinfo") is None
+    assert app.quick("POST", "/" + "5" * 32 + ".narinfo") is None
+    assert app.quick("GET", "/nix-cache-info") is None
+    _, _, body = await call(app, f"/{SP.hash_part}.narinfo")  # planned: now a hit
+    hit = app.quick("GET", f"/{SP.hash_part}.narinfo")
+    assert hit is not None and hit[0] == 200 and hit[2] == body
+    assert app.quick("HEAD", f"/{SP.hash_part}.narinfo") == hit  # the server drops the body
+    assert backend.asked == [SP.hash_part]
+    metrics = (await call(app, "/metrics"))[2].decode()
+    assert 'ferry_gateway_narinfo_total{reason="",result="hit"} 3.0' in metrics
+    assert 'ferry_gateway_narinfo_total{reason="no-claims",result="miss"} 1.0' in metrics
+    await trio.sleep(HIT_TTL + 1)
+    assert app.quick("GET", f"/{SP.hash_part}.narinfo") is None  # asked again after a while
