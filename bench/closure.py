@@ -221,12 +221,14 @@ def main() -> None:
         f"({file_bytes / 1e6:.1f} MB of files); zstd NARs {cache_bytes / 1e6:.1f} MB"
     )
     print("nix copy --from URL (Nix 2.8), fresh chroot store each run:")
-    for label, ts in times.items():
+    for label, ts in times.times.items():
         runs = ", ".join(f"{t:.1f}" for t in ts)
         print(
             f"  {label:<10} best {min(ts):6.1f} s  {len(paths) / min(ts):6.0f} paths/s   (runs: {runs})"
         )
-    print(f"  ferry / http+zstd time: {min(times['ferry']) / min(times['http+zstd']):.2f}")
+    best = {label: min(ts) for label, ts in times.times.items()}
+    print(f"  ferry / http+zstd time: {best['ferry'] / best['http+zstd']:.2f}")
+    print(times.report())
 
 
 if __name__ == "__main__":

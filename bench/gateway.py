@@ -148,12 +148,13 @@ def substitute(args: argparse.Namespace) -> None:
         f"closure: {len(paths)} paths, {nar_bytes / 1e6:.1f} MB of NAR ({args.source}, {args.extra}); "
         f"xz NARs {xz_bytes / 1e6:.1f} MB"
     )
-    for label, ts in times.items():
+    for label, ts in times.times.items():
         runs = ", ".join(f"{t:.1f}" for t in ts)
         print(
             f"  {label:<8} best {min(ts):6.1f} s  {nar_bytes / min(ts) / 1e6:6.1f} MB/s of NAR   (runs: {runs})"
         )
-    print(f"  ferry / http+xz time: {min(times['ferry']) / min(times['http+xz']):.2f}")
+    print(f"  ferry / http+xz time: {min(times.times['ferry']) / min(times.times['http+xz']):.2f}")
+    print(times.report())
 
 
 NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"

@@ -16,6 +16,13 @@ _READY = re.compile(rb"port (\d+)")
 @contextmanager
 def serve(directory: Path) -> Iterator[str]:
     """Yields the base URL; the server picks a free port and says which on stdout."""
+    with serve_process(directory) as (url, _pid):
+        yield url
+
+
+@contextmanager
+def serve_process(directory: Path) -> Iterator[tuple[str, int]]:
+    """`serve`, yielding the server's process id beside its URL (benches count its CPU)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -37,7 +44,7 @@ def serve(directory: Path) -> Iterator[str]:
         m = _READY.search(line)
         if not m:
             raise RuntimeError(f"http.server did not start: {line!r}")
-        yield f"http://127.0.0.1:{m.group(1).decode()}"
+        yield f"http://127.0.0.1:{m.group(1).decode()}", proc.pid
     finally:
         proc.kill()
         proc.wait(timeout=10)

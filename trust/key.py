@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -101,11 +101,15 @@ class PublicKey:
 class SecretKey:
     name: str
     seed: bytes
+    # Made once: making it from the seed costs as much as a signature, and the gateway
+    # signs every narinfo it answers.
+    _private: Ed25519PrivateKey = field(init=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         check_name(self.name)
         if len(self.seed) != SEED_SIZE:
             raise KeyFormatError(f"secret key {self.name!r}: seed must be {SEED_SIZE} bytes")
+        object.__setattr__(self, "_private", Ed25519PrivateKey.from_private_bytes(self.seed))
 
     def __repr__(self) -> str:
         # Never print the seed by accident (logs, tracebacks, test output).
@@ -118,13 +122,10 @@ class SecretKey:
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(
-            self.name,
-            Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes_raw(),
-        )
+        return PublicKey(self.name, self._private.public_key().public_bytes_raw())
 
     def sign(self, message: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+        return self._private.sign(message)
 
     def encode(self) -> str:
         return f"{self.name}:{base64.b64encode(self.seed + self.public.key).decode()}"

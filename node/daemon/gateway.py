@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 GATEWAY_FILE = "gateway.url"
 CLAIMS_WAIT = 1.0  # seconds a narinfo waits for a peer's claims
 AHEAD_WAIT = 2.0  # seconds a narinfo waits for the batch planning it ahead (then asks alone)
+AHEAD_CLAIMS_WAIT = 5.0  # seconds a batch planned ahead waits for a peer's claims
 
 Announce = Callable[[Sequence[Any], Sequence[StorePath]], Awaitable[None]]
 
@@ -129,9 +130,11 @@ class GatewayBackend:
         return plan
 
     async def _plan_many(self, hashes: list[str]) -> dict[str, Plan]:
+        # Nix waits on a batch for AHEAD_WAIT at most, then plans alone: a batch may take
+        # longer (a busy peer answers hundreds of hashes), and what it plans still counts.
         fetch = self.sessions.planning(
             connect_timeout=min(5.0, self.config.narinfo_timeout),
-            claims_timeout=min(CLAIMS_WAIT, self.config.narinfo_timeout),
+            claims_timeout=min(AHEAD_CLAIMS_WAIT, self.config.narinfo_timeout),
         )
         return await fetch.plan_many(hashes, self.config.store_dir)
 

@@ -297,8 +297,11 @@ class Fetch:
         return plans
 
     async def _gets_from(self, peer: str, hashes: list[str], found: list[SignedClaim]) -> None:
-        """GETS `hashes` of `peer`: the claims it answers for each, into `found`."""
+        """GETS `hashes` of `peer`: the claims it answers for each, into `found`. Answers
+        that arrived count even when the rest do not (a busy peer, the deadline): the
+        hashes left unanswered are for `plan_hash`."""
         answers = claimwire.Answers(len(hashes))
+        done = False
         with trio.move_on_after(self.settings.claims_timeout):
             try:
                 stream = await self.net.open_stream(peer, claimwire.PROTOCOL_GETS)
@@ -307,11 +310,10 @@ class Fetch:
                 return
             try:
                 await write(stream, claimwire.encode(claimwire.Gets(tuple(hashes))))
-                done = False
                 while not done:
                     data = await read_some(stream)
                     if not data:
-                        return
+                        break
                     self.progress.metadata_bytes += len(data)
                     done = answers.receive_data(data)
             except FrameError as e:  # ClaimsError is one
@@ -319,17 +321,29 @@ class Fetch:
                 await self.net.punish(peer, f"claims protocol: {e}")
                 return
             except StreamGone:
-                return
-            await finish(stream)
-            for h, raws in zip(hashes, answers.answers, strict=True):
-                for raw in raws:
-                    try:
-                        c = SignedClaim.decode(raw)
-                    except ClaimError:
-                        continue  # counts for nothing, as in `_claims_from`
-                    if c.claim.store_path.hash_part == h:
-                        found.append(c)
-                        self._claimed_by.setdefault(h, set()).add(peer)
+                pass
+            else:
+                if done:
+                    await finish(stream)
+        if not done:
+            with trio.move_on_after(1.0):
+                await abort(stream)  # the rest would answer nobody
+        if len(answers.answers) < len(hashes):
+            log.info(
+                "%s answered %d of the %d hashes asked in a batch in time",
+                peer,
+                len(answers.answers),
+                len(hashes),
+            )
+        for h, raws in zip(hashes, answers.answers, strict=False):
+            for raw in raws:
+                try:
+                    c = SignedClaim.decode(raw)
+                except ClaimError:
+                    continue  # counts for nothing, as in `_claims_from`
+                if c.claim.store_path.hash_part == h:
+                    found.append(c)
+                    self._claimed_by.setdefault(h, set()).add(peer)
 
     async def _manifests_from(
         self, peer: str, wanted: list[tuple[StorePath, Trusted]], plans: dict[str, Plan]

@@ -110,6 +110,11 @@ class PathRow:
     added: int
 
 
+# Store paths by name under /nix/store (45: the name's first character, 1-based), for
+# `store_paths_named`. An index, not a schema change: older stores gain it when opened.
+_NAME_INDEX = "CREATE INDEX IF NOT EXISTS paths_by_name ON paths (substr(store_path, 45))"
+
+
 class Index:
     def __init__(self, path: str) -> None:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so a
@@ -134,6 +139,7 @@ class Index:
             self.db.executescript(
                 f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
             )
+            self.db.execute(_NAME_INDEX)
             return
         row = (
             self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -145,6 +151,7 @@ class Index:
                 f"index schema {row[0] if row else 'unknown'} is not {SCHEMA_VERSION}: "
                 "this store was made by another version of ferry"
             )
+        self.db.execute(_NAME_INDEX)  # stores made before it get it here
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -272,15 +279,18 @@ class Index:
 
     def store_paths_named(self, store_dir: str, prefix: str) -> list[str]:
         """Recorded store paths whose name (after `<store_dir>/<hash>-`) starts with
-        `prefix` (or with it in another ASCII case: LIKE's rule; callers match exactly)."""
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        `prefix`. A range on the names' index for /nix/store (a closure asks this for
+        each of its paths; a scan each was quadratic); a scan for other store dirs."""
         first = len(store_dir) + 35  # 1-based: past the slash, 32 hash characters, the dash
+        # Names are ASCII below DEL: every name starting with `prefix` sorts in the range.
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT store_path FROM paths WHERE substr(store_path, ?) LIKE ? ESCAPE '\\'",
-                (first, pattern),
+                f"SELECT store_path FROM paths WHERE substr(store_path, {first:d}) >= ? "
+                f"AND substr(store_path, {first:d}) < ?",
+                (prefix, prefix + "\x7f"),
             )
+            if r[0].startswith(store_dir + "/")
         ]
 
     def put_path(

@@ -186,7 +186,7 @@ async def test_quick_answers_and_the_app_share_a_connection_in_order() -> None:
             b"HEAD /quick HTTP/1.1\r\n\r\nGET /quick HTTP/1.1\r\nConnection: close\r\n\r\n"
         )
         got = await _read_all(stream)
-        answers = [a for a in got.split(b"HTTP/1.1 ")[1:]]
+        answers = got.split(b"HTTP/1.1 ")[1:]
         assert [a[:3] for a in answers] == [b"404", b"200", b"404", b"404"]
         assert answers[0].endswith(b"\r\n\r\nmiss\n") and answers[2].endswith(b"\r\n\r\n")
         assert b"connection: close" in answers[3] and got.endswith(b"miss\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from hypothesis import strategies as st
 
 from node.local.index import Index
 
-# Nix's name characters, with the ones LIKE treats specially among them (and `%`, `\`,
-# which Nix forbids, in case a store was written by something laxer).
+# Nix's name characters, with the ones LIKE would treat specially among them (and `%`,
+# `\`, which Nix forbids, in case a store was written by something laxer).
 NAME = st.text(alphabet="aAbB_-.%\\1+", min_size=1, max_size=8)
 
 
@@ -29,10 +30,25 @@ def test_store_paths_named_is_a_prefix_match(names: list[str], prefix: str) -> N
             got = index.store_paths_named("/nix/store", prefix)
         finally:
             index.close()
-    # LIKE ignores ASCII case; callers compare exactly, so only the exact ones matter.
-    exact = {p for p in paths if p[44:].startswith(prefix)}
-    assert exact <= set(got)
-    assert all(p[44:].lower().startswith(prefix.lower()) for p in got)
+    assert sorted(got) == sorted(p for p in paths if p[44:].startswith(prefix))
+
+
+def test_names_are_found_by_the_index_old_stores_gain_it(tmp_path: Path) -> None:
+    db = str(tmp_path / "index.sqlite")
+    Index(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute("DROP INDEX paths_by_name")  # as a store made before it
+    raw.close()
+    index = Index(db)
+    try:
+        plan = index.db.execute(
+            "EXPLAIN QUERY PLAN SELECT store_path FROM paths "
+            "WHERE substr(store_path, 45) >= ? AND substr(store_path, 45) < ?",
+            ("a", "b"),
+        ).fetchall()
+    finally:
+        index.close()
+    assert "USING INDEX paths_by_name" in str(plan)  # not a scan per path of a closure
 
 
 def test_a_transaction_inside_another_is_part_of_it(tmp_path: Path) -> None:

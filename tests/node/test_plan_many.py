@@ -199,3 +199,37 @@ async def test_answers_that_break_gets_count_for_nothing(
             assert [p for p, _ in cli.punished] == ["server"]
             assert "more than the 2 answers" in cli.punished[0][1]
         nursery.cancel_scope.cancel()
+
+
+async def test_what_a_slow_peer_answered_in_time_is_planned(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    builder, outsider = SecretKey.generate("builder-1"), SecretKey.generate("outsider-1")
+    server, paths = _paths(tmp_path, builder, outsider)
+    policy = QuorumPolicy((builder.public,), 1)
+    answered = 100
+
+    async def slow_gets(stream: SimStream, peer: str) -> None:
+        # The first `answered` hashes at once, then nothing: a peer busy serving others.
+        reader = claimwire.Reader()
+        while (gets := reader.receive_data(await read_some(stream))) is None:
+            pass
+        assert isinstance(gets, claimwire.Gets)
+        for h in gets.path_hashes[:answered]:
+            found = tuple(c.encode() for c in await server.claims(h))
+            await write(stream, claimwire.encode(claimwire.Claims(found)))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, random.Random(1))
+        srv, cli = world.add("server"), world.add("client")
+        _serve(srv, server, Counter())
+        srv.handlers[claimwire.PROTOCOL_GETS] = slow_gets
+        cli.connect("server")
+        fetch = Fetch(cli, MemoryStore(), policy, FetchSettings(claims_timeout=3))
+        with trio.fail_after(60):
+            plans = await fetch.plan_many([sp.hash_part for sp in paths[:200]], "/nix/store")
+        # The answers that came count; the rest are left for a plan of their own.
+        assert set(plans) == {sp.hash_part for sp in paths[:answered]}
+        assert cli.punished == []
+        nursery.cancel_scope.cancel()
