@@ -80,6 +80,12 @@ def path_info(path: StorePath, store: str | None = None) -> PathInfo:
     )
     try:
         (info,) = json.loads(out)
+        if info.get("valid") is False:
+            where = f"the Nix store at {store}" if store else "the Nix store"
+            raise NixError(
+                f"{path} is not a valid path in {where}: Nix has not built or substituted "
+                "it (build it first, or publish a directory with --store-path)"
+            )
         sd = path.store_dir
         return PathInfo(
             path=StorePath.decode(info["path"], sd),

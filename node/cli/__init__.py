@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from node.cli.failed import Failed
 from node.cli.parser import Parser
 
 # Exit codes scripts rely on: 0 ok, 1 the operation failed (ui.fail), 2 bad usage
@@ -132,14 +133,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser([command] if command else []).parse_args(args_list)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         args.run(args)
+    except Failed as failure:
+        _failed(failure, args)
     except KeyboardInterrupt:
         _interrupted()
     except BaseExceptionGroup as e:
-        # Ctrl-C inside a trio nursery (a command talking to a node) arrives wrapped in a group.
+        # Ctrl-C or a failure inside a trio nursery (a command talking to a node) arrives
+        # wrapped in a group.
+        failed, rest = e.split(Failed)
+        if failed is not None and rest is None:
+            _failed(_first(failed), args)
         _, rest = e.split(KeyboardInterrupt)
         if rest is None:
             _interrupted()
@@ -148,6 +155,21 @@ def main(argv: list[str] | None = None) -> None:
         # The reader went away (`ferry ... | head`): not an error of ours.
         sys.stderr.close()
         sys.exit(1)
+
+
+def _failed(failure: Failed, args: argparse.Namespace) -> None:
+    from node.cli import ui  # rich: loaded only when there is something to show
+
+    ui.report_failure(failure, bool(getattr(args, "json", False)))
+    sys.exit(failure.code)
+
+
+def _first(group: BaseExceptionGroup[Failed]) -> Failed:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, Failed)
+    return leaf
 
 
 def _interrupted() -> None:

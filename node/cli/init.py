@@ -104,11 +104,18 @@ def run(args: argparse.Namespace) -> None:
     ui.out.print(f"peer ID  {ID.from_pubkey(keys.public_key)}", markup=False)
     gateway = str(overrides.get("gateway", nodeconfig.DEFAULT_GATEWAY))
     ui.out.print(
-        "\nadd to nix.conf (/etc/nix/nix.conf, or ~/.config/nix/nix.conf for one user):",
+        "\nadd to /etc/nix/nix.conf, then restart nix-daemon (systemctl restart nix-daemon):",
         markup=False,
     )
     ui.out.print(f"  extra-substituters = http://{gateway}", markup=False)
     ui.out.print(f"  extra-trusted-public-keys = {nix_key.public.encode()}", markup=False)
+    # A multi-user daemon ignores substituters from an untrusted user's own nix.conf: the
+    # obvious per-user file would silently do nothing.
+    ui.out.print(
+        "  (~/.config/nix/nix.conf works only without a daemon, or for a user in the "
+        "daemon's trusted-users)",
+        markup=False,
+    )
     if "policy" not in overrides:
         ui.out.print(
             "\nto fetch, the node needs a trust policy: set `policy` in node.toml to a policy file "

@@ -105,6 +105,7 @@ def add_parser(sub: Commands) -> None:
 def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
     path = args.config or os.path.join(data_dir, CONFIG_FILE)
     base = nodeconfig.load(path) if args.config or os.path.exists(path) else NodeConfig()
+    # A file's mistakes name the file; a flag's name the flag (see NodeConfig._where).
     return base.with_overrides(
         listen=tuple(args.listen) if args.listen else None,
         bootstrap=tuple(base.bootstrap) + tuple(args.bootstrap) if args.bootstrap else None,
@@ -114,7 +115,6 @@ def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
         gossip=args.gossip,
         gateway=args.gateway,
         gateway_public=args.gateway_public,
-        source="command line" if not (args.config or os.path.exists(path)) else path,
     )
 
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
         config = load_config(args, data_dir)
     except ConfigError as e:
         ui.fail(str(e))
-    store = storeopt.open_store(argparse.Namespace(data_dir=data_dir))
+    store = storeopt.open_store(argparse.Namespace(data_dir=data_dir), create=True)
     try:
         trio.run(_main, data_dir, config, store)
     except BaseException as e:

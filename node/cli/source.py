@@ -4,6 +4,7 @@ from them with a progress bar (the building itself is store.source)."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from node.cli import ui
 from store.build import ChunkSink
@@ -13,7 +14,9 @@ from store.source import Source, SourceError, build_manifest
 
 
 def add_arguments(p: argparse.ArgumentParser, *, references: bool = False) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+    # With --references (which takes any number of paths), PATH may end up among them:
+    # `from_args` takes it back, and says when neither PATH nor --nar was given.
+    src = p.add_mutually_exclusive_group(required=not references)
     src.add_argument(
         "path", nargs="?", metavar="PATH", help="a directory (or file) tree, or a Nix store path"
     )
@@ -47,11 +50,21 @@ def add_arguments(p: argparse.ArgumentParser, *, references: bool = False) -> No
 
 
 def from_args(args: argparse.Namespace) -> Source:
+    references = list(getattr(args, "references", ()))
+    path = args.path
+    if path is None and args.nar is None:
+        # `--references A B DIR`: argparse gave DIR to --references. The references are
+        # full store paths; what is not one is the PATH.
+        others = [r for r in references if not _store_path_like(r, args.store_dir)]
+        if len(others) != 1:
+            ui.fail("one of the arguments PATH --nar is required", code=2)
+        path = others[0]
+        references.remove(path)
     return Source(
-        path=args.path,
+        path=path,
         nar=args.nar,
         store_path=args.store_path,
-        references=tuple(getattr(args, "references", ())),
+        references=tuple(references),
         name=args.name,
         store=args.store,
         store_dir=args.store_dir,
@@ -65,3 +78,7 @@ def build(src: Source, on_chunk: ChunkSink | None = None) -> Manifest:
             return build_manifest(src, on_chunk=on_chunk, on_progress=report)
     except SourceError as e:
         ui.fail(str(e))
+
+
+def _store_path_like(text: str, store_dir: str) -> bool:
+    return os.path.dirname(text.rstrip("/")) == store_dir.rstrip("/")

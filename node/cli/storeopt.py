@@ -12,8 +12,18 @@ from node.local.errors import StoreError
 from node.local.store import DEFAULT_BATCH, LocalStore, no_checkpoint
 
 
-def open_store(args: argparse.Namespace) -> LocalStore:
+def open_store(args: argparse.Namespace, *, create: bool = False) -> LocalStore:
+    """The store in the command's data directory. A directory named by --data-dir or
+    FERRY_DATA_DIR is made only with `create` (`node run`): a mistyped one must not become
+    a new, empty store that a path is published into. The built-in default is made on
+    first use."""
     data_dir = args.data_dir or default_data_dir()
+    named = bool(args.data_dir or os.environ.get("FERRY_DATA_DIR"))  # else the built-in default
+    if not create and named and not os.path.isdir(data_dir):
+        ui.fail(
+            f"no ferry data directory at {data_dir} (is the path right? "
+            f"`ferry init --data-dir {data_dir}` makes one)"
+        )
     hook, batch = checkpoints.from_environment(os.environ)
     try:
         return LocalStore(

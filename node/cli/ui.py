@@ -21,6 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from node.cli.failed import Failed
+
 err = Console(stderr=True, highlight=False)
 # Piped output is read by people through `less` or by scripts (which should use --json):
 # wide enough that tables keep whole store paths and hashes.
@@ -111,5 +113,12 @@ def megabytes(n: int) -> str:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]ferry: error:[/] {message}", markup=True, soft_wrap=True)
-    sys.exit(code)
+    raise Failed(message, code)
+
+
+def report_failure(failure: Failed, as_json: bool) -> None:
+    """The error line on stderr; under --json also `{"error": ..., "exit": ...}` on
+    stdout, where a script reads the command's answer."""
+    if as_json:
+        print_json({"error": failure.message, "exit": failure.code})
+    err.print(f"[bold red]ferry: error:[/] {failure.message}", markup=True, soft_wrap=True)

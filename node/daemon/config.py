@@ -71,6 +71,19 @@ class NodeConfig:
     upload_slots: int = 8
     gateway_key: str | None = None
     source: str = field(default="defaults", compare=False)
+    # Settings given as command-line flags: an error in one names the flag, not the file.
+    flags: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def _where(self, name: str) -> str:
+        if name not in self.flags:
+            return f"{self.source}: {name}"
+        flag = "--" + name.replace("_", "-")
+        # bootstrap adds the flags' addresses to the file's: either may hold the bad one.
+        return (
+            flag
+            if name != "bootstrap" or self.source == "defaults"
+            else (f"{flag} (or bootstrap in {self.source})")
+        )
 
     def __post_init__(self) -> None:
         for name in ("listen", "bootstrap"):
@@ -79,16 +92,16 @@ class NodeConfig:
                     multiaddr.Multiaddr(a)
                 except Exception as e:  # noqa: BLE001 - the multiaddr library raises assorted types
                     raise ConfigError(
-                        f"{self.source}: {name}: {a!r} is not a multiaddr ({e})"
+                        f"{self._where(name)}: {a!r} is not a multiaddr ({e})"
                     ) from None
         for a in self.bootstrap:
             if "/p2p/" not in a:
                 raise ConfigError(
-                    f"{self.source}: bootstrap: {a!r} lacks /p2p/<peer id> "
+                    f"{self._where('bootstrap')}: {a!r} lacks /p2p/<peer id> "
                     "(copy the line from the peer's node.addr)"
                 )
         if not self.listen:
-            raise ConfigError(f"{self.source}: listen: give at least one multiaddr")
+            raise ConfigError(f"{self._where('listen')}: give at least one multiaddr")
         if not 1 <= self.max_connections <= 10_000:
             raise ConfigError(f"{self.source}: max_connections must be from 1 to 10000")
         for name in ("ban_seconds", "request_timeout", "narinfo_timeout", "read_deadline"):
@@ -98,7 +111,7 @@ class NodeConfig:
             host, _ = self.gateway_bind  # checks the form
             if not self.gateway_public and not _loopback(host):
                 raise ConfigError(
-                    f"{self.source}: gateway: {self.gateway} is not a loopback address; the gateway "
+                    f"{self._where('gateway')}: {self.gateway} is not a loopback address; the gateway "
                     "hands out every path the policy trusts, so it listens on 127.0.0.1 unless "
                     "you also set gateway_public (--gateway-public)"
                 )
@@ -124,13 +137,15 @@ class NodeConfig:
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(
-                f"{self.source}: gateway: {self.gateway!r} is not HOST:PORT (e.g. 127.0.0.1:4738) "
+                f"{self._where('gateway')}: {self.gateway!r} is not HOST:PORT (e.g. 127.0.0.1:4738) "
                 'or "off"'
             )
         return host, int(port)
 
     def with_overrides(self, **changes: Any) -> NodeConfig:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """These settings as command-line flags override (None: not given)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **given, flags=self.flags | frozenset(given))
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

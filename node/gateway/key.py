@@ -18,9 +18,12 @@ SECRET = "cache.key"
 PUBLIC = "cache.pub"
 
 
-def default_name() -> str:
+def default_name(public: bytes) -> str:
+    """`ferry-<host>-<6 hex digits of the key>`: two nodes on one host, or machines cloned
+    before their keys were made, must not share a name in `trusted-public-keys` (Nix
+    keeps one key per name)."""
     host = "".join(c for c in socket.gethostname() if c.isalnum() or c in ".-") or "node"
-    return f"ferry-{host}-1"
+    return f"ferry-{host}-{public[:3].hex()}"
 
 
 def load_or_create(data_dir: str, path: str | None = None) -> SecretKey:
@@ -30,10 +33,11 @@ def load_or_create(data_dir: str, path: str | None = None) -> SecretKey:
         return keyfile.load_secret(path)
     path = os.path.join(data_dir, SECRET)
     if not os.path.exists(path):
+        key = SecretKey.generate("ferry-node")
         try:
-            key = SecretKey.generate(default_name())
+            key = SecretKey(default_name(key.public.key), key.seed)
         except KeyFormatError:
-            key = SecretKey.generate("ferry-node-1")
+            pass  # a host name no key name can carry: "ferry-node"
         try:
             keyfile.write_secret(path, key)
         except keyfile.KeyFileError:

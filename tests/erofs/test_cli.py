@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.cli import ferry
@@ -18,6 +19,7 @@ def test_image_then_inspect(tmp_path: Path) -> None:
     (src / "README").write_text("hello\n")
     (src / "link").symlink_to("bin/tool")
     store = str(tmp_path / "store")
+    os.mkdir(store)
     assert ferry("publish", str(src), "--store-path", SP, "--data-dir", store).returncode == 0
     r = ferry("image", SP, "-o", str(tmp_path / "x.erofs"), "--data-dir", store)
     assert r.returncode == 0 and "device=" in r.stdout and "slab-000001" in r.stdout
@@ -38,11 +40,12 @@ def test_mistakes_get_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1 and "not a usable EROFS image: no EROFS magic" in r.stderr
     r = ferry("inspect", str(tmp_path / "missing"))
     assert r.returncode == 1 and "missing" in r.stderr
-    r = ferry("image", SP, "-o", str(tmp_path / "x.erofs"), "--data-dir", str(tmp_path / "store"))
+    store = str(tmp_path / "store")
+    os.mkdir(store)
+    r = ferry("image", SP, "-o", str(tmp_path / "x.erofs"), "--data-dir", store)
     assert r.returncode == 1 and "is not in this ferry store" in r.stderr
     src = tmp_path / "one"
     src.write_text("a lone file\n")
-    store = str(tmp_path / "store")
     assert ferry("publish", str(src), "--store-path", SP, "--data-dir", store).returncode == 0
     r = ferry("image", SP, "-o", str(tmp_path / "x.erofs"), "--data-dir", store)
     assert r.returncode == 1 and "single file" in r.stderr

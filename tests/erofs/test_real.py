@@ -52,6 +52,7 @@ def _kernel(tmp: Path) -> None:
 
 
 def _publish(src: Path, sp: str, data_dir: Path) -> dict:
+    data_dir.mkdir(exist_ok=True)
     r = ferry("publish", str(src), "--store-path", sp, "--data-dir", str(data_dir), "--json")
     assert r.returncode == 0, r.stderr
     r = ferry(

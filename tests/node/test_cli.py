@@ -96,3 +96,28 @@ def test_version_names_the_installed_release() -> None:
 
     r = ferry("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"ferry {version('ferry')}"
+
+
+def test_errors_are_json_under_json(tmp_path: Path) -> None:
+    r = ferry("publish", str(tmp_path / "nothing"), "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert json.loads(r.stdout) == {
+        "error": f"{tmp_path / 'nothing'}: no such file or directory",
+        "exit": 1,
+    }
+    assert "ferry: error:" in r.stderr  # and the line a person reads
+
+
+def test_the_node_logs_info_with_the_time(tmp_path: Path) -> None:
+    import re
+
+    from tests.p2p.nodes import NodeProc
+
+    node = NodeProc(tmp_path, "n").start()
+    try:
+        node.wait_ready()
+        running = [line for line in node.log if " running on " in line]
+    finally:
+        node.stop()
+    # e.g. "2026-12-06 23:10:01,123 INFO node.cli.noderun: node 12D3... running on ..."
+    assert running and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", running[0])

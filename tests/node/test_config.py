@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from node.daemon.config import ConfigError, NodeConfig, parse
+from tests.cli import ferry
 
 
 def test_defaults_and_a_full_file() -> None:
@@ -45,3 +48,25 @@ def test_mistakes_are_named(text: str, words: list[str]) -> None:
 def test_a_public_gateway_needs_saying_so() -> None:
     c = parse('gateway = "0.0.0.0:4738"\ngateway_public = true\n', "node.toml")
     assert c.gateway_bind == ("0.0.0.0", 4738)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--gateway", "nonsense"], ["ferry: error: --gateway: 'nonsense' is not HOST:PORT"]),
+        (["--gateway", "10.1.1.1:80"], ["--gateway: 10.1.1.1:80 is not a loopback"]),
+        (["--listen", "foo"], ["--listen: 'foo' is not a multiaddr"]),
+    ],
+)
+def test_a_flags_mistake_names_the_flag_not_the_file(
+    tmp_path: Path, flags: list[str], words: list[str]
+) -> None:
+    (tmp_path / "node.toml").write_text("priority = 20\n")  # a good file, which is not to blame
+    r = ferry("node", "run", "--data-dir", str(tmp_path), *flags)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "node.toml" not in r.stderr
+    for w in words:
+        assert w in r.stderr
+    (tmp_path / "bad.toml").write_text('gateway = "nonsense"\n')
+    r = ferry("node", "run", "--data-dir", str(tmp_path), "--config", str(tmp_path / "bad.toml"))
+    assert r.returncode == 1 and f"{tmp_path / 'bad.toml'}: gateway: 'nonsense'" in r.stderr

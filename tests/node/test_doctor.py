@@ -36,6 +36,10 @@ def test_init_makes_the_files_once_and_prints_the_nix_lines(tmp_path: Path) -> N
         f"extra-trusted-public-keys = {pub}" in r.stdout
         and "extra-substituters = http://127.0.0.1:4738" in r.stdout
     )
+    # The file a multi-user daemon reads, and why a user's own file may not do.
+    assert "add to /etc/nix/nix.conf, then restart nix-daemon" in r.stdout
+    assert "works only without a daemon, or for a user in the daemon's trusted-users" in r.stdout
+    assert pub.startswith("ferry-") and pub.split(":")[0] != "ferry-" + socket.gethostname() + "-1"
     assert (d / "identity.key").stat().st_mode & 0o777 == 0o600 and (
         d / "cache.key"
     ).stat().st_mode & 0o777 == 0o600

@@ -113,6 +113,12 @@ def test_user_mistakes_are_one_line_errors(tree: Path, tmp_path: Path) -> None:
         (["export", "hello"], "not a full store path"),
         (["materialize", SP, str(tmp_path / "m")], "is not in this ferry store"),
         (["root", "remove", SP], "is not a GC root"),
+        # A mistyped data directory is not made into a new store to publish into.
+        (
+            ["publish", str(tree), "--store-path", SP, "--data-dir", str(tmp_path / "typo")],
+            "no ferry data directory at",
+        ),
+        (["store", "stats", "--data-dir", str(tmp_path / "typo")], "`ferry init --data-dir"),
     ]
     try:
         for args, message in cases:
@@ -123,6 +129,15 @@ def test_user_mistakes_are_one_line_errors(tree: Path, tmp_path: Path) -> None:
         s.close()
     stats = json.loads(ferry("store", "stats", "--json").stdout)
     assert stats["paths"] == stats["unique_chunks"] == 0  # nothing was written
+    assert not (tmp_path / "typo").exists()
+
+
+def test_publishing_a_path_nix_lacks_says_so(nix_closure) -> None:
+    missing = "/nix/store/" + "0" * 32 + "-never-built-1.0"
+    r = ferry("publish", missing, "--store", str(nix_closure.store))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{missing} is not a valid path in the Nix store at {nix_closure.store}" in r.stderr
+    assert "narHash" not in r.stderr
 
 
 def test_export_refuses_a_terminal(tree: Path) -> None:
@@ -191,6 +206,7 @@ def test_disk_full_is_clear_and_leaves_the_store_usable(
     small_fs: Path, tmp_path: Path, tree: Path, nix
 ) -> None:
     data = str(small_fs / "ferry")
+    os.mkdir(data)  # as `ferry init` makes it: publish does not make a data directory
     big = tmp_path / "big"
     trees.write(
         trees.Dir({f"f{i}".encode(): trees.File(1_000_000, i, False) for i in range(10)}), big
@@ -215,3 +231,19 @@ def test_disk_full_is_clear_and_leaves_the_store_usable(
     assert ferry("publish", str(tree), "--store-path", SP, "--data-dir", data).returncode == 0
     proc = subprocess.run([*ARGV, "export", SP, "--data-dir", data], capture_output=True)
     assert proc.stdout == nix.dump(tree)
+
+
+def test_references_before_the_path_leave_it_the_path(tree: Path) -> None:
+    ref = "/nix/store/" + "d" * 32 + "-lib-1.0"
+    r = ferry("publish", "--references", ref, str(tree), "--store-path", SP, "--json")
+    assert r.returncode == 0, r.stderr
+    with LocalStore(os.environ["FERRY_DATA_DIR"]) as store:
+        reader = store.reader()
+        try:
+            state = reader.path_state(SP)
+        finally:
+            reader.close()
+    assert state is not None and [str(p) for p in state[0].references] == [ref]
+    # With nothing that could be the PATH, the usual usage error.
+    r = ferry("publish", "--references", ref, "--store-path", SP)
+    assert r.returncode == 2 and "PATH --nar is required" in r.stderr

@@ -41,6 +41,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"f{i:02d}".encode(): trees.File(20_000 + 9_000 * i, 100 + i, False) for i in range(24)
     }
     trees.write(trees.Dir({**shared, **b_files, b"big": trees.File(900_000, 3, False)}), d / "b")
+    (d / "base").mkdir()
     r = ferry("publish", str(d / "a"), "--store-path", A, "--data-dir", str(d / "base"), env={})
     assert r.returncode == 0, r.stderr
     return d
