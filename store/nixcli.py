@@ -98,5 +98,59 @@ def path_info(path: StorePath, store: str | None = None) -> PathInfo:
         raise NixError(f"unexpected `nix path-info --json` output for {path}: {e}") from None
 
 
+def closure(path: StorePath, store: str | None = None) -> list[StorePath]:
+    """`path` and every path it refers to, directly or not, as Nix records them; each
+    after the paths it refers to (so publishing in this order never leaves a reference
+    behind its referrer)."""
+    store_args = ["--store", store] if store else []
+    out = _nix(
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "--recursive",
+        *store_args,
+        str(path),
+    )
+    sd = path.store_dir
+    try:
+        refs: dict[str, list[str]] = {}
+        for info in json.loads(out):
+            if info.get("valid") is False:
+                where = f"the Nix store at {store}" if store else "the Nix store"
+                raise NixError(
+                    f"{info['path']} is not a valid path in {where}: Nix has not built or "
+                    "substituted it (build it first, or publish a directory with --store-path)"
+                )
+            refs[info["path"]] = [r for r in info.get("references", []) if r != info["path"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise NixError(
+            f"unexpected `nix path-info --json --recursive` output for {path}: {e}"
+        ) from None
+    order: list[str] = []
+    placed: set[str] = set()
+    # Depth first, references before referrers; iterative (closures can be deep).
+    for root in sorted(refs):
+        stack = [(root, iter(sorted(refs[root])))]
+        if root in placed:
+            continue
+        placed.add(root)
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if child not in placed and child in refs:
+                    placed.add(child)
+                    stack.append((child, iter(sorted(refs[child]))))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    try:
+        return [StorePath.decode(p, sd) for p in order]
+    except StorePathError as e:
+        raise NixError(f"unexpected path in `nix path-info --recursive` output: {e}") from None
+
+
 def is_available() -> bool:
     return shutil.which("nix-store") is not None

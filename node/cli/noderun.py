@@ -13,6 +13,7 @@ import trio
 
 from node.cli import Commands, options, storeopt, ui
 from node.daemon import config as nodeconfig
+from node.daemon import notify
 from node.daemon.config import ConfigError, NodeConfig
 from node.daemon.control import ControlError
 from node.daemon.gateway import GatewayUnavailable
@@ -169,8 +170,10 @@ async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:
         # everything for 70-100 ms, and every narinfo Nix was waiting on waited too.
         gc.freeze()
         log.info("node %s running on %s", node.peer_id, data_dir)
+        notify.send(notify.encode(READY="1", STATUS=f"node {node.peer_id} running"))
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for sig in signals:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 break
+        notify.send(notify.encode(STOPPING="1"))
         nursery.cancel_scope.cancel()

@@ -6,8 +6,10 @@ socket (control), whose requests are answered here."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -18,7 +20,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 
 from node.daemon import api, control, gateway
-from node.daemon.config import NodeConfig
+from node.daemon.config import ConfigError, NodeConfig
 from node.daemon.control import ControlError, Failure
 from node.daemon.discovery import Discovery
 from node.daemon.mounts import Mounts
@@ -92,6 +94,7 @@ class Node:
             # No other node runs on this data directory (bind checked): "ready" files here
             # were left by one that was killed, and must not announce this one early.
             _remove_files(self.data_dir, (ADDR_FILE, gateway.GATEWAY_FILE))
+            check_listen(self.config.listen)
             async with (
                 self.host.run([multiaddr.Multiaddr(a) for a in self.config.listen]),
                 AsyncExitStack() as stack,
@@ -301,3 +304,29 @@ def _remove_files(data_dir: str, names: Sequence[str]) -> None:
             os.unlink(os.path.join(data_dir, name))
         except FileNotFoundError:
             pass
+
+
+def check_listen(listen: Sequence[str]) -> None:
+    """ConfigError for a TCP listen address another process holds. libp2p binds with
+    SO_REUSEPORT: a second node on a running node's port would start, log success and
+    take half of its connections."""
+    for a in listen:
+        ma = multiaddr.Multiaddr(a)
+        protocols = [p.name for p in ma.protocols()]
+        if "tcp" not in protocols or not {"ip4", "ip6"} & set(protocols):
+            continue
+        family = socket.AF_INET if "ip4" in protocols else socket.AF_INET6
+        host = ma.value_for_protocol("ip4" if family == socket.AF_INET else "ip6")
+        port = int(ma.value_for_protocol("tcp"))
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                held = " (another ferry node?)" if e.errno == errno.EADDRINUSE else ""
+                raise ConfigError(
+                    f"listen: cannot listen on {a}: {e.strerror or e}{held}; stop it, or "
+                    "choose another address with --listen or `listen` in node.toml"
+                ) from None

@@ -121,3 +121,27 @@ def test_the_node_logs_info_with_the_time(tmp_path: Path) -> None:
         node.stop()
     # e.g. "2026-12-06 23:10:01,123 INFO node.cli.noderun: node 12D3... running on ..."
     assert running and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", running[0])
+
+
+def test_a_second_node_on_a_running_nodes_port_is_refused(tmp_path: Path) -> None:
+    from tests.p2p.nodes import NodeProc
+
+    first = NodeProc(tmp_path, "first").start()
+    try:
+        first.wait_ready()
+        listen = first.addr.split("/p2p/")[0]  # /ip4/127.0.0.1/tcp/PORT
+        r = ferry(
+            "node",
+            "run",
+            "--data-dir",
+            str(tmp_path / "second"),
+            "--listen",
+            listen,
+            "--no-mdns",
+            "--gateway",
+            "off",
+        )
+    finally:
+        first.stop()
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"cannot listen on {listen}: Address already in use" in r.stderr

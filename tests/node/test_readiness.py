@@ -110,3 +110,23 @@ def test_everything_answers_the_instant_node_addr_appears_on_a_busy_machine(tmp_
     assert all(n.proc is not None and n.proc.returncode == 0 for n in nodes), (
         "a node did not stop cleanly"
     )
+
+
+def test_the_service_manager_hears_ready_once_the_node_accepts(tmp_path: Path) -> None:
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.settimeout(START_TIMEOUT)
+    node = NodeProc(tmp_path, "n", env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    try:
+        node.start()
+        ready = manager.recv(4096)
+        # READY=1 only when what node.addr promises accepts: the file is already there.
+        assert ready.startswith(b"READY=1\nSTATUS=node ") and (node.data_dir / "node.addr").exists()
+        node.wait_ready()
+        assert not _listening(node) and not _answers(node)
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        assert manager.recv(4096) == b"STOPPING=1\n"
+    finally:
+        node.stop()
+        manager.close()

@@ -247,3 +247,20 @@ def test_references_before_the_path_leave_it_the_path(tree: Path) -> None:
     # With nothing that could be the PATH, the usual usage error.
     r = ferry("publish", "--references", ref, "--store-path", SP)
     assert r.returncode == 2 and "PATH --nar is required" in r.stderr
+
+
+def test_a_path_without_its_references_warns_and_closure_publishes_them_first(
+    nix_closure,
+) -> None:
+    dep = next(p for p in nix_closure.paths if p != nix_closure.top)
+    alone = ferry("publish", nix_closure.top, "--store", str(nix_closure.store))
+    assert alone.returncode == 0, alone.stderr
+    assert "warning: 1 of its references are not in this ferry store" in alone.stderr
+    assert dep in alone.stderr and "--closure" in alone.stderr
+    r = ferry("publish", "--closure", nix_closure.top, "--store", str(nix_closure.store), "--json")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    assert [p["store_path"] for p in json.loads(r.stdout)] == [dep, nix_closure.top]
+    listing = {p["store_path"] for p in json.loads(ferry("store", "list", "--json").stdout)}
+    assert listing == set(nix_closure.paths)
+    r = ferry("publish", "--closure", str(nix_closure.root))  # not a store path
+    assert r.returncode == 1 and "--closure needs a Nix store path" in r.stderr
