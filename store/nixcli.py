@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from store.hash import Hash, HashError
@@ -66,8 +67,8 @@ def _nix(*args: str) -> str:
     return proc.stdout
 
 
-def path_info(path: StorePath, store: str | None = None) -> PathInfo:
-    """NarHash, NarSize, references and deriver of a valid path, as Nix records them."""
+def _path_infos(path: StorePath, store: str | None, *flags: str) -> list[dict[str, Any]]:
+    """`nix path-info --json` of `path` (with `flags`); NixError for a path Nix lacks."""
     store_args = ["--store", store] if store else []
     out = _nix(
         "nix",
@@ -75,17 +76,29 @@ def path_info(path: StorePath, store: str | None = None) -> PathInfo:
         "nix-command",
         "path-info",
         "--json",
+        *flags,
         *store_args,
         str(path),
     )
     try:
-        (info,) = json.loads(out)
-        if info.get("valid") is False:
-            where = f"the Nix store at {store}" if store else "the Nix store"
-            raise NixError(
-                f"{path} is not a valid path in {where}: Nix has not built or substituted "
-                "it (build it first, or publish a directory with --store-path)"
-            )
+        infos = json.loads(out)
+        invalid = [i["path"] for i in infos if i.get("valid") is False]
+    except (ValueError, KeyError, TypeError) as e:
+        raise NixError(f"unexpected `nix path-info --json` output for {path}: {e}") from None
+    if invalid:
+        where = f"the Nix store at {store}" if store else "the Nix store"
+        raise NixError(
+            f"{invalid[0]} is not a valid path in {where}: Nix has not built or substituted "
+            "it (build it first, or publish a directory with --store-path)"
+        )
+    return list(infos)
+
+
+def path_info(path: StorePath, store: str | None = None) -> PathInfo:
+    """NarHash, NarSize, references and deriver of a valid path, as Nix records them."""
+    infos = _path_infos(path, store)
+    try:
+        (info,) = infos
         sd = path.store_dir
         return PathInfo(
             path=StorePath.decode(info["path"], sd),
@@ -102,40 +115,21 @@ def closure(path: StorePath, store: str | None = None) -> list[StorePath]:
     """`path` and every path it refers to, directly or not, as Nix records them; each
     after the paths it refers to (so publishing in this order never leaves a reference
     behind its referrer)."""
-    store_args = ["--store", store] if store else []
-    out = _nix(
-        "nix",
-        "--extra-experimental-features",
-        "nix-command",
-        "path-info",
-        "--json",
-        "--recursive",
-        *store_args,
-        str(path),
-    )
-    sd = path.store_dir
     try:
-        refs: dict[str, list[str]] = {}
-        for info in json.loads(out):
-            if info.get("valid") is False:
-                where = f"the Nix store at {store}" if store else "the Nix store"
-                raise NixError(
-                    f"{info['path']} is not a valid path in {where}: Nix has not built or "
-                    "substituted it (build it first, or publish a directory with --store-path)"
-                )
-            refs[info["path"]] = [r for r in info.get("references", []) if r != info["path"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise NixError(
-            f"unexpected `nix path-info --json --recursive` output for {path}: {e}"
-        ) from None
+        refs = {
+            i["path"]: [r for r in i.get("references", []) if r != i["path"]]
+            for i in _path_infos(path, store, "--recursive")
+        }
+    except (KeyError, TypeError) as e:
+        raise NixError(f"unexpected `nix path-info --json` output for {path}: {e}") from None
     order: list[str] = []
     placed: set[str] = set()
     # Depth first, references before referrers; iterative (closures can be deep).
     for root in sorted(refs):
-        stack = [(root, iter(sorted(refs[root])))]
         if root in placed:
             continue
         placed.add(root)
+        stack = [(root, iter(sorted(refs[root])))]
         while stack:
             node, children = stack[-1]
             for child in children:
@@ -147,7 +141,7 @@ def closure(path: StorePath, store: str | None = None) -> list[StorePath]:
                 stack.pop()
                 order.append(node)
     try:
-        return [StorePath.decode(p, sd) for p in order]
+        return [StorePath.decode(p, path.store_dir) for p in order]
     except StorePathError as e:
         raise NixError(f"unexpected path in `nix path-info --recursive` output: {e}") from None
 

@@ -1,7 +1,10 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from store import build, nixcli
 from store.path import StorePath
@@ -44,3 +47,20 @@ def test_invalid_path_is_reported_by_nix(nix, tmp_path: Path) -> None:
     sp = StorePath.decode("/nix/store/" + "a" * 32 + "-absent")
     with pytest.raises(nixcli.NixError, match="is not a valid path in the Nix store at"):
         nixcli.path_info(sp, str(tmp_path / "empty-store"))
+
+
+@given(st.data())
+def test_a_closure_lists_every_path_after_its_references(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 30))
+    paths = [f"/nix/store/{i:032d}-p{i}" for i in range(n)]
+    # A DAG: a path refers only to paths of higher index (and maybe to itself).
+    refs = {
+        p: data.draw(st.lists(st.sampled_from(paths[i:]), unique=True)) for i, p in enumerate(paths)
+    }
+    out = json.dumps([{"path": p, "references": r} for p, r in refs.items()])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nixcli, "_nix", lambda *args: out)
+        order = [str(p) for p in nixcli.closure(StorePath.decode(paths[0]))]
+    assert sorted(order) == sorted(paths)
+    for p, rs in refs.items():
+        assert all(order.index(r) <= order.index(p) for r in rs)
