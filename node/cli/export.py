@@ -23,6 +23,7 @@ def add_parser(sub: Commands) -> None:
     p.add_argument(
         "store_path",
         metavar="STORE_PATH",
+        type=options.store_path_arg,
         help="a path in the local store (see `ferry store list`)",
     )
     p.add_argument(
@@ -40,7 +41,12 @@ def add_parser(sub: Commands) -> None:
         "symlinks) to DIR, which must not exist yet. Chunks are verified as they are written; "
         "DIR appears only once the whole tree is there.",
     )
-    p.add_argument("store_path", metavar="STORE_PATH", help="a complete path in the local store")
+    p.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        type=options.store_path_arg,
+        help="a complete path in the local store",
+    )
     p.add_argument("dest", metavar="DIR", help="where to write the tree (must not exist)")
     options.add_data_dir(p)
     p.set_defaults(run=run_materialize)

@@ -26,7 +26,12 @@ def add_parser(sub: Commands) -> None:
         "mount(2) and those options (util-linux mount puts a loop device under the image, which EROFS "
         "then cannot pair with its devices); `ferry mount` does this for you.",
     )
-    p.add_argument("store_path", metavar="STORE_PATH", help="a path in the local store")
+    p.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        type=options.store_path_arg,
+        help="a path in the local store",
+    )
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the image file to write")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     options.add_data_dir(p)

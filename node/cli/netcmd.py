@@ -30,6 +30,7 @@ def add_parser(sub: Commands) -> None:
     p.add_argument(
         "store_path",
         metavar="STORE_PATH",
+        type=options.store_path_arg,
         help="full store path, e.g. /nix/store/<hash>-hello-2.12",
     )
     p.add_argument(

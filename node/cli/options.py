@@ -13,3 +13,10 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
         help="the ferry store (default: $FERRY_DATA_DIR, else /var/lib/ferry as root, "
         "else ~/.local/share/ferry)",
     )
+
+
+def store_path_arg(text: str) -> str:
+    """A store path as typed: the slash a shell's completion leaves after a directory
+    name is not part of it."""
+    stripped = text.rstrip("/")
+    return stripped or text

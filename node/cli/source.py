@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from node.cli import ui
+from node.cli import options, ui
 from store.build import ChunkSink
 from store.manifest import Manifest
 from store.path import DEFAULT_STORE_DIR
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser, *, references: bool = False) -> No
     p.add_argument(
         "--store-path",
         metavar="STORE_PATH",
+        type=options.store_path_arg,
         help="the store path to record (default: the path `nix-store --add` would give)",
     )
     if references:

@@ -35,7 +35,11 @@ def add_parser(sub: Commands) -> None:
             name, help=helptext, description=helptext[0].upper() + helptext[1:] + "."
         )
         c.add_argument(
-            "store_paths", metavar="STORE_PATH", nargs="+", help="paths in the local store"
+            "store_paths",
+            metavar="STORE_PATH",
+            type=options.store_path_arg,
+            nargs="+",
+            help="paths in the local store",
         )
         options.add_data_dir(c)
         c.set_defaults(run=run_root, root_action=name)

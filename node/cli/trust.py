@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from node.cli import Commands, ui
+from node.cli import Commands, options, ui
 from store import build, dump, userfile
 from store.manifest import Manifest
 from store.path import StorePath, StorePathError
@@ -98,6 +98,7 @@ def add_parser(sub: Commands) -> None:
     c.add_argument(
         "--store-path",
         metavar="STORE_PATH",
+        type=options.store_path_arg,
         required=True,
         help="the store path PATH was built as, e.g. /nix/store/<hash>-hello-2.12",
     )
@@ -128,7 +129,12 @@ def add_parser(sub: Commands) -> None:
         "counted) and the verdict for STORE_PATH under the policy: trusted, insufficient "
         "or conflict.",
     )
-    c.add_argument("store_path", metavar="STORE_PATH", help="the store path to decide on")
+    c.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        type=options.store_path_arg,
+        help="the store path to decide on",
+    )
     c.add_argument("--policy", metavar="FILE", required=True, help="the quorum policy (TOML)")
     # "+", not "*": argparse cannot split a "*" list that follows an option.
     c.add_argument("claims", metavar="CLAIM", nargs="+", help="claim files")

@@ -113,6 +113,9 @@ def test_user_mistakes_are_one_line_errors(tree: Path, tmp_path: Path) -> None:
         (["export", "hello"], "not a full store path"),
         (["materialize", SP, str(tmp_path / "m")], "is not in this ferry store"),
         (["root", "remove", SP], "is not a GC root"),
+        # The slash a shell's completion leaves after a directory is not part of the path.
+        (["export", SP + "/"], "is not in this ferry store"),
+        (["root", "remove", SP + "/"], "is not a GC root"),
         # A mistyped data directory is not made into a new store to publish into.
         (
             ["publish", str(tree), "--store-path", SP, "--data-dir", str(tmp_path / "typo")],
