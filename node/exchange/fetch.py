@@ -302,6 +302,7 @@ class Fetch:
         hashes left unanswered are for `plan_hash`."""
         answers = claimwire.Answers(len(hashes))
         done = False
+        stream = None  # the deadline may pass while it opens
         with trio.move_on_after(self.settings.claims_timeout):
             try:
                 stream = await self.net.open_stream(peer, claimwire.PROTOCOL_GETS)
@@ -325,7 +326,7 @@ class Fetch:
             else:
                 if done:
                     await finish(stream)
-        if not done:
+        if stream is not None and not done:
             with trio.move_on_after(1.0):
                 await abort(stream)  # the rest would answer nobody
         if len(answers.answers) < len(hashes):

@@ -233,3 +233,29 @@ async def test_what_a_slow_peer_answered_in_time_is_planned(
         assert set(plans) == {sp.hash_part for sp in paths[:answered]}
         assert cli.punished == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_never_opens_the_stream_leaves_the_batch_to_plan_alone(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    builder, outsider = SecretKey.generate("builder-1"), SecretKey.generate("outsider-1")
+    server, paths = _paths(tmp_path, builder, outsider)
+    policy = QuorumPolicy((builder.public,), 1)
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, random.Random(1))
+        srv, cli = world.add("server"), world.add("client")
+        _serve(srv, server, Counter())
+        cli.connect("server")
+        opened = cli.open_stream
+
+        async def hung(peer: str, protocol: str) -> SimStream:
+            if protocol == claimwire.PROTOCOL_GETS:
+                await trio.sleep_forever()  # the deadline passes while the stream opens
+            return await opened(peer, protocol)
+
+        cli.open_stream = hung  # type: ignore[method-assign]
+        fetch = Fetch(cli, MemoryStore(), policy, FetchSettings(claims_timeout=3))
+        with trio.fail_after(60):
+            plans = await fetch.plan_many([sp.hash_part for sp in paths[:10]], "/nix/store")
+        assert plans == {}  # nothing answered: each path is for plan_hash
+        nursery.cancel_scope.cancel()
