@@ -266,13 +266,16 @@ def from_store_path(
     policy: ChunkingPolicy = DEFAULT_POLICY,
     on_chunk: ChunkSink | None = None,
     on_progress: Progress | None = None,
+    info: nixcli.PathInfo | None = None,
 ) -> Manifest:
     """The manifest of a valid path in a Nix store (`store`: as Nix's `--store`).
 
-    References and deriver come from Nix; the NarHash ferry computes must equal the
-    one Nix recorded, or the path on disk is not what Nix registered.
+    References and deriver come from Nix (`info`, if the caller has asked already); the
+    NarHash ferry computes must equal the one Nix recorded, or the path on disk is not
+    what Nix registered.
     """
-    info = nixcli.path_info(path, store)
+    if info is None:
+        info = nixcli.path_info(path, store)
     manifest = from_directory(
         nixcli.physical_path(path, store),
         path,

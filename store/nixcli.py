@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -122,6 +123,16 @@ def closure(path: StorePath, store: str | None = None) -> list[StorePath]:
         }
     except (KeyError, TypeError) as e:
         raise NixError(f"unexpected `nix path-info --json` output for {path}: {e}") from None
+    order = references_first(refs)
+    try:
+        return [StorePath.decode(p, path.store_dir) for p in order]
+    except StorePathError as e:
+        raise NixError(f"unexpected path in `nix path-info --recursive` output: {e}") from None
+
+
+def references_first(refs: Mapping[str, Sequence[str]]) -> list[str]:
+    """The keys of `refs` (path -> the paths it refers to), each after those of its
+    references that are keys; references outside `refs` are ignored."""
     order: list[str] = []
     placed: set[str] = set()
     # Depth first, references before referrers; iterative (closures can be deep).
@@ -140,10 +151,7 @@ def closure(path: StorePath, store: str | None = None) -> list[StorePath]:
             else:
                 stack.pop()
                 order.append(node)
-    try:
-        return [StorePath.decode(p, path.store_dir) for p in order]
-    except StorePathError as e:
-        raise NixError(f"unexpected path in `nix path-info --recursive` output: {e}") from None
+    return order
 
 
 def is_available() -> bool:

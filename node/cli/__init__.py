@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "manifest": ("node.cli.manifest", "build a store path's manifest and print a summary"),
     "publish": ("node.cli.publish", "add a store path to the local ferry store"),
+    "post-build-hook": (
+        "node.cli.hook",
+        "Nix's post-build hook: queue a build's outputs for the node to publish",
+    ),
     "export": ("node.cli.export", "write a stored path's NAR"),
     "materialize": ("node.cli.export", "write a stored path's tree to a directory"),
     "image": ("node.cli.image", "write a stored path as an EROFS metadata image"),

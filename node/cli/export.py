@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from typing import Any
 
-from node.cli import Commands, options, storeopt, ui
+from node.cli import Commands, netcmd, options, storeopt, ui
+from node.daemon import api
 from node.local.errors import StoreError
 from store import restore
 from store.export import ExportError, write_nar
@@ -63,6 +65,9 @@ def run_export(args: argparse.Namespace) -> None:
     sp = parse_store_path(args.store_path)
     if args.output is None and sys.stdout.isatty():
         ui.fail("refusing to write a NAR to a terminal; redirect standard output or use -o FILE")
+    if storeopt.node_running(args):
+        _export_through_node(args, sp)
+        return
     with storeopt.open_store(args) as store:
         try:
             manifest = store.complete_manifest(sp)
@@ -78,6 +83,29 @@ def run_export(args: argparse.Namespace) -> None:
                     out.flush()
         except (StoreError, ExportError) as e:
             ui.fail(str(e))
+
+
+def _export_through_node(args: argparse.Namespace, sp: StorePath) -> None:
+    """The node reads the NAR (verified as it goes) and sends it in pieces; a file is
+    renamed into place only once the node says the NarHash checked out."""
+    tmp = f"{args.output}.tmp{os.getpid()}" if args.output else None
+    try:
+        with open(tmp, "wb") if tmp else nullcontext(sys.stdout.buffer) as out:
+
+            def write(piece: api.NarPiece) -> None:
+                out.write(piece.data)
+
+            netcmd.request(args, api.ExportRequest(str(sp)), write)
+            out.flush()
+            if tmp:
+                os.fsync(out.fileno())
+        if tmp:
+            os.replace(tmp, args.output)
+    except OSError as e:
+        ui.fail(f"{args.output or 'standard output'}: {e.strerror}")
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _to_file(path: str, pieces: Any, advance: Any) -> None:
@@ -99,6 +127,9 @@ def _to_file(path: str, pieces: Any, advance: Any) -> None:
 
 def run_materialize(args: argparse.Namespace) -> None:
     sp = parse_store_path(args.store_path)
+    if storeopt.node_running(args):
+        netcmd.request(args, api.MaterializeRequest(str(sp), os.path.abspath(args.dest)))
+        return
     with storeopt.open_store(args) as store:
         try:
             manifest = store.complete_manifest(sp)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from node.cli import Commands, options, storeopt, ui
+from node.cli import Commands, netcmd, options, storeopt, ui
+from node.daemon import api
+from node.local.store import GcReport
 
 
 def add_parser(sub: Commands) -> None:
@@ -21,8 +23,13 @@ def add_parser(sub: Commands) -> None:
 
 
 def run_gc(args: argparse.Namespace) -> None:
-    with storeopt.open_store(args) as store:
-        r = store.gc(dry_run=args.dry_run)
+    r: GcReport | api.GcDone
+    if storeopt.node_running(args):
+        # The node collects a batch at a time: its fetches and the gateway go on.
+        r = netcmd.request(args, api.GcRequest(args.dry_run))
+    else:
+        with storeopt.open_store(args) as store:
+            r = store.gc(dry_run=args.dry_run)
     if args.json:
         ui.print_json(
             {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from node.cli import Commands, options, ui
+from node.cli import Commands, hook, options, ui
 from node.cli.noderun import CONFIG_FILE
 from node.daemon import config as nodeconfig
 from node.gateway import key as gateway_key
@@ -87,6 +87,11 @@ def run(args: argparse.Namespace) -> None:
         )
     except keyfile.KeyFileError as e:
         ui.fail(str(e))
+    try:
+        hook_script = hook.write_script(data_dir)
+    except OSError as e:
+        ui.fail(f"cannot write {os.path.join(data_dir, hook.SCRIPT)}: {e.strerror}")
+    done.append((hook.SCRIPT, "written"))
     config_path = os.path.join(data_dir, CONFIG_FILE)
     if os.path.exists(config_path):
         done.append((CONFIG_FILE, "kept (not overwritten)"))
@@ -114,6 +119,12 @@ def run(args: argparse.Namespace) -> None:
     ui.out.print(
         "  (~/.config/nix/nix.conf works only without a daemon, or for a user in the "
         "daemon's trusted-users)",
+        markup=False,
+    )
+    ui.out.print(
+        f"on a builder, to publish every build as it finishes, add also:\n"
+        f"  post-build-hook = {hook_script}\n"
+        "  and set publish_key in node.toml (or watch_store = true to publish every new path)",
         markup=False,
     )
     if "policy" not in overrides:

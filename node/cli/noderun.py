@@ -18,7 +18,9 @@ from node.daemon.config import ConfigError, NodeConfig
 from node.daemon.control import ControlError
 from node.daemon.gateway import GatewayUnavailable
 from node.daemon.node import Node
+from node.daemon.outbox import OutboxError
 from node.local.datadir import default_data_dir
+from store.nixcli import NixError
 from trust.keyfile import KeyFileError
 from trust.policy import PolicyError
 
@@ -99,6 +101,23 @@ def add_parser(sub: Commands) -> None:
         const="off",
         help="no binary-cache endpoint",
     )
+    p.add_argument(
+        "--nix-store",
+        metavar="STORE",
+        help="the Nix store to publish from, as Nix's --store (default: the system store)",
+    )
+    p.add_argument(
+        "--watch-store",
+        dest="watch_store",
+        action="store_true",
+        default=None,
+        help="publish every path Nix registers from now on, as it appears (builders)",
+    )
+    p.add_argument(
+        "--publish-key",
+        metavar="SECRET",
+        help="builder key that signs what the node publishes by itself (watch, post-build hook)",
+    )
     options.add_data_dir(p)
     p.set_defaults(run=run)
 
@@ -116,7 +135,15 @@ def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
         gossip=args.gossip,
         gateway=args.gateway,
         gateway_public=args.gateway_public,
+        nix_store=_absolute_store(args.nix_store),
+        watch_store=args.watch_store,
+        publish_key=os.path.abspath(args.publish_key) if args.publish_key else None,
     )
+
+
+def _absolute_store(store: str | None) -> str | None:
+    """A chroot store's directory as the node (in another directory) will see it."""
+    return os.path.abspath(store) if store and os.path.isdir(store) else store
 
 
 def run(args: argparse.Namespace) -> None:
@@ -154,7 +181,18 @@ def _user_error(e: BaseException) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(e, (ConfigError, ControlError, GatewayUnavailable, PolicyError, KeyFileError)):
+    if isinstance(
+        e,
+        (
+            ConfigError,
+            ControlError,
+            GatewayUnavailable,
+            PolicyError,
+            KeyFileError,
+            NixError,
+            OutboxError,
+        ),
+    ):
         return str(e)
     if isinstance(e, OSError):
         return f"cannot start the node: {e.strerror or e}"
@@ -163,17 +201,19 @@ def _user_error(e: BaseException) -> str | None:
 
 async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:
     node = Node(data_dir, config, store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        # What start-up built (libp2p, the DHT, the store's state) lives as long as the
-        # node: the collector need not walk it again. A full collection of it stopped
-        # everything for 70-100 ms, and every narinfo Nix was waiting on waited too.
-        gc.freeze()
-        log.info("node %s running on %s", node.peer_id, data_dir)
-        notify.send(notify.encode(READY="1", STATUS=f"node {node.peer_id} running"))
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Signals are caught from before the node says it runs: a SIGTERM sent the moment
+    # it is up (a test, systemd) must stop it cleanly, not kill it.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            # What start-up built (libp2p, the DHT, the store's state) lives as long as the
+            # node: the collector need not walk it again. A full collection of it stopped
+            # everything for 70-100 ms, and every narinfo Nix was waiting on waited too.
+            gc.freeze()
+            log.info("node %s running on %s", node.peer_id, data_dir)
+            notify.send(notify.encode(READY="1", STATUS=f"node {node.peer_id} running"))
             async for sig in signals:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 break
-        notify.send(notify.encode(STOPPING="1"))
-        nursery.cancel_scope.cancel()
+            notify.send(notify.encode(STOPPING="1"))
+            nursery.cancel_scope.cancel()

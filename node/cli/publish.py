@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from typing import Any
 
 from node.cli import Commands, netcmd, options, source, storeopt, ui
 from node.daemon import api, control
 from node.local.errors import StoreError
-from node.local.publish import publish
+from node.local.publish import Bulk, already_published, publish, publish_store_paths
 from node.local.store import LocalStore
-from store import nixcli
+from store import nixcli, nixdb
 from store.path import StorePath, StorePathError
 from store.source import Source, SourceError
 from trust import keyfile
@@ -36,6 +35,12 @@ def add_parser(sub: Commands) -> None:
         help="also publish every path PATH (a Nix store path) refers to, directly or not, "
         "references first",
     )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="publish every valid path of the Nix store (--store), references first; "
+        "give no PATH. Paths this store holds already are skipped, so it can be run again",
+    )
     p.add_argument("--key", metavar="SECRET", help="sign a build claim with this builder key")
     p.add_argument("--no-root", action="store_true", help="do not protect the path from `ferry gc`")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -48,22 +53,22 @@ def run(args: argparse.Namespace) -> None:
         key = keyfile.load_secret(args.key) if args.key else None
     except KeyFileError as e:
         ui.fail(str(e))
+    if args.all or args.closure:
+        _bulk(args, key)
+        return
     src = source.from_args(args)
-    sources = _closure(src) if args.closure else [src]
-    through_node = control.running(netcmd.data_dir(args))
-    unpublished: list[str] = []
-    if through_node:
-        results = [_through_node(args, s) for s in sources]
+    if control.running(netcmd.data_dir(args)):
+        result = _through_node(args, src)
+        unpublished = result.pop("unpublished")
     else:
         with storeopt.open_store(args) as store:
-            results = [_direct(store, s, key, args) for s in sources]
-            unpublished = _unpublished(store, results)
-    signers = [r.pop("signer", None) for r in results]
+            result = _direct(store, src, key, args)
+            unpublished = _unpublished(store, result)
+    signer = result.pop("signer", None)
     if args.json:
-        ui.print_json(results if args.closure else results[0])
+        ui.print_json(result)
     else:
-        for result, signer in zip(results, signers, strict=True):
-            _show(result, signer)
+        _show(result, signer)
     if unpublished:
         ui.err.print(
             f"warning: {len(unpublished)} of its references are not in this ferry store, so "
@@ -76,8 +81,84 @@ def run(args: argparse.Namespace) -> None:
         )
 
 
-def _closure(src: Source) -> list[Source]:
-    """One source per path of `src`'s closure, references first."""
+def _bulk(args: argparse.Namespace, key: SecretKey | None) -> None:
+    """--closure and --all: many Nix store paths, read from Nix's database."""
+    if args.all:
+        if args.path or args.nar or args.references:
+            ui.fail("--all publishes every path of the Nix store: give no PATH", code=2)
+        paths: list[str] = []
+    else:
+        paths = [str(_nix_store_path(source.from_args(args)))]
+    store = args.store
+    if store and os.path.exists(store):
+        store = os.path.abspath(store)
+    if control.running(netcmd.data_dir(args)):
+        req = api.PublishStoreRequest(
+            tuple(paths),
+            store=store or "",
+            closure=args.closure,
+            every=args.all,
+            key=os.path.abspath(args.key) if args.key else None,
+            root=not args.no_root,
+        )
+        with ui.transfer_bar("publishing", "reading Nix's database") as update:
+
+            def show(p: api.PublishProgress) -> None:
+                update(p.bytes, p.bytes_done, f"{p.paths_done:,}/{p.paths:,} paths")
+
+            done: api.StorePublished = netcmd.request(args, req, show)
+    else:
+        done = _bulk_direct(args, paths, store, key)
+    if args.json:
+        ui.print_json(api.encode(done))
+        return
+    ui.out.print(
+        f"published {len(done.published):,} paths ({done.already:,} were here already): "
+        f"{ui.megabytes(done.nar_bytes)} of NARs, {ui.megabytes(done.new_bytes)} new"
+        + (f", signed by {done.signer}" if done.signer else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    for s in done.skipped:
+        ui.err.print(f"warning: not published: {s.store_path}: {s.reason}", markup=False)
+
+
+def _bulk_direct(
+    args: argparse.Namespace, paths: list[str], store: str | None, key: SecretKey | None
+) -> api.StorePublished:
+    try:
+        with nixdb.NixDb(store or None, args.store_dir) as db:
+            infos = db.select(paths, closure=args.closure, every=args.all)
+    except nixcli.NixError as e:
+        ui.fail(str(e))
+    with storeopt.open_store(args) as local:
+        new = [i for i in infos if not already_published(local.index, str(i.path), key)]
+        total_bytes = sum(i.nar_size for i in new)
+        with ui.transfer_bar("publishing", "") as update:
+
+            def show(batch: Bulk, total: Bulk) -> None:
+                done = len(total.published) + len(total.skipped)
+                update(total_bytes, total.nar_bytes, f"{done:,}/{len(new):,} paths")
+
+            try:
+                bulk = publish_store_paths(
+                    local, new, store or None, key, root=not args.no_root, on_batch=show
+                )
+            except StoreError as e:
+                ui.fail(str(e))
+        return api.StorePublished(
+            published=tuple(str(m.store_path) for m, _ in bulk.published),
+            skipped=tuple(api.SkippedPath(s.store_path, s.reason) for s in bulk.skipped),
+            already=len(infos) - len(new),
+            nar_bytes=bulk.nar_bytes,
+            new_chunks=bulk.new_chunks,
+            new_bytes=bulk.new_bytes,
+            signer=key.name if key else None,
+            data_dir=local.data_dir,
+        )
+
+
+def _nix_store_path(src: Source) -> StorePath:
     if src.nar is not None or src.path is None or src.store_path:
         ui.fail("--closure needs a Nix store path as PATH: its references come from Nix")
     try:
@@ -86,10 +167,7 @@ def _closure(src: Source) -> list[Source]:
         ui.fail(f"--closure needs a Nix store path as PATH: {e}")
     if rest:
         ui.fail(f"--closure needs a Nix store path as PATH: {src.path} is inside {sp}")
-    try:
-        return [dataclasses.replace(src, path=str(p)) for p in nixcli.closure(sp, src.store)]
-    except nixcli.NixError as e:
-        ui.fail(str(e))
+    return sp
 
 
 def _direct(
@@ -119,21 +197,10 @@ def _direct(
     }
 
 
-def _unpublished(store: LocalStore, results: list[dict[str, Any]]) -> list[str]:
+def _unpublished(store: LocalStore, result: dict[str, Any]) -> list[str]:
     """References of what was published that this store does not hold."""
-    published = {r["store_path"] for r in results}
-    reader = store.reader()
-    try:
-        return sorted(
-            {
-                ref
-                for r in results
-                for ref in r.pop("references")
-                if ref not in published and reader.path_state(ref) is None
-            }
-        )
-    finally:
-        reader.close()
+    refs = result.pop("references")
+    return [r for r in refs if store.index.path(r) is None]
 
 
 def _show(result: dict[str, Any], signer: str | None) -> None:

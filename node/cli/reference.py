@@ -28,6 +28,9 @@ DATA_FILES = {
     "gateway.url": "the running gateway's URL (for nix.conf's substituters)",
     "control.sock": "the running node's control socket (mode 0600): `ferry fetch`, `publish`, `mount`, `status`",
     "index.sqlite, slabs/": "the store: chunk index and the slab files chunks live in",
+    "outbox.sqlite": "Nix store paths waiting to be published (from the post-build hook and watch_store), and "
+    "how far the watcher has read Nix's database",
+    "post-build-hook": "the script nix.conf's post-build-hook names (`ferry init` writes it)",
 }
 
 

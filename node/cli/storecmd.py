@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from node.cli import Commands, options, storeopt, ui
+from node.cli import Commands, netcmd, options, storeopt, ui
 from node.cli.export import parse_store_path
+from node.daemon import api
 
 
 def add_parser(sub: Commands) -> None:
@@ -49,49 +50,55 @@ def add_parser(sub: Commands) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> None:
-    with storeopt.open_store(args) as store:
-        s = store.stats()
-        where = store.data_dir
+    if storeopt.node_running(args):
+        r: api.StoreStatsReply = netcmd.request(args, api.StoreStatsRequest())
+        fields = api.encode(r)
+    else:
+        with storeopt.open_store(args) as store:
+            fields = {"data_dir": store.data_dir, **dataclasses.asdict(store.stats())}
+    fields["unique_bytes"] = fields["unique_bytes"] or 0
+    s = argparse.Namespace(**fields)
+    dedup = s.chunk_bytes / s.unique_bytes if s.unique_bytes else 1.0
     if args.json:
-        ui.print_json(
-            {"data_dir": where, **dataclasses.asdict(s), "dedup_ratio": round(s.dedup_ratio, 4)}
-        )
+        ui.print_json({**fields, "dedup_ratio": round(dedup, 4)})
         return
     rows = [
-        ("store", where),
+        ("store", s.data_dir),
         ("paths", f"{s.paths:,} ({s.complete_paths:,} complete, {s.roots:,} roots)"),
         ("NAR bytes", f"{s.nar_bytes:,} (what the paths' NARs would take)"),
         ("chunk bytes", f"{s.chunk_bytes:,} (file data, path by path)"),
         ("unique", f"{s.unique_bytes:,} in {s.unique_chunks:,} chunks"),
         ("on disk", f"{s.slab_disk_bytes:,} in slabs + {s.index_bytes:,} index"),
-        ("dedup", f"{s.dedup_ratio:.2f}x"),
+        ("dedup", f"{dedup:.2f}x"),
     ]
     for k, v in rows:
         ui.out.print(f"{k:<12} {v}", markup=False, soft_wrap=True)
 
 
 def run_list(args: argparse.Namespace) -> None:
-    with storeopt.open_store(args) as store:
-        roots = set(store.index.roots())
-        rows = [(p, store.index.missing_chunks(p.store_path)) for p in store.index.paths()]
-    if args.json:
-        ui.print_json(
-            [
-                {
-                    "store_path": p.store_path,
-                    "nar_hash": p.nar_hash,
-                    "nar_size": p.nar_size,
-                    "manifest_digest": p.manifest_digest.hex(),
-                    "root": p.store_path in roots,
-                    "missing_chunks": missing,
-                }
-                for p, missing in rows
+    if storeopt.node_running(args):
+        listing: api.StoreListing = netcmd.request(args, api.StoreListRequest())
+        rows = list(listing.paths)
+    else:
+        with storeopt.open_store(args) as store:
+            roots = set(store.index.roots())
+            rows = [
+                api.ListedPath(
+                    p.store_path,
+                    p.nar_hash,
+                    p.nar_size,
+                    p.manifest_digest.hex(),
+                    p.store_path in roots,
+                    store.index.missing_chunks(p.store_path),
+                )
+                for p in store.index.paths()
             ]
-        )
+    if args.json:
+        ui.print_json([api.encode(p) for p in rows])
         return
-    for p, missing in rows:
-        flags = ("root" if p.store_path in roots else "") + (
-            f" missing {missing} chunks" if missing else ""
+    for p in rows:
+        flags = ("root" if p.root else "") + (
+            f" missing {p.missing_chunks} chunks" if p.missing_chunks else ""
         )
         ui.out.print(
             f"{p.store_path}  {p.nar_size:,}  {flags.strip()}".rstrip(),
@@ -101,14 +108,21 @@ def run_list(args: argparse.Namespace) -> None:
 
 
 def run_root(args: argparse.Namespace) -> None:
-    with storeopt.open_store(args) as store:
-        if args.root_action == "list":
-            for r in store.index.roots():
-                ui.out.print(r, markup=False, soft_wrap=True)
-            return
-        for text in args.store_paths:
-            sp = parse_store_path(text)
-            if args.root_action == "add":
-                store.add_root(sp)
-            elif not store.remove_root(sp):
-                ui.fail(f"{sp} is not a GC root")
+    paths = [str(parse_store_path(t)) for t in getattr(args, "store_paths", ())]
+    if storeopt.node_running(args):
+        r: api.Roots = netcmd.request(args, api.RootsRequest(args.root_action, tuple(paths)))
+        roots, not_roots = list(r.roots), list(r.not_roots)
+    else:
+        with storeopt.open_store(args) as store:
+            not_roots = []
+            for sp in paths:
+                if args.root_action == "add":
+                    store.add_root(sp)
+                elif args.root_action == "remove" and not store.remove_root(sp):
+                    not_roots.append(sp)
+            roots = store.index.roots()
+    if args.root_action == "list":
+        for root in roots:
+            ui.out.print(root, markup=False, soft_wrap=True)
+    if not_roots:
+        ui.fail(f"{not_roots[0]} is not a GC root")

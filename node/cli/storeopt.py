@@ -31,3 +31,11 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> LocalStore:
         )
     except StoreError as e:
         ui.fail(str(e))
+
+
+def node_running(args: argparse.Namespace) -> bool:
+    """Whether a node runs on the command's data directory: then it holds the store, and
+    the command asks it."""
+    from node.daemon import control
+
+    return control.running(os.path.abspath(args.data_dir or default_data_dir()))

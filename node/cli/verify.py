@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from node.cli import Commands, options, storeopt, ui
+from node.cli import Commands, netcmd, options, storeopt, ui
+from node.daemon import api
 
 
 def add_parser(sub: Commands) -> None:
@@ -25,26 +26,33 @@ def add_parser(sub: Commands) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    with storeopt.open_store(args) as store:
-        total = store.index.scalar("SELECT sum(length) FROM chunks WHERE present = 1")
-        with ui.progress("verifying", total) as advance:
-            r = store.verify(repair=args.repair, on_progress=advance)
-    if args.json:
-        ui.print_json(
-            {
-                "ok": r.ok,
-                "chunks": r.chunks,
-                "bytes": r.bytes,
-                "repaired": r.repaired,
-                "corrupt": [{"digest": d.hex(), "problem": p} for d, p in r.corrupt],
-                "bad_paths": [{"store_path": s, "problem": p} for s, p in r.bad_paths],
-            }
-        )
+    if storeopt.node_running(args):
+        with ui.transfer_bar("verifying", "") as update:
+
+            def show(p: api.VerifyProgress) -> None:
+                update(p.bytes, p.bytes_done, "")
+
+            r: api.Verified = netcmd.request(args, api.VerifyRequest(args.repair), show)
     else:
-        for d, problem in r.corrupt:
-            ui.out.print(f"corrupt chunk {d.hex()}: {problem}", markup=False)
-        for sp, problem in r.bad_paths:
-            ui.out.print(f"bad path {sp}: {problem}", markup=False, soft_wrap=True)
+        with storeopt.open_store(args) as store:
+            total = store.index.scalar("SELECT sum(length) FROM chunks WHERE present = 1")
+            with ui.progress("verifying", total) as advance:
+                report = store.verify(repair=args.repair, on_progress=advance)
+        r = api.Verified(
+            report.ok,
+            report.chunks,
+            report.bytes,
+            report.repaired,
+            tuple(api.CorruptChunk(d.hex(), p) for d, p in report.corrupt),
+            tuple(api.BadPath(s, p) for s, p in report.bad_paths),
+        )
+    if args.json:
+        ui.print_json(api.encode(r))
+    else:
+        for c in r.corrupt:
+            ui.out.print(f"corrupt chunk {c.digest}: {c.problem}", markup=False)
+        for b in r.bad_paths:
+            ui.out.print(f"bad path {b.store_path}: {b.problem}", markup=False, soft_wrap=True)
         ui.out.print(
             f"checked {r.chunks:,} chunks ({ui.megabytes(r.bytes)}): "
             + (

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
+from node.daemon import outbox
 from store.source import Source
 
 
@@ -59,6 +60,73 @@ class PublishRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishStoreRequest:
+    """Publish valid paths of a Nix store, read from Nix's database: `paths` (with their
+    closures), or every valid path with `every`. Progress comes as PublishProgress."""
+
+    OP: ClassVar[str] = "publish-store"
+    paths: tuple[str, ...] = ()
+    store: str | None = None  # as Nix's --store; None: the node's nix_store setting
+    closure: bool = False
+    every: bool = False
+    key: str | None = None  # a secret key file: sign a claim for each path
+    root: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRequest:
+    """Look at the outbox now (the post-build hook has just queued paths there)."""
+
+    OP: ClassVar[str] = outbox.WAKE_OP
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatsRequest:
+    OP: ClassVar[str] = "store-stats"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreListRequest:
+    OP: ClassVar[str] = "store-list"
+
+
+@dataclass(frozen=True, slots=True)
+class RootsRequest:
+    OP: ClassVar[str] = "roots"
+    action: str = "list"  # "add", "remove" or "list"
+    store_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GcRequest:
+    OP: ClassVar[str] = "gc"
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """Progress comes as VerifyProgress."""
+
+    OP: ClassVar[str] = "verify"
+    repair: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    """The NAR comes in NarPiece progress messages; the reply follows the last."""
+
+    OP: ClassVar[str] = "export"
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MaterializeRequest:
+    OP: ClassVar[str] = "materialize"
+    store_path: str
+    dest: str  # absolute; must not exist
+
+
+@dataclass(frozen=True, slots=True)
 class MountRequest:
     OP: ClassVar[str] = "mount"
     store_path: str
@@ -82,6 +150,15 @@ Request = (
     | PeersRequest
     | FetchRequest
     | PublishRequest
+    | PublishStoreRequest
+    | OutboxRequest
+    | StoreStatsRequest
+    | StoreListRequest
+    | RootsRequest
+    | GcRequest
+    | VerifyRequest
+    | ExportRequest
+    | MaterializeRequest
     | MountRequest
     | UmountRequest
     | MountsRequest
@@ -93,6 +170,15 @@ REQUESTS: dict[str, type[Request]] = {
         PeersRequest,
         FetchRequest,
         PublishRequest,
+        PublishStoreRequest,
+        OutboxRequest,
+        StoreStatsRequest,
+        StoreListRequest,
+        RootsRequest,
+        GcRequest,
+        VerifyRequest,
+        ExportRequest,
+        MaterializeRequest,
         MountRequest,
         UmountRequest,
         MountsRequest,
@@ -209,6 +295,129 @@ class Published:
     claim: str | None
     signer: str | None
     data_dir: str
+    # References this store does not hold: a peer cannot fetch the closure from here.
+    unpublished: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishProgress:
+    paths: int = 0
+    paths_done: int = 0
+    bytes: int = 0  # NAR bytes
+    bytes_done: int = 0
+    new_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedPath:
+    store_path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StorePublished:
+    published: tuple[str, ...]  # references first
+    skipped: tuple[SkippedPath, ...]  # paths that could not be read as Nix recorded them
+    already: int  # paths asked for that this store held already (with the key's claim)
+    nar_bytes: int
+    new_chunks: int
+    new_bytes: int
+    signer: str | None
+    data_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    waiting: int  # outbox entries not yet published
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatsReply:
+    data_dir: str
+    paths: int
+    complete_paths: int
+    roots: int
+    nar_bytes: int
+    chunk_bytes: int
+    unique_chunks: int
+    unique_bytes: int
+    slab_disk_bytes: int
+    index_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPath:
+    store_path: str
+    nar_hash: str
+    nar_size: int
+    manifest_digest: str
+    root: bool
+    missing_chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreListing:
+    paths: tuple[ListedPath, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Roots:
+    roots: tuple[str, ...]
+    changed: tuple[str, ...] = ()  # the paths added or removed
+    not_roots: tuple[str, ...] = ()  # asked to remove, but were not roots
+
+
+@dataclass(frozen=True, slots=True)
+class GcDone:
+    removed_paths: tuple[str, ...]
+    freed_chunks: int
+    freed_bytes: int
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyProgress:
+    bytes: int
+    bytes_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptChunk:
+    digest: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadPath:
+    store_path: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    ok: bool
+    chunks: int
+    bytes: int
+    repaired: bool
+    corrupt: tuple[CorruptChunk, ...]
+    bad_paths: tuple[BadPath, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NarPiece:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    store_path: str
+    nar_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    store_path: str
+    dest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +441,24 @@ class MountTable:
     mounts: tuple[MountRow, ...]
 
 
-Reply = Status | Peers | Fetched | Published | MountRow | Unmounted | MountTable
+Reply = (
+    Status
+    | Peers
+    | Fetched
+    | Published
+    | StorePublished
+    | Queued
+    | StoreStatsReply
+    | StoreListing
+    | Roots
+    | GcDone
+    | Verified
+    | Exported
+    | Materialized
+    | MountRow
+    | Unmounted
+    | MountTable
+)
 
 # Which reply each request gets.
 REPLIES: dict[type[Any], type[Any]] = {
@@ -240,9 +466,27 @@ REPLIES: dict[type[Any], type[Any]] = {
     PeersRequest: Peers,
     FetchRequest: Fetched,
     PublishRequest: Published,
+    PublishStoreRequest: StorePublished,
+    OutboxRequest: Queued,
+    StoreStatsRequest: StoreStatsReply,
+    StoreListRequest: StoreListing,
+    RootsRequest: Roots,
+    GcRequest: GcDone,
+    VerifyRequest: Verified,
+    ExportRequest: Exported,
+    MaterializeRequest: Materialized,
     MountRequest: MountRow,
     UmountRequest: Unmounted,
     MountsRequest: MountTable,
+}
+
+
+# What the progress messages of a request hold (requests not here send none).
+PROGRESS: dict[type[Any], type[Any]] = {
+    FetchRequest: FetchProgress,
+    PublishStoreRequest: PublishProgress,
+    VerifyRequest: VerifyProgress,
+    ExportRequest: NarPiece,
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import multiaddr
 
-from store import userfile
+from store import nixcli, userfile
 from store.userfile import UserFileError
 
 DEFAULT_PORT = 4737
@@ -42,6 +42,14 @@ SETTINGS: dict[str, str] = {
     "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
     "first start; its public half is in <data-dir>/cache.pub)",
+    "nix_store": 'the Nix store this node publishes from, as Nix\'s --store: "" for the system store, a '
+    'directory (a chroot store) or "local?root=DIR" (default "")',
+    "watch_store": "publish every path Nix registers in nix_store from now on, as it appears, references "
+    "first; resumes where it stopped after a restart (default false)",
+    "max_store_size": 'most bytes of chunks the store keeps, e.g. "20G": past it, the node evicts the least '
+    "recently used paths no GC root needs (what the gateway fetched for Nix is such a cache) (default 0: no cap)",
+    "publish_key": "the builder secret key (`ferry trust keygen`) that signs what the node publishes by "
+    "itself: watched paths and `ferry post-build-hook` outputs (default none: unsigned)",
 }
 
 
@@ -70,6 +78,10 @@ class NodeConfig:
     diff_level: int = 3
     upload_slots: int = 8
     gateway_key: str | None = None
+    nix_store: str = ""
+    watch_store: bool = False
+    publish_key: str | None = None
+    max_store_size: int = 0
     source: str = field(default="defaults", compare=False)
     # Settings given as command-line flags: an error in one names the flag, not the file.
     flags: frozenset[str] = field(default=frozenset(), compare=False)
@@ -127,6 +139,10 @@ class NodeConfig:
             raise ConfigError(f"{self.source}: diff_level must be a zstd level from 1 to 19")
         if not 1 <= self.upload_slots <= 1000:
             raise ConfigError(f"{self.source}: upload_slots must be from 1 to 1000")
+        try:
+            nixcli.store_root(self.nix_store)
+        except nixcli.NixError as e:
+            raise ConfigError(f"{self._where('nix_store')}: {e}") from None
         if not -1000 <= self.priority <= 1000:
             raise ConfigError(f"{self.source}: priority must be a whole number (Nix uses 0-100)")
 
@@ -168,6 +184,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "diff_level": (int,),
     "upload_slots": (int,),
     "gateway_key": (str,),
+    "nix_store": (str,),
+    "watch_store": (bool,),
+    "publish_key": (str,),
+    "max_store_size": (int, str),
 }
 
 
@@ -204,8 +224,32 @@ def parse(text: str, source: str) -> NodeConfig:
             if not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: {key} must be a list of multiaddr strings")
             value = tuple(value)
+        if key == "max_store_size":
+            value = parse_size(value, f"{source}: {key}")
         values[key] = value
     return NodeConfig(**values, source=source)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str, where: str) -> int:
+    """Bytes from 1073741824, "1G", "512M" or "1.5T" (binary units; a trailing "B" or
+    "iB" is allowed)."""
+    if isinstance(value, int):
+        n: float = value
+    else:
+        text = value.strip().upper().removesuffix("IB").removesuffix("B").strip()
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        try:
+            n = float(text[: len(text) - len(unit)]) * _UNITS[unit]
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {value!r} is not a size (bytes, or a number with K, M, G or T)"
+            ) from None
+    if n < 0:
+        raise ConfigError(f"{where}: a size cannot be negative")
+    return int(n)
 
 
 def describe() -> str:

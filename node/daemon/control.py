@@ -4,7 +4,7 @@ the data directory, mode 0600 (only the node's user may drive it). One request p
 connection, each frame a msgpack map (the messages are in api.py):
 
     client: {"op": ..., ...the request's fields}
-    node:   {"progress": FetchProgress}*  then  {"ok": reply}  or  {"error": message, "code": int}
+    node:   {"progress": api.PROGRESS[request]}*  then  {"ok": reply}  or  {"error": message, "code": int}
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ import msgpack
 import trio
 
 from node.daemon import api
+from node.local.datadir import CONTROL_SOCKET
 from p2p.frame import FrameDecoder, FrameError
 from p2p.frame import encode as frame
 
 log = logging.getLogger(__name__)
 
-SOCKET = "control.sock"
+SOCKET = CONTROL_SOCKET
 CAP = 16 << 20
 MAX_UNIX_PATH = 107
 
-OnProgress = Callable[[api.FetchProgress], Awaitable[None]]
+OnProgress = Callable[[Any], Awaitable[None]]  # the request's api.PROGRESS type
 Handler = Callable[[api.Request, OnProgress], Awaitable[api.Reply]]
 Failure = api.Failure
 
@@ -102,7 +103,7 @@ async def serve(
                 )
                 return
 
-            async def progress(p: api.FetchProgress) -> None:
+            async def progress(p: Any) -> None:
                 await _send(stream, {"progress": api.encode(p)})
 
             try:
@@ -145,7 +146,7 @@ async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder, pending: list
 async def call(
     data_dir: str,
     request: api.Request,
-    on_progress: Callable[[api.FetchProgress], None] | None = None,
+    on_progress: Callable[[Any], None] | None = None,
 ) -> Any:
     """Send one request to the node on `data_dir`; raises ControlError if it refuses or
     no node runs there."""
@@ -174,8 +175,8 @@ async def call(
             msg = await _receive(stream, decoder, pending)
             try:
                 if "progress" in msg:
-                    if on_progress:
-                        on_progress(api.decode(api.FetchProgress, msg["progress"]))
+                    if on_progress and type(request) in api.PROGRESS:
+                        on_progress(api.decode(api.PROGRESS[type(request)], msg["progress"]))
                 elif "ok" in msg:
                     return api.decode(api.REPLIES[type(request)], msg["ok"])
             except api.ApiError as e:

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import trio
@@ -196,6 +197,9 @@ class GatewayBackend:
     def chunk_source(self) -> tuple[ChunkSource, trio.CapacityLimiter]:
         self.busy()
         return ReaderChunks(self.reader), self.limiter
+
+    def using(self, store_path: str) -> AbstractContextManager[None]:
+        return self.store.using([store_path])
 
     def sign(self, fingerprint: str) -> NixSignature:
         return nix_sign(self.key, fingerprint)

@@ -20,12 +20,16 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 
 from node.daemon import api, control, gateway
+from node.daemon.autopublish import AutoPublish
+from node.daemon.collector import Collector
 from node.daemon.config import ConfigError, NodeConfig
 from node.daemon.control import ControlError, Failure
 from node.daemon.discovery import Discovery
 from node.daemon.mounts import Mounts
 from node.daemon.nodestore import NodeStore
+from node.daemon.outbox import OutboxError
 from node.daemon.session import FetchSessions
+from node.daemon.storeops import StoreOps
 from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
 from node.exchange.peers import PeerBook
 from node.exchange.progress import Progress
@@ -34,13 +38,17 @@ from node.exchange.uplink import Uplink
 from node.gateway import key as gateway_key
 from node.gateway.metrics import Metrics
 from node.local.errors import StoreError
+from node.local.publish import Bulk
 from node.local.store import LocalStore
 from p2p import blocks, claimwire, summary
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
 from store import userfile
+from store.export import ExportError
+from store.nixcli import NixError
 from store.path import StorePath, StorePathError
+from store.restore import RestoreError
 from store.source import SourceError
 from trust import keyfile, policyfile
 from trust.key import SecretKey
@@ -80,6 +88,9 @@ class Node:
             self.discovery.bootstrapped,
         )
         self.mounts = Mounts(self.data_dir, config, self.store, self.sessions)
+        self.autopublish = AutoPublish(self.data_dir, config, self.store, self.discovery.announce)
+        self.collector = Collector(self.store, config.max_store_size)
+        self.store_ops = StoreOps(self.store, self.collector)
         self.gateway_key: SecretKey | None = (
             gateway_key.load_or_create(self.data_dir, config.gateway_key)
             if config.gateway != "off"
@@ -114,6 +125,8 @@ class Node:
                         if self.gateway_key is not None:
                             self.gateway_url = await nursery.start(self._serve_gateway)
                         await nursery.start(self.mounts.run)
+                        await nursery.start(self.autopublish.run)
+                        await nursery.start(self.collector.run)
                         await nursery.start(control.serve, listener, self._control)
                         self.discovery.run(nursery)
                         # node.addr tells scripts and other nodes that the node is up: written
@@ -131,6 +144,7 @@ class Node:
         finally:
             listener.socket.close()
             _remove_files(self.data_dir, (control.SOCKET, ADDR_FILE, gateway.GATEWAY_FILE))
+            self.autopublish.close()
             self.store.close()
 
     async def _serve_gateway(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -199,8 +213,20 @@ class Node:
             return await self._answer(req, progress)
         except FetchRefused as e:
             raise ControlError(str(e), Failure.REFUSED) from None
-        except (FetchError, StoreError, SourceError, NoPolicy) as e:
+        except (
+            FetchError,
+            StoreError,
+            SourceError,
+            NoPolicy,
+            NixError,
+            OutboxError,
+            ExportError,
+            RestoreError,
+        ) as e:
             raise ControlError(str(e)) from None
+        except OSError as e:
+            # Writing where the command asked (materialize's DIR): the user's to fix.
+            raise ControlError(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
         except StorePathError as e:
             raise ControlError(str(e), Failure.USAGE) from None
 
@@ -214,6 +240,25 @@ class Node:
                 return await self._fetch(req, progress)
             case api.PublishRequest():
                 return await self._publish(req)
+            case api.PublishStoreRequest():
+                return await self._publish_store(req, progress)
+            case api.StoreStatsRequest():
+                return await self.store_ops.stats()
+            case api.StoreListRequest():
+                return await self.store_ops.listing()
+            case api.RootsRequest():
+                return await self.store_ops.roots(req)
+            case api.GcRequest():
+                return await self.store_ops.gc(req.dry_run)
+            case api.VerifyRequest():
+                return await self.store_ops.verify(req.repair, progress)
+            case api.ExportRequest():
+                return await self.store_ops.export(req.store_path, progress)
+            case api.MaterializeRequest():
+                return await self.store_ops.materialize(req.store_path, req.dest)
+            case api.OutboxRequest():
+                self.autopublish.wake()
+                return api.Queued(await trio.to_thread.run_sync(self.autopublish.waiting))
             case api.MountRequest():
                 return await self.mounts.mount(
                     StorePath.parse(req.store_path), req.dir, req.backend
@@ -278,6 +323,9 @@ class Node:
         manifest, signed = pub.manifest, pub.signed
         await self.discovery.announce(signed, [manifest.store_path])
         s = manifest.stats()
+        refs = [str(r) for r in manifest.references if r != manifest.store_path]
+        index = self.store.reader.index
+        unpublished = await self.store.read(lambda: [r for r in refs if index.path(r) is None])
         return api.Published(
             store_path=str(manifest.store_path),
             nar_hash=str(manifest.nar_hash),
@@ -289,6 +337,51 @@ class Node:
             new_bytes=pub.new_bytes,
             root=req.root,
             claim=signed[0].nix_sig().encode() if signed else None,
+            signer=key.name if key else None,
+            data_dir=self.data_dir,
+            unpublished=tuple(unpublished),
+        )
+
+    async def _publish_store(
+        self, req: api.PublishStoreRequest, progress: control.OnProgress
+    ) -> api.StorePublished:
+        try:
+            key = keyfile.load_secret(req.key) if req.key else None
+        except keyfile.KeyFileError as e:
+            raise ControlError(str(e)) from None
+        nix_store = self.config.nix_store if req.store is None else req.store
+        token = trio.lowlevel.current_trio_token()
+        asked = [0]
+
+        def on_batch(batch: Bulk, total: Bulk) -> None:
+            # On the writer's thread, between batches.
+            done = len(total.published) + len(total.skipped)
+            trio.from_thread.run(
+                progress,
+                api.PublishProgress(asked[0], done, asked[1], total.nar_bytes, total.new_bytes),
+                trio_token=token,
+            )
+
+        def planned(n: int, size: int) -> None:
+            asked[:] = [n, size]
+
+        bulk = await self.autopublish.publish(
+            req.paths,
+            nix_store,
+            key,
+            closure=req.closure,
+            every=req.every,
+            root=req.root,
+            on_plan=planned,
+            on_batch=on_batch,
+        )
+        return api.StorePublished(
+            published=tuple(str(m.store_path) for m, _ in bulk.published),
+            skipped=tuple(api.SkippedPath(s.store_path, s.reason) for s in bulk.skipped),
+            already=bulk.already,
+            nar_bytes=bulk.nar_bytes,
+            new_chunks=bulk.new_chunks,
+            new_bytes=bulk.new_bytes,
             signer=key.name if key else None,
             data_dir=self.data_dir,
         )

@@ -9,7 +9,10 @@ connection is used from one worker thread at a time (its limiter)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -41,6 +44,11 @@ class NodeStore:
         self._added = trio.Event()
         # The paths we have claims for, and our peers': misses are answered from memory.
         self.summaries = Summaries(self.reader.claimed_hashes())
+        # Paths in use (being fetched, streamed to Nix): GC and eviction leave them.
+        self._pins: Counter[str] = Counter()
+        # When each path was last used, for eviction (least recently used first); a
+        # path not used since the node started counts from when it was added.
+        self.used: dict[str, float] = {}
 
     @property
     def data_dir(self) -> str:
@@ -84,6 +92,31 @@ class NodeStore:
     def chunks_changed(self) -> trio.Event:
         """Set the next time chunks are added (take it before looking, or miss one)."""
         return self._added
+
+    # --- paths in use
+
+    def pin(self, paths: Iterable[str]) -> None:
+        now = time.time()
+        for p in paths:
+            self._pins[p] += 1
+            self.used[p] = now
+
+    def unpin(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            self._pins[p] -= 1
+            if self._pins[p] <= 0:
+                del self._pins[p]
+
+    @contextmanager
+    def using(self, paths: Sequence[str]) -> Iterator[None]:
+        self.pin(paths)
+        try:
+            yield
+        finally:
+            self.unpin(paths)
+
+    def pinned(self) -> set[str]:
+        return set(self._pins)
 
     # --- publishing
 

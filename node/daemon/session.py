@@ -47,6 +47,7 @@ class FetchStore:
         self._blocks: list[tuple[bytes, bytes]] = []  # fetched, not in the store yet
         self._block_bytes = 0
         self._since = 0.0  # when the oldest of `_blocks` arrived
+        self._pinned: list[str] = []  # the session's paths: GC leaves them while it runs
 
     async def state(self, sp: StorePath) -> tuple[Manifest, bool] | None:
         return await self.store.read(self.store.reader.path_state, str(sp))
@@ -80,6 +81,9 @@ class FetchStore:
             return missing
 
         async with self.store.write_lock:
+            paths = [str(p.store_path) for p in plans]
+            self.store.pin(paths)
+            self._pinned += paths
             return await self.store.write(work)
 
     async def bases(self, plans: Sequence[Plan]) -> dict[bytes, tuple[bytes, ...]]:
@@ -138,6 +142,8 @@ class FetchStore:
 
     def close(self) -> None:
         self._blocks, self._block_bytes = [], 0
+        self.store.unpin(self._pinned)
+        self._pinned = []
 
 
 class Collect:

@@ -22,6 +22,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,6 +99,10 @@ class Backend(Protocol):
         ...
 
     def sign(self, fingerprint: str) -> NixSignature: ...
+
+    def using(self, store_path: str) -> AbstractContextManager[None]:
+        """Keep the path from GC and eviction (and count it as used) while in the block."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,19 @@ class Gateway:
             await send(start)
             await send({"type": "http.response.body", "body": b""})
             return
+        # GC and eviction leave the path alone while it goes out (or comes in).
+        with self.backend.using(str(plan.store_path)):
+            await self._send_nar(plan, nar_hash32, want, send, start, zst)
+
+    async def _send_nar(
+        self,
+        plan: Plan,
+        nar_hash32: str,
+        want: ranges.ByteRange | None,
+        send: Send,
+        start: dict[str, Any],
+        zst: bool,
+    ) -> None:
         if plan.complete or self.backend.filled(plan):
             await self._stream(plan, want, send, start, zst, None)
             return

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 
+# The running node's control socket in the data directory (node/daemon/control.py).
+CONTROL_SOCKET = "control.sock"
+
 
 def default_data_dir() -> str:
     env = os.environ.get("FERRY_DATA_DIR")

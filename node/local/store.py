@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -309,16 +309,30 @@ class LocalStore:
     def gc(self, dry_run: bool = False) -> GcReport:
         """Drop paths not reachable from the roots through references, then every chunk
         no remaining path uses (including debris from interrupted ingests)."""
+        return self.drop(self.collectable(), dry_run=dry_run)
+
+    def collectable(self, keep: Collection[str] = ()) -> list[str]:
+        """Paths no root (nor a path in `keep`) reaches through references, least
+        recently added first."""
         refs = self.index.refs()
-        paths = {p.store_path for p in self.index.paths()}
+        rows = self.index.paths()
+        paths = {p.store_path for p in rows}
         live: set[str] = set()
-        todo = [r for r in self.index.roots() if r in paths]
+        todo = [r for r in (*self.index.roots(), *keep) if r in paths]
         while todo:
             p = todo.pop()
             if p not in live:
                 live.add(p)
                 todo.extend(r for r in refs.get(p, ()) if r in paths and r not in live)
-        dead = sorted(paths - live)
+        return [
+            p.store_path
+            for p in sorted(rows, key=lambda r: (r.added, r.store_path))
+            if p.store_path not in live
+        ]
+
+    def drop(self, dead: Sequence[str], *, dry_run: bool = False) -> GcReport:
+        """Remove these paths, then free every chunk no remaining path uses; one
+        transaction (a running node calls it a batch at a time)."""
         db = self.index.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -334,64 +348,14 @@ class LocalStore:
             db.execute("COMMIT")
             self.checkpoint("gc-committed")
             self._punch_freed()
-        return GcReport(tuple(dead), chunks, size, dry_run)
+        return GcReport(tuple(sorted(dead)), chunks, size, dry_run)
 
     # --- verify
 
     def verify(
         self, *, repair: bool = False, on_progress: Callable[[int], None] | None = None
     ) -> VerifyReport:
-        """Read every present chunk and check its BLAKE3; check each path's manifest and
-        that its chunks are present. Reports everything; stops for nothing. With
-        `repair`, corrupt chunks become holes (absent), so a re-publish or a fetch
-        writes them again."""
-        report = VerifyReport()
-        ends: dict[int, int] = {}
-        sizes = {r.id: r.size for r in self.index.slabs()}
-        bad_ids: list[int] = []
-        for row in list(self.index.all_chunks(present_only=True)):
-            report.chunks += 1
-            report.bytes += row.length
-            problem = None
-            if row.offset < ends.get(row.slab, 0) or row.offset % 4096:
-                problem = "its extent overlaps another chunk's or is misaligned"
-            elif row.offset + row.length > sizes.get(row.slab, 0):
-                problem = "it lies past its slab's allocated size"
-            else:
-                try:
-                    data = self.slab(row.slab).read(row.offset, row.length)
-                    if blake3_digest(data) != row.digest:
-                        problem = "its bytes do not hash to its digest"
-                except OSError as e:
-                    problem = f"cannot read it: {e.strerror or e}"
-            ends[row.slab] = max(ends.get(row.slab, 0), row.offset + align(row.length))
-            if problem:
-                report.corrupt.append((row.digest, problem))
-                bad_ids.append(row.id)
-            if on_progress:
-                on_progress(row.length)
-        if repair and bad_ids:
-            with self.index.transaction():
-                self.index.set_present(bad_ids, False)
-            report.repaired = True
-        bad = {d for d, _ in report.corrupt}
-        for p in self.index.paths():
-            encoded = self.index.manifest(p.manifest_digest)
-            try:
-                m = Manifest.decode(encoded or b"")
-            except ManifestError as e:
-                report.bad_paths.append((p.store_path, f"its manifest is damaged: {e}"))
-                continue
-            if m.digest() != p.manifest_digest or str(m.store_path) != p.store_path:
-                report.bad_paths.append((p.store_path, "its manifest does not match the index"))
-                continue
-            broken = sum(1 for d in set(m.chunk_digests()) if d in bad)
-            missing = self.index.missing_chunks(p.store_path)
-            if broken and not repair:
-                report.bad_paths.append((p.store_path, f"{broken} of its chunks are corrupt"))
-            elif missing:
-                report.bad_paths.append((p.store_path, f"{missing} of its chunks are missing"))
-        return report
+        return verify_store(self.index, self.slab, repair=repair, on_progress=on_progress)
 
     # --- stats
 
@@ -536,10 +500,17 @@ class Ingest:
     def commit(
         self, manifest: Manifest, *, claims: Iterable[SignedClaim] = (), root: bool = True
     ) -> None:
+        self.commit_many([(manifest, tuple(claims), root)])
+
+    def commit_many(self, paths: Sequence[tuple[Manifest, Sequence[SignedClaim], bool]]) -> None:
+        """Record several paths (manifest, claims, root) whose chunks were added: one
+        sync and one transaction for all, which is what makes publishing thousands of
+        small paths cheap."""
         self._wait()
         self.flush()
         with self.index.transaction():
-            _record_path(self.index, manifest, claims, root)
+            for manifest, claims, root in paths:
+                _record_path(self.index, manifest, claims, root)
         self._created = []
         self.store.checkpoint("path-committed")
 
@@ -611,6 +582,9 @@ class StoreReader:
             s = self._slabs[slab_id] = Slab(os.path.join(self.store.data_dir, "slabs", name))
         return s
 
+    def slab(self, slab_id: int) -> Slab:
+        return self._slab(slab_id)
+
     def stats(self) -> StoreStats:
         return _stats(self.index, self._slab, self.store.data_dir)
 
@@ -674,6 +648,66 @@ class StoreReader:
                 if m is not None:
                     out[d] = m
         return out
+
+
+def verify_store(
+    index: Index,
+    slab: Callable[[int], Slab],
+    *,
+    repair: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Read every present chunk and check its BLAKE3; check each path's manifest and
+    that its chunks are present. Reports everything; stops for nothing. With `repair`,
+    corrupt chunks become holes (absent), so a re-publish or a fetch writes them again.
+    Only reads until it repairs: a running node runs it on a reader of its own."""
+    report = VerifyReport()
+    ends: dict[int, int] = {}
+    sizes = {r.id: r.size for r in index.slabs()}
+    bad_ids: list[int] = []
+    for row in list(index.all_chunks(present_only=True)):
+        report.chunks += 1
+        report.bytes += row.length
+        problem = None
+        if row.offset < ends.get(row.slab, 0) or row.offset % 4096:
+            problem = "its extent overlaps another chunk's or is misaligned"
+        elif row.offset + row.length > sizes.get(row.slab, 0):
+            problem = "it lies past its slab's allocated size"
+        else:
+            try:
+                data = slab(row.slab).read(row.offset, row.length)
+                if blake3_digest(data) != row.digest:
+                    problem = "its bytes do not hash to its digest"
+            except OSError as e:
+                problem = f"cannot read it: {e.strerror or e}"
+        ends[row.slab] = max(ends.get(row.slab, 0), row.offset + align(row.length))
+        if problem:
+            report.corrupt.append((row.digest, problem))
+            bad_ids.append(row.id)
+        if on_progress:
+            on_progress(row.length)
+    if repair and bad_ids:
+        with index.transaction():
+            index.set_present(bad_ids, False)
+        report.repaired = True
+    bad = {d for d, _ in report.corrupt}
+    for p in index.paths():
+        encoded = index.manifest(p.manifest_digest)
+        try:
+            m = Manifest.decode(encoded or b"")
+        except ManifestError as e:
+            report.bad_paths.append((p.store_path, f"its manifest is damaged: {e}"))
+            continue
+        if m.digest() != p.manifest_digest or str(m.store_path) != p.store_path:
+            report.bad_paths.append((p.store_path, "its manifest does not match the index"))
+            continue
+        broken = sum(1 for d in set(m.chunk_digests()) if d in bad)
+        missing = index.missing_chunks(p.store_path)
+        if broken and not repair:
+            report.bad_paths.append((p.store_path, f"{broken} of its chunks are corrupt"))
+        elif missing:
+            report.bad_paths.append((p.store_path, f"{missing} of its chunks are missing"))
+    return report
 
 
 def _stats(ix: Index, slab: Callable[[int], Slab], data_dir: str) -> StoreStats:

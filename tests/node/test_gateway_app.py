@@ -3,6 +3,7 @@ from chunks, and the ASGI app's answers over a stand-in node."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -184,6 +185,9 @@ class StandIn:
         self.chunks.chunks.update(chunks)
         self._changed.set()
         self._changed = trio.Event()
+
+    def using(self, store_path):
+        return contextlib.nullcontext()
 
     def chunk_source(self):
         return self.chunks, trio.CapacityLimiter(1)

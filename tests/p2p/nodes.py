@@ -53,6 +53,7 @@ class NodeProc:
         self.log: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
+        self._logged = threading.Condition()
 
     def start(self) -> NodeProc:
         # A fresh event and log per process: the reader of a killed one may still be
@@ -76,7 +77,9 @@ class NodeProc:
         with proc.stderr:  # closed at the end of output, not left to the collector
             for raw in proc.stderr:
                 line = raw.decode(errors="replace").rstrip()
-                log.append(line)
+                with self._logged:
+                    log.append(line)
+                    self._logged.notify_all()
                 if " running on " in line:
                     ready.set()
         ready.set()  # it exited: wait() returns and the caller sees why
@@ -89,6 +92,16 @@ class NodeProc:
             f"{self.name} exited:\n" + "\n".join(self.log)
         )
         return self
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> list[str]:
+        """Wait until `count` log lines contain `text` (the node logs each step it
+        takes); returns them, or fails the test with the log."""
+        with self._logged:
+            found = self._logged.wait_for(
+                lambda: len([x for x in self.log if text in x]) >= count, timeout
+            )
+            assert found, f"{self.name} never logged {text!r} x{count}:\n" + "\n".join(self.log)
+            return [x for x in self.log if text in x]
 
     @property
     def gateway_url(self) -> str:
