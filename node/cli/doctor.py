@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> None:
     running = control.running(data_dir)
     if config is not None:
         checks.append(_policy(config))
+        if running:
+            checks.append(_running_policy(data_dir, config))
         checks += _ports(config, running)
         checks += _nix(data_dir, config)
         checks.append(_peers(data_dir, config, running))
@@ -184,6 +186,46 @@ def _policy(config: nodeconfig.NodeConfig) -> Check:
     except PolicyError as e:
         return Check("trust policy", "fail", str(e), f"fix {config.policy}")
     return Check("trust policy", "ok", f"{config.policy}: {p.threshold} of {len(p.trusted)} keys")
+
+
+def _running_policy(data_dir: str, config: nodeconfig.NodeConfig) -> Check:
+    """What the running node decides with, beside what the files on disk say."""
+    try:
+        status: api.Status = trio.run(control.call, data_dir, api.StatusRequest())
+    except control.ControlError as e:
+        return Check("running policy", "warn", f"cannot ask the node: {e}")
+    p = status.policy_in_use
+    if p is None:
+        if config.policy:
+            return Check(
+                "running policy",
+                "warn",
+                f"the node runs without a policy, but node.toml names {config.policy}",
+                "`ferry node reload` (or `systemctl reload ferry`) makes it read it",
+            )
+        return Check("running policy", "ok", "the node runs without a policy, as configured")
+    runs = f"{p.file}: {p.threshold} of {len(p.trusted)} keys"
+    try:
+        on_disk = policyfile.load(p.file)
+    except PolicyError as e:
+        return Check(
+            "running policy",
+            "warn",
+            f"the node runs {runs}; the file has changed and is now bad ({e})",
+            f"fix {p.file}, then `ferry node reload`",
+        )
+    if (
+        p.threshold == on_disk.threshold
+        and list(p.trusted) == [k.encode() for k in on_disk.trusted]
+        and p.on_conflict == str(on_disk.on_conflict)
+    ):
+        return Check("running policy", "ok", f"the node runs {runs}, as the file says")
+    return Check(
+        "running policy",
+        "warn",
+        f"the node runs {runs}, not what the file now says",
+        "`ferry node reload` (or `systemctl reload ferry`) makes it read it again",
+    )
 
 
 def _tcp_ports(config: nodeconfig.NodeConfig) -> list[tuple[str, str, int]]:

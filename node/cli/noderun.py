@@ -7,6 +7,8 @@ import gc
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -121,6 +123,42 @@ def add_parser(sub: Commands) -> None:
     options.add_data_dir(p)
     p.set_defaults(run=run)
 
+    p = nsub.add_parser(
+        "reload",
+        help="make the running node read its settings and trust policy again",
+        description="Make the running node read node.toml (or its --config) and the trust policy "
+        "again, as SIGHUP does (`systemctl reload ferry`). The policy, max_store_size and "
+        "publish_key take effect at once; other changed settings are listed as needing a "
+        "restart. If the new settings or policy are bad, the node keeps what it runs and this "
+        "says why (exit status 1).",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    options.add_data_dir(p)
+    p.set_defaults(run=run_reload)
+
+
+def run_reload(args: argparse.Namespace) -> None:
+    from node.cli import netcmd
+    from node.daemon import api
+
+    r: api.Reloaded = netcmd.request(args, api.ReloadRequest())
+    if args.json:
+        ui.print_json(api.encode(r))
+        return
+    p = r.policy
+    ui.out.print(
+        "reloaded; policy "
+        + (f"{p.file}: {p.threshold} of {len(p.trusted)} keys" if p else "none (cannot fetch)"),
+        markup=False,
+        soft_wrap=True,
+    )
+    if r.changed:
+        ui.out.print(f"  now in effect: {', '.join(r.changed)}", markup=False)
+    if r.restart_needed:
+        ui.out.print(
+            f"  changed, but take effect at restart: {', '.join(r.restart_needed)}", markup=False
+        )
+
 
 def load_config(args: argparse.Namespace, data_dir: str) -> NodeConfig:
     path = args.config or os.path.join(data_dir, CONFIG_FILE)
@@ -162,7 +200,7 @@ def run(args: argparse.Namespace) -> None:
         ui.fail(str(e))
     store = storeopt.open_store(argparse.Namespace(data_dir=data_dir), create=True)
     try:
-        trio.run(_main, data_dir, config, store)
+        trio.run(_main, data_dir, config, store, lambda: load_config(args, data_dir))
     except BaseException as e:
         # Start-up failures arrive wrapped in the nurseries' exception groups.
         problem = _user_error(e)
@@ -199,11 +237,13 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
-async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:
-    node = Node(data_dir, config, store)
+async def _main(
+    data_dir: str, config: NodeConfig, store: Any, reread: Callable[[], NodeConfig]
+) -> None:
+    node = Node(data_dir, config, store, reread)
     # Signals are caught from before the node says it runs: a SIGTERM sent the moment
     # it is up (a test, systemd) must stop it cleanly, not kill it.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             # What start-up built (libp2p, the DHT, the store's state) lives as long as the
@@ -213,6 +253,16 @@ async def _main(data_dir: str, config: NodeConfig, store: Any) -> None:
             log.info("node %s running on %s", node.peer_id, data_dir)
             notify.send(notify.encode(READY="1", STATUS=f"node {node.peer_id} running"))
             async for sig in signals:
+                if sig == signal.SIGHUP:
+                    # `systemctl reload ferry`: the settings and policy, read again.
+                    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                    notify.send(notify.encode(RELOADING="1", MONOTONIC_USEC=str(usec)))
+                    try:
+                        await node.reload()
+                    except ControlError as e:
+                        log.error("SIGHUP: %s", e)
+                    notify.send(notify.encode(READY="1"))
+                    continue
                 log.info("%s: stopping", signal.Signals(sig).name)
                 break
             notify.send(notify.encode(STOPPING="1"))

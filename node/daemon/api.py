@@ -81,6 +81,13 @@ class OutboxRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadRequest:
+    """Read the settings file and the trust policy again (what SIGHUP does)."""
+
+    OP: ClassVar[str] = "reload"
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStatsRequest:
     OP: ClassVar[str] = "store-stats"
 
@@ -152,6 +159,7 @@ Request = (
     | PublishRequest
     | PublishStoreRequest
     | OutboxRequest
+    | ReloadRequest
     | StoreStatsRequest
     | StoreListRequest
     | RootsRequest
@@ -172,6 +180,7 @@ REQUESTS: dict[str, type[Request]] = {
         PublishRequest,
         PublishStoreRequest,
         OutboxRequest,
+        ReloadRequest,
         StoreStatsRequest,
         StoreListRequest,
         RootsRequest,
@@ -222,6 +231,9 @@ class Status:
     gateway: str | None
     gateway_key: str | None
     store: StoreSummary
+    policy_in_use: PolicyInUse | None = None
+    publishing: str | None = None  # what publishes by itself: "watching STORE", "hook"...
+    outbox: int = 0  # paths queued to publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +341,23 @@ class StorePublished:
 @dataclass(frozen=True, slots=True)
 class Queued:
     waiting: int  # outbox entries not yet published
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInUse:
+    """The trust policy a node decides with, as it loaded it."""
+
+    file: str
+    trusted: tuple[str, ...]  # public keys, name:base64
+    threshold: int
+    on_conflict: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    policy: PolicyInUse | None
+    changed: tuple[str, ...]  # settings now in effect with new values
+    restart_needed: tuple[str, ...]  # settings changed in the file that need a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +477,7 @@ Reply = (
     | Published
     | StorePublished
     | Queued
+    | Reloaded
     | StoreStatsReply
     | StoreListing
     | Roots
@@ -468,6 +498,7 @@ REPLIES: dict[type[Any], type[Any]] = {
     PublishRequest: Published,
     PublishStoreRequest: StorePublished,
     OutboxRequest: Queued,
+    ReloadRequest: Reloaded,
     StoreStatsRequest: StoreStatsReply,
     StoreListRequest: StoreListing,
     RootsRequest: Roots,

@@ -20,7 +20,7 @@ from node.local.store import GcReport
 log = logging.getLogger(__name__)
 
 BATCH = 64  # paths dropped per turn of the write lock
-EVICT_EVERY = 5.0  # seconds between looks at the store's size when chunks keep coming
+EVICT_EVERY = 1.0  # seconds at least between looks at the store's size while chunks keep coming
 
 
 class Collector:
@@ -64,13 +64,22 @@ class Collector:
         local = self.store.store
         removed: list[str] = []
         chunks = size = 0
-        while await self.size() > self.max_size:
+        while (excess := await self.size() - self.max_size) > 0:
             async with self.store.write_lock:
                 dead = await self.store.write(local.collectable, self.store.pinned())
                 used = self.store.used
                 # collectable() lists by when each path was added; a use since counts.
                 order = sorted(range(len(dead)), key=lambda i: (used.get(dead[i], 0.0), i))
-                batch = [dead[i] for i in order[:BATCH]]
+                sizes = await self.store.read(self._sizes, [dead[i] for i in order[:BATCH]])
+                # The least recently used, as many as free the excess (a path's NAR size
+                # stands for the bytes it frees; shared chunks make that an overestimate,
+                # and the next turn drops more).
+                batch: list[str] = []
+                for i in order[:BATCH]:
+                    batch.append(dead[i])
+                    excess -= sizes.get(dead[i], 0)
+                    if excess <= 0:
+                        break
                 if not batch:
                     break
                 r = await self.store.write(local.drop, batch)
@@ -95,6 +104,10 @@ class Collector:
             )
             self.evicted += len(removed)
         return GcReport(tuple(sorted(removed)), chunks, size, False)
+
+    def _sizes(self, paths: list[str]) -> dict[str, int]:
+        index = self.store.reader.index
+        return {p: row.nar_size for p in paths if (row := index.path(p)) is not None}
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Evict whenever chunks were added (at most every EVICT_EVERY seconds)."""

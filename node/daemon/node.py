@@ -6,11 +6,12 @@ socket (control), whose requests are answered here."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -52,17 +53,28 @@ from store.restore import RestoreError
 from store.source import SourceError
 from trust import keyfile, policyfile
 from trust.key import SecretKey
-from trust.policy import QuorumPolicy
+from trust.policy import PolicyError, QuorumPolicy
 
 log = logging.getLogger(__name__)
 
 ADDR_FILE = "node.addr"
 
 
+# Settings a reload puts into effect at once; a change to any other needs a restart.
+LIVE_SETTINGS = ("policy", "max_store_size", "publish_key")
+
+
 class Node:
-    def __init__(self, data_dir: str, config: NodeConfig, store: LocalStore) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        config: NodeConfig,
+        store: LocalStore,
+        reread: Callable[[], NodeConfig] | None = None,
+    ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.config = config
+        self._reread = reread  # the settings as the files and flags now say (reload)
         self.policy: QuorumPolicy | None = policyfile.load(config.policy) if config.policy else None
         self.book = PeerBook(ban_seconds=config.ban_seconds)
         self.served = Served()
@@ -256,6 +268,8 @@ class Node:
                 return await self.store_ops.export(req.store_path, progress)
             case api.MaterializeRequest():
                 return await self.store_ops.materialize(req.store_path, req.dest)
+            case api.ReloadRequest():
+                return await self.reload()
             case api.OutboxRequest():
                 self.autopublish.wake()
                 return api.Queued(await trio.to_thread.run_sync(self.autopublish.waiting))
@@ -267,6 +281,53 @@ class Node:
                 return await self.mounts.umount(req.dir)
             case api.MountsRequest():
                 return self.mounts.report()
+
+    async def reload(self) -> api.Reloaded:
+        """Read the settings and the trust policy again and use them; if either is bad,
+        keep what runs and say why (ControlError)."""
+        if self._reread is None:
+            raise ControlError("this node was started without a settings file to read again")
+        try:
+            new = await trio.to_thread.run_sync(self._reread)
+            policy = (
+                await trio.to_thread.run_sync(policyfile.load, new.policy) if new.policy else None
+            )
+            key = keyfile.load_secret(new.publish_key) if new.publish_key else None
+        except (ConfigError, PolicyError, keyfile.KeyFileError) as e:
+            raise ControlError(
+                f"not reloaded, the node keeps its settings and policy: {e}"
+            ) from None
+        old = self.config
+        differ = [
+            f.name
+            for f in dataclasses.fields(NodeConfig)
+            if f.compare and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        changed = [n for n in differ if n in LIVE_SETTINGS]
+        if old.policy and new.policy == old.policy and policy != self.policy:
+            changed.append("policy")  # same file, new contents
+        restart = [n for n in differ if n not in LIVE_SETTINGS]
+        self.config = dataclasses.replace(old, **{n: getattr(new, n) for n in LIVE_SETTINGS})
+        self.policy = self.sessions.policy = policy
+        self.collector.max_size = new.max_store_size
+        self.autopublish.key = key
+        log.info(
+            "reloaded: policy %s%s%s",
+            _describe(policy, new.policy),
+            f"; changed: {', '.join(sorted(set(changed)))}" if changed else "",
+            f"; needs a restart to change: {', '.join(restart)}" if restart else "",
+        )
+        return api.Reloaded(self._policy_in_use(), tuple(sorted(set(changed))), tuple(restart))
+
+    def _policy_in_use(self) -> api.PolicyInUse | None:
+        if self.policy is None or self.config.policy is None:
+            return None
+        return api.PolicyInUse(
+            self.config.policy,
+            tuple(k.encode() for k in self.policy.trusted),
+            self.policy.threshold,
+            str(self.policy.on_conflict),
+        )
 
     async def _status(self) -> api.Status:
         # From the peer-facing connection: a status must not wait for a long fetch.
@@ -286,6 +347,13 @@ class Node:
             store=api.StoreSummary(
                 stats.paths, stats.complete_paths, stats.unique_chunks, stats.unique_bytes
             ),
+            policy_in_use=self._policy_in_use(),
+            publishing=(
+                f"watching {self.config.nix_store or 'the system Nix store'}"
+                if self.config.watch_store
+                else None
+            ),
+            outbox=await trio.to_thread.run_sync(self.autopublish.waiting),
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
@@ -385,6 +453,12 @@ class Node:
             signer=key.name if key else None,
             data_dir=self.data_dir,
         )
+
+
+def _describe(policy: QuorumPolicy | None, file: str | None) -> str:
+    if policy is None:
+        return "none (cannot fetch)"
+    return f"{file}: {policy.threshold} of {len(policy.trusted)} keys"
 
 
 def fetch_progress(p: Progress) -> api.FetchProgress:

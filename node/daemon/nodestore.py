@@ -102,7 +102,9 @@ class NodeStore:
             self.used[p] = now
 
     def unpin(self, paths: Iterable[str]) -> None:
+        now = time.time()
         for p in paths:
+            self.used[p] = now  # a download's use ends when it ends
             self._pins[p] -= 1
             if self._pins[p] <= 0:
                 del self._pins[p]
