@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "umount": ("node.cli.mountcmd", "unmount a ferry mount"),
     "mounts": ("node.cli.mountcmd", "list the node's mounts"),
+    "service": ("node.cli.service", "install the systemd units for this ferry"),
     "demo": (
         "node.cli.demo",
         "see ferry work on this machine: 3 builders and a client on 127.0.0.1",

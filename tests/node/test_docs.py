@@ -107,26 +107,77 @@ def test_help_runs_for_every_command(capsys: pytest.CaptureFixture[str]) -> None
         assert exit.value.code == 0 and "usage:" in out.out, (path, out.err)
 
 
-def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.slow(seconds=30)
+def test_pip_install_gives_a_ferry_whose_units_verify(tmp_path: Path) -> None:
+    """`pip install .` into a fresh venv: `ferry` on its PATH, and `ferry service install`
+    writes units that start that ferry, point at docs that exist, and verify."""
     import shutil
     import subprocess
+    import sys
 
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
-    units = Path(__file__).parents[2] / "contrib" / "systemd"
-    unit = (units / "ferry.service").read_text()
-    assert "KillMode=process" in unit and "Restart=" in unit and "Requires=ferry.socket" in unit
-    assert "ListenStream=127.0.0.1:4738" in (units / "ferry.socket").read_text()
-    # verify checks that ExecStart exists: point it at a binary that does.
-    (tmp_path / "ferry.service").write_text(unit.replace("/usr/local/bin/ferry", "/bin/true"))
-    (tmp_path / "ferry.socket").write_text((units / "ferry.socket").read_text())
-    r = subprocess.run(
+    from tests.conftest import require
+
+    require(shutil.which("systemd-analyze") is not None, "systemd-analyze is not installed")
+    root = Path(__file__).parents[2]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # The deps are the test venv's business; this checks what the package installs.
+    pip = subprocess.run(
         [
-            "systemd-analyze",
-            "verify",
-            str(tmp_path / "ferry.socket"),
-            str(tmp_path / "ferry.service"),
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(root),
         ],
+        capture_output=True,
+        text=True,
+    )
+    assert pip.returncode == 0, pip.stderr
+    # Its dependencies from the test venv (a path line: that venv's own .pth files, and
+    # so its editable ferry, are not loaded; `node` is the one just installed).
+    import site
+    import sysconfig
+
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    ferry = venv / "bin" / "ferry"
+    version = subprocess.run([str(ferry), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("ferry "), version.stderr
+    assert "unknown" not in version.stdout
+    units = tmp_path / "units"
+    r = subprocess.run(
+        [str(ferry), "service", "install", "--dir", str(units), "--data-dir", "/var/lib/ferry"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "systemd-analyze verify: ok" in r.stdout, r.stderr
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import node; print(node.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the checkout: `-c` puts the working directory on sys.path
+    )
+    assert where.stdout.startswith(str(venv)), where  # the installed ferry, not the checkout
+    service = (units / "ferry.service").read_text()
+    assert f"ExecStart={ferry} node run --data-dir /var/lib/ferry" in service
+    assert "Type=notify" in service and "ExecReload=" in service
+    assert "KillMode=process" in service and "Requires=ferry.socket" in service
+    assert "ListenStream=127.0.0.1:4738" in (units / "ferry.socket").read_text()
+    for unit in ("ferry.service", "ferry.socket"):
+        (doc,) = [
+            line.removeprefix("Documentation=file://")
+            for line in (units / unit).read_text().splitlines()
+            if line.startswith("Documentation=")
+        ]
+        assert doc.startswith(str(venv)) and Path(doc).is_file(), doc
+    # As shipped: the units verify against the files they name.
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(units / "ferry.socket"), str(units / "ferry.service")],
         capture_output=True,
         text=True,
     )
