@@ -23,9 +23,10 @@ def add_parser(sub: Commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare a data directory for `ferry node run`: the directory itself (mode 0700), the "
         "node's libp2p identity (identity.key: its peer ID), the node's Nix signing key (cache.key and "
-        "cache.pub: the gateway signs what it serves with it) and node.toml, listing every setting with its "
-        "meaning and default. Files that exist are kept, never overwritten. Then prints the lines to add "
-        "to nix.conf.",
+        "cache.pub: the gateway signs what it serves with it), node.toml, listing every setting with its "
+        "meaning and default, and post-build-hook, the script Nix runs after each build on a builder. "
+        "Files that exist are kept, never overwritten (post-build-hook is written again: it names the "
+        "ferry that ran init). Then prints the lines to add to nix.conf.",
         epilog="next: `ferry node run`; check the machine with `ferry doctor`.",
     )
     p.add_argument(

@@ -165,17 +165,21 @@ def _status(args: argparse.Namespace) -> None:
         ui.print_json(api.encode(s))
         return
     st = s.store
+    p = s.policy_in_use
+    policy = f"{p.file}: {p.threshold} of {len(p.trusted)} keys" if p else "none (cannot fetch)"
     lines = [
         f"node     {s.peer_id}",
         f"data     {s.data_dir}",
         *(f"address  {a}" for a in s.addrs),
         f"peers    {s.peers}",
-        f"policy   {s.policy or 'none (cannot fetch)'}",
+        f"policy   {policy}",
         f"store    {st.paths} paths ({st.complete_paths} complete), {st.unique_chunks:,} chunks, "
         f"{st.unique_bytes or 0:,} bytes",
         f"served   {s.served_blocks:,} blocks, {s.served_bytes:,} bytes",
         f"gateway  {s.gateway or 'off'}",
     ]
+    if s.publishing or s.outbox:
+        lines.append(f"publish  {s.publishing or 'post-build hook'}; {s.outbox:,} paths queued")
     if s.gateway_key:
         lines.append(f"nix key  {s.gateway_key}  (for trusted-public-keys)")
     ui.out.print("\n".join(lines), soft_wrap=True, markup=False)

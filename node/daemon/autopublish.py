@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -27,6 +27,8 @@ from trust.claim import SignedClaim
 from trust.key import SecretKey
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 WATCH_EVERY = 1.0  # seconds between looks at Nix's database for new paths
 TAKE = 1024  # outbox entries handled at once
@@ -47,9 +49,11 @@ class AutoPublish:
         self.key: SecretKey | None = (
             keyfile.load_secret(config.publish_key) if config.publish_key else None
         )
+        self._outbox_use = trio.CapacityLimiter(1)  # one thread at a time on its connection
         self._wake = trio.Event()
         self._batches_send, self._batches = trio.open_memory_channel[Bulk](16)
         self.published = 0  # paths, since start (for status)
+        self._told_unsigned = False
 
     def close(self) -> None:
         self.outbox.close()
@@ -57,10 +61,18 @@ class AutoPublish:
     def wake(self) -> None:
         self._wake.set()
 
-    def waiting(self) -> int:
-        return self.outbox.waiting()
+    async def _outbox(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._outbox_use)
+
+    async def waiting(self) -> int:
+        return await self._outbox(self.outbox.waiting)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.key is None and self.config.watch_store:
+            log.warning(
+                "watch_store is on but publish_key is not set: paths are published unsigned, "
+                "and peers with a trust policy will not accept them"
+            )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announcer)
             if self.config.watch_store:
@@ -166,7 +178,7 @@ class AutoPublish:
     async def _drain(self) -> None:
         while True:
             wake = self._wake = trio.Event()
-            entries = await trio.to_thread.run_sync(self.outbox.take, TAKE)
+            entries = await self._outbox(self.outbox.take, TAKE)
             if not entries:
                 await wake.wait()
                 continue
@@ -186,6 +198,12 @@ class AutoPublish:
         retry = False
         for store, group in by_store.items():
             nix_store = store or self.config.nix_store or None
+            if self.key is None and not self._told_unsigned:
+                self._told_unsigned = True
+                log.warning(
+                    "publishing queued paths unsigned (publish_key is not set): peers with a "
+                    "trust policy will not accept them"
+                )
             try:
                 infos = await trio.to_thread.run_sync(self._entries_plan, group, nix_store)
                 infos = await self._new(infos, self.key)
@@ -202,7 +220,7 @@ class AutoPublish:
                 log.warning("cannot publish %d queued paths yet: %s", len(group), e)
                 retry = True
                 continue
-            await trio.to_thread.run_sync(self.outbox.done, group)
+            await self._outbox(self.outbox.done, group)
         return retry
 
     def _entries_plan(self, entries: list[Entry], nix_store: str | None) -> list[PathInfo]:
@@ -228,7 +246,7 @@ class AutoPublish:
     async def _watch(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         store = self.config.nix_store
         where = store or "the system Nix store"
-        cursor = await trio.to_thread.run_sync(self.outbox.cursor, store)
+        cursor = await self._outbox(self.outbox.cursor, store)
         db: nixdb.NixDb | None = None
         told = False
         try:
@@ -242,14 +260,14 @@ class AutoPublish:
                         if cursor is None:
                             # Every path that appears once Nix makes its database is new.
                             cursor = 0
-                            await trio.to_thread.run_sync(self.outbox.advance, store, 0, [])
+                            await self._outbox(self.outbox.advance, store, 0, [])
                         task_status.started()
                     await trio.sleep(WATCH_EVERY)
             if cursor is None:
                 # First start: what is in the store already is `ferry publish --all`'s
                 # to publish; from here on every new path is.
                 cursor = await trio.to_thread.run_sync(db.last_id)
-                await trio.to_thread.run_sync(self.outbox.advance, store, cursor, [])
+                await self._outbox(self.outbox.advance, store, cursor, [])
                 log.info(
                     "watching %s: publishing every path Nix registers from now on "
                     "(`ferry publish --all` publishes those already there)",
@@ -270,7 +288,7 @@ class AutoPublish:
                     # Derivations are how Nix builds, not what peers substitute.
                     new = [str(r.info.path) for r in rows]
                     new = [p for p in new if not p.endswith(".drv")]
-                    await trio.to_thread.run_sync(self.outbox.advance, store, cursor, new)
+                    await self._outbox(self.outbox.advance, store, cursor, new)
                     self.wake()
                     if len(rows) == TAKE:
                         continue  # more waiting: no pause

@@ -272,7 +272,7 @@ class Node:
                 return await self.reload()
             case api.OutboxRequest():
                 self.autopublish.wake()
-                return api.Queued(await trio.to_thread.run_sync(self.autopublish.waiting))
+                return api.Queued(await self.autopublish.waiting())
             case api.MountRequest():
                 return await self.mounts.mount(
                     StorePath.parse(req.store_path), req.dir, req.backend
@@ -353,7 +353,7 @@ class Node:
                 if self.config.watch_store
                 else None
             ),
-            outbox=await trio.to_thread.run_sync(self.autopublish.waiting),
+            outbox=await self.autopublish.waiting(),
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:

@@ -67,6 +67,10 @@ class BrokenRequest:
     reason: str
 
 
+class _HeadTooLong(Exception):
+    """Raised in a parser callback to stop reading a head past `max_head`."""
+
+
 class RequestReader:
     """Bytes from the client in, `Request`s (at the end of each head) out; a request's
     body is read and dropped (a binary cache takes none). Pure: no I/O, no clock."""
@@ -93,16 +97,19 @@ class RequestReader:
         except httptools.HttpParserError as e:
             self.closed = True
             last = self._out[-1] if self._out else None
-            # Bytes after a request that ends the connection are not an error to report.
-            if not (isinstance(last, Request) and not last.keep_alive):
+            if self._head > self.max_head:
+                # Stopped by on_url or on_header (below), before any later request was
+                # read: the requests before it are answered, then this refusal.
+                self._out.append(
+                    BrokenRequest(431, f"request head longer than {self.max_head} bytes")
+                )
+            elif not (isinstance(last, Request) and not last.keep_alive):
+                # Bytes after a request that ends the connection are not an error to report.
                 self._out.append(BrokenRequest(400, f"broken request: {e}"))
-        if self._head > self.max_head and not self.closed:
-            self.closed = True
-            self._out.append(BrokenRequest(431, f"request head longer than {self.max_head} bytes"))
         out, self._out = self._out, []
         return out
 
-    # llhttp's callbacks
+    # llhttp's callbacks; raising one stops the parser where it is (feed sees why)
 
     def on_message_begin(self) -> None:
         self.busy = True
@@ -113,16 +120,17 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head += len(url)
+        if self._head > self.max_head:
+            raise _HeadTooLong
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head += len(name) + len(value) + 4
-        if self._head <= self.max_head:
-            self._headers.append((name.lower(), value))
+        if self._head > self.max_head:
+            raise _HeadTooLong
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        if self._head > self.max_head:
-            return  # reported by feed
         self._out.append(
             Request(
                 p.get_method(),
