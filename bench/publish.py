@@ -16,8 +16,9 @@ under 1 MB (log-normal, median about 60 KB), a few of several MB. Each round, in
   nix copy  `nix copy --all --from ROOT --to file://CACHE?compression=zstd` (NARs
             compressed with zstd and written with their narinfos)
 
-and prints paths/s and MB/s of NAR for each, the medians, and the ratio of ferry's
-speed to nix copy's (the target is >= 1.0).
+(which goes first alternates between rounds, and dirty pages are written out before
+each), and prints paths/s and MB/s of NAR for each, the medians, and the ratio of
+ferry's speed to nix copy's (the target is >= 1.0).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def source_files(limit: int) -> list[Path]:
 
 def stage(dest: Path, count: int, seed: int = 7) -> list[Path]:
     """`count` directories of real files, each of a log-normal target size."""
+    dest.mkdir()
     rng = random.Random(seed)
     targets = [min(int(rng.lognormvariate(11.0, 1.6)), 16 << 20) + 200 for _ in range(count)]
     pool = source_files(int(sum(targets) * 1.1))
@@ -169,10 +171,12 @@ def main() -> None:
         run([*FERRY, "trust", "keygen", "bench-builder", "-o", str(tmp / "bench-builder")], env)
         key = tmp / "bench-builder.secret"
         results: dict[str, list[float]] = {"ferry": [], "nix copy": []}
-        for r in range(args.rounds):
+
+        def ferry_round(r: int) -> None:
             data = tmp / f"ferry-{r}"
             node = start_node(data, env)
             try:
+                os.sync()  # neither side pays for the other's writeback
                 t = time.perf_counter()
                 out = run(
                     [
@@ -196,7 +200,10 @@ def main() -> None:
                 node.terminate()
                 node.wait(60)
             shutil.rmtree(data)
+
+        def nix_round(r: int) -> None:
             cache = tmp / f"cache-{r}"
+            os.sync()
             t = time.perf_counter()
             run(
                 [
@@ -214,6 +221,11 @@ def main() -> None:
             )
             results["nix copy"].append(time.perf_counter() - t)
             shutil.rmtree(cache)
+
+        for r in range(args.rounds):
+            # Alternate who goes first: the machine's state drifts over a run.
+            for side in (ferry_round, nix_round) if r % 2 == 0 else (nix_round, ferry_round):
+                side(r)
             print(
                 f"round {r + 1}: ferry {results['ferry'][-1]:.2f} s, "
                 f"nix copy {results['nix copy'][-1]:.2f} s",
