@@ -7,10 +7,11 @@ import stat
 
 from erofs.layout import LAYOUT_CHUNK_BASED, ImageError
 from erofs.reader import Image
-from node.cli import Commands, options, storeopt, ui
+from node.cli import Commands, netcmd, options, storeopt, ui
 from node.cli.export import parse_store_path
+from node.daemon import api
 from node.local.errors import StoreError
-from node.local.image import image_of
+from node.local.image import PathImage, image_of, mount_options
 from store import userfile
 from store.userfile import UserFileError
 
@@ -49,11 +50,15 @@ def add_parser(sub: Commands) -> None:
 
 def run_image(args: argparse.Namespace) -> None:
     sp = parse_store_path(args.store_path)
-    with storeopt.open_store(args) as store:
-        try:
-            img = image_of(store, sp)
-        except StoreError as e:
-            ui.fail(str(e))
+    img: PathImage | api.Image
+    if storeopt.node_running(args):
+        img = netcmd.request(args, api.ImageRequest(str(sp)))
+    else:
+        with storeopt.open_store(args) as store:
+            try:
+                img = image_of(store, sp)
+            except StoreError as e:
+                ui.fail(str(e))
     try:
         userfile.write_atomically(args.output, img.data, "the image file")
     except UserFileError as e:
@@ -65,7 +70,7 @@ def run_image(args: argparse.Namespace) -> None:
                 "bytes": len(img.data),
                 "inodes": img.inodes,
                 "devices": list(img.devices),
-                "mount_options": img.mount_options,
+                "mount_options": mount_options(img.devices),
                 "absent_chunks": img.absent_chunks,
             }
         )
@@ -74,7 +79,9 @@ def run_image(args: argparse.Namespace) -> None:
         f"wrote {args.output}: {len(img.data):,} bytes, {img.inodes:,} inodes", markup=False
     )
     ui.out.print(
-        f"mount options (mount(2), read-only): {img.mount_options}", soft_wrap=True, markup=False
+        f"mount options (mount(2), read-only): {mount_options(img.devices)}",
+        soft_wrap=True,
+        markup=False,
     )
     if img.absent_chunks:
         ui.out.print(

@@ -134,6 +134,12 @@ class MaterializeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageRequest:
+    OP: ClassVar[str] = "image"
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
 class MountRequest:
     OP: ClassVar[str] = "mount"
     store_path: str
@@ -167,6 +173,7 @@ Request = (
     | VerifyRequest
     | ExportRequest
     | MaterializeRequest
+    | ImageRequest
     | MountRequest
     | UmountRequest
     | MountsRequest
@@ -188,6 +195,7 @@ REQUESTS: dict[str, type[Request]] = {
         VerifyRequest,
         ExportRequest,
         MaterializeRequest,
+        ImageRequest,
         MountRequest,
         UmountRequest,
         MountsRequest,
@@ -450,6 +458,14 @@ class Materialized:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    data: bytes
+    devices: tuple[str, ...]
+    inodes: int
+    absent_chunks: int
+
+
+@dataclass(frozen=True, slots=True)
 class Unmounted:
     dir: str
     store_path: str
@@ -485,6 +501,7 @@ Reply = (
     | Verified
     | Exported
     | Materialized
+    | Image
     | MountRow
     | Unmounted
     | MountTable
@@ -506,6 +523,7 @@ REPLIES: dict[type[Any], type[Any]] = {
     VerifyRequest: Verified,
     ExportRequest: Exported,
     MaterializeRequest: Materialized,
+    ImageRequest: Image,
     MountRequest: MountRow,
     UmountRequest: Unmounted,
     MountsRequest: MountTable,

@@ -263,7 +263,7 @@ class Discovery:
             except (ClaimError, ValueError, TypeError, msgpack.UnpackException):
                 continue  # gossip is a hint: junk is dropped, never trusted
             # Two signature checks a claim: on a thread, not between the node's other work.
-            valid = await trio.to_thread.run_sync(lambda: [c for c in found if c.valid()])
+            valid = await trio.to_thread.run_sync(_valid, found)
             await self.store.learn(valid, "gossip")
 
     async def _reprovide(self) -> None:
@@ -271,6 +271,10 @@ class Discovery:
             complete = await self.store.read(self.store.reader.complete_paths)
             await self.announce([], [StorePath.parse(p) for p in complete])
             await trio.sleep(REPROVIDE)
+
+
+def _valid(claims: list[SignedClaim]) -> list[SignedClaim]:
+    return [c for c in claims if c.valid()]
 
 
 class _Gate(Notifee):

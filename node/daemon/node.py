@@ -266,6 +266,8 @@ class Node:
                 return await self.store_ops.verify(req.repair, progress)
             case api.ExportRequest():
                 return await self.store_ops.export(req.store_path, progress)
+            case api.ImageRequest():
+                return await self.store_ops.image(req.store_path)
             case api.MaterializeRequest():
                 return await self.store_ops.materialize(req.store_path, req.dest)
             case api.ReloadRequest():

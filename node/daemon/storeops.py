@@ -16,6 +16,7 @@ from node.daemon import api
 from node.daemon.collector import Collector
 from node.daemon.nodestore import NodeStore
 from node.local.errors import PathIncomplete, PathNotInStore
+from node.local.image import image_of
 from node.local.store import ReaderChunks, StoreReader, verify_store
 from store import restore
 from store.export import write_nar
@@ -161,6 +162,15 @@ class StoreOps:
             finally:
                 reader.close()
         return api.Materialized(sp, dest)
+
+    async def image(self, store_path: str) -> api.Image:
+        sp = str(StorePath.parse(store_path))
+        reader = self.store.store.reader()
+        try:
+            img = await trio.to_thread.run_sync(image_of, reader, sp)
+        finally:
+            reader.close()
+        return api.Image(img.data, img.devices, img.inodes, img.absent_chunks)
 
 
 def _verify(reader: StoreReader, repair: bool, advance: Callable[[int], None]) -> Any:

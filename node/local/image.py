@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from erofs import layout
 from erofs.writer import Chunks, Device, Entry, Kind, TreeError, write_image
 from node.local.errors import StoreError
-from node.local.index import ChunkRow
-from node.local.store import LocalStore
+from node.local.index import ChunkRow, Index
 from store.manifest import EntryKind, Manifest
 from store.path import StorePath
 
@@ -33,10 +33,24 @@ class PathImage:
 
     @property
     def mount_options(self) -> str:
-        return ",".join(f"device={d}" for d in self.devices)
+        return mount_options(self.devices)
 
 
-def image_of(store: LocalStore, store_path: StorePath | str) -> PathImage:
+def mount_options(devices: tuple[str, ...]) -> str:
+    """mount(2)'s options for an image over these slabs."""
+    return ",".join(f"device={d}" for d in devices)
+
+
+class StoreView(Protocol):
+    """What an image is made from: the store itself, or a running node's reader."""
+
+    index: Index
+    data_dir: str
+
+    def manifest(self, store_path: StorePath | str) -> Manifest: ...
+
+
+def image_of(store: StoreView, store_path: StorePath | str) -> PathImage:
     manifest = store.manifest(store_path)
     slabs = store.index.slabs()
     device_of = {row.id: i + 1 for i, row in enumerate(slabs)}

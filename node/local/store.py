@@ -585,6 +585,16 @@ class StoreReader:
     def slab(self, slab_id: int) -> Slab:
         return self._slab(slab_id)
 
+    @property
+    def data_dir(self) -> str:
+        return self.store.data_dir
+
+    def manifest(self, store_path: StorePath | str) -> Manifest:
+        state = self.path_state(str(store_path))
+        if state is None:
+            raise PathNotInStore(str(store_path))
+        return state[0]
+
     def stats(self) -> StoreStats:
         return _stats(self.index, self._slab, self.store.data_dir)
 

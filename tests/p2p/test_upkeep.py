@@ -172,6 +172,9 @@ def test_every_store_command_works_through_a_running_node(swarm: Swarm, tmp_path
     r = node.ferry("export", dropped, "-o", str(tmp_path / "gone.nar"))
     assert r.returncode == 1 and "is not in this ferry store" in r.stderr
     assert not (tmp_path / "gone.nar").exists()
+    img = node.json("image", kept, "-o", str(tmp_path / "kept.img"))
+    assert img["inodes"] >= 3 and (tmp_path / "kept.img").stat().st_size == img["bytes"]
+    assert str(node.data_dir / "slabs") in img["mount_options"]
     r = node.ferry("materialize", kept, str(tmp_path / "tree"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "tree" / "name").read_text() == "kept"
