@@ -8,6 +8,7 @@ import dataclasses
 from node.cli import Commands, netcmd, options, storeopt, ui
 from node.cli.export import parse_store_path
 from node.daemon import api
+from node.daemon.storeops import listed
 
 
 def add_parser(sub: Commands) -> None:
@@ -81,18 +82,7 @@ def run_list(args: argparse.Namespace) -> None:
         rows = list(listing.paths)
     else:
         with storeopt.open_store(args) as store:
-            roots = set(store.index.roots())
-            rows = [
-                api.ListedPath(
-                    p.store_path,
-                    p.nar_hash,
-                    p.nar_size,
-                    p.manifest_digest.hex(),
-                    p.store_path in roots,
-                    store.index.missing_chunks(p.store_path),
-                )
-                for p in store.index.paths()
-            ]
+            rows = listed(store.index)
     if args.json:
         ui.print_json([api.encode(p) for p in rows])
         return

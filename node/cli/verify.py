@@ -7,6 +7,7 @@ import sys
 
 from node.cli import Commands, netcmd, options, storeopt, ui
 from node.daemon import api
+from node.daemon.storeops import verified
 
 
 def add_parser(sub: Commands) -> None:
@@ -38,14 +39,7 @@ def run_verify(args: argparse.Namespace) -> None:
             total = store.index.scalar("SELECT sum(length) FROM chunks WHERE present = 1")
             with ui.progress("verifying", total) as advance:
                 report = store.verify(repair=args.repair, on_progress=advance)
-        r = api.Verified(
-            report.ok,
-            report.chunks,
-            report.bytes,
-            report.repaired,
-            tuple(api.CorruptChunk(d.hex(), p) for d, p in report.corrupt),
-            tuple(api.BadPath(s, p) for s, p in report.bad_paths),
-        )
+        r = verified(report)
     if args.json:
         ui.print_json(api.encode(r))
     else:

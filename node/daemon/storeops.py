@@ -17,7 +17,8 @@ from node.daemon.collector import Collector
 from node.daemon.nodestore import NodeStore
 from node.local.errors import PathIncomplete, PathNotInStore
 from node.local.image import image_of
-from node.local.store import ReaderChunks, StoreReader, verify_store
+from node.local.index import Index
+from node.local.store import ReaderChunks, StoreReader, VerifyReport, verify_store
 from store import restore
 from store.export import write_nar
 from store.path import StorePath
@@ -48,24 +49,7 @@ class StoreOps:
 
     async def listing(self) -> api.StoreListing:
         index = self.store.reader.index
-
-        def work() -> api.StoreListing:
-            roots = set(index.roots())
-            return api.StoreListing(
-                tuple(
-                    api.ListedPath(
-                        p.store_path,
-                        p.nar_hash,
-                        p.nar_size,
-                        p.manifest_digest.hex(),
-                        p.store_path in roots,
-                        index.missing_chunks(p.store_path),
-                    )
-                    for p in index.paths()
-                )
-            )
-
-        return await self.store.read(work)
+        return api.StoreListing(tuple(await self.store.read(listed, index)))
 
     async def roots(self, req: api.RootsRequest) -> api.Roots:
         local = self.store.store
@@ -119,14 +103,7 @@ class StoreOps:
                 r = await trio.to_thread.run_sync(_verify, reader, False, advance)
         finally:
             reader.close()
-        return api.Verified(
-            r.ok,
-            r.chunks,
-            r.bytes,
-            r.repaired,
-            tuple(api.CorruptChunk(d.hex(), p) for d, p in r.corrupt),
-            tuple(api.BadPath(s, p) for s, p in r.bad_paths),
-        )
+        return verified(r)
 
     async def export(self, store_path: str, progress: Progress) -> api.Exported:
         sp = str(StorePath.parse(store_path))
@@ -171,6 +148,33 @@ class StoreOps:
         finally:
             reader.close()
         return api.Image(img.data, img.devices, img.inodes, img.absent_chunks)
+
+
+def listed(index: Index) -> list[api.ListedPath]:
+    """Every stored path as `ferry store list` shows it."""
+    roots = set(index.roots())
+    return [
+        api.ListedPath(
+            p.store_path,
+            p.nar_hash,
+            p.nar_size,
+            p.manifest_digest.hex(),
+            p.store_path in roots,
+            index.missing_chunks(p.store_path),
+        )
+        for p in index.paths()
+    ]
+
+
+def verified(r: VerifyReport) -> api.Verified:
+    return api.Verified(
+        r.ok,
+        r.chunks,
+        r.bytes,
+        r.repaired,
+        tuple(api.CorruptChunk(d.hex(), p) for d, p in r.corrupt),
+        tuple(api.BadPath(s, p) for s, p in r.bad_paths),
+    )
 
 
 def _verify(reader: StoreReader, repair: bool, advance: Callable[[int], None]) -> Any:

@@ -38,6 +38,7 @@ def _strategy(t: Any) -> st.SearchStrategy[Any]:
         int: st.integers(min_value=0, max_value=1 << 62),
         float: st.floats(allow_nan=False, allow_infinity=False),
         bool: st.booleans(),
+        bytes: st.binary(max_size=40),
     }[t]
 
 
@@ -53,7 +54,11 @@ def test_every_request_round_trips(cls: type[Any], data: st.DataObject) -> None:
     assert api.decode_request(_wire(api.encode_request(req))) == req
 
 
-@pytest.mark.parametrize("cls", list(api.REPLIES.values()), ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    list(dict.fromkeys([*api.REPLIES.values(), *api.PROGRESS.values()])),
+    ids=lambda c: c.__name__,
+)
 @settings(max_examples=40)
 @given(data=st.data())
 def test_every_reply_round_trips(cls: type[Any], data: st.DataObject) -> None:
