@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,6 +55,44 @@ def wait_published(node: NodeProc, paths: list[str], timeout: float = 60.0) -> s
             return listed
         seen = len([x for x in node.log if "published" in x])
         node.wait_log("published", count=seen + 1, timeout=max(0.1, deadline - time.monotonic()))
+
+
+def _at_namespace_root(*argv: str, input: str | None = None) -> str:
+    """Run `argv` with the root Nix's hook gets: this mount namespace's own root."""
+    proc = subprocess.run(
+        ["nsenter", f"--mount=/proc/{os.getpid()}/ns/mnt", *argv],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
+def runnable_by_nix(script: Path) -> tuple[Path, Path | None]:
+    """A path Nix 2.8 can run as `post-build-hook` that runs `script`, and the file to
+    remove afterwards, if one was made.
+
+    As root, Nix 2.8 runs the hook after going back to the mount namespace it started in
+    (util.cc: runProgram2 -> restoreProcessContext -> setns), and setns sets the root to
+    that namespace's own root: in a chroot (CI's fresh Debian root), the host's, where
+    our files are not. There the hook is a trampoline in the host's /tmp that chroots
+    back into ours. Outside a chroot, as on a real builder, it is the script itself."""
+    if os.geteuid() != 0:
+        return script, None
+    here = os.stat("/")
+    if _at_namespace_root("stat", "-c", "%d:%i", "/").strip() == f"{here.st_dev}:{here.st_ino}":
+        return script, None
+    with open("/proc/self/mountinfo") as f:
+        root = [line.split()[3] for line in f if line.split()[4] == "/"][-1]
+    trampoline = f"/tmp/ferry-test-hook-{os.getpid()}-{script.parent.name}"
+    _at_namespace_root(
+        "sh",
+        "-c",
+        f"cat > {trampoline} && chmod 755 {trampoline}",
+        input=f"#!/bin/sh\nexec chroot {root} {script}\n",
+    )
+    return Path(trampoline), Path(trampoline)
 
 
 def signers(node: NodeProc, store_path: str) -> list[str]:
@@ -150,7 +189,12 @@ def test_post_build_hook_publishes_a_real_build_and_costs_it_nothing(
     timed.chmod(0o755)
     expr = tmp_path / "chain.nix"
     expr.write_text(chain_nix("hook"))
-    app = build(nix, store, expr, "--option", "post-build-hook", str(timed))
+    hook, made = runnable_by_nix(timed)
+    try:
+        app = build(nix, store, expr, "--option", "post-build-hook", str(hook))
+    finally:
+        if made is not None:
+            _at_namespace_root("rm", "-f", str(made))
     paths = closure(nix, store, app)
 
     lines = times.read_text().splitlines()
