@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_ONE = re.compile(r"bytes=(\d*)-(\d*)")
+_ONE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# Past any body's size; a longer number is not converted (Python refuses to turn more
+# than 4,300 digits into an int, and a client may send any number of them).
+_HUGE = 1 << 63
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE
 
 
 class Unsatisfiable(ValueError):
@@ -41,12 +48,12 @@ def parse(header: str | None, size: int) -> ByteRange | None:
     if first == "" and last == "":
         return None
     if first == "":  # a suffix: the last N bytes
-        n = int(last)
+        n = _number(last)
         if n == 0 or size == 0:
             raise Unsatisfiable(header)
         return ByteRange(max(0, size - n), size - 1)
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _number(first)
+    end = _number(last) if last else size - 1
     if last and end < start:
         return None  # invalid: ignored, per the RFC
     if start >= size:

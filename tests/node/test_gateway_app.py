@@ -48,6 +48,32 @@ def manifest_of(tree: trees.Node) -> tuple[Manifest, export.MemoryChunks, bytes]
 # --- Range
 
 
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.builds(
+            "bytes={}-{}".format,
+            st.from_regex(r"\A[0-9]{0,6000}\Z"),
+            st.from_regex(r"\A[0-9]{0,6000}\Z"),
+        ),
+    ),
+    st.integers(0, 10**12),
+)
+def test_any_range_header_is_a_range_within_the_body_or_a_refusal(header: str, size: int) -> None:
+    try:
+        r = ranges.parse(header, size)
+    except ranges.Unsatisfiable:
+        return
+    assert r is None or 0 <= r.start <= r.end < size
+
+
+def test_a_range_of_thousands_of_digits_is_not_a_500() -> None:
+    with pytest.raises(ranges.Unsatisfiable):
+        ranges.parse("bytes=" + "9" * 5000 + "-", 100)
+    assert ranges.parse("bytes=0-" + "9" * 5000, 100) == ranges.ByteRange(0, 99)
+    assert ranges.parse("bytes=-" + "9" * 5000, 100) == ranges.ByteRange(0, 99)
+
+
 @given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7))
 def test_range_of_first_and_last(size: int, a: int, b: int) -> None:
     header = f"bytes={a}-{b}"
