@@ -42,6 +42,10 @@ App = Callable[
 MAX_HEAD = 16 << 10  # bytes of request line and headers
 HEAD_TIMEOUT = 30.0  # seconds a request may take to arrive once it started
 IDLE_TIMEOUT = 120.0  # seconds a kept-alive connection may wait for its next request
+# Seconds a response may wait for the client to take more of it. A client that stops
+# reading (gone without a word, or holding the connection on purpose) would otherwise
+# keep its response, and the fetch feeding it, for ever.
+SEND_STALL = 60.0
 RECEIVE = 64 << 10
 SERVER = b"ferry"
 
@@ -304,7 +308,7 @@ class Connection:
         finally:
             self.waiting.discard(self)
 
-    def _send_now(self, data: bytes) -> int:
+    def _send_now(self, data: bytes | memoryview) -> int:
         """Send what the socket takes at once; how much that was."""
         try:
             return self.sock.send(data)
@@ -313,18 +317,24 @@ class Connection:
         except OSError:
             raise ClientGone() from None
 
-    async def _send(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
+        """All of `data`, or ClientGone (the client left, or took nothing for SEND_STALL)."""
         sent = self._send_now(data)
-        if sent < len(data):
-            try:
-                await self.stream.send_all(memoryview(data)[sent:])
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ClientGone() from None
+        rest = memoryview(data)[sent:]
+        while rest:
+            # The socket's buffer is full: the client is slow. Only here is a deadline
+            # paid for (most answers fit the buffer and never wait).
+            with trio.move_on_after(SEND_STALL) as stalled:
+                await trio.lowlevel.wait_writable(self.sock.fileno())
+            if stalled.cancelled_caught:
+                log.info("a client took nothing for %.0f s: its response is dropped", SEND_STALL)
+                raise ClientGone()
+            rest = rest[self._send_now(rest) :]
 
     async def _error(self, status: int, reason: str) -> None:
         body = (reason + "\n").encode("utf-8", "replace")
         try:
-            await self._send(
+            await self.send(
                 encode_head(
                     status,
                     [
@@ -350,7 +360,7 @@ class Connection:
                 response = Response(self, request)
                 response.start(*reply[:2])
                 out = response.encode(reply[2], more=False)
-                await self._send(out)
+                await self.send(out)
                 response.check_ended()
                 return response.reusable
         scope = {
@@ -413,10 +423,7 @@ class Response:
             raise RuntimeError(f"unexpected ASGI message {message['type']}")
         out = self.encode(message.get("body", b""), message.get("more_body", False))
         if out:
-            try:
-                await self.connection.stream.send_all(out)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ClientGone() from None
+            await self.connection.send(out)
         self.check_ended()
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -117,6 +117,23 @@ async def test_a_client_that_leaves_ends_its_request() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_client_that_stops_reading_loses_its_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http, "SEND_STALL", 0.5)
+    app = App()
+    async with trio.open_nursery() as nursery:
+        port = await _server(nursery, app)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        # It reads nothing more and stays connected: once the socket's buffers are
+        # full, the server gives the response up instead of holding it for ever.
+        with trio.fail_after(20):
+            await app.gone.wait()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 def _requests(raw: bytes, cuts: list[int]) -> list[http.Request | http.BrokenRequest]:
     reader = http.RequestReader(max_head=512)
     out: list[http.Request | http.BrokenRequest] = []
