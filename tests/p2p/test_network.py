@@ -110,12 +110,16 @@ def test_swarm_fetches_from_several_peers(swarm: Swarm, tmp_path: Path) -> None:
         assert s.json("status")["served_bytes"] >= got["per_peer"].get(s.peer_id, 0)
 
 
-def _fetch_and_kill(client, when: float, victim) -> None:
-    """Fetch through the control API; SIGKILL `victim` once `when` of the bytes are in."""
+def _fetch_and_kill(client, when: float, victim) -> int:
+    """Fetch through the control API; SIGKILL `victim` once `when` of the bytes are in.
+    Returns the bytes the client had received by then (its last progress report)."""
     killed = False
+    received = 0
 
     def progress(p: api.FetchProgress) -> None:
-        nonlocal killed
+        nonlocal killed, received
+        if not killed:
+            received = p.bytes_done
         if not killed and p.bytes and p.bytes_done >= when * p.bytes:
             victim.kill(signal.SIGKILL)
             killed = True
@@ -129,6 +133,7 @@ def _fetch_and_kill(client, when: float, victim) -> None:
         if victim is not client:
             raise
     assert killed, "the fetch ended before the kill point"
+    return received
 
 
 def test_kill_serving_peer_mid_transfer(swarm: Swarm, tmp_path: Path) -> None:
@@ -151,16 +156,18 @@ def test_killed_client_resumes_without_refetching(swarm: Swarm, tmp_path: Path) 
     k = keys(tmp_path, "builder-a")
     pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
     (seed,) = swarm.start("seed")
-    # Small batches: what arrived is durable every 4 MiB, so a kill loses little.
-    (client,) = swarm.start(
-        "client", bootstrap=[seed.addr], policy=pol, env={"FERRY_TEST_BATCH_BYTES": str(4 << 20)}
-    )
+    # The default settings: what arrives is committed every few MiB or 0.2 s by itself.
+    (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
     tree = _tree(tmp_path / "tree", 96 << 20, 3)
     _publish_everywhere([seed], tree, k["builder-a"][0])
     total = json.loads(seed.ferry("status", "--json").stdout)["store"]["unique_chunks"]
-    _fetch_and_kill(client, 0.5, client)
+    received = _fetch_and_kill(client, 0.5, client)
     client.start().wait_ready()
     got = client.json("fetch", SP)
     assert 0 < got["chunks"] < total - 1, got  # only what was missing was asked for
+    # What had arrived before the kill was kept (committed every few MiB or 0.2 s).
+    kept = (96 << 20) + 5000 - got["bytes"]
+    print(f"received {received:,} before the kill, kept {kept:,}")
+    assert kept >= 0.8 * received, (kept, received)
     assert client.stop() == 0
     assert client.ferry("verify").returncode == 0
