@@ -9,6 +9,7 @@ from node.cli import Commands, netcmd, options, storeopt, ui
 from node.cli.export import parse_store_path
 from node.daemon import api
 from node.daemon.storeops import listed
+from node.local.errors import StoreError
 
 
 def add_parser(sub: Commands) -> None:
@@ -107,7 +108,10 @@ def run_root(args: argparse.Namespace) -> None:
             not_roots = []
             for sp in paths:
                 if args.root_action == "add":
-                    store.add_root(sp)
+                    try:
+                        store.add_root(sp)
+                    except StoreError as e:
+                        ui.fail(str(e))
                 elif args.root_action == "remove" and not store.remove_root(sp):
                     not_roots.append(sp)
             roots = store.index.roots()

@@ -112,8 +112,7 @@ class Collector:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Evict whenever chunks were added (at most every EVICT_EVERY seconds)."""
         task_status.started()
-        if not self.max_size:
-            return
+        # Even without a cap: a reload may set one (evict() does nothing while it is 0).
         while True:
             changed = self.store.chunks_changed()
             try:

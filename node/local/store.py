@@ -289,6 +289,9 @@ class LocalStore:
         return StoreReader(self)
 
     def add_root(self, store_path: StorePath | str) -> None:
+        """PathNotInStore for a path the store does not hold (a typo must not pass)."""
+        if self.index.path(str(store_path)) is None:
+            raise PathNotInStore(str(store_path))
         with self.index.transaction():
             self.index.add_root(str(store_path))
 

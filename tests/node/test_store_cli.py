@@ -113,6 +113,7 @@ def test_user_mistakes_are_one_line_errors(tree: Path, tmp_path: Path) -> None:
         (["export", "hello"], "not a full store path"),
         (["materialize", SP, str(tmp_path / "m")], "is not in this ferry store"),
         (["root", "remove", SP], "is not a GC root"),
+        (["root", "add", SP], "is not in this ferry store"),
         # The slash a shell's completion leaves after a directory is not part of the path.
         (["export", SP + "/"], "is not in this ferry store"),
         (["root", "remove", SP + "/"], "is not a GC root"),

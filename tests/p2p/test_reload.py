@@ -63,6 +63,7 @@ def test_a_new_trusted_key_counts_after_sighup_and_a_bad_policy_is_refused(
     # A setting that needs a restart is named as such.
     pol.write_text(good)
     config = client.data_dir / "node.toml"
-    config.write_text(config.read_text() + "priority = 10\n")
+    config.write_text(config.read_text() + 'priority = 10\nmax_store_size = "1G"\n')
     reloaded = client.json("node", "reload")
     assert reloaded["restart_needed"] == ["priority"]
+    assert reloaded["changed"] == ["max_store_size"]

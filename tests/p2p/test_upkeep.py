@@ -159,6 +159,9 @@ def test_every_store_command_works_through_a_running_node(swarm: Swarm, tmp_path
     assert r.returncode == 0 and r.stdout.split() == [kept]
     r = node.ferry("root", "remove", dropped)
     assert r.returncode == 1 and f"{dropped} is not a GC root" in r.stderr
+    absent = store_path(9, "absent")
+    r = node.ferry("root", "add", absent)
+    assert r.returncode == 1 and f"{absent} is not in this ferry store" in r.stderr
     assert node.json("gc", "--dry-run")["removed_paths"] == [dropped]
     assert node.json("gc")["removed_paths"] == [dropped]
     assert node.json("verify")["ok"] is True
