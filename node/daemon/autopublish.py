@@ -17,7 +17,7 @@ import trio
 
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
-from node.daemon.outbox import Entry, Outbox
+from node.daemon.outbox import Entry, Outbox, OutboxError
 from node.local.publish import Bulk, already_published, publish_store_paths
 from store import nixdb
 from store.nixcli import NixError, PathInfo
@@ -178,11 +178,17 @@ class AutoPublish:
     async def _drain(self) -> None:
         while True:
             wake = self._wake = trio.Event()
-            entries = await self._outbox(self.outbox.take, TAKE)
-            if not entries:
-                await wake.wait()
-                continue
-            failed = await self._publish_entries(entries)
+            try:
+                entries = await self._outbox(self.outbox.take, TAKE)
+                if not entries:
+                    await wake.wait()
+                    continue
+                failed = await self._publish_entries(entries)
+            except Exception:
+                # A full disk, an outbox that cannot be read, a bug: publishing stops for
+                # a while, the node (serving, fetching) does not.
+                log.exception("publishing queued paths failed; trying again in %.0f s", RETRY_AFTER)
+                failed = True
             if failed:
                 # Nix's database was unreadable (or the store is full): try again later
                 # rather than spin; the entries stay in the outbox.
@@ -280,18 +286,17 @@ class AutoPublish:
             while True:
                 try:
                     rows = await trio.to_thread.run_sync(db.since, cursor, TAKE)
-                except NixError as e:
+                    if rows:
+                        # Derivations are how Nix builds, not what peers substitute.
+                        new = [str(r.info.path) for r in rows]
+                        new = [p for p in new if not p.endswith(".drv")]
+                        await self._outbox(self.outbox.advance, store, rows[-1].id, new)
+                        cursor = rows[-1].id
+                        self.wake()
+                        if len(rows) == TAKE:
+                            continue  # more waiting: no pause
+                except (NixError, OutboxError) as e:
                     log.warning("watching %s: %s", where, e)
-                    rows = []
-                if rows:
-                    cursor = rows[-1].id
-                    # Derivations are how Nix builds, not what peers substitute.
-                    new = [str(r.info.path) for r in rows]
-                    new = [p for p in new if not p.endswith(".drv")]
-                    await self._outbox(self.outbox.advance, store, cursor, new)
-                    self.wake()
-                    if len(rows) == TAKE:
-                        continue  # more waiting: no pause
                 await trio.sleep(WATCH_EVERY)
         finally:
             if db is not None:
