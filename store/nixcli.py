@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -110,48 +109,6 @@ def path_info(path: StorePath, store: str | None = None) -> PathInfo:
         )
     except (ValueError, KeyError, TypeError, StorePathError, HashError) as e:
         raise NixError(f"unexpected `nix path-info --json` output for {path}: {e}") from None
-
-
-def closure(path: StorePath, store: str | None = None) -> list[StorePath]:
-    """`path` and every path it refers to, directly or not, as Nix records them; each
-    after the paths it refers to (so publishing in this order never leaves a reference
-    behind its referrer)."""
-    try:
-        refs = {
-            i["path"]: [r for r in i.get("references", []) if r != i["path"]]
-            for i in _path_infos(path, store, "--recursive")
-        }
-    except (KeyError, TypeError) as e:
-        raise NixError(f"unexpected `nix path-info --json` output for {path}: {e}") from None
-    order = references_first(refs)
-    try:
-        return [StorePath.decode(p, path.store_dir) for p in order]
-    except StorePathError as e:
-        raise NixError(f"unexpected path in `nix path-info --recursive` output: {e}") from None
-
-
-def references_first(refs: Mapping[str, Sequence[str]]) -> list[str]:
-    """The keys of `refs` (path -> the paths it refers to), each after those of its
-    references that are keys; references outside `refs` are ignored."""
-    order: list[str] = []
-    placed: set[str] = set()
-    # Depth first, references before referrers; iterative (closures can be deep).
-    for root in sorted(refs):
-        if root in placed:
-            continue
-        placed.add(root)
-        stack = [(root, iter(sorted(refs[root])))]
-        while stack:
-            node, children = stack[-1]
-            for child in children:
-                if child not in placed and child in refs:
-                    placed.add(child)
-                    stack.append((child, iter(sorted(refs[child]))))
-                    break
-            else:
-                stack.pop()
-                order.append(node)
-    return order
 
 
 def is_available() -> bool:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from store.hash import Hash, HashError
-from store.nixcli import NixError, PathInfo, references_first, store_root
+from store.nixcli import NixError, PathInfo, store_root
 from store.path import DEFAULT_STORE_DIR, StorePath, StorePathError
 
 SCHEMA = "10"
@@ -32,6 +32,30 @@ class Registered:
 
     id: int
     info: PathInfo
+
+
+def references_first(refs: Mapping[str, Sequence[str]]) -> list[str]:
+    """The keys of `refs` (path -> the paths it refers to), each after those of its
+    references that are keys; references outside `refs` are ignored."""
+    order: list[str] = []
+    placed: set[str] = set()
+    # Depth first, references before referrers; iterative (closures can be deep).
+    for root in sorted(refs):
+        if root in placed:
+            continue
+        placed.add(root)
+        stack = [(root, iter(sorted(refs[root])))]
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if child not in placed and child in refs:
+                    placed.add(child)
+                    stack.append((child, iter(sorted(refs[child]))))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    return order
 
 
 class NixDb:

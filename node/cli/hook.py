@@ -45,14 +45,7 @@ def run(args: argparse.Namespace) -> None:
 
     data_dir = os.path.abspath(args.data_dir or default_data_dir())
     store = os.path.abspath(args.store) if args.store and os.path.isdir(args.store) else args.store
-    try:
-        warnings = posthook.run(data_dir, store, os.environ)
-    except posthook.NotFromNix as e:
-        print(f"ferry post-build-hook: {e}", file=sys.stderr)
-        sys.exit(2)
-    for w in warnings:
-        # Nix shows the hook's output in the build log; exit 0 so the build stands.
-        print(f"ferry post-build-hook: warning: {w}", file=sys.stderr)
+    posthook.report(data_dir, store, os.environ)
 
 
 def write_script(data_dir: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from node.cli import Commands, netcmd, options, source, storeopt, ui
 from node.daemon import api, control
+from node.daemon.autopublish import summary
 from node.local.errors import StoreError
 from node.local.publish import Bulk, already_published, publish, publish_store_paths
 from node.local.store import LocalStore
@@ -146,16 +147,8 @@ def _bulk_direct(
                 )
             except StoreError as e:
                 ui.fail(str(e))
-        return api.StorePublished(
-            published=tuple(str(m.store_path) for m, _ in bulk.published),
-            skipped=tuple(api.SkippedPath(s.store_path, s.reason) for s in bulk.skipped),
-            already=len(infos) - len(new),
-            nar_bytes=bulk.nar_bytes,
-            new_chunks=bulk.new_chunks,
-            new_bytes=bulk.new_bytes,
-            signer=key.name if key else None,
-            data_dir=local.data_dir,
-        )
+        bulk.already = len(infos) - len(new)
+        return summary(bulk, key, local.data_dir)
 
 
 def _nix_store_path(src: Source) -> StorePath:

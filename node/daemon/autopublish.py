@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from node.daemon import api
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.daemon.outbox import Entry, Outbox, OutboxError
@@ -52,7 +53,6 @@ class AutoPublish:
         self._outbox_use = trio.CapacityLimiter(1)  # one thread at a time on its connection
         self._wake = trio.Event()
         self._batches_send, self._batches = trio.open_memory_channel[Bulk](16)
-        self.published = 0  # paths, since start (for status)
         self._told_unsigned = False
 
     def close(self) -> None:
@@ -161,7 +161,6 @@ class AutoPublish:
         hashes = [m.store_path.hash_part for m, signed in batch.published if signed]
         if hashes:
             self.store.summaries.add(hashes)
-        self.published += len(batch.published)
         try:
             self._batches_send.send_nowait(batch)
         except trio.WouldBlock:
@@ -301,3 +300,17 @@ class AutoPublish:
         finally:
             if db is not None:
                 db.close()
+
+
+def summary(bulk: Bulk, key: SecretKey | None, data_dir: str) -> api.StorePublished:
+    """What `ferry publish --closure/--all` reports, through a node or not."""
+    return api.StorePublished(
+        published=tuple(str(m.store_path) for m, _ in bulk.published),
+        skipped=tuple(api.SkippedPath(s.store_path, s.reason) for s in bulk.skipped),
+        already=bulk.already,
+        nar_bytes=bulk.nar_bytes,
+        new_chunks=bulk.new_chunks,
+        new_bytes=bulk.new_bytes,
+        signer=key.name if key else None,
+        data_dir=data_dir,
+    )

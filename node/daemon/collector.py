@@ -27,7 +27,6 @@ class Collector:
     def __init__(self, store: NodeStore, max_size: int) -> None:
         self.store = store
         self.max_size = max_size
-        self.evicted = 0  # paths, since start
 
     async def gc(self, dry_run: bool = False) -> GcReport:
         """Drop every path no root reaches (and no one is using), in batches."""
@@ -102,7 +101,6 @@ class Collector:
                 len(removed),
                 f"{size:,}",
             )
-            self.evicted += len(removed)
         return GcReport(tuple(sorted(removed)), chunks, size, False)
 
     def _sizes(self, paths: list[str]) -> dict[str, int]:

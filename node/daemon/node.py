@@ -20,7 +20,7 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 
-from node.daemon import api, control, gateway
+from node.daemon import api, autopublish, control, gateway
 from node.daemon.autopublish import AutoPublish
 from node.daemon.collector import Collector
 from node.daemon.config import ConfigError, NodeConfig
@@ -421,7 +421,7 @@ class Node:
             raise ControlError(str(e)) from None
         nix_store = self.config.nix_store if req.store is None else req.store
         token = trio.lowlevel.current_trio_token()
-        asked = [0]
+        asked = [0, 0]  # paths and NAR bytes to publish, once planned
 
         def on_batch(batch: Bulk, total: Bulk) -> None:
             # On the writer's thread, between batches.
@@ -445,16 +445,7 @@ class Node:
             on_plan=planned,
             on_batch=on_batch,
         )
-        return api.StorePublished(
-            published=tuple(str(m.store_path) for m, _ in bulk.published),
-            skipped=tuple(api.SkippedPath(s.store_path, s.reason) for s in bulk.skipped),
-            already=bulk.already,
-            nar_bytes=bulk.nar_bytes,
-            new_chunks=bulk.new_chunks,
-            new_bytes=bulk.new_bytes,
-            signer=key.name if key else None,
-            data_dir=self.data_dir,
-        )
+        return autopublish.summary(bulk, key, self.data_dir)
 
 
 def _describe(policy: QuorumPolicy | None, file: str | None) -> str:

@@ -70,16 +70,20 @@ def wake(data_dir: str) -> bool:
         s.close()
 
 
-def main() -> None:
-    """The hook script's entry: `--data-dir DIR [--store STORE]`, nothing else."""
-    args = sys.argv[1:]
-    opts = dict(zip(args[::2], args[1::2], strict=False))
-    data_dir, store = opts.get("--data-dir", ""), opts.get("--store", "")
+def report(data_dir: str, store: str, env: Mapping[str, str]) -> None:
+    """`run`, with its problems on standard error (Nix shows them in the build log); exit
+    status 0 whatever happened, so the build stands, but 2 when not run by Nix."""
     try:
-        warnings = run(data_dir, store, os.environ)
+        warnings = run(data_dir, store, env)
     except NotFromNix as e:
         print(f"ferry post-build-hook: {e}", file=sys.stderr)
         sys.exit(2)
     for w in warnings:
-        # Nix shows the hook's output in the build log; exit 0 so the build stands.
         print(f"ferry post-build-hook: warning: {w}", file=sys.stderr)
+
+
+def main() -> None:
+    """The hook script's entry: `--data-dir DIR [--store STORE]`, nothing else."""
+    args = sys.argv[1:]
+    opts = dict(zip(args[::2], args[1::2], strict=False))
+    report(opts.get("--data-dir", ""), opts.get("--store", ""), os.environ)

@@ -15,7 +15,6 @@ import trio
 from node.daemon import api
 from node.daemon.collector import Collector
 from node.daemon.nodestore import NodeStore
-from node.local.errors import PathIncomplete, PathNotInStore
 from node.local.image import image_of
 from node.local.index import Index
 from node.local.store import ReaderChunks, StoreReader, VerifyReport, verify_store
@@ -113,7 +112,7 @@ class StoreOps:
             try:
 
                 def work() -> int:
-                    manifest = _complete_manifest(reader, sp)
+                    manifest = reader.complete_manifest(sp)
                     size = 0
                     for piece in write_nar(manifest, ReaderChunks(reader), verify_chunks=True):
                         size += len(piece)
@@ -132,7 +131,7 @@ class StoreOps:
             try:
 
                 def work() -> None:
-                    manifest = _complete_manifest(reader, sp)
+                    manifest = reader.complete_manifest(sp)
                     restore.restore(manifest, ReaderChunks(reader), dest)
 
                 await trio.to_thread.run_sync(work)
@@ -179,13 +178,3 @@ def verified(r: VerifyReport) -> api.Verified:
 
 def _verify(reader: StoreReader, repair: bool, advance: Callable[[int], None]) -> Any:
     return verify_store(reader.index, reader.slab, repair=repair, on_progress=advance)
-
-
-def _complete_manifest(reader: StoreReader, store_path: str) -> Any:
-    state = reader.path_state(store_path)
-    if state is None:
-        raise PathNotInStore(store_path)
-    manifest, complete = state
-    if not complete:
-        raise PathIncomplete(store_path, reader.index.missing_chunks(store_path))
-    return manifest

@@ -201,11 +201,7 @@ class LocalStore:
         return Manifest.decode(data)
 
     def complete_manifest(self, store_path: StorePath | str) -> Manifest:
-        m = self.manifest(store_path)
-        missing = self.index.missing_chunks(str(store_path))
-        if missing:
-            raise PathIncomplete(str(store_path), missing)
-        return m
+        return _complete_manifest(self.index, self.manifest(store_path), store_path)
 
     def claims(self, store_path: StorePath | str) -> list[SignedClaim]:
         return [SignedClaim.decode(d) for d in self.index.claims(str(store_path))]
@@ -598,6 +594,9 @@ class StoreReader:
             raise PathNotInStore(str(store_path))
         return state[0]
 
+    def complete_manifest(self, store_path: StorePath | str) -> Manifest:
+        return _complete_manifest(self.index, self.manifest(store_path), store_path)
+
     def stats(self) -> StoreStats:
         return _stats(self.index, self._slab, self.store.data_dir)
 
@@ -745,6 +744,14 @@ def _stats(ix: Index, slab: Callable[[int], Slab], data_dir: str) -> StoreStats:
         slab_disk_bytes=sum(slab(r.id).disk_bytes() for r in ix.slabs()),
         index_bytes=index_bytes,
     )
+
+
+def _complete_manifest(index: Index, manifest: Manifest, store_path: StorePath | str) -> Manifest:
+    """`manifest`, or PathIncomplete if some of the path's chunks are not present."""
+    missing = index.missing_chunks(str(store_path))
+    if missing:
+        raise PathIncomplete(str(store_path), missing)
+    return manifest
 
 
 def _record_path(

@@ -1,4 +1,3 @@
-import json
 import os
 from pathlib import Path
 
@@ -6,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store import build, nixcli
+from store import build, nixcli, nixdb
 from store.path import StorePath
 
 
@@ -57,10 +56,7 @@ def test_a_closure_lists_every_path_after_its_references(data: st.DataObject) ->
     refs = {
         p: data.draw(st.lists(st.sampled_from(paths[i:]), unique=True)) for i, p in enumerate(paths)
     }
-    out = json.dumps([{"path": p, "references": r} for p, r in refs.items()])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(nixcli, "_nix", lambda *args: out)
-        order = [str(p) for p in nixcli.closure(StorePath.decode(paths[0]))]
+    order = nixdb.references_first(refs)
     assert sorted(order) == sorted(paths)
     for p, rs in refs.items():
         assert all(order.index(r) <= order.index(p) for r in rs)
