@@ -52,6 +52,9 @@ MAX_BASES = 64
 MAX_BASE_BYTES = 16 << 20  # a server ignores bases beyond this (a want cannot buy unbounded CPU)
 MAX_WANTS = 4096  # outstanding wants a server holds per stream
 REPLY_TARGET = 2 << 20  # the server batches entries into frames of about this size
+# A request frame (WANTS, CANCEL) is at most this big: the client splits larger ones, and
+# a server holds no more than this of a frame a peer has not finished.
+REQUEST_CAP = 1 << 20
 
 
 class BlocksError(FrameError):
@@ -225,7 +228,7 @@ class BlockServer:
     (a cancel removes them) and turns answers into frames."""
 
     max_wants: int = MAX_WANTS
-    _frames: FrameDecoder = field(default_factory=FrameDecoder)
+    _frames: FrameDecoder = field(default_factory=lambda: FrameDecoder(REQUEST_CAP))
     _pending: OrderedDict[bytes, Want] = field(default_factory=OrderedDict)
     _waiting: dict[bytes, Want] = field(default_factory=dict)  # want-haves of chunks not here yet
 
@@ -255,6 +258,11 @@ class BlockServer:
         self._frames.close()
 
     @property
+    def mid_frame(self) -> bool:
+        """Whether part of a frame has arrived and the rest has not."""
+        return self._frames.mid_frame
+
+    @property
     def pending(self) -> int:
         return len(self._pending)
 
@@ -264,6 +272,13 @@ class BlockServer:
         while self._pending and len(out) < n:
             out.append(self._pending.popitem(last=False)[1])
         return out
+
+    def put_back(self, wants: Sequence[Want]) -> None:
+        """Wants taken but not answered (a reply was full): first in line again."""
+        for w in reversed(wants):
+            if w.digest not in self._pending:
+                self._pending[w.digest] = w
+                self._pending.move_to_end(w.digest, last=False)
 
     def wait(self, wants: Iterable[Want]) -> None:
         """Want-haves of chunks the server lacks: kept until `arrived` or cancelled."""
@@ -347,8 +362,17 @@ class BlockClient:
             if w.bases and base_bytes and w.digest in base_bytes:
                 self._bases[w.digest] = base_bytes[w.digest]
         out = []
-        for i in range(0, len(wants), MAX_WANTS // 4):
-            out.append(_pack(Kind.WANTS, [w.encode() for w in wants[i : i + MAX_WANTS // 4]]))
+        batch: list[object] = []
+        size = 0
+        for w in wants:
+            cost = DIGEST + 8 + (DIGEST + 2) * len(w.bases)  # its msgpack size, or a little more
+            if batch and (len(batch) == MAX_WANTS // 4 or size + cost > REQUEST_CAP // 2):
+                out.append(_pack(Kind.WANTS, batch))
+                batch, size = [], 0
+            batch.append(w.encode())
+            size += cost
+        if batch:
+            out.append(_pack(Kind.WANTS, batch))
         return b"".join(out)
 
     def cancel(self, digests: Iterable[bytes]) -> bytes:

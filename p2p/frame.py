@@ -58,6 +58,10 @@ class FrameDecoder:
         return out
 
     @property
+    def mid_frame(self) -> bool:
+        return bool(self._buf) or self._need is not None
+
+    @property
     def buffered(self) -> int:
         return len(self._buf)
 

@@ -10,8 +10,9 @@ noise, multiplexed with yamux (whose frame writes we make safe to cancel, see ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 import multiaddr
 import trio
@@ -67,6 +68,64 @@ def cancel_safe_frames(muxed: Yamux) -> None:
     muxed._ferry_cancel_safe = True  # type: ignore[attr-defined]
 
 
+class WindowOverrun(trio.TooSlowError):
+    """A peer sent a stream more data than its receive window allowed.
+
+    A subclass of TooSlowError because that is the one error py-libp2p's yamux reader
+    answers by closing the whole connection (others only close the stream, or are
+    logged and ignored): a peer that ignores flow control is not kept."""
+
+
+class _GuardedBuffer(bytearray):
+    """A yamux stream's receive buffer that refuses data past the stream's window."""
+
+    def __init__(self, muxed: Yamux, stream_id: int, on_overrun: Callable[[str, int], None]):
+        super().__init__()
+        self._muxed = muxed
+        self._stream_id = stream_id
+        self._on_overrun = on_overrun
+
+    def extend(self, data: Iterable[SupportsIndex]) -> None:
+        # py-libp2p appends a DATA frame's payload here, then takes it off the window.
+        stream = self._muxed.streams.get(self._stream_id)
+        size = len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
+        if stream is not None and size > max(stream.recv_window, 0):
+            excess = size - max(stream.recv_window, 0)
+            self._on_overrun(str(self._muxed.peer_id), excess)
+            raise WindowOverrun(
+                f"peer {self._muxed.peer_id} sent {excess:,} bytes past the window of stream "
+                f"{self._stream_id}"
+            )
+        super().extend(data)
+
+
+class _GuardedBuffers(dict[int, bytearray]):
+    def __init__(self, muxed: Yamux, on_overrun: Callable[[str, int], None]) -> None:
+        super().__init__()
+        self._muxed = muxed
+        self._on_overrun = on_overrun
+
+    def __setitem__(self, stream_id: int, buffer: bytearray) -> None:
+        guarded = _GuardedBuffer(self._muxed, stream_id, self._on_overrun)
+        bytearray.extend(guarded, buffer)
+        super().__setitem__(stream_id, guarded)
+
+
+def guard_windows(muxed: Yamux, on_overrun: Callable[[str, int], None]) -> None:
+    """Refuse data a peer sends past a stream's receive window, and close its connection.
+
+    py-libp2p's yamux buffers such data without limit (it logs a warning and carries
+    on), so one peer could fill the node's memory. `on_overrun(peer, excess bytes)` is
+    told first (the node bans the peer). Streams opened before this call are guarded from
+    their next buffer on; ferry calls it as the connection is announced."""
+    if isinstance(muxed.stream_buffers, _GuardedBuffers):
+        return
+    guarded = _GuardedBuffers(muxed, on_overrun)
+    for stream_id, buffer in list(muxed.stream_buffers.items()):
+        guarded[stream_id] = buffer
+    muxed.stream_buffers = guarded
+
+
 class Notifee(INotifee):
     """A network watcher that ignores every event it does not override."""
 
@@ -89,10 +148,18 @@ class Notifee(INotifee):
         pass
 
 
-class _CancelSafeConnections(Notifee):
+class _GuardedConnections(Notifee):
+    def __init__(self, on_overrun: Callable[[str, int], None]) -> None:
+        self.on_overrun = on_overrun
+
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         if isinstance(conn.muxed_conn, Yamux):
             cancel_safe_frames(conn.muxed_conn)
+            guard_windows(conn.muxed_conn, self.on_overrun)
+
+
+def _log_overrun(peer: str, excess: int) -> None:
+    log.warning("peer %s sent %d bytes past a stream's window: connection closed", peer, excess)
 
 
 @dataclass(frozen=True)
@@ -114,6 +181,7 @@ def make_host(
     *,
     mdns: bool = False,
     listen: Sequence[multiaddr.Multiaddr] = (),
+    on_overrun: Callable[[str, int], None] = _log_overrun,
 ) -> IHost:
     config = ConnectionConfig(
         max_connections=limits.max_connections,
@@ -139,7 +207,7 @@ def make_host(
     # watermarks, whatever they are set to, and redials peers we disconnected on purpose
     # (a banned one). A node dials whom it needs: bootstrap peers and providers.
     host.get_network().auto_connector.maybe_connect = _dial_nobody  # type: ignore[attr-defined]
-    host.get_network().register_notifee(_CancelSafeConnections())
+    host.get_network().register_notifee(_GuardedConnections(on_overrun))
     return host
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Protocol
 
+import trio
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
 READ = 1 << 20
+PIECE = 64 << 10  # `write_paced` measures progress in pieces this size
 
 
 class ByteStream(Protocol):
@@ -20,6 +24,11 @@ class ByteStream(Protocol):
 
 class StreamGone(ConnectionError):
     """The peer closed or reset the stream, or the connection died."""
+
+
+class ReaderStalled(Exception):
+    """The peer took no piece of what we wrote for too long; the stream is half-written
+    and must be reset."""
 
 
 async def read_some(stream: ByteStream) -> bytes:
@@ -55,3 +64,37 @@ async def finish(stream: ByteStream) -> None:
         await stream.close()
     except Exception:  # noqa: BLE001 - already gone: nothing to release
         pass
+
+
+async def write_paced(
+    stream: ByteStream,
+    data: bytes,
+    *,
+    slow: float,
+    stall: float,
+    on_slow: Callable[[], None],
+) -> None:
+    """Write `data` a piece at a time, watching the peer take it (flow control holds a
+    write until the peer reads): `on_slow()`, once, when a piece has waited `slow`
+    seconds; ReaderStalled when one has waited `stall` seconds."""
+    moved = trio.current_time()
+
+    async def watch() -> None:
+        while True:
+            await trio.sleep_until(moved + slow)
+            if trio.current_time() >= moved + slow:
+                on_slow()
+                return
+
+    view = memoryview(data)
+    with trio.CancelScope() as hard:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for start in range(0, len(view), PIECE):
+                hard.deadline = moved + stall
+                await write(stream, bytes(view[start : start + PIECE]))
+                moved = trio.current_time()
+            nursery.cancel_scope.cancel()
+        hard.deadline = math.inf
+    if hard.cancelled_caught:
+        raise ReaderStalled(f"the peer took nothing for {stall:.0f} s")

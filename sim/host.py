@@ -103,6 +103,11 @@ class SimHost:
         await trio.sleep(self.world.directory.lookup_time())
         self.world.directory.providers.setdefault(path_hash, set()).add(self.name)
 
+    async def strike(self, peer: str, problem: str) -> None:
+        if self.book.strike(peer, problem, trio.current_time()):
+            self.punished.append((peer, problem))
+            self.disconnect(peer)
+
     async def punish(self, peer: str, problem: str | None) -> None:
         if problem is not None:
             self.book.punish(peer, problem, trio.current_time())

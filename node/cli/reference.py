@@ -8,9 +8,11 @@ drift: a test compares the committed file with this output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from node.cli import parser
 from node.daemon import config as nodeconfig
+from node.exchange import limits as peerlimits
 from trust import policyfile
 
 ENVIRONMENT = {
@@ -83,6 +85,26 @@ def markdown() -> str:
         lines.append(
             f"| `{name}` | {types[name]} | {_cell(shown)} | {flag} | {_cell(nodeconfig.SETTINGS[name])} |"
         )
+    lines += [
+        "",
+        "## Per-peer limits (`[limits]` in `node.toml`)",
+        "",
+        "What one peer, or all of them together, may cost the node. A peer that reaches a limit gets",
+        "a strike; `strikes` of them within `ban_seconds` ban it (disconnected, neither asked nor",
+        "served until the ban ends). Change one in a `[limits]` table at the end of `node.toml`:",
+        "",
+        "```toml",
+        "[limits]",
+        "streams_per_peer = 64",
+        "```",
+        "",
+        "| limit | default | meaning |",
+        "|---|---|---|",
+        *(
+            f"| `{name}` | `{nodeconfig.toml_value(default)}` | {_cell(peerlimits.meanings()[name])} |"
+            for name, default in dataclasses.asdict(peerlimits.PeerLimits()).items()
+        ),
+    ]
     lines += [
         "",
         "## Trust policy file",

@@ -11,6 +11,8 @@ from typing import Any
 
 import multiaddr
 
+from node.exchange import limits as peerlimits
+from node.exchange.limits import PeerLimits
 from store import nixcli, userfile
 from store.userfile import UserFileError
 
@@ -82,6 +84,7 @@ class NodeConfig:
     watch_store: bool = False
     publish_key: str | None = None
     max_store_size: int = 0
+    limits: PeerLimits = peerlimits.DEFAULT  # the [limits] table
     source: str = field(default="defaults", compare=False)
     # Settings given as command-line flags: an error in one names the flag, not the file.
     flags: frozenset[str] = field(default=frozenset(), compare=False)
@@ -215,6 +218,9 @@ def parse(text: str, source: str) -> NodeConfig:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     values: dict[str, Any] = {}
     for key, value in doc.items():
+        if key == "limits":
+            values[key] = _limits(value, source)
+            continue
         if key not in SETTINGS:
             raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(SETTINGS)})")
         types = _TYPES[key]
@@ -228,6 +234,29 @@ def parse(text: str, source: str) -> NodeConfig:
             value = parse_size(value, f"{source}: {key}")
         values[key] = value
     return NodeConfig(**values, source=source)
+
+
+def _limits(table: object, source: str) -> PeerLimits:
+    known = peerlimits.meanings()
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: limits must be a table ([limits])")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"{source}: limits.{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: unknown limit {key!r} (known: {', '.join(known)})")
+        if key in peerlimits.sizes() and isinstance(value, str):
+            value = parse_size(value, where)
+        wanted = (int,) if key in peerlimits.integers() else (int, float)
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise ConfigError(
+                f"{where} must be {'a whole number' if wanted == (int,) else 'a number'}"
+            )
+        values[key] = value
+    try:
+        return PeerLimits(**values)
+    except ValueError as e:
+        raise ConfigError(f"{source}: limits: {e}") from None
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -293,4 +322,8 @@ def commented(overrides: dict[str, object] | None = None) -> str:
         else:
             lines.append(f"# {name} = {toml_value(default)}")
         lines.append("")
+    lines += ["# Per-peer limits (docs/configuration.md explains each):", "# [limits]"]
+    for name, default in dataclasses.asdict(PeerLimits()).items():
+        lines.append(f"# {name} = {toml_value(default)}")
+    lines.append("")
     return "\n".join(lines)

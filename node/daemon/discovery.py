@@ -179,6 +179,11 @@ class Discovery:
         except Exception as e:  # noqa: BLE001 - already gone: the ban is what matters
             log.debug("disconnecting %s: %s", peer, e)
 
+    async def strike(self, peer: str, problem: str) -> None:
+        """Count a lesser offence against the peer; the last strike bans it."""
+        if self.book.strike(peer, problem, trio.current_time()):
+            await self.punish(peer, None)
+
     def report(self) -> api.Peers:
         """Connected peers and those the book remembers (banned ones), with traffic."""
         now = trio.current_time()

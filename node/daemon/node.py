@@ -11,8 +11,8 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import multiaddr
@@ -76,17 +76,22 @@ class Node:
         self.config = config
         self._reread = reread  # the settings as the files and flags now say (reload)
         self.policy: QuorumPolicy | None = policyfile.load(config.policy) if config.policy else None
-        self.book = PeerBook(ban_seconds=config.ban_seconds)
+        self.book = PeerBook(ban_seconds=config.ban_seconds, strikes=config.limits.strikes)
         self.served = Served()
         self.metrics = Metrics()
-        self.uplink = Uplink(config.upload_slots)
+        self.uplink = Uplink(
+            config.upload_slots, config.limits.replies_per_peer, config.limits.reply_bytes
+        )
         self.store = NodeStore(store, config.diff_level)
+        self.store.others_per_path = config.limits.unknown_claims_per_path
+        self._trust(self.policy)
         self.keys = load_or_create(self.data_dir)
         self.host: IHost = make_host(
             self.keys,
             HostLimits(max_connections=config.max_connections),
             mdns=config.mdns,
             listen=[multiaddr.Multiaddr(a) for a in config.listen],
+            on_overrun=self._overrun,
         )
         self.peer_id = self.host.get_id()
         self.discovery = Discovery(self.host, config, self.book, self.store)
@@ -176,45 +181,90 @@ class Node:
 
     # --- serving peers
 
-    async def _refuse_banned(self, stream: INetStream, peer: str) -> bool:
-        if not self.book.banned(peer, trio.current_time()):
-            return False
-        await abort(stream)
-        await self.discovery.punish(peer, None)
-        return True
+    def _overrun(self, peer: str, excess: int) -> None:
+        # py-libp2p closes the connection itself (see p2p.host.guard_windows).
+        self.book.punish(peer, f"sent {excess:,} bytes past a stream's window", trio.current_time())
+
+    @asynccontextmanager
+    async def _inbound(self, stream: INetStream) -> AsyncIterator[str | None]:
+        """The peer to serve on this stream, or None (the stream is reset): a banned peer,
+        or one past its stream limit, is not served."""
+        peer = str(stream.muxed_conn.peer_id)
+        limits = self.config.limits
+        record = self.book.get(peer)
+        if self.book.banned(peer, trio.current_time()):
+            await abort(stream)
+            await self.discovery.punish(peer, None)
+            yield None
+            return
+        if record.streams >= limits.streams_per_peer or self.book.streams >= limits.streams_total:
+            await abort(stream)
+            if record.streams >= limits.streams_per_peer:
+                await self.discovery.strike(
+                    peer, f"opened more than {limits.streams_per_peer} streams at once"
+                )
+            yield None
+            return
+        record.streams += 1
+        self.book.streams += 1
+        try:
+            yield peer
+        finally:
+            record.streams -= 1
+            self.book.streams -= 1
 
     async def _on_blocks(self, stream: INetStream) -> None:
-        peer = str(stream.muxed_conn.peer_id)
-        if await self._refuse_banned(stream, peer):
-            return
-        record = self.book.get(peer)
+        async with self._inbound(stream) as peer:
+            if peer is None:
+                return
+            record = self.book.get(peer)
 
-        def sent(blocks: int, size: int) -> None:
-            self.served.add(blocks, size)
-            record.sent_bytes += size
+            def sent(blocks: int, size: int) -> None:
+                self.served.add(blocks, size)
+                record.sent_bytes += size
 
-        try:
-            await serve_blocks(stream, peer, self.store, self.discovery.punish, sent, self.uplink)
-        except Exception:
-            # A bug met while serving one peer must not stop the node serving the rest.
-            log.exception("serving blocks to %s failed", peer)
-            await abort(stream)
+            try:
+                await serve_blocks(
+                    stream,
+                    peer,
+                    self.store,
+                    self.discovery.punish,
+                    sent,
+                    self.uplink,
+                    limits=self.config.limits,
+                    on_strike=self.discovery.strike,
+                )
+            except Exception:
+                # A bug met while serving one peer must not stop the node serving the rest.
+                log.exception("serving blocks to %s failed", peer)
+                await abort(stream)
 
     async def _on_claims(self, stream: INetStream) -> None:
-        peer = str(stream.muxed_conn.peer_id)
-        if await self._refuse_banned(stream, peer):
-            return
-        try:
-            await serve_claims(stream, peer, self.store, self.discovery.punish)
-        except Exception:
-            log.exception("serving claims to %s failed", peer)
-            await abort(stream)
+        async with self._inbound(stream) as peer:
+            if peer is None:
+                return
+            try:
+                await serve_claims(
+                    stream,
+                    peer,
+                    self.store,
+                    self.discovery.punish,
+                    limits=self.config.limits,
+                    on_strike=self.discovery.strike,
+                )
+            except Exception:
+                log.exception("serving claims to %s failed", peer)
+                await abort(stream)
 
     async def _on_summary(self, stream: INetStream) -> None:
-        peer = str(stream.muxed_conn.peer_id)
-        if await self._refuse_banned(stream, peer):
-            return
-        await self.store.summaries.serve(stream)
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                await self.store.summaries.serve(stream)
+
+    def _trust(self, policy: QuorumPolicy | None) -> None:
+        self.store.trusted = (
+            frozenset() if policy is None else frozenset(k.encode() for k in policy.trusted)
+        )
 
     # --- control requests
 
@@ -311,6 +361,7 @@ class Node:
         restart = [n for n in differ if n not in LIVE_SETTINGS]
         self.config = dataclasses.replace(old, **{n: getattr(new, n) for n in LIVE_SETTINGS})
         self.policy = self.sessions.policy = policy
+        self._trust(policy)
         self.collector.max_size = new.max_store_size
         self.autopublish.key = key
         log.info(

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import trio
 
 from node.daemon.summaries import Summaries
+from node.exchange.limits import PeerLimits
+from node.exchange.server import Kept
 from node.exchange.subscriptions import Subscriptions
 from node.local.publish import Publication, publish
 from node.local.store import LocalStore, StoreReader
@@ -41,6 +43,11 @@ class NodeStore:
         self._readers = trio.CapacityLimiter(1)
         self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
         self.diff_level = diff_level
+        # The policy's keys (encoded): their claims are kept and answered first; claims by
+        # other keys only within a budget a path (see LocalStore.add_claims). Without a
+        # policy every key is another's.
+        self.trusted: frozenset[str] = frozenset()
+        self.others_per_path = PeerLimits().unknown_claims_per_path
         self._added = trio.Event()
         # The paths we have claims for, and our peers': misses are answered from memory.
         self.summaries = Summaries(self.reader.claimed_hashes())
@@ -136,16 +143,35 @@ class NodeStore:
     # --- claims (node.exchange.server.ClaimSource, and the fetchers)
 
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
-        return await self.read(self.reader.claims_by_hash, path_hash)
+        return self._trusted_first(await self.read(self.reader.claims_by_hash, path_hash))
 
     async def claims_for_many(self, path_hashes: Sequence[str]) -> list[list[SignedClaim]]:
-        return await self.read(self.reader.claims_by_hashes, path_hashes)
+        found = await self.read(self.reader.claims_by_hashes, path_hashes)
+        return [self._trusted_first(f) for f in found]
+
+    def _trusted_first(self, claims: list[SignedClaim]) -> list[SignedClaim]:
+        # An answer holds at most claimwire.MAX_CLAIMS: those that count go in it first.
+        return sorted(claims, key=lambda c: c.builder.encode() not in self.trusted)
 
     async def learn(self, found: list[SignedClaim], source: str) -> int:
+        return (await self.keep(found, source)).new
+
+    async def keep(self, found: list[SignedClaim], source: str) -> Kept:
         if not found:
-            return 0
-        n = await self.read(self.reader.add_claims, found)
+            return Kept(0, 0)
+        new, refused = await self.read(
+            partial(
+                self.reader.add_claims, trusted=self.trusted, others_per_path=self.others_per_path
+            ),
+            found,
+        )
         self.summaries.add(c.claim.store_path.hash_part for c in found)
-        if n:
-            log.info("learned %d new claims from %s", n, source)
-        return n
+        if new:
+            log.info("learned %d new claims from %s", new, source)
+        if refused:
+            log.info(
+                "refused %d claims from %s: over the budget for keys outside the policy",
+                refused,
+                source,
+            )
+        return Kept(new, refused)

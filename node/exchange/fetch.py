@@ -255,7 +255,9 @@ class Fetch:
         gathered = dict(zip(hashes, await self.local.claims_many(hashes), strict=True))
         by_peer: dict[str, list[str]] = {}
         for h in hashes:
-            for peer in self.net.claim_holders(h):
+            # A peer that left its last request unanswered would hold up the whole batch:
+            # what only it can answer is left to plan_hash.
+            for peer in self.net.book.quiet_last(self.net.claim_holders(h))[0]:
                 by_peer.setdefault(peer, []).append(h)
         found: list[SignedClaim] = []
         async with trio.open_nursery() as nursery:
@@ -303,7 +305,7 @@ class Fetch:
         answers = claimwire.Answers(len(hashes))
         done = False
         stream = None  # the deadline may pass while it opens
-        with trio.move_on_after(self.settings.claims_timeout):
+        with trio.move_on_after(self.settings.claims_timeout) as deadline:
             try:
                 stream = await self.net.open_stream(peer, claimwire.PROTOCOL_GETS)
             except Exception as e:  # noqa: BLE001 - unreachable, or speaks only /1: plan_hash asks
@@ -329,6 +331,10 @@ class Fetch:
         if stream is not None and not done:
             with trio.move_on_after(1.0):
                 await abort(stream)  # the rest would answer nobody
+        if answers.answers:
+            self.net.book.answered(peer, True)
+        elif deadline.cancelled_caught:
+            await self._unanswered(peer)
         if len(answers.answers) < len(hashes):
             log.info(
                 "%s answered %d of the %d hashes asked in a batch in time",
@@ -418,9 +424,19 @@ class Fetch:
                 self._claimed_by.setdefault(hash_part, set()).add(peer)
             found.extend(got)
 
+        async def ask_all(some: list[str]) -> None:
+            async with trio.open_nursery() as nursery:
+                for p in some:
+                    nursery.start_soon(ask, p)
+
+        # Peers that left their last request unanswered are asked too, but waited for
+        # only when those that answer have not settled the path between them.
+        answering, quiet = self.net.book.quiet_last(sorted(peers))
         async with trio.open_nursery() as nursery:
-            for p in peers:
-                nursery.start_soon(ask, p)
+            nursery.start_soon(ask_all, quiet)
+            await ask_all(answering)
+            if quiet and self._settled(hash_part, found):
+                nursery.cancel_scope.cancel()
         # Peers relay the claims they learned: the same claim comes from many of them,
         # and checking its signatures once is enough.
         unique = {c.encode(): c for c in found if c.claim.store_path.hash_part == hash_part}
@@ -428,7 +444,28 @@ class Fetch:
         await self.local.learn(valid, "peers")
         return valid
 
+    def _settled(self, hash_part: str, claims: list[SignedClaim]) -> bool:
+        """Whether these claims make a path with this hash trusted."""
+        names = {c.claim.store_path for c in claims if c.claim.store_path.hash_part == hash_part}
+        return any(isinstance(self.policy.decide(sp, claims), Trusted) for sp in names)
+
+    async def _unanswered(self, peer: str) -> None:
+        """`peer` let a claims request time out: asked last from now on, and, from the
+        second time in a row, struck (the third strike disconnects it)."""
+        self.net.book.answered(peer, False)
+        if self.net.book.get(peer).unanswered > 1:
+            await self.net.strike(peer, "left claims requests unanswered")
+
     async def _claims_from(self, peer: str, path_hash: str) -> list[SignedClaim]:
+        got = await self._claims_or_silence(peer, path_hash)
+        if got is None:
+            await self._unanswered(peer)
+            return []
+        self.net.book.answered(peer, True)
+        return got
+
+    async def _claims_or_silence(self, peer: str, path_hash: str) -> list[SignedClaim] | None:
+        """The claims `peer` answers with; None if it did not answer in time."""
         reader = claimwire.Reader()
         with trio.move_on_after(self.settings.claims_timeout):
             try:
@@ -461,7 +498,7 @@ class Fetch:
                 except ClaimError:
                     pass  # a claim we cannot read counts for nothing; the policy lists what it used
             return out
-        return []
+        return None
 
     def _blob_peers(self, path_hash: str) -> list[str]:
         first = self._claimed_by.get(path_hash, set())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from node.exchange.bases import chunk_bases, package_name, pick_base
 from node.exchange.fetch import Plan
+from node.exchange.server import Kept
 from node.exchange.subscriptions import Subscriptions
 from p2p.blocks import BlockServer, Reply
 from store.chunking import digest as blake3_digest
@@ -91,6 +92,9 @@ class MemoryStore:
 
     async def learn(self, claims: list[SignedClaim], source: str) -> int:
         return self._learn(claims)
+
+    async def keep(self, claims: list[SignedClaim], source: str) -> Kept:
+        return Kept(self._learn(claims), 0)
 
     async def reserve(self, plans: Sequence[Plan], roots: set[str]) -> dict[bytes, int]:
         for p in plans:

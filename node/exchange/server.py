@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
+from node.exchange.limits import DEFAULT as DEFAULT_LIMITS
+from node.exchange.limits import PeerLimits
 from node.exchange.subscriptions import Subscriptions
-from node.exchange.uplink import Uplink
+from node.exchange.uplink import Turn, Uplink
 from p2p import claimwire
 from p2p.blocks import MAX_BASE_BYTES, Block, BlockServer, Busy, Cancel, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
-from p2p.stream import ByteStream, StreamGone, abort, read_some, write
+from p2p.stream import ByteStream, ReaderStalled, StreamGone, abort, read_some, write, write_paced
 from trust.claim import ClaimError, SignedClaim
 
 log = logging.getLogger(__name__)
 
-SERVE_BATCH = 64  # wants answered per store read
+SERVE_BATCH = 64  # wants answered per store read, at most
+REPLY_CAP = 8 << 20  # block bytes one reply carries, at most: what a stalled reply holds
 # HAVE notices wait this long to share a frame with the next ones: a node that just got a
 # chunk usually gets more within a moment, and a request for it would wait behind what
 # the node is sending anyway. (In a crowd, one frame per chunk per subscriber was most of
 # the traffic by count.)
 HAVE_DELAY = 1.0
-CLAIM_TIMEOUT = 10.0
+
+OnProblem = Callable[[str, str], Awaitable[None]]  # (peer, what it did)
+
+
+class RequestLate(Exception):
+    """A peer started a request frame and did not finish it in time."""
 
 
 class BlobSource(Protocol):
@@ -47,9 +56,17 @@ class BlobSource(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What became of claims a peer pushed."""
+
+    new: int
+    refused: int  # over the budget for keys outside the policy: junk, counted against the sender
+
+
 class ClaimBook(Protocol):
     async def claims_for_many(self, path_hashes: Sequence[str]) -> list[list[SignedClaim]]: ...
-    async def learn(self, claims: list[SignedClaim], source: str) -> int: ...
+    async def keep(self, claims: list[SignedClaim], source: str) -> Kept: ...
 
 
 @dataclass
@@ -66,14 +83,19 @@ async def serve_blocks(
     stream: ByteStream,
     peer: str,
     source: BlobSource,
-    on_violation: Callable[[str, str], Awaitable[None]],
+    on_violation: OnProblem,
     on_sent: Callable[[int, int], None],
     uplink: Uplink | None = None,
+    *,
+    limits: PeerLimits = DEFAULT_LIMITS,
+    on_strike: OnProblem | None = None,
 ) -> None:
     """Reads wants while answering earlier ones, until the client closes the stream;
     `on_sent(blocks, bytes)` as each reply is handed to the connection. With `uplink`
-    (the node's, shared by its streams), blocks go out only while the peer holds an
-    upload slot; other want-blocks are answered BUSY."""
+    (the node's, shared by its streams), blocks go out only while the peer has a turn;
+    other want-blocks are answered BUSY. A peer that does not take what it asked for, or
+    does not finish a request frame, in the time `limits` give loses the stream and gets
+    a strike (`on_strike`); one that breaks the protocol is a violation."""
     server = BlockServer()
     subscriber = source.subscriptions.subscriber()
     more = trio.Event()
@@ -82,36 +104,58 @@ async def serve_blocks(
 
     async def receive() -> None:
         nonlocal ended
+        deadline = math.inf  # for the frame the peer has started
         while True:
-            data = await read_some(stream)
-            if not data:
-                server.end_of_stream()
-                ended = True
+            with trio.move_on_at(deadline):
+                data = await read_some(stream)
+                if not data:
+                    server.end_of_stream()
+                    ended = True
+                    more.set()
+                    return
+                for event in server.receive_data(data):
+                    if isinstance(event, Cancel):
+                        subscriber.unwatch(event.digests)
                 more.set()
-                return
-            for event in server.receive_data(data):
-                if isinstance(event, Cancel):
-                    subscriber.unwatch(event.digests)
-            more.set()
+                if not server.mid_frame:
+                    deadline = math.inf
+                elif deadline == math.inf:
+                    deadline = trio.current_time() + limits.frame_deadline
+                continue
+            raise RequestLate(f"left a request frame unfinished for {limits.frame_deadline:.0f} s")
+
+    block_size = 64 << 10  # the largest block seen lately: how many wants fit a reply
 
     async def answer() -> None:
         nonlocal more
         while True:
-            wants = server.take(SERVE_BATCH)
+            wants = server.take(max(1, min(SERVE_BATCH, REPLY_CAP // block_size)))
             if not wants:
                 if ended:
                     return
                 await more.wait()
                 more = trio.Event()
                 continue
-            slot = uplink is None or not any(w.block for w in wants) or uplink.admit(peer)
+            blocks = uplink is not None and any(w.block for w in wants)
+            turn = uplink.admit(peer) if uplink is not None and blocks else None
             try:
-                await _answer(wants, slot)
+                await _answer(wants, not blocks or turn is not None, turn)
             finally:
-                if slot and uplink is not None and any(w.block for w in wants):
-                    uplink.release(peer)
+                if turn is not None:
+                    turn.finish()
 
-    async def _answer(wants: list[Want], slot: bool) -> None:
+    async def send(frame: bytes, turn: Turn | None) -> None:
+        async with sending:
+            await write_paced(
+                stream,
+                frame,
+                slow=limits.slot_stall,
+                stall=limits.send_stall,
+                on_slow=turn.stall if turn is not None else _nothing,
+            )
+
+    async def _answer(wants: list[Want], slot: bool, turn: Turn | None) -> None:
+        nonlocal block_size
         # Watched before looking: a chunk that lands meanwhile is announced.
         subscriber.watch(w.digest for w in wants if not w.block)
         # Without a slot, chunks wait; manifests (metadata, needed before any chunk) and
@@ -122,6 +166,16 @@ async def serve_blocks(
         found = await source.blobs(ask)
         replies: list[Reply] = []
         later: list[Want] = []
+        carried = 0
+        for i, w in enumerate(wants):
+            if w.block and w.digest in found and w.digest not in busy:
+                size = len(found[w.digest])
+                block_size = max(block_size // 2, size)
+                carried += size
+                if carried > REPLY_CAP and i > 0:
+                    server.put_back(wants[i:])  # the reply is full: answered next time
+                    wants = wants[:i]
+                    break
         for w in wants:
             if not w.block:
                 if w.digest in found:
@@ -139,12 +193,14 @@ async def serve_blocks(
         if not replies:
             return
         frame = await source.encode_reply(replies, _prefixes(wants, found))
+        del found  # the frame is what stays in memory while the peer takes it
+        if turn is not None:
+            turn.carry(len(frame))
         # Counted when handed to the connection: a client that resets its stream the
         # moment it has the last block would otherwise cancel the count of what it got.
         sent = [len(r.data) for r in replies if isinstance(r, Block)]
         on_sent(len(sent), sum(sent))
-        async with sending:
-            await write(stream, frame)
+        await send(frame, turn)
 
     async def notify() -> None:
         """HAVE for the subscriptions whose chunks are here now."""
@@ -156,9 +212,7 @@ async def serve_blocks(
                 ready |= await source.present(server.waiting)
             haves = server.arrived(ready)
             if haves:
-                frame = await source.encode_reply(list(haves), {})
-                async with sending:
-                    await write(stream, frame)
+                await send(await source.encode_reply(list(haves), {}), None)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -168,12 +222,15 @@ async def serve_blocks(
             nursery.cancel_scope.cancel()  # the client is done: so are its subscriptions
 
     problem: str | None = None
+    slow: str | None = None
     clean = False
     try:
         await run()
         clean = True
     except* FrameError as group:  # framing or msgpack: BlocksError is one
         problem = str(group.exceptions[0])
+    except* (ReaderStalled, RequestLate) as group:
+        slow = str(group.exceptions[0])
     except* StreamGone:
         pass
     finally:
@@ -181,8 +238,16 @@ async def serve_blocks(
     if problem is not None:
         await abort(stream)
         await on_violation(peer, f"blocks protocol: {problem}")
+    elif slow is not None:
+        await abort(stream)
+        if on_strike is not None:
+            await on_strike(peer, f"blocks: {slow}")
     elif clean:
         await _close(stream)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _prefixes(wants: list[Want], found: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -205,11 +270,18 @@ async def serve_claims(
     stream: ByteStream,
     peer: str,
     book: ClaimBook,
-    on_violation: Callable[[str, str], Awaitable[None]],
+    on_violation: OnProblem,
+    *,
+    limits: PeerLimits = DEFAULT_LIMITS,
+    on_strike: OnProblem | None = None,
 ) -> None:
+    """One request and its answer. A peer that does not finish its request, or take the
+    answer, within `frame_deadline`, or pushes more junk claims than it adds, gets a
+    strike."""
     reader = claimwire.Reader()
+    strike: str | None = None
     try:
-        with trio.fail_after(CLAIM_TIMEOUT):
+        with trio.fail_after(limits.frame_deadline):
             msg = None
             while msg is None:
                 data = await read_some(stream)
@@ -239,18 +311,28 @@ async def serve_claims(
                         continue
                     if c.valid():
                         good.append(c)
-                accepted = await book.learn(good, peer)
-                await write(stream, claimwire.encode(claimwire.Ack(accepted)))
+                kept = await book.keep(good, peer)
+                if kept.refused > max(kept.new, 1):
+                    strike = f"claims: pushed {kept.refused} claims by keys outside the policy past their budget"
+                await write(stream, claimwire.encode(claimwire.Ack(kept.new)))
             else:
                 raise claimwire.ClaimsError("a client sent an answer")
     except FrameError as e:  # ClaimsError is one
         await abort(stream)
         await on_violation(peer, f"claims protocol: {e}")
         return
-    except (StreamGone, trio.TooSlowError):
+    except StreamGone:
         await abort(stream)
         return
-    await _close(stream)
+    except trio.TooSlowError:
+        await abort(stream)
+        strike = (
+            f"claims: did not finish a request and take its answer in {limits.frame_deadline:.0f} s"
+        )
+    else:
+        await _close(stream)
+    if strike is not None and on_strike is not None:
+        await on_strike(peer, strike)
 
 
 async def _close(stream: ByteStream) -> None:

@@ -7,8 +7,12 @@ so every chunk arrives at the very end and no fetcher has anything to pass on un
 with them, chunks leave one after another and spread from the first recipients while the
 builder sends the next ones (BitTorrent's unchoke slots do the same).
 
-A peer holds a slot while a reply with blocks to it is being sent: peers take turns at
-the pace of their requests, with no timers. No I/O and no clock of its own.
+A peer holds a slot while a reply with blocks to it is being sent and taken: peers take
+turns at the pace of their requests. A reply the peer stops taking (`Turn.stall`: a slow
+or hostile reader) gives its slot up at once, and that peer gets no other until it has
+taken what it was sent. Block replies in flight are capped per peer and in bytes overall,
+so peers that ask and do not read tie up a bounded amount of memory. No I/O and no clock
+of its own.
 """
 
 from __future__ import annotations
@@ -19,32 +23,83 @@ DEFAULT_SLOTS = 8
 
 
 @dataclass
+class Turn:
+    """One block reply to `peer`, from admission to the end of its sending."""
+
+    uplink: Uplink
+    peer: str
+    bytes: int = 0
+    holding: bool = True  # holds the peer's slot (until it stalls)
+    done: bool = False
+
+    def carry(self, size: int) -> None:
+        """The reply's encoded size, once known: it counts against the byte cap."""
+        self.bytes += size
+        self.uplink.in_flight += size
+
+    def stall(self) -> None:
+        """The peer stopped taking this reply: its slot goes to others."""
+        if self.holding and not self.done:
+            self.holding = False
+            self.uplink._unhold(self.peer)
+            self.uplink._stalled[self.peer] = self.uplink._stalled.get(self.peer, 0) + 1
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        u = self.uplink
+        u.in_flight -= self.bytes
+        _decrement(u._replies, self.peer)
+        if self.holding:
+            u._unhold(self.peer)
+        else:
+            _decrement(u._stalled, self.peer)
+
+
+@dataclass
 class Uplink:
     slots: int = DEFAULT_SLOTS
-    _holders: dict[str, int] = field(default_factory=dict)  # peer -> replies being sent to it
+    replies_per_peer: int = 4
+    reply_bytes: int = 64 << 20
+    _holders: dict[str, int] = field(default_factory=dict)  # peer -> replies holding its slot
+    _replies: dict[str, int] = field(default_factory=dict)  # peer -> replies being sent
+    _stalled: dict[str, int] = field(default_factory=dict)  # peer -> replies it stopped taking
+    in_flight: int = 0  # bytes of block replies being sent
     turned_away: int = 0  # want batches answered BUSY for want of a slot
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError("an uplink needs at least one slot")
 
-    def admit(self, peer: str) -> bool:
-        """Whether blocks may go to `peer` now; if so, it holds a slot until `release`."""
+    def admit(self, peer: str) -> Turn | None:
+        """A turn to send blocks to `peer` now (it holds a slot until the turn finishes
+        or stalls), or None: answer BUSY."""
         held = self._holders.get(peer)
-        if held is None and len(self._holders) >= self.slots:
+        if (
+            (held is None and len(self._holders) >= self.slots)
+            or peer in self._stalled
+            or self._replies.get(peer, 0) >= self.replies_per_peer
+            or self.in_flight >= self.reply_bytes
+        ):
             self.turned_away += 1
-            return False
+            return None
         self._holders[peer] = (held or 0) + 1
-        return True
+        self._replies[peer] = self._replies.get(peer, 0) + 1
+        return Turn(self, peer)
 
-    def release(self, peer: str) -> None:
-        held = self._holders.get(peer, 0) - 1
-        if held > 0:
-            self._holders[peer] = held
-        else:
-            self._holders.pop(peer, None)
+    def _unhold(self, peer: str) -> None:
+        _decrement(self._holders, peer)
 
     @property
     def busy(self) -> int:
         """Peers holding a slot."""
         return len(self._holders)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)

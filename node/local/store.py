@@ -614,14 +614,42 @@ class StoreReader:
         """The hash parts of every path the store keeps claims for."""
         return {StorePath.parse(p).hash_part for p in self.index.claimed_paths()}
 
-    def add_claims(self, claims: Iterable[SignedClaim]) -> int:
+    def add_claims(
+        self,
+        claims: Iterable[SignedClaim],
+        trusted: frozenset[str] | None = None,
+        others_per_path: int = 32,
+    ) -> tuple[int, int]:
         """Keep claims learned from peers (the caller verified them); peers' claims are
-        the one thing written on this side. Returns how many were new."""
+        the one thing written on this side. With `trusted` (encoded keys, the policy's):
+        claims by other keys are kept only one per key and `others_per_path` per path
+        (a store path's hash, in its store directory), first come, so junk signed with
+        throwaway keys cannot bury the claims that count. Returns (new, refused)."""
+        new = refused = 0
         with self.index.transaction():
-            before = self.index.scalar("SELECT count(*) FROM claims")
             for c in claims:
-                self.index.add_claim(str(c.claim.store_path), c.builder.encode(), c.encode())
-            return self.index.scalar("SELECT count(*) FROM claims") - before
+                builder = c.builder.encode()
+                sp = c.claim.store_path
+                data = c.encode()
+                if self.index.db.execute("SELECT 1 FROM claims WHERE data = ?", (data,)).fetchone():
+                    continue  # known already (peers relay what they learn)
+                if trusted is not None and builder not in trusted:
+                    prefix = f"{sp.store_dir}/{sp.hash_part}"
+                    others = [
+                        b
+                        for (b,) in self.index.db.execute(
+                            # "-" < "." : every name with this hash, through the index
+                            "SELECT builder FROM claims WHERE store_path > ? AND store_path < ?",
+                            (prefix + "-", prefix + "."),
+                        )
+                        if b not in trusted
+                    ]
+                    if builder in others or len(others) >= others_per_path:
+                        refused += 1
+                        continue
+                self.index.add_claim(str(sp), builder, data)
+                new += 1
+        return new, refused
 
     def complete_paths(self) -> list[str]:
         return [

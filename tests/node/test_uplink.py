@@ -25,14 +25,42 @@ from trust.policy import QuorumPolicy
 
 def test_slots_are_held_per_peer_until_released() -> None:
     u = Uplink(slots=2)
-    assert u.admit("a") and u.admit("a") and u.admit("b")  # a peer's streams share its slot
+    a1, a2, b = u.admit("a"), u.admit("a"), u.admit("b")
+    assert a1 and a2 and b  # a peer's streams share its slot
     assert not u.admit("c") and u.turned_away == 1
-    u.release("a")
+    a1.finish()
     assert not u.admit("c")  # "a" still has a reply on the way
-    u.release("a")
-    assert u.admit("c") and u.busy == 2
+    a2.finish()
+    a2.finish()  # finishing twice changes nothing
+    c = u.admit("c")
+    assert c and u.busy == 2
     with pytest.raises(ValueError):
         Uplink(slots=0)
+
+
+def test_a_stalled_reply_gives_up_its_slot_and_its_peer_waits() -> None:
+    u = Uplink(slots=1)
+    slow = u.admit("slow")
+    assert slow and not u.admit("fast")
+    slow.stall()
+    fast = u.admit("fast")
+    assert fast and u.busy == 1
+    fast.finish()
+    assert not u.admit("slow")  # no new turn while it has not taken the last one
+    slow.finish()
+    assert u.admit("slow")
+
+
+def test_replies_are_capped_per_peer_and_in_bytes() -> None:
+    u = Uplink(slots=8, replies_per_peer=2, reply_bytes=100)
+    t1, t2 = u.admit("a"), u.admit("a")
+    assert t1 and t2 and not u.admit("a")
+    t1.carry(60)
+    t2.carry(60)
+    assert u.in_flight == 120 and not u.admit("b")  # over the byte cap: BUSY for all
+    t1.finish()
+    assert u.in_flight == 60
+    assert u.admit("b")
 
 
 async def test_a_landing_chunk_wakes_only_its_subscribers() -> None:
