@@ -294,6 +294,10 @@ async def test_narinfo_is_signed_by_builders_and_node_and_nar_streams(world) -> 
     head = await call(app, f"/{SP.hash_part}.narinfo", "HEAD")
     assert head[0] == 200 and head[2] == b"" and head[1]["content-length"] == str(len(body))
 
+    # A HEAD of the NAR says its size and fetches nothing (a probe must not cost a path).
+    status, headers, got = await call(app, "/" + info.url, "HEAD")
+    assert status == 200 and got == b"" and headers["content-length"] == str(len(nar_bytes))
+    assert backend.completed == []
     status, headers, got = await call(app, "/" + info.url)
     assert status == 200 and got == nar_bytes and headers["content-length"] == str(len(nar_bytes))
     assert backend.completed == [SP]  # the chunks were made present before the status line

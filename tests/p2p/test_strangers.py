@@ -115,7 +115,7 @@ async def test_slow_readers_on_every_builder_leave_an_honest_fetch_its_speed(
     upload slot with no deadline and an honest 4 MB fetch timed out at 120 s."""
     k = keys(tmp_path, "builder-a", "builder-b")
     pol = policy(tmp_path, [k["builder-a"][1], k["builder-b"][1]], threshold=2)
-    tree, digests = _tree(tmp_path / "tree", 4 << 20)
+    tree, digests = _tree(tmp_path / "tree", 16 << 20)
     a, b = await trio.to_thread.run_sync(lambda: swarm.start("a", "b"))
     for node, name in ((a, "builder-a"), (b, "builder-b")):
         r = await trio.to_thread.run_sync(
