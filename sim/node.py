@@ -4,6 +4,7 @@ they serve from (or in never answering)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import random
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import trio
 
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings
+from node.exchange.limits import DEFAULT as DEFAULT_LIMITS
 from node.exchange.schedule import Schedule
 from node.exchange.server import serve_blocks, serve_claims
 from node.exchange.uplink import DEFAULT_SLOTS, Uplink
@@ -99,6 +101,13 @@ class SimNode:
         self.store.scale = scale
         self.store.interned = world.chunks
         self.uplink = Uplink(slots)
+        # A reply's pieces are measured in real bytes, which the links count `scale` times
+        # over: the stall limits stretch alike, or every reply would look stalled.
+        self.limits = dataclasses.replace(
+            DEFAULT_LIMITS,
+            slot_stall=DEFAULT_LIMITS.slot_stall * scale,
+            send_stall=DEFAULT_LIMITS.send_stall * scale,
+        )
         self.policy = policy
         self.settings = settings
         self.order_seed = order_seed  # the chunk order of its fetches: runs repeat
@@ -124,7 +133,13 @@ class SimNode:
 
     async def _serve_blocks(self, stream: SimStream, peer: str) -> None:
         await serve_blocks(
-            stream, peer, self.store, self._violation, lambda n, size: None, self.uplink
+            stream,
+            peer,
+            self.store,
+            self._violation,
+            lambda n, size: None,
+            self.uplink,
+            limits=self.limits,
         )
 
     async def _serve_claims(self, stream: SimStream, peer: str) -> None:

@@ -4,6 +4,7 @@ sim.content): frames stand for the bytes full-size chunks would take on the link
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from node.exchange.memory import MemoryStore
 from p2p.blocks import REPLY_TARGET, Block, BlockServer, Reply
@@ -19,6 +20,13 @@ class LinkBytes(bytes):
         self = super().__new__(cls, data)
         self.link_bytes = link_bytes
         return self
+
+    def __getitem__(self, key: Any) -> Any:
+        # A piece of a frame (a paced write) stands for its share of the link bytes.
+        part = super().__getitem__(key)
+        if not isinstance(key, slice) or not self:
+            return part
+        return LinkBytes(part, self.link_bytes * len(part) // len(self))
 
 
 @dataclass

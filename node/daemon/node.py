@@ -80,7 +80,10 @@ class Node:
         self.served = Served()
         self.metrics = Metrics()
         self.uplink = Uplink(
-            config.upload_slots, config.limits.replies_per_peer, config.limits.reply_bytes
+            config.upload_slots,
+            config.limits.replies_per_peer,
+            config.limits.reply_bytes,
+            config.limits.slow_replies,
         )
         self.store = NodeStore(store, config.diff_level)
         self.store.others_per_path = config.limits.unknown_claims_per_path

@@ -451,9 +451,10 @@ class Fetch:
 
     async def _unanswered(self, peer: str) -> None:
         """`peer` let a claims request time out: asked last from now on, and, from the
-        second time in a row, struck (the third strike disconnects it)."""
+        third time in a row, struck (the third strike disconnects it). A busy honest
+        peer answers some in time, which wipes the count."""
         self.net.book.answered(peer, False)
-        if self.net.book.get(peer).unanswered > 1:
+        if self.net.book.get(peer).unanswered > 2:
             await self.net.strike(peer, "left claims requests unanswered")
 
     async def _claims_from(self, peer: str, path_hash: str) -> list[SignedClaim]:

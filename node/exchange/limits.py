@@ -31,7 +31,7 @@ class PeerLimits:
         "block replies being sent to one peer at once; its other want-blocks are answered BUSY",
     )
     slot_stall: float = _limit(
-        1.0,
+        0.5,
         "seconds a block reply may go without the peer taking a 64 KiB piece before it gives up its "
         "upload slot; the peer gets none until it catches up (it is still sent what it asked for)",
     )
@@ -55,10 +55,15 @@ class PeerLimits:
         "claims per store path kept from keys outside the trust policy (one per key); the rest are "
         "refused and count against the sender",
     )
+    slow_replies: int = _limit(
+        16,
+        "block replies kept going to peers that stopped taking them (past slot_stall), all peers; "
+        "past it such a reply is dropped and its stream reset",
+    )
     strikes: int = _limit(
         3,
         "strikes (a stalled reply, an unfinished frame, too many streams or junk claims, claims "
-        "requests left unanswered) within ban_seconds that ban a peer",
+        "requests left unanswered three times in a row) within ban_seconds that ban a peer",
     )
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from trust.claim import ClaimError, SignedClaim
 log = logging.getLogger(__name__)
 
 SERVE_BATCH = 64  # wants answered per store read, at most
-REPLY_CAP = 8 << 20  # block bytes one reply carries, at most: what a stalled reply holds
+REPLY_CAP = 4 << 20  # block bytes one reply carries, at most: what a stalled reply holds
 # HAVE notices wait this long to share a frame with the next ones: a node that just got a
 # chunk usually gets more within a moment, and a request for it would wait behind what
 # the node is sending anyway. (In a crowd, one frame per chunk per subscriber was most of
@@ -35,6 +35,11 @@ OnProblem = Callable[[str, str], Awaitable[None]]  # (peer, what it did)
 
 class RequestLate(Exception):
     """A peer started a request frame and did not finish it in time."""
+
+
+class ReplyDropped(Exception):
+    """A reply whose reader turned slow while the uplink already kept as many slow
+    replies as it will: the stream is reset (the peer may ask again)."""
 
 
 class BlobSource(Protocol):
@@ -145,13 +150,13 @@ async def serve_blocks(
                     turn.finish()
 
     async def send(frame: bytes, turn: Turn | None) -> None:
+        def slow() -> None:
+            if turn is not None and not turn.stall():
+                raise ReplyDropped()
+
         async with sending:
             await write_paced(
-                stream,
-                frame,
-                slow=limits.slot_stall,
-                stall=limits.send_stall,
-                on_slow=turn.stall if turn is not None else _nothing,
+                stream, frame, slow=limits.slot_stall, stall=limits.send_stall, on_slow=slow
             )
 
     async def _answer(wants: list[Want], slot: bool, turn: Turn | None) -> None:
@@ -231,6 +236,8 @@ async def serve_blocks(
         problem = str(group.exceptions[0])
     except* (ReaderStalled, RequestLate) as group:
         slow = str(group.exceptions[0])
+    except* ReplyDropped:
+        pass  # its reader was slow when many were: no offence, the stream just ends
     except* StreamGone:
         pass
     finally:
@@ -244,10 +251,8 @@ async def serve_blocks(
             await on_strike(peer, f"blocks: {slow}")
     elif clean:
         await _close(stream)
-
-
-def _nothing() -> None:
-    pass
+    else:
+        await abort(stream)
 
 
 def _prefixes(wants: list[Want], found: dict[bytes, bytes]) -> dict[bytes, bytes]:

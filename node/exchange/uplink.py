@@ -10,9 +10,10 @@ builder sends the next ones (BitTorrent's unchoke slots do the same).
 A peer holds a slot while a reply with blocks to it is being sent and taken: peers take
 turns at the pace of their requests. A reply the peer stops taking (`Turn.stall`: a slow
 or hostile reader) gives its slot up at once, and that peer gets no other until it has
-taken what it was sent. Block replies in flight are capped per peer and in bytes overall,
-so peers that ask and do not read tie up a bounded amount of memory. No I/O and no clock
-of its own.
+taken what it was sent. Block replies in flight are capped per peer and in bytes overall;
+stalled ones leave the byte cap to the others but are capped in number (past it a stalled
+reply is dropped), so peers that ask and do not read tie up a bounded amount of memory
+and never the whole uplink. No I/O and no clock of its own.
 """
 
 from __future__ import annotations
@@ -29,31 +30,44 @@ class Turn:
     uplink: Uplink
     peer: str
     bytes: int = 0
-    holding: bool = True  # holds the peer's slot (until it stalls)
+    holding: bool = True  # holds the peer's slot and counts in `in_flight` (until it stalls)
+    slow: bool = False  # goes on slotless, one of the uplink's `slow_replies`
     done: bool = False
 
     def carry(self, size: int) -> None:
         """The reply's encoded size, once known: it counts against the byte cap."""
         self.bytes += size
-        self.uplink.in_flight += size
+        if self.holding:
+            self.uplink.in_flight += size
 
-    def stall(self) -> None:
-        """The peer stopped taking this reply: its slot goes to others."""
-        if self.holding and not self.done:
-            self.holding = False
-            self.uplink._unhold(self.peer)
-            self.uplink._stalled[self.peer] = self.uplink._stalled.get(self.peer, 0) + 1
+    def stall(self) -> bool:
+        """The peer stopped taking this reply: its slot and its bytes' share of the cap go
+        to others. False if the uplink already keeps as many slow replies as it will:
+        then this one is to be dropped."""
+        if not self.holding or self.done:
+            return True
+        u = self.uplink
+        self.holding = False
+        u._unhold(self.peer)
+        u.in_flight -= self.bytes
+        if u.slow >= u.slow_replies:
+            return False
+        self.slow = True
+        u.slow += 1
+        u._stalled[self.peer] = u._stalled.get(self.peer, 0) + 1
+        return True
 
     def finish(self) -> None:
         if self.done:
             return
         self.done = True
         u = self.uplink
-        u.in_flight -= self.bytes
         _decrement(u._replies, self.peer)
         if self.holding:
             u._unhold(self.peer)
-        else:
+            u.in_flight -= self.bytes
+        elif self.slow:
+            u.slow -= 1
             _decrement(u._stalled, self.peer)
 
 
@@ -62,10 +76,12 @@ class Uplink:
     slots: int = DEFAULT_SLOTS
     replies_per_peer: int = 4
     reply_bytes: int = 64 << 20
+    slow_replies: int = 16  # replies kept going to peers that stopped taking them, at most
     _holders: dict[str, int] = field(default_factory=dict)  # peer -> replies holding its slot
     _replies: dict[str, int] = field(default_factory=dict)  # peer -> replies being sent
     _stalled: dict[str, int] = field(default_factory=dict)  # peer -> replies it stopped taking
-    in_flight: int = 0  # bytes of block replies being sent
+    in_flight: int = 0  # bytes of block replies being sent and taken
+    slow: int = 0  # replies going on slotless to peers that stopped taking them
     turned_away: int = 0  # want batches answered BUSY for want of a slot
 
     def __post_init__(self) -> None:

@@ -328,7 +328,13 @@ class Gateway:
             return
         # GC and eviction leave the path alone while it goes out (or comes in).
         with self.backend.using(str(plan.store_path)):
-            await self._send_nar(plan, nar_hash32, want, send, start, zst)
+            try:
+                await self._send_nar(plan, nar_hash32, want, send, start, zst)
+            except http.ClientGone:
+                # Nothing is read or fetched for it any more (the fetch feeding it stops
+                # with it, keeping what arrived).
+                log.info("NAR of %s: the client left; serving it stopped", plan.store_path)
+                raise
 
     async def _send_nar(
         self,

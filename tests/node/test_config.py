@@ -36,6 +36,15 @@ def test_defaults_and_a_full_file() -> None:
         ('gatway = "127.0.0.1:1"\n', ["unknown setting 'gatway'"]),
         ('gateway_public = "yes"\n', ["gateway_public must be bool"]),
         ("gateway = [\n", ["not valid TOML"]),
+        ("limits = 3\n", ["limits must be a table"]),
+        (
+            "[limits]\nstream_per_peer = 3\n",
+            ["unknown limit 'stream_per_peer'", "streams_per_peer"],
+        ),
+        ("[limits]\nstrikes = 2.5\n", ["limits.strikes must be a whole number"]),
+        ("[limits]\nslot_stall = 0\n", ["slot_stall must be a number above 0"]),
+        ("[limits]\nslot_stall = 30\n", ["slot_stall must be shorter than send_stall"]),
+        ('[limits]\nreply_bytes = "lots"\n', ["limits.reply_bytes", "not a size"]),
     ],
 )
 def test_mistakes_are_named(text: str, words: list[str]) -> None:
@@ -43,6 +52,12 @@ def test_mistakes_are_named(text: str, words: list[str]) -> None:
         parse(text, "node.toml")
     for w in words:
         assert w in str(e.value)
+
+
+def test_limits_are_read_from_their_table() -> None:
+    c = parse('[limits]\nreply_bytes = "16M"\nstrikes = 5\n', "node.toml")
+    assert c.limits.reply_bytes == 16 << 20 and c.limits.strikes == 5
+    assert c.limits.send_stall == 20.0  # the others keep their defaults
 
 
 def test_a_public_gateway_needs_saying_so() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from node.cli import main, parser, reference
 from node.daemon import config as nodeconfig
+from node.exchange import limits as peerlimits
 from tests.cli import ferry
 from trust import policyfile
 
@@ -38,8 +39,14 @@ def test_every_documented_setting_is_known_to_the_code_and_every_setting_is_docu
     known = {f.name for f in nodeconfig.dataclasses.fields(nodeconfig.NodeConfig)} - {
         "source",
         "flags",
+        "limits",  # a table of its own, below
     }
     assert set(documented) == known
+    limits = _documented("Per-peer limits")
+    assert limits == list(peerlimits.meanings())
+    for name, default in nodeconfig.dataclasses.asdict(peerlimits.DEFAULT).items():
+        parsed = nodeconfig.parse(f"[limits]\n{name} = {nodeconfig.toml_value(default)}\n", "t")
+        assert getattr(parsed.limits, name) == default
     # Each one, set to its documented default, is accepted by the parser the node uses.
     for name, default in nodeconfig.defaults().items():
         if default is not None:

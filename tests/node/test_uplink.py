@@ -42,7 +42,8 @@ def test_a_stalled_reply_gives_up_its_slot_and_its_peer_waits() -> None:
     u = Uplink(slots=1)
     slow = u.admit("slow")
     assert slow and not u.admit("fast")
-    slow.stall()
+    slow.carry(10)
+    assert slow.stall() and u.in_flight == 0  # its bytes no longer hold others back
     fast = u.admit("fast")
     assert fast and u.busy == 1
     fast.finish()
@@ -118,3 +119,15 @@ async def test_a_crowd_through_one_upload_slot_completes_and_hears_busy(
     assert not punished and not any(h.punished for h in hosts)
     for st in stores:
         assert all(st.complete(p.manifest.store_path) for p in rel.paths)
+
+
+def test_slow_replies_are_capped_and_the_one_past_the_cap_is_dropped() -> None:
+    u = Uplink(slots=8, slow_replies=1)
+    a, b = u.admit("a"), u.admit("b")
+    assert a and b
+    assert a.stall()
+    assert not b.stall()  # the uplink keeps one slow reply: the second is to be dropped
+    b.finish()
+    assert u.admit("b")  # dropped, not held against it
+    a.finish()
+    assert u.slow == 0 and u.admit("a")

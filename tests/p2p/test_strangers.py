@@ -72,22 +72,20 @@ async def _attack(
     for h in made:
         setup(h)
 
-    async def run(i: int) -> None:
-        if i == len(made):
-            for h in made:
-                for n in nodes:
-                    await h.connect(info_from_p2p_addr(multiaddr.Multiaddr(n.addr)))
-            await body(made)
-            return
-        async with made[i].run([LOCAL]):
-            try:
-                await run(i + 1)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await made[i].close()
-
-    await run(0)
+    async with contextlib.AsyncExitStack() as stack:
+        for h in made:
+            await stack.enter_async_context(h.run([LOCAL]))
+            stack.push_async_callback(_close, h)  # inside run(): otherwise sockets leak
+        for h in made:
+            for n in nodes:
+                await h.connect(info_from_p2p_addr(multiaddr.Multiaddr(n.addr)))
+        await body(made)
     return made
+
+
+async def _close(host: IHost) -> None:
+    with trio.CancelScope(shield=True):
+        await host.close()
 
 
 class _OnDisconnect(Notifee):
@@ -112,10 +110,11 @@ async def test_slow_readers_on_every_builder_leave_an_honest_fetch_its_speed(
     swarm: Swarm, tmp_path: Path
 ) -> None:
     """8 peers per builder ask for blocks and take about 1 KB/s: before, they held every
-    upload slot with no deadline and an honest 4 MB fetch timed out at 120 s."""
+    upload slot with no deadline and an honest 4 MB fetch timed out at 120 s. Now each
+    loses its slot after slot_stall, so the honest fetch waits about one BUSY pause."""
     k = keys(tmp_path, "builder-a", "builder-b")
     pol = policy(tmp_path, [k["builder-a"][1], k["builder-b"][1]], threshold=2)
-    tree, digests = _tree(tmp_path / "tree", 16 << 20)
+    tree, digests = _tree(tmp_path / "tree", 32 << 20)
     a, b = await trio.to_thread.run_sync(lambda: swarm.start("a", "b"))
     for node, name in ((a, "builder-a"), (b, "builder-b")):
         r = await trio.to_thread.run_sync(
@@ -131,18 +130,24 @@ async def test_slow_readers_on_every_builder_leave_an_honest_fetch_its_speed(
 
     async def slow_readers(hosts: list[IHost]) -> None:
         started = trio.Semaphore(0)
+        dropped = [0]
 
         async def read_slowly(host: IHost, node: NodeProc) -> None:
-            stream = await _open(host, node, blocks.PROTOCOL)
-            await stream.write(BlockClient().want([Want(d) for d in digests]))
             first = True
-            while True:
-                if not await stream.read(1024):
-                    return
-                if first:
-                    started.release()
-                    first = False
-                await trio.sleep(1.0)
+            while True:  # a stream the node drops is opened again: a persistent attacker
+                try:
+                    stream = await _open(host, node, blocks.PROTOCOL)
+                    await stream.write(BlockClient().want([Want(d) for d in digests]))
+                    while await stream.read(1024):
+                        if first:
+                            started.release()
+                            first = False
+                        await trio.sleep(1.0)
+                except Exception:  # reset by the node
+                    dropped[0] += 1
+                    if not host.get_connected_peers():
+                        return  # banned
+                    await trio.sleep(0.1)
 
         async with trio.open_nursery() as nursery:
             for h in hosts:
@@ -152,8 +157,11 @@ async def test_slow_readers_on_every_builder_leave_an_honest_fetch_its_speed(
                 await started.acquire()  # every slot is taken
             took = await _fetch_seconds(attacked)
             nursery.cancel_scope.cancel()
-        print(f"honest fetch: {unattacked:.2f} s unattacked, {took:.2f} s beside 16 slow readers")
-        assert took <= 2 * unattacked + 1.0, (took, unattacked)
+        print(
+            f"honest fetch: {unattacked:.2f} s unattacked, {took:.2f} s beside 16 slow readers "
+            f"(their streams were dropped {dropped[0]} times meanwhile)"
+        )
+        assert took <= 2 * unattacked + 0.5, (took, unattacked)  # 0.5 s: this machine is noisy
 
     await _attack([a, b], 8, slow_readers)
     assert (await trio.to_thread.run_sync(lambda: attacked.ferry("verify"))).returncode == 0
@@ -372,3 +380,50 @@ async def test_a_silent_peer_is_asked_last_then_dropped(swarm: Swarm, tmp_path: 
         assert row.banned_for > 0 and not row.connected, row
 
     await _attack([client], 1, silent, silent_peer)
+
+
+async def test_a_gateway_client_that_leaves_stops_its_nar(swarm: Swarm, tmp_path: Path) -> None:
+    """Before: a NAR kept streaming to a client that had gone (5.2 GB served to 100 of them)."""
+    k = keys(tmp_path, "builder-a")
+    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
+    tree, _ = _tree(tmp_path / "tree", 64 << 20)
+    (node,) = await trio.to_thread.run_sync(lambda: swarm.start("node", policy=pol))
+    r = await trio.to_thread.run_sync(
+        lambda: node.ferry(
+            "publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0])
+        )
+    )
+    assert r.returncode == 0, r.stderr
+    host, port = node.gateway_url.removeprefix("http://").rsplit(":", 1)
+
+    async def get(target: str) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return stream
+
+    info = b""
+    stream = await get(f"/{StorePath.parse(SP).hash_part}.narinfo")
+    while b"\nSig:" not in info:
+        info += await stream.receive_some(65536)
+    await stream.aclose()
+    url = next(line for line in info.decode().splitlines() if line.startswith("URL: "))[5:]
+    stream = await get("/" + url)
+    received = 0
+    while received < 1 << 20:
+        received += len(await stream.receive_some(65536))
+    await stream.aclose()
+    await trio.to_thread.run_sync(lambda: node.wait_log("the client left; serving it stopped"))
+    metrics = await get("/metrics")
+    text = b""
+    while chunk := await metrics.receive_some(65536):
+        text += chunk
+        if b"ferry_gateway_served_bytes_total " in text and text.endswith(b"\n"):
+            break
+    await metrics.aclose()
+    served = next(
+        float(line.split()[1])
+        for line in text.decode().splitlines()
+        if line.startswith("ferry_gateway_served_bytes_total ")
+    )
+    print(f"served {served / 2**20:.1f} MiB of a 64 MiB NAR to a client that read 1 MiB")
+    assert served < 32 << 20, served
