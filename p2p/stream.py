@@ -10,7 +10,9 @@ import trio
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
 READ = 1 << 20
-PIECE = 64 << 10  # `write_paced` measures progress in pieces this size
+# `write_paced` measures progress in pieces this size: what one noise message carries
+# (65,535 bytes less its 16-byte tag) less a yamux header, so a piece costs one message.
+PIECE = 65535 - 16 - 12
 WINDOW_SHUT = "Timed out waiting for window update"  # py-libp2p's words for a reader that stopped
 
 
