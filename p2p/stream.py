@@ -81,7 +81,8 @@ async def write_paced(
 ) -> None:
     """Write `data` a piece at a time, watching the peer take it (flow control holds a
     write until the peer reads): `on_slow()`, once, when a piece has waited `slow`
-    seconds; ReaderStalled when one has waited `stall` seconds."""
+    seconds (it may raise, to give up); ReaderStalled when one has waited `stall`
+    seconds. Raises what `write` and `on_slow` raise, as they raise it."""
     moved = trio.current_time()
 
     async def watch() -> None:
@@ -92,20 +93,24 @@ async def write_paced(
                 return
 
     with trio.CancelScope() as hard:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            for start in range(0, len(data), PIECE):
-                hard.deadline = moved + stall
-                try:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                for start in range(0, len(data), PIECE):
+                    hard.deadline = moved + stall
                     # Sliced, not viewed: a frame that stands for more bytes than it holds
                     # (the simulator's) keeps its proportions.
                     await write(stream, data[start : start + PIECE])
-                except StreamGone as e:
-                    if WINDOW_SHUT in str(e):
-                        raise ReaderStalled("the peer opened no window for 5 s") from None
-                    raise
-                moved = trio.current_time()
-            nursery.cancel_scope.cancel()
+                    moved = trio.current_time()
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One failure (the writer's or the watcher's) at a time: raised as itself.
+            if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
+                raise
+            failure = group.exceptions[0]
+            if isinstance(failure, StreamGone) and WINDOW_SHUT in str(failure):
+                raise ReaderStalled("the peer opened no window for 5 s") from None
+            raise failure from None
         hard.deadline = math.inf
     if hard.cancelled_caught:
         raise ReaderStalled(f"the peer took nothing for {stall:.0f} s")

@@ -165,7 +165,8 @@ class NodeStore:
             ),
             found,
         )
-        self.summaries.add(c.claim.store_path.hash_part for c in found)
+        if refused < len(found):  # not all junk: the store keeps claims for these paths
+            self.summaries.add(c.claim.store_path.hash_part for c in found)
         if new:
             log.info("learned %d new claims from %s", new, source)
         if refused:

@@ -445,7 +445,9 @@ class Fetch:
         return valid
 
     def _settled(self, hash_part: str, claims: list[SignedClaim]) -> bool:
-        """Whether these claims make a path with this hash trusted."""
+        """Whether these claims (those whose signatures check out) make a path with this
+        hash trusted."""
+        claims = [c for c in claims if c.valid()]
         names = {c.claim.store_path for c in claims if c.claim.store_path.hash_part == hash_part}
         return any(isinstance(self.policy.decide(sp, claims), Trusted) for sp in names)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -18,6 +19,8 @@ from node.local.store import LocalStore
 from store import build, dump, export, nar, restore
 from store.path import StorePath
 from tests import trees
+from trust.claim import sign_manifest
+from trust.key import SecretKey
 
 
 def sp(name: str, n: int = 0) -> StorePath:
@@ -263,3 +266,24 @@ def test_real_tree_round_trips_and_a_second_version_shares_its_chunks(tmp_path: 
     assert ing.new_chunks == 1  # the one changed file
     assert two.chunk_bytes == 2 * one.chunk_bytes + len("\n# 2\n")
     assert two.unique_bytes - one.unique_bytes == (v2 / "json" / "__init__.py").stat().st_size
+
+
+def test_claims_by_keys_outside_the_policy_are_kept_within_a_budget(tmp_path: Path) -> None:
+    sp = StorePath("/nix/store", "4" * 32, "flooded-1.0")
+    data = nar.encode_bytes(trees.events(trees.Dir({b"f": trees.File(100, 1, False)})))
+    manifest = build.from_nar([data], sp)
+    builder, solo = SecretKey.generate("builder-a"), SecretKey.generate("solo")
+    real = sign_manifest(manifest, builder)
+    junk = [sign_manifest(manifest, SecretKey.generate(f"junk-{i}")) for i in range(5)]
+    policy = frozenset({builder.public.encode()})
+    # Peers' claims come in through the reader's connection (see NodeStore).
+    with LocalStore(str(tmp_path / "data")) as local, contextlib.closing(local.reader()) as store:
+        assert store.add_claims(junk, policy, others_per_path=2) == (2, 3)
+        assert store.add_claims([junk[0]], policy, others_per_path=2) == (0, 0)  # known: no junk
+        assert store.add_claims([real], policy, others_per_path=2) == (1, 0)  # always kept
+        assert store.add_claims([sign_manifest(manifest, solo)], policy, 3) == (1, 0)
+        second = sign_manifest(manifest, solo, time=7)  # the same key, another claim
+        assert store.add_claims([second], policy, others_per_path=9) == (0, 1)  # one a key
+        assert store.add_claims([second], None) == (1, 0)  # no policy given: no budget
+        found = store.claims_by_hash(sp.hash_part)
+        assert real in found and len(found) == 5
