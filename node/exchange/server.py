@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SERVE_BATCH = 64  # wants answered per store read, at most
 REPLY_CAP = 4 << 20  # block bytes one reply carries, at most: what a stalled reply holds
+SLOT_WAIT = 0.5  # seconds a want-block waits for a free upload slot before it is answered BUSY
 # HAVE notices wait this long to share a frame with the next ones: a node that just got a
 # chunk usually gets more within a moment, and a request for it would wait behind what
 # the node is sending anyway. (In a crowd, one frame per chunk per subscriber was most of
@@ -141,10 +142,20 @@ async def serve_blocks(
                 await more.wait()
                 more = trio.Event()
                 continue
-            blocks = uplink is not None and any(w.block for w in wants)
-            turn = uplink.admit(peer) if uplink is not None and blocks else None
+            turn: Turn | None = None
+            busy: set[bytes] = set()  # chunks held here but not sent now (no turn)
+            if uplink is not None and any(w.block for w in wants):
+                turn = uplink.try_turn(peer)
+                if turn is None:
+                    # Only chunks wait for a turn; manifests (metadata, needed before any
+                    # chunk) and answers of DONT_HAVE never do.
+                    busy = await source.present([w.digest for w in wants if w.block])
+                    if busy:
+                        turn = await uplink.wait_turn(peer, min(SLOT_WAIT, limits.slot_stall))
+                        if turn is not None:
+                            busy = set()
             try:
-                await _answer(wants, not blocks or turn is not None, turn)
+                await _answer(wants, busy, turn)
             finally:
                 if turn is not None:
                     turn.finish()
@@ -159,13 +170,10 @@ async def serve_blocks(
                 stream, frame, slow=limits.slot_stall, stall=limits.send_stall, on_slow=slow
             )
 
-    async def _answer(wants: list[Want], slot: bool, turn: Turn | None) -> None:
+    async def _answer(wants: list[Want], busy: set[bytes], turn: Turn | None) -> None:
         nonlocal block_size
         # Watched before looking: a chunk that lands meanwhile is announced.
         subscriber.watch(w.digest for w in wants if not w.block)
-        # Without a slot, chunks wait; manifests (metadata, needed before any chunk) and
-        # answers of DONT_HAVE never do.
-        busy = set() if slot else await source.present([w.digest for w in wants if w.block])
         bases = {b for w in wants if w.block and w.digest not in busy for b in w.bases}
         ask = [w.digest for w in wants if w.digest not in busy] + sorted(bases)
         found = await source.blobs(ask)

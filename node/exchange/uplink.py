@@ -13,12 +13,14 @@ or hostile reader) gives its slot up at once, and that peer gets no other until 
 taken what it was sent. Block replies in flight are capped per peer and in bytes overall;
 stalled ones leave the byte cap to the others but are capped in number (past it a stalled
 reply is dropped), so peers that ask and do not read tie up a bounded amount of memory
-and never the whole uplink. No I/O and no clock of its own.
+and never the whole uplink. No I/O of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import trio
 
 DEFAULT_SLOTS = 8
 
@@ -50,6 +52,7 @@ class Turn:
         self.holding = False
         u._unhold(self.peer)
         u.in_flight -= self.bytes
+        u._changed()
         if u.slow >= u.slow_replies:
             return False
         self.slow = True
@@ -69,6 +72,7 @@ class Turn:
         elif self.slow:
             u.slow -= 1
             _decrement(u._stalled, self.peer)
+        u._changed()
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Uplink:
     in_flight: int = 0  # bytes of block replies being sent and taken
     slow: int = 0  # replies going on slotless to peers that stopped taking them
     turned_away: int = 0  # want batches answered BUSY for want of a slot
+    _change: trio.Event = field(default_factory=trio.Event)  # set when a turn ends or stalls
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -91,6 +96,27 @@ class Uplink:
     def admit(self, peer: str) -> Turn | None:
         """A turn to send blocks to `peer` now (it holds a slot until the turn finishes
         or stalls), or None: answer BUSY."""
+        turn = self.try_turn(peer)
+        if turn is None:
+            self.turned_away += 1
+        return turn
+
+    async def wait_turn(self, peer: str, patience: float) -> Turn | None:
+        """`admit`, waiting up to `patience` seconds for a turn to finish or stall: a
+        slot taken by a reader that stops is free within `slot_stall`, and a request
+        that waits that long for it is served sooner than one sent away to come back
+        after a BUSY pause."""
+        turn = self.try_turn(peer)
+        with trio.move_on_after(patience):
+            while turn is None:
+                await self._change.wait()
+                turn = self.try_turn(peer)
+        if turn is None:
+            self.turned_away += 1
+        return turn
+
+    def try_turn(self, peer: str) -> Turn | None:
+        """`admit` without counting a refusal (the caller may wait and try again)."""
         held = self._holders.get(peer)
         if (
             (held is None and len(self._holders) >= self.slots)
@@ -98,11 +124,14 @@ class Uplink:
             or self._replies.get(peer, 0) >= self.replies_per_peer
             or self.in_flight >= self.reply_bytes
         ):
-            self.turned_away += 1
             return None
         self._holders[peer] = (held or 0) + 1
         self._replies[peer] = self._replies.get(peer, 0) + 1
         return Turn(self, peer)
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
 
     def _unhold(self, peer: str) -> None:
         _decrement(self._holders, peer)

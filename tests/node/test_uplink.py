@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from node.exchange import server
 from node.exchange.fetch import Fetch, FetchSettings
 from node.exchange.memory import MemoryStore
 from node.exchange.server import serve_blocks, serve_claims
@@ -83,8 +84,10 @@ async def test_a_landing_chunk_wakes_only_its_subscribers() -> None:
 
 
 async def test_a_crowd_through_one_upload_slot_completes_and_hears_busy(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Want-blocks are answered BUSY at once, not after waiting for the slot to free.
+    monkeypatch.setattr(server, "SLOT_WAIT", 0.0)
     rng = random.Random(3)
     rel = release(rng, paths=2, real_bytes=40 * 4096)
     builder = key(rng, "builder")
@@ -131,3 +134,21 @@ def test_slow_replies_are_capped_and_the_one_past_the_cap_is_dropped() -> None:
     assert u.admit("b")  # dropped, not held against it
     a.finish()
     assert u.slow == 0 and u.admit("a")
+
+
+async def test_a_turn_waited_for_is_given_when_one_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    u = Uplink(slots=1)
+    held = u.admit("a")
+    assert held
+
+    async def end_soon() -> None:
+        await trio.sleep(0.2)
+        held.stall()  # a reader that stopped frees its slot
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(end_soon)
+        turn = await u.wait_turn("b", patience=0.5)
+    assert turn and trio.current_time() == pytest.approx(0.2) and u.turned_away == 0
+    assert await u.wait_turn("c", patience=0.5) is None and u.turned_away == 1

@@ -111,7 +111,7 @@ async def test_slow_readers_on_every_builder_leave_an_honest_fetch_its_speed(
 ) -> None:
     """8 peers per builder ask for blocks and take about 1 KB/s: before, they held every
     upload slot with no deadline and an honest 4 MB fetch timed out at 120 s. Now each
-    loses its slot after slot_stall, so the honest fetch waits about one BUSY pause."""
+    loses its slot after slot_stall, and the honest want waits for it rather than hear BUSY."""
     k = keys(tmp_path, "builder-a", "builder-b")
     pol = policy(tmp_path, [k["builder-a"][1], k["builder-b"][1]], threshold=2)
     tree, digests = _tree(tmp_path / "tree", 32 << 20)
@@ -161,7 +161,7 @@ async def test_slow_readers_on_every_builder_leave_an_honest_fetch_its_speed(
             f"honest fetch: {unattacked:.2f} s unattacked, {took:.2f} s beside 16 slow readers "
             f"(their streams were dropped {dropped[0]} times meanwhile)"
         )
-        assert took <= 2 * unattacked + 0.5, (took, unattacked)  # 0.5 s: this machine is noisy
+        assert took <= 2 * unattacked, (took, unattacked)
 
     await _attack([a, b], 8, slow_readers)
     assert (await trio.to_thread.run_sync(lambda: attacked.ferry("verify"))).returncode == 0
