@@ -211,8 +211,11 @@ class Node:
         record.streams += 1
         self.book.streams += 1
         try:
-            yield peer
+            with trio.CancelScope() as scope:  # cancelled if the peer is banned meanwhile
+                record.serving.add(scope)
+                yield peer
         finally:
+            record.serving.discard(scope)
             record.streams -= 1
             self.book.streams -= 1
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import trio
+
 log = logging.getLogger(__name__)
 
 
@@ -18,6 +20,7 @@ class PeerRecord:
     strikes: list[float] = field(default_factory=list)  # when, within the last ban_seconds
     streams: int = 0  # inbound streams open now
     unanswered: int = 0  # claims requests in a row it left unanswered (0: it answers)
+    serving: set[trio.CancelScope] = field(default_factory=set)  # its inbound streams' handlers
 
 
 @dataclass
@@ -44,6 +47,8 @@ class PeerBook:
         r.last_problem = problem
         r.banned_until = now + self.ban_seconds
         r.strikes.clear()
+        for scope in r.serving:  # nothing more is read or sent for it
+            scope.cancel()
         log.warning("peer %s banned for %.0f s: %s", peer, self.ban_seconds, problem)
 
     def strike(self, peer: str, problem: str, now: float) -> bool:

@@ -130,12 +130,11 @@ async def serve_blocks(
                 continue
             raise RequestLate(f"left a request frame unfinished for {limits.frame_deadline:.0f} s")
 
-    block_size = 64 << 10  # the largest block seen lately: how many wants fit a reply
-
     async def answer() -> None:
         nonlocal more
         while True:
-            wants = server.take(max(1, min(SERVE_BATCH, REPLY_CAP // block_size)))
+            size = uplink.block_size if uplink is not None else 64 << 10
+            wants = server.take(max(1, min(SERVE_BATCH, REPLY_CAP // size)))
             if not wants:
                 if ended:
                     return
@@ -171,7 +170,6 @@ async def serve_blocks(
             )
 
     async def _answer(wants: list[Want], busy: set[bytes], turn: Turn | None) -> None:
-        nonlocal block_size
         # Watched before looking: a chunk that lands meanwhile is announced.
         subscriber.watch(w.digest for w in wants if not w.block)
         bases = {b for w in wants if w.block and w.digest not in busy for b in w.bases}
@@ -183,7 +181,8 @@ async def serve_blocks(
         for i, w in enumerate(wants):
             if w.block and w.digest in found and w.digest not in busy:
                 size = len(found[w.digest])
-                block_size = max(block_size // 2, size)
+                if uplink is not None:
+                    uplink.block_size = max(uplink.block_size // 2, size)
                 carried += size
                 if carried > REPLY_CAP and i > 0:
                     server.put_back(wants[i:])  # the reply is full: answered next time

@@ -1,8 +1,9 @@
 """Who gets this node's uplink now: upload slots, shared by all its block streams.
 
 A node that many peers fetch from at once (a builder in a flash crowd) sends blocks to at
-most `slots` peers at a time and answers the others' want-blocks BUSY; they ask other
-peers and come back after a pause. Without slots the uplink is split among every asker,
+most `slots` peers at a time and answers the others' want-blocks BUSY once they have
+waited a moment for a slot (`wait_turn`); they ask other peers and come back after a
+pause. Without slots the uplink is split among every asker,
 so every chunk arrives at the very end and no fetcher has anything to pass on until then;
 with them, chunks leave one after another and spread from the first recipients while the
 builder sends the next ones (BitTorrent's unchoke slots do the same).
@@ -86,6 +87,9 @@ class Uplink:
     _stalled: dict[str, int] = field(default_factory=dict)  # peer -> replies it stopped taking
     in_flight: int = 0  # bytes of block replies being sent and taken
     slow: int = 0  # replies going on slotless to peers that stopped taking them
+    # The largest block sent lately, for all streams: how many wants fill a reply, so a
+    # new stream does not read more than a reply carries.
+    block_size: int = 64 << 10
     turned_away: int = 0  # want batches answered BUSY for want of a slot
     _change: trio.Event = field(default_factory=trio.Event)  # set when a turn ends or stalls
 
