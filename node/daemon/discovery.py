@@ -178,6 +178,9 @@ class Discovery:
             await self.host.disconnect(ID.from_base58(peer))
         except Exception as e:  # noqa: BLE001 - already gone: the ban is what matters
             log.debug("disconnecting %s: %s", peer, e)
+        # Last: the handler that found the offence may be one of these.
+        for scope in self.book.get(peer).serving:  # nothing more is read or sent for it
+            scope.cancel()
 
     async def strike(self, peer: str, problem: str) -> None:
         """Count a lesser offence against the peer; the last strike bans it."""

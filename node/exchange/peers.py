@@ -47,8 +47,6 @@ class PeerBook:
         r.last_problem = problem
         r.banned_until = now + self.ban_seconds
         r.strikes.clear()
-        for scope in r.serving:  # nothing more is read or sent for it
-            scope.cancel()
         log.warning("peer %s banned for %.0f s: %s", peer, self.ban_seconds, problem)
 
     def strike(self, peer: str, problem: str, now: float) -> bool:
