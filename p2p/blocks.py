@@ -1,4 +1,4 @@
-"""`/ferry/blocks/1`: the chunk exchange, as sans-io state machines (h11 style).
+"""`/ferry/blocks/2`: the chunk exchange, as sans-io state machines (h11 style).
 
 Every frame (see `p2p.frame`) holds one msgpack array whose first item says what it is:
 
@@ -14,6 +14,18 @@ Every frame (see `p2p.frame`) holds one msgpack array whose first item says what
                                                  concatenated in order, as a raw-content prefix
           | [5, digest]                          BUSY: held, but not sent now (the server's
                                                  upload goes to others; ask them, or again later)
+          | [6, codec: uint, [[digest, size], ...], payload: bin]
+                                                 RUN: blocks compressed together, as one zstd
+                                                 (codec 0) or xz (codec 1) stream of their
+                                                 concatenation, in the listed order
+          | [7, [[digest, size], ...], zstd: bin] RUN against bases: one zstd frame of the
+                                                 concatenation, with the listed wants' bases
+                                                 (each once, in order: `run_bases`) as prefix
+
+Blocks asked for in one WANTS frame travel together where they can: consecutive chunks of
+a file compress far better as one stream than one by one (a 64 KiB chunk alone gives zstd
+little to match against), and a server can cache the compressed form of a run a crowd
+asks for. A server keeps a frame's wants together when it takes them from its queue.
 
 A want may list bases: chunks the client holds (an older version of the same file). A
 server that has all of them (within MAX_BASE_BYTES) answers with a diff (4); one that
@@ -35,8 +47,9 @@ block's digest: that is the fetcher's job, which knows whom to blame.
 from __future__ import annotations
 
 import enum
+import lzma
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -45,12 +58,15 @@ import zstandard
 from p2p.frame import DEFAULT_CAP, FrameDecoder, FrameError
 from p2p.frame import encode as frame
 
-PROTOCOL = "/ferry/blocks/1"
+PROTOCOL = "/ferry/blocks/2"
 DIGEST = 32
 MAX_BLOCK = 4 << 20  # a chunk is at most 1 MiB; a manifest blob may be larger
 MAX_BASES = 64
 MAX_BASE_BYTES = 16 << 20  # a server ignores bases beyond this (a want cannot buy unbounded CPU)
 MAX_WANTS = 4096  # outstanding wants a server holds per stream
+MAX_RUN = 8 << 20  # bytes a RUN decompresses to, at most
+RUN_CAP = 4 << 20  # a server packs runs of at most this many bytes (and the client asks so)
+MAX_XZ_MEMORY = 32 << 20  # an xz run needing more to decode is refused (preset 6 needs 9 MiB)
 REPLY_TARGET = 2 << 20  # the server batches entries into frames of about this size
 # A request frame (WANTS, CANCEL) is at most this big: the client splits larger ones, and
 # a server holds no more than this of a frame a peer has not finished.
@@ -74,6 +90,13 @@ class Entry(enum.IntEnum):
     DONT_HAVE = 3
     BLOCK_DIFF = 4
     BUSY = 5
+    RUN = 6
+    RUN_DIFF = 7
+
+
+class Codec(enum.IntEnum):
+    ZSTD = 0
+    XZ = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +187,120 @@ def _window_log(n: int) -> int:
 def compress_with_prefix(data: bytes, prefix: bytes, level: int) -> bytes:
     """`data` compressed with `prefix` as raw content before it: matches reach back into
     the prefix (an older version of the same bytes) across the whole window."""
+    # zstd indexes only the last 1 << (hash_log + 3) bytes of a dictionary: a run's
+    # bases (up to MAX_BASE_BYTES) need a larger table than a fast level has.
+    hash_log = max(
+        zstandard.ZstdCompressionParameters.from_level(level).hash_log,
+        min(26, (len(prefix) - 1).bit_length() - 3),
+    )
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         window_log=_window_log(len(prefix) + len(data)),
+        hash_log=hash_log,
         enable_ldm=len(prefix) > (8 << 20),
         write_content_size=True,
     )
     dict_ = zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     return zstandard.ZstdCompressor(dict_data=dict_, compression_params=params).compress(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """Blocks that travel as one compressed payload: a run."""
+
+    blocks: tuple[tuple[bytes, int], ...]  # (digest, size), in the payload's order
+    codec: Codec
+    payload: bytes
+    diff: bool = False  # zstd against the run's bases (`run_bases`) as a prefix
+    raw: bool = False  # a lone block that did not compress, sent as is
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.blocks)
+
+    def entry(self) -> list[object]:
+        listed = [[d, n] for d, n in self.blocks]
+        if self.diff:
+            return [int(Entry.RUN_DIFF), listed, self.payload]
+        if len(self.blocks) == 1 and self.codec is Codec.ZSTD:
+            ((d, n),) = self.blocks
+            return [int(Entry.BLOCK_RAW if self.raw else Entry.BLOCK_ZSTD), d, n, self.payload]
+        return [int(Entry.RUN), int(self.codec), listed, self.payload]
+
+
+def run_bases(members: Iterable[Want]) -> list[bytes]:
+    """The bases a RUN_DIFF is compressed against: each member's, each base once, in order."""
+    seen: dict[bytes, None] = {}
+    for w in members:
+        for b in w.bases:
+            seen.setdefault(b, None)
+    return list(seen)
+
+
+def pack(
+    blocks: Sequence[Block], *, codec: Codec = Codec.ZSTD, level: int = 3, prefix: bytes = b""
+) -> Packed:
+    """`blocks` as one run: `prefix` (their bases, concatenated by `run_bases`) makes it a
+    diff, which is always zstd. A lone block that does not compress travels raw."""
+    data = b"".join(b.data for b in blocks)
+    listed = tuple((b.digest, len(b.data)) for b in blocks)
+    if prefix:
+        return Packed(listed, Codec.ZSTD, compress_with_prefix(data, prefix, level), diff=True)
+    if codec is Codec.XZ:
+        z = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=level)
+    else:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=_window_log(len(data) or 1), write_content_size=True
+        )
+        z = zstandard.ZstdCompressor(compression_params=params).compress(data)
+        if len(blocks) == 1 and len(z) >= len(data):
+            return Packed(listed, codec, data, raw=True)
+    return Packed(listed, codec, z)
+
+
+def runs(
+    blocks: Sequence[Block],
+    bases: Mapping[bytes, tuple[bytes, ...]],
+    have: Mapping[bytes, bytes],
+    group: Mapping[bytes, int] | None = None,
+) -> list[tuple[list[Block], bytes]]:
+    """`blocks` cut into runs, each with the prefix to compress it against (b"": none):
+    consecutive blocks of one `group` (their WANTS frame) whose bases are all in `have`
+    form diff runs, the others plain runs, each run at most RUN_CAP bytes and its bases
+    at most MAX_BASE_BYTES."""
+    out: list[tuple[list[Block], bytes]] = []
+    cur: list[Block] = []
+    cur_bases: dict[bytes, None] = {}
+    size = base_size = 0
+    diff = False
+    last_group = None
+
+    def flush() -> None:
+        if cur:
+            out.append((list(cur), b"".join(have[b] for b in cur_bases)))
+
+    for b in blocks:
+        mine = bases.get(b.digest, ())
+        d = bool(mine) and all(x in have for x in mine)
+        extra = [x for x in dict.fromkeys(mine) if x not in cur_bases] if d else []
+        grown = base_size + sum(len(have[x]) for x in extra)
+        if d and sum(len(have[x]) for x in dict.fromkeys(mine)) > MAX_BASE_BYTES:
+            d, extra, grown = False, [], base_size
+        g = group.get(b.digest) if group is not None else None
+        if cur and (
+            d != diff or g != last_group or size + len(b.data) > RUN_CAP or grown > MAX_BASE_BYTES
+        ):
+            flush()
+            cur, cur_bases, size, base_size = [], {}, 0, 0
+            extra = list(dict.fromkeys(mine)) if d else []
+            grown = sum(len(have[x]) for x in extra)
+        diff, last_group = d, g
+        cur.append(b)
+        size += len(b.data)
+        cur_bases.update(dict.fromkeys(extra))
+        base_size = grown
+    flush()
+    return out
 
 
 def _decompressor(prefix: bytes | None) -> zstandard.ZstdDecompressor:
@@ -229,8 +358,13 @@ class BlockServer:
 
     max_wants: int = MAX_WANTS
     _frames: FrameDecoder = field(default_factory=lambda: FrameDecoder(REQUEST_CAP))
-    _pending: OrderedDict[bytes, Want] = field(default_factory=OrderedDict)
+    _pending: OrderedDict[bytes, tuple[Want, int]] = field(default_factory=OrderedDict)
     _waiting: dict[bytes, Want] = field(default_factory=dict)  # want-haves of chunks not here yet
+    _frame_no: int = 0
+    # Wants taken and not yet answered -> cancelled since: a cancel that arrives while
+    # their reply is being read and compressed still keeps them off the wire.
+    _taken: dict[bytes, bool] = field(default_factory=dict)
+    groups: dict[bytes, int] = field(default_factory=dict)  # of the last `take`: digest -> frame
 
     def receive_data(self, data: bytes) -> list[Wants | Cancel]:
         events: list[Wants | Cancel] = []
@@ -238,9 +372,10 @@ class BlockServer:
             kind, items = _unpack(payload)
             if kind is Kind.WANTS:
                 wants = tuple(Want.decode(w) for w in items)
+                self._frame_no += 1
                 for w in wants:
                     self._waiting.pop(w.digest, None)
-                    self._pending[w.digest] = w
+                    self._pending[w.digest] = (w, self._frame_no)
                 if len(self._pending) + len(self._waiting) > self.max_wants:
                     raise BlocksError(f"peer has more than {self.max_wants} wants outstanding")
                 events.append(Wants(wants))
@@ -249,6 +384,8 @@ class BlockServer:
                 for d in digests:
                     self._pending.pop(d, None)
                     self._waiting.pop(d, None)
+                    if d in self._taken:
+                        self._taken[d] = True
                 events.append(Cancel(digests))
             else:
                 raise BlocksError("a client sent a reply frame")
@@ -267,17 +404,44 @@ class BlockServer:
         return len(self._pending)
 
     def take(self, n: int) -> list[Want]:
-        """The next `n` wants to answer (they leave the queue)."""
+        """The next wants to answer, at most `n` (they leave the queue): whole WANTS
+        frames where they fit, so what was asked together is answered together
+        (`groups` says which frame each came from)."""
         out: list[Want] = []
+        self.groups = {}
         while self._pending and len(out) < n:
-            out.append(self._pending.popitem(last=False)[1])
+            digest, (w, g) = next(iter(self._pending.items()))
+            if out and g != self.groups[out[-1].digest]:
+                left = sum(1 for _ in self._group_from(g, n - len(out) + 1))
+                if left > n - len(out):
+                    break  # the next frame does not fit whole: it starts the next reply
+            del self._pending[digest]
+            out.append(w)
+            self.groups[digest] = g
+        for w in out:
+            self._taken[w.digest] = False
         return out
+
+    def _group_from(self, g: int, limit: int) -> Iterable[None]:
+        for i, (_, gg) in enumerate(self._pending.values()):
+            if gg != g or i >= limit:
+                return
+            yield None
+
+    def cancelled(self, wants: Iterable[Want]) -> set[bytes]:
+        """Of wants taken, those the client cancelled since."""
+        return {w.digest for w in wants if self._taken.get(w.digest)}
+
+    def answered(self, wants: Iterable[Want]) -> None:
+        for w in wants:
+            self._taken.pop(w.digest, None)
 
     def put_back(self, wants: Sequence[Want]) -> None:
         """Wants taken but not answered (a reply was full): first in line again."""
         for w in reversed(wants):
-            if w.digest not in self._pending:
-                self._pending[w.digest] = w
+            cancelled = self._taken.pop(w.digest, False)
+            if w.digest not in self._pending and not cancelled:
+                self._pending[w.digest] = (w, self.groups.get(w.digest, 0))
                 self._pending.move_to_end(w.digest, last=False)
 
     def wait(self, wants: Iterable[Want]) -> None:
@@ -297,42 +461,48 @@ class BlockServer:
 
     @staticmethod
     def reply(
-        entries: Sequence[Reply],
+        entries: Sequence[Reply | Packed],
         *,
-        level: int = 1,
-        dictionaries: dict[bytes, bytes] | None = None,
+        level: int = 3,
         diff_level: int = 3,
+        bases: Mapping[bytes, tuple[bytes, ...]] | None = None,
+        have: Mapping[bytes, bytes] | None = None,
+        group: Mapping[bytes, int] | None = None,
+        packer: Callable[[list[Block], bytes], Packed] | None = None,
         target: int = REPLY_TARGET,
     ) -> bytes:
         """Frames (one or more, each about `target` bytes) answering with `entries`,
-        those without data first. `dictionaries` maps a block's digest to the
-        concatenated bases to compress it against."""
+        those without data first. Blocks go out in runs (see `runs`): `bases` maps a
+        block's digest to the bases its want listed, `have` a base's digest to its bytes,
+        `group` a block's digest to its WANTS frame; `packer(blocks, prefix)` compresses
+        a run (by default `pack` at `level`, or `diff_level` with a prefix)."""
+
+        def default(blocks: list[Block], prefix: bytes) -> Packed:
+            return pack(blocks, level=diff_level if prefix else level, prefix=prefix)
+
+        items: list[list[object]] = []  # refusals and notices first: not queued behind data
+        data: list[list[object]] = []
+        blocks: list[Block] = []
+        for e in entries:
+            if isinstance(e, Block):
+                blocks.append(e)
+            elif isinstance(e, Packed):
+                data.append(e.entry())
+            elif isinstance(e, Have):
+                items.append([int(Entry.HAVE), e.digest])
+            elif isinstance(e, Busy):
+                items.append([int(Entry.BUSY), e.digest])
+            elif isinstance(e, DontHave):
+                items.append([int(Entry.DONT_HAVE), e.digest])
+        for run, prefix in runs(blocks, bases or {}, have or {}, group):
+            data.append((packer or default)(run, prefix).entry())
+        items += data
         out: list[bytes] = []
         batch: list[object] = []
         size = 0
-        plain = zstandard.ZstdCompressor(level=level)
-        for e in sorted(entries, key=lambda e: isinstance(e, Block)):
-            if isinstance(e, Block):
-                prefix = (dictionaries or {}).get(e.digest)
-                if prefix:
-                    z = compress_with_prefix(e.data, prefix, diff_level)
-                    item: list[object] = [int(Entry.BLOCK_DIFF), e.digest, len(e.data), z]
-                else:
-                    z = plain.compress(e.data)
-                    item = (
-                        [int(Entry.BLOCK_ZSTD), e.digest, len(e.data), z]
-                        if len(z) < len(e.data)
-                        else [int(Entry.BLOCK_RAW), e.digest, len(e.data), e.data]
-                    )
-                size += len(item[3])  # type: ignore[arg-type]
-            elif isinstance(e, Have):
-                item = [int(Entry.HAVE), e.digest]
-            elif isinstance(e, Busy):
-                item = [int(Entry.BUSY), e.digest]
-            else:
-                item = [int(Entry.DONT_HAVE), e.digest]
+        for item in items:
             batch.append(item)
-            size += DIGEST + 8
+            size += DIGEST + 8 + (len(item[-1]) if isinstance(item[-1], bytes) else 0)
             if size >= target:
                 out.append(_pack(Kind.REPLY, batch))
                 batch, size = [], 0
@@ -349,39 +519,59 @@ class BlockClient:
     max_block: int = MAX_BLOCK
     _frames: FrameDecoder = field(default_factory=FrameDecoder)
     _outstanding: dict[bytes, Want] = field(default_factory=dict)
-    _bases: dict[bytes, bytes] = field(default_factory=dict)
+    # Of wants with bases: the bases' bytes, in the want's order (a diff decodes with them).
+    _bases: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
     # Wants we cancelled recently: their blocks may already be on the wire.
-    _cancelled: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _cancelled: OrderedDict[bytes, Want] = field(default_factory=OrderedDict)
+    late_bytes: int = 0  # payload bytes of blocks that came after we cancelled them
 
-    def want(self, wants: Iterable[Want], base_bytes: dict[bytes, bytes] | None = None) -> bytes:
-        """`base_bytes`: for wants with bases, the concatenated bases' bytes (the client
-        has them) to decompress the answer with."""
+    def want(
+        self,
+        wants: Iterable[Want],
+        base_bytes: Mapping[bytes, bytes] | None = None,
+        *,
+        groups: Iterable[int] | None = None,
+    ) -> bytes:
+        """`base_bytes`: the bytes of the bases the wants list (by base digest; the
+        client holds them), to decode diffs with. `groups`, one per want: wants of one
+        group go in one frame (what is asked together is packed together); by default
+        all are one group."""
         wants = list(wants)
+        marks = list(groups) if groups is not None else [0] * len(wants)
+        if len(marks) != len(wants):
+            raise ValueError("one group per want")
         for w in wants:
             self._outstanding[w.digest] = w
-            if w.bases and base_bytes and w.digest in base_bytes:
-                self._bases[w.digest] = base_bytes[w.digest]
+            if w.bases and base_bytes is not None and all(b in base_bytes for b in w.bases):
+                self._bases[w.digest] = tuple(base_bytes[b] for b in w.bases)
         out = []
         batch: list[object] = []
         size = 0
-        for w in wants:
+        last = None
+        for w, g in zip(wants, marks, strict=True):
             cost = DIGEST + 8 + (DIGEST + 2) * len(w.bases)  # its msgpack size, or a little more
-            if batch and (len(batch) == MAX_WANTS // 4 or size + cost > REQUEST_CAP // 2):
+            if batch and (
+                g != last or len(batch) == MAX_WANTS // 4 or size + cost > REQUEST_CAP // 2
+            ):
                 out.append(_pack(Kind.WANTS, batch))
                 batch, size = [], 0
             batch.append(w.encode())
             size += cost
+            last = g
         if batch:
             out.append(_pack(Kind.WANTS, batch))
         return b"".join(out)
 
     def cancel(self, digests: Iterable[bytes]) -> bytes:
-        ds = [d for d in digests if self._outstanding.pop(d, None) is not None]
-        for d in ds:
-            self._bases.pop(d, None)
-            self._cancelled[d] = None
+        ds = []
+        for d in digests:
+            w = self._outstanding.pop(d, None)
+            if w is not None:
+                ds.append(d)
+                self._cancelled[d] = w
         while len(self._cancelled) > MAX_WANTS:
-            self._cancelled.popitem(last=False)
+            gone, _ = self._cancelled.popitem(last=False)
+            self._bases.pop(gone, None)
         return _pack(Kind.CANCEL, ds) if ds else b""  # type: ignore[arg-type]
 
     @property
@@ -392,52 +582,63 @@ class BlockClient:
         return digest in self._outstanding
 
     def receive_data(self, data: bytes) -> list[Reply]:
-        """Replies to outstanding wants (a late answer to a cancelled want is dropped)."""
+        """Replies to outstanding wants (a late answer to a cancelled want is dropped,
+        and its bytes counted in `late_bytes`)."""
         out: list[Reply] = []
         for payload in self._frames.feed(data):
             kind, items = _unpack(payload)
             if kind is not Kind.REPLY:
                 raise BlocksError("a server sent a request frame")
             for raw in items:
-                r = self._entry(raw)
-                if r is not None:
-                    out.append(r)
+                out.extend(self._entry(raw))
         return out
 
     def end_of_stream(self) -> None:
         self._frames.close()
 
-    def _entry(self, raw: object) -> Reply | None:
+    def _asked(self, digest: bytes) -> Want | None:
+        """The want `digest` answers: outstanding, or cancelled (None); else an attack."""
+        w = self._outstanding.get(digest)
+        if w is not None:
+            return w
+        # A reply to a want we cancelled may cross the cancel on the wire; anything else
+        # we never asked for is an attack.
+        if digest in self._cancelled:
+            return None
+        raise BlocksError(f"unsolicited reply for {digest.hex()[:16]}")
+
+    def _entry(self, raw: object) -> list[Reply]:
         if not (isinstance(raw, list) and raw and type(raw[0]) is int):
             raise BlocksError("malformed reply entry")
         try:
             kind = Entry(raw[0])
         except ValueError:
             raise BlocksError(f"unknown reply entry {raw[0]}") from None
+        if kind in (Entry.RUN, Entry.RUN_DIFF):
+            return self._run(kind, raw)
         want_len = 4 if kind in (Entry.BLOCK_ZSTD, Entry.BLOCK_RAW, Entry.BLOCK_DIFF) else 2
         if len(raw) != want_len:
             raise BlocksError("malformed reply entry")
         digest = _digest(raw[1])
-        w = self._outstanding.get(digest)
+        w = self._asked(digest)
         if w is None:
-            # A reply to a want we cancelled may cross the cancel on the wire; anything
-            # else we never asked for is an attack.
-            if digest in self._cancelled:
-                return None
-            raise BlocksError(f"unsolicited reply for {digest.hex()[:16]}")
+            if want_len == 4 and isinstance(raw[3], bytes):
+                self.late_bytes += len(raw[3])
+            return []
         if kind is Entry.HAVE:
             if w.block:
                 raise BlocksError("answered want-block with HAVE")
             del self._outstanding[digest]
-            return Have(digest)
+            return [Have(digest)]
         if kind is Entry.BUSY and not w.block:
             raise BlocksError("answered want-have with BUSY")
         del self._outstanding[digest]
-        prefix = self._bases.pop(digest, None)
+        bases = self._bases.pop(digest, None)
+        prefix = b"".join(bases) if bases else None
         if kind is Entry.DONT_HAVE:
-            return DontHave(digest)
+            return [DontHave(digest)]
         if kind is Entry.BUSY:
-            return Busy(digest)
+            return [Busy(digest)]
         if kind is Entry.BLOCK_DIFF and not prefix:
             raise BlocksError(f"a diff for {digest.hex()[:16]}, which was asked for without bases")
         if kind is not Entry.BLOCK_DIFF:
@@ -450,24 +651,118 @@ class BlockClient:
         if kind is Entry.BLOCK_RAW:
             data = payload
         else:
-            try:
-                declared = zstandard.frame_content_size(payload)
-            except zstandard.ZstdError as e:
-                raise BlocksError(f"block {digest.hex()[:16]} does not decompress: {e}") from None
-            if declared > size:  # refuse before allocating what the header asks for
-                raise BlocksError(
-                    f"block {digest.hex()[:16]} declares {declared:,} bytes, not {size:,}"
-                )
-            try:
-                data = _decompressor(prefix).decompress(payload, max_output_size=size)
-            except zstandard.ZstdError as e:
-                if prefix:
-                    return BadDiff(digest)
-                raise BlocksError(f"block {digest.hex()[:16]} does not decompress: {e}") from None
-            if prefix and len(data) != size:
-                return BadDiff(digest)
+            data_or_bad = _unzstd(payload, size, prefix, what=f"block {digest.hex()[:16]}")
+            if data_or_bad is None:
+                return [BadDiff(digest)]
+            data = data_or_bad
         if len(data) != size:
             raise BlocksError(
                 f"block {digest.hex()[:16]} is {len(data):,} bytes, not the {size:,} it claims"
             )
-        return Block(digest, data, len(payload), kind is Entry.BLOCK_DIFF)
+        return [Block(digest, data, len(payload), kind is Entry.BLOCK_DIFF)]
+
+    def _run(self, kind: Entry, raw: list[object]) -> list[Reply]:
+        diff = kind is Entry.RUN_DIFF
+        if len(raw) != (3 if diff else 4):
+            raise BlocksError("malformed run entry")
+        codec_raw = int(Codec.ZSTD) if diff else raw[1]
+        listed, payload = raw[-2], raw[-1]
+        if not (isinstance(listed, list) and listed and isinstance(payload, bytes)):
+            raise BlocksError("malformed run entry")
+        try:
+            if type(codec_raw) is not int:
+                raise ValueError
+            codec = Codec(codec_raw)
+        except ValueError:
+            raise BlocksError(f"unknown run codec {codec_raw!r}") from None
+        members: list[tuple[bytes, int, Want | None]] = []
+        total = 0
+        for item in listed:
+            if not (isinstance(item, list) and len(item) == 2 and type(item[1]) is int):
+                raise BlocksError("malformed run member")
+            digest, size = _digest(item[0]), item[1]
+            if not 0 <= size <= self.max_block:
+                raise BlocksError(
+                    f"block {digest.hex()[:16]} claims {size:,} bytes (limit {self.max_block:,})"
+                )
+            w = self._asked(digest)
+            if w is not None and not w.block:
+                raise BlocksError("answered a want-have with a block")
+            if any(d == digest for d, _, _ in members):
+                raise BlocksError(f"a run lists {digest.hex()[:16]} twice")
+            members.append((digest, size, w))
+            total += size
+        if total > MAX_RUN:
+            raise BlocksError(f"a run of {total:,} bytes (limit {MAX_RUN:,})")
+        what = f"a run of {len(members)} blocks from {members[0][0].hex()[:16]}"
+        prefix = None
+        if diff:
+            prefix = self._run_prefix([d for d, _, _ in members])
+            if prefix is None:
+                raise BlocksError(f"{what} is a diff, but its blocks were asked for without bases")
+        data: bytes | None
+        if codec is Codec.XZ:
+            data = _unxz(payload, total, what)
+        else:
+            data = _unzstd(payload, total, prefix, what=what)
+        out: list[Reply] = []
+        offset = 0
+        for digest, size, w in members:
+            share = len(payload) * size // max(1, total)
+            piece = data[offset : offset + size] if data is not None else None
+            offset += size
+            if w is None:
+                self.late_bytes += share
+                continue
+            del self._outstanding[digest]
+            self._bases.pop(digest, None)
+            out.append(BadDiff(digest) if piece is None else Block(digest, piece, share, diff))
+        if data is not None and len(data) != total:
+            if diff:
+                return [BadDiff(r.digest) for r in out]
+            raise BlocksError(f"{what} is {len(data):,} bytes, not the {total:,} it claims")
+        return out
+
+    def _run_prefix(self, digests: list[bytes]) -> bytes | None:
+        """What a RUN_DIFF of `digests` decodes against: `run_bases` of their wants."""
+        known: dict[bytes, bytes] = {}
+        wants = []
+        for d in digests:
+            w = self._outstanding.get(d) or self._cancelled.get(d)
+            mine = self._bases.get(d)
+            if w is None or not w.bases or mine is None:
+                return None
+            wants.append(w)
+            known.update(zip(w.bases, mine, strict=True))
+        return b"".join(known[b] for b in run_bases(wants))
+
+
+def _unzstd(payload: bytes, size: int, prefix: bytes | None, *, what: str) -> bytes | None:
+    """`payload` decompressed (with `prefix`), at most `size` bytes; None for a diff that
+    does not decode (the client's bases may differ from the server's)."""
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as e:
+        raise BlocksError(f"{what} does not decompress: {e}") from None
+    if declared > size:  # refuse before allocating what the header asks for
+        raise BlocksError(f"{what} declares {declared:,} bytes, not {size:,}")
+    try:
+        data = _decompressor(prefix).decompress(payload, max_output_size=size)
+    except zstandard.ZstdError as e:
+        if prefix:
+            return None
+        raise BlocksError(f"{what} does not decompress: {e}") from None
+    if prefix and len(data) != size:
+        return None
+    return data
+
+
+def _unxz(payload: bytes, size: int, what: str) -> bytes:
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_XZ_MEMORY)
+    try:
+        data = d.decompress(payload, max_length=size + 1)
+    except lzma.LZMAError as e:
+        raise BlocksError(f"{what} does not decompress: {e}") from None
+    if not d.eof or len(data) != size or d.unused_data:
+        raise BlocksError(f"{what} does not decompress to the {size:,} bytes it claims")
+    return data

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.exchange.memory import MemoryStore
+from node.exchange.packing import RunHints
 from p2p.blocks import REPLY_TARGET, Block, BlockServer, Reply
 
 
@@ -33,11 +34,13 @@ class LinkBytes(bytes):
 class SimStore(MemoryStore):
     scale: int = 1  # link bytes per byte of chunk data
 
-    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
+    async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
         # Frames of REPLY_TARGET bytes on the links, as the real node sends them.
         frame = BlockServer.reply(
             replies,
-            dictionaries=prefixes,
+            bases=hints.bases,
+            have=hints.have,
+            group=hints.groups,
             diff_level=self.diff_level,
             target=max(1, REPLY_TARGET // self.scale),
         )

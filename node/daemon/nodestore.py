@@ -20,11 +20,12 @@ import trio
 
 from node.daemon.summaries import Summaries
 from node.exchange.limits import PeerLimits
+from node.exchange.packing import Packer, RunHints
 from node.exchange.server import Kept
 from node.exchange.subscriptions import Subscriptions
 from node.local.publish import Publication, publish
 from node.local.store import LocalStore, StoreReader
-from p2p.blocks import BlockServer, Reply
+from p2p.blocks import Reply
 from store.source import Source
 from trust.claim import SignedClaim
 from trust.key import SecretKey
@@ -43,6 +44,7 @@ class NodeStore:
         self._readers = trio.CapacityLimiter(1)
         self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
         self.diff_level = diff_level
+        self.packer = Packer(diff_level=diff_level)  # its cache serves every stream
         # The policy's keys (encoded): their claims are kept and answered first; claims by
         # other keys only within a budget a path (see LocalStore.add_claims). Without a
         # policy every key is another's.
@@ -83,10 +85,8 @@ class NodeStore:
 
         return await self.read(work)
 
-    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
-        return await trio.to_thread.run_sync(
-            partial(BlockServer.reply, replies, dictionaries=prefixes, diff_level=self.diff_level)
-        )
+    async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
+        return await trio.to_thread.run_sync(self.packer.encode, replies, hints)
 
     def chunks_added(self) -> None:
         """Wake the servers' subscriptions (want-haves of chunks that were not here) and

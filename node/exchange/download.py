@@ -90,6 +90,9 @@ class _Download:
         self.on_progress = on_progress
         # Set when chunks go back to the queue, a worker ends, or all is here.
         self._changed = trio.Event()
+        # Each worker's stream, its client and the lock its writes take: another worker
+        # that gets a chunk first cancels it here at once.
+        self._links: dict[str, tuple[ByteStream, BlockClient, trio.Lock]] = {}
 
     async def run(self) -> str | None:
         core = self.core
@@ -140,6 +143,7 @@ class _Download:
             self._notify()
             return
         core.open(peer, trio.current_time())
+        self._links[peer] = (stream, BlockClient(), trio.Lock())
         try:
             await self._exchange(peer, stream)
         except FrameError as e:  # BlocksError is one
@@ -158,24 +162,48 @@ class _Download:
         else:
             await finish(stream)
         finally:
+            self._links.pop(peer, None)
             core.close(peer)
             self._notify()
+
+    async def _send(self, peer: str, data: bytes) -> None:
+        stream, _, lock = self._links[peer]
+        async with lock:
+            await write(stream, data)
+
+    async def _cancel_elsewhere(self, me: str) -> None:
+        """Cancels for chunks that just arrived, to the other peers asked for them."""
+        for peer in self.core.cancels_now():
+            assert isinstance(peer, str)  # peers are named by their libp2p ids here
+            link = self._links.get(peer)
+            if peer == me or link is None:
+                continue
+            cancels = self.core.take_cancels(peer, link[1].is_outstanding)
+            if cancels:
+                try:
+                    await self._send(peer, link[1].cancel(cancels))
+                except StreamGone:
+                    pass  # that worker finds out itself
 
     async def _exchange(self, peer: str, stream: ByteStream) -> None:
         """Drives the core for one peer: sends what it says, reads replies, stores blocks."""
         core = self.core
-        client = BlockClient()
+        client = self._links[peer][1]
         while not core.complete:
             step = core.step(peer, trio.current_time(), client.is_outstanding)
             if step.requeued:
                 self._notify()
             if step.query:
-                await write(stream, client.want([Want(d, block=False) for d in step.query]))
+                await self._send(peer, client.want([Want(d, block=False) for d in step.query]))
             if step.cancels:
-                await write(stream, client.cancel(step.cancels))
+                await self._send(peer, client.cancel(step.cancels))
             if step.ask:
-                wants, prefixes = await self._wants(step.ask)
-                await write(stream, client.want(wants, prefixes))
+                wants, base_bytes = await self._wants(step.ask)
+                runs = core.sched.runs
+                await self._send(
+                    peer,
+                    client.want(wants, base_bytes, groups=[runs.get(w.digest, -1) for w in wants]),
+                )
             if not client.outstanding:
                 # Nothing this peer can do now; wake when the picture changes.
                 changed = self._changed
@@ -192,27 +220,32 @@ class _Download:
                     if not data:
                         raise StreamGone("the peer closed the stream")
                     core.heard(peer, trio.current_time())
+                    late = client.late_bytes
                     replies = client.receive_data(data)
+                    # Blocks that came after we cancelled them: sent twice all the same.
+                    core.progress.duplicate_bytes += client.late_bytes - late
             judged = core.judge(peer, replies, trio.current_time())
             if judged.good:
                 await self.sink.store_blocks(judged.good)
                 core.stored(peer, judged, trio.current_time())
+                await self._cancel_elsewhere(peer)
                 if self.on_progress is not None:
                     await self.on_progress()
             if judged.good or judged.requeued:
                 self._notify(workers=judged.requeued or core.complete)
 
     async def _wants(self, ask: list[bytes]) -> tuple[list[Want], dict[bytes, bytes]]:
-        """Wants for `ask`, with bases where we hold them, and the prefixes to decode with."""
+        """Wants for `ask`, with bases where we hold them, and the bases' bytes to decode
+        with."""
         with_bases = self.core.with_bases(ask)
-        prefixes: dict[bytes, bytes] = {}
+        have: dict[bytes, bytes] = {}
         if with_bases:
             have = await self.sink.read_chunks(
                 sorted({b for bs in with_bases.values() for b in bs})
             )
             for d, bs in list(with_bases.items()):
-                if all(b in have for b in bs) and sum(len(have[b]) for b in bs) <= MAX_BASE_BYTES:
-                    prefixes[d] = b"".join(have[b] for b in bs)
-                else:
+                if not (
+                    all(b in have for b in bs) and sum(len(have[b]) for b in bs) <= MAX_BASE_BYTES
+                ):
                     del with_bases[d]
-        return [Want(d, bases=with_bases.get(d, ())) for d in ask], prefixes
+        return [Want(d, bases=with_bases.get(d, ())) for d in ask], have

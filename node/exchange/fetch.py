@@ -165,7 +165,15 @@ class Fetch:
         self.progress.paths_done = sum(p.complete for p in plans)
         todo = [p for p in plans if not p.complete]
         if todo:
-            missing = await self.local.reserve(todo, roots=roots)
+            reserved = await self.local.reserve(todo, roots=roots)
+            # In the paths' order: consecutive chunks of a file are asked for, and
+            # compressed, together (a run; see `node.exchange.schedule`).
+            missing = {
+                d: reserved[d]
+                for p in todo
+                for _, _, _, d in p.manifest.chunk_spans()
+                if d in reserved
+            }
             needed = {d: n for p in todo for _, _, n, d in p.manifest.chunk_spans()}
             self.progress.deduplicated_chunks = len(needed) - len(missing)
             self.progress.deduplicated_bytes = sum(needed.values()) - sum(missing.values())
@@ -575,7 +583,10 @@ class Fetch:
                 else:
                     await write(
                         stream,
-                        client.want([Want(digest, bases=(blake3_digest(base),))], {digest: base}),
+                        client.want(
+                            [Want(digest, bases=(blake3_digest(base),))],
+                            {blake3_digest(base): base},
+                        ),
                     )
                 while True:
                     data = await read_some(stream)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 from node.exchange.bases import chunk_bases, package_name, pick_base
 from node.exchange.fetch import Plan
+from node.exchange.packing import Packer, RunHints
 from node.exchange.server import Kept
 from node.exchange.subscriptions import Subscriptions
-from p2p.blocks import BlockServer, Reply
+from p2p.blocks import Reply
 from store.chunking import digest as blake3_digest
 from store.manifest import Manifest
 from store.path import StorePath
@@ -152,8 +153,8 @@ class MemoryStore:
             if (b := self.chunks.get(d) or self._manifest_blobs.get(d)) is not None
         }
 
-    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
-        return BlockServer.reply(replies, dictionaries=prefixes, diff_level=self.diff_level)
+    async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
+        return Packer(diff_level=self.diff_level).encode(replies, hints)
 
     async def present(self, digests: list[bytes]) -> set[bytes]:
         return {d for d in digests if d in self.chunks}

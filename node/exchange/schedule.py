@@ -4,7 +4,10 @@ Peers pull work: each asks for as many bytes as its window allows, and the windo
 follows the peer's measured throughput, so a fast peer ends up serving more than a slow
 one without any central split. A DONT_HAVE or a timeout puts the chunk back for the other
 peers; a failed peer's chunks all go back. When nothing is left to hand out, idle peers
-duplicate the slowest outstanding requests (endgame), and the first answer wins.
+duplicate outstanding requests of peers that have sent nothing for ENDGAME_WAIT, or that
+measure ENDGAME_FASTER times slower than they (endgame), and the first answer wins (the
+other is cancelled). A peer that keeps sending about as fast is left to finish: on a small
+update, duplicating its last requests doubled what the builders sent.
 
 A peer is taken to hold everything until it says DONT_HAVE; from then on it is partial
 (another fetcher, part way through): it is asked only for chunks it said it HAS. Its
@@ -12,10 +15,13 @@ worker subscribes to chunks still wanted (`to_query`: want-haves, which the peer
 with HAVE once it holds the chunk) and drops the subscriptions of chunks that arrived
 from elsewhere (`stale_queries`). Each missing chunk is watched by WATCHERS partial peers,
 spread over them from random starting points, not by all of them: every HAVE is a
-message, and a crowd of N fetchers with D neighbours each would send N x D per chunk. Chunks are handed out in a random order per
-session, so fetchers of the same closure start from different chunks and have something
-to trade, and a complete peer (a builder, a seed) is not asked for chunks a partial peer
-has offered: its uplink goes to chunks nobody else has.
+message, and a crowd of N fetchers with D neighbours each would send N x D per chunk.
+Chunks are handed out in runs: consecutive chunks in the order given (a file's, a path's),
+up to RUN_CAP bytes, which a peer is asked for together and compresses together. Runs are
+handed out in a random order per session, so fetchers of the same closure start from
+different chunks and have something to trade, and a complete peer (a builder, a seed)
+is not asked for chunks a partial peer has offered: its uplink goes to chunks nobody
+else has.
 
 A peer that answers BUSY (its upload slots are taken) is left alone for a pause that
 doubles while it stays busy, and its chunks go to the others. A request is late when the
@@ -34,17 +40,22 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from p2p.blocks import RUN_CAP
+
 Peer = Hashable
 
 MIN_WINDOW = 2 << 20
 MAX_WINDOW = 32 << 20
 TARGET_DELAY = 0.25  # seconds of a peer's throughput we keep in flight
 ENDGAME_COPIES = 2  # at most this many peers asked for one chunk at the end
+ENDGAME_WAIT = 1.0  # seconds a peer is silent, with requests out, before they are duplicated
+ENDGAME_FASTER = 4.0  # or: how many times faster the idle peer measures
 BUSY_PAUSE = (1.0, 16.0)  # seconds a busy peer is left alone: first, and at most (doubling)
 STALLED = 6  # a peer that sends, but not what we asked, keeps a request this many timeouts
 QUERY_LIMIT = 1024  # want-haves outstanding per partial peer (a server holds MAX_WANTS per stream)
 WATCHERS = 8  # partial peers subscribed to (or offering) each missing chunk
 SCAN = 64  # queue entries a complete peer's take looks at before giving up for now
+RUN_CHUNKS = 64  # chunks in a run, at most (what a server answers in one reply)
 
 
 @dataclass
@@ -72,6 +83,8 @@ class Schedule:
     # Link bytes per chunk byte: the simulator's chunks are scaled down, and windows,
     # which are about the link, must shrink with them.
     scale: int = 1
+    run_bytes: int = RUN_CAP  # a run's size, at most (link bytes)
+    runs: dict[bytes, int] = field(init=False)  # digest -> its run
     _queue: deque[bytes] = field(init=False)
     _asked: dict[bytes, set[Peer]] = field(default_factory=dict)
     _refused: dict[bytes, dict[Peer, float]] = field(default_factory=dict)  # digest -> peer -> when
@@ -85,10 +98,19 @@ class Schedule:
     done: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        order = list(self.sizes)
+        cut: list[list[bytes]] = []
+        size = 0
+        limit = max(1, self.run_bytes // self.scale)
+        for d, n in self.sizes.items():
+            if not cut or len(cut[-1]) >= RUN_CHUNKS or size + n > limit:
+                cut.append([])
+                size = 0
+            cut[-1].append(d)
+            size += n
         if self.rng is not None:
-            self.rng.shuffle(order)
-        self._queue = deque(order)
+            self.rng.shuffle(cut)
+        self.runs = {d: i for i, run in enumerate(cut) for d in run}
+        self._queue = deque(d for run in cut for d in run)
 
     # --- state
 
@@ -179,7 +201,7 @@ class Schedule:
             self._queue.extendleft(reversed(skipped))
             self._queue.extend(offered)
             if budget > 0 and not self._queue:
-                out.extend(self._endgame(peer, budget))
+                out.extend(self._endgame(peer, budget, now))
         for d in out:
             self._asked.setdefault(d, set()).add(peer)
             st.in_flight[d] = now
@@ -190,11 +212,19 @@ class Schedule:
         st = self.peers[peer]
         return digest in st.has if st.partial else peer not in self._refused.get(digest, ())
 
-    def _endgame(self, peer: Peer, budget: int) -> list[bytes]:
+    def _endgame(self, peer: Peer, budget: int, now: float) -> list[bytes]:
         out = []
+        mine = self.peers[peer].rate
         # Oldest requests first: those are the ones most likely stuck on a slow peer.
         pending = sorted(
-            ((t, d) for p, st in self.peers.items() if p != peer for d, t in st.in_flight.items()),
+            (
+                (t, d)
+                for p, st in self.peers.items()
+                if p != peer
+                for d, t in st.in_flight.items()
+                if now - max(t, st.last_receive or t) >= ENDGAME_WAIT
+                or 0 < st.rate * ENDGAME_FASTER <= mine
+            ),
             key=lambda x: x[0],
         )
         for _, d in pending:
@@ -274,6 +304,19 @@ class Schedule:
             st.pause = min(BUSY_PAUSE[1], max(BUSY_PAUSE[0], 2 * st.pause))
             st.resting_until = now + st.pause
         self._unask(digest, peer)
+
+    def endgame_at(self, peer: Peer) -> float | None:
+        """When `peer`, idle, could next duplicate another peer's request (None: no
+        request is out elsewhere, or there is still work in the queue)."""
+        if self._queue:
+            return None
+        times = [
+            max(t, st.last_receive or t) + ENDGAME_WAIT
+            for p, st in self.peers.items()
+            if p != peer
+            for t in st.in_flight.values()
+        ]
+        return min(times) if times else None
 
     def resting_until(self, peer: Peer) -> float:
         st = self.peers.get(peer)

@@ -1,4 +1,4 @@
-"""Answering peers: `/ferry/blocks/1` and `/ferry/claims/1` on inbound streams."""
+"""Answering peers: `/ferry/blocks/2` and `/ferry/claims/1` on inbound streams."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import trio
 
 from node.exchange.limits import DEFAULT as DEFAULT_LIMITS
 from node.exchange.limits import PeerLimits
+from node.exchange.packing import RunHints
 from node.exchange.subscriptions import Subscriptions
 from node.exchange.uplink import Turn, Uplink
 from p2p import claimwire
-from p2p.blocks import MAX_BASE_BYTES, Block, BlockServer, Busy, Cancel, DontHave, Have, Reply, Want
+from p2p.blocks import Block, BlockServer, Busy, Cancel, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
 from p2p.stream import ByteStream, ReaderStalled, StreamGone, abort, read_some, write, write_paced
 from trust.claim import ClaimError, SignedClaim
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SERVE_BATCH = 64  # wants answered per store read, at most
 REPLY_CAP = 4 << 20  # block bytes one reply carries, at most: what a stalled reply holds
+LINK_SAMPLE = 1 << 20  # frames at least this big measure how fast the peer takes them
 SLOT_WAIT = 0.5  # seconds a want-block waits for a free upload slot before it is answered BUSY
 # HAVE notices wait this long to share a frame with the next ones: a node that just got a
 # chunk usually gets more within a moment, and a request for it would wait behind what
@@ -52,9 +54,9 @@ class BlobSource(Protocol):
         """The present, intact chunks and manifests among `digests`."""
         ...
 
-    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
-        """Compress and frame replies (off the event loop); a block with a prefix is
-        compressed against it (the bases its requester holds)."""
+    async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
+        """Compress and frame replies (off the event loop): blocks in runs, against the
+        bases their requester holds where `hints` has them, at a level the link can use."""
         ...
 
     async def present(self, digests: list[bytes]) -> set[bytes]:
@@ -107,6 +109,7 @@ async def serve_blocks(
     more = trio.Event()
     ended = False
     sending = trio.Lock()  # answers and HAVE notices share the stream: whole frames each
+    link_rate: float | None = None  # bytes per second the peer takes, smoothed
 
     async def receive() -> None:
         nonlocal ended
@@ -160,21 +163,40 @@ async def serve_blocks(
                     turn.finish()
 
     async def send(frame: bytes, turn: Turn | None) -> None:
+        nonlocal link_rate
+
         def slow() -> None:
             if turn is not None and not turn.stall():
                 raise ReplyDropped()
 
         async with sending:
+            started = trio.current_time()
             await write_paced(
                 stream, frame, slow=limits.slot_stall, stall=limits.send_stall, on_slow=slow
             )
+            took = trio.current_time() - started
+        if len(frame) >= LINK_SAMPLE and took > 0:
+            # A frame larger than the stream's window is written as fast as the peer
+            # takes it: the link's speed (a smaller one only fills buffers).
+            sample = len(frame) / took
+            link_rate = sample if link_rate is None else 0.7 * link_rate + 0.3 * sample
 
     async def _answer(wants: list[Want], busy: set[bytes], turn: Turn | None) -> None:
+        try:
+            await _answer_taken(wants, busy, turn)
+        finally:
+            server.answered(wants)
+
+    async def _answer_taken(wants: list[Want], busy: set[bytes], turn: Turn | None) -> None:
         # Watched before looking: a chunk that lands meanwhile is announced.
         subscriber.watch(w.digest for w in wants if not w.block)
         bases = {b for w in wants if w.block and w.digest not in busy for b in w.bases}
         ask = [w.digest for w in wants if w.digest not in busy] + sorted(bases)
+        groups = dict(server.groups)
         found = await source.blobs(ask)
+        # Cancelled while we read (the client got them from another peer): not sent.
+        gone = server.cancelled(wants)
+        wants = [w for w in wants if w.digest not in gone]
         replies: list[Reply] = []
         later: list[Want] = []
         carried = 0
@@ -204,8 +226,14 @@ async def serve_blocks(
         subscriber.unwatch(w.digest for w in wants if not w.block and w.digest in found)
         if not replies:
             return
-        frame = await source.encode_reply(replies, _prefixes(wants, found))
-        del found  # the frame is what stays in memory while the peer takes it
+        hints = RunHints(
+            bases={w.digest: w.bases for w in wants if w.block and w.bases},
+            have=found,
+            groups=groups,
+            link_rate=link_rate,
+        )
+        frame = await source.encode_reply(replies, hints)
+        del found, hints  # the frame is what stays in memory while the peer takes it
         if turn is not None:
             turn.carry(len(frame))
         # Counted when handed to the connection: a client that resets its stream the
@@ -224,7 +252,7 @@ async def serve_blocks(
                 ready |= await source.present(server.waiting)
             haves = server.arrived(ready)
             if haves:
-                await send(await source.encode_reply(list(haves), {}), None)
+                await send(await source.encode_reply(list(haves), RunHints()), None)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -260,22 +288,6 @@ async def serve_blocks(
         await _close(stream)
     else:
         await abort(stream)
-
-
-def _prefixes(wants: list[Want], found: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """The bases to compress each wanted block against: all of them, or none (the client
-    decodes with all it listed; a frame made without any decodes either way)."""
-    out = {}
-    for w in wants:
-        if (
-            w.block
-            and w.bases
-            and w.digest in found
-            and all(b in found for b in w.bases)
-            and sum(len(found[b]) for b in w.bases) <= MAX_BASE_BYTES
-        ):
-            out[w.digest] = b"".join(found[b] for b in w.bases)
-    return out
 
 
 async def serve_claims(

@@ -112,7 +112,11 @@ class Transfer:
         """How long a worker with nothing outstanding waits for news before looking again
         (a busy peer's pause may end sooner)."""
         rest = self.sched.resting_until(peer) - now
-        return min(self.request_timeout, rest) if rest > 0 else self.request_timeout
+        wait = min(self.request_timeout, rest) if rest > 0 else self.request_timeout
+        endgame = self.sched.endgame_at(peer)
+        if endgame is not None:
+            wait = min(wait, max(0.05, endgame - now))
+        return wait
 
     def rested(self, peer: Peer, now: float) -> None:
         self._views[peer].last_heard = now
@@ -200,6 +204,14 @@ class Transfer:
             p.chunks_done += 1
             p.bytes_done += len(data)
             p.per_peer[str(peer)] = p.per_peer.get(str(peer), 0) + len(data)
+
+    def cancels_now(self) -> list[Peer]:
+        """Peers with cancels waiting (chunks that came from elsewhere): sent at once,
+        before those peers spend their uplink on them."""
+        return [p for p, ds in self._cancels.items() if ds]
+
+    def take_cancels(self, peer: Peer, outstanding: Callable[[bytes], bool]) -> list[bytes]:
+        return [d for d in self._cancels.pop(peer, []) if outstanding(d)]
 
     def fall_back(self, peer: Peer, digest: bytes) -> None:
         log.info(

@@ -6,6 +6,7 @@ the simulator's in-memory streams."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import trio
 
 from node.exchange.fetch import Fetch, FetchSettings
 from node.exchange.memory import MemoryStore
+from node.exchange.packing import RunHints
 from node.exchange.server import serve_blocks, serve_claims
 from p2p import claimwire
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.blocks import Block, BlockServer, Entry, Kind, Reply, _pack, compress_with_prefix
+from p2p.blocks import Block, BlockServer, Packed, Reply, pack
 from sim.host import World
 from store import build, export
 from store.path import StorePath
@@ -46,24 +48,34 @@ class Lying(MemoryStore):
     how = "honest"
     spoiled = 0  # diffs sent spoiled
 
-    async def encode_reply(self, replies: list[Reply], prefixes: dict[bytes, bytes]) -> bytes:
+    async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
+        diffs = [r for r in replies if isinstance(r, Block) and r.digest in hints.bases]
+        diffs = [r for r in diffs if all(b in hints.have for b in hints.bases[r.digest])]
+        have = hints.have
+        packer = None
         if self.how in ("wrong-base", "damaged"):
-            self.spoiled += len(prefixes)
-        if self.how == "wrong-base" and prefixes:
+            self.spoiled += len(diffs)
+        if self.how == "wrong-base":
             # Bases one byte off what the client holds: every match decodes to other bytes.
-            prefixes = {d: p[1:] + p[:1] for d, p in prefixes.items()}
-        if self.how == "damaged" and prefixes:
+            have = {d: p[1:] + p[:1] for d, p in have.items()}
+        if self.how == "damaged":
             # Well-framed replies whose diff payloads are damaged half-way through.
-            items: list[object] = []
-            for r in replies:
-                if isinstance(r, Block) and r.digest in prefixes:
-                    z = bytearray(compress_with_prefix(r.data, prefixes[r.digest], self.diff_level))
-                    z[len(z) // 2] ^= 0x55
-                    items.append([int(Entry.BLOCK_DIFF), r.digest, len(r.data), bytes(z)])
-                else:
-                    return BlockServer.reply(replies, diff_level=self.diff_level)
-            return _pack(Kind.REPLY, items)
-        return BlockServer.reply(replies, dictionaries=prefixes, diff_level=self.diff_level)
+            def packer(blocks: list[Block], prefix: bytes) -> Packed:
+                packed = pack(blocks, level=self.diff_level, prefix=prefix)
+                if not prefix:
+                    return packed
+                z = bytearray(packed.payload)
+                z[len(z) // 2] ^= 0x55
+                return dataclasses.replace(packed, payload=bytes(z))
+
+        return BlockServer.reply(
+            replies,
+            bases=hints.bases,
+            have=have,
+            group=hints.groups,
+            diff_level=self.diff_level,
+            packer=packer,
+        )
 
 
 @pytest.mark.parametrize("how", ["honest", "wrong-base", "damaged", "lacks-base"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.exchange.schedule import MIN_WINDOW, Schedule
+from node.exchange.schedule import ENDGAME_WAIT, MIN_WINDOW, Schedule
 
 
 def _chunks(n: int, size: int = 1 << 20) -> dict[bytes, int]:
@@ -70,10 +70,12 @@ def test_timeouts_requeue_and_endgame_duplicates_once() -> None:
     s.add_peer("b")
     first = s.take("a", 0)
     assert len(first) == 2
-    dup = s.take("b", 0)  # nothing left in the queue: b duplicates a's requests
+    # Nothing left in the queue: b duplicates a's requests, once a has been silent a while.
+    assert s.take("b", 0) == [] and s.endgame_at("b") == ENDGAME_WAIT
+    dup = s.take("b", ENDGAME_WAIT)
     assert dup == first
-    assert s.take("c" if "c" in s.peers else "b", 0) == []
-    assert set(s.received("b", dup[0], 0.1)) == {"a"}  # cancel it at a
+    assert s.take("b", ENDGAME_WAIT) == []
+    assert set(s.received("b", dup[0], ENDGAME_WAIT + 0.1)) == {"a"}  # cancel it at a
     assert s.timed_out("a", 100, 10) == [first[1]]
 
 

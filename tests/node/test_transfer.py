@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.exchange.progress import Progress
-from node.exchange.schedule import Schedule
+from node.exchange.schedule import ENDGAME_WAIT, Schedule
 from node.exchange.transfer import QUERY_PERIOD, BadPeer, Transfer
 from p2p.blocks import BadDiff, Block, Busy, DontHave, Have
 from store.chunking import digest as blake3_digest
@@ -109,11 +109,13 @@ def test_a_chunk_from_one_peer_is_cancelled_at_the_other() -> None:
     (d,) = chunks
     t = _transfer(chunks, "a", "b")
     assert _asked(t, "a", 0.0) == [d]
-    # The endgame: with nothing else left, b is asked for the same chunk.
-    assert _asked(t, "b", 0.0) == [d]
-    judged = t.judge("a", [Block(d, chunks[d], wire=10)], 1.0)
-    t.stored("a", judged, 1.0)
-    assert t.step("b", 1.0, lambda x: True).cancels == [d]
+    # The endgame: with nothing else left and a silent, b is asked for the same chunk.
+    assert _asked(t, "b", 0.0) == []
+    assert _asked(t, "b", ENDGAME_WAIT) == [d]
+    judged = t.judge("a", [Block(d, chunks[d], wire=10)], 2.0)
+    t.stored("a", judged, 2.0)
+    assert t.cancels_now() == ["b"]
+    assert t.take_cancels("b", lambda x: True) == [d]
 
 
 def test_a_partial_peer_is_queried_once_a_period() -> None:

@@ -71,8 +71,9 @@ def test_delta_against_bases_decodes_with_the_same_prefix() -> None:
     new = base[:50_000] + b"changed" + base[50_000:]
     d = blake3(new)
     client = BlockClient()
-    client.want([Want(d, bases=(blake3(base),))], base_bytes={d: base})
-    wire = BlockServer.reply([Block(d, new)], dictionaries={d: base})
+    b = blake3(base)
+    client.want([Want(d, bases=(b,))], base_bytes={b: base})
+    wire = BlockServer.reply([Block(d, new)], bases={d: (b,)}, have={b: base})
     assert len(wire) < 200  # the base made it nearly free
     assert client.receive_data(wire) == [Block(d, new)]
 

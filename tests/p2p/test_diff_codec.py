@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.exchange.server import _prefixes
 from p2p.blocks import (
     MAX_BASE_BYTES,
     BadDiff,
@@ -22,6 +21,7 @@ from p2p.blocks import (
     Kind,
     Want,
     _pack,
+    runs,
 )
 from store.chunking import digest
 
@@ -45,8 +45,8 @@ def test_a_diff_gives_back_exactly_the_chunk(edits: list[tuple[int, bytes]]) -> 
     new = _new(edits)
     d, base = digest(new), digest(OLD)
     client = BlockClient()
-    client.want([Want(d, bases=(base,))], {d: OLD})
-    frame = BlockServer.reply([Block(d, new)], dictionaries={d: OLD})
+    client.want([Want(d, bases=(base,))], {base: OLD})
+    frame = BlockServer.reply([Block(d, new)], bases={d: (base,)}, have={base: OLD})
     (got,) = client.receive_data(frame)
     assert isinstance(got, Block) and got.data == new and got.diff
     assert got.wire < 8 * 1024 + 100 * len(edits)  # a few edits cost bytes, not a megabyte
@@ -56,13 +56,15 @@ def test_a_server_without_the_base_answers_plainly_and_the_client_decodes_it() -
     new = _new([(100, b"changed")])
     d, base = digest(new), digest(OLD)
     wants = [Want(d, bases=(base,))]
-    assert _prefixes(wants, {d: new}) == {}  # the base is not among what the server found
-    assert _prefixes(wants, {d: new, base: OLD}) == {d: OLD}
-    too_big = [Want(d, bases=tuple(digest(bytes([i])) for i in range(17)))]
-    found = {d: new, **{digest(bytes([i])): b"x" * (1 << 20) for i in range(17)}}
-    assert MAX_BASE_BYTES < 17 << 20 and _prefixes(too_big, found) == {}  # over the limit: plain
+    block = [Block(d, new)]
+    # The base is not among what the server found: plain.
+    assert runs(block, {d: (base,)}, {}) == [(block, b"")]
+    assert runs(block, {d: (base,)}, {base: OLD}) == [(block, OLD)]
+    many = tuple(digest(bytes([i])) for i in range(17))
+    found = {b: b"x" * (1 << 20) for b in many}
+    assert MAX_BASE_BYTES < 17 << 20 and runs(block, {d: many}, found) == [(block, b"")]
     client = BlockClient()
-    client.want(wants, {d: OLD})
+    client.want(wants, {base: OLD})
     (got,) = client.receive_data(BlockServer.reply([Block(d, new)]))
     assert got.data == new and not got.diff
 
@@ -71,10 +73,9 @@ def test_a_diff_that_does_not_decode_is_a_bad_diff() -> None:
     new = _new([(5, b"abc")])
     d = digest(new)
     client = BlockClient()
-    client.want(
-        [Want(d, bases=(digest(OLD),))], {d: OLD[:-1] + b"?"}
-    )  # our base differs from theirs
-    z = bytearray(BlockServer.reply([Block(d, new)], dictionaries={d: OLD}))
+    base = digest(OLD)
+    client.want([Want(d, bases=(base,))], {base: OLD[:-1] + b"?"})  # our base differs from theirs
+    z = bytearray(BlockServer.reply([Block(d, new)], bases={d: (base,)}, have={base: OLD}))
     z[-40] ^= 0xFF  # and the stream is damaged on the way
     got = client.receive_data(bytes(z))
     assert got == [BadDiff(d)] or (
