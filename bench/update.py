@@ -13,6 +13,9 @@ corpus Nix 2.8 builds in a chroot store, two generations of it:
   version bumps  wheels of adjacent PyPI releases (numpy 2.4.5 -> 2.4.6, ...), each
                  unpacked into a store path named the way nixpkgs names them
                  (python3.11-numpy-2.4.5); downloads are cached in --cache.
+  Debian pairs   packages in two versions Debian bookworm still serves (bookworm and
+                 bookworm-security), fetched with `apt-get download`, each unpacked into a
+                 store path (libc6-2.36-9-deb12u7).
 A client holds the old generation and wants the new one. Bytes it downloads, per scheme:
   nar.xz        NARs of changed paths, as `nix copy --to file://...?compression=xz` writes them
   file.xz       changed files (by sha256), each xz -6e (the seed's "compressed file")
@@ -26,6 +29,13 @@ A client holds the old generation and wants the new one. Bytes it downloads, per
                 a near-limit for sending differences, not a deployable scheme
 "Closure" is what a client with an empty store downloads in that scheme (ferry: a fresh
 node's fetch), "reused" the rest. Everything is measured in this run, on this machine.
+
+On the wire: two builder nodes publish everything (the client's policy needs both), and
+a client node runs in a network namespace of its own, behind a veth pair (--link-mbit
+shapes it). Bytes are counted on the veth, as the network sees them: libp2p, discovery,
+claims, manifests, blocks, duplicates, TCP/IP. "cold" is a fresh client fetching the new
+version (counted from its start, so connecting and discovery are in); "update" a client
+that holds the old version. Each is the median of --runs. Needs root (namespaces).
 """
 
 from __future__ import annotations
@@ -64,12 +74,17 @@ PAIRS = (
     ("cryptography", "50.0.1", "50.0.2"),
     ("pydantic-core", "2.50.3", "2.50.4"),
 )
+DEBS = (
+    ("libc6", "2.36-9+deb12u7", "2.36-9+deb12u14"),
+    ("postgresql-15", "15.18-0+deb12u1", "15.20-0+deb12u1"),
+    ("libpython3.11-stdlib", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"),
+)
 SCHEMES = ("nar.xz", "file.xz", "cdc.zst", "ferry-chunks", "ferry", "patch-from")
 PY = f"python3.{sys.version_info.minor}"
 MB = 1e6
 
 NIX_EXPR = r"""
-{ gen, patchelf, python, rootLib, groupsJson, wheelsJson, stdlib }:
+{ gen, patchelf, python, rootLib, groupsJson, wheelsJson, debsJson, stdlib }:
 let
   mk = name: script: attrs: derivation ({
     inherit name; system = builtins.currentSystem; builder = "/bin/sh";
@@ -92,6 +107,9 @@ in {
   wheels = map (w: mk w.name ./wheel.sh {
     src = builtins.path { path = /. + w.path; name = "${w.name}-src"; }; pyname = "PYNAME";
   }) (builtins.fromJSON wheelsJson);
+  debs = map (d: mk d.name ./deb.sh {
+    src = builtins.path { path = /. + d.path; name = "${d.name}-src"; };
+  }) (builtins.fromJSON debsJson);
 }
 """.replace("PYNAME", PY)
 
@@ -131,6 +149,12 @@ TOP_SH = r"""
 mkdir -p $out/bin
 for p in $pkgs; do for b in $p/bin/*; do ln -s $b $out/bin/; done; done
 echo $pkgs > $out/manifest
+"""
+
+DEB_SH = r"""
+mkdir -p $out
+cp -r $src/. $out/
+chmod -R u+w $out
 """
 
 WHEEL_SH = r"""
@@ -258,6 +282,52 @@ def fetch_wheel(cache: Path, project: str, version: str) -> Wheel:
     tmp.write_bytes(data)
     tmp.rename(dest)
     return Wheel(project, version, dest)
+
+
+@dataclass(frozen=True)
+class Deb:
+    package: str
+    version: str
+    path: Path
+
+    def unpacked(self) -> Path:
+        dest = self.path.parent / "unpacked" / self.path.stem
+        if not dest.exists():
+            part = dest.with_name(dest.name + ".part")
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
+            subprocess.run(["dpkg-deb", "-x", str(self.path), str(part)], check=True)
+            part.rename(dest)
+        return dest
+
+    @property
+    def store_name(self) -> str:
+        # Store path names take no "~" (and "+" reads badly in a URL).
+        return f"{self.package}-{self.version}".replace("~", "_").replace("+", "-")
+
+
+def fetch_deb(cache: Path, package: str, version: str) -> Deb:
+    """The amd64 .deb of package=version, downloaded once with `apt-get download`."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = [p for p in cache.glob(f"{package}_*.deb") if _deb_version(p) == version]
+    if not found:
+        r = subprocess.run(
+            ["apt-get", "download", f"{package}={version}"],
+            cwd=cache,
+            capture_output=True,
+            text=True,
+        )
+        found = [p for p in cache.glob(f"{package}_*.deb") if _deb_version(p) == version]
+        if r.returncode != 0 or not found:
+            sys.exit(
+                f"apt-get download {package}={version} failed: {r.stderr.strip()[-300:]}\n"
+                "(`apt-cache madison PACKAGE` lists the versions this machine's sources serve)"
+            )
+    return Deb(package, version, found[0])
+
+
+def _deb_version(p: Path) -> str:
+    return urllib.parse.unquote(p.name.split("_")[1]).replace("%3a", ":")
 
 
 # --- the offline schemes
@@ -506,6 +576,212 @@ def measure_ferry(
             n.stop()
 
 
+# --- ferry on the wire: two builders, a client behind a veth
+
+
+class Link:
+    """A network namespace for the client, joined to this one by a veth pair whose bytes
+    are counted; `mbit` > 0 shapes what flows to the client."""
+
+    HOST, CLIENT = "10.231.0.1", "10.231.0.2"
+
+    def __init__(self, mbit: float) -> None:
+        tag = str(os.getpid())[-6:]
+        self.ns, self.dev, self.peer = f"ferry-bench-{tag}", f"fbh{tag}", f"fbc{tag}"
+        self.mbit = mbit
+
+    def _ip(self, *args: str, ns: bool = False) -> None:
+        cmd = ["ip", *(["netns", "exec", self.ns, "ip"] if ns else []), *args]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def __enter__(self) -> Link:
+        self._ip("netns", "add", self.ns)
+        self._ip("link", "add", self.dev, "type", "veth", "peer", "name", self.peer)
+        self._ip("link", "set", self.peer, "netns", self.ns)
+        self._ip("addr", "add", f"{self.HOST}/24", "dev", self.dev)
+        self._ip("link", "set", self.dev, "up")
+        self._ip("addr", "add", f"{self.CLIENT}/24", "dev", self.peer, ns=True)
+        self._ip("link", "set", self.peer, "up", ns=True)
+        self._ip("link", "set", "lo", "up", ns=True)
+        if self.mbit > 0:
+            subprocess.run(
+                [
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    self.dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{self.mbit}mbit",
+                    "burst",
+                    "64kb",
+                    "latency",
+                    "200ms",
+                ],
+                check=True,
+                capture_output=True,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self.dev], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    def bytes(self) -> int:
+        stats = Path(f"/sys/class/net/{self.dev}/statistics")
+        return int((stats / "tx_bytes").read_text()) + int((stats / "rx_bytes").read_text())
+
+
+@dataclass
+class Wire:
+    """One client's fetch of a scenario, as the network saw it."""
+
+    wire: int  # bytes on the veth, both ways
+    needed: int  # chunk and manifest bytes the client lacked
+    served: int  # what the builders sent it (decoded block bytes), summed
+    duplicate: int  # block bytes that came twice (the client's count)
+    seconds: float
+
+
+def _median(xs: list[Wire]) -> Wire:
+    return sorted(xs, key=lambda w: w.wire)[len(xs) // 2]
+
+
+def measure_wire(
+    tmp: Path,
+    store: Path,
+    scenarios: list[Scenario],
+    everything: list[str],
+    link: Link,
+    runs: int,
+) -> dict[str, dict[str, Wire]]:
+    k = keys(tmp, "builder-a", "builder-b")
+    pol = policy(tmp, [k["builder-a"][1], k["builder-b"][1]], threshold=2)
+    listen = f"/ip4/{link.HOST}/tcp/0"
+    builders = [NodeProc(tmp, "builder-a", timeout=10, listen=listen).start()]
+    builders[0].wait_ready()
+    builders.append(
+        NodeProc(tmp, "builder-b", timeout=10, listen=listen, bootstrap=[builders[0].addr]).start()
+    )
+    builders[1].wait_ready()
+    try:
+        say(f"publishing {len(everything)} store paths on two builders")
+        jobs = [(b, p) for b in builders for p in everything]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda job: job[0].json(
+                        "publish",
+                        job[1],
+                        "--store",
+                        str(store),
+                        "--key",
+                        str(k[job[0].name][0]),
+                    ),
+                    jobs,
+                )
+            )
+        out: dict[str, dict[str, Wire]] = {}
+        n = 0
+        for s in scenarios:
+            out[s.name] = {}
+            for kind, have in (("cold", ()), ("update", s.have)):
+                got = []
+                for _ in range(runs):
+                    n += 1
+                    got.append(_wire_fetch(tmp, f"client-{n}", builders, pol, link, have, s.fetch))
+                out[s.name][kind] = _median(got)
+                w = out[s.name][kind]
+                say(
+                    f"  {s.name} {kind}: {w.wire / MB:.3f} MB on the wire, needed {w.needed / MB:.3f}, "
+                    f"served {w.served / MB:.3f}, duplicates {w.duplicate / MB:.3f} ({w.seconds:.1f} s)"
+                )
+        return out
+    finally:
+        for b in builders:
+            b.stop()
+
+
+def _wire_fetch(
+    tmp: Path,
+    name: str,
+    builders: list[NodeProc],
+    pol: Path,
+    link: Link,
+    have: tuple[str, ...],
+    fetch: tuple[str, ...],
+) -> Wire:
+    def served() -> int:
+        return sum(b.json("status")["served_bytes"] for b in builders)
+
+    start = (link.bytes(), served(), time.monotonic())
+    client = NodeProc(
+        tmp,
+        name,
+        bootstrap=[b.addr for b in builders],
+        policy=pol,
+        timeout=10,
+        listen=f"/ip4/{link.CLIENT}/tcp/0",
+        netns=link.ns,
+    ).start()
+    try:
+        client.wait_ready()
+        deadline = time.monotonic() + 30
+        while client.json("status")["peers"] < len(builders):
+            if time.monotonic() > deadline:
+                sys.exit(
+                    f"{name} did not connect to both builders:\n" + "\n".join(client.log[-20:])
+                )
+            time.sleep(0.1)
+        for p in have:
+            client.json("fetch", p, "--closure")
+        if have:  # an update: from here on
+            start = (link.bytes(), served(), time.monotonic())
+        needed = duplicate = 0
+        for p in fetch:
+            r = client.json("fetch", p, "--closure")
+            needed += r["bytes"] + r["manifest_bytes"]
+            duplicate += r["duplicate_bytes"]
+        return Wire(
+            link.bytes() - start[0],
+            needed,
+            served() - start[1],
+            duplicate,
+            time.monotonic() - start[2],
+        )
+    finally:
+        client.stop()
+        shutil.rmtree(client.data_dir, ignore_errors=True)
+
+
+def wire_tables(
+    figures: dict[str, Figures], wire: dict[str, dict[str, Wire]], scenarios: list[Scenario]
+) -> tuple[str, list[bool]]:
+    rows = [
+        "### On the wire: a fresh client (cold) and one holding the old version (update)",
+        "",
+        "| store paths | nar.xz MB | cold: ferry wire MB | cold / nar.xz | patch-from MB "
+        "| update: ferry wire MB | update / patch-from | served / needed (cold, update) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    oks = []
+    for s in scenarios:
+        f, w = figures[s.name], wire[s.name]
+        xz = f.closure["nar.xz"]
+        pf = f.downloaded["patch-from"]
+        cold, upd = w["cold"], w["update"]
+        limit = max(3 * pf, 16e3) if s.group == "mass" else 1.3 * pf
+        ratio = [x.served / max(1, x.needed) for x in (cold, upd)]
+        oks += [cold.wire <= xz, upd.wire <= limit, max(ratio) <= 1.05]
+        rows.append(
+            f"| {s.name} | {xz / MB:.3f} | {cold.wire / MB:.3f} | {cold.wire / xz:.2f} | {pf / MB:.4f} "
+            f"| {upd.wire / MB:.4f} | {upd.wire / pf:.2f} | {ratio[0]:.3f}, {ratio[1]:.3f} |"
+        )
+    return "\n".join(rows), oks
+
+
 # --- the report
 
 
@@ -582,6 +858,20 @@ def main() -> None:
         help="PyPI version bumps as PROJECT:OLD:NEW,... (default %(default)s)",
     )
     ap.add_argument(
+        "--debs",
+        default=",".join(f"{p}:{a}:{b}" for p, a, b in DEBS),
+        help="Debian package pairs as PACKAGE:OLD:NEW,... ('' for none; default %(default)s)",
+    )
+    ap.add_argument(
+        "--runs", type=int, default=3, help="fetches per figure on the wire (the median is shown)"
+    )
+    ap.add_argument(
+        "--link-mbit",
+        type=float,
+        default=0,
+        help="shape the client's link to this many Mbit/s (default: unshaped)",
+    )
+    ap.add_argument(
         "--patch-level", type=int, default=19, help="zstd level of the --patch-from limit"
     )
     ap.add_argument(
@@ -617,6 +907,15 @@ def main() -> None:
         g: [fetch_wheel(args.cache / "wheels", p, v) for p, *vs in pairs for v in [vs[i]]]
         for i, g in enumerate(("old", "new"))
     }
+    deb_pairs = [tuple(x.split(":", 2)) for x in args.debs.split(",") if x]
+    if any(len(p) != 3 for p in deb_pairs):
+        sys.exit("--debs: give PACKAGE:OLD:NEW,...")
+    if os.geteuid() != 0:
+        sys.exit("needs root: the client runs in a network namespace of its own")
+    debs = {
+        g: [fetch_deb(args.cache / "debs", p, v) for p, *vs in deb_pairs for v in [vs[i]]]
+        for i, g in enumerate(("old", "new"))
+    }
     libs = shared_libraries(int(args.mass_mb * MB))
     root_lib = min(libs, key=lambda p: p.stat().st_size)
     libs.remove(root_lib)
@@ -639,6 +938,7 @@ def main() -> None:
             ("python.sh", PYTHON_SH),
             ("top.sh", TOP_SH),
             ("wheel.sh", WHEEL_SH),
+            ("deb.sh", DEB_SH),
         ):
             (tmp / name).write_text(text)
         gens: dict[str, dict[str, list[str]]] = {}
@@ -646,6 +946,9 @@ def main() -> None:
             say(f"building the {gen} generation with Nix")
             wj = json.dumps(
                 [{"name": w.store_name, "path": str(w.unpacked().resolve())} for w in wheels[gen]]
+            )
+            dj = json.dumps(
+                [{"name": d.store_name, "path": str(d.unpacked().resolve())} for d in debs[gen]]
             )
             out = str(
                 run(
@@ -662,6 +965,11 @@ def main() -> None:
                     "top",
                     "-A",
                     "wheels",
+                    "-A",
+                    "debs",
+                    "--argstr",
+                    "debsJson",
+                    dj,
                     "--argstr",
                     "gen",
                     gen,
@@ -693,6 +1001,7 @@ def main() -> None:
                 "wheels": [
                     next(p for p in out if p.endswith("-" + w.store_name)) for w in wheels[gen]
                 ],
+                "debs": [next(p for p in out if p.endswith("-" + d.store_name)) for d in debs[gen]],
             }
         scenarios = [
             Scenario(
@@ -707,6 +1016,9 @@ def main() -> None:
         for i, (project, a, b) in enumerate(pairs):
             old_, new_ = (gens["old"]["wheels"][i],), (gens["new"]["wheels"][i],)
             scenarios.append(Scenario(f"{project} {a}->{b}", old_, new_, old_, new_, "bumps"))
+        for i, (package, a, b) in enumerate(deb_pairs):
+            old_, new_ = (gens["old"]["debs"][i],), (gens["new"]["debs"][i],)
+            scenarios.append(Scenario(f"{package} {a}->{b}", old_, new_, old_, new_, "debian"))
         corpus = Corpus(tmp, env, store)
         everything = sorted({p for s in scenarios for p in s.old + s.new})
         nar_total = {s.name: sum(corpus.nar(p).stat().st_size for p in s.new) for s in scenarios}
@@ -736,9 +1048,15 @@ def main() -> None:
         say("ferry: real nodes over libp2p on 127.0.0.1")
         for name, f in measure_ferry(tmp, store, scenarios, everything).items():
             figures[name].add(f)
+        say(
+            "ferry on the wire: two builders, a client in a network namespace"
+            + (f" behind {args.link_mbit:g} Mbit/s" if args.link_mbit else "")
+        )
+        with Link(args.link_mbit) as link:
+            wire = measure_wire(tmp, store, scenarios, everything, link, args.runs)
 
     mass = figures["mass rebuild"]
-    bumps = {s.name: figures[s.name] for s in scenarios if s.group == "bumps"}
+    bumps = {s.name: figures[s.name] for s in scenarios if s.group in ("bumps", "debian")}
     bump_sum = Figures()
     for f in bumps.values():
         bump_sum.add(f)
@@ -755,11 +1073,25 @@ def main() -> None:
         "",
     ]
     report += [line for name, f in bumps.items() for line in (table(name, f), "")]
+    wire_text, wire_oks = wire_tables(figures, wire, scenarios)
+    report += [
+        wire_text,
+        "",
+        f"Link: veth into a network namespace, {f'{args.link_mbit:g} Mbit/s' if args.link_mbit else 'unshaped'}; "
+        f"median of {args.runs}. Targets: cold <= 1.0x nar.xz; update <= 1.3x patch-from "
+        "(mass rebuild: <= 3x or 16 KB); builders' served bytes <= 1.05x what the client needed.",
+        "",
+    ]
     text = "\n".join(report)
     print(text)
     print("targets:")
     ok = all(
         [
+            check(
+                "on the wire (cold, update, served), every store path",
+                all(wire_oks),
+                f"{sum(wire_oks)} of {len(wire_oks)} figures within their targets (see the table)",
+            ),
             check(
                 "mass rebuild: ferry vs nar.xz",
                 mass.downloaded["ferry"] <= 0.3 * mass.downloaded["nar.xz"],
@@ -788,7 +1120,12 @@ def main() -> None:
         json.dumps(
             {
                 "scenarios": {
-                    n: {"nar_bytes": nar_total[n], "closure": f.closure, "downloaded": f.downloaded}
+                    n: {
+                        "nar_bytes": nar_total[n],
+                        "closure": f.closure,
+                        "downloaded": f.downloaded,
+                        "wire": {k: vars(w) for k, w in wire[n].items()},
+                    }
                     for n, f in figures.items()
                 },
                 "mass_paths": n_mass,

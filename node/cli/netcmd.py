@@ -132,7 +132,12 @@ def _fetch(args: argparse.Namespace) -> None:
         ui.out.print(
             f"  transfer: {logical:,} bytes needed, {result['deduplicated_bytes']:,} already here, "
             f"{result['received_bytes']:,} received (+{result['metadata_bytes']:,} of claims and manifests)"
-            f"{diffs}",
+            f"{diffs}"
+            + (
+                f"; {result['duplicate_bytes']:,} bytes came twice (asked of two peers at the end)"
+                if result["duplicate_bytes"]
+                else ""
+            ),
             soft_wrap=True,
             markup=False,
         )

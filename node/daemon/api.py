@@ -280,6 +280,7 @@ class FetchProgress:
     diff_logical_bytes: int = 0
     diff_received_bytes: int = 0
     metadata_bytes: int = 0
+    manifest_bytes: int = 0
     duplicate_bytes: int = 0
 
 

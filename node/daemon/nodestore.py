@@ -9,6 +9,7 @@ connection is used from one worker thread at a time (its limiter)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +46,9 @@ class NodeStore:
         self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
         self.diff_level = diff_level
         self.packer = Packer(diff_level=diff_level)  # its cache serves every stream
+        # Compressing is CPU work: more at once than there are cores is only slower, and
+        # each holds a reply's blocks several times over (input, output, frame) meanwhile.
+        self._packing = trio.CapacityLimiter(os.cpu_count() or 1)
         # The policy's keys (encoded): their claims are kept and answered first; claims by
         # other keys only within a budget a path (see LocalStore.add_claims). Without a
         # policy every key is another's.
@@ -86,7 +90,9 @@ class NodeStore:
         return await self.read(work)
 
     async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
-        return await trio.to_thread.run_sync(self.packer.encode, replies, hints)
+        return await trio.to_thread.run_sync(
+            self.packer.encode, replies, hints, limiter=self._packing
+        )
 
     def chunks_added(self) -> None:
         """Wake the servers' subscriptions (want-haves of chunks that were not here) and

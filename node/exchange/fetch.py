@@ -556,6 +556,7 @@ class Fetch:
         )
 
     async def _decode_manifest(self, peer: str, digest: bytes, data: bytes) -> Manifest | None:
+        self.progress.manifest_bytes += len(data)
         try:
             return Manifest.decode(data)
         except ManifestError as e:

@@ -23,6 +23,7 @@ class Progress:
     diff_logical_bytes: int = 0  # their size once decoded
     diff_received_bytes: int = 0  # what they took on the wire
     metadata_bytes: int = 0  # claims and manifests as they came off the streams
+    manifest_bytes: int = 0  # the manifests fetched, decoded (what their senders read)
     duplicate_bytes: int = 0  # blocks that came twice (asked of two peers at the end), on the wire
     started: float = field(default_factory=time.monotonic)
 
@@ -44,5 +45,6 @@ class Progress:
             "diff_logical_bytes": self.diff_logical_bytes,
             "diff_received_bytes": self.diff_received_bytes,
             "metadata_bytes": self.metadata_bytes,
+            "manifest_bytes": self.manifest_bytes,
             "duplicate_bytes": self.duplicate_bytes,
         }

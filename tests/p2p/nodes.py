@@ -27,7 +27,11 @@ class NodeProc:
         timeout: float = 2.0,
         env: dict[str, str] | None = None,
         config: str = "",
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        netns: str | None = None,
     ) -> None:
+        """`netns`: run the node in that network namespace (its control socket, a file,
+        still answers `ferry` here)."""
         self.name = name
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -37,13 +41,14 @@ class NodeProc:
             f'request_timeout = {timeout}\ngateway = "127.0.0.1:0"\n{config}'
         )
         self.argv = [
+            *(["ip", "netns", "exec", netns] if netns else []),
             *ARGV,
             "node",
             "run",
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            listen,
             "--no-mdns",
             *[x for b in bootstrap for x in ("--bootstrap", b)],
         ]
