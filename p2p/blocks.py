@@ -2,9 +2,12 @@
 
 Every frame (see `p2p.frame`) holds one msgpack array whose first item says what it is:
 
-    [0, [[digest: bin32, block: bool, bases: [bin32, ...]], ...]]   WANTS   client -> server
+    [0, [[digest: bin32, block: bool, bases: [base, ...]], ...]]    WANTS   client -> server
     [1, [digest: bin32, ...]]                                       CANCEL  client -> server
     [2, [entry, ...]]                                               REPLY   server -> client
+
+    base = bin32 (a digest, the frame's next base) | uint (the frame's i-th base, from 0):
+    consecutive chunks' bases overlap, and a digest is 34 bytes where an index is 1 or 2
 
     entry = [0, digest, size: uint, zstd: bin]   BLOCK, zstd-compressed on its own
           | [1, digest, size: uint, raw: bin]    BLOCK, sent as is (did not compress)
@@ -74,7 +77,7 @@ REQUEST_CAP = 1 << 20
 
 
 class BlocksError(FrameError):
-    """The peer broke `/ferry/blocks/1`; close the stream and count it against them."""
+    """The peer broke `/ferry/blocks/2`; close the stream and count it against them."""
 
 
 class Kind(enum.IntEnum):
@@ -114,11 +117,24 @@ class Want:
         for b in self.bases:
             _check_digest(b)
 
-    def encode(self) -> list[object]:
-        return [self.digest, self.block, list(self.bases)]
+    def encode(self, table: dict[bytes, int] | None = None) -> list[object]:
+        """With `table` (the frame's bases so far, each with its index; updated here), a
+        base already in it is sent as its index."""
+        if table is None:
+            return [self.digest, self.block, list(self.bases)]
+        refs: list[object] = []
+        for b in self.bases:
+            i = table.get(b)
+            if i is None:
+                table[b] = len(table)
+                refs.append(b)
+            else:
+                refs.append(i)
+        return [self.digest, self.block, refs]
 
     @classmethod
-    def decode(cls, raw: object) -> Want:
+    def decode(cls, raw: object, table: list[bytes] | None = None) -> Want:
+        """`table`: the frame's bases so far, in order (new ones are appended)."""
         if not (
             isinstance(raw, list)
             and len(raw) == 3
@@ -126,7 +142,20 @@ class Want:
             and isinstance(raw[2], list)
         ):
             raise BlocksError("malformed want")
-        return cls(_digest(raw[0]), raw[1], tuple(_digest(b) for b in raw[2]))
+        bases = []
+        for b in raw[2]:
+            if type(b) is int and table is not None:
+                if not 0 <= b < len(table):
+                    raise BlocksError(
+                        f"a want refers to base {b} of a frame that listed {len(table)}"
+                    )
+                bases.append(table[b])
+            else:
+                d = _digest(b)
+                if table is not None:
+                    table.append(d)
+                bases.append(d)
+        return cls(_digest(raw[0]), raw[1], tuple(bases))
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +400,8 @@ class BlockServer:
         for payload in self._frames.feed(data):
             kind, items = _unpack(payload)
             if kind is Kind.WANTS:
-                wants = tuple(Want.decode(w) for w in items)
+                table: list[bytes] = []
+                wants = tuple(Want.decode(w, table) for w in items)
                 self._frame_no += 1
                 for w in wants:
                     self._waiting.pop(w.digest, None)
@@ -546,6 +576,7 @@ class BlockClient:
                 self._bases[w.digest] = tuple(base_bytes[b] for b in w.bases)
         out = []
         batch: list[object] = []
+        table: dict[bytes, int] = {}  # the frame's bases, by index
         size = 0
         last = None
         for w, g in zip(wants, marks, strict=True):
@@ -554,8 +585,8 @@ class BlockClient:
                 g != last or len(batch) == MAX_WANTS // 4 or size + cost > REQUEST_CAP // 2
             ):
                 out.append(_pack(Kind.WANTS, batch))
-                batch, size = [], 0
-            batch.append(w.encode())
+                batch, size, table = [], 0, {}
+            batch.append(w.encode(table))
             size += cost
             last = g
         if batch:

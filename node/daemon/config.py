@@ -39,7 +39,8 @@ SETTINGS: dict[str, str] = {
     "narinfo_timeout": "seconds a narinfo request may spend asking peers before it answers 404 (default 10)",
     "diffs": "ask peers for missing chunks as zstd diffs against the closest older version held locally "
     "(default true; false sends plain chunks, which costs bandwidth and saves the peers' CPU)",
-    "diff_level": "zstd level for chunks sent as diffs against a requester's older version (default 3; 1-19)",
+    "diff_level": "the strongest zstd level for chunks sent as diffs against a requester's older version; "
+    "each reply uses the level that gets it to the peer soonest, measured (default 19; 1-19)",
     "upload_slots": "peers sent blocks at once; others are answered BUSY and ask elsewhere first (default 8)",
     "read_deadline": "seconds a read of a lazy mount waits for its chunks before it fails with EIO (default 30)",
     "gateway_key": "the Nix secret key the gateway signs narinfos with (default <data-dir>/cache.key, made on "
@@ -77,7 +78,7 @@ class NodeConfig:
     narinfo_timeout: float = 10.0
     read_deadline: float = 30.0
     diffs: bool = True
-    diff_level: int = 3
+    diff_level: int = 19
     upload_slots: int = 8
     gateway_key: str | None = None
     nix_store: str = ""

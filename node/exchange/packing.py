@@ -1,12 +1,16 @@
 """How a server compresses what it sends: runs of blocks (`p2p.blocks.runs`), at the
-strongest level that keeps up with the link, and the compressed forms of runs kept so a
+level that gets them to the peer soonest, and the compressed forms of runs kept so a
 crowd asking for the same runs does not cost the CPU again.
 
-The level follows the link: a run must compress faster than the link carries it, or the
-link waits on the compressor. The server measures, per stream, how fast the peer takes
-what it is sent (`RunHints.link_rate`), and, per level, how fast it compresses here
-(`Packer.speeds`); it picks the strongest level whose speed is LINK_MARGIN times the
-link's. A fast link (loopback, a LAN) gets a fast zstd level; a home uplink gets xz.
+A run reaches the peer when the compressor has made it and the link has carried it: with
+the two overlapping, a level costs max(1 / its speed, its ratio / the link's rate) seconds
+per raw byte. The server measures, per stream, how fast the peer takes what it is sent
+(`RunHints.link_rate`) and, per level, how fast it compresses here and how small
+(`Packer.speeds`, `Packer.ratios`); it picks the level with the least cost, the stronger
+one on a near tie. A fast link (loopback, a LAN) gets a fast zstd level; a home uplink
+gets zstd 9 or xz. Diffs (runs against the requester's older version) have their own
+ladder: they shrink a run twenty-fold, so the compressor, not the link, is what the
+peer waits for, and zstd 19 is worth it only on a slow link.
 """
 
 from __future__ import annotations
@@ -21,24 +25,34 @@ import blake3
 
 from p2p.blocks import Block, BlockServer, Codec, Packed, Reply, pack
 
-# (codec, level) from fastest to strongest, with what each compresses per second here
-# before anything is measured (raw bytes in; measured on 4 MiB runs of Debian packages).
-LADDER: tuple[tuple[Codec, int], ...] = (
-    (Codec.ZSTD, 1),
-    (Codec.ZSTD, 3),
-    (Codec.ZSTD, 9),
-    (Codec.XZ, 6),
-)
-PRIOR_SPEED = {
-    (Codec.ZSTD, 1): 250e6,
-    (Codec.ZSTD, 3): 90e6,
-    (Codec.ZSTD, 9): 25e6,
-    (Codec.XZ, 6): 2e6,
+Rung = tuple[Codec, int]
+
+# (codec, level) from fastest to strongest, with what each does here before anything is
+# measured: raw bytes in per second, and compressed size over raw (4 MiB runs of Debian
+# packages; diffs: libc.so.6 of two Debian security updates).
+LADDER: tuple[Rung, ...] = ((Codec.ZSTD, 1), (Codec.ZSTD, 3), (Codec.ZSTD, 9), (Codec.XZ, 6))
+DIFF_LADDER: tuple[Rung, ...] = ((Codec.ZSTD, 3), (Codec.ZSTD, 9), (Codec.ZSTD, 19))
+PRIOR_SPEED: dict[tuple[bool, Rung], float] = {
+    (False, (Codec.ZSTD, 1)): 250e6,
+    (False, (Codec.ZSTD, 3)): 90e6,
+    (False, (Codec.ZSTD, 9)): 25e6,
+    (False, (Codec.XZ, 6)): 2e6,
+    (True, (Codec.ZSTD, 3)): 60e6,
+    (True, (Codec.ZSTD, 9)): 20e6,
+    (True, (Codec.ZSTD, 19)): 1e6,
 }
-# A level must compress this many times faster than the link carries compressed bytes:
-# its output is about a third of its input, and the compressor shares the CPU.
-LINK_MARGIN = 1.5
-UNMEASURED = (Codec.ZSTD, 3)  # before the link's speed is known
+PRIOR_RATIO: dict[tuple[bool, Rung], float] = {
+    (False, (Codec.ZSTD, 1)): 0.40,
+    (False, (Codec.ZSTD, 3)): 0.36,
+    (False, (Codec.ZSTD, 9)): 0.33,
+    (False, (Codec.XZ, 6)): 0.28,
+    (True, (Codec.ZSTD, 3)): 0.062,
+    (True, (Codec.ZSTD, 9)): 0.058,
+    (True, (Codec.ZSTD, 19)): 0.050,
+}
+NEAR_TIE = 1.1  # a stronger level costing at most this much more time is taken
+UNMEASURED = (Codec.ZSTD, 3)  # before the link's speed is known (plain runs and diffs)
+SAMPLE_FROM = 256 << 10  # runs at least this big update a level's measured speed and ratio
 CACHE_BYTES = 64 << 20  # compressed runs kept, node-wide
 CACHE_FROM = 4  # runs of fewer blocks are not kept (a lone chunk is cheap to compress)
 
@@ -55,57 +69,77 @@ class RunHints:
 
 @dataclass
 class Packer:
-    """Compresses replies (thread-safe: replies are encoded off the event loop)."""
+    """Compresses replies (thread-safe: replies are encoded off the event loop).
+    `diff_level`: the strongest zstd level diffs may use."""
 
-    diff_level: int = 3
+    diff_level: int = 19
     cache_bytes: int = CACHE_BYTES
-    speeds: dict[tuple[Codec, int], float] = field(default_factory=lambda: dict(PRIOR_SPEED))
+    speeds: dict[tuple[bool, Rung], float] = field(default_factory=lambda: dict(PRIOR_SPEED))
+    ratios: dict[tuple[bool, Rung], float] = field(default_factory=lambda: dict(PRIOR_RATIO))
     hits: int = 0
     _cache: OrderedDict[bytes, tuple[Packed, int]] = field(default_factory=OrderedDict)  # and rung
     _cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def level(self, link_rate: float | None) -> tuple[Codec, int]:
-        """The strongest (codec, level) that keeps up with a link of `link_rate` bytes/s."""
+    def ladder(self, diff: bool) -> tuple[Rung, ...]:
+        if not diff:
+            return LADDER
+        rungs = tuple(r for r in DIFF_LADDER if r[1] <= self.diff_level)
+        return rungs or ((Codec.ZSTD, self.diff_level),)
+
+    def level(self, link_rate: float | None, diff: bool = False) -> Rung:
+        """The (codec, level) that gets runs to a peer taking `link_rate` bytes/s soonest."""
+        ladder = self.ladder(diff)
         if link_rate is None:
-            return UNMEASURED
+            return UNMEASURED if UNMEASURED in ladder else ladder[0]
         with self._lock:
-            fits = [r for r in LADDER if self.speeds[r] >= LINK_MARGIN * link_rate]
-        return fits[-1] if fits else LADDER[0]
+            cost = {
+                r: max(
+                    1 / self.speeds.get((diff, r), PRIOR_SPEED.get((diff, r), 1e6)),
+                    self.ratios.get((diff, r), 0.5) / link_rate,
+                )
+                for r in ladder
+            }
+        best = min(cost.values())
+        return [r for r in ladder if cost[r] <= best * NEAR_TIE][-1]
 
     def encode(self, replies: Sequence[Reply], hints: RunHints) -> bytes:
         """The frames answering with `replies`."""
-        rung = self.level(hints.link_rate)
+        plain, diff = self.level(hints.link_rate), self.level(hints.link_rate, diff=True)
 
         def packer(blocks: list[Block], prefix: bytes) -> Packed:
-            return self.pack(blocks, prefix, rung)
+            return self.pack(blocks, prefix, diff if prefix else plain)
 
         return BlockServer.reply(
             replies, bases=hints.bases, have=hints.have, group=hints.groups, packer=packer
         )
 
-    def pack(self, blocks: list[Block], prefix: bytes, rung: tuple[Codec, int]) -> Packed:
+    def pack(self, blocks: list[Block], prefix: bytes, rung: Rung) -> Packed:
         key = _key(blocks, prefix)
-        strength = LADDER.index(rung)
+        is_diff = bool(prefix)
+        ladder = self.ladder(is_diff)
+        strength = ladder.index(rung) if rung in ladder else 0
         if len(blocks) >= CACHE_FROM:
             with self._lock:
                 hit = self._cache.get(key)
-                if hit is not None and (prefix or hit[1] >= strength):
+                if hit is not None and hit[1] >= strength:
                     self._cache.move_to_end(key)
                     self.hits += 1
                     return hit[0]
         codec, level = rung
         started = time.perf_counter()
         if prefix:
-            packed = pack(blocks, level=self.diff_level, prefix=prefix)
+            packed = pack(blocks, level=level, prefix=prefix)
         else:
             packed = pack(blocks, codec=codec, level=level)
         took = time.perf_counter() - started
         size = packed.size
         with self._lock:
-            if not prefix and size >= 256 << 10 and took > 0:
+            k = (is_diff, rung)
+            if size >= SAMPLE_FROM and took > 0 and k in self.speeds:
                 # What this level does on this machine now (other work included).
-                self.speeds[rung] = 0.7 * self.speeds[rung] + 0.3 * size / took
+                self.speeds[k] = 0.7 * self.speeds[k] + 0.3 * size / took
+                self.ratios[k] = 0.7 * self.ratios[k] + 0.3 * len(packed.payload) / size
             if len(blocks) >= CACHE_FROM:
                 self._keep(key, packed, strength)
         return packed

@@ -5,7 +5,8 @@ follows the peer's measured throughput, so a fast peer ends up serving more than
 one without any central split. A DONT_HAVE or a timeout puts the chunk back for the other
 peers; a failed peer's chunks all go back. When nothing is left to hand out, idle peers
 duplicate outstanding requests of peers that have sent nothing for ENDGAME_WAIT, or that
-measure ENDGAME_FASTER times slower than they (endgame), and the first answer wins (the
+measure ENDGAME_FASTER times slower than they and have more than ENDGAME_WAIT of work
+left (endgame), and the first answer wins (the
 other is cancelled). A peer that keeps sending about as fast is left to finish: on a small
 update, duplicating its last requests doubled what the builders sent.
 
@@ -223,7 +224,13 @@ class Schedule:
                 if p != peer
                 for d, t in st.in_flight.items()
                 if now - max(t, st.last_receive or t) >= ENDGAME_WAIT
-                or 0 < st.rate * ENDGAME_FASTER <= mine
+                # Only if it would take a while yet: raw rates differ by the kind of
+                # block (a diff's chunk costs a hundredth of the time of a plain one),
+                # and duplicating what is a moment away only sends it twice.
+                or (
+                    0 < st.rate * ENDGAME_FASTER <= mine
+                    and st.in_flight_bytes >= st.rate * ENDGAME_WAIT
+                )
             ),
             key=lambda x: x[0],
         )

@@ -205,3 +205,23 @@ def test_a_peer_that_keeps_sending_is_not_timed_out_like_a_silent_one() -> None:
     asked = s2.take("p", 0.0)
     # A peer that talks but never delivers is given STALLED timeouts, then dropped.
     assert s2.timed_out("p", 61.0, timeout=10.0, heard=60.0) == asked
+
+
+def test_a_slower_peer_is_duplicated_only_when_it_has_a_while_to_go() -> None:
+    def owner_and_idle(size: int) -> tuple[Schedule, list[bytes]]:
+        s = Schedule(_chunks(3, size))
+        s.add_peer("slow")
+        s.add_peer("fast")
+        s.peers["slow"].window = 64 << 20
+        asked = s.take("slow", 0.0)
+        s.peers["slow"].rate, s.peers["slow"].last_receive = 1e6, 0.0  # sending, at 1 MB/s
+        s.peers["fast"].rate = 5e6  # and idle: 5x faster
+        return s, asked
+
+    s, asked = owner_and_idle(1 << 20)  # 3 s of work left at its rate: duplicated at once
+    dup = s.take("fast", 0.1)
+    assert dup and set(dup) <= set(asked)
+    # 0.3 s left: it is a moment away; only silence (ENDGAME_WAIT) duplicates it.
+    s, asked = owner_and_idle(100 << 10)
+    assert s.take("fast", 0.1) == []
+    assert s.take("fast", ENDGAME_WAIT)[0] in asked

@@ -1,4 +1,4 @@
-"""The `/ferry/blocks/1` and `/ferry/claims/1` state machines, driven without any I/O."""
+"""The `/ferry/blocks/2` and `/ferry/claims/1` state machines, driven without any I/O."""
 
 from __future__ import annotations
 
@@ -64,6 +64,44 @@ def test_round_trip_in_any_pieces(items: list[tuple[bytes, bool, bool]], cuts: l
         got += client.receive_data(piece)
     # Entries without data come first (a refusal is not queued behind blocks), in order.
     assert got == sorted(replies, key=lambda r: isinstance(r, Block)) and client.outstanding == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**6), st.lists(st.integers(0, 12), max_size=blocks.MAX_BASES)),
+        min_size=1,
+        max_size=60,
+        unique_by=lambda x: x[0],
+    ),
+    st.lists(st.integers(0, 10), min_size=60, max_size=60),
+)
+def test_bases_a_frame_listed_before_travel_as_indices(
+    items: list[tuple[int, list[int]]], marks: list[int]
+) -> None:
+    pool = [blake3(b"base %d" % i) for i in range(13)]
+    wants = [
+        Want(blake3(b"%d" % n), bases=tuple(dict.fromkeys(pool[i] for i in bs))) for n, bs in items
+    ]
+    groups = sorted(marks[: len(wants)])
+    server = BlockServer()
+    raw = BlockClient().want(wants, groups=groups)
+    events = server.receive_data(raw)
+    assert [w for e in events if isinstance(e, Wants) for w in e.wants] == wants
+    # Every base digest goes out once per frame at most.
+    frames = len(set(groups))
+    listed = sum(len(w.bases) for w in wants)
+    distinct = len({b for w in wants for b in w.bases})
+    assert raw.count(pool[0][:8]) <= frames
+    if listed > distinct * frames:
+        assert len(raw) < sum(len(msgpack.packb(w.encode())) for w in wants)
+
+
+def test_a_base_index_past_the_frames_bases_is_a_protocol_error() -> None:
+    d = blake3(b"x")
+    with pytest.raises(BlocksError, match="base 1 of a frame that listed 1"):
+        BlockServer().receive_data(frame(msgpack.packb([0, [[d, True, [d]], [d, True, [1]]]])))
+    with pytest.raises(BlocksError, match="base 0 of a frame that listed 0"):
+        BlockServer().receive_data(frame(msgpack.packb([0, [[d, True, [0]]]])))
 
 
 def test_delta_against_bases_decodes_with_the_same_prefix() -> None:

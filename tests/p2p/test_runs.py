@@ -184,7 +184,16 @@ def test_the_level_follows_the_link_and_a_crowd_hits_the_cache() -> None:
     packer = Packer()
     assert packer.level(None) == (Codec.ZSTD, 3)
     assert packer.level(1e9) == LADDER[0]  # faster than any level: the fastest
+    assert packer.level(2.5e6) == (Codec.ZSTD, 9)  # 20 Mbit/s: xz would keep it waiting
     assert packer.level(500e3) == (Codec.XZ, 6)  # a slow uplink: the strongest
+    # Diffs shrink twenty-fold: the compressor is what the peer waits for.
+    assert packer.level(2.5e6, diff=True) == (Codec.ZSTD, 3)
+    assert packer.level(1e6, diff=True) == (Codec.ZSTD, 9)
+    assert packer.level(20e3, diff=True) == (Codec.ZSTD, 19)
+    assert Packer(diff_level=5).level(20e3, diff=True) == (Codec.ZSTD, 3)
+    # Measured: a level that turns out slower here loses its place.
+    packer.speeds[(False, (Codec.ZSTD, 9))] = 2e6
+    assert packer.level(2.5e6) == (Codec.ZSTD, 3)
     blocks = _chunks(TEXT[: 512 << 10])
     first = packer.encode(blocks, RunHints())
     assert packer.encode(blocks, RunHints()) == first and packer.hits == 1

@@ -1,0 +1,51 @@
+"""Claims gossip (gossipsub) between real py-libp2p hosts on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from node.daemon.discovery import GOSSIP_TOPIC, start_gossip
+from p2p.host import make_host, quiet_libp2p
+
+LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+
+
+async def _close(host: IHost) -> None:
+    with trio.CancelScope(shield=True):
+        await host.close()
+
+
+async def test_a_peer_joining_later_is_not_sent_every_message_ever_published() -> None:
+    """The router's heartbeat runs: its message cache forgets what is a few heartbeats
+    old, and a new subscriber gets only what is published after it joins. (Without the
+    router running as a service, a node replayed every claim it had ever seen to each
+    peer that joined: most of the bytes of a small update.)"""
+    quiet_libp2p()
+    a, b = (make_host(create_new_key_pair()) for _ in range(2))
+    async with contextlib.AsyncExitStack() as stack:
+        for h in (a, b):
+            await stack.enter_async_context(h.run([LOCAL]))
+            stack.push_async_callback(_close, h)
+        pub_a, router_a = await start_gossip(a, stack)
+        pub_b, _ = await start_gossip(b, stack)
+        await pub_a.subscribe(GOSSIP_TOPIC)
+        for i in range(20):
+            await pub_a.publish(GOSSIP_TOPIC, b"old claim %d" % i)
+        with trio.fail_after(15):  # the window is 3 heartbeats of 1 s
+            while router_a.mcache.window(GOSSIP_TOPIC):
+                await trio.sleep(0.1)
+        sub = await pub_b.subscribe(GOSSIP_TOPIC)
+        await b.connect(info_from_p2p_addr(a.get_addrs()[0].encapsulate(f"/p2p/{a.get_id()}")))
+        with trio.fail_after(15):
+            while b.get_id() not in pub_a.peer_topics.get(GOSSIP_TOPIC, set()):
+                await trio.sleep(0.05)
+        await pub_a.publish(GOSSIP_TOPIC, b"new claim")
+        with trio.fail_after(15):
+            first = await sub.get()
+        assert first.data == b"new claim"
