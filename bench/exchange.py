@@ -1,6 +1,7 @@
 """Exchange throughput and latency, next to the ceiling of the stack measured in the same run.
 
-    .venv/bin/python bench/exchange.py [--size-mib 256] [--rounds 2]
+    .venv/bin/python bench/exchange.py [--size-mib 256] [--rounds 2] [--data random|real]
+                                       [--baseline REV]
 
 Separate processes on 127.0.0.1 for every node:
   raw        one libp2p stream (noise + yamux, the same host set-up as a node) carrying the
@@ -8,7 +9,11 @@ Separate processes on 127.0.0.1 for every node:
   1 peer     a fresh client node fetching the path from one seed node
   3 peers    a fresh client node fetching it from three seed nodes at once
   latency    want-block round trips for one 64 KiB chunk on one stream (p50 / p99)
-Rounds interleave the measurements, since this machine is noisy.
+  baseline   with --baseline REV: the same two fetches by nodes of that git revision
+             (checked out beside), from seeds of their own: what a change cost or gained
+Rounds interleave the measurements, since this machine is noisy. `--data real` fetches a
+tree of this machine's own files (/usr: libraries, programs, text), which compresses as
+packages do; random data does not compress at all.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,74 +120,160 @@ def main() -> None:
     )
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--data",
+        choices=("random", "real"),
+        default="random",
+        help="what the path holds: random bytes (default), or files from /usr",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure nodes of this git revision (e.g. the commit before a change)",
+    )
     args = ap.parse_args()
     size = args.size_mib << 20
     with tempfile.TemporaryDirectory(prefix="ferry-bench-") as tmp_:
         tmp = Path(tmp_)
         tree = tmp / "tree"
         tree.mkdir()
-        with open(tree / "data", "wb") as f:
-            rnd = random.Random(1)
-            for _ in range(args.size_mib):
-                f.write(rnd.randbytes(1 << 20))
+        if args.data == "random":
+            with open(tree / "data", "wb") as f:
+                rnd = random.Random(1)
+                for _ in range(args.size_mib):
+                    f.write(rnd.randbytes(1 << 20))
+        else:
+            _real_tree(tree / "data", size)
         (tree / "small").write_bytes(random.Random(2).randbytes(60_000))  # one 64 KiB-policy chunk
+        size = sum(p.stat().st_size for p in (tree / "data").rglob("*") if p.is_file()) or size
         k = keys(tmp, "builder")
         pol = policy(tmp, [k["builder"][1]], threshold=1)
-        seeds = [NodeProc(tmp, f"seed{i}", timeout=10).start() for i in range(3)]
-        procs = list(seeds)
+        code = {"": None}
+        if args.baseline:
+            code["baseline "] = _checkout(tmp / "baseline", args.baseline)
+        seeds_of = {
+            v: [
+                NodeProc(tmp, f"{v or 'new'}seed{i}".replace(" ", "-"), timeout=10, code=c).start()
+                for i in range(3)
+            ]
+            for v, c in code.items()
+        }
+        seeds = seeds_of[""]
+        procs = [s for ss in seeds_of.values() for s in ss]
         raw = subprocess.Popen(
             [sys.executable, __file__, "--raw-serve", str(tree / "data")],
             stdout=subprocess.PIPE,
             text=True,
         )
         try:
-            for s in seeds:
+            for s in procs:
                 s.wait_ready()
                 s.json("publish", str(tree), "--store-path", SP, "--key", str(k["builder"][0]))
             raw_addr = raw.stdout.readline().strip()  # type: ignore[union-attr]
             small = next(d for d in _digests(seeds[0]) if d[1] < (64 << 10))[0]
-            results: dict[str, list[float]] = {"raw": [], "1 peer": [], "3 peers": []}
+            labels = [f"{v}{n}" for v in code for n in ("1 peer", "3 peers")]
+            results: dict[str, list[float]] = {"raw": [], **{label: [] for label in labels}}
             lat: list[float] = []
             for r in range(args.rounds):
                 results["raw"].append(trio.run(raw_fetch, raw_addr, size))
-                for label, boot in (("1 peer", seeds[:1]), ("3 peers", seeds)):
-                    c = (
-                        NodeProc(
-                            tmp,
-                            f"client-{label[0]}-{r}",
-                            bootstrap=[s.addr for s in boot],
-                            policy=pol,
-                            timeout=10,
+                for v, c_root in code.items():
+                    for n, boot in (("1 peer", seeds_of[v][:1]), ("3 peers", seeds_of[v])):
+                        label = f"{v}{n}"
+                        c = (
+                            NodeProc(
+                                tmp,
+                                f"client-{label}-{r}".replace(" ", "-"),
+                                bootstrap=[s.addr for s in boot],
+                                policy=pol,
+                                timeout=10,
+                                code=c_root,
+                            )
+                            .start()
+                            .wait_ready()
                         )
-                        .start()
-                        .wait_ready()
-                    )
-                    procs.append(c)
-                    try:
-                        results[label].append(fetch(c))
-                    except control.ControlError:
-                        print("\n".join(c.log[-40:]), file=sys.stderr)
-                        raise
-                    c.stop()
+                        procs.append(c)
+                        try:
+                            results[label].append(fetch(c))
+                        except control.ControlError:
+                            print("\n".join(c.log[-40:]), file=sys.stderr)
+                            raise
+                        c.stop()
                 lat += trio.run(latency, seeds[0].addr, small, 300)
         finally:
             raw.kill()
             for p in procs:
                 p.stop()
+            if args.baseline:
+                repo = Path(__file__).resolve().parents[1]
+                subprocess.run(
+                    [
+                        "git",
+                        "-C",
+                        str(repo),
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(tmp / "baseline"),
+                    ],
+                    capture_output=True,
+                )
     best = {k_: max(v) for k_, v in results.items()}
+    what = "random data" if args.data == "random" else "files from /usr"
     print(
-        f"path: {args.size_mib} MiB of random data (1 MiB chunks), loopback, {args.rounds} interleaved rounds"
+        f"path: {size / 2**20:.0f} MiB of {what}, loopback, {args.rounds} interleaved rounds"
+        + (f"; baseline: {args.baseline}" if args.baseline else "")
     )
-    for label in ("raw", "1 peer", "3 peers"):
+    for label in results:
         runs = ", ".join(f"{x:.0f}" for x in results[label])
-        print(f"  {label:<8} best {best[label]:6.1f} MB/s   (runs: {runs})")
+        print(f"  {label:<16} best {best[label]:6.1f} MB/s   (runs: {runs})")
     print(f"  1 peer / raw ceiling:  {best['1 peer'] / best['raw']:.2f}  (target >= 0.60)")
     print(f"  3 peers / raw ceiling: {best['3 peers'] / best['raw']:.2f}")
+    if args.baseline:
+        for n in ("1 peer", "3 peers"):
+            print(f"  {n} / baseline {n}: {best[n] / best['baseline ' + n]:.2f}")
     lat.sort()
     print(
         f"  want-block round trip, 64 KiB chunk, {len(lat)} requests: "
         f"p50 {statistics.median(lat) * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99) - 1] * 1e3:.2f} ms"
     )
+
+
+def _real_tree(root: Path, size: int) -> None:
+    """Copies of files under /usr, in a fixed order, until `size` bytes."""
+    root.mkdir()
+    total = 0
+    for d in ("/usr/lib", "/usr/bin", "/usr/share"):
+        for dirpath, dirnames, filenames in os.walk(d):
+            dirnames.sort()
+            for name in sorted(filenames):
+                src = Path(dirpath) / name
+                if src.is_symlink() or not src.is_file():
+                    continue
+                try:
+                    n = src.stat().st_size
+                    if n == 0:
+                        continue
+                    dst = root / src.relative_to("/usr")
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
+                except OSError:
+                    continue  # unreadable: skipped
+                total += n
+                if total >= size:
+                    return
+
+
+def _checkout(where: Path, rev: str) -> Path:
+    """A detached worktree of this repository at `rev`."""
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(where), rev],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        sys.exit(f"--baseline {rev}: {r.stderr.strip()}")
+    return where
 
 
 def _digests(node: NodeProc) -> list[tuple[bytes, int]]:

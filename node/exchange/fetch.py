@@ -186,19 +186,54 @@ class Fetch:
         await self._report()
 
     async def resolve(self, target: StorePath, *, closure: bool) -> list[Plan]:
+        """Plans for `target` and, with `closure`, everything it refers to. A closure is
+        planned a level of references at a time: paths held complete from the claims
+        kept here, the others' claims and manifests in one batch per peer (`plan_many`);
+        what a batch leaves out is planned alone (`_plan`: the DHT, refusals, retries).
+        Path by path, a mass rebuild of 18 paths cost 36 claims streams and 18 blocks
+        streams, most of its bytes on the wire."""
         plans: list[Plan] = []
-        seen: set[str] = set()
-        todo = [target]
-        while todo:
-            sp = todo.pop()
-            if str(sp) in seen:
-                continue
-            seen.add(str(sp))
-            plan = await self._plan(sp)
-            plans.append(plan)
-            if closure:
-                todo.extend(r for r in plan.manifest.references if str(r) not in seen and r != sp)
+        seen = {str(target)}
+        level = [target]
+        while level:
+            got: dict[str, Plan] = {}
+            if len(level) > 1:
+                rest = []
+                for sp in level:
+                    held = await self._held(sp)
+                    if held is not None:
+                        got[str(sp)] = held
+                    else:
+                        rest.append(sp)
+                for store_dir in {sp.store_dir for sp in rest}:
+                    some = [sp for sp in rest if sp.store_dir == store_dir]
+                    many = await self.plan_many([sp.hash_part for sp in some], store_dir)
+                    for sp in some:
+                        p = many.get(sp.hash_part)
+                        if p is not None and p.store_path == sp:
+                            got[str(sp)] = p
+            below: list[StorePath] = []
+            for sp in level:
+                plan = got.get(str(sp)) or await self._plan(sp)
+                plans.append(plan)
+                if closure:
+                    for r in plan.manifest.references:
+                        if str(r) not in seen:
+                            seen.add(str(r))
+                            below.append(r)
+            level = below
         return plans
+
+    async def _held(self, sp: StorePath) -> Plan | None:
+        """`sp`'s plan if it is held complete and the claims kept here trust it as is."""
+        got, verdict = self._decide(sp.store_dir, sp, await self.local.claims(sp.hash_part))
+        if got is None or not isinstance(verdict, Trusted):
+            return None
+        have = await self.local.state(got)
+        if have is None or not have[1] or have[0].digest() != verdict.manifest_digest:
+            return None
+        await self.local.learn(list(verdict.claims), "quorum")
+        return Plan(got, have[0], verdict, True)
 
     async def _plan(self, sp: StorePath) -> Plan:
         return await self._plan_for(sp.hash_part, sp.store_dir, sp)
@@ -367,6 +402,19 @@ class Fetch:
         it lacks or sends wrong are left out."""
         by_digest = {v.manifest_digest: (sp, v) for sp, v in wanted}
         client = BlockClient(max_block=MAX_MANIFEST)
+        # Each as a diff against the old version's manifest where one is here (after a
+        # mass rebuild, most of a manifest is the old one's); a peer without it answers
+        # plainly, and a diff that does not decode leaves the path to plan_hash.
+        wants: list[Want] = []
+        bases: dict[bytes, bytes] = {}
+        for d, (sp, _) in by_digest.items():
+            old = await self.local.base_manifest(sp) if self.settings.diffs else None
+            base = old.encode() if old is not None else None
+            if base is not None and len(base) <= MAX_BASE_BYTES:
+                bases[blake3_digest(base)] = base
+                wants.append(Want(d, bases=(blake3_digest(base),)))
+            else:
+                wants.append(Want(d))
         with trio.move_on_after(self.settings.request_timeout):
             try:
                 stream = await self.net.open_stream(peer, BLOCKS)
@@ -374,7 +422,7 @@ class Fetch:
                 log.info("cannot open a blocks stream to %s: %s", peer, e)
                 return
             try:
-                await write(stream, client.want([Want(d) for d in by_digest]))
+                await write(stream, client.want(wants, bases))
                 while client.outstanding:
                     data = await read_some(stream)
                     if not data:
@@ -382,8 +430,10 @@ class Fetch:
                     self.progress.metadata_bytes += len(data)
                     for r in client.receive_data(data):
                         if not isinstance(r, Block):
-                            continue  # BUSY or DONT_HAVE: plan_hash asks again, or others
+                            continue  # BUSY, DONT_HAVE, a bad diff: plan_hash asks again
                         if blake3_digest(r.data) != r.digest:
+                            if r.diff:
+                                continue  # our base and theirs differ: no one's fault
                             await self.net.punish(
                                 peer, f"sent a blob that does not hash to {r.digest.hex()[:16]}"
                             )

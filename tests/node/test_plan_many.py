@@ -259,3 +259,45 @@ async def test_a_peer_that_never_opens_the_stream_leaves_the_batch_to_plan_alone
             plans = await fetch.plan_many([sp.hash_part for sp in paths[:10]], "/nix/store")
         assert plans == {}  # nothing answered: each path is for plan_hash
         nursery.cancel_scope.cancel()
+
+
+async def test_a_closure_fetch_plans_a_level_of_references_in_one_batch(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`ferry fetch --closure`: the root alone, then the 20 paths it refers to in one
+    GETS and one blocks stream, not a claims and a blocks stream each (most of the bytes
+    of a mass-rebuild update on the wire, before)."""
+    builder = SecretKey.generate("builder-1")
+    server = MemoryStore()
+    deps = []
+    for i in range(20):
+        sp = StorePath("/nix/store", _hash(i), f"dep{i}-1.0")
+        d = tmp_path / sp.name
+        d.mkdir()
+        (d / "file").write_text(f"dependency {i}\n")
+        chunks = export.MemoryChunks()
+        m = build.from_directory(str(d), sp, on_chunk=chunks.add, workers=0)
+        server.add_path(m, chunks.chunks, [sign_manifest(m, builder)])
+        deps.append(sp)
+    root = StorePath("/nix/store", _hash(99), "profile-1.0")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "manifest").write_text("\n".join(map(str, deps)))
+    chunks = export.MemoryChunks()
+    m = build.from_directory(
+        str(tmp_path / "root"), root, references=deps, on_chunk=chunks.add, workers=0
+    )
+    server.add_path(m, chunks.chunks, [sign_manifest(m, builder)])
+    opened: Counter[str] = Counter()
+    async with trio.open_nursery() as nursery:
+        world = World(nursery, random.Random(1))
+        srv, cli = world.add("server"), world.add("client")
+        _serve(srv, server, opened)
+        cli.connect("server")
+        fetch = Fetch(cli, MemoryStore(), QuorumPolicy((builder.public,), 1))
+        with trio.fail_after(60):
+            plans = await fetch.resolve(root, closure=True)
+        assert [p.store_path for p in plans] == [root, *deps]
+        # The root: a claims and a blocks stream; its references: one of each.
+        assert opened == {claimwire.PROTOCOL: 1, claimwire.PROTOCOL_GETS: 1, BLOCKS: 2}
+        assert cli.punished == []
+        nursery.cancel_scope.cancel()

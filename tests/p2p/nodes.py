@@ -29,10 +29,13 @@ class NodeProc:
         config: str = "",
         listen: str = "/ip4/127.0.0.1/tcp/0",
         netns: str | None = None,
+        code: Path | None = None,
     ) -> None:
         """`netns`: run the node in that network namespace (its control socket, a file,
-        still answers `ferry` here)."""
+        still answers `ferry` here). `code`: a checkout whose ferry to run (its node and
+        its CLI), for a bench comparing with an older version."""
         self.name = name
+        self.code = code or Path(__file__).parents[2]
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Tests are impatient: a silent peer is given up on after 2 s, not 10. Many nodes
@@ -70,7 +73,7 @@ class NodeProc:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=self.env,
-            cwd=Path(__file__).parents[2],
+            cwd=self.code,
         )
         threading.Thread(
             target=self._drain, args=(self.proc, self.log, self._ready), daemon=True
@@ -121,6 +124,7 @@ class NodeProc:
         return self.addr.rsplit("/p2p/", 1)[1]
 
     def ferry(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        kw.setdefault("cwd", self.code)
         return ferry(*args, "--data-dir", str(self.data_dir), **kw)
 
     def json(self, *args: str) -> Any:
