@@ -145,7 +145,14 @@ def main() -> None:
         else:
             _real_tree(tree / "data", size)
         (tree / "small").write_bytes(random.Random(2).randbytes(60_000))  # one 64 KiB-policy chunk
-        size = sum(p.stat().st_size for p in (tree / "data").rglob("*") if p.is_file()) or size
+        raw_file = tree / "data"
+        if args.data == "real":  # the raw stream carries the same bytes, one file after another
+            raw_file = tmp / "raw.bin"
+            with open(raw_file, "wb") as out:
+                for p in sorted((tree / "data").rglob("*")):
+                    if p.is_file():
+                        out.write(p.read_bytes())
+            size = raw_file.stat().st_size
         k = keys(tmp, "builder")
         pol = policy(tmp, [k["builder"][1]], threshold=1)
         code = {"": None}
@@ -161,7 +168,7 @@ def main() -> None:
         seeds = seeds_of[""]
         procs = [s for ss in seeds_of.values() for s in ss]
         raw = subprocess.Popen(
-            [sys.executable, __file__, "--raw-serve", str(tree / "data")],
+            [sys.executable, __file__, "--raw-serve", str(raw_file)],
             stdout=subprocess.PIPE,
             text=True,
         )
