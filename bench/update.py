@@ -55,6 +55,7 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,6 +231,18 @@ def _pkg_name(first_lib: str, i: int) -> str:
     return f"{stem}-bundle{i:02d}-1.0"
 
 
+def _unpacked_once(archive: Path, extract: Callable[[Path], None]) -> Path:
+    """`archive` unpacked beside it by `extract(into)`, once: a half-done unpacking (an
+    interrupted run) is started over, never used."""
+    dest = archive.parent / "unpacked" / archive.stem
+    if not dest.exists():
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        extract(part)
+        part.rename(dest)
+    return dest
+
+
 @dataclass(frozen=True)
 class Wheel:
     project: str
@@ -238,14 +251,12 @@ class Wheel:
 
     def unpacked(self) -> Path:
         """The wheel's tree (what pip installs into site-packages), unpacked once."""
-        dest = self.path.parent / "unpacked" / self.path.stem
-        if not dest.exists():
-            part = dest.with_name(dest.name + ".part")
-            shutil.rmtree(part, ignore_errors=True)
+
+        def extract(part: Path) -> None:
             with zipfile.ZipFile(self.path) as z:
                 z.extractall(part)
-            part.rename(dest)
-        return dest
+
+        return _unpacked_once(self.path, extract)
 
     @property
     def store_name(self) -> str:
@@ -291,14 +302,13 @@ class Deb:
     path: Path
 
     def unpacked(self) -> Path:
-        dest = self.path.parent / "unpacked" / self.path.stem
-        if not dest.exists():
-            part = dest.with_name(dest.name + ".part")
-            shutil.rmtree(part, ignore_errors=True)
+        """The package's files, unpacked once."""
+
+        def extract(part: Path) -> None:
             part.mkdir(parents=True)
             subprocess.run(["dpkg-deb", "-x", str(self.path), str(part)], check=True)
-            part.rename(dest)
-        return dest
+
+        return _unpacked_once(self.path, extract)
 
     @property
     def store_name(self) -> str:

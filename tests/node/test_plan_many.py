@@ -34,6 +34,25 @@ def _hash(i: int) -> str:
     return "".join(NIX32[(i >> (5 * k)) % 32] for k in range(32))
 
 
+def _publish(
+    store: MemoryStore,
+    tmp: Path,
+    sp: StorePath,
+    text: str,
+    key: SecretKey,
+    references: list[StorePath] | None = None,
+) -> None:
+    """`sp`, one file holding `text`, signed by `key`, into `store`."""
+    d = tmp / sp.name
+    d.mkdir()
+    (d / "file").write_text(text)
+    chunks = export.MemoryChunks()
+    m = build.from_directory(
+        str(d), sp, references=references or (), on_chunk=chunks.add, workers=0
+    )
+    store.add_path(m, chunks.chunks, [sign_manifest(m, key)])
+
+
 def _paths(
     tmp: Path, builder: SecretKey, outsider: SecretKey
 ) -> tuple[MemoryStore, list[StorePath]]:
@@ -43,12 +62,7 @@ def _paths(
     paths = []
     for i in range(PATHS + 1):
         sp = StorePath("/nix/store", _hash(i), f"pkg{i}-1.0")
-        d = tmp / sp.name
-        d.mkdir()
-        (d / "file").write_text(f"contents of {i}\n")
-        chunks = export.MemoryChunks()
-        m = build.from_directory(str(d), sp, on_chunk=chunks.add, workers=0)
-        store.add_path(m, chunks.chunks, [sign_manifest(m, outsider if i == PATHS else builder)])
+        _publish(store, tmp, sp, f"contents of {i}\n", outsider if i == PATHS else builder)
         paths.append(sp)
     return store, paths
 
@@ -272,21 +286,10 @@ async def test_a_closure_fetch_plans_a_level_of_references_in_one_batch(
     deps = []
     for i in range(20):
         sp = StorePath("/nix/store", _hash(i), f"dep{i}-1.0")
-        d = tmp_path / sp.name
-        d.mkdir()
-        (d / "file").write_text(f"dependency {i}\n")
-        chunks = export.MemoryChunks()
-        m = build.from_directory(str(d), sp, on_chunk=chunks.add, workers=0)
-        server.add_path(m, chunks.chunks, [sign_manifest(m, builder)])
+        _publish(server, tmp_path, sp, f"dependency {i}\n", builder)
         deps.append(sp)
     root = StorePath("/nix/store", _hash(99), "profile-1.0")
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root" / "manifest").write_text("\n".join(map(str, deps)))
-    chunks = export.MemoryChunks()
-    m = build.from_directory(
-        str(tmp_path / "root"), root, references=deps, on_chunk=chunks.add, workers=0
-    )
-    server.add_path(m, chunks.chunks, [sign_manifest(m, builder)])
+    _publish(server, tmp_path, root, "\n".join(map(str, deps)), builder, deps)
     opened: Counter[str] = Counter()
     async with trio.open_nursery() as nursery:
         world = World(nursery, random.Random(1))
