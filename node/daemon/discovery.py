@@ -67,7 +67,6 @@ class Discovery:
         self.peer_id = host.get_id()
         self.dht: KadDHT | None = None
         self.pubsub: Pubsub | None = None
-        self.router: GossipSub | None = None
         # Set once every bootstrap peer has been tried: a fetch asked for at start-up waits
         # for it rather than finding nobody to ask.
         self.bootstrapped = trio.Event()
@@ -90,7 +89,7 @@ class Discovery:
             self.dht = KadDHT(self.host, DHTMode.SERVER)
             await stack.enter_async_context(background_trio_service(self.dht))
         if self.config.gossip:
-            self.pubsub, self.router = await start_gossip(self.host, stack)
+            self.pubsub, _ = await start_gossip(self.host, stack)
 
     def run(self, nursery: trio.Nursery) -> None:
         """Its tasks, in the node's nursery."""
