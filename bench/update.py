@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import hashlib
+import http.server
 import json
 import lzma
 import os
@@ -51,6 +53,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -781,15 +784,68 @@ def _wire_fetch(
         shutil.rmtree(client.data_dir, ignore_errors=True)
 
 
+# Run in the client's namespace: what Nix asks a binary cache for, a path at a time.
+_HTTP_CLIENT = """
+import sys, urllib.request
+base = sys.argv[1]
+def get(name):
+    with urllib.request.urlopen(base + name, timeout=60) as r:
+        return r.read()
+get("nix-cache-info")
+for h in sys.argv[2:]:
+    info = dict(l.split(": ", 1) for l in get(h + ".narinfo").decode().splitlines() if ": " in l)
+    get(info["URL"])
+"""
+
+
+def measure_http(xz_cache: Path, scenarios: list[Scenario], link: Link) -> dict[str, int]:
+    """Bytes on the link while a fresh client downloads each scenario's new closure from
+    the nar.xz cache over HTTP (nix-cache-info, narinfos, nar.xz files): what a plain Nix
+    binary cache costs on the same wire, TCP/IP included, beside ferry's cold fetch."""
+    handler = functools.partial(_QuietFiles, directory=str(xz_cache))
+    server = http.server.ThreadingHTTPServer((link.HOST, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = {}
+        for s in scenarios:
+            link.quiet()
+            start = link.bytes()
+            hashes = [Path(p).name[:32] for p in s.new]
+            url = f"http://{link.HOST}:{server.server_address[1]}/"
+            subprocess.run(
+                ["ip", "netns", "exec", link.ns, sys.executable, "-c", _HTTP_CLIENT, url, *hashes],
+                check=True,
+                capture_output=True,
+            )
+            link.quiet()
+            out[s.name] = link.bytes() - start
+            say(f"  {s.name}: nar.xz over HTTP {out[s.name] / MB:.3f} MB on the wire")
+        return out
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def wire_tables(
-    figures: dict[str, Figures], wire: dict[str, dict[str, Wire]], scenarios: list[Scenario]
+    figures: dict[str, Figures],
+    wire: dict[str, dict[str, Wire]],
+    scenarios: list[Scenario],
+    http_wire: dict[str, int],
 ) -> tuple[str, list[bool]]:
     rows = [
         "### On the wire: a fresh client (cold) and one holding the old version (update)",
         "",
-        "| store paths | nar.xz MB | cold: ferry wire MB | cold / nar.xz | patch-from MB "
-        "| update: ferry wire MB | update / patch-from | served / needed (cold, update) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| store paths | nar.xz MB | nar.xz over HTTP, wire MB | cold: ferry wire MB | cold / nar.xz "
+        "| cold / HTTP | patch-from MB | update: ferry wire MB | update / patch-from "
+        "| served / needed (cold, update) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     oks = []
     for s in scenarios:
@@ -801,7 +857,8 @@ def wire_tables(
         ratio = [x.served / max(1, x.needed) for x in (cold, upd)]
         oks += [cold.wire <= xz, upd.wire <= limit, max(ratio) <= 1.05]
         rows.append(
-            f"| {s.name} | {xz / MB:.3f} | {cold.wire / MB:.3f} | {cold.wire / xz:.2f} | {pf / MB:.4f} "
+            f"| {s.name} | {xz / MB:.3f} | {http_wire[s.name] / MB:.3f} | {cold.wire / MB:.3f} "
+            f"| {cold.wire / xz:.2f} | {cold.wire / http_wire[s.name]:.2f} | {pf / MB:.4f} "
             f"| {upd.wire / MB:.4f} | {upd.wire / pf:.2f} | {ratio[0]:.3f}, {ratio[1]:.3f} |"
         )
     return "\n".join(rows), oks
@@ -1079,6 +1136,8 @@ def main() -> None:
         )
         with Link(args.link_mbit) as link:
             wire = measure_wire(tmp, store, scenarios, everything, link, args.runs)
+            say("nar.xz over HTTP on the same link (a plain Nix binary cache)")
+            http_wire = measure_http(xz_cache, scenarios, link)
 
     mass = figures["mass rebuild"]
     bumps = {s.name: figures[s.name] for s in scenarios if s.group in ("bumps", "debian")}
@@ -1098,7 +1157,7 @@ def main() -> None:
         "",
     ]
     report += [line for name, f in bumps.items() for line in (table(name, f), "")]
-    wire_text, wire_oks = wire_tables(figures, wire, scenarios)
+    wire_text, wire_oks = wire_tables(figures, wire, scenarios, http_wire)
     report += [
         wire_text,
         "",

@@ -10,6 +10,7 @@ noise, multiplexed with yamux (whose frame writes we make safe to cancel, see ca
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import SupportsIndex
@@ -156,6 +157,31 @@ class _GuardedConnections(Notifee):
         if isinstance(conn.muxed_conn, Yamux):
             cancel_safe_frames(conn.muxed_conn)
             guard_windows(conn.muxed_conn, self.on_overrun)
+            pace_writes(conn)
+
+
+# Bytes a connection's socket holds unsent, at most, before a write waits. The kernel
+# otherwise accepts up to 4 MB (tcp_wmem), which a home uplink takes seconds to carry: a
+# server would compress a whole reply at the level meant for an unmeasured link, and
+# think a slow link fast because its writes returned at once. Bounded, a write takes as
+# long as the link needs (beyond this much), and the link's speed is measured from the
+# first megabyte; a fast link stays full (the kernel wakes the writer below this mark).
+UNSENT_BYTES = 256 << 10
+
+
+def pace_writes(conn: INetConn, unsent: int = UNSENT_BYTES) -> bool:
+    """Caps what the kernel holds unsent on `conn`'s TCP socket (TCP_NOTSENT_LOWAT);
+    False if the connection has no TCP socket this can reach."""
+    layer: object = conn.muxed_conn
+    for name in ("secured_conn", "conn", "conn", "stream", "stream"):
+        layer = getattr(layer, name, None)
+    if not isinstance(layer, trio.SocketStream):
+        return False
+    try:
+        layer.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, unsent)
+    except OSError:
+        return False
+    return True
 
 
 def _log_overrun(peer: str, excess: int) -> None:
