@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Protocol
 
 import trio
-from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
 READ = 1 << 20
 # `write_paced` measures progress in pieces this size: what one noise message carries
@@ -34,22 +34,34 @@ class ReaderStalled(Exception):
     and must be reset."""
 
 
+@functools.cache
+def _stream_errors() -> tuple[type[Exception], type[Exception]]:
+    """py-libp2p's end-of-stream and stream-failure exceptions. Imported on first use:
+    importing anything of libp2p loads all of it (a second of CPU), which commands that
+    never touch the network (`ferry publish`, `ferry store`) should not pay."""
+    from libp2p.network.stream.exceptions import StreamEOF, StreamError
+
+    return StreamEOF, StreamError
+
+
 async def read_some(stream: ByteStream) -> bytes:
     """The next bytes the peer sent; b"" at a clean end of stream."""
+    eof, error = _stream_errors()
     try:
         return await stream.read(READ)
-    except StreamEOF:
+    except eof:
         return b""
-    except StreamError as e:
+    except error as e:
         raise StreamGone(str(e) or type(e).__name__) from None
 
 
 async def write(stream: ByteStream, data: bytes) -> None:
     if not data:
         return
+    _, error = _stream_errors()
     try:
         await stream.write(data)
-    except StreamError as e:
+    except error as e:
         # py-libp2p resets a stream whose window stayed shut for 5 s; the cause says so.
         cause = f" ({e.__cause__})" if e.__cause__ is not None else ""
         raise StreamGone((str(e) or type(e).__name__) + cause) from None
