@@ -537,6 +537,8 @@ def measure_ferry(
                     everything,
                 )
             )
+        say("waiting for the server to pack what it published ahead")
+        server.wait_packed()
         clients = {
             "ferry": NodeProc(tmp, "client-diffs", bootstrap=[server.addr], policy=pol, timeout=10),
             "ferry-chunks": NodeProc(
@@ -708,6 +710,9 @@ def measure_wire(
                     jobs,
                 )
             )
+        say("waiting for the builders to pack what they published ahead")
+        for b in builders:
+            b.wait_packed()
         out: dict[str, dict[str, Wire]] = {}
         n = 0
         for s in scenarios:

@@ -29,6 +29,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from p2p.stream import UNSENT_BYTES
+
 log = logging.getLogger(__name__)
 
 SECURITY = (NOISE,)
@@ -158,15 +160,6 @@ class _GuardedConnections(Notifee):
             cancel_safe_frames(conn.muxed_conn)
             guard_windows(conn.muxed_conn, self.on_overrun)
             pace_writes(conn)
-
-
-# Bytes a connection's socket holds unsent, at most, before a write waits. The kernel
-# otherwise accepts up to 4 MB (tcp_wmem), which a home uplink takes seconds to carry: a
-# server would compress a whole reply at the level meant for an unmeasured link, and
-# think a slow link fast because its writes returned at once. Bounded, a write takes as
-# long as the link needs (beyond this much), and the link's speed is measured from the
-# first megabyte; a fast link stays full (the kernel wakes the writer below this mark).
-UNSENT_BYTES = 256 << 10
 
 
 def pace_writes(conn: INetConn, unsent: int = UNSENT_BYTES) -> bool:

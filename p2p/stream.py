@@ -14,6 +14,14 @@ READ = 1 << 20
 # (65,535 bytes less its 16-byte tag) less a yamux header, so a piece costs one message.
 PIECE = 65535 - 16 - 12
 WINDOW_SHUT = "Timed out waiting for window update"  # py-libp2p's words for a reader that stopped
+# Bytes a connection's socket holds unsent, at most, before a write waits (`p2p.host`
+# sets TCP_NOTSENT_LOWAT). The kernel otherwise takes up to 4 MB (tcp_wmem), which a home
+# uplink needs seconds to carry: a server would compress whole replies at the level meant
+# for an unmeasured link, and think a slow link fast because its writes returned at once.
+# Bounded, a write takes as long as the link needs beyond this much, and the link is
+# measured from the first reply; a fast link stays full (the kernel wakes the writer below
+# this mark).
+UNSENT_BYTES = 256 << 10
 
 
 class ByteStream(Protocol):

@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -151,8 +152,9 @@ class SimNode:
 
     # --- fetching
 
-    def _schedule(self, sizes: dict[bytes, int]) -> Schedule:
-        # Windows and frames count link bytes: scaled chunks stand for larger ones.
+    def _schedule(self, sizes: dict[bytes, int], cut: Sequence[Sequence[bytes]] | None) -> Schedule:
+        # Windows and frames count link bytes: scaled chunks stand for larger ones, so
+        # runs are cut here, to scaled sizes (the fetcher's `cut` is in real bytes).
         return Schedule(sizes, rng=random.Random(self.order_seed), scale=self.store.scale)
 
     async def fetch(self, root: StorePath) -> bool:

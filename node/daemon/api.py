@@ -242,6 +242,8 @@ class Status:
     policy_in_use: PolicyInUse | None = None
     publishing: str | None = None  # what publishes by itself: "watching STORE", "hook"...
     outbox: int = 0  # paths queued to publish
+    packing: int = 0  # paths published and not yet packed ahead
+    packed_runs_served: int = 0  # runs answered with their packs (`node.local.packs`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,9 @@ SETTINGS: dict[str, str] = {
     "first; resumes where it stopped after a restart (default false)",
     "max_store_size": 'most bytes of chunks the store keeps, e.g. "20G": past it, the node evicts the least '
     "recently used paths no GC root needs (what the gateway fetched for Nix is such a cache) (default 0: no cap)",
+    "pack_ahead": 'most bytes of disk for runs of published paths compressed ahead with xz, e.g. "4G": a client '
+    "fetching such a path over a slow link gets them, about nar.xz's size, at no CPU to the node "
+    '(default "2G"; 0: compress each reply as it is sent)',
     "publish_key": "the builder secret key (`ferry trust keygen`) that signs what the node publishes by "
     "itself: watched paths and `ferry post-build-hook` outputs (default none: unsigned)",
 }
@@ -85,6 +88,7 @@ class NodeConfig:
     watch_store: bool = False
     publish_key: str | None = None
     max_store_size: int = 0
+    pack_ahead: int = 2 << 30
     limits: PeerLimits = peerlimits.DEFAULT  # the [limits] table
     source: str = field(default="defaults", compare=False)
     # Settings given as command-line flags: an error in one names the flag, not the file.
@@ -192,6 +196,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "watch_store": (bool,),
     "publish_key": (str,),
     "max_store_size": (int, str),
+    "pack_ahead": (int, str),
 }
 
 
@@ -231,7 +236,7 @@ def parse(text: str, source: str) -> NodeConfig:
             if not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: {key} must be a list of multiaddr strings")
             value = tuple(value)
-        if key == "max_store_size":
+        if key in ("max_store_size", "pack_ahead"):
             value = parse_size(value, f"{source}: {key}")
         values[key] = value
     return NodeConfig(**values, source=source)

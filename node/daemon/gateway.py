@@ -185,7 +185,7 @@ class GatewayBackend:
         # In NAR order, not shuffled, and stored a piece at a time: the NAR streams to
         # Nix as its chunks arrive.
         async with self.sessions.recording(
-            schedule=Schedule, fill_bytes=PIECE, connect_timeout=timeout
+            schedule=_in_order, fill_bytes=PIECE, connect_timeout=timeout
         ) as (fetch, _):
             await fetch.complete(plans, roots=set())
         self.busy()
@@ -294,3 +294,8 @@ def _check_bind(host: str, port: int, setting: str) -> None:
             f"cannot serve the gateway on {setting}: {e.strerror or e} "
             "(choose another with --gateway HOST:PORT, or --no-gateway)"
         ) from None
+
+
+def _in_order(sizes: dict[bytes, int], cut: Sequence[Sequence[bytes]] | None) -> Schedule:
+    # A NAR streams from its start: chunks are asked for in its order, not shuffled.
+    return Schedule(sizes, cut=cut)

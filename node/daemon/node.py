@@ -29,6 +29,7 @@ from node.daemon.discovery import Discovery
 from node.daemon.mounts import Mounts
 from node.daemon.nodestore import NodeStore
 from node.daemon.outbox import OutboxError
+from node.daemon.prepack import Prepacker
 from node.daemon.session import FetchSessions
 from node.daemon.storeops import StoreOps
 from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
@@ -39,6 +40,7 @@ from node.exchange.uplink import Uplink
 from node.gateway import key as gateway_key
 from node.gateway.metrics import Metrics
 from node.local.errors import StoreError
+from node.local.packs import PackStore
 from node.local.publish import Bulk
 from node.local.store import LocalStore
 from p2p import blocks, claimwire, summary
@@ -86,6 +88,12 @@ class Node:
             config.limits.slow_replies,
         )
         self.store = NodeStore(store, config.diff_level)
+        if config.pack_ahead:
+            self.store.packer.packs = PackStore(
+                os.path.join(self.data_dir, "packs"), config.pack_ahead
+            )
+        self.prepacker = Prepacker(self.store)
+        self.store.on_published = self.prepacker.submit
         self.store.others_per_path = config.limits.unknown_claims_per_path
         self._trust(self.policy)
         self.keys = load_or_create(self.data_dir)
@@ -147,6 +155,7 @@ class Node:
                         await nursery.start(self.mounts.run)
                         await nursery.start(self.autopublish.run)
                         await nursery.start(self.collector.run)
+                        await nursery.start(self.prepacker.run)
                         await nursery.start(control.serve, listener, self._control)
                         self.discovery.run(nursery)
                         # node.addr tells scripts and other nodes that the node is up: written
@@ -413,6 +422,8 @@ class Node:
                 else None
             ),
             outbox=await self.autopublish.waiting(),
+            packing=self.prepacker.waiting,
+            packed_runs_served=self.store.packer.pack_hits,
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:

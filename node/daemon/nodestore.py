@@ -27,6 +27,7 @@ from node.exchange.subscriptions import Subscriptions
 from node.local.publish import Publication, publish
 from node.local.store import LocalStore, StoreReader
 from p2p.blocks import Reply
+from store.manifest import Manifest
 from store.source import Source
 from trust.claim import SignedClaim
 from trust.key import SecretKey
@@ -46,6 +47,7 @@ class NodeStore:
         self.subscriptions = Subscriptions()  # peers' want-haves of chunks not here yet
         self.diff_level = diff_level
         self.packer = Packer(diff_level=diff_level)  # its cache serves every stream
+        self.on_published: Callable[[Manifest], None] | None = None  # each signed publication
         # Compressing is CPU work: more at once than there are cores is only slower, and
         # each holds a reply's blocks several times over (input, output, frame) meanwhile.
         self._packing = trio.CapacityLimiter(os.cpu_count() or 1)
@@ -144,6 +146,8 @@ class NodeStore:
         self.chunks_added()
         if pub.signed:
             self.summaries.add([pub.manifest.store_path.hash_part])
+            if self.on_published is not None:
+                self.on_published(pub.manifest)
         return pub
 
     # --- claims (node.exchange.server.ClaimSource, and the fetchers)

@@ -16,12 +16,11 @@ import trio
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.bases import chunk_bases, package_name, rank_bases
-from node.exchange.download import download
+from node.exchange.download import NewSchedule, download
 from node.exchange.fetch import Fetch, FetchSettings, NoPolicy, Plan
 from node.exchange.network import Network
 from node.exchange.peers import PeerBook
 from node.exchange.progress import Progress
-from node.exchange.schedule import Schedule
 from node.gateway.metrics import Metrics
 from store.manifest import Manifest
 from store.path import StorePath
@@ -203,7 +202,7 @@ class FetchSessions:
     async def recording(
         self,
         on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
-        schedule: Callable[[dict[bytes, int]], Schedule] | None = None,
+        schedule: NewSchedule | None = None,
         fill_bytes: int = FILL_BYTES,
         **overrides: Any,
     ) -> AsyncIterator[tuple[Fetch, FetchStore]]:

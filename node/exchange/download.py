@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -40,10 +40,13 @@ class BlockSink(Protocol):
         ...
 
 
-def fresh_schedule(sizes: dict[bytes, int]) -> Schedule:
+def fresh_schedule(sizes: dict[bytes, int], cut: Sequence[Sequence[bytes]] | None) -> Schedule:
     # Peers fetching the same closure start at different chunks, so they have
     # something to trade early (a flash crowd).
-    return Schedule(sizes, rng=random.Random())
+    return Schedule(sizes, rng=random.Random(), cut=cut)
+
+
+NewSchedule = Callable[[dict[bytes, int], Sequence[Sequence[bytes]] | None], Schedule]
 
 
 async def download(
@@ -53,20 +56,22 @@ async def download(
     progress: Progress,
     *,
     request_timeout: float,
-    schedule: Callable[[dict[bytes, int]], Schedule] = fresh_schedule,
+    schedule: NewSchedule = fresh_schedule,
+    cut: Sequence[Sequence[bytes]] | None = None,
     bases: dict[bytes, tuple[bytes, ...]] | None = None,
     plain: set[bytes] | None = None,
     on_progress: Callable[[], Awaitable[None]] | None = None,
 ) -> str | None:
     """Fetch `missing` (digest -> size) into `sink`; None when all came, else why not.
-    `bases`: local chunks to ask diffs against; `plain`: chunks whose diff failed
-    (updated here, so a later download asks them plain too)."""
+    `cut`: runs to ask for together (`Schedule.cut`); `bases`: local chunks to ask diffs
+    against; `plain`: chunks whose diff failed (updated here, so a later download asks
+    them plain too)."""
     progress.chunks = len(missing)
     progress.bytes = sum(missing.values())
     if not missing:
         return None
     core = Transfer(
-        schedule(dict(missing)),
+        schedule(dict(missing), cut),
         request_timeout,
         progress,
         bases={} if bases is None else bases,

@@ -19,10 +19,10 @@ from typing import Protocol
 
 import trio
 
-from node.exchange.download import BlockSink, download, fresh_schedule
+from node.exchange.download import BlockSink, NewSchedule, download, fresh_schedule
 from node.exchange.network import Network
 from node.exchange.progress import Progress
-from node.exchange.schedule import BUSY_PAUSE, Schedule
+from node.exchange.schedule import BUSY_PAUSE, cold_runs
 from p2p import claimwire
 from p2p.blocks import (
     MAX_BASE_BYTES,
@@ -137,7 +137,7 @@ class Fetch:
         policy: QuorumPolicy,
         settings: FetchSettings = FetchSettings(),
         on_progress: Callable[[Progress], Awaitable[None] | None] | None = None,
-        schedule: Callable[[dict[bytes, int]], Schedule] | None = None,
+        schedule: NewSchedule | None = None,
     ) -> None:
         """`schedule` makes the transfer's scheduler from the chunk sizes it wants
         (default: chunks in a fresh random order); the simulator seeds and scales it."""
@@ -181,7 +181,7 @@ class Fetch:
                 self._bases = {
                     d: b for d, b in (await self.local.bases(todo)).items() if d in missing
                 }
-            await self.transfer(missing)
+            await self.transfer(missing, [run for p in todo for run in cold_runs(p.manifest)])
         self.progress.paths_done = len(plans)
         await self._report()
 
@@ -681,8 +681,11 @@ class Fetch:
 
     # --- 3. transfer
 
-    async def transfer(self, missing: dict[bytes, int]) -> None:
-        """Fetch the `missing` chunks into the store, from every peer at once."""
+    async def transfer(
+        self, missing: dict[bytes, int], cut: Sequence[Sequence[bytes]] | None = None
+    ) -> None:
+        """Fetch the `missing` chunks into the store, from every peer at once, asked for
+        in the runs of `cut` (`Schedule.cut`)."""
         failure = await download(
             self.net,
             self.local,
@@ -690,6 +693,7 @@ class Fetch:
             self.progress,
             request_timeout=self.settings.request_timeout,
             schedule=self._new_schedule,
+            cut=cut,
             bases=self._bases,
             plain=self._plain,
             on_progress=self._report,

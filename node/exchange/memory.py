@@ -43,6 +43,7 @@ class MemoryStore:
     # still its own): a simulation's thousand nodes of one closure fit in memory.
     interned: dict[bytes, bytes] | None = None
     counters: StoreCounters = field(default_factory=StoreCounters)
+    packer: Packer | None = None  # a server's, with its cache and packs (None: one per reply)
 
     # --- filling it
 
@@ -154,7 +155,7 @@ class MemoryStore:
         }
 
     async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
-        return Packer(diff_level=self.diff_level).encode(replies, hints)
+        return (self.packer or Packer(diff_level=self.diff_level)).encode(replies, hints)
 
     async def present(self, digests: list[bytes]) -> set[bytes]:
         return {d for d in digests if d in self.chunks}

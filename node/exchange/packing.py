@@ -20,10 +20,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import blake3
 
 from p2p.blocks import Block, BlockServer, Codec, Packed, Reply, pack
+
+if TYPE_CHECKING:
+    from node.local.packs import PackStore
 
 Rung = tuple[Codec, int]
 
@@ -51,6 +55,10 @@ PRIOR_RATIO: dict[tuple[bool, Rung], float] = {
     (True, (Codec.ZSTD, 19)): 0.050,
 }
 NEAR_TIE = 1.1  # a stronger level costing at most this much more time is taken
+AHEAD: Rung = (Codec.XZ, 6)  # what runs packed ahead are (`node.local.packs`)
+# Raw bytes per second a peer decodes xz at (one core here): a packed run costs the
+# server nothing, but on a fast link the peer's decoder is what it waits for.
+XZ_DECODE = 30e6
 UNMEASURED = (Codec.ZSTD, 3)  # before the link's speed is known (plain runs and diffs)
 SAMPLE_FROM = 256 << 10  # runs at least this big update a level's measured speed and ratio
 CACHE_BYTES = 64 << 20  # compressed runs kept, node-wide
@@ -74,6 +82,8 @@ class Packer:
 
     diff_level: int = 19
     cache_bytes: int = CACHE_BYTES
+    packs: PackStore | None = None  # runs packed ahead, answered as they are
+    pack_hits: int = 0
     speeds: dict[tuple[bool, Rung], float] = field(default_factory=lambda: dict(PRIOR_SPEED))
     ratios: dict[tuple[bool, Rung], float] = field(default_factory=lambda: dict(PRIOR_RATIO))
     hits: int = 0
@@ -87,35 +97,58 @@ class Packer:
         rungs = tuple(r for r in DIFF_LADDER if r[1] <= self.diff_level)
         return rungs or ((Codec.ZSTD, self.diff_level),)
 
+    def _costs(self, link_rate: float, diff: bool) -> dict[Rung, float]:
+        with self._lock:
+            return {
+                r: max(
+                    1 / self.speeds.get((diff, r), PRIOR_SPEED.get((diff, r), 1e6)),
+                    self.ratios.get((diff, r), 0.5) / link_rate,
+                )
+                for r in self.ladder(diff)
+            }
+
     def level(self, link_rate: float | None, diff: bool = False) -> Rung:
         """The (codec, level) that gets runs to a peer taking `link_rate` bytes/s soonest."""
         ladder = self.ladder(diff)
         if link_rate is None:
             return UNMEASURED if UNMEASURED in ladder else ladder[0]
-        with self._lock:
-            cost = {
-                r: max(
-                    1 / self.speeds.get((diff, r), PRIOR_SPEED.get((diff, r), 1e6)),
-                    self.ratios.get((diff, r), 0.5) / link_rate,
-                )
-                for r in ladder
-            }
+        cost = self._costs(link_rate, diff)
         best = min(cost.values())
         return [r for r in ladder if cost[r] <= best * NEAR_TIE][-1]
+
+    def packs_first(self, link_rate: float | None) -> bool:
+        """Whether runs packed ahead get to a peer taking `link_rate` bytes/s about as
+        soon as any fresh level: they cost no compression, only the peer's decoding. An
+        unmeasured link gets them (they are strong, and the first reply measures it)."""
+        if self.packs is None or not len(self.packs):
+            return False
+        if link_rate is None:
+            return True
+        with self._lock:
+            ratio = self.ratios.get((False, AHEAD), PRIOR_RATIO[(False, AHEAD)])
+        ahead = max(ratio / link_rate, 1 / XZ_DECODE)
+        return ahead <= min(self._costs(link_rate, False).values()) * NEAR_TIE
 
     def encode(self, replies: Sequence[Reply], hints: RunHints) -> bytes:
         """The frames answering with `replies`."""
         plain, diff = self.level(hints.link_rate), self.level(hints.link_rate, diff=True)
+        ahead = self.packs_first(hints.link_rate)
 
         def packer(blocks: list[Block], prefix: bytes) -> Packed:
+            if ahead and not prefix:
+                found = self.packed_ahead(blocks)
+                if found is not None:
+                    return found
             return self.pack(blocks, prefix, diff if prefix else plain)
 
         return BlockServer.reply(
             replies, bases=hints.bases, have=hints.have, group=hints.groups, packer=packer
         )
 
-    def pack(self, blocks: list[Block], prefix: bytes, rung: Rung) -> Packed:
-        key = _key(blocks, prefix)
+    def pack(self, blocks: list[Block], prefix: bytes, rung: Rung, keep: bool = True) -> Packed:
+        """`blocks` as a run at `rung` (against `prefix`: a diff), from the cache if it
+        holds them at that level or stronger; `keep`: cache what is made."""
+        key = run_key([b.digest for b in blocks], prefix)
         is_diff = bool(prefix)
         ladder = self.ladder(is_diff)
         strength = ladder.index(rung) if rung in ladder else 0
@@ -140,9 +173,31 @@ class Packer:
                 # What this level does on this machine now (other work included).
                 self.speeds[k] = 0.7 * self.speeds[k] + 0.3 * size / took
                 self.ratios[k] = 0.7 * self.ratios[k] + 0.3 * len(packed.payload) / size
-            if len(blocks) >= CACHE_FROM:
+            if keep and len(blocks) >= CACHE_FROM:
                 self._keep(key, packed, strength)
         return packed
+
+    def packed_ahead(self, blocks: list[Block]) -> Packed | None:
+        """`blocks`' pack, if they are a run packed ahead."""
+        if self.packs is None or len(blocks) < CACHE_FROM:
+            return None
+        found = self.packs.get(run_key([b.digest for b in blocks]))
+        if found is None or [d for d, _ in found.blocks] != [b.digest for b in blocks]:
+            return None
+        with self._lock:
+            self.pack_hits += 1
+        return found
+
+    def pack_ahead(self, blocks: list[Block]) -> bool:
+        """Packs `blocks` (a run) into `packs`, unless it is there; True if it was made.
+        Blocking: run it in a thread."""
+        if self.packs is None or len(blocks) < CACHE_FROM:
+            return False
+        key = run_key([b.digest for b in blocks])
+        if key in self.packs:
+            return False
+        packed = self.pack(blocks, b"", AHEAD, keep=False)
+        return self.packs.put(key, packed)
 
     def _keep(self, key: bytes, packed: Packed, strength: int) -> None:
         old = self._cache.pop(key, None)
@@ -155,9 +210,10 @@ class Packer:
             self._cached -= len(gone.payload)
 
 
-def _key(blocks: list[Block], prefix: bytes) -> bytes:
+def run_key(digests: Sequence[bytes], prefix: bytes = b"") -> bytes:
+    """What names a run's compressed form: its blocks, in order, and its prefix."""
     h = blake3.blake3()
-    for b in blocks:
-        h.update(b.digest)
+    for d in digests:
+        h.update(d)
     h.update(b"\x00" + blake3.blake3(prefix).digest() if prefix else b"\x01")
     return h.digest()

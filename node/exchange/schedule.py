@@ -38,10 +38,14 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from p2p.blocks import RUN_CAP
+
+if TYPE_CHECKING:
+    from store.manifest import Manifest
 
 Peer = Hashable
 
@@ -57,6 +61,30 @@ QUERY_LIMIT = 1024  # want-haves outstanding per partial peer (a server holds MA
 WATCHERS = 8  # partial peers subscribed to (or offering) each missing chunk
 SCAN = 64  # queue entries a complete peer's take looks at before giving up for now
 RUN_CHUNKS = 64  # chunks in a run, at most (what a server answers in one reply)
+
+
+def cut_runs(sizes: Iterable[tuple[bytes, int]], limit: int = RUN_CAP) -> list[list[bytes]]:
+    """Consecutive chunks cut into runs of at most `limit` bytes and RUN_CHUNKS chunks.
+    A fetcher and a server that packs ahead (`node.local.packs`) cut a path's chunks
+    alike, so what one asks for together is what the other packed together."""
+    cut: list[list[bytes]] = []
+    size = 0
+    for d, n in sizes:
+        if not cut or len(cut[-1]) >= RUN_CHUNKS or size + n > limit:
+            cut.append([])
+            size = 0
+        cut[-1].append(d)
+        size += n
+    return cut
+
+
+def cold_runs(manifest: Manifest) -> list[list[bytes]]:
+    """The runs of a path fetched by a client that holds none of it: its distinct
+    chunks in NAR order, cut by `cut_runs`."""
+    sizes: dict[bytes, int] = {}
+    for _, _, n, d in manifest.chunk_spans():
+        sizes.setdefault(d, n)
+    return cut_runs(sizes.items())
 
 
 @dataclass
@@ -85,6 +113,10 @@ class Schedule:
     # which are about the link, must shrink with them.
     scale: int = 1
     run_bytes: int = RUN_CAP  # a run's size, at most (link bytes)
+    # Runs as the caller cut them (each path's chunks by `cut_runs`, whether held or not,
+    # so a path fetched cold is asked for in the runs its builder packed); chunks of
+    # `sizes` they leave out are cut here.
+    cut: Sequence[Sequence[bytes]] | None = None
     runs: dict[bytes, int] = field(init=False)  # digest -> its run
     _queue: deque[bytes] = field(init=False)
     _asked: dict[bytes, set[Peer]] = field(default_factory=dict)
@@ -99,15 +131,15 @@ class Schedule:
     done: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        cut: list[list[bytes]] = []
-        size = 0
         limit = max(1, self.run_bytes // self.scale)
-        for d, n in self.sizes.items():
-            if not cut or len(cut[-1]) >= RUN_CHUNKS or size + n > limit:
-                cut.append([])
-                size = 0
-            cut[-1].append(d)
-            size += n
+        cut: list[list[bytes]] = []
+        seen: set[bytes] = set()
+        for given in self.cut or ():
+            run = [d for d in given if d in self.sizes and d not in seen]
+            seen.update(run)
+            if run:
+                cut.append(run)
+        cut += cut_runs(((d, n) for d, n in self.sizes.items() if d not in seen), limit)
         if self.rng is not None:
             self.rng.shuffle(cut)
         self.runs = {d: i for i, run in enumerate(cut) for d in run}
@@ -186,7 +218,12 @@ class Schedule:
         else:
             offered: list[bytes] = []
             looked = 0
-            while self._queue and budget > 0 and looked < SCAN:
+            # A run is asked for whole (beyond the window and the scan if need be): split
+            # over two requests, it is compressed as two, and its pack is not used.
+            while self._queue and (
+                (budget > 0 and looked < SCAN)
+                or (out and self.runs[self._queue[0]] == self.runs[out[-1]])
+            ):
                 d = self._queue.popleft()
                 if d in self.done or self._asked.get(d):
                     continue  # stale entry: already done or handed out since

@@ -18,14 +18,23 @@ from node.exchange.uplink import Turn, Uplink
 from p2p import claimwire
 from p2p.blocks import Block, BlockServer, Busy, Cancel, DontHave, Have, Reply, Want
 from p2p.frame import FrameError
-from p2p.stream import ByteStream, ReaderStalled, StreamGone, abort, read_some, write, write_paced
+from p2p.stream import (
+    UNSENT_BYTES,
+    ByteStream,
+    ReaderStalled,
+    StreamGone,
+    abort,
+    read_some,
+    write,
+    write_paced,
+)
 from trust.claim import ClaimError, SignedClaim
 
 log = logging.getLogger(__name__)
 
 SERVE_BATCH = 64  # wants answered per store read, at most
 REPLY_CAP = 4 << 20  # block bytes one reply carries, at most: what a stalled reply holds
-LINK_SAMPLE = 1 << 20  # frames at least this big measure how fast the peer takes them
+LINK_SAMPLE = 512 << 10  # frames at least this big measure how fast the peer takes them
 SLOT_WAIT = 0.5  # seconds a want-block waits for a free upload slot before it is answered BUSY
 # HAVE notices wait this long to share a frame with the next ones: a node that just got a
 # chunk usually gets more within a moment, and a request for it would wait behind what
@@ -176,9 +185,10 @@ async def serve_blocks(
             )
             took = trio.current_time() - started
         if len(frame) >= LINK_SAMPLE and took > 0:
-            # A frame larger than the stream's window is written as fast as the peer
-            # takes it: the link's speed (a smaller one only fills buffers).
-            sample = len(frame) / took
+            # A write returns once all but UNSENT_BYTES of it is with the kernel, which
+            # sends on as fast as the link takes it: the link's speed is what was written
+            # past that allowance over the time it took (a small frame only fills it).
+            sample = (len(frame) - UNSENT_BYTES) / took
             link_rate = sample if link_rate is None else 0.7 * link_rate + 0.3 * sample
 
     async def _answer(wants: list[Want], busy: set[bytes], turn: Turn | None) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.exchange.schedule import ENDGAME_WAIT, MIN_WINDOW, Schedule
+from node.exchange.schedule import ENDGAME_WAIT, MIN_WINDOW, RUN_CHUNKS, SCAN, Schedule
+from p2p.blocks import RUN_CAP
 
 
 def _chunks(n: int, size: int = 1 << 20) -> dict[bytes, int]:
@@ -39,7 +40,7 @@ def test_faster_peer_is_given_more() -> None:
 
 
 def test_dont_have_and_failure_move_work_to_others() -> None:
-    s = Schedule(_chunks(4))
+    s = Schedule(_chunks(8))  # two runs
     s.add_peer("a")
     s.add_peer("b")
     a = s.take("a", 0)
@@ -225,3 +226,30 @@ def test_a_slower_peer_is_duplicated_only_when_it_has_a_while_to_go() -> None:
     s, asked = owner_and_idle(100 << 10)
     assert s.take("fast", 0.1) == []
     assert s.take("fast", ENDGAME_WAIT)[0] in asked
+
+
+def test_a_run_is_asked_for_whole_beyond_the_window_and_the_scan() -> None:
+    """A small run, then one of RUN_CHUNKS chunks of RUN_CAP bytes in all: the first
+    request holds both whole, though they pass the window and the scan, and the next
+    starts a run."""
+    sizes = _chunks(1 + RUN_CHUNKS + 10, RUN_CAP // RUN_CHUNKS)
+    digests = list(sizes)
+    s = Schedule(sizes)
+    assert s.runs[digests[0]] == s.runs[digests[1]]  # cut here: the first run is full
+    s = Schedule(sizes, cut=[digests[:1], digests[1 : 1 + RUN_CHUNKS]])
+    s.add_peer("p")
+    first = s.take("p", 0.0)
+    assert first == digests[: 1 + RUN_CHUNKS]
+    assert sum(sizes[d] for d in first) > MIN_WINDOW and len(first) > SCAN
+
+
+def test_a_given_cut_keeps_its_runs_over_the_chunks_still_missing() -> None:
+    sizes = _chunks(6, 1000)
+    d = list(sizes)
+    held = _chunks(8, 1000)
+    extra = list(held)[6:]  # in the cut, but held already: not in `sizes`
+    s = Schedule(sizes, cut=[[d[0], extra[0], d[1]], [d[1], d[2]], [extra[1]]])
+    assert s.runs[d[0]] == s.runs[d[1]]  # a chunk in two runs belongs to the first
+    assert s.runs[d[2]] != s.runs[d[1]]
+    # Chunks the cut leaves out are cut here, together.
+    assert s.runs[d[3]] == s.runs[d[4]] == s.runs[d[5]] != s.runs[d[2]]

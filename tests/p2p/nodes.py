@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,14 @@ class NodeProc:
             self.log[-30:]
         )
         return json.loads(r.stdout)
+
+    def wait_packed(self, timeout: float = 3600.0) -> None:
+        """Until the node has packed ahead all it published (`ferry status`: packing 0).
+        For benches, which must not measure a builder still packing."""
+        deadline = time.monotonic() + timeout
+        while self.json("status").get("packing", 0):  # older nodes (a baseline) do not pack
+            assert time.monotonic() < deadline, f"{self.name} still packing after {timeout:.0f} s"
+            time.sleep(0.5)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

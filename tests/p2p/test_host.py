@@ -12,7 +12,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2p.host import UNSENT_BYTES, make_host, pace_writes, quiet_libp2p
+from p2p.host import make_host, pace_writes, quiet_libp2p
+from p2p.stream import UNSENT_BYTES
 
 LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 
