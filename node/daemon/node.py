@@ -438,7 +438,11 @@ class Node:
 
         async with self.sessions.recording(on_progress=report) as (fetch, _):
             plans = await fetch.run(target, closure=req.closure)
-        await self.discovery.announce([], [p.store_path for p in plans])
+        # Found by what was asked for: a fetcher of the same closure finds this node by
+        # its root and asks it for the rest. The references get their provider records
+        # with the next reprovide; at once, each cost a DHT walk and a record per path,
+        # most of the bytes of a small update.
+        await self.discovery.announce([], [target])
         return api.Fetched(
             tuple(
                 api.FetchedPath(

@@ -96,6 +96,9 @@ class PeerState:
     received_chunks: int = 0
     rate: float = 0.0  # bytes per second, smoothed
     last_receive: float | None = None
+    # When bytes last came from it (a run's chunks arrive together once the whole frame
+    # is in, which on a slow link takes longer than ENDGAME_WAIT): it is not silent.
+    last_heard: float | None = None
     unmeasured: int = 0  # bytes received at the same instant as the last sample
     partial: bool = False  # said DONT_HAVE once: asked only for what it said it has
     has: set[bytes] = field(default_factory=set)  # said HAVE, not fetched yet
@@ -260,7 +263,7 @@ class Schedule:
                 for p, st in self.peers.items()
                 if p != peer
                 for d, t in st.in_flight.items()
-                if now - max(t, st.last_receive or t) >= ENDGAME_WAIT
+                if now - max(t, st.last_receive or t, st.last_heard or t) >= ENDGAME_WAIT
                 # Only if it would take a while yet: raw rates differ by the kind of
                 # block (a diff's chunk costs a hundredth of the time of a plain one),
                 # and duplicating what is a moment away only sends it twice.
@@ -327,6 +330,12 @@ class Schedule:
             st.unmeasured = 0
             st.last_receive = now
 
+    def heard(self, peer: Peer, now: float) -> None:
+        """Bytes came from `peer` (part of a frame, perhaps no whole block yet)."""
+        st = self.peers.get(peer)
+        if st is not None:
+            st.last_heard = now
+
     def refused(self, peer: Peer, digest: bytes, now: float = 0.0) -> None:
         """DONT_HAVE (to a block want or a have-query): ask someone else."""
         self._refused.setdefault(digest, {})[peer] = now
@@ -355,7 +364,7 @@ class Schedule:
         if self._queue:
             return None
         times = [
-            max(t, st.last_receive or t) + ENDGAME_WAIT
+            max(t, st.last_receive or t, st.last_heard or t) + ENDGAME_WAIT
             for p, st in self.peers.items()
             if p != peer
             for t in st.in_flight.values()

@@ -137,6 +137,7 @@ class Transfer:
         view = self._views[peer]
         view.last_heard = now
         view.heard_any = True
+        self.sched.heard(peer, now)
 
     def with_bases(self, ask: list[bytes]) -> dict[bytes, tuple[bytes, ...]]:
         """The chunks of `ask` to ask for as diffs, with the local chunks to diff against."""

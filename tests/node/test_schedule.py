@@ -253,3 +253,21 @@ def test_a_given_cut_keeps_its_runs_over_the_chunks_still_missing() -> None:
     assert s.runs[d[2]] != s.runs[d[1]]
     # Chunks the cut leaves out are cut here, together.
     assert s.runs[d[3]] == s.runs[d[4]] == s.runs[d[5]] != s.runs[d[2]]
+
+
+def test_a_peer_whose_run_is_still_arriving_is_not_silent() -> None:
+    """On a slow link a run's frame takes longer than ENDGAME_WAIT to come in, and its
+    chunks arrive together at the end: bytes heard meanwhile keep the other peer from
+    asking for the run again."""
+
+    def midway(heard: bool) -> list[bytes]:
+        s = Schedule(_chunks(8, 64 << 10))  # one run
+        s.add_peer("a")
+        s.add_peer("b")
+        assert len(s.take("a", 0.0)) == 8
+        if heard:
+            s.heard("a", ENDGAME_WAIT * 1.5)
+        return s.take("b", ENDGAME_WAIT * 2)
+
+    assert midway(heard=False)  # silent: duplicated
+    assert midway(heard=True) == []
