@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 ADDR_FILE = "node.addr"
 
+
+LOOPBACK_RATE = 1e9  # bytes per second a peer on loopback is taken to take, until measured
 
 # Settings a reload puts into effect at once; a change to any other needs a restart.
 LIVE_SETTINGS = ("policy", "max_store_size", "publish_key")
@@ -248,6 +251,7 @@ class Node:
                     self.uplink,
                     limits=self.config.limits,
                     on_strike=self.discovery.strike,
+                    link_rate=LOOPBACK_RATE if _on_loopback(stream) else None,
                 )
             except Exception:
                 # A bug met while serving one peer must not stop the node serving the rest.
@@ -562,3 +566,11 @@ def check_listen(listen: Sequence[str]) -> None:
                     f"listen: cannot listen on {a}: {e.strerror or e}{held}; stop it, or "
                     "choose another address with --listen or `listen` in node.toml"
                 ) from None
+
+
+def _on_loopback(stream: INetStream) -> bool:
+    try:
+        addr = stream.get_remote_address()
+        return addr is not None and ipaddress.ip_address(addr[0]).is_loopback
+    except (ValueError, OSError):
+        return False

@@ -106,19 +106,22 @@ async def serve_blocks(
     *,
     limits: PeerLimits = DEFAULT_LIMITS,
     on_strike: OnProblem | None = None,
+    link_rate: float | None = None,
 ) -> None:
     """Reads wants while answering earlier ones, until the client closes the stream;
     `on_sent(blocks, bytes)` as each reply is handed to the connection. With `uplink`
     (the node's, shared by its streams), blocks go out only while the peer has a turn;
     other want-blocks are answered BUSY. A peer that does not take what it asked for, or
     does not finish a request frame, in the time `limits` give loses the stream and gets
-    a strike (`on_strike`); one that breaks the protocol is a violation."""
+    a strike (`on_strike`); one that breaks the protocol is a violation. `link_rate`:
+    bytes per second the peer is taken to take until a reply measures it (None: not
+    known; the node says so for a peer on loopback, whose first replies would otherwise
+    come packed ahead, costing its CPU more than they save a link that costs nothing)."""
     server = BlockServer()
     subscriber = source.subscriptions.subscriber()
     more = trio.Event()
     ended = False
     sending = trio.Lock()  # answers and HAVE notices share the stream: whole frames each
-    link_rate: float | None = None  # bytes per second the peer takes, smoothed
 
     async def receive() -> None:
         nonlocal ended
