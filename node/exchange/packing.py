@@ -116,28 +116,37 @@ class Packer:
         best = min(cost.values())
         return [r for r in ladder if cost[r] <= best * NEAR_TIE][-1]
 
-    def packs_first(self, link_rate: float | None) -> bool:
-        """Whether runs packed ahead get to a peer taking `link_rate` bytes/s about as
-        soon as any fresh level: they cost no compression, only the peer's decoding. An
-        unmeasured link gets them (they are strong, and the first reply measures it)."""
-        if self.packs is None or not len(self.packs):
-            return False
+    def answers_with(self, ahead: Packed, link_rate: float | None) -> bool:
+        """Whether a run packed ahead gets to a peer taking `link_rate` bytes/s about as
+        soon as the best fresh level would: it costs no compression, only the peer's
+        decoding. Fresh levels are reckoned on this run's data, from how much smaller
+        than xz each level's runs come out. An unmeasured link gets the pack (it is the
+        smallest form, and the first reply measures the link)."""
         if link_rate is None:
             return True
+        size = ahead.size or 1
+        ratio = len(ahead.payload) / size
         with self._lock:
-            ratio = self.ratios.get((False, AHEAD), PRIOR_RATIO[(False, AHEAD)])
-        ahead = max(ratio / link_rate, 1 / XZ_DECODE)
-        return ahead <= min(self._costs(link_rate, False).values()) * NEAR_TIE
+            xz = self.ratios.get((False, AHEAD), PRIOR_RATIO[(False, AHEAD)])
+            fresh = min(
+                max(
+                    1 / self.speeds.get((False, r), PRIOR_SPEED[(False, r)]),
+                    ratio * self.ratios.get((False, r), PRIOR_RATIO[(False, r)]) / xz / link_rate,
+                )
+                for r in LADDER
+            )
+        return max(ratio / link_rate, 1 / XZ_DECODE) <= fresh * NEAR_TIE
 
     def encode(self, replies: Sequence[Reply], hints: RunHints) -> bytes:
         """The frames answering with `replies`."""
         plain, diff = self.level(hints.link_rate), self.level(hints.link_rate, diff=True)
-        ahead = self.packs_first(hints.link_rate)
 
         def packer(blocks: list[Block], prefix: bytes) -> Packed:
-            if ahead and not prefix:
+            if not prefix:
                 found = self.packed_ahead(blocks)
-                if found is not None:
+                if found is not None and self.answers_with(found, hints.link_rate):
+                    with self._lock:
+                        self.pack_hits += 1
                     return found
             return self.pack(blocks, prefix, diff if prefix else plain)
 
@@ -184,8 +193,6 @@ class Packer:
         found = self.packs.get(run_key([b.digest for b in blocks]))
         if found is None or [d for d, _ in found.blocks] != [b.digest for b in blocks]:
             return None
-        with self._lock:
-            self.pack_hits += 1
         return found
 
     def pack_ahead(self, blocks: list[Block]) -> bool:
