@@ -670,6 +670,7 @@ class Wire:
     served: int  # what the builders sent it (decoded block bytes), summed
     duplicate: int  # block bytes that came twice (the client's count)
     seconds: float
+    packed: int = 0  # runs the builders answered with their packs (`node.local.packs`)
 
 
 def _median(xs: list[Wire]) -> Wire:
@@ -726,7 +727,8 @@ def measure_wire(
                 w = out[s.name][kind]
                 say(
                     f"  {s.name} {kind}: {w.wire / MB:.3f} MB on the wire, needed {w.needed / MB:.3f}, "
-                    f"served {w.served / MB:.3f}, duplicates {w.duplicate / MB:.3f} ({w.seconds:.1f} s)"
+                    f"served {w.served / MB:.3f}, duplicates {w.duplicate / MB:.3f}, "
+                    f"{w.packed} runs packed ahead ({w.seconds:.1f} s)"
                 )
         return out
     finally:
@@ -746,7 +748,11 @@ def _wire_fetch(
     def served() -> int:
         return sum(b.json("status")["served_bytes"] for b in builders)
 
+    def packed() -> int:
+        return sum(b.json("status").get("packed_runs_served", 0) for b in builders)
+
     start = (link.bytes(), served(), time.monotonic())
+    packed_from = packed()
     client = NodeProc(
         tmp,
         name,
@@ -770,6 +776,7 @@ def _wire_fetch(
         if have:  # an update: from here on
             link.quiet()
             start = (link.bytes(), served(), time.monotonic())
+            packed_from = packed()
         needed = duplicate = 0
         for p in fetch:
             r = client.json("fetch", p, "--closure")
@@ -783,6 +790,7 @@ def _wire_fetch(
             served() - start[1],
             duplicate,
             seconds,
+            packed() - packed_from,
         )
     finally:
         client.stop()

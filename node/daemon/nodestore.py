@@ -91,6 +91,12 @@ class NodeStore:
 
         return await self.read(work)
 
+    async def sizes(self, digests: list[bytes]) -> dict[bytes, int]:
+        def work() -> dict[bytes, int]:
+            return {d: r.length for d, r in self.reader.index.chunks(digests).items() if r.present}
+
+        return await self.read(work)
+
     async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
         return await trio.to_thread.run_sync(
             self.packer.encode, replies, hints, limiter=self._packing

@@ -160,6 +160,13 @@ class MemoryStore:
     async def present(self, digests: list[bytes]) -> set[bytes]:
         return {d for d in digests if d in self.chunks}
 
+    async def sizes(self, digests: list[bytes]) -> dict[bytes, int]:
+        return {
+            d: len(b)
+            for d in digests
+            if (b := self.chunks.get(d) or self._manifest_blobs.get(d)) is not None
+        }
+
     async def claims_for(self, path_hash: str) -> list[SignedClaim]:
         return list(self._claims.get(path_hash, {}).values())
 

@@ -60,7 +60,9 @@ STALLED = 6  # a peer that sends, but not what we asked, keeps a request this ma
 QUERY_LIMIT = 1024  # want-haves outstanding per partial peer (a server holds MAX_WANTS per stream)
 WATCHERS = 8  # partial peers subscribed to (or offering) each missing chunk
 SCAN = 64  # queue entries a complete peer's take looks at before giving up for now
-RUN_CHUNKS = 64  # chunks in a run, at most (what a server answers in one reply)
+# Chunks in a run, at most (what a server answers in one reply). 64 cut runs of small
+# files at 2 MB, where xz packs 6% larger than at 4 MiB (libc6).
+RUN_CHUNKS = 128
 
 
 def cut_runs(sizes: Iterable[tuple[bytes, int]], limit: int = RUN_CAP) -> list[list[bytes]]:

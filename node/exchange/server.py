@@ -32,7 +32,7 @@ from trust.claim import ClaimError, SignedClaim
 
 log = logging.getLogger(__name__)
 
-SERVE_BATCH = 64  # wants answered per store read, at most
+SERVE_BATCH = 128  # wants answered per store read, at most (a run's, whole: RUN_CHUNKS)
 REPLY_CAP = 4 << 20  # block bytes one reply carries, at most: what a stalled reply holds
 LINK_SAMPLE = 512 << 10  # frames at least this big measure how fast the peer takes them
 SLOT_WAIT = 0.5  # seconds a want-block waits for a free upload slot before it is answered BUSY
@@ -70,6 +70,11 @@ class BlobSource(Protocol):
 
     async def present(self, digests: list[bytes]) -> set[bytes]:
         """Which of `digests` are chunks held here (no data read)."""
+        ...
+
+    async def sizes(self, digests: list[bytes]) -> dict[bytes, int]:
+        """The lengths of the chunks and manifests among `digests` held here (no data
+        read): a reply reads what fits its cap, whatever the blocks' sizes."""
         ...
 
 
@@ -148,8 +153,7 @@ async def serve_blocks(
     async def answer() -> None:
         nonlocal more
         while True:
-            size = uplink.block_size if uplink is not None else 64 << 10
-            wants = server.take(max(1, min(SERVE_BATCH, REPLY_CAP // size)))
+            wants = server.take(SERVE_BATCH)
             if not wants:
                 if ended:
                     return
@@ -201,6 +205,22 @@ async def serve_blocks(
             server.answered(wants)
 
     async def _answer_taken(wants: list[Want], busy: set[bytes], turn: Turn | None) -> None:
+        # What fits the reply's cap is read; the rest waits for the next (first in line),
+        # from the start of the WANTS frame that overflows it: what was asked together
+        # is compressed together (and may have been packed ahead together).
+        sizes = await source.sizes([w.digest for w in wants if w.block and w.digest not in busy])
+        carried = 0
+        for i, w in enumerate(wants):
+            carried += sizes.get(w.digest, 0)
+            if carried > REPLY_CAP and i > 0:
+                asked_with = server.groups.get(w.digest)
+                start = i
+                while start > 0 and server.groups.get(wants[start - 1].digest) == asked_with:
+                    start -= 1
+                i = start or i  # a frame larger than a reply is cut where it overflows
+                server.put_back(wants[i:])
+                wants = wants[:i]
+                break
         # Watched before looking: a chunk that lands meanwhile is announced.
         subscriber.watch(w.digest for w in wants if not w.block)
         bases = {b for w in wants if w.block and w.digest not in busy for b in w.bases}
@@ -215,10 +235,7 @@ async def serve_blocks(
         carried = 0
         for i, w in enumerate(wants):
             if w.block and w.digest in found and w.digest not in busy:
-                size = len(found[w.digest])
-                if uplink is not None:
-                    uplink.block_size = max(uplink.block_size // 2, size)
-                carried += size
+                carried += len(found[w.digest])  # a chunk may have changed since `sizes`
                 if carried > REPLY_CAP and i > 0:
                     server.put_back(wants[i:])  # the reply is full: answered next time
                     wants = wants[:i]

@@ -87,9 +87,6 @@ class Uplink:
     _stalled: dict[str, int] = field(default_factory=dict)  # peer -> replies it stopped taking
     in_flight: int = 0  # bytes of block replies being sent and taken
     slow: int = 0  # replies going on slotless to peers that stopped taking them
-    # The largest block sent lately, for all streams: how many wants fill a reply, so a
-    # new stream does not read more than a reply carries.
-    block_size: int = 64 << 10
     turned_away: int = 0  # want batches answered BUSY for want of a slot
     _change: trio.Event = field(default_factory=trio.Event)  # set when a turn ends or stalls
 
