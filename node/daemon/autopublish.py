@@ -161,6 +161,10 @@ class AutoPublish:
         hashes = [m.store_path.hash_part for m, signed in batch.published if signed]
         if hashes:
             self.store.summaries.add(hashes)
+        if self.store.on_published is not None:
+            for m, signed in batch.published:
+                if signed:
+                    self.store.on_published(m)
         try:
             self._batches_send.send_nowait(batch)
         except trio.WouldBlock:

@@ -40,8 +40,9 @@ BOOTSTRAP_RETRY = 30.0
 BOOTSTRAP_MIN_GAP = 2.0
 # Seconds between provider records of everything held: records live 48 hours at the peers
 # that keep them (py-libp2p, like go-libp2p, which reprovides every 22). Each record costs
-# a DHT walk, about 7 KB on the wire: hourly, a home node holding 5,000 paths sent 35 MB
-# an hour.
+# a DHT walk and a record at each of the closest peers: 3.4 KB of messages (about 5 KB on
+# the wire) with two peers, ten times that among dozens. Hourly, a home node holding
+# 5,000 paths sent at least 25 MB an hour.
 REPROVIDE = 22 * 3600.0
 PROVIDE_QUIET = 2.0  # seconds without a gateway request before provider records are written
 PROVIDE_LATEST = 120.0  # ...but a path waits no longer than this for its record

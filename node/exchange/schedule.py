@@ -17,8 +17,10 @@ with HAVE once it holds the chunk) and drops the subscriptions of chunks that ar
 from elsewhere (`stale_queries`). Each missing chunk is watched by WATCHERS partial peers,
 spread over them from random starting points, not by all of them: every HAVE is a
 message, and a crowd of N fetchers with D neighbours each would send N x D per chunk.
-Chunks are handed out in runs: consecutive chunks in the order given (a file's, a path's),
-up to RUN_CAP bytes, which a peer is asked for together and compresses together. Runs are
+Chunks are handed out in runs: consecutive chunks of a path, up to RUN_CAP bytes and
+RUN_CHUNKS chunks, cut from the path's start whatever is held already (`cold_runs`), which
+a peer is asked for together, whole even past the window, and compresses together (or
+answers with the pack it made when it published the path: `node.local.packs`). Runs are
 handed out in a random order per session, so fetchers of the same closure start from
 different chunks and have something to trade, and a complete peer (a builder, a seed)
 is not asked for chunks a partial peer has offered: its uplink goes to chunks nobody

@@ -23,6 +23,7 @@ from p2p.blocks import PROTOCOL as BLOCKS
 from p2p.blocks import Block, Codec, Packed
 from sim.host import World
 from store import build, export
+from store.manifest import Manifest
 from store.path import StorePath
 from trust.claim import sign_manifest
 from trust.key import SecretKey
@@ -136,3 +137,60 @@ def test_packs_are_used_on_unmeasured_and_slow_links_not_on_fast_ones(
     # Data xz cannot shrink is no better packed: zstd 1 makes it as fast, decoded faster.
     stored = Packed(((b"\x01" * 32, size),), Codec.XZ, b"x" * size)
     assert not packer.answers_with(stored, 50e6)
+
+
+async def test_a_node_packs_what_it_publishes_and_nothing_unsigned(tmp_path: Path) -> None:
+    from node.daemon.nodestore import NodeStore
+    from node.daemon.prepack import Prepacker
+    from node.local.store import LocalStore
+    from store.source import Source
+
+    tree = _tree(tmp_path / "t")
+    key = SecretKey.generate("builder-1")
+    with LocalStore(str(tmp_path / "data")) as local:
+        store = NodeStore(local, diff_level=3)
+        store.packer.packs = PackStore(tmp_path / "packs", cap=1 << 30)
+        prepacker = Prepacker(store)
+        store.on_published = prepacker.submit
+        async with trio.open_nursery() as nursery:
+            await nursery.start(prepacker.run)
+            unsigned = await store.publish(
+                Source(path=str(tree), store_path=str(SP)), None, root=True
+            )
+            assert prepacker.waiting == 0  # nobody vouches for it: nobody fetches it
+            pub = await store.publish(Source(path=str(tree), store_path=str(SP)), key, root=True)
+            with trio.fail_after(60):
+                await prepacker.settled()
+            nursery.cancel_scope.cancel()
+        store.close()
+    assert unsigned.manifest == pub.manifest
+    runs = [r for r in cold_runs(pub.manifest) if len(r) >= CACHE_FROM]
+    assert len(store.packer.packs) == len(runs)
+    assert all(run_key(r) in store.packer.packs for r in runs)
+
+
+async def test_paths_published_from_a_nix_store_are_packed_too(tmp_path: Path) -> None:
+    """`ferry publish --all`, watch_store and the post-build hook publish in batches
+    (`AutoPublish`), not through `NodeStore.publish`: their signed paths are packed as
+    well."""
+    from node.daemon.autopublish import AutoPublish
+    from node.daemon.config import NodeConfig
+    from node.daemon.nodestore import NodeStore
+    from node.local.publish import Bulk
+    from node.local.store import LocalStore
+
+    key = SecretKey.generate("builder-1")
+    chunks = export.MemoryChunks()
+    m = build.from_directory(str(_tree(tmp_path / "t")), SP, on_chunk=chunks.add, workers=0)
+    with LocalStore(str(tmp_path / "data")) as local:
+        store = NodeStore(local, diff_level=3)
+        submitted: list[Manifest] = []
+        store.on_published = submitted.append
+
+        async def announce(*args: object) -> None:
+            pass
+
+        auto = AutoPublish(str(tmp_path / "data"), NodeConfig(), store, announce)
+        auto._committed(Bulk([(m, [sign_manifest(m, key)]), (m, [])], []))
+        store.close()
+    assert submitted == [m]  # the signed one; nobody fetches an unsigned path
