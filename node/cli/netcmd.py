@@ -180,9 +180,12 @@ def _status(args: argparse.Namespace) -> None:
         f"policy   {policy}",
         f"store    {st.paths} paths ({st.complete_paths} complete), {st.unique_chunks:,} chunks, "
         f"{st.unique_bytes or 0:,} bytes",
-        f"served   {s.served_blocks:,} blocks, {s.served_bytes:,} bytes",
+        f"served   {s.served_blocks:,} blocks, {s.served_bytes:,} bytes"
+        + (f" ({s.packed_runs_served:,} runs as packed ahead)" if s.packed_runs_served else ""),
         f"gateway  {s.gateway or 'off'}",
     ]
+    if s.packing:
+        lines.append(f"packing  {s.packing:,} published paths still to compress ahead (xz)")
     if s.publishing or s.outbox:
         lines.append(f"publish  {s.publishing or 'post-build hook'}; {s.outbox:,} paths queued")
     if s.gateway_key:
