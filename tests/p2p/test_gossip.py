@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
-import multiaddr
 import trio
-from libp2p.abc import IHost
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.daemon.discovery import GOSSIP_TOPIC, start_gossip
-from p2p.host import make_host, quiet_libp2p
-
-LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
-
-
-async def _close(host: IHost) -> None:
-    with trio.CancelScope(shield=True):
-        await host.close()
+from tests.p2p.hosts import two_hosts
 
 
 async def test_a_peer_joining_later_is_not_sent_every_message_ever_published() -> None:
@@ -26,12 +16,8 @@ async def test_a_peer_joining_later_is_not_sent_every_message_ever_published() -
     old, and a new subscriber gets only what is published after it joins. (Without the
     router running as a service, a node replayed every claim it had ever seen to each
     peer that joined: most of the bytes of a small update.)"""
-    quiet_libp2p()
-    a, b = (make_host(create_new_key_pair()) for _ in range(2))
     async with contextlib.AsyncExitStack() as stack:
-        for h in (a, b):
-            await stack.enter_async_context(h.run([LOCAL]))
-            stack.push_async_callback(_close, h)
+        a, b = await two_hosts(stack)
         pub_a, router_a = await start_gossip(a, stack)
         pub_b, _ = await start_gossip(b, stack)
         await pub_a.subscribe(GOSSIP_TOPIC)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import contextlib
 import socket
 
-import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2p.host import make_host, pace_writes, quiet_libp2p
+from p2p.host import pace_writes
 from p2p.stream import UNSENT_BYTES
-
-LOCAL = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+from tests.p2p.hosts import two_hosts
 
 
 def _sockets(host: IHost) -> list[socket.socket]:
@@ -28,20 +25,11 @@ def _sockets(host: IHost) -> list[socket.socket]:
     return out
 
 
-async def _close(host: IHost) -> None:
-    with trio.CancelScope(shield=True):
-        await host.close()
-
-
 async def test_both_ends_of_a_connection_hold_little_unsent() -> None:
     """The dialer's and the listener's sockets both cap their unsent bytes, so a server's
     write takes as long as the link needs and its measure of the link is the link's."""
-    quiet_libp2p()
-    a, b = (make_host(create_new_key_pair()) for _ in range(2))
     async with contextlib.AsyncExitStack() as stack:
-        for h in (a, b):
-            await stack.enter_async_context(h.run([LOCAL]))
-            stack.push_async_callback(_close, h)
+        a, b = await two_hosts(stack)
         # A stream both ends have seen: the listener has announced the connection by then.
         opened = trio.Event()
 
