@@ -160,7 +160,13 @@ def main() -> None:
             code["baseline "] = _checkout(tmp / "baseline", args.baseline)
         seeds_of = {
             v: [
-                NodeProc(tmp, f"{v or 'new'}seed{i}".replace(" ", "-"), timeout=10, code=c).start()
+                NodeProc(
+                    tmp,
+                    f"{v or 'new'}seed{i}".replace(" ", "-"),
+                    timeout=10,
+                    code=c,
+                    pack_ahead=True,  # the node's default; old code knows no such setting
+                ).start()
                 for i in range(3)
             ]
             for v, c in code.items()
@@ -196,6 +202,7 @@ def main() -> None:
                                 policy=pol,
                                 timeout=10,
                                 code=c_root,
+                                pack_ahead=True,
                             )
                             .start()
                             .wait_ready()

@@ -521,7 +521,7 @@ def measure_ferry(
 ) -> dict[str, Figures]:
     k = keys(tmp, "builder")
     pol = policy(tmp, [k["builder"][1]], threshold=1)
-    server = NodeProc(tmp, "server", timeout=10).start()
+    server = NodeProc(tmp, "server", timeout=10, pack_ahead=True).start()
     nodes = [server]
     try:
         server.wait_ready()
@@ -688,10 +688,17 @@ def measure_wire(
     k = keys(tmp, "builder-a", "builder-b")
     pol = policy(tmp, [k["builder-a"][1], k["builder-b"][1]], threshold=2)
     listen = f"/ip4/{link.HOST}/tcp/0"
-    builders = [NodeProc(tmp, "builder-a", timeout=10, listen=listen).start()]
+    builders = [NodeProc(tmp, "builder-a", timeout=10, listen=listen, pack_ahead=True).start()]
     builders[0].wait_ready()
     builders.append(
-        NodeProc(tmp, "builder-b", timeout=10, listen=listen, bootstrap=[builders[0].addr]).start()
+        NodeProc(
+            tmp,
+            "builder-b",
+            timeout=10,
+            listen=listen,
+            bootstrap=[builders[0].addr],
+            pack_ahead=True,
+        ).start()
     )
     builders[1].wait_ready()
     try:

@@ -31,18 +31,22 @@ class NodeProc:
         listen: str = "/ip4/127.0.0.1/tcp/0",
         netns: str | None = None,
         code: Path | None = None,
+        pack_ahead: bool = False,
     ) -> None:
         """`netns`: run the node in that network namespace (its control socket, a file,
         still answers `ferry` here). `code`: a checkout whose ferry to run (its node and
-        its CLI), for a bench comparing with an older version."""
+        its CLI), for a bench comparing with an older version. `pack_ahead`: keep the
+        node's default (benches); tests turn it off, since peers on loopback are never
+        sent packs and xz would only take CPU (and ~90 MB while it runs) from the test."""
         self.name = name
         self.code = code or Path(__file__).parents[2]
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Tests are impatient: a silent peer is given up on after 2 s, not 10. Many nodes
         # run at once: each gateway takes a free port (see `gateway_url`).
+        off = "" if pack_ahead or "pack_ahead" in config else "pack_ahead = 0\n"
         (self.data_dir / "node.toml").write_text(
-            f'request_timeout = {timeout}\ngateway = "127.0.0.1:0"\n{config}'
+            f'request_timeout = {timeout}\ngateway = "127.0.0.1:0"\n{off}{config}'
         )
         self.argv = [
             *(["ip", "netns", "exec", netns] if netns else []),
