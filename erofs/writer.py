@@ -3,8 +3,12 @@
 Directories, symlinks and small files live in the image (inline after their inode when
 the tail fits in the inode's block, else in data blocks); a chunked file is an inode plus
 one `erofs_inode_chunk_index` per chunk, pointing at (device, block) where the chunk
-already lies. Everything is owned by root with timestamp 0, and children are placed in
-name order, so one tree always gives the same bytes.
+already lies. Children are placed in name order, so one tree always gives the same bytes.
+
+Metadata is what Nix gives a store path (`canonicalisePathMetaData`): owner root, mode
+0444 or 0555, time 1. Nix re-applies it when it registers a path as valid, and on a
+read-only mount any difference would fail the registration ("changing mode of …:
+Read-only file system").
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from erofs import layout as L
+
+MTIME = 1  # Nix's store time
 
 
 class Kind(enum.Enum):
@@ -77,9 +83,13 @@ def write_image(entries: Iterable[Entry], devices: Sequence[Device]) -> bytes:
         n.ino = i + 1
         _shape(n)
     devt_end = L.SUPER_OFFSET + L.erofs_super_block.SIZE + L.erofs_deviceslot.SIZE * len(devices)
-    meta_blkaddr = -(-devt_end // L.BLOCK)
-    meta_len = _place_inodes(order)
-    next_blk = meta_blkaddr + -(-meta_len // L.BLOCK)
+    # As mkfs.erofs does: inodes start in block 0, after the superblock and the device
+    # table. The root's nid is then never 0, and a nid is the inode number the kernel
+    # reports, so the root's `.` and every `..` naming it are listed by readdir (glibc
+    # and ls pass over entries whose d_ino is 0).
+    meta_blkaddr = 0
+    meta_len = _place_inodes(order, -(-devt_end // L.SLOT) * L.SLOT)
+    next_blk = -(-meta_len // L.BLOCK)
     for n in order:
         if n.layout in (L.LAYOUT_FLAT_PLAIN, L.LAYOUT_FLAT_INLINE):
             full = n.size // L.BLOCK if n.layout == L.LAYOUT_FLAT_INLINE else -(-n.size // L.BLOCK)
@@ -98,7 +108,7 @@ def write_image(entries: Iterable[Entry], devices: Sequence[Device]) -> bytes:
         sb_extslots=0,
         root_nid=root.nid,
         inos=len(order),
-        build_time=0,
+        build_time=MTIME,  # compact inodes have no time of their own: they take this
         build_time_nsec=0,
         blocks=next_blk,
         meta_blkaddr=meta_blkaddr,
@@ -225,9 +235,10 @@ def _shape(n: _Node) -> None:
         n.layout = L.LAYOUT_FLAT_PLAIN  # the tail cannot share a block with the inode
 
 
-def _place_inodes(order: list[_Node]) -> int:
-    """Give each node its nid; returns the length of the metadata area."""
-    pos = 0
+def _place_inodes(order: list[_Node], start: int) -> int:
+    """Give each node its nid, from byte `start` of the metadata area; returns the area's
+    length."""
+    pos = start
     for n in order:
         extra = 0
         if n.layout == L.LAYOUT_FLAT_INLINE:
@@ -288,9 +299,9 @@ def _dir_body(n: _Node) -> bytes:
 def _inode(n: _Node) -> bytes:
     e = n.entry
     mode = {
-        Kind.DIR: L.S_IFDIR | 0o755,
+        Kind.DIR: L.S_IFDIR | 0o555,
         Kind.SYMLINK: L.S_IFLNK | 0o777,
-        Kind.FILE: L.S_IFREG | (0o755 if e.executable else 0o644),
+        Kind.FILE: L.S_IFREG | (0o555 if e.executable else 0o444),
     }[e.kind]
     if n.layout == L.LAYOUT_CHUNK_BASED:
         cs = e.chunks.chunk_size  # type: ignore[union-attr]
@@ -305,5 +316,7 @@ def _inode(n: _Node) -> bytes:
     version = L.INODE_EXTENDED if n.extended else L.INODE_COMPACT
     fmt = L.i_format(version, n.layout)
     if n.extended:
-        return L.erofs_inode_extended(fmt, 0, mode, 0, n.size, u, n.ino, 0, 0, 0, 0, nlink).encode()
+        return L.erofs_inode_extended(
+            fmt, 0, mode, 0, n.size, u, n.ino, 0, 0, MTIME, 0, nlink
+        ).encode()
     return L.erofs_inode_compact(fmt, 0, mode, nlink, n.size, 0, u, n.ino, 0, 0, 0).encode()

@@ -359,8 +359,15 @@ class Mounts:
             raise ControlError(self.unavailable)
         elif backend == CACHEFILES and not self._ensure_cachefiles():
             raise ControlError(self.cache_unavailable)
-        if backend in KERNEL_BACKENDS and not os.path.isdir(target):
-            raise ControlError(f"{target} is not a directory: create the mount point first")
+        if backend in KERNEL_BACKENDS:
+            if not os.path.isdir(target):
+                raise ControlError(f"{target} is not a directory: create the mount point first")
+            if os.listdir(target):
+                # A mount would hide what is there, and a program would see the path
+                # instead of the files it expects: never over something.
+                raise ControlError(
+                    f"{target} is not empty: mount on an empty directory (what is there would be hidden)"
+                )
         if (
             backend == MATERIALIZE
             and os.path.exists(target)

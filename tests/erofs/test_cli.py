@@ -27,7 +27,7 @@ def test_image_then_inspect(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     by_path = {e["path"]: e for e in got["entries"]}
-    assert by_path["/bin/tool"]["mode"] == "-rwxr-xr-x" and by_path["/bin/tool"]["size"] == 100_010
+    assert by_path["/bin/tool"]["mode"] == "-r-xr-xr-x" and by_path["/bin/tool"]["size"] == 100_010
     assert by_path["/link"]["data"] == "-> bin/tool"
     assert got["devices"] == ["slab-000001"] and got["inodes"] == 5
     r = ferry("inspect", str(tmp_path / "x.erofs"))

@@ -202,3 +202,58 @@ def test_kernel_mounts_the_stdlib_and_two_versions_share_chunks(tmp_path: Path) 
             umount(m2)
     finally:
         umount(m1)
+
+
+def _listing(d: Path) -> list[tuple[str, int]]:
+    """`ls -fai`: every name readdir gives, in its order, with the inode it gives."""
+    out = subprocess.run(["ls", "-fai", str(d)], capture_output=True, text=True, check=True).stdout
+    return [(name, int(ino)) for ino, name in (line.split(maxsplit=1) for line in out.splitlines())]
+
+
+def _stat(p: Path) -> tuple[int, ...]:
+    s = os.stat(p)
+    return (s.st_mode, s.st_nlink, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns)
+
+
+@pytest.mark.kernel
+def test_root_and_subdirectories_look_as_in_an_image_mkfs_erofs_made(tmp_path: Path) -> None:
+    """A mount root of inode 0 hid `.` and `..` from `ls -fa`: compare with the kernel
+    tools' own image of the same tree."""
+    _kernel(tmp_path)
+    require(shutil.which("mkfs.erofs") is not None, "erofs-utils is not installed")
+    src = tmp_path / "src"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"x" * 5000)
+    (src / "top").write_bytes(b"hello\n")
+    (src / "link").symlink_to("sub/f")
+    # As Nix leaves a store path, which is what ferry's images hold.
+    for f in (src / "sub" / "f", src / "top"):
+        f.chmod(0o444)
+    for d in (src / "sub" / "deeper", src / "sub", src):
+        d.chmod(0o555)
+    got = _publish(src, "/nix/store/" + "4" * 32 + "-dirs-1.0", tmp_path / "store")
+    theirs = tmp_path / "mkfs.erofs"
+    subprocess.run(
+        ["mkfs.erofs", "--quiet", "-T1", "--all-root", str(theirs), str(src)],
+        check=True,
+        timeout=60,
+    )
+    ours_mnt, theirs_mnt = tmp_path / "ours", tmp_path / "theirs"
+    ours_mnt.mkdir()
+    theirs_mnt.mkdir()
+    mount(Path(got["image"]), ours_mnt, got["devices"])
+    try:
+        mount(theirs, theirs_mnt, [])
+        try:
+            for rel in (".", "sub", "sub/deeper"):
+                ours, ref = _listing(ours_mnt / rel), _listing(theirs_mnt / rel)
+                assert [n for n, _ in ours] == [n for n, _ in ref], rel
+                assert _stat(ours_mnt / rel) == _stat(theirs_mnt / rel), rel
+                inos = dict(ours)
+                assert inos["."] == os.stat(ours_mnt / rel).st_ino != 0
+            assert dict(_listing(ours_mnt / "sub"))[".."] == os.stat(ours_mnt).st_ino
+            assert dict(_listing(ours_mnt / "sub/deeper"))[".."] == os.stat(ours_mnt / "sub").st_ino
+        finally:
+            umount(theirs_mnt)
+    finally:
+        umount(ours_mnt)

@@ -124,7 +124,7 @@ def test_reader_sees_what_was_written() -> None:
     assert set(seen) == set(model(tree))
     assert img.sb.inos == len(seen)
     big = img.lookup(b"sub/big")
-    assert big.size == 300_000 and big.mode & 0o777 == 0o755
+    assert big.size == 300_000 and big.mode & 0o777 == 0o555
     entry = next(e for e in m.entries if e.path == b"sub/big")
     assert [(c.device_id, c.blkaddr) for c in img.chunks(big)] == [
         slab.places[d] for d in entry.chunks

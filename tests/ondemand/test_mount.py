@@ -79,6 +79,11 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
     (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
     src = _tree(tmp_path / "src", big_files=10)  # about 210 MB
     seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_text("mine")
+    r = client.ferry("mount", SP, str(full))
+    assert r.returncode == 1 and "is not empty" in r.stderr and not os.path.ismount(full)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     got = client.json("mount", SP, str(mnt))
