@@ -52,25 +52,27 @@ def physical_path(path: StorePath, store: str | None) -> str:
     return store_root(store) + str(path)
 
 
-def _nix(*args: str) -> str:
+def nix_command(*args: str, input: bytes | None = None) -> str:
+    """Run a Nix command (its name first); its standard output, or NixError with the
+    last line Nix wrote to standard error."""
     exe = shutil.which(args[0])
     if exe is None:
         raise NixError(
             f"`{args[0]}` is not installed; install Nix (Debian: apt-get install nix-bin)"
         )
-    proc = subprocess.run([exe, *args[1:]], capture_output=True, text=True)
+    proc = subprocess.run([exe, *args[1:]], capture_output=True, input=input)
     if proc.returncode:
-        msg = proc.stderr.strip().splitlines()
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
         raise NixError(
-            f"`{' '.join(args)}` failed: {msg[-1] if msg else f'exit {proc.returncode}'}"
+            f"`{' '.join(args[:4])}` failed: {msg[-1] if msg else f'exit {proc.returncode}'}"
         )
-    return proc.stdout
+    return proc.stdout.decode(errors="replace")
 
 
 def _path_infos(path: StorePath, store: str | None, *flags: str) -> list[dict[str, Any]]:
     """`nix path-info --json` of `path` (with `flags`); NixError for a path Nix lacks."""
     store_args = ["--store", store] if store else []
-    out = _nix(
+    out = nix_command(
         "nix",
         "--extra-experimental-features",
         "nix-command",

@@ -52,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "node.cli.mountcmd",
         "make a store path appear at DIR, its file data fetched on first read",
     ),
+    "realise": (
+        "node.cli.mountcmd",
+        "make store paths valid in the Nix store from peers, mounted lazily with --lazy",
+    ),
     "umount": ("node.cli.mountcmd", "unmount a ferry mount"),
     "mounts": ("node.cli.mountcmd", "list the node's mounts"),
     "service": ("node.cli.service", "install the systemd units for this ferry"),

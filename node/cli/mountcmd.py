@@ -40,9 +40,51 @@ def add_parser(sub: Commands) -> None:
     p.set_defaults(run=_mount)
 
     p = sub.add_parser(
+        "realise",
+        description="Make STORE_PATHs and their closures valid in the node's Nix store (the "
+        "nix_store setting; the system's /nix/store by default) from the network, without "
+        "Nix: the trust policy decides each path, as for `ferry fetch`; then each path Nix "
+        "lacks is put at its own store path and registered with Nix (`nix-store "
+        "--register-validity`) with the NarHash, NarSize, references and deriver the quorum "
+        "signed, so unmodified Nix and every program see it at once. With --lazy (root, a "
+        "kernel backend: see `ferry doctor`) each path is mounted there read-only and its file "
+        "data fetched as programs read it; without, it is fetched whole and written there. "
+        "A lazily realised path stays mounted when the node stops and is mounted again when "
+        "it starts (after a reboot too). It is a GC root of Nix's while mounted, so "
+        "`nix-store --gc` keeps it and `nix-store --delete` refuses it: `ferry umount "
+        "STORE_PATH` unmounts it and deletes it through Nix (refused while a valid path "
+        "refers to it).",
+        epilog="exit status: 0 every path valid, 1 failed, 2 bad usage, 3 refused by the trust "
+        "policy",
+    )
+    p.add_argument(
+        "store_paths",
+        metavar="STORE_PATH",
+        nargs="+",
+        type=options.store_path_arg,
+        help="full store path, e.g. /nix/store/<hash>-hello-2.12",
+    )
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="mount each path and fetch file data on first read (default: fetch it whole)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "fanotify", "cachefiles"),
+        default="auto",
+        help="how --lazy mounts (default: auto, fanotify where the kernel has it)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    options.add_data_dir(p)
+    p.set_defaults(run=_realise)
+
+    p = sub.add_parser(
         "umount",
         description="Unmount DIR (fails while a program uses it). A materialized tree stays "
-        "where it is; the node forgets it.",
+        "where it is; the node forgets it. A store path `ferry realise --lazy` mounted is "
+        "unmounted and deleted through Nix (`nix-store --delete`), unless a valid path still "
+        "refers to it.",
     )
     p.add_argument("dir", metavar="DIR", help="a directory `ferry mounts` lists")
     options.add_data_dir(p)
@@ -65,6 +107,30 @@ def _mount(args: argparse.Namespace) -> None:
         ui.print_json(api.encode(got))
     else:
         ui.out.print(f"{got.store_path} on {got.dir} ({got.backend})", markup=False)
+
+
+def _realise(args: argparse.Namespace) -> None:
+    if args.backend != "auto" and not args.lazy:
+        ui.fail("--backend chooses how --lazy mounts: add --lazy, or leave --backend out", 2)
+    got: api.Realised = request(
+        args, api.RealiseRequest(tuple(args.store_paths), args.lazy, args.backend)
+    )
+    if args.json:
+        ui.print_json([api.encode(r) for r in got.paths])
+        return
+    ui.table(
+        ("store path", "how", "file data present / total"),
+        [
+            (
+                r.store_path,
+                {"mounted": f"mounted ({r.backend})", "written": "written whole"}.get(
+                    r.how, "valid already"
+                ),
+                "-" if r.bytes_total is None else f"{r.bytes_present or 0:,} / {r.bytes_total:,}",
+            )
+            for r in got.paths
+        ],
+    )
 
 
 def _umount(args: argparse.Namespace) -> None:

@@ -148,6 +148,16 @@ class MountRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RealiseRequest:
+    """Make store paths (with their closures) valid in the node's Nix store."""
+
+    OP: ClassVar[str] = "realise"
+    store_paths: tuple[str, ...]
+    lazy: bool = True
+    backend: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class UmountRequest:
     OP: ClassVar[str] = "umount"
     dir: str
@@ -175,6 +185,7 @@ Request = (
     | MaterializeRequest
     | ImageRequest
     | MountRequest
+    | RealiseRequest
     | UmountRequest
     | MountsRequest
 )
@@ -197,6 +208,7 @@ REQUESTS: dict[str, type[Request]] = {
         MaterializeRequest,
         ImageRequest,
         MountRequest,
+        RealiseRequest,
         UmountRequest,
         MountsRequest,
     )
@@ -485,6 +497,20 @@ class MountRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RealisedPath:
+    store_path: str
+    how: str  # "mounted" (lazily), "written" (whole), or "valid" (Nix had it already)
+    backend: str | None  # for "mounted"
+    bytes_present: int | None  # of the file data, for "mounted"
+    bytes_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Realised:
+    paths: tuple[RealisedPath, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MountTable:
     mounts: tuple[MountRow, ...]
 
@@ -506,6 +532,7 @@ Reply = (
     | Materialized
     | Image
     | MountRow
+    | Realised
     | Unmounted
     | MountTable
 )
@@ -528,6 +555,7 @@ REPLIES: dict[type[Any], type[Any]] = {
     MaterializeRequest: Materialized,
     ImageRequest: Image,
     MountRequest: MountRow,
+    RealiseRequest: Realised,
     UmountRequest: Unmounted,
     MountsRequest: MountTable,
 }

@@ -12,6 +12,7 @@ a plain tree.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -30,17 +31,19 @@ from node.daemon.control import ControlError, Failure
 from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
 from node.daemon.slabmap import SlabMap
-from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
+from node.exchange.fetch import Fetch, FetchError, FetchRefused, NoPolicy, Plan
 from node.local.errors import StoreError
 from node.local.image import image_of
 from node.local.store import ReaderChunks
 from ondemand import fanotify, holder, syscalls
 from ondemand.cachefilesd import CacheDevice, CachefilesDaemon
 from ondemand.filler import Filler
-from store import restore, userfile
+from store import nixcli, nixregister, restore, userfile
 from store.export import ExportError
 from store.manifest import Manifest
-from store.path import StorePath, StorePathError
+from store.nixcli import NixError, PathInfo
+from store.nixdb import references_first
+from store.path import StorePath
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ DOMAIN = "ferry"  # the EROFS fscache domain (cachefiles volume "erofs,ferry") e
 MOUNTS_DIR = "mounts"
 HOLDER_SOCKET = "fanotify.sock"
 STATE = "mounts.json"
+GC_ROOTS = "/nix/var/nix/gcroots/ferry"  # under the Nix store's root
 ORPHAN_FDS = 4096  # fd numbers a dead node's unanswered events may carry
 
 
@@ -67,6 +71,27 @@ def _deny_orphans(group: int) -> None:
             pass
 
 
+async def _resolve(fetch: Fetch, sp: StorePath, *, closure: bool) -> list[Plan]:
+    try:
+        return await fetch.resolve(sp, closure=closure)
+    except FetchRefused as e:
+        raise ControlError(str(e), Failure.REFUSED) from None
+    except FetchError as e:
+        raise ControlError(str(e)) from None
+
+
+async def _complete(fetch: Fetch, plans: list[Plan], roots: set[str]) -> None:
+    try:
+        await fetch.complete(plans, roots=roots)
+    except FetchError as e:
+        raise ControlError(str(e)) from None
+
+
+def _path_info(p: Plan) -> PathInfo:
+    o = p.verdict.outcome
+    return PathInfo(p.store_path, o.nar_hash, o.nar_size, o.references, p.manifest.deriver)
+
+
 @dataclass
 class Mounted:
     store_path: StorePath
@@ -75,6 +100,9 @@ class Mounted:
     image: str | None = None
     chunks: dict[bytes, int] = field(default_factory=dict)  # digest -> length
     fsid: str | None = None  # cachefiles: the image's blob name
+    # A realised store path: valid to Nix, a GC root of Nix's, left mounted when the
+    # node stops (Nix still counts on it) and mounted again at the next start.
+    lasting: bool = False
 
 
 class Mounts:
@@ -96,6 +124,7 @@ class Mounts:
         self.blobs: StoreBlobs | None = None  # the cachefiles backend, once started
         self.cache_unavailable = "not tried"
         self._stopping = False  # the node is stopping: no new group may be attached
+        self._unserved: list[dict[str, Any]] = []
 
     # --- the group and its filler, owned by the node's nursery
 
@@ -112,7 +141,7 @@ class Mounts:
                     else:
                         _deny_orphans(group)
                         self._attach(group)
-                self._restore_state()
+                await self._restore_state()
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -227,10 +256,16 @@ class Mounts:
         return True
 
     async def _unmount_all(self) -> None:
-        """A stopping node unmounts what it can. A busy mount stays, and so does the
-        holder: its readers wait for the next node rather than see holes."""
+        """A stopping node unmounts what it can, and keeps the table: the next start
+        mounts it all again. Realised store paths stay mounted (Nix counts on them), and
+        so does a busy mount; with either, the holder stays too, and readers wait for the
+        next node rather than see holes."""
+        left = False
         for m in list(self.table.values()):
             if m.backend not in KERNEL_BACKENDS:
+                continue
+            if m.lasting and m.backend == FANOTIFY:
+                left = True
                 continue
             try:
                 syscalls.umount(m.dir)
@@ -238,12 +273,12 @@ class Mounts:
                 log.warning(
                     "%s stays mounted (%s): the next node start serves it", m.dir, e.strerror
                 )
+                left = left or m.backend == FANOTIFY
                 continue
             if m.image:
-                os.unlink(m.image)
-            del self.table[m.dir]
-        self._save_state()
-        await self._detach(release=not any(m.backend == FANOTIFY for m in self.table.values()))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(m.image)
+        await self._detach(release=not left)
 
     def _save_state(self) -> None:
         rows = [
@@ -253,65 +288,103 @@ class Mounts:
                 "backend": m.backend,
                 "image": m.image,
                 "fsid": m.fsid,
+                "lasting": m.lasting,
             }
             for m in self.table.values()
         ]
+        # Rows this start could not serve (no backend now): kept for a start that can.
+        rows += [r for r in self._unserved if r["dir"] not in self.table]
         userfile.write_atomically(
             os.path.join(self.data_dir, STATE), json.dumps(rows).encode(), "the mount table"
         )
 
-    def _restore_state(self) -> None:
-        """Mounts a previous node left (it died, or they were busy): serve them again."""
+    async def _restore_state(self) -> None:
+        """The mount table of the last node: mounts it left in place (it died, they were
+        busy, or they are realised store paths) are served again; the others (it
+        stopped, or the machine rebooted) are mounted again."""
         path = os.path.join(self.data_dir, STATE)
         try:
-            with open(path) as f:
-                rows = json.load(f)
-        except (OSError, ValueError):
+            rows = json.loads(await trio.Path(path).read_text())
+        except FileNotFoundError:
             return
+        except (OSError, ValueError) as e:
+            log.warning("%s cannot be read (%s): no mounts restored", path, e)
+            return
+        for r in rows if isinstance(rows, list) else []:
+            try:
+                await self._restore(r)
+            except (KeyError, TypeError, ValueError, OSError, StoreError, ControlError) as e:
+                log.warning("cannot mount %s on %s again: %s", r.get("store_path"), r.get("dir"), e)
+                if isinstance(r, dict) and isinstance(r.get("dir"), str):
+                    self._unserved.append(r)
+        self._save_state()
+
+    async def _restore(self, r: dict[str, Any]) -> None:
+        sp = StorePath.parse(r["store_path"])
+        target, backend, lasting = r["dir"], r["backend"], bool(r.get("lasting"))
+        if backend == MATERIALIZE:
+            self.table[target] = Mounted(sp, target, MATERIALIZE)
+            return
+        if backend not in KERNEL_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}")
+        store = self.store.store
+        if os.path.ismount(target):
+            served = (
+                self.group is not None
+                if backend == FANOTIFY
+                else self._ensure_cachefiles(restore=True)
+            )
+            if served:
+                self._serve_again(sp, r, lasting)
+                return
+            # Nothing answers its reads (its holder is gone): mount it afresh.
+            syscalls.umount(target, detach=True)
+        if r.get("image"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(r["image"])
+        if not os.path.isdir(target):
+            if not lasting:
+                log.warning("%s is gone: its mount of %s is forgotten", target, sp)
+                return
+            os.makedirs(target)
+        if backend == CACHEFILES:
+            self._ensure_cachefiles(restore=True)
+        backend = await self._choose(backend, lazy=True)
+        self._check_mount_point(target, backend)
+        manifest = store.manifest(sp)
+        self.table[target] = await self._kernel_mount(sp, manifest, target, backend, lasting)
+        if lasting:
+            self._gc_root(sp, nixcli.store_root(self.config.nix_store or None), True)
+        log.info("mounted %s on %s again", sp, target)
+
+    def _serve_again(self, sp: StorePath, r: dict[str, Any], lasting: bool) -> None:
         store = self.store.store
         slab_rows = store.index.slabs()
-        for r in rows:
-            try:
-                sp = StorePath.parse(r["store_path"])
-                if r["backend"] == MATERIALIZE:
-                    self.table[r["dir"]] = Mounted(sp, r["dir"], MATERIALIZE)
-                    continue
-                served = (
-                    self.group is not None
-                    if r["backend"] == FANOTIFY
-                    else self._ensure_cachefiles(restore=True)
-                )
-                if not (served and os.path.ismount(r["dir"])):
-                    if r.get("image") and os.path.exists(r["image"]):
-                        os.unlink(r["image"])
-                    continue
-                manifest = store.manifest(sp)
-                rows_ = store.index.chunks(list(set(manifest.chunk_digests())))
-                if not self.slabs.inode_of_slab:
-                    for row in slab_rows:
-                        path_ = os.path.join(store.data_dir, "slabs", row.name)
-                        self.slabs.inode_of_slab[os.stat(path_).st_ino] = row.id
-                self.slabs.add(
-                    {d: (x.slab, x.offset) for d, x in rows_.items()},
-                    manifest,
-                    {d for d, x in rows_.items() if x.present},
-                )
-                m = Mounted(
-                    sp,
-                    r["dir"],
-                    r["backend"],
-                    r["image"],
-                    {d: n for _, _, n, d in manifest.chunk_spans()},
-                    r.get("fsid"),
-                )
-                if m.fsid and self.blobs is not None:
-                    self.blobs.images[m.fsid.encode()] = r["image"]
-                    self.blobs.slab_ids.update({x.name: x.id for x in slab_rows})
-                self.table[r["dir"]] = m
-                log.info("serving %s on %s again", sp, r["dir"])
-            except (KeyError, TypeError, OSError, StoreError, StorePathError) as e:
-                log.warning("the mount table entry %s cannot be restored: %s", r, e)
-        self._save_state()
+        manifest = store.manifest(sp)
+        rows_ = store.index.chunks(list(set(manifest.chunk_digests())))
+        if not self.slabs.inode_of_slab:
+            for row in slab_rows:
+                path_ = os.path.join(store.data_dir, "slabs", row.name)
+                self.slabs.inode_of_slab[os.stat(path_).st_ino] = row.id
+        self.slabs.add(
+            {d: (x.slab, x.offset) for d, x in rows_.items()},
+            manifest,
+            {d for d, x in rows_.items() if x.present},
+        )
+        m = Mounted(
+            sp,
+            r["dir"],
+            r["backend"],
+            r["image"],
+            {d: n for _, _, n, d in manifest.chunk_spans()},
+            r.get("fsid"),
+            lasting,
+        )
+        if m.fsid and self.blobs is not None:
+            self.blobs.images[m.fsid.encode()] = r["image"]
+            self.blobs.slab_ids.update({x.name: x.id for x in slab_rows})
+        self.table[r["dir"]] = m
+        log.info("serving %s on %s again", sp, r["dir"])
 
     async def _fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
         sizes = {}
@@ -336,15 +409,128 @@ class Mounts:
     # --- control API
 
     async def mount(self, sp: StorePath, target: str, backend: str) -> api.MountRow:
-        if self.sessions.policy is None:
-            raise ControlError(
-                "this node has no trust policy, so it cannot accept paths: start it with --policy FILE"
-            )
+        self._need_policy()
         target = os.path.abspath(target)
         if target in self.table:
             raise ControlError(
                 f"{target} is already a ferry mount (of {self.table[target].store_path})"
             )
+        backend = await self._choose(backend, lazy=False)
+        self._check_mount_point(target, backend)
+        async with self.sessions.recording() as (fetch, local):
+            plans = await _resolve(fetch, sp, closure=False)
+            if backend == MATERIALIZE:
+                await _complete(fetch, plans, {str(sp)})
+            else:
+                todo = [p for p in plans if not p.complete]
+                if todo:
+                    await local.reserve(todo, roots={str(sp)})
+        if backend == MATERIALIZE:
+            if os.path.isdir(target):
+                os.rmdir(target)
+            await self._write_out(sp, plans[0].manifest, target)
+            m = Mounted(sp, target, MATERIALIZE)
+        else:
+            m = await self._kernel_mount(sp, plans[0].manifest, target, backend)
+        self.table[target] = m
+        self._save_state()
+        log.info("mounted %s on %s (%s)", sp, target, backend)
+        return self._row(m)
+
+    async def realise(self, targets: list[StorePath], lazy: bool, backend: str) -> api.Realised:
+        """Each target's closure made valid in the node's Nix store: paths Nix lacks are
+        mounted at their store paths (lazy) or written there whole, made GC roots of
+        Nix's while mounted, and registered with the quorum's NarHash, NarSize,
+        references and deriver, so unmodified Nix and every program see them whole."""
+        self._need_policy()
+        nix_store = self.config.nix_store or None
+        try:
+            root = nixcli.store_root(nix_store)
+        except NixError as e:
+            raise ControlError(str(e)) from None
+        if lazy:
+            backend = await self._choose(backend, lazy=True)
+        for t in targets:
+            if t.store_dir != self.config.store_dir:
+                raise ControlError(
+                    f"{t} is not in this node's store directory {self.config.store_dir}",
+                    Failure.USAGE,
+                )
+        async with self.sessions.recording() as (fetch, local):
+            plans: dict[str, Plan] = {}
+            for t in targets:
+                for p in await _resolve(fetch, t, closure=True):
+                    plans.setdefault(str(p.store_path), p)
+            try:
+                invalid = await trio.to_thread.run_sync(
+                    nixregister.invalid, [p.store_path for p in plans.values()], nix_store
+                )
+            except NixError as e:
+                raise ControlError(f"cannot ask Nix which paths it has: {e}") from None
+            order = references_first(
+                {k: [str(r) for r in p.verdict.outcome.references] for k, p in plans.items()}
+            )
+            todo = [plans[k] for k in order if plans[k].store_path in invalid]
+            for p in todo:
+                self._check_store_dir_entry(root + str(p.store_path))
+            roots = {str(p.store_path) for p in todo}
+            if lazy:
+                held = [p for p in todo if not p.complete]
+                if held:
+                    await local.reserve(held, roots=roots)
+            else:
+                await _complete(fetch, todo, roots)
+        done: list[Plan] = []
+        try:
+            for p in todo:
+                target = root + str(p.store_path)
+                if lazy and target not in self.table:
+                    os.makedirs(target, exist_ok=True)
+                    m = await self._kernel_mount(
+                        p.store_path, p.manifest, target, backend, lasting=True
+                    )
+                    self.table[target] = m
+                    self._save_state()
+                    self._gc_root(p.store_path, root, True)
+                elif not lazy:
+                    if os.path.isdir(target) and not os.path.ismount(target):
+                        os.rmdir(target)  # empty (checked above)
+                    await self._write_out(p.store_path, p.manifest, target)
+                done.append(p)
+            infos = [_path_info(p) for p in todo]
+            await trio.to_thread.run_sync(nixregister.register, infos, nix_store)
+        except (NixError, ControlError, OSError) as e:
+            # Nix does not know them: nothing of ours may sit at their names.
+            with trio.CancelScope(shield=True):
+                for p in done:
+                    await self._withdraw(root + str(p.store_path), p.store_path, root)
+            if isinstance(e, ControlError):
+                raise
+            raise ControlError(f"cannot make {len(todo)} paths valid: {e}") from None
+        log.info("realised %d paths (%s)", len(todo), backend if lazy else "whole")
+        rows = []
+        for k in order:
+            mounted = self.table.get(root + k)
+            if k not in roots:
+                rows.append(api.RealisedPath(k, "valid", None, None, None))
+            elif mounted is not None and mounted.lasting:
+                row = self._row(mounted)
+                rows.append(
+                    api.RealisedPath(
+                        k, "mounted", mounted.backend, row.bytes_present, row.bytes_total
+                    )
+                )
+            else:
+                rows.append(api.RealisedPath(k, "written", None, None, None))
+        return api.Realised(tuple(rows))
+
+    def _need_policy(self) -> None:
+        if self.sessions.policy is None:
+            raise ControlError(
+                "this node has no trust policy, so it cannot accept paths: start it with --policy FILE"
+            )
+
+    async def _choose(self, backend: str, *, lazy: bool) -> str:
         if backend == "auto":
             backend = (
                 FANOTIFY
@@ -353,12 +539,22 @@ class Mounts:
                 if self._ensure_cachefiles()
                 else MATERIALIZE
             )
+            if backend == MATERIALIZE and lazy:
+                raise ControlError(
+                    f"no lazy backend on this machine ({self.unavailable}; "
+                    f"{self.cache_unavailable}): realise without --lazy, or see `ferry doctor`"
+                )
             if backend != FANOTIFY:
                 log.info("mounting with %s: %s", backend, self.unavailable)
         elif backend == FANOTIFY and not await self._ensure_group():
             raise ControlError(self.unavailable)
         elif backend == CACHEFILES and not self._ensure_cachefiles():
             raise ControlError(self.cache_unavailable)
+        elif backend == MATERIALIZE and lazy:
+            raise ControlError("materialize is not lazy: realise without --lazy", Failure.USAGE)
+        return backend
+
+    def _check_mount_point(self, target: str, backend: str) -> None:
         if backend in KERNEL_BACKENDS:
             if not os.path.isdir(target):
                 raise ControlError(f"{target} is not a directory: create the mount point first")
@@ -368,50 +564,59 @@ class Mounts:
                 raise ControlError(
                     f"{target} is not empty: mount on an empty directory (what is there would be hidden)"
                 )
-        if (
-            backend == MATERIALIZE
-            and os.path.exists(target)
-            and (not os.path.isdir(target) or os.listdir(target))
-        ):
+        elif os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
             raise ControlError(f"{target} exists and is not an empty directory")
-        async with self.sessions.recording() as (fetch, local):
-            try:
-                plans = await fetch.resolve(sp, closure=False)
-                if backend == MATERIALIZE:
-                    await fetch.complete(plans, roots={str(sp)})
-                else:
-                    todo = [p for p in plans if not p.complete]
-                    if todo:
-                        await local.reserve(todo, roots={str(sp)})
-            except FetchRefused as e:
-                raise ControlError(str(e), Failure.REFUSED) from None
-            except FetchError as e:
-                raise ControlError(str(e)) from None
-            manifest = plans[0].manifest
-            if backend == MATERIALIZE:
-                if os.path.isdir(target):
-                    os.rmdir(target)
-                # A reader of its own: a long write-out must not hold up serving peers.
-                reader = self.store.store.reader()
-                try:
-                    await trio.to_thread.run_sync(
-                        restore.restore, manifest, ReaderChunks(reader), target
-                    )
-                except (restore.RestoreError, ExportError, OSError) as e:
-                    raise ControlError(f"cannot write {sp} to {target}: {e}") from None
-                finally:
-                    reader.close()
-                self.table[target] = Mounted(sp, target, MATERIALIZE)
-                self._save_state()
-                return self._row(self.table[target])
-            try:
-                # The image names the slabs as they are: no session may add one meanwhile.
-                async with self.store.write_lock:
-                    m, places, present, inodes, devices = await self.store.write(
-                        self._prepare, sp, manifest, target, backend
-                    )
-            except (StoreError, OSError) as e:
-                raise ControlError(f"cannot mount {sp}: {e}") from None
+
+    def _check_store_dir_entry(self, target: str) -> None:
+        """A path Nix holds invalid may still lie in the store directory (a build that
+        failed half-way): Nix would delete it first; ferry leaves that to Nix."""
+        if target in self.table or not os.path.lexists(target):
+            return
+        if not os.path.isdir(target) or os.path.islink(target) or os.listdir(target):
+            raise ControlError(
+                f"{target} exists, but Nix does not hold it as valid: remove it "
+                f"(`nix-store --delete {target}` as root) and try again"
+            )
+
+    def _gc_root(self, sp: StorePath, root: str, add: bool) -> None:
+        """A mounted store path is a GC root of Nix's: Nix's collector cannot delete a
+        read-only mount (it would drop the path from its database, fail, and fail every
+        collection after). `ferry umount` lets it go."""
+        d = root + GC_ROOTS
+        link = os.path.join(d, sp.base_name)
+        if add:
+            os.makedirs(d, exist_ok=True)
+            tmp = f"{link}.tmp{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.symlink(str(sp), tmp)
+            os.replace(tmp, link)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+
+    async def _write_out(self, sp: StorePath, manifest: Manifest, target: str) -> None:
+        # A reader of its own: a long write-out must not hold up serving peers.
+        reader = self.store.store.reader()
+        try:
+            await trio.to_thread.run_sync(restore.restore, manifest, ReaderChunks(reader), target)
+        except (restore.RestoreError, ExportError, OSError) as e:
+            raise ControlError(f"cannot write {sp} to {target}: {e}") from None
+        finally:
+            reader.close()
+
+    async def _kernel_mount(
+        self, sp: StorePath, manifest: Manifest, target: str, backend: str, lasting: bool = False
+    ) -> Mounted:
+        try:
+            # The image names the slabs as they are: no session may add one meanwhile.
+            async with self.store.write_lock:
+                m, places, present, inodes, devices = await self.store.write(
+                    self._prepare, sp, manifest, target, backend
+                )
+        except (StoreError, OSError) as e:
+            raise ControlError(f"cannot mount {sp}: {e}") from None
+        m.lasting = lasting
         # Known to the filler before the kernel can ask (the slabs are marked already).
         self.slabs.inode_of_slab.update(inodes)
         self.slabs.add(places, manifest, present)
@@ -425,10 +630,7 @@ class Mounts:
                 await trio.to_thread.run_sync(syscalls.mount_erofs_fscache, target, m.fsid, DOMAIN)
         except OSError as e:
             raise ControlError(f"cannot mount {sp} on {target}: {e.strerror}") from None
-        self.table[target] = m
-        self._save_state()
-        log.info("mounted %s on %s (%s)", sp, target, backend)
-        return self._row(m)
+        return m
 
     def _prepare(
         self, sp: StorePath, manifest: Manifest, target: str, backend: str
@@ -472,22 +674,66 @@ class Mounts:
         m = self.table.get(target)
         if m is None:
             raise ControlError(f"{target} is not a ferry mount (see `ferry mounts`)", Failure.USAGE)
+        if m.lasting:
+            # A realised store path: Nix holds it valid, so it goes from Nix too, and only
+            # if nothing valid still refers to it.
+            nix_store = self.config.nix_store or None
+            try:
+                users = await trio.to_thread.run_sync(
+                    nixregister.referrers, m.store_path, nix_store
+                )
+            except NixError as e:
+                raise ControlError(f"cannot ask Nix what refers to {m.store_path}: {e}") from None
+            if users:
+                more = f" and {len(users) - 1} more" if len(users) > 1 else ""
+                raise ControlError(
+                    f"{m.store_path} is still needed by {users[0]}{more}: unmount or delete "
+                    "those first"
+                )
+            root = nixcli.store_root(nix_store)
+            await self._withdraw(target, m.store_path, root)
+            try:
+                await trio.to_thread.run_sync(nixregister.delete, m.store_path, nix_store)
+            except NixError as e:
+                raise ControlError(f"unmounted {target}, but Nix did not delete it: {e}") from None
+        else:
+            await self._unmount(m)
+            del self.table[target]
+            self._save_state()
+        await self._release_if_idle()
+        return api.Unmounted(target, str(m.store_path), m.backend)
+
+    async def _unmount(self, m: Mounted) -> None:
         if m.backend in KERNEL_BACKENDS:
             try:
-                await trio.to_thread.run_sync(syscalls.umount, target)
+                await trio.to_thread.run_sync(syscalls.umount, m.dir)
             except OSError as e:
                 raise ControlError(
-                    f"cannot unmount {target}: {e.strerror} (is a program using it?)"
+                    f"cannot unmount {m.dir}: {e.strerror} (is a program using it?)"
                 ) from None
             if m.image:
-                os.unlink(m.image)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(m.image)
             if m.fsid and self.blobs is not None:
                 self.blobs.images.pop(m.fsid.encode(), None)
+
+    async def _withdraw(self, target: str, sp: StorePath, root: str) -> None:
+        """Unmount a store path ferry mounted there and let Nix's collector have it."""
+        m = self.table.get(target)
+        if m is None:
+            return
+        self._gc_root(sp, root, False)
+        try:
+            await self._unmount(m)
+        except ControlError:
+            self._gc_root(sp, root, True)  # still mounted: still kept from Nix's collector
+            raise
         del self.table[target]
         self._save_state()
+
+    async def _release_if_idle(self) -> None:
         if self.group is not None and not any(x.backend == FANOTIFY for x in self.table.values()):
             await self._detach(release=True)  # nothing mounted: no group left behind
-        return api.Unmounted(target, str(m.store_path), m.backend)
 
     def report(self) -> api.MountTable:
         return api.MountTable(tuple(self._row(m) for m in self.table.values()))

@@ -348,6 +348,10 @@ class Node:
                 return await self.mounts.mount(
                     StorePath.parse(req.store_path), req.dir, req.backend
                 )
+            case api.RealiseRequest():
+                return await self.mounts.realise(
+                    [StorePath.parse(p) for p in req.store_paths], req.lazy, req.backend
+                )
             case api.UmountRequest():
                 return await self.mounts.umount(req.dir)
             case api.MountsRequest():

@@ -32,9 +32,11 @@ class NodeProc:
         netns: str | None = None,
         code: Path | None = None,
         pack_ahead: bool = False,
+        wrap: tuple[str, ...] = (),
     ) -> None:
         """`netns`: run the node in that network namespace (its control socket, a file,
-        still answers `ferry` here). `code`: a checkout whose ferry to run (its node and
+        still answers `ferry` here). `wrap`: a command line to run it under (`nsenter
+        ...`: in a mount namespace of the test's). `code`: a checkout whose ferry to run (its node and
         its CLI), for a bench comparing with an older version. `pack_ahead`: keep the
         node's default (benches); tests turn it off, since peers on loopback are never
         sent packs and xz would only take CPU (and ~90 MB while it runs) from the test."""
@@ -49,6 +51,7 @@ class NodeProc:
             f'request_timeout = {timeout}\ngateway = "127.0.0.1:0"\n{off}{config}'
         )
         self.argv = [
+            *wrap,
             *(["ip", "netns", "exec", netns] if netns else []),
             *ARGV,
             "node",
