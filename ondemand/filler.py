@@ -25,6 +25,7 @@ from ondemand.readahead import Readahead
 log = logging.getLogger(__name__)
 
 READ = 64 << 10
+AHEAD_GROUP = 2 << 20  # readahead is fetched, and written, in groups of about this many bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +40,9 @@ class ChunkAt:
 class SlabChunks(Protocol):
     """Where chunks lie in the marked slabs, and which are there."""
 
-    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
-        """The chunks of mounted paths in that range of the slab `fd` is open on."""
+    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt] | None:
+        """The chunks of mounted paths in that range of the slab `fd` is open on; None
+        if that file is no slab of a mount known here."""
         ...
 
     def file_chunks(self, file: object) -> Sequence[ChunkAt]: ...
@@ -73,10 +75,12 @@ class Filler:
         self.events = 0
         self._inflight: dict[bytes, trio.Event] = {}
         self._arrived = trio.Event()  # replaced on each event: wakes wait_for_events
+        self._nursery: trio.Nursery  # run's: answers and readahead live in it
 
     async def run(self) -> None:
         reader = fanotify.EventReader()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             while True:
                 await trio.lowlevel.wait_readable(self.group)
                 try:
@@ -104,10 +108,22 @@ class Filler:
                 # writes the ones it fetches; holding those would deadlock on itself.
                 verdict = fanotify.allow(ev.fd)
             else:
-                asked = self.chunks.covering(ev.fd, ev.offset, ev.count)
-                want = self._with_readahead(asked)
+                covered = self.chunks.covering(ev.fd, ev.offset, ev.count)
+                if covered is None:
+                    # Marked, so a slab of ours, but of no mount known: its holes are not
+                    # data. (Never the case once mounts are restored before the filler.)
+                    log.warning("a read of a slab no known mount uses: EIO")
+                    return
+                asked = covered
+                ahead = [c for c in self._with_readahead(asked) if c not in asked]
+                for group in _groups(ahead, AHEAD_GROUP):
+                    # Fetched while the reader goes on: its next reads find them here. In
+                    # groups, each written as it comes, so the first are there soonest.
+                    # Through an fd of our own on the same open file (an event's fd
+                    # raises no events), since this one is closed with the verdict.
+                    self._nursery.start_soon(self._prefetch, group, os.dup(ev.fd))
                 with trio.move_on_after(self.deadline) as wait:
-                    await self._ensure(want, ev.fd)
+                    await self._ensure(asked, ev.fd)
                 if all(self.chunks.present(c.digest) for c in asked):
                     verdict = fanotify.allow(ev.fd)
                 else:
@@ -127,6 +143,15 @@ class Filler:
                 os.write(self.group, verdict)
             finally:
                 os.close(ev.fd)
+
+    async def _prefetch(self, ahead: list[ChunkAt], fd: int) -> None:
+        try:
+            with trio.move_on_after(self.deadline):
+                await self._ensure(ahead, fd)
+        except Exception:  # readahead is a guess: a reader asks again
+            log.exception("reading ahead")
+        finally:
+            os.close(fd)
 
     def _with_readahead(self, asked: list[ChunkAt]) -> list[ChunkAt]:
         out = {c.digest: c for c in asked}
@@ -169,6 +194,18 @@ class Filler:
                 self._inflight.pop(c.digest).set()
         for e in others:
             await e.wait()
+
+
+def _groups(chunks: list[ChunkAt], limit: int) -> list[list[ChunkAt]]:
+    out: list[list[ChunkAt]] = []
+    size = limit
+    for c in chunks:
+        if size + c.length > limit:
+            out.append([])
+            size = 0
+        out[-1].append(c)
+        size += c.length
+    return out
 
 
 def _write_all(fd: int, pieces: list[tuple[int, bytes]]) -> None:

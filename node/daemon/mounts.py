@@ -32,6 +32,7 @@ from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
 from node.daemon.slabmap import SlabMap
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, NoPolicy, Plan
+from node.exchange.lazy import Links
 from node.local.errors import StoreError
 from node.local.image import image_of
 from node.local.store import ReaderChunks
@@ -125,23 +126,51 @@ class Mounts:
         self.cache_unavailable = "not tried"
         self._stopping = False  # the node is stopping: no new group may be attached
         self._unserved: list[dict[str, Any]] = []
+        # Blocks streams kept open for readers' fetches (one round trip per cold read).
+        self.links = Links(sessions.net, config.request_timeout)
 
     # --- the group and its filler, owned by the node's nursery
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.links.run)
             try:
+                rows = self._load_state()
+                group = None
                 if os.path.exists(self._holder_socket()):
-                    # A node before us died (or left busy mounts): its group is still held.
+                    # A node before us died (or left mounts in place): its group is still held.
                     try:
                         group = await trio.to_thread.run_sync(holder.borrow, self._holder_socket())
                     except OSError as e:
                         log.warning("a fanotify holder socket is there but does not answer: %s", e)
                     else:
                         _deny_orphans(group)
-                        self._attach(group)
-                await self._restore_state()
+                # No checkpoint from here to the filler's start: every mount in place is in
+                # the slab map before the filler answers its first read (a read of a range
+                # the map lacks would be let through to the holes).
+                later = []
+                for r in rows:
+                    try:
+                        if not self._serve_in_place(r, group is not None):
+                            later.append(r)
+                    except (KeyError, TypeError, ValueError, OSError, StoreError) as e:
+                        self._unservable(r, e)
+                if group is not None:
+                    self._attach(group)
+                for r in later:
+                    try:
+                        await self._mount_again(r)
+                    except (
+                        KeyError,
+                        TypeError,
+                        ValueError,
+                        OSError,
+                        StoreError,
+                        ControlError,
+                    ) as e:
+                        self._unservable(r, e)
+                self._save_state()
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -298,47 +327,49 @@ class Mounts:
             os.path.join(self.data_dir, STATE), json.dumps(rows).encode(), "the mount table"
         )
 
-    async def _restore_state(self) -> None:
+    def _load_state(self) -> list[dict[str, Any]]:
         """The mount table of the last node: mounts it left in place (it died, they were
         busy, or they are realised store paths) are served again; the others (it
         stopped, or the machine rebooted) are mounted again."""
         path = os.path.join(self.data_dir, STATE)
         try:
-            rows = json.loads(await trio.Path(path).read_text())
+            with open(path) as f:
+                rows = json.load(f)
         except FileNotFoundError:
-            return
+            return []
         except (OSError, ValueError) as e:
             log.warning("%s cannot be read (%s): no mounts restored", path, e)
-            return
-        for r in rows if isinstance(rows, list) else []:
-            try:
-                await self._restore(r)
-            except (KeyError, TypeError, ValueError, OSError, StoreError, ControlError) as e:
-                log.warning("cannot mount %s on %s again: %s", r.get("store_path"), r.get("dir"), e)
-                if isinstance(r, dict) and isinstance(r.get("dir"), str):
-                    self._unserved.append(r)
-        self._save_state()
+            return []
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
-    async def _restore(self, r: dict[str, Any]) -> None:
+    def _unservable(self, r: dict[str, Any], e: Exception) -> None:
+        log.warning("cannot mount %s on %s again: %s", r.get("store_path"), r.get("dir"), e)
+        if isinstance(r.get("dir"), str):
+            self._unserved.append(r)
+
+    def _serve_in_place(self, r: dict[str, Any], have_group: bool) -> bool:
+        """Serve a mount the last node left in place (no checkpoint); False if it must be
+        mounted again (`_mount_again`)."""
         sp = StorePath.parse(r["store_path"])
-        target, backend, lasting = r["dir"], r["backend"], bool(r.get("lasting"))
+        target, backend = r["dir"], r["backend"]
         if backend == MATERIALIZE:
             self.table[target] = Mounted(sp, target, MATERIALIZE)
-            return
+            return True
         if backend not in KERNEL_BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
-        store = self.store.store
-        if os.path.ismount(target):
-            served = (
-                self.group is not None
-                if backend == FANOTIFY
-                else self._ensure_cachefiles(restore=True)
-            )
-            if served:
-                self._serve_again(sp, r, lasting)
-                return
+        if not os.path.ismount(target):
+            return False
+        served = have_group if backend == FANOTIFY else self._ensure_cachefiles(restore=True)
+        if not served:
             # Nothing answers its reads (its holder is gone): mount it afresh.
             syscalls.umount(target, detach=True)
+            return False
+        self._serve_again(sp, r, bool(r.get("lasting")))
+        return True
+
+    async def _mount_again(self, r: dict[str, Any]) -> None:
+        sp = StorePath.parse(r["store_path"])
+        target, backend, lasting = r["dir"], r["backend"], bool(r.get("lasting"))
         if r.get("image"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(r["image"])
@@ -351,7 +382,7 @@ class Mounts:
             self._ensure_cachefiles(restore=True)
         backend = await self._choose(backend, lazy=True)
         self._check_mount_point(target, backend)
-        manifest = store.manifest(sp)
+        manifest = self.store.store.manifest(sp)
         self.table[target] = await self._kernel_mount(sp, manifest, target, backend, lasting)
         if lasting:
             self._gc_root(sp, nixcli.store_root(self.config.nix_store or None), True)
@@ -387,13 +418,10 @@ class Mounts:
         log.info("serving %s on %s again", sp, r["dir"])
 
     async def _fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        sizes = {}
-        for m in self.table.values():
-            sizes.update({d: m.chunks[d] for d in digests if d in m.chunks})
         try:
-            return await self.sessions.transfer(sizes)
+            return await self.sessions.transfer(self.links, digests)
         except NoPolicy as e:
-            log.warning("ondemand fetch of %d chunks: %s", len(sizes), e)
+            log.warning("ondemand fetch of %d chunks: %s", len(digests), e)
             return {}
 
     async def _filled(self, digests: list[bytes]) -> None:

@@ -16,8 +16,9 @@ import trio
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.exchange.bases import chunk_bases, package_name, rank_bases
-from node.exchange.download import NewSchedule, download
+from node.exchange.download import NewSchedule
 from node.exchange.fetch import Fetch, FetchSettings, NoPolicy, Plan
+from node.exchange.lazy import Links
 from node.exchange.network import Network
 from node.exchange.peers import PeerBook
 from node.exchange.progress import Progress
@@ -145,24 +146,6 @@ class FetchStore:
         self._pinned = []
 
 
-class Collect:
-    """Where a transfer-only session (a lazy mount's fill) puts blocks: in memory, for
-    the filler to write through its event fd (writing them to the marked slab any other
-    way would raise events of its own)."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[bytes, bytes] = {}
-
-    async def store_blocks(self, blocks: list[tuple[bytes, bytes]]) -> None:
-        self.blocks.update(blocks)
-
-    async def read_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        return {}  # no bases: a lazy read asks for plain chunks
-
-    async def save(self) -> None:
-        pass
-
-
 class FetchSessions:
     def __init__(
         self,
@@ -225,22 +208,24 @@ class FetchSessions:
         narinfo answers. Complete its plans with `recording`."""
         return Fetch(self.net, FetchStore(self.store), self._policy(), self.settings(**overrides))
 
-    async def transfer(self, sizes: dict[bytes, int]) -> dict[bytes, bytes]:
-        """Fetch these chunks into memory (not the store), verified; those no peer gave
-        are missing from the result (and logged)."""
+    async def transfer(self, links: Links, digests: list[bytes]) -> dict[bytes, bytes]:
+        """Fetch these chunks into memory (not the store), verified, over `links` (the
+        lazy mounts' streams); those no peer gave are missing from the result (and
+        logged). NoPolicy without a trust policy."""
         self._policy()  # chunks only of paths the policy let in: none without one
         await self.ready.wait()
-        sink = Collect()
         progress = Progress()
         try:
-            failure = await download(
-                self.net, sink, sizes, progress, request_timeout=self.config.request_timeout
-            )
+            got = await links.get(digests, progress)
         finally:
             self._account(progress)
-        if failure is not None:
-            log.warning("ondemand fetch of %d chunks: %s", len(sizes), failure)
-        return sink.blocks
+        if len(got) < len(digests):
+            log.warning(
+                "ondemand fetch: no peer gave %d of %d chunks",
+                len(digests) - len(got),
+                len(digests),
+            )
+        return got
 
     def account(self, fetch: Fetch) -> None:
         """Count a finished (or failed) session's traffic in the peer book and metrics."""

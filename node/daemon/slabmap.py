@@ -37,10 +37,11 @@ class SlabMap:
             self.files[key] = out
         self.have |= present
 
-    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt]:
-        """For the fanotify filler: the slab is the file the event's fd is open on."""
+    def covering(self, fd: int, offset: int, count: int) -> list[ChunkAt] | None:
+        """For the fanotify filler: the slab is the file the event's fd is open on (None
+        if it is no slab of a mount here)."""
         slab = self.inode_of_slab.get(os.fstat(fd).st_ino)
-        return self.covering_slab(slab, offset, count) if slab is not None else []
+        return self.covering_slab(slab, offset, count) if slab is not None else None
 
     def covering_slab(self, slab: int, offset: int, count: int) -> list[ChunkAt]:
         row = self.by_slab.get(slab, [])

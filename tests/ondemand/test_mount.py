@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -295,7 +296,8 @@ async def test_a_holder_started_as_the_node_stops_does_not_outlive_it(tmp_path: 
     data = tmp_path / "data"
     with LocalStore(str(data)) as local:
         store = NodeStore(local, diff_level=3)
-        mounts = Mounts(str(data), NodeConfig(), store, sessions=None)  # type: ignore[arg-type]
+        no_network = SimpleNamespace(net=None)  # nothing is fetched here
+        mounts = Mounts(str(data), NodeConfig(), store, sessions=no_network)  # type: ignore[arg-type]
         starting = threading.Event()
         start = mounts._start_holder
 
