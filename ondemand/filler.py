@@ -2,8 +2,9 @@
 making the chunks it needs (and, for sequential reads, the ones after) present.
 
 A chunk is fetched once however many readers wait for it; fetched bytes are written
-through the event's own fd (which generates no event, so the loop never waits on itself)
-and synced before the store is told they are present. A chunk that cannot be had
+through the event's own fd (which generates no event, so the loop never waits on itself),
+and the reader is let through once they are in the page cache; they are synced, in
+batches, before the store is told they are present. A chunk that cannot be had
 within the deadline is answered with EIO: a reader gets an error, never the zeros of a
 hole. Events for chunks already present are answered at once.
 """
@@ -46,7 +47,13 @@ class SlabChunks(Protocol):
         ...
 
     def file_chunks(self, file: object) -> Sequence[ChunkAt]: ...
-    def present(self, digest: bytes) -> bool: ...
+    def present(self, digest: bytes) -> bool:
+        """In the slab: written (perhaps not yet synced), so a reader may have it."""
+        ...
+
+    def written(self, digests: Sequence[bytes]) -> None:
+        """These are in the slabs now (in the page cache; `on_filled` says once synced)."""
+        ...
 
 
 Fetch = Callable[
@@ -76,11 +83,14 @@ class Filler:
         self._inflight: dict[bytes, trio.Event] = {}
         self._arrived = trio.Event()  # replaced on each event: wakes wait_for_events
         self._nursery: trio.Nursery  # run's: answers and readahead live in it
+        self._unsynced: list[tuple[int, list[bytes]]] = []  # (fd on the slab, chunks written)
+        self._sync_wanted = trio.Event()
 
     async def run(self) -> None:
         reader = fanotify.EventReader()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._sync)
             while True:
                 await trio.lowlevel.wait_readable(self.group)
                 try:
@@ -144,6 +154,31 @@ class Filler:
             finally:
                 os.close(ev.fd)
 
+    async def _sync(self) -> None:
+        """Written chunks to disk, then to the store as present, in batches: a reader
+        never waits on a sync or a commit."""
+        try:
+            while True:
+                await self._sync_wanted.wait()
+                self._sync_wanted = trio.Event()
+                await self._flush()
+        finally:
+            await self._flush()  # a stopping node still records what it wrote
+
+    async def _flush(self) -> None:
+        batch, self._unsynced = self._unsynced, []
+        if not batch:
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_sync_files, [fd for fd, _ in batch])
+                await self.on_filled([d for _, ds in batch for d in ds])
+        except Exception:
+            log.exception("recording fetched chunks (they are fetched again when read)")
+        finally:
+            for fd, _ in batch:
+                os.close(fd)
+
     async def _prefetch(self, ahead: list[ChunkAt], fd: int) -> None:
         try:
             with trio.move_on_after(self.deadline):
@@ -188,7 +223,12 @@ class Filler:
                         _write_all, fd, [(c.offset, got[c.digest]) for c in done]
                     )
                     self.fetched_bytes += sum(c.length for c in done)
-                    await self.on_filled([c.digest for c in done])
+                    # A reader may have them now: they are in the page cache, which is
+                    # what it reads. The store counts them only once they are on disk
+                    # (`_sync`), so a crash before that fetches them again.
+                    self.chunks.written([c.digest for c in done])
+                    self._unsynced.append((os.dup(fd), [c.digest for c in done]))
+                    self._sync_wanted.set()
         finally:
             for c in mine:
                 self._inflight.pop(c.digest).set()
@@ -211,4 +251,13 @@ def _groups(chunks: list[ChunkAt], limit: int) -> list[list[ChunkAt]]:
 def _write_all(fd: int, pieces: list[tuple[int, bytes]]) -> None:
     for offset, data in pieces:
         syscalls.pwrite_all(fd, data, offset)
-    os.fdatasync(fd)  # on disk before the store says present
+
+
+def _sync_files(fds: list[int]) -> None:
+    """fdatasync each file once, however many of `fds` are open on it."""
+    done = set()
+    for fd in fds:
+        ino = os.fstat(fd).st_ino
+        if ino not in done:
+            os.fdatasync(fd)  # on disk before the store says present
+            done.add(ino)

@@ -59,3 +59,6 @@ class SlabMap:
 
     def present(self, digest: bytes) -> bool:
         return digest in self.have
+
+    def written(self, digests: Sequence[bytes]) -> None:
+        self.have.update(digests)

@@ -54,6 +54,9 @@ class Chunks:
     def present(self, digest: bytes) -> bool:
         return digest in self.have
 
+    def written(self, digests: list[bytes]) -> None:
+        self.have.update(digests)
+
 
 class Peers:
     """Hands out chunk bytes like a fetch session would, counting what it sent."""
