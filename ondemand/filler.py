@@ -26,6 +26,7 @@ from ondemand.readahead import Readahead
 log = logging.getLogger(__name__)
 
 READ = 64 << 10
+INLINE_WRITE = 256 << 10  # fetched bytes written on the event loop, at most
 AHEAD_GROUP = 2 << 20  # readahead is fetched, and written, in groups of about this many bytes
 
 
@@ -219,9 +220,11 @@ class Filler:
                 got = await self.fetch([c.digest for c in mine])
                 done = [c for c in mine if c.digest in got]
                 if done:
-                    await trio.to_thread.run_sync(
-                        _write_all, fd, [(c.offset, got[c.digest]) for c in done]
-                    )
+                    pieces = [(c.offset, got[c.digest]) for c in done]
+                    if sum(c.length for c in done) <= INLINE_WRITE:
+                        _write_all(fd, pieces)  # to the page cache: less than a thread trip
+                    else:
+                        await trio.to_thread.run_sync(_write_all, fd, pieces)
                     self.fetched_bytes += sum(c.length for c in done)
                     # A reader may have them now: they are in the page cache, which is
                     # what it reads. The store counts them only once they are on disk

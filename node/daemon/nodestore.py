@@ -26,7 +26,7 @@ from node.exchange.server import Kept
 from node.exchange.subscriptions import Subscriptions
 from node.local.publish import Publication, publish
 from node.local.store import LocalStore, StoreReader
-from p2p.blocks import Reply
+from p2p.blocks import Block, Reply
 from store.manifest import Manifest
 from store.source import Source
 from trust.claim import SignedClaim
@@ -35,6 +35,7 @@ from trust.key import SecretKey
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+INLINE_REPLY = 64 << 10  # block bytes of a reply compressed on the event loop, at most
 
 
 class NodeStore:
@@ -98,6 +99,10 @@ class NodeStore:
         return await self.read(work)
 
     async def encode_reply(self, replies: list[Reply], hints: RunHints) -> bytes:
+        if sum(len(r.data) for r in replies if isinstance(r, Block)) <= INLINE_REPLY:
+            # Compressing a few KiB takes less than the trip to a thread, and a lazy
+            # mount's reader waits on it.
+            return self.packer.encode(replies, hints)
         return await trio.to_thread.run_sync(
             self.packer.encode, replies, hints, limiter=self._packing
         )

@@ -33,6 +33,7 @@ from trust.claim import ClaimError, SignedClaim
 log = logging.getLogger(__name__)
 
 SERVE_BATCH = 128  # wants answered per store read, at most (a run's, whole: RUN_CHUNKS)
+FEW_WANTS = 4  # block wants read without asking their sizes first
 REPLY_CAP = 4 << 20  # block bytes one reply carries, at most: what a stalled reply holds
 LINK_SAMPLE = 512 << 10  # frames at least this big measure how fast the peer takes them
 SLOT_WAIT = 0.5  # seconds a want-block waits for a free upload slot before it is answered BUSY
@@ -208,7 +209,10 @@ async def serve_blocks(
         # What fits the reply's cap is read; the rest waits for the next (first in line),
         # from the start of the WANTS frame that overflows it: what was asked together
         # is compressed together (and may have been packed ahead together).
-        sizes = await source.sizes([w.digest for w in wants if w.block and w.digest not in busy])
+        blocks = [w.digest for w in wants if w.block and w.digest not in busy]
+        # A few wants cannot carry much past the cap: read them at once (a lazy mount's
+        # reader waits on this answer, and each store call is a trip to a thread).
+        sizes = {} if len(blocks) <= FEW_WANTS else await source.sizes(blocks)
         carried = 0
         for i, w in enumerate(wants):
             carried += sizes.get(w.digest, 0)
