@@ -7,19 +7,30 @@ the same reads from a local ext4 copy with the page cache dropped, in the same r
   seq       cold sequential read of a --big-mib file, MB/s
   amplification  bytes fetched / bytes read: 4 KiB reads at random offsets of a second
             --big-mib file, and the sequential read above
+  find      `find -ls` over the whole path (both big files and the small ones): chunk
+            bytes it fetched (none: listing reads the image only)
+  baselines in the same run: the same reads from a local ext4 copy, page cache dropped;
+            `ferry fetch` of the whole path by a third node (its own MB/s); and the floor
+            under any cold read, a py-libp2p round trip (100 bytes out, 4 KiB back) on a
+            stream kept open between two hosts in this process
 Needs root and Linux 6.14+ (fanotify pre-content, file-backed EROFS).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,8 +63,43 @@ def small_reads(root: Path, names: list[str]) -> list[float]:
     return out
 
 
+async def round_trips(n: int) -> list[float]:
+    """A request of 100 bytes and a reply of 4 KiB, `n` times, on one py-libp2p stream
+    between two hosts of this process (noise, yamux, loopback): what any fetch pays."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from tests.p2p.hosts import two_hosts
+
+    out = []
+    async with contextlib.AsyncExitStack() as stack:
+        a, b = await two_hosts(stack)
+
+        async def echo(stream: Any) -> None:
+            while await stream.read(65536):
+                await stream.write(b"x" * 4096)
+
+        b.set_stream_handler(TProtocol("/bench/echo"), echo)
+        await a.connect(info_from_p2p_addr(b.get_addrs()[0]))
+        s = await a.new_stream(b.get_id(), [TProtocol("/bench/echo")])
+        for _ in range(n):
+            t = time.perf_counter()
+            await s.write(b"w" * 100)
+            got = 0
+            while got < 4096:
+                got += len(await s.read(65536))
+            out.append(time.perf_counter() - t)
+        await s.close()
+    return out
+
+
 def present(client: NodeProc, mnt: Path) -> int:
     return next(m["bytes_present"] for m in client.json("mounts") if m["dir"] == str(mnt))
+
+
+def ms(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))] * 1e3
 
 
 def main() -> None:
@@ -85,11 +131,19 @@ def main() -> None:
             .start()
             .wait_ready()
         )
+        fetcher = (
+            NodeProc(tmp, "fetcher", bootstrap=[seed.addr], policy=pol, timeout=10)
+            .start()
+            .wait_ready()
+        )
         mnt = tmp / "mnt"
         mnt.mkdir()
         try:
             seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
             client.json("mount", SP, str(mnt))
+            before = present(client, mnt)
+            subprocess.run(["find", str(mnt), "-ls"], check=True, stdout=subprocess.DEVNULL)
+            find_bytes = present(client, mnt) - before
             drop_caches()
             lazy_small = small_reads(mnt, names)
             drop_caches()
@@ -114,13 +168,13 @@ def main() -> None:
                     read += len(f.read(4096))
             rand_amp = (present(client, mnt) - before) / read
             client.ferry("umount", str(mnt))
+            fetched = fetcher.json("fetch", SP)
+            fetch_rate = fetched["rate"] / 1e6
+            floor = trio.run(round_trips, 300)
         finally:
+            fetcher.stop()
             client.stop()
             seed.stop()
-
-    def ms(xs: list[float], q: float) -> float:
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(len(xs) * q))] * 1e3
 
     print(
         f"lazy mount (data on a peer, loopback) vs local ext4 copy, page cache dropped; {args.small} small files, "
@@ -130,7 +184,15 @@ def main() -> None:
         f"  cold 4 KiB open+read  lazy p50 {statistics.median(lazy_small) * 1e3:6.2f} ms  p99 {ms(lazy_small, 0.99):6.2f} ms"
         f"   local p50 {statistics.median(local_small) * 1e3:6.2f} ms  p99 {ms(local_small, 0.99):6.2f} ms"
     )
-    print(f"  cold sequential read  lazy {lazy_seq:6.1f} MB/s   local {local_seq:6.1f} MB/s")
+    print(
+        f"  cold sequential read  lazy {lazy_seq:6.1f} MB/s   local {local_seq:6.1f} MB/s"
+        f"   ferry fetch {fetch_rate:6.1f} MB/s   lazy / fetch {lazy_seq / fetch_rate:.2f}"
+    )
+    print(
+        f"  py-libp2p round trip  p50 {statistics.median(floor) * 1e3:6.2f} ms  p99 {ms(floor, 0.99):6.2f} ms"
+        "   (the floor under a cold read)"
+    )
+    print(f"  find -ls over the path fetched {find_bytes:,} chunk bytes")
     chunk = DEFAULT_POLICY.chunk_size(args.big_mib << 20)
     print(
         f"  fetch amplification   sequential {seq_amp:.2f}   random 4 KiB reads {rand_amp:.1f} "
