@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 READ = 64 << 10
 INLINE_WRITE = 256 << 10  # fetched bytes written on the event loop, at most
-AHEAD_GROUP = 2 << 20  # readahead is fetched, and written, in groups of about this many bytes
+AHEAD_GROUP = 4 << 20  # readahead is fetched, and written, in groups of about this many bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +206,11 @@ class Filler:
             )
             for i in span:
                 out.setdefault(all_chunks[i].digest, all_chunks[i])
-        return [c for c in out.values() if not self.chunks.present(c.digest)]
+        return [
+            c
+            for c in out.values()
+            if not self.chunks.present(c.digest) and c.digest not in self._inflight
+        ]
 
     async def _ensure(self, want: list[ChunkAt], fd: int) -> None:
         mine = [

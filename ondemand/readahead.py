@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 START = 8  # chunks fetched past a first sequential read
 CAP_CHUNKS = 128
-CAP_BYTES = 12 << 20
+CAP_BYTES = 32 << 20  # a window this big keeps a 1 MiB-chunk file streaming at ferry fetch's pace
 
 
 @dataclass
