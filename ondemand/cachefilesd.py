@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ from ondemand.syscalls import pwrite_all
 log = logging.getLogger(__name__)
 
 PAGE = 4096
+
+
+def write_pages(fd: int, data: bytes, offset: int) -> None:
+    """`data` at page-aligned `offset`, as whole pages from a page-aligned buffer (an
+    anonymous mapping is one)."""
+    size = -(-len(data) // PAGE) * PAGE
+    with mmap.mmap(-1, size) as buf:
+        buf[: len(data)] = data
+        pwrite_all(fd, memoryview(buf), offset)
 
 
 class Device(Protocol):
@@ -125,14 +135,16 @@ class CachefilesDaemon:
         if obj is None:
             log.warning("cachefiles: READ %d of unknown object %d", msg.msg_id, msg.object_id)
             return  # no anon fd to complete it on
-        # The cache is filled in whole pages; the last may be short at the blob's end.
+        # The cache is filled in whole pages: the anon fd writes with direct I/O, which
+        # the kernel refuses (EINVAL) unless offset, length and buffer are page-aligned.
+        # Past the blob's end, the last page is padded with zeros.
         start = msg.off // PAGE * PAGE
         end = min(obj.size, -(-(msg.off + msg.len) // PAGE) * PAGE)
         try:
             if start < end:
                 data = await self.blobs.read(obj.volume, obj.cookie, start, end - start)
                 if data is not None and len(data) == end - start:
-                    await trio.to_thread.run_sync(pwrite_all, obj.fd, data, start)
+                    await trio.to_thread.run_sync(write_pages, obj.fd, data, start)
                 else:
                     log.warning(
                         "cachefiles: %r bytes %d..%d are not available", obj.cookie, start, end

@@ -69,8 +69,9 @@ async def test_store_blobs_through_the_emulated_device(
         dev = EmulatedDevice()
         nursery.start_soon(CachefilesDaemon(dev, blobs).run)
 
-        image_fd = os.open(tmp_path / "cache-image", os.O_RDWR | os.O_CREAT, 0o600)
-        slab_fd = os.open(tmp_path / "cache-slab", os.O_RDWR | os.O_CREAT, 0o600)
+        # O_DIRECT, as the kernel's anon fds write: an unaligned fill fails with EINVAL.
+        image_fd = os.open(tmp_path / "cache-image", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+        slab_fd = os.open(tmp_path / "cache-slab", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
         await dev.send.send(
             cachefiles.encode(Open(1, 10, b"erofs,ferry", b"fsid-cached", image_fd, 0))
         )
