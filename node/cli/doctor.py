@@ -101,13 +101,53 @@ def run(args: argparse.Namespace) -> None:
 def _kernel(report: Any) -> Check:
     if report.chosen == "materialize":
         needs = "; ".join(m for b in report.backends[:2] for m in b.missing)
+        advice = _distro_advice(_os_release())
         return Check(
             "lazy mounts",
             "warn",
-            "not available: `ferry mount` writes trees out whole (materialize)",
-            f"for lazy mounts: {needs}",
+            "not available: `ferry mount` writes trees out whole (materialize), and "
+            "`ferry realise` works without --lazy only",
+            f"for lazy mounts: {needs}" + (f". {advice}" if advice else ""),
         )
     return Check("lazy mounts", "ok", f"{report.chosen} backend")
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        with open("/etc/os-release") as f:
+            return {
+                k: v.strip().strip('"')
+                for k, _, v in (line.strip().partition("=") for line in f)
+                if k
+            }
+    except OSError:
+        return {}
+
+
+def _distro_advice(release: dict[str, str]) -> str:
+    """What a user of this distribution can do to get a lazy backend. Debian's own
+    kernels (checked 2026-12: bookworm 6.1 and bookworm-backports 6.12, trixie 6.12)
+    have neither backend: too old for fanotify pre-content events, and built without
+    the cachefiles ondemand options. trixie-backports' 7.3 has what fanotify needs."""
+    if release.get("ID") != "debian":
+        return ""
+    codename = release.get("VERSION_CODENAME", "")
+    newer = (
+        "install the backports kernel (apt install -t trixie-backports linux-image-amd64, "
+        "7.x: the fanotify backend) and reboot into it"
+    )
+    if codename == "bookworm":
+        newer = (
+            "Debian 12's kernels (6.1, backports 6.12) cannot: upgrade to Debian 13 and " + newer
+        )
+    elif codename != "trixie":
+        newer = "run Linux 6.14 or later (the fanotify backend)"
+    return (
+        f"On Debian: {newer}; or rebuild the cachefiles and erofs modules with "
+        "CONFIG_CACHEFILES_ONDEMAND=y and CONFIG_EROFS_FS_ONDEMAND=y (docs/operations.md, "
+        '"Lazy store paths"); until then `ferry realise` without --lazy and the gateway '
+        "fetch paths whole"
+    )
 
 
 def _data_dir(data_dir: str) -> list[Check]:

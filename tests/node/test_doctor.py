@@ -105,3 +105,14 @@ def test_doctor_checks_that_nix_uses_the_node(tmp_path: Path, nix) -> None:
     )
     _, checks = _checks(d, env)
     assert checks["nix.conf"]["level"] == "ok", checks["nix.conf"]
+
+
+def test_a_debian_user_without_a_lazy_backend_is_told_what_to_install() -> None:
+    from node.cli.doctor import _distro_advice
+
+    bookworm = _distro_advice({"ID": "debian", "VERSION_CODENAME": "bookworm"})
+    assert "upgrade to Debian 13" in bookworm and "trixie-backports" in bookworm
+    trixie = _distro_advice({"ID": "debian", "VERSION_CODENAME": "trixie"})
+    assert trixie.startswith("On Debian: install the backports kernel")
+    assert "CONFIG_CACHEFILES_ONDEMAND=y" in trixie and "without --lazy" in trixie
+    assert _distro_advice({"ID": "fedora"}) == ""
