@@ -54,6 +54,10 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
+      # Lazily realised store paths are valid to Nix: mounted again before it runs.
+      before = [ "nix-daemon.service" "nix-daemon.socket" ];
+      # `ferry realise` registers paths with nix-store.
+      path = [ config.nix.package ];
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/ferry node run --data-dir ${cfg.dataDir} --config ${toml.generate "node.toml" cfg.settings}";
         Restart = "on-failure";
