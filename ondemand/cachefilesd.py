@@ -55,14 +55,12 @@ class Blobs(Protocol):
 
 
 class CacheDevice:
-    """/dev/cachefiles itself."""
+    """/dev/cachefiles itself, opened and bound (`ondemand.holder.bound_device`, in the
+    holder process). `restore`: the fd was held across a daemon's death; the kernel
+    sends again the requests that daemon had read and not answered."""
 
-    def __init__(
-        self, cache_dir: str, tag: str, *, restore: bool = False, path: str = "/dev/cachefiles"
-    ) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        for cmd in cachefiles.setup(cache_dir, tag):
-            os.write(self.fd, cmd)
+    def __init__(self, fd: int, *, restore: bool = False) -> None:
+        self.fd = fd
         if restore:
             os.write(self.fd, cachefiles.RESTORE)
 

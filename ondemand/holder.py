@@ -1,12 +1,19 @@
-"""Keeps a fanotify pre-content group alive across node restarts.
+"""Keeps a lazy backend's kernel fd alive across node restarts.
 
-When the last fd of a group closes, the kernel lets every waiting reader through: they
-would read the slab's holes as zeros. So the group is created and held by this tiny
-process, in a session of its own; the node borrows the fd over a unix socket
-(SCM_RIGHTS). If the node dies, readers keep waiting; the next node takes the fd over,
-answers the events the dead one had taken with EIO, and serves the rest.
+fanotify: when the last fd of a pre-content group closes, the kernel lets every waiting
+reader through: they would read the slab's holes as zeros. cachefiles: when
+/dev/cachefiles closes, the kernel withdraws the cache, and every file of every mount not
+read yet answers ENOBUFS from then on, even once a new daemon binds. So the fd is made
+and held by this tiny process, in a session of its own; the node borrows it over a unix
+socket (SCM_RIGHTS). If the node dies, readers keep waiting; the next node takes the fd
+over and serves them (fanotify: the events the dead one had taken get EIO; cachefiles:
+`restore` makes the kernel send again what the dead one had taken).
 
-    python -m ondemand.holder SOCKET     (the node starts it; mode 0600 socket)
+    python -m ondemand.holder SOCKET                        a fanotify group
+    python -m ondemand.holder SOCKET --cachefiles DIR TAG [--device PATH]
+                                                            /dev/cachefiles, bound
+    (the node starts it; mode 0600 socket). It prints "ready" once the socket accepts,
+    or one line saying why it cannot, and exits 1.
     protocol: the client sends b"get" and receives one byte with the fd attached,
               or b"quit" (the node stopped with nothing mounted) and the holder exits.
 """
@@ -14,12 +21,14 @@ answers the events the dead one had taken with EIO, and serves the rest.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
-from ondemand import fanotify, syscalls
+from ondemand import cachefiles, fanotify, syscalls
 
 
 def new_group() -> int:
@@ -43,8 +52,32 @@ def reachable(path: str) -> Iterator[str]:
         os.close(fd)
 
 
-def serve(path: str) -> None:
-    group = new_group()
+def bound_device(cache_dir: str, tag: str, device: str = "/dev/cachefiles") -> int:
+    """/dev/cachefiles opened and bound to serve EROFS ondemand from `cache_dir`."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise OSError(
+                e.errno,
+                f"{device} is busy: another cachefiles daemon (cachefilesd?) holds it; stop it",
+            ) from None
+        raise
+    try:
+        for cmd in cachefiles.setup(cache_dir, tag):
+            os.write(fd, cmd)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def serve(path: str, make: Callable[[], int] = new_group) -> None:
+    try:
+        group = make()
+    except OSError as e:
+        print(e.strerror or e, flush=True)  # the node reports this line
+        sys.exit(1)
     tmp = f"{path}.tmp{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
         old = os.umask(0o177)
@@ -98,5 +131,13 @@ def release(path: str) -> None:
         s.recv(1)
 
 
+def main(argv: list[str]) -> None:
+    if len(argv) >= 4 and argv[1] == "--cachefiles":
+        device = argv[5] if len(argv) == 6 and argv[4] == "--device" else "/dev/cachefiles"
+        serve(argv[0], partial(bound_device, argv[2], argv[3], device))
+    else:
+        serve(argv[0])
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    main(sys.argv[1:])

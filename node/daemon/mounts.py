@@ -56,6 +56,7 @@ KERNEL_BACKENDS = (FANOTIFY, CACHEFILES)
 DOMAIN = "ferry"  # the EROFS fscache domain (cachefiles volume "erofs,ferry") every mount shares
 MOUNTS_DIR = "mounts"
 HOLDER_SOCKET = "fanotify.sock"
+CACHE_HOLDER_SOCKET = "cachefiles.sock"
 STATE = "mounts.json"
 GC_ROOTS = "/nix/var/nix/gcroots/ferry"  # under the Nix store's root
 ORPHAN_FDS = 4096  # fd numbers a dead node's unanswered events may carry
@@ -219,12 +220,14 @@ class Mounts:
             except OSError as e:
                 log.warning("the fanotify holder did not answer: %s", e)
 
-    def _start_holder(self) -> int:
-        """A new holder process and its group (OSError without root or kernel support)."""
-        path = self._holder_socket()
-        os.close(holder.new_group())  # fails at once where the holder would
+    def _start_holder(self, path: str | None = None, *args: str) -> int:
+        """A new holder process, and the fd it holds (OSError, with the holder's reason,
+        without root or kernel support). Default: the fanotify group's."""
+        path = path or self._holder_socket()
+        if not args:
+            os.close(holder.new_group())  # fails at once where the holder would
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ondemand.holder", path],
+            [sys.executable, "-m", "ondemand.holder", path, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -232,8 +235,10 @@ class Mounts:
         )
         assert proc.stdout is not None
         with proc.stdout:
-            if proc.stdout.readline() != b"ready\n":
-                raise OSError(f"the fanotify holder did not start (exit status {proc.wait()})")
+            line = proc.stdout.readline()
+            if line != b"ready\n":
+                why = line.decode(errors="replace").strip() or f"exit status {proc.wait()}"
+                raise OSError(f"the holder did not start: {why}")
         return holder.borrow(path)
 
     async def _ensure_group(self) -> bool:
@@ -262,16 +267,30 @@ class Mounts:
         return True
 
     def _ensure_cachefiles(self, restore: bool = False) -> bool:
-        """Bind /dev/cachefiles for EROFS ondemand and start its daemon loop (once). Never
-        run against a real kernel here (these machines lack CONFIG_CACHEFILES_ONDEMAND):
-        its loop and the store side are tested against an emulated device."""
+        """Bind /dev/cachefiles for EROFS ondemand and start its daemon loop (once). The
+        device fd is held by a holder process (closing it would withdraw the cache); a
+        holder left by the last node is borrowed from, and the kernel asked to send again
+        what that node had taken (`restore`). Never run against a real kernel here
+        (these machines lack CONFIG_CACHEFILES_ONDEMAND): its loop and the store side are
+        tested against an emulated device."""
         if self.blobs is not None:
             return True
         store = self.store.store
         cache_dir = os.path.join(store.data_dir, "cachefiles")
+        sock = os.path.join(self.data_dir, CACHE_HOLDER_SOCKET)
         try:
             os.makedirs(cache_dir, exist_ok=True)
-            device = CacheDevice(cache_dir, DOMAIN, restore=restore)
+            fd = None
+            if os.path.exists(sock):
+                try:
+                    fd = holder.borrow(sock)
+                    restore = True
+                except OSError as e:
+                    log.warning("a cachefiles holder socket is there but does not answer: %s", e)
+                    os.unlink(sock)
+            if fd is None:
+                fd = self._start_holder(sock, "--cachefiles", cache_dir, DOMAIN)
+            device = CacheDevice(fd, restore=restore)
         except OSError as e:
             self.cache_unavailable = (
                 f"cannot bind /dev/cachefiles ({e.strerror or e}): it needs root and "
@@ -281,20 +300,38 @@ class Mounts:
         self.blobs = StoreBlobs(
             DOMAIN, os.path.join(store.data_dir, "slabs"), self.slabs, {}, self._fetch, self._filled
         )
-        self._nursery.start_soon(CachefilesDaemon(device, self.blobs).run)
+        self._cache_device = device
+        self._cache_scope = trio.CancelScope()
+        self._nursery.start_soon(self._run_cache_daemon, CachefilesDaemon(device, self.blobs))
         return True
+
+    async def _run_cache_daemon(self, daemon: CachefilesDaemon) -> None:
+        with self._cache_scope:
+            await daemon.run()
+
+    def _release_cachefiles(self) -> None:
+        """Nothing is served through cachefiles any more: the holder drops the device."""
+        if self.blobs is None:
+            return
+        self._cache_scope.cancel()
+        os.close(self._cache_device.fd)
+        self.blobs = None
+        try:
+            holder.release(os.path.join(self.data_dir, CACHE_HOLDER_SOCKET))
+        except OSError as e:
+            log.warning("the cachefiles holder did not answer: %s", e)
 
     async def _unmount_all(self) -> None:
         """A stopping node unmounts what it can, and keeps the table: the next start
         mounts it all again. Realised store paths stay mounted (Nix counts on them), and
         so does a busy mount; with either, the holder stays too, and readers wait for the
         next node rather than see holes."""
-        left = False
+        left: set[str] = set()  # backends with mounts left in place
         for m in list(self.table.values()):
             if m.backend not in KERNEL_BACKENDS:
                 continue
-            if m.lasting and m.backend == FANOTIFY:
-                left = True
+            if m.lasting:
+                left.add(m.backend)
                 continue
             try:
                 syscalls.umount(m.dir)
@@ -302,12 +339,14 @@ class Mounts:
                 log.warning(
                     "%s stays mounted (%s): the next node start serves it", m.dir, e.strerror
                 )
-                left = left or m.backend == FANOTIFY
+                left.add(m.backend)
                 continue
             if m.image:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(m.image)
-        await self._detach(release=not left)
+        await self._detach(release=FANOTIFY not in left)
+        if CACHEFILES not in left:
+            self._release_cachefiles()
 
     def _save_state(self) -> None:
         rows = [
@@ -760,8 +799,11 @@ class Mounts:
         self._save_state()
 
     async def _release_if_idle(self) -> None:
+        # Nothing mounted through a backend: no kernel fd left behind.
         if self.group is not None and not any(x.backend == FANOTIFY for x in self.table.values()):
-            await self._detach(release=True)  # nothing mounted: no group left behind
+            await self._detach(release=True)
+        if not any(x.backend == CACHEFILES for x in self.table.values()):
+            self._release_cachefiles()
 
     def report(self) -> api.MountTable:
         return api.MountTable(tuple(self._row(m) for m in self.table.values()))

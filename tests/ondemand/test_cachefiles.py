@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ondemand import cachefiles
+from ondemand import cachefiles, holder
 from ondemand.cachefiles import Close, MessageError, Open, Read
 from ondemand.cachefilesd import CacheDevice, CachefilesDaemon
 
@@ -149,11 +151,57 @@ async def test_malformed_messages_are_survived(daemon, tmp_path: Path) -> None: 
 def test_the_device_is_bound_and_restored(tmp_path: Path) -> None:
     fake = tmp_path / "device"
     fake.write_bytes(b"")
-    CacheDevice(str(tmp_path / "cache"), "ferry", restore=True, path=str(fake))
+    CacheDevice(holder.bound_device(str(tmp_path / "cache"), "ferry", str(fake)), restore=True)
     assert (
         fake.read_bytes()
         == f"dir {tmp_path / 'cache'}".encode() + b"tag ferry" + b"bind ondemand" + b"restore"
     )
+
+
+def test_a_holder_keeps_the_bound_device_for_the_next_node(tmp_path: Path) -> None:
+    """Closing /dev/cachefiles withdraws the cache: a holder process keeps it bound while
+    nodes come and go, and drops it when told nothing is mounted."""
+    fake = tmp_path / "device"
+    fake.write_bytes(b"")
+    sock = str(tmp_path / "cachefiles.sock")
+    args = ["--cachefiles", str(tmp_path / "cache"), "ferry", "--device", str(fake)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ondemand.holder", sock, *args], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        first = holder.borrow(sock)
+        os.close(first)  # a node dies: the holder still has the device open
+        second = holder.borrow(sock)
+        CacheDevice(second, restore=True)  # the next node takes it over
+        os.close(second)
+        assert fake.read_bytes().endswith(b"bind ondemandrestore")  # bound once, then restored
+        holder.release(sock)
+        assert proc.wait(10) == 0 and not os.path.exists(sock)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_holder_that_cannot_bind_says_why(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-device"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ondemand.holder",
+            str(tmp_path / "s"),
+            "--cachefiles",
+            str(tmp_path),
+            "ferry",
+            "--device",
+            str(missing),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1 and b"No such file" in proc.stdout
 
 
 msgs = st.one_of(
