@@ -74,6 +74,8 @@ class Namespace:
             with contextlib.suppress(psutil.Error):
                 p.send_signal(signal.SIGKILL)
         psutil.wait_procs(inside, timeout=30)
+        self.keeper.kill()  # among them, unless it was gone already
+        self.keeper.wait(30)
 
 
 @pytest.fixture
