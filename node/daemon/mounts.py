@@ -515,6 +515,15 @@ class Mounts:
             root = nixcli.store_root(nix_store)
         except NixError as e:
             raise ControlError(str(e)) from None
+        if root:
+            # Nix 2.8's --register-validity looks for the paths at their logical names,
+            # not under the chroot store's root ("getting status of '/nix/store/…'").
+            raise ControlError(
+                f"ferry realise makes paths valid in a store at its real place; nix_store = "
+                f"{nix_store!r} is a chroot store, where Nix cannot register them: use "
+                "`ferry fetch` and the gateway there",
+                Failure.USAGE,
+            )
         if lazy:
             backend = await self._choose(backend, lazy=True)
         for t in targets:
