@@ -172,6 +172,9 @@ def test_interrupting_the_demo_leaves_nothing_behind(after: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parents[2],
+        # As at a terminal: a suite started in the background (`.ci/run &` from a script)
+        # runs with SIGINT ignored, which the demo would inherit.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     seen = []

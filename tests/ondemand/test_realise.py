@@ -41,8 +41,10 @@ class Namespace:
     """A private mount namespace, kept alive by a sleeping process, with a tmpfs on /nix."""
 
     def __init__(self) -> None:
+        # In the checkout: what runs in the namespace runs there (nsenter --wd below).
         self.keeper = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"]
+            ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
+            cwd=Path(__file__).parents[2],
         )
         self.ns = f"/proc/{self.keeper.pid}/ns/mnt"
         for _ in range(400):  # unshare has run once its process's namespace differs from ours
@@ -51,7 +53,16 @@ class Namespace:
             if self.keeper.poll() is not None:
                 raise AssertionError("unshare --mount failed")
             os.sched_yield()
-        self.prefix = ("nsenter", f"--mount={self.ns}", "--")
+        # --root and --wd: entering a mount namespace puts a process at the namespace's
+        # own root, which in a chroot (CI's) is not the root the tests run in.
+        self.prefix = (
+            "nsenter",
+            f"--target={self.keeper.pid}",
+            "--mount",
+            "--root",
+            "--wd",
+            "--",
+        )
         self.run("mount", "-t", "tmpfs", "ferry-test-nix", "/nix")
 
     def run(
