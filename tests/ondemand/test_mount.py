@@ -78,7 +78,9 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
     pol = policy(tmp_path, [k["builder"][1]], threshold=1)
     (seed,) = swarm.start("seed")
     (client,) = swarm.start("client", bootstrap=[seed.addr], policy=pol)
-    src = _tree(tmp_path / "src", big_files=10)  # about 210 MB
+    src = _tree(
+        tmp_path / "src", big_files=5
+    )  # about 110 MB (bench/ondemand.py lists a 200 MiB path)
     seed.json("publish", str(src), "--store-path", SP, "--key", str(k["builder"][0]))
     full = tmp_path / "full"
     full.mkdir()
@@ -88,7 +90,7 @@ def test_mount_fetches_what_is_read(swarm: Swarm, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     got = client.json("mount", SP, str(mnt))
-    assert got["backend"] == "fanotify" and got["bytes_total"] > 200_000_000
+    assert got["backend"] == "fanotify" and got["bytes_total"] > 100_000_000
     try:
         r = subprocess.run(["find", str(mnt), "-ls"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "one-mib.dat" in r.stdout
