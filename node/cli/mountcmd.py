@@ -6,8 +6,9 @@ import argparse
 import os
 
 from node.cli import Commands, options, ui
-from node.cli.netcmd import request
+from node.cli.netcmd import data_dir, fail, fetch_with_progress, request
 from node.daemon import api
+from node.daemon.control import ControlError
 
 BACKENDS = ("auto", "fanotify", "cachefiles", "materialize")
 
@@ -112,9 +113,16 @@ def _mount(args: argparse.Namespace) -> None:
 def _realise(args: argparse.Namespace) -> None:
     if args.backend != "auto" and not args.lazy:
         ui.fail("--backend chooses how --lazy mounts: add --lazy, or leave --backend out", 2)
-    got: api.Realised = request(
-        args, api.RealiseRequest(tuple(args.store_paths), args.lazy, args.backend)
-    )
+    req = api.RealiseRequest(tuple(args.store_paths), args.lazy, args.backend)
+    if args.json:
+        got: api.Realised = request(args, req)
+    else:
+        try:
+            got = fetch_with_progress(
+                data_dir(args), req, "realising", "asking peers for the closure"
+            )
+        except ControlError as e:
+            fail(e)
     if args.json:
         ui.print_json([api.encode(r) for r in got.paths])
         return

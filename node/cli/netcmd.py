@@ -80,18 +80,17 @@ EXIT = {
 
 
 def fetch_with_progress(
-    data_dir: str, req: api.FetchRequest, label: str, waiting: str
-) -> api.Fetched:
-    """A fetch through the node on `data_dir`, drawn as a bar on a terminal; raises
-    ControlError."""
+    data_dir: str, req: api.FetchRequest | api.RealiseRequest, label: str, waiting: str
+) -> Any:
+    """A fetch (or realise) through the node on `data_dir`, drawn as a bar on a
+    terminal; its reply, or ControlError."""
     with ui.transfer_bar(label, waiting) as update:
 
         def show(p: api.FetchProgress) -> None:
             chunks = f"{p.chunks_done:,}/{p.chunks:,} chunks from {len(p.per_peer)} peers"
             update(p.bytes or None, p.bytes_done, chunks)
 
-        fetched: api.Fetched = trio.run(control.call, data_dir, req, show)
-        return fetched
+        return trio.run(control.call, data_dir, req, show)
 
 
 def fail(e: ControlError) -> NoReturn:

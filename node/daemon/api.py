@@ -564,6 +564,7 @@ REPLIES: dict[type[Any], type[Any]] = {
 # What the progress messages of a request hold (requests not here send none).
 PROGRESS: dict[type[Any], type[Any]] = {
     FetchRequest: FetchProgress,
+    RealiseRequest: FetchProgress,
     PublishStoreRequest: PublishProgress,
     VerifyRequest: VerifyProgress,
     ExportRequest: NarPiece,

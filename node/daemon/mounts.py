@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from node.daemon.session import FetchSessions
 from node.daemon.slabmap import SlabMap
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, NoPolicy, Plan
 from node.exchange.lazy import Links
+from node.exchange.progress import Progress
 from node.local.errors import StoreError
 from node.local.image import image_of
 from node.local.store import ReaderChunks
@@ -504,7 +506,13 @@ class Mounts:
         log.info("mounted %s on %s (%s)", sp, target, backend)
         return self._row(m)
 
-    async def realise(self, targets: list[StorePath], lazy: bool, backend: str) -> api.Realised:
+    async def realise(
+        self,
+        targets: list[StorePath],
+        lazy: bool,
+        backend: str,
+        on_progress: Callable[[Progress], Awaitable[None]] | None = None,
+    ) -> api.Realised:
         """Each target's closure made valid in the node's Nix store: paths Nix lacks are
         mounted at their store paths (lazy) or written there whole, made GC roots of
         Nix's while mounted, and registered with the quorum's NarHash, NarSize,
@@ -532,7 +540,7 @@ class Mounts:
                     f"{t} is not in this node's store directory {self.config.store_dir}",
                     Failure.USAGE,
                 )
-        async with self.sessions.recording() as (fetch, local):
+        async with self.sessions.recording(on_progress=on_progress) as (fetch, local):
             plans: dict[str, Plan] = {}
             for t in targets:
                 for p in await _resolve(fetch, t, closure=True):

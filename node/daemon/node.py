@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -67,6 +67,20 @@ LOOPBACK_RATE = 1e9  # bytes per second a peer on loopback is taken to take, unt
 
 # Settings a reload puts into effect at once; a change to any other needs a restart.
 LIVE_SETTINGS = ("policy", "max_store_size", "publish_key")
+
+
+def _every_fifth_second(progress: control.OnProgress) -> Callable[[Progress], Awaitable[None]]:
+    """A fetch session's progress, sent on to the client at most every 0.2 s (and when
+    the last chunk is in)."""
+    last = [0.0]
+
+    async def report(p: Progress) -> None:
+        now = trio.current_time()
+        if now - last[0] >= 0.2 or p.chunks_done == p.chunks:
+            last[0] = now
+            await progress(fetch_progress(p))
+
+    return report
 
 
 class Node:
@@ -350,7 +364,10 @@ class Node:
                 )
             case api.RealiseRequest():
                 return await self.mounts.realise(
-                    [StorePath.parse(p) for p in req.store_paths], req.lazy, req.backend
+                    [StorePath.parse(p) for p in req.store_paths],
+                    req.lazy,
+                    req.backend,
+                    _every_fifth_second(progress),
                 )
             case api.UmountRequest():
                 return await self.mounts.umount(req.dir)
@@ -436,15 +453,10 @@ class Node:
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
         target = StorePath.parse(req.store_path)
-        last = [0.0]
-
-        async def report(p: Progress) -> None:
-            now = trio.current_time()
-            if now - last[0] >= 0.2 or p.chunks_done == p.chunks:
-                last[0] = now
-                await progress(fetch_progress(p))
-
-        async with self.sessions.recording(on_progress=report) as (fetch, _):
+        async with self.sessions.recording(on_progress=_every_fifth_second(progress)) as (
+            fetch,
+            _,
+        ):
             plans = await fetch.run(target, closure=req.closure)
         # Found by what was asked for: a fetcher of the same closure finds this node by
         # its root and asks it for the rest. The references get their provider records

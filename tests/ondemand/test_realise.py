@@ -200,3 +200,16 @@ def test_realise_lazy_makes_a_closure_valid_and_fetches_on_read(
         assert nix_in("nix-store", "--check-validity", p).returncode != 0
         assert nix_in("test", "-e", p).returncode != 0
     assert client.json("mounts") == []
+
+    # Without --lazy: fetched whole and written into the store, then registered alike.
+    r = client.ferry("realise", top)
+    assert r.returncode == 0, r.stderr
+    assert "written whole" in r.stdout and "lazy-lib-1.0" in r.stdout
+    assert nix_in("mountpoint", "-q", top).returncode != 0
+    r = nix_in(f"{top}/bin/run")
+    assert (r.returncode, r.stdout) == (0, "lib\n"), r.stderr
+    for p in closure:
+        r = nix_in("nix-store", "--verify-path", p)
+        assert r.returncode == 0, r.stderr
+    r = client.ferry("realise", top)  # again: Nix has them all
+    assert r.returncode == 0 and r.stdout.count("valid already") == 3, r.stdout
