@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from store.hash import Hash, HashError
-from store.nixcli import NixError, PathInfo, nix_command
+from store.nixcli import PathInfo, nix_command
 from store.path import StorePath, StorePathError
 
 
@@ -122,6 +122,3 @@ def referrers(path: StorePath, store: str | None) -> list[str]:
 
 def delete(path: StorePath, store: str | None) -> None:
     nix_command("nix-store", *_store_args(store), "--delete", str(path))
-
-
-__all__ = ["NixError", "RegistrationError", "decode", "encode", "invalid", "register"]

@@ -32,7 +32,7 @@ from node.daemon.control import ControlError, Failure
 from node.daemon.nodestore import NodeStore
 from node.daemon.session import FetchSessions
 from node.daemon.slabmap import SlabMap
-from node.exchange.fetch import Fetch, FetchError, FetchRefused, NoPolicy, Plan
+from node.exchange.fetch import NoPolicy, Plan
 from node.exchange.lazy import Links
 from node.exchange.progress import Progress
 from node.local.errors import StoreError
@@ -60,8 +60,18 @@ MOUNTS_DIR = "mounts"
 HOLDER_SOCKET = "fanotify.sock"
 CACHE_HOLDER_SOCKET = "cachefiles.sock"
 STATE = "mounts.json"
-GC_ROOTS = "/nix/var/nix/gcroots/ferry"  # under the Nix store's root
-ORPHAN_FDS = 4096  # fd numbers a dead node's unanswered events may carry
+GC_ROOTS = "/nix/var/nix/gcroots/ferry"
+ORPHAN_FDS = 4096
+# What a mount table row may meet when served again: a malformed row, a path gone from
+# the store, a directory gone, no backend on this boot.
+UNSERVABLE = (
+    KeyError,
+    TypeError,
+    ValueError,
+    OSError,
+    StoreError,
+    ControlError,
+)  # fd numbers a dead node's unanswered events may carry
 
 
 def _deny_orphans(group: int) -> None:
@@ -73,22 +83,6 @@ def _deny_orphans(group: int) -> None:
             os.write(group, fanotify.deny(fd, errno.EIO))
         except OSError:
             pass
-
-
-async def _resolve(fetch: Fetch, sp: StorePath, *, closure: bool) -> list[Plan]:
-    try:
-        return await fetch.resolve(sp, closure=closure)
-    except FetchRefused as e:
-        raise ControlError(str(e), Failure.REFUSED) from None
-    except FetchError as e:
-        raise ControlError(str(e)) from None
-
-
-async def _complete(fetch: Fetch, plans: list[Plan], roots: set[str]) -> None:
-    try:
-        await fetch.complete(plans, roots=roots)
-    except FetchError as e:
-        raise ControlError(str(e)) from None
 
 
 def _path_info(p: Plan) -> PathInfo:
@@ -157,21 +151,14 @@ class Mounts:
                     try:
                         if not self._serve_in_place(r, group is not None):
                             later.append(r)
-                    except (KeyError, TypeError, ValueError, OSError, StoreError) as e:
+                    except UNSERVABLE as e:
                         self._unservable(r, e)
                 if group is not None:
                     self._attach(group)
                 for r in later:
                     try:
                         await self._mount_again(r)
-                    except (
-                        KeyError,
-                        TypeError,
-                        ValueError,
-                        OSError,
-                        StoreError,
-                        ControlError,
-                    ) as e:
+                    except UNSERVABLE as e:
                         self._unservable(r, e)
                 self._save_state()
                 task_status.started()
@@ -426,7 +413,7 @@ class Mounts:
         manifest = self.store.store.manifest(sp)
         self.table[target] = await self._kernel_mount(sp, manifest, target, backend, lasting)
         if lasting:
-            self._gc_root(sp, nixcli.store_root(self.config.nix_store or None), True)
+            self._gc_root(sp, True)
         log.info("mounted %s on %s again", sp, target)
 
     def _serve_again(self, sp: StorePath, r: dict[str, Any], lasting: bool) -> None:
@@ -487,9 +474,9 @@ class Mounts:
         backend = await self._choose(backend, lazy=False)
         self._check_mount_point(target, backend)
         async with self.sessions.recording() as (fetch, local):
-            plans = await _resolve(fetch, sp, closure=False)
+            plans = await fetch.resolve(sp, closure=False)
             if backend == MATERIALIZE:
-                await _complete(fetch, plans, {str(sp)})
+                await fetch.complete(plans, roots={str(sp)})
             else:
                 todo = [p for p in plans if not p.complete]
                 if todo:
@@ -519,11 +506,7 @@ class Mounts:
         references and deriver, so unmodified Nix and every program see them whole."""
         self._need_policy()
         nix_store = self.config.nix_store or None
-        try:
-            root = nixcli.store_root(nix_store)
-        except NixError as e:
-            raise ControlError(str(e)) from None
-        if root:
+        if nixcli.store_root(nix_store):
             # Nix 2.8's --register-validity looks for the paths at their logical names,
             # not under the chroot store's root ("getting status of '/nix/store/…'").
             raise ControlError(
@@ -543,7 +526,7 @@ class Mounts:
         async with self.sessions.recording(on_progress=on_progress) as (fetch, local):
             plans: dict[str, Plan] = {}
             for t in targets:
-                for p in await _resolve(fetch, t, closure=True):
+                for p in await fetch.resolve(t, closure=True):
                     plans.setdefault(str(p.store_path), p)
             try:
                 invalid = await trio.to_thread.run_sync(
@@ -556,18 +539,18 @@ class Mounts:
             )
             todo = [plans[k] for k in order if plans[k].store_path in invalid]
             for p in todo:
-                self._check_store_dir_entry(root + str(p.store_path))
+                self._check_store_dir_entry(str(p.store_path))
             roots = {str(p.store_path) for p in todo}
             if lazy:
                 held = [p for p in todo if not p.complete]
                 if held:
                     await local.reserve(held, roots=roots)
             else:
-                await _complete(fetch, todo, roots)
+                await fetch.complete(todo, roots=roots)
         done: list[Plan] = []
         try:
             for p in todo:
-                target = root + str(p.store_path)
+                target = str(p.store_path)
                 if lazy and target not in self.table:
                     os.makedirs(target, exist_ok=True)
                     m = await self._kernel_mount(
@@ -575,7 +558,7 @@ class Mounts:
                     )
                     self.table[target] = m
                     self._save_state()
-                    self._gc_root(p.store_path, root, True)
+                    self._gc_root(p.store_path, True)
                 elif not lazy:
                     if os.path.isdir(target) and not os.path.ismount(target):
                         os.rmdir(target)  # empty (checked above)
@@ -587,14 +570,14 @@ class Mounts:
             # Nix does not know them: nothing of ours may sit at their names.
             with trio.CancelScope(shield=True):
                 for p in done:
-                    await self._withdraw(root + str(p.store_path), p.store_path, root)
+                    await self._withdraw(str(p.store_path), p.store_path)
             if isinstance(e, ControlError):
                 raise
             raise ControlError(f"cannot make {len(todo)} paths valid: {e}") from None
         log.info("realised %d paths (%s)", len(todo), backend if lazy else "whole")
         rows = []
         for k in order:
-            mounted = self.table.get(root + k)
+            mounted = self.table.get(k)
             if k not in roots:
                 rows.append(api.RealisedPath(k, "valid", None, None, None))
             elif mounted is not None and mounted.lasting:
@@ -662,11 +645,11 @@ class Mounts:
                 f"(`nix-store --delete {target}` as root) and try again"
             )
 
-    def _gc_root(self, sp: StorePath, root: str, add: bool) -> None:
+    def _gc_root(self, sp: StorePath, add: bool) -> None:
         """A mounted store path is a GC root of Nix's: Nix's collector cannot delete a
         read-only mount (it would drop the path from its database, fail, and fail every
         collection after). `ferry umount` lets it go."""
-        d = root + GC_ROOTS
+        d = GC_ROOTS
         link = os.path.join(d, sp.base_name)
         if add:
             os.makedirs(d, exist_ok=True)
@@ -774,8 +757,7 @@ class Mounts:
                     f"{m.store_path} is still needed by {users[0]}{more}: unmount or delete "
                     "those first"
                 )
-            root = nixcli.store_root(nix_store)
-            await self._withdraw(target, m.store_path, root)
+            await self._withdraw(target, m.store_path)
             try:
                 await trio.to_thread.run_sync(nixregister.delete, m.store_path, nix_store)
             except NixError as e:
@@ -801,16 +783,16 @@ class Mounts:
             if m.fsid and self.blobs is not None:
                 self.blobs.images.pop(m.fsid.encode(), None)
 
-    async def _withdraw(self, target: str, sp: StorePath, root: str) -> None:
+    async def _withdraw(self, target: str, sp: StorePath) -> None:
         """Unmount a store path ferry mounted there and let Nix's collector have it."""
         m = self.table.get(target)
         if m is None:
             return
-        self._gc_root(sp, root, False)
+        self._gc_root(sp, False)
         try:
             await self._unmount(m)
         except ControlError:
-            self._gc_root(sp, root, True)  # still mounted: still kept from Nix's collector
+            self._gc_root(sp, True)  # still mounted: still kept from Nix's collector
             raise
         del self.table[target]
         self._save_state()
