@@ -5,8 +5,9 @@ fd and complete them, close on CLOSE. A READ whose bytes cannot be had is comple
 without data, so the reader gets an error rather than a hole; a malformed message or an
 unknown object is logged and skipped, never fatal.
 
-The device is an interface (`Device`), so the same loop runs on /dev/cachefiles and on
-the emulated device the tests use (these machines' kernels lack the ondemand mode).
+The device is an interface (`Device`), so the same loop runs on /dev/cachefiles (tested
+in a VM: tests/vm) and on the emulated device the rest of the suite uses (this machine's
+kernel lacks the ondemand mode).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def ferry(
         input=input,
         capture_output=True,
         cwd=cwd or Path(__file__).parents[1],
-        timeout=300,
+        timeout=300 * float(os.environ.get("FERRY_TEST_SLOWDOWN", "1")),
         env={**os.environ, **(env or {})},
     )
     out = subprocess.CompletedProcess(

@@ -32,7 +32,14 @@ def _expected_seconds(item: pytest.Item) -> float:
     return 0.0 if slow is None else float(slow.kwargs.get("seconds", 10))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that boot a VM take minutes: they run when asked (FERRY_VM=1: `./run vm`, and
+    # .ci/run when the code they cover changed), and are listed as deselected otherwise.
+    if os.environ.get("FERRY_VM") != "1":
+        vm = [i for i in items if i.get_closest_marker("vm")]
+        if vm:
+            config.hook.pytest_deselected(items=vm)
+            items[:] = [i for i in items if not i.get_closest_marker("vm")]
     # Longest first: pytest-xdist hands tests out round robin, so the long ones are spread
     # over the cores and none is left to run alone at the end while the others idle.
     items.sort(key=_expected_seconds, reverse=True)

@@ -259,9 +259,8 @@ class Mounts:
         """Bind /dev/cachefiles for EROFS ondemand and start its daemon loop (once). The
         device fd is held by a holder process (closing it would withdraw the cache); a
         holder left by the last node is borrowed from, and the kernel asked to send again
-        what that node had taken (`restore`). Never run against a real kernel here
-        (these machines lack CONFIG_CACHEFILES_ONDEMAND): its loop and the store side are
-        tested against an emulated device."""
+        what that node had taken (`restore`). Tested on a real kernel in a VM
+        (tests/vm) and against an emulated device."""
         if self.blobs is not None:
             return True
         store = self.store.store

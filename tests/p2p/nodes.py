@@ -14,7 +14,10 @@ from typing import Any
 
 from tests.cli import ARGV, ferry
 
-START_TIMEOUT = 60.0
+# FERRY_TEST_SLOWDOWN: how many times slower than this machine the tests run (in an
+# emulated VM, about 15): waits for processes scale with it.
+SLOWDOWN = float(os.environ.get("FERRY_TEST_SLOWDOWN", "1"))
+START_TIMEOUT = 60.0 * SLOWDOWN
 
 
 class NodeProc:
@@ -153,7 +156,7 @@ class NodeProc:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(30)
+            self.proc.wait(30 * SLOWDOWN)
 
     def stop(self) -> int | None:
         """SIGTERM and wait: a clean stop exits 0 and removes the socket and node.addr."""
@@ -162,7 +165,7 @@ class NodeProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(30 * SLOWDOWN)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
