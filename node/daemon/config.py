@@ -30,6 +30,8 @@ SETTINGS: dict[str, str] = {
     "max_connections": "most libp2p connections the node keeps (default 64)",
     "ban_seconds": "how long a peer that sent bad data is shunned (default 600)",
     "request_timeout": "seconds before an unanswered request goes to another peer (default 10)",
+    "claims_timeout": "seconds a peer has to answer which builders signed a path before a fetch decides "
+    "without it; a peer that stays silent is asked last, then dropped (default 5)",
     "gateway": f'HOST:PORT of the Nix binary-cache endpoint, or "off" (default "{DEFAULT_GATEWAY}"; port 0 picks '
     "a free one; the URL is written to <data-dir>/gateway.url)",
     "gateway_public": "allow the gateway on a non-loopback address (default false: it serves anything the "
@@ -74,6 +76,7 @@ class NodeConfig:
     max_connections: int = 64
     ban_seconds: float = 600.0
     request_timeout: float = 10.0
+    claims_timeout: float = 5.0
     gateway: str = DEFAULT_GATEWAY
     gateway_public: bool = False
     store_dir: str = "/nix/store"
@@ -124,7 +127,13 @@ class NodeConfig:
             raise ConfigError(f"{self._where('listen')}: give at least one multiaddr")
         if not 1 <= self.max_connections <= 10_000:
             raise ConfigError(f"{self.source}: max_connections must be from 1 to 10000")
-        for name in ("ban_seconds", "request_timeout", "narinfo_timeout", "read_deadline"):
+        for name in (
+            "ban_seconds",
+            "request_timeout",
+            "claims_timeout",
+            "narinfo_timeout",
+            "read_deadline",
+        ):
             if not 0 < getattr(self, name) <= 86_400:
                 raise ConfigError(f"{self.source}: {name} must be a number of seconds above 0")
         if self.gateway != "off":
@@ -182,6 +191,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_connections": (int,),
     "ban_seconds": (int, float),
     "request_timeout": (int, float),
+    "claims_timeout": (int, float),
     "gateway": (str,),
     "gateway_public": (bool,),
     "store_dir": (str,),

@@ -170,7 +170,12 @@ class FetchSessions:
 
     def settings(self, **overrides: Any) -> FetchSettings:
         return FetchSettings(
-            request_timeout=self.config.request_timeout, diffs=self.config.diffs, **overrides
+            **{
+                "request_timeout": self.config.request_timeout,
+                "claims_timeout": self.config.claims_timeout,
+                "diffs": self.config.diffs,
+                **overrides,
+            }
         )
 
     def _policy(self) -> QuorumPolicy:

@@ -116,6 +116,11 @@ def _realise(nix: Nix, dest: Path, path: str, client: NodeProc) -> subprocess.Co
             "--option",
             "narinfo-cache-negative-ttl",
             "0",
+            # Nix retries a failed download after a growing pause (about 15 s in all for
+            # 5 attempts): once shows the same error.
+            "--option",
+            "download-attempts",
+            "1",
         ],
         capture_output=True,
         text=True,

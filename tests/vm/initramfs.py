@@ -36,7 +36,8 @@ def encode(entries: list[Entry]) -> bytes:
 
 def decode(raw: bytes) -> list[Entry]:
     """The entries of an uncompressed newc archive (for tests of `encode`)."""
-    entries, pos = [], 0
+    entries: list[Entry] = []
+    pos = 0
     while True:
         if raw[pos : pos + 6] != _MAGIC:
             raise ValueError(f"no newc header at byte {pos}")
