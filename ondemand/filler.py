@@ -57,9 +57,13 @@ class SlabChunks(Protocol):
         ...
 
 
-Fetch = Callable[
-    [list[bytes]], Awaitable[dict[bytes, bytes]]
-]  # verified bytes of those it could get
+class Fetch(Protocol):
+    def __call__(
+        self, digests: list[bytes], *, ahead: bool = False
+    ) -> Awaitable[dict[bytes, bytes]]:
+        """The verified bytes of those of `digests` it could get; `ahead`: readahead,
+        which no reader waits on yet."""
+        ...
 
 
 class Filler:
@@ -183,7 +187,7 @@ class Filler:
     async def _prefetch(self, ahead: list[ChunkAt], fd: int) -> None:
         try:
             with trio.move_on_after(self.deadline):
-                await self._ensure(ahead, fd)
+                await self._ensure(ahead, fd, ahead=True)
         except Exception:  # readahead is a guess: a reader asks again
             log.exception("reading ahead")
         finally:
@@ -212,7 +216,7 @@ class Filler:
             if not self.chunks.present(c.digest) and c.digest not in self._inflight
         ]
 
-    async def _ensure(self, want: list[ChunkAt], fd: int) -> None:
+    async def _ensure(self, want: list[ChunkAt], fd: int, *, ahead: bool = False) -> None:
         mine = [
             c for c in want if c.digest not in self._inflight and not self.chunks.present(c.digest)
         ]
@@ -221,7 +225,7 @@ class Filler:
             self._inflight[c.digest] = trio.Event()
         try:
             if mine:
-                got = await self.fetch([c.digest for c in mine])
+                got = await self.fetch([c.digest for c in mine], ahead=ahead)
                 done = [c for c in mine if c.digest in got]
                 if done:
                     pieces = [(c.offset, got[c.digest]) for c in done]

@@ -444,9 +444,9 @@ class Mounts:
         self.table[r["dir"]] = m
         log.info("serving %s on %s again", sp, r["dir"])
 
-    async def _fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
+    async def _fetch(self, digests: list[bytes], *, ahead: bool = False) -> dict[bytes, bytes]:
         try:
-            return await self.sessions.transfer(self.links, digests)
+            return await self.sessions.transfer(self.links, digests, ahead=ahead)
         except NoPolicy as e:
             log.warning("ondemand fetch of %d chunks: %s", len(digests), e)
             return {}

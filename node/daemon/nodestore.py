@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 INLINE_REPLY = 64 << 10  # block bytes of a reply compressed on the event loop, at most
+INLINE_BLOBS, INLINE_READ = 4, 64 << 10  # chunks, and their bytes, read on the event loop
 
 
 class NodeStore:
@@ -84,6 +85,14 @@ class NodeStore:
     # --- what the block server asks (node.exchange.server.BlobSource)
 
     async def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        if len(digests) <= INLINE_BLOBS:
+            # A few small chunks (what a lazy mount's reader waits on): an index lookup
+            # and a read from the page cache take less than the trip to a thread. The
+            # limiter keeps the reader's connection to one user at a time.
+            async with self._readers:
+                rows = self.reader.index.chunks(digests).values()
+                if sum(r.length for r in rows) <= INLINE_READ:
+                    return self.reader.blobs(digests)
         return await self.read(self.reader.blobs, digests)
 
     async def present(self, digests: list[bytes]) -> set[bytes]:

@@ -213,15 +213,17 @@ class FetchSessions:
         narinfo answers. Complete its plans with `recording`."""
         return Fetch(self.net, FetchStore(self.store), self._policy(), self.settings(**overrides))
 
-    async def transfer(self, links: Links, digests: list[bytes]) -> dict[bytes, bytes]:
+    async def transfer(
+        self, links: Links, digests: list[bytes], *, ahead: bool = False
+    ) -> dict[bytes, bytes]:
         """Fetch these chunks into memory (not the store), verified, over `links` (the
         lazy mounts' streams); those no peer gave are missing from the result (and
-        logged). NoPolicy without a trust policy."""
+        logged). `ahead`: readahead. NoPolicy without a trust policy."""
         self._policy()  # chunks only of paths the policy let in: none without one
         await self.ready.wait()
         progress = Progress()
         try:
-            got = await links.get(digests, progress)
+            got = await links.get(digests, progress, ahead=ahead)
         finally:
             self._account(progress)
         if len(got) < len(digests):

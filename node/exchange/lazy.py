@@ -6,6 +6,10 @@ its own (a yamux stream and a protocol negotiation per peer, then a schedule), a
 stream, opened when first needed and kept while it works; a request is one WANTS frame
 on it, answered on the same stream, so a cold read costs about one round trip.
 
+Readahead goes on streams of its own (up to AHEAD_LANES per peer, the least busy first),
+so a reader's request never waits behind megabytes of readahead on its stream, and the
+peer works on several readahead replies at once (reads, compression, sending).
+
 Peers are asked one at a time, the one that delivered last first: a reader waits on the
 first peer that has the chunks, never on the slowest of several. A DONT_HAVE or BUSY
 answer, `request_timeout` of silence, or a broken stream passes what is left to the next
@@ -16,6 +20,7 @@ breaks the protocol, is punished and its stream dropped.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +38,7 @@ from store.chunking import digest as blake3_digest
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 5.0
+AHEAD_LANES = 2  # readahead streams per peer, beside the one for reads that wait
 
 
 class _Ask:
@@ -60,6 +66,7 @@ class _Ask:
 @dataclass(eq=False)
 class _Link:
     peer: str
+    lane: int  # 0: reads that wait; 1..AHEAD_LANES: readahead
     stream: ByteStream
     client: BlockClient = field(default_factory=BlockClient)
     lock: trio.Lock = field(default_factory=trio.Lock)  # whole frames on the stream
@@ -74,8 +81,9 @@ class Links:
     def __init__(self, net: Network, request_timeout: float) -> None:
         self.net = net
         self.request_timeout = request_timeout
-        self._links: dict[str, _Link] = {}
-        self._opening: dict[str, trio.Lock] = {}
+        self._links: dict[tuple[str, int], _Link] = {}  # by peer and lane
+        self._opening: dict[tuple[str, int], trio.Lock] = {}
+        self._busy: Counter[tuple[str, int]] = Counter()  # requests on each lane now
         self._last_good: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -85,18 +93,25 @@ class Links:
             task_status.started()
             await trio.sleep_forever()
 
-    async def get(self, wanted: Sequence[bytes], progress: Progress) -> dict[bytes, bytes]:
-        """The verified bytes of those of `wanted` some peer gave (in the order asked)."""
+    async def get(
+        self, wanted: Sequence[bytes], progress: Progress, *, ahead: bool = False
+    ) -> dict[bytes, bytes]:
+        """The verified bytes of those of `wanted` some peer gave (in the order asked);
+        `ahead`: readahead, which no reader waits on yet."""
         left = list(dict.fromkeys(wanted))
         got: dict[bytes, bytes] = {}
         peers = sorted(self.net.peers(), key=lambda p: -self._last_good.get(p, 0.0))
         for peer in peers:
             if not left:
                 break
-            link = await self._link(peer)
-            if link is None:
-                continue
-            for b in await self._ask(link, left):
+            lane = (peer, self._lane(peer, ahead))
+            self._busy[lane] += 1  # counted while its stream opens too
+            try:
+                link = await self._link(*lane)
+                blocks = [] if link is None else await self._ask(link, left)
+            finally:
+                self._busy[lane] -= 1
+            for b in blocks:
                 got[b.digest] = b.data
                 progress.per_peer[peer] = progress.per_peer.get(peer, 0) + len(b.data)
                 progress.bytes_done += len(b.data)
@@ -107,12 +122,20 @@ class Links:
             left = [d for d in left if d not in got]
         return got
 
-    async def _link(self, peer: str) -> _Link | None:
-        link = self._links.get(peer)
+    def _lane(self, peer: str, ahead: bool) -> int:
+        """Lane 0 for a reader; for readahead the least busy lane, the first of equals
+        (so a second stream opens only while the first is busy)."""
+        if not ahead:
+            return 0
+        return min(range(1, AHEAD_LANES + 1), key=lambda lane: (self._busy[(peer, lane)], lane))
+
+    async def _link(self, peer: str, lane: int) -> _Link | None:
+        key = (peer, lane)
+        link = self._links.get(key)
         if link is not None:
             return link
-        async with self._opening.setdefault(peer, trio.Lock()):
-            link = self._links.get(peer)
+        async with self._opening.setdefault(key, trio.Lock()):
+            link = self._links.get(key)
             if link is not None:
                 return link
             assert self._nursery is not None, "Links.run has not started"
@@ -122,8 +145,8 @@ class Links:
             except Exception as e:  # noqa: BLE001 - that peer is gone: others may serve
                 log.info("cannot open a blocks stream to %s: %s", peer, e)
                 return None
-            link = _Link(peer, stream, heard=trio.current_time())
-            self._links[peer] = link
+            link = _Link(peer, lane, stream, heard=trio.current_time())
+            self._links[key] = link
             self._nursery.start_soon(self._read, link)
             return link
 
@@ -215,8 +238,8 @@ class Links:
     def _break(self, link: _Link) -> None:
         """The link is done: whoever waits on it moves on to the next peer."""
         link.broken = True
-        if self._links.get(link.peer) is link:
-            del self._links[link.peer]
+        if self._links.get((link.peer, link.lane)) is link:
+            del self._links[(link.peer, link.lane)]
         for asks in link.waiting.values():
             for ask in asks:
                 ask.give_up()

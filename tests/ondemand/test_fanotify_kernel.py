@@ -71,7 +71,7 @@ class Peers:
         self.gate = trio.Event()
         self.gate.set()
 
-    async def fetch(self, digests: list[bytes]) -> dict[bytes, bytes]:
+    async def fetch(self, digests: list[bytes], *, ahead: bool = False) -> dict[bytes, bytes]:
         await self.gate.wait()
         out = {}
         for d in digests:
