@@ -109,14 +109,19 @@ def fetch(cache: Path) -> DebianKernel:
         return kernel
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    wanted = [f"{p}={v}" for p, v in packages.items() if not list(debs.glob(f"{p}_*.deb"))]
+
+    def deb(package: str) -> list[Path]:
+        # Named <package>_<version, ':' as %3a>_<arch>.deb; other versions may lie beside.
+        return list(debs.glob(f"{package}_{packages[package].replace(':', '%3a')}_*.deb"))
+
+    wanted = [f"{p}={v}" for p, v in packages.items() if not deb(p)]
     if wanted:
         _run(["apt-get", "download", *wanted], cwd=debs, what="downloading the kernel")
     shutil.rmtree(top, ignore_errors=True)
     root.mkdir(parents=True)
     for p in packages:
-        (deb,) = debs.glob(f"{p}_*.deb")
-        _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"unpacking {deb.name}")
+        (found,) = deb(p)
+        _run(["dpkg-deb", "-x", str(found), str(root)], what=f"unpacking {found.name}")
     _run(
         [
             "tar",

@@ -62,7 +62,7 @@ def test_cachefiles_ondemand_on_a_stock_debian_kernel() -> None:
         env=env,
         timeout=1500,
     )
-    print(f"booted {out.kernel} ({kernel.version}); the guest's tests took {out.seconds:.0f} s")
+    print(f"booted {out.kernel} ({kernel.version}); the VM ran {out.seconds:.0f} s, tests included")
     assert out.kernel == kernel.release
     assert out.returncode == 0, out.console[-12000:]
     assert re.search(r"\b1 passed\b", out.console) and "skipped" not in out.console
