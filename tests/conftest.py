@@ -32,6 +32,13 @@ def _expected_seconds(item: pytest.Item) -> float:
     return 0.0 if slow is None else float(slow.kwargs.get("seconds", 10))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    # pytest-xdist's summary leaves out what its workers deselected: say it here.
+    if os.environ.get("FERRY_VM") == "1":
+        return "VM tests (tests/vm): included (FERRY_VM=1)"
+    return "VM tests (tests/vm): deselected; run them with ./run vm"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Tests that boot a VM take minutes: they run when asked (FERRY_VM=1: `./run vm`, and
     # .ci/run when the code they cover changed), and are listed as deselected otherwise.
