@@ -31,6 +31,7 @@ def test_an_archive_decodes_to_its_entries(es: list[Entry]) -> None:
     assert initramfs.decode(initramfs.encode(es)) == es
 
 
+@pytest.mark.vm  # with the VM tests, which install busybox
 def test_busybox_cpio_unpacks_it(tmp_path: Path) -> None:
     busybox = shutil.which("busybox") or shutil.which("cpio")
     if busybox is None:
