@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ class NodeProc:
         root: Path,
         name: str,
         *,
-        bootstrap: list[str] = (),
+        bootstrap: Sequence[str] = (),
         policy: Path | None = None,
         timeout: float = 2.0,
         env: dict[str, str] | None = None,
