@@ -181,6 +181,11 @@ def _status(args: argparse.Namespace) -> None:
         f"{st.unique_bytes or 0:,} bytes",
         f"served   {s.served_blocks:,} blocks, {s.served_bytes:,} bytes"
         + (f" ({s.packed_runs_served:,} runs as packed ahead)" if s.packed_runs_served else ""),
+        "reach    "
+        + {
+            "public": f"public: peers dial it at {s.public_addr}",
+            "private": "private: peers cannot dial it (behind a NAT or a firewall); it dials them",
+        }.get(s.reachability, "unknown: no peer has tried to dial it back yet"),
         f"gateway  {s.gateway or 'off'}",
     ]
     if s.packing:

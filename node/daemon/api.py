@@ -256,6 +256,8 @@ class Status:
     outbox: int = 0  # paths queued to publish
     packing: int = 0  # paths published and not yet packed ahead
     packed_runs_served: int = 0  # runs answered with their packs (`node.local.packs`)
+    reachability: str = "unknown"  # "public", "private" (peers cannot dial it) or "unknown"
+    public_addr: str | None = None  # where peers reached it, when public
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from node.daemon.mounts import Mounts
 from node.daemon.nodestore import NodeStore
 from node.daemon.outbox import OutboxError
 from node.daemon.prepack import Prepacker
+from node.daemon.reachability import Reachability
 from node.daemon.session import FetchSessions
 from node.daemon.storeops import StoreOps
 from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
@@ -44,7 +45,7 @@ from node.local.errors import StoreError
 from node.local.packs import PackStore
 from node.local.publish import Bulk
 from node.local.store import LocalStore
-from p2p import blocks, claimwire, summary
+from p2p import blocks, claimwire, reachability, summary
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
@@ -133,6 +134,7 @@ class Node:
             self.discovery.bootstrapped,
         )
         self.mounts = Mounts(self.data_dir, config, self.store, self.sessions)
+        self.reachability = Reachability(self.discovery, self.host.get_addrs)
         self.autopublish = AutoPublish(self.data_dir, config, self.store, self.discovery.announce)
         self.collector = Collector(self.store, config.max_store_size)
         self.store_ops = StoreOps(self.store, self.collector)
@@ -162,6 +164,9 @@ class Node:
                         TProtocol(claimwire.PROTOCOL_GETS), self._on_claims
                     )
                     self.host.set_stream_handler(TProtocol(summary.PROTOCOL), self._on_summary)
+                    self.host.set_stream_handler(
+                        TProtocol(reachability.PROTOCOL), self._on_reachability
+                    )
                     await self.discovery.start(stack)
                     addrs = [str(a) for a in self.host.get_addrs()]
                     for a in addrs:
@@ -175,6 +180,7 @@ class Node:
                         await nursery.start(self.prepacker.run)
                         await nursery.start(control.serve, listener, self._control)
                         self.discovery.run(nursery)
+                        await nursery.start(self.reachability.run)
                         # node.addr tells scripts and other nodes that the node is up: written
                         # only once peers, the control socket and the gateway all accept.
                         userfile.write_atomically(
@@ -288,6 +294,15 @@ class Node:
             except Exception:
                 log.exception("serving claims to %s failed", peer)
                 await abort(stream)
+
+    async def _on_reachability(self, stream: INetStream) -> None:
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                try:
+                    remote = stream.get_remote_address()
+                except Exception:  # noqa: BLE001 - a relayed or closed connection has none
+                    remote = None
+                await self.reachability.serve(stream, remote[0] if remote else None)
 
     async def _on_summary(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
@@ -449,6 +464,8 @@ class Node:
             outbox=await self.autopublish.waiting(),
             packing=self.prepacker.waiting,
             packed_runs_served=self.store.packer.pack_hits,
+            reachability=self.reachability.status,
+            public_addr=self.reachability.address,
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:

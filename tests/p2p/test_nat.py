@@ -36,7 +36,7 @@ def _tree(root: Path) -> Path:
 
 
 @pytest.mark.kernel
-def test_home_nodes_reach_the_public_node_through_their_routers_only(
+def test_home_nodes_reach_the_public_node_through_their_routers_and_learn_they_are_private(
     natnet: NatNet, swarm: Swarm
 ) -> None:
     (public,) = swarm.start("public", netns=natnet.public, listen=f"/ip4/{PUBLIC_ADDR}/tcp/4001")
@@ -56,6 +56,16 @@ def test_home_nodes_reach_the_public_node_through_their_routers_only(
         row = seen[node.peer_id]
         assert row["connected"], row
         assert "counter packets 0 " not in h.nft_counters()
+    # Each learns from its peers' dial-backs whether it can be dialed: the public node can,
+    # at its address; the home nodes cannot (their routers map no port inwards).
+    public.wait_log(f"reachability: public at /ip4/{PUBLIC_ADDR}/tcp/4001")
+    for node in homes:
+        node.wait_log("reachability: private")
+        st = node.json("status")
+        assert st["reachability"] == "private" and st["public_addr"] is None
+        assert "private: peers cannot dial it" in node.ferry("status").stdout
+    st = public.json("status")
+    assert (st["reachability"], st["public_addr"]) == ("public", f"/ip4/{PUBLIC_ADDR}/tcp/4001")
     # A home node cannot reach the other's private address: no route between homes.
     r = subprocess.run(
         ["ip", "netns", "exec", a.ns, "ip", "route", "get", b.addr],
