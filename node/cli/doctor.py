@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> None:
         checks += _ports(config, running)
         checks += _nix(data_dir, config)
         checks.append(_peers(data_dir, config, running))
+        if running:
+            checks.append(_reachability(data_dir))
     failed = any(c.level == "fail" for c in checks)
     if args.json:
         ui.print_json(
@@ -378,6 +380,27 @@ def _nix(data_dir: str, config: nodeconfig.NodeConfig) -> list[Check]:
     else:
         out.append(Check("nix.conf", "ok", f"substitutes from {url}, trusts the node's key"))
     return out
+
+
+def _reachability(data_dir: str) -> Check:
+    """What the running node's peers found when they dialed it back."""
+    status: api.Status = trio.run(control.call, data_dir, api.StatusRequest())
+    if status.reachability == "public":
+        return Check("reachability", "ok", f"public: peers dial it at {status.public_addr}")
+    if status.reachability == "private":
+        return Check(
+            "reachability",
+            "warn",
+            "private: peers cannot dial it (behind a NAT or a firewall); it can fetch from public "
+            "nodes, but nodes outside this network cannot fetch from it",
+            "forward the node's TCP port on the router (or open it in the firewall), or keep a "
+            "public node among the bootstrap peers (docs/operations.md, reachability)",
+        )
+    return Check(
+        "reachability",
+        "warn" if status.peers else "ok",
+        "unknown: no peer has dialed it back yet" + ("" if status.peers else " (it has no peers)"),
+    )
 
 
 def _peers(data_dir: str, config: nodeconfig.NodeConfig, running: bool) -> Check:

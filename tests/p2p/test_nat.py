@@ -3,6 +3,7 @@ masquerading router, in network namespaces the test makes (tests/p2p/natnet.py).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,8 +65,15 @@ def test_home_nodes_reach_the_public_node_through_their_routers_and_learn_they_a
         st = node.json("status")
         assert st["reachability"] == "private" and st["public_addr"] is None
         assert "private: peers cannot dial it" in node.ferry("status").stdout
+        r = node.ferry("doctor", "--json")
+        (check,) = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "reachability"]
+        assert check["level"] == "warn" and "forward the node's TCP port" in check["fix"]
     st = public.json("status")
     assert (st["reachability"], st["public_addr"]) == ("public", f"/ip4/{PUBLIC_ADDR}/tcp/4001")
+    checks = json.loads(public.ferry("doctor", "--json").stdout)["checks"]
+    assert {"name": "reachability", "level": "ok", "fix": ""}.items() <= next(
+        c for c in checks if c["name"] == "reachability"
+    ).items()
     # A home node cannot reach the other's private address: no route between homes.
     r = subprocess.run(
         ["ip", "netns", "exec", a.ns, "ip", "route", "get", b.addr],
