@@ -430,3 +430,81 @@ async def test_a_gateway_client_that_leaves_stops_its_nar(swarm: Swarm, tmp_path
     )
     print(f"served {served / 2**20:.1f} MiB of a 64 MiB NAR to a client that read 1 MiB")
     assert served < 32 << 20, served
+
+
+async def test_a_thousand_streams_and_ten_thousand_wants_are_held_to_the_limits(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """One stranger opens 1,000 blocks streams, 10 wants each, and reads nothing; another
+    sends 10,000 wants on one stream. Meanwhile an honest node fetches a path. The node
+    takes 128 streams (streams_per_peer) and bans the first; it sends the second what one
+    stream's window holds, then resets the stream with a strike; its RSS stays bounded,
+    and the honest fetch completes."""
+    k = keys(tmp_path, "builder-a")
+    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
+    tree, digests = _tree(tmp_path / "tree", 24 << 20)
+    (node,) = await trio.to_thread.run_sync(lambda: swarm.start("node"))
+    r = await trio.to_thread.run_sync(
+        lambda: node.ferry(
+            "publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0])
+        )
+    )
+    assert r.returncode == 0, r.stderr
+    (client,) = await trio.to_thread.run_sync(
+        lambda: swarm.start("client", bootstrap=[node.addr], policy=pol)
+    )
+    before = peak = _rss_mb(node)
+    opened = 0
+    fetched: list[float] = []
+
+    async def crowd(hosts: list[IHost]) -> None:
+        nonlocal opened, peak
+        streams_host, wants_host = hosts
+
+        async def honest() -> None:
+            fetched.append(await _fetch_seconds(client))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(honest)
+            for i in range(1000):
+                some = [digests[(i * 10 + j) % len(digests)] for j in range(10)]
+                try:
+                    stream = await _open(streams_host, node, blocks.PROTOCOL)
+                    await stream.write(BlockClient().want([Want(d) for d in some]))
+                    opened += 1
+                except Exception:  # reset, or disconnected: the limits at work
+                    if not streams_host.get_connected_peers():
+                        break  # banned
+                if i % 50 == 0:
+                    peak = max(peak, _rss_mb(node))
+            # 10,000 wants in frames of 500 on one stream, never read.
+            stream = await _open(wants_host, node, blocks.PROTOCOL)
+            with contextlib.suppress(Exception):  # reset once past the cap
+                for i in range(0, 10_000, 500):
+                    some = [digests[(i + j) % len(digests)] for j in range(500)]
+                    await stream.write(BlockClient().want([Want(d) for d in some]))
+            peak = max(peak, _rss_mb(node))
+            # The node serves what fits the stream's window, then, the window staying shut,
+            # resets the stream and counts a strike. No event tells the stranger: look.
+            for _ in range(150):
+                row = (await _peers(node)).get(str(wants_host.get_id()))
+                if row is not None and row.bad:
+                    break
+                await trio.sleep(0.1)
+            peak = max(peak, _rss_mb(node))
+
+    hosts = await _attack([node], 2, crowd)
+    rows = await _peers(node)
+    print(
+        f"{opened} of 1000 streams taken before the ban; RSS {before:.0f} MB before, peak "
+        f"{peak:.0f} MB; the honest fetch took {fetched[0]:.1f} s"
+    )
+    streams_row, wants_row = (rows[str(h.get_id())] for h in hosts)
+    assert opened <= 128 and streams_row.banned_for > 0, streams_row  # streams_per_peer
+    assert wants_row.bad >= 1 and "window" in (wants_row.last_problem or ""), wants_row
+    assert wants_row.sent_bytes <= 8 << 20, (
+        wants_row
+    )  # what one reply's window holds, not 10,000 chunks
+    assert peak - before < 150, (before, peak)
+    assert len(fetched) == 1
+    assert client.ferry("verify").returncode == 0
