@@ -90,9 +90,9 @@ class NodeStore:
             # and a read from the page cache take less than the trip to a thread. The
             # limiter keeps the reader's connection to one user at a time.
             async with self._readers:
-                rows = self.reader.index.chunks(digests).values()
-                if sum(r.length for r in rows) <= INLINE_READ:
-                    return self.reader.blobs(digests)
+                rows = self.reader.index.chunks(digests)
+                if sum(r.length for r in rows.values()) <= INLINE_READ:
+                    return self.reader.blobs(digests, rows)
         return await self.read(self.reader.blobs, digests)
 
     async def present(self, digests: list[bytes]) -> set[bytes]:

@@ -21,12 +21,12 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from node.local.errors import PathIncomplete, PathNotInStore, StoreError, StoreFull
-from node.local.index import Index
+from node.local.index import ChunkRow, Index
 from node.local.lock import StoreLock
 from node.local.slab import BLOCK, DEFAULT_CAP, Slab, align
 from store.chunking import digest as blake3_digest
@@ -671,10 +671,13 @@ class StoreReader:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def blobs(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        """The chunks and manifests among `digests` that are present and intact."""
+    def blobs(
+        self, digests: list[bytes], rows: Mapping[bytes, ChunkRow] | None = None
+    ) -> dict[bytes, bytes]:
+        """The chunks and manifests among `digests` that are present and intact; `rows`:
+        their index rows, when the caller looked them up already."""
         out: dict[bytes, bytes] = {}
-        for d, row in self.index.chunks(digests).items():
+        for d, row in (self.index.chunks(digests) if rows is None else rows).items():
             if row.present:
                 try:
                     data = self._slab(row.slab).read(row.offset, row.length)

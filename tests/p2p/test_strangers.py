@@ -100,6 +100,24 @@ async def _open(host: IHost, node: NodeProc, protocol: str) -> INetStream:
     return await host.new_stream(ID.from_base58(node.peer_id), [TProtocol(protocol)])
 
 
+async def _publishing_node(
+    swarm: Swarm, tmp_path: Path, size: int
+) -> tuple[NodeProc, Path, list[bytes]]:
+    """A node that published SP (a tree of `size` random bytes) signed by builder-a; the
+    policy trusting that key; the path's chunk digests."""
+    k = keys(tmp_path, "builder-a")
+    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
+    tree, digests = _tree(tmp_path / "tree", size)
+    (node,) = await trio.to_thread.run_sync(lambda: swarm.start("node"))
+    r = await trio.to_thread.run_sync(
+        lambda: node.ferry(
+            "publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0])
+        )
+    )
+    assert r.returncode == 0, r.stderr
+    return node, pol, digests
+
+
 async def _fetch_seconds(node: NodeProc) -> float:
     start = trio.current_time()
     await control.call(str(node.data_dir), api.FetchRequest(SP))
@@ -217,16 +235,7 @@ async def test_two_hundred_unread_streams_cost_a_bounded_amount(
 ) -> None:
     """200 streams each asking for 64 real chunks and never reading. Before: +1.4 GB of
     RSS that stayed, `ferry status` in 19 s."""
-    k = keys(tmp_path, "builder-a")
-    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
-    tree, digests = _tree(tmp_path / "tree", 48 << 20)
-    (node,) = await trio.to_thread.run_sync(lambda: swarm.start("node"))
-    r = await trio.to_thread.run_sync(
-        lambda: node.ferry(
-            "publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0])
-        )
-    )
-    assert r.returncode == 0, r.stderr
+    node, pol, digests = await _publishing_node(swarm, tmp_path, 48 << 20)
     before = _rss_mb(node)
     peak = before
     status_seconds = 0.0
@@ -440,16 +449,7 @@ async def test_a_thousand_streams_and_ten_thousand_wants_are_held_to_the_limits(
     takes 128 streams (streams_per_peer) and bans the first; it sends the second what one
     stream's window holds, then resets the stream with a strike; its RSS stays bounded,
     and the honest fetch completes."""
-    k = keys(tmp_path, "builder-a")
-    pol = policy(tmp_path, [k["builder-a"][1]], threshold=1)
-    tree, digests = _tree(tmp_path / "tree", 24 << 20)
-    (node,) = await trio.to_thread.run_sync(lambda: swarm.start("node"))
-    r = await trio.to_thread.run_sync(
-        lambda: node.ferry(
-            "publish", str(tree), "--store-path", SP, "--key", str(k["builder-a"][0])
-        )
-    )
-    assert r.returncode == 0, r.stderr
+    node, pol, digests = await _publishing_node(swarm, tmp_path, 24 << 20)
     (client,) = await trio.to_thread.run_sync(
         lambda: swarm.start("client", bootstrap=[node.addr], policy=pol)
     )
