@@ -500,7 +500,10 @@ async def test_a_thousand_streams_and_ten_thousand_wants_are_held_to_the_limits(
         f"{peak:.0f} MB; the honest fetch took {fetched[0]:.1f} s"
     )
     streams_row, wants_row = (rows[str(h.get_id())] for h in hosts)
-    assert opened <= 128 and streams_row.banned_for > 0, streams_row  # streams_per_peer
+    # The stranger counts a stream once its write went out, which may be before the
+    # node's reset arrives: the node's own reason says where it stopped.
+    assert opened < 1000 and streams_row.banned_for > 0, streams_row
+    assert "opened more than 128 streams" in (streams_row.last_problem or ""), streams_row
     assert wants_row.bad >= 1 and "window" in (wants_row.last_problem or ""), wants_row
     assert wants_row.sent_bytes <= 8 << 20, (
         wants_row
