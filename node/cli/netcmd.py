@@ -120,6 +120,13 @@ def _fetch(args: argparse.Namespace) -> None:
         soft_wrap=True,
         markup=False,
     )
+    for peer, via in sorted(fetched.relayed.items()):
+        ui.out.print(
+            f"  relayed: chunks from {peer} came through relay {via} (no hole punch got "
+            "through; the relay's limits bound such a fetch)",
+            soft_wrap=True,
+            markup=False,
+        )
     logical = result["bytes_done"] + result["deduplicated_bytes"]
     if logical:
         diffs = (
@@ -188,6 +195,20 @@ def _status(args: argparse.Namespace) -> None:
         }.get(s.reachability, "unknown: no peer has tried to dial it back yet"),
         f"gateway  {s.gateway or 'off'}",
     ]
+    r, mine = s.relay, s.relays
+    if r.serving or r.circuits_total or r.refused:
+        lines.append(
+            f"relay    {'serving' if r.serving else 'not serving'}: {r.reservations} peers hold a "
+            f"slot, {r.circuits} circuits open ({r.circuits_total} in all, {r.ended_by_limit} ended "
+            f"by a limit), {r.bytes_relayed:,} bytes relayed, {r.refused} requests refused"
+        )
+    for slot in mine.slots:
+        lines.append(f"relayed  peers reach it at {slot}")
+    if mine.punched or mine.punch_failed or mine.relayed_peers:
+        lines.append(
+            f"punch    {mine.punched} direct through a hole punch, {mine.punch_failed} failed; "
+            f"{len(mine.relayed_peers)} peers connected only through a relay"
+        )
     if s.packing:
         lines.append(f"packing  {s.packing:,} published paths still to compress ahead (xz)")
     if s.publishing or s.outbox:

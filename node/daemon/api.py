@@ -238,6 +238,29 @@ class StoreSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayService:
+    """What this node carries for peers behind NAT (node.daemon.relay)."""
+
+    serving: bool = False
+    reservations: int = 0  # peers holding a slot
+    circuits: int = 0  # open now
+    circuits_total: int = 0
+    bytes_relayed: int = 0  # both ways, all circuits
+    refused: int = 0  # requests refused (not relaying, full, no slot, limits)
+    ended_by_limit: int = 0  # circuits ended by their byte or time limit
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySlots:
+    """This node's own use of relays."""
+
+    slots: tuple[str, ...] = ()  # where peers reach it through relays
+    relayed_peers: tuple[str, ...] = ()  # peers connected only through a relay
+    punched: int = 0  # relayed meetings that became direct connections
+    punch_failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     peer_id: str
     addrs: tuple[str, ...]
@@ -258,6 +281,8 @@ class Status:
     packed_runs_served: int = 0  # runs answered with their packs (`node.local.packs`)
     reachability: str = "unknown"  # "public", "private" (peers cannot dial it) or "unknown"
     public_addr: str | None = None  # where peers reached it, when public
+    relay: RelayService = field(default_factory=RelayService)
+    relays: RelaySlots = field(default_factory=RelaySlots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,10 +337,17 @@ class FetchedPath:
 class Fetched:
     fetched: tuple[FetchedPath, ...]
     progress: FetchProgress
+    relayed: dict[str, str] = field(
+        default_factory=dict
+    )  # peer -> the relay its chunks came through
 
     def as_json(self) -> dict[str, Any]:
         """What `ferry fetch --json` prints: the paths, and the counters beside them."""
-        return {"fetched": [encode(p) for p in self.fetched], **encode(self.progress)}
+        return {
+            "fetched": [encode(p) for p in self.fetched],
+            **encode(self.progress),
+            "relayed": dict(self.relayed),
+        }
 
 
 @dataclass(frozen=True, slots=True)

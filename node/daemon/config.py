@@ -30,6 +30,8 @@ SETTINGS: dict[str, str] = {
     "max_connections": "most libp2p connections the node keeps (default 64)",
     "ban_seconds": "how long a peer that sent bad data is shunned (default 600)",
     "request_timeout": "seconds before an unanswered request goes to another peer (default 10)",
+    "relay": 'relay circuits for peers behind NAT: "auto" (when peers find this node dialable), "on" or '
+    '"off"; the [limits] relay_* values bound what it carries (default "auto")',
     "claims_timeout": "seconds a peer has to answer which builders signed a path before a fetch decides "
     "without it; a peer that stays silent is asked last, then dropped (default 5)",
     "gateway": f'HOST:PORT of the Nix binary-cache endpoint, or "off" (default "{DEFAULT_GATEWAY}"; port 0 picks '
@@ -77,6 +79,7 @@ class NodeConfig:
     ban_seconds: float = 600.0
     request_timeout: float = 10.0
     claims_timeout: float = 5.0
+    relay: str = "auto"
     gateway: str = DEFAULT_GATEWAY
     gateway_public: bool = False
     store_dir: str = "/nix/store"
@@ -125,6 +128,8 @@ class NodeConfig:
                 )
         if not self.listen:
             raise ConfigError(f"{self._where('listen')}: give at least one multiaddr")
+        if self.relay not in ("auto", "on", "off"):
+            raise ConfigError(f'{self._where("relay")}: must be "auto", "on" or "off"')
         if not 1 <= self.max_connections <= 10_000:
             raise ConfigError(f"{self.source}: max_connections must be from 1 to 10000")
         for name in (
@@ -192,6 +197,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ban_seconds": (int, float),
     "request_timeout": (int, float),
     "claims_timeout": (int, float),
+    "relay": (str,),
     "gateway": (str,),
     "gateway_public": (bool,),
     "store_dir": (str,),

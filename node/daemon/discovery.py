@@ -14,14 +14,14 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetwork
 from libp2p.custom_types import TProtocol
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT, _encode_key
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.daemon import api
+from node.daemon import api, relay
 from node.daemon.config import NodeConfig
 from node.daemon.nodestore import NodeStore
 from node.daemon.quiet import Quiet
@@ -46,6 +46,8 @@ BOOTSTRAP_MIN_GAP = 2.0
 REPROVIDE = 22 * 3600.0
 PROVIDE_QUIET = 2.0  # seconds without a gateway request before provider records are written
 PROVIDE_LATEST = 120.0  # ...but a path waits no longer than this for its record
+NEARBY_ASKED = 16  # connected peers asked for provider records before a DHT walk
+NEARBY_WAIT = 2.0
 DISCONNECT_WAIT = 5.0  # seconds a banned peer's connection may take to close
 
 
@@ -72,6 +74,7 @@ class Discovery:
         self.peer_id = host.get_id()
         self.dht: KadDHT | None = None
         self.pubsub: Pubsub | None = None
+        self.relays: relay.Relays | None = None  # set by the node: dialing through relays
         # Set once every bootstrap peer has been tried: a fetch asked for at start-up waits
         # for it rather than finding nobody to ask.
         self.bootstrapped = trio.Event()
@@ -139,9 +142,28 @@ class Discovery:
                     nursery.start_soon(summaries.follow, peer, self.open_stream, self.punish)
 
     async def connect(self, info: PeerInfo) -> bool:
+        """Dial the peer at its direct addresses; failing that, through a relay (one its
+        relayed addresses name, or a bootstrap peer), punching through if it can."""
         if self.book.banned(str(info.peer_id), trio.current_time()):
             return False
-        with trio.move_on_after(self.config.request_timeout):
+        direct = [a for a in info.addrs if not relay.is_circuit(a)]
+        circuits = [a for a in info.addrs if relay.is_circuit(a)]
+        if direct or not circuits:
+            # A peer that gave relayed addresses is likely behind NAT: its others are
+            # given less time.
+            wait = relay.DIRECT_FIRST if circuits else self.config.request_timeout
+            if await self._dial(PeerInfo(info.peer_id, direct), wait):
+                return True
+        if self.relays is None or not (circuits or self.config.bootstrap):
+            return False
+        if not await self.relays.dial(str(info.peer_id), circuits):
+            return False
+        if self.dht is not None:
+            await self.dht.add_peer(info.peer_id)
+        return True
+
+    async def _dial(self, info: PeerInfo, wait: float) -> bool:
+        with trio.move_on_after(wait):
             try:
                 await self.host.connect(info)
             except Exception as e:  # noqa: BLE001 - unreachable or refusing: retried later
@@ -173,7 +195,8 @@ class Discovery:
     async def providers(self, path_hash: str) -> list[str]:
         if self.dht is None:
             return []
-        found = await self.dht.find_providers(_dht_key(path_hash))
+        key = _dht_key(path_hash)
+        found = await self._providers_nearby(key) or await self.dht.find_providers(key)
         out: dict[str, PeerInfo] = {}
         for info in found:  # py-libp2p returns duplicates
             if info.peer_id != self.peer_id:
@@ -183,6 +206,33 @@ class Discovery:
             if peer not in connected and info.addrs:
                 await self.connect(info)
         return [p for p in out if p in {str(c) for c in self.host.get_connected_peers()}]
+
+    async def _providers_nearby(self, key: str) -> list[PeerInfo]:
+        """Provider records the connected peers hold, asked of all of them at once.
+
+        py-libp2p's walk first looks for the peers closest to the key, dialing each one
+        it hears of, and a node behind NAT (whose addresses peers pass on) is dialed
+        until the dial times out. In a small group the records sit on the bootstrap
+        nodes everyone is connected to: asking those first answers in a round trip."""
+        assert self.dht is not None
+        store = self.dht.provider_store
+        raw_key = _encode_key(key)
+        found: list[PeerInfo] = []
+
+        async def ask(peer: ID) -> None:
+            with trio.move_on_after(NEARBY_WAIT):
+                try:
+                    # A private method, but the one that asks a single peer.
+                    providers, _ = await store._get_providers_from_peer_with_closers(peer, raw_key)
+                except Exception as e:  # noqa: BLE001 - no DHT there, or gone: the walk follows
+                    log.debug("%s gave no provider records: %s", peer, e)
+                    return
+                found.extend(providers)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.host.get_connected_peers()[:NEARBY_ASKED]:
+                nursery.start_soon(ask, peer)
+        return found
 
     async def punish(self, peer: str, problem: str | None) -> None:
         """Ban the peer for `problem` and disconnect it (None: it is banned already)."""
@@ -263,6 +313,7 @@ class Discovery:
             with trio.move_on_after(self.config.request_timeout):
                 try:
                     await self.dht.provide(_dht_key(sp.hash_part))
+                    log.info("DHT: provider record for %s written", sp)
                 except Exception as e:  # noqa: BLE001 - the DHT is one way of many to be found
                     log.info("DHT provide of %s failed: %s", sp, e)
 

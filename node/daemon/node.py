@@ -32,6 +32,7 @@ from node.daemon.nodestore import NodeStore
 from node.daemon.outbox import OutboxError
 from node.daemon.prepack import Prepacker
 from node.daemon.reachability import Reachability
+from node.daemon.relay import Relays, RelayService
 from node.daemon.session import FetchSessions
 from node.daemon.storeops import StoreOps
 from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
@@ -45,7 +46,7 @@ from node.local.errors import StoreError
 from node.local.packs import PackStore
 from node.local.publish import Bulk
 from node.local.store import LocalStore
-from p2p import blocks, claimwire, reachability, summary
+from p2p import blocks, claimwire, reachability, relay, summary
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
@@ -134,7 +135,28 @@ class Node:
             self.discovery.bootstrapped,
         )
         self.mounts = Mounts(self.data_dir, config, self.store, self.sessions)
-        self.reachability = Reachability(self.discovery, self.host.get_addrs)
+        own_addrs = self.host.get_addrs  # before relayed addresses are added to them
+        self.reachability = Reachability(self.discovery, own_addrs)
+        self.relay_service = RelayService(
+            self.host, config, lambda: self.reachability.status == "public"
+        )
+        self.relays = Relays(
+            self.host,
+            config,
+            lambda: self.reachability.status == "private",
+            self.discovery.connect,
+            self.host.get_transport_addrs,
+        )
+        self.discovery.relays = self.relays
+        me = multiaddr.Multiaddr(f"/p2p/{self.peer_id}")
+
+        def advertised() -> list[multiaddr.Multiaddr]:
+            # Identify and DHT provider records carry these: peers that cannot dial this
+            # node learn the relays that reach it. (py-libp2p's addrs_factory would cut a
+            # relayed address at its first /p2p/.)
+            return [*own_addrs(), *(a.encapsulate(me) for a in self.relays.addrs())]
+
+        self.host.get_addrs = advertised  # type: ignore[method-assign]
         self.autopublish = AutoPublish(self.data_dir, config, self.store, self.discovery.announce)
         self.collector = Collector(self.store, config.max_store_size)
         self.store_ops = StoreOps(self.store, self.collector)
@@ -167,6 +189,8 @@ class Node:
                     self.host.set_stream_handler(
                         TProtocol(reachability.PROTOCOL), self._on_reachability
                     )
+                    self.host.set_stream_handler(TProtocol(relay.HOP), self._on_relay_hop)
+                    self.host.set_stream_handler(TProtocol(relay.STOP), self._on_relay_stop)
                     await self.discovery.start(stack)
                     addrs = [str(a) for a in self.host.get_addrs()]
                     for a in addrs:
@@ -181,6 +205,7 @@ class Node:
                         await nursery.start(control.serve, listener, self._control)
                         self.discovery.run(nursery)
                         await nursery.start(self.reachability.run)
+                        await nursery.start(self.relays.run)
                         # node.addr tells scripts and other nodes that the node is up: written
                         # only once peers, the control socket and the gateway all accept.
                         userfile.write_atomically(
@@ -303,6 +328,18 @@ class Node:
                 except Exception:  # noqa: BLE001 - a relayed or closed connection has none
                     remote = None
                 await self.reachability.serve(stream, remote[0] if remote else None)
+
+    async def _on_relay_hop(self, stream: INetStream) -> None:
+        # The stream stays counted while it carries a circuit: a peer's circuits count
+        # against its streams too.
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                await self.relay_service.serve(stream, peer)
+
+    async def _on_relay_stop(self, stream: INetStream) -> None:
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                await self.relays.accept(stream, peer)
 
     async def _on_summary(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
@@ -466,6 +503,8 @@ class Node:
             packed_runs_served=self.store.packer.pack_hits,
             reachability=self.reachability.status,
             public_addr=self.reachability.address,
+            relay=self.relay_service.report(),
+            relays=self.relays.report(),
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
@@ -474,7 +513,14 @@ class Node:
             fetch,
             _,
         ):
-            plans = await fetch.run(target, closure=req.closure)
+            started = trio.current_time()
+            try:
+                plans = await fetch.run(target, closure=req.closure)
+            except FetchError as e:
+                cut = self.relays.cut_since(started)
+                if type(e) is not FetchError or cut is None:
+                    raise
+                raise FetchError(f"{e}\n{cut}") from None
         # Found by what was asked for: a fetcher of the same closure finds this node by
         # its root and asks it for the rest. The references get their provider records
         # with the next reprovide; at once, each cost a DHT walk and a record per path,
@@ -491,6 +537,11 @@ class Node:
                 for p in plans
             ),
             fetch_progress(fetch.progress),
+            {
+                peer: via
+                for peer in fetch.progress.per_peer
+                if (via := self.relays.relayed_via(peer, started)) is not None
+            },
         )
 
     async def _publish(self, req: api.PublishRequest) -> api.Published:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 64 << 20
 BATCH_MANIFEST_TURNS = 3  # peers asked in turn for a batch's manifests (then: path by path)
+REACH_PATHS = 4  # paths whose providers a fetch looks up when no connected peer holds them
 MANIFEST_ROUNDS = 8  # rounds of asking busy peers for a manifest again (pauses double to 16 s)
 
 
@@ -83,6 +84,9 @@ class FetchSettings:
     diffs: bool = True  # send bases: chunks of an older local version to compress against
     claims_timeout: float = 5.0
     connect_timeout: float = 5.0
+    # To find and dial the providers of a manifest no connected peer holds: a DHT lookup,
+    # then a dial that may go through a relay and a hole punch (node.daemon.relay).
+    reach_timeout: float = 12.0
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,34 @@ class Fetch:
                 self._bases = {
                     d: b for d, b in (await self.local.bases(todo)).items() if d in missing
                 }
-            await self.transfer(missing, [run for p in todo for run in cold_runs(p.manifest)])
+            runs = [run for p in todo for run in cold_runs(p.manifest)]
+            got = -1
+            while True:
+                try:
+                    await self.transfer(missing, runs)
+                    break
+                except FetchError:
+                    # Chunks no connected peer holds. The plans may have come from what
+                    # this node kept, and the peer with the chunks left since (a relay's
+                    # limit ended its connection, say) or was never dialed: the paths'
+                    # providers are, and what is still missing is asked of them, for as
+                    # long as each try gets chunks.
+                    if got == self.progress.chunks_done or not await self._reach_providers(todo):
+                        raise
+                    got = self.progress.chunks_done
+                reserved = await self.local.reserve(todo, roots=roots)
+                missing = {d: n for d, n in missing.items() if d in reserved}
         self.progress.paths_done = len(plans)
         await self._report()
+
+    async def _reach_providers(self, todo: Sequence[Plan]) -> bool:
+        """Dial the providers of the paths (the first REACH_PATHS of them); whether any
+        peer connected that was not before."""
+        before = set(self.net.peers())
+        with trio.move_on_after(self.settings.reach_timeout):
+            for p in todo[:REACH_PATHS]:
+                await self.net.providers(p.store_path.hash_part)
+        return bool(set(self.net.peers()) - before)
 
     async def resolve(self, target: StorePath, *, closure: bool) -> list[Plan]:
         """Plans for `target` and, with `closure`, everything it refers to. A closure is
@@ -574,6 +603,7 @@ class Fetch:
         if base is not None and len(base) > MAX_BASE_BYTES:
             base = None
         peers = self._blob_peers(sp.hash_part)
+        looked_up = False
         pause = BUSY_PAUSE[0]
         for _ in range(MANIFEST_ROUNDS):
             busy: list[str] = []
@@ -595,7 +625,18 @@ class Fetch:
                     )
                 return m
             if not busy:
-                break
+                if looked_up:
+                    break
+                # No connected peer holds it (the claims came by gossip): those that wrote
+                # provider records for it may, once dialed (directly or through a relay).
+                looked_up = True
+                found: list[str] = []
+                with trio.move_on_after(self.settings.reach_timeout):
+                    found = await self.net.providers(sp.hash_part)
+                peers = [p for p in found if p not in peers]
+                if not peers:
+                    break
+                continue
             # Every peer that has it is sending to others: ask them again after a pause.
             await trio.sleep(pause)
             pause = min(BUSY_PAUSE[1], 2 * pause)

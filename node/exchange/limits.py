@@ -60,6 +60,25 @@ class PeerLimits:
         "block replies kept going to peers that stopped taking them (past slot_stall), all peers; "
         "past it such a reply is dropped and its stream reset",
     )
+    relay_reservations: int = _limit(
+        128, "peers behind NAT this node holds a relay slot for at once (when it relays)"
+    )
+    relay_circuits: int = _limit(
+        32,
+        "relayed connections at once: through this node when it relays, and to this node "
+        "through relays",
+    )
+    relay_circuits_per_peer: int = _limit(
+        4, "relayed connections one peer may have through this node"
+    )
+    relay_circuit_bytes: int = _limit(
+        64 << 20,
+        "bytes a relayed connection carries through this node, both ways together, before the "
+        "node ends it (peers that cannot punch a hole fetch through it up to this much at a time)",
+    )
+    relay_circuit_seconds: float = _limit(
+        600.0, "seconds a relayed connection through this node lasts at most"
+    )
     strikes: int = _limit(
         3,
         "strikes (a stalled reply, an unfinished frame, too many streams or junk claims, claims "
@@ -84,7 +103,7 @@ def meanings() -> dict[str, str]:
 
 def sizes() -> frozenset[str]:
     """The limits counted in bytes (they take "64M" as well as a number)."""
-    return frozenset({"reply_bytes"})
+    return frozenset({"reply_bytes", "relay_circuit_bytes"})
 
 
 def integers() -> frozenset[str]:

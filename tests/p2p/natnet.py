@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 
@@ -50,6 +51,15 @@ class Home:
             capture_output=True,
             text=True,
         ).stdout
+
+    def inbound_bytes(self) -> dict[str, int]:
+        """Bytes the router forwarded into the home: {"from-public": n, "from-elsewhere": m}."""
+        out = {}
+        for line in self.nft_counters().splitlines():
+            m = re.search(r'counter packets \d+ bytes (\d+) comment "([a-z-]+)"', line)
+            if m:
+                out[m.group(2)] = int(m.group(1))
+        return out
 
 
 @dataclass
@@ -118,6 +128,21 @@ class NatNet:
                 " chain postrouting {\n"
                 "  type nat hook postrouting priority srcnat; policy accept;\n"
                 f'  oifname "wan" counter {how}\n'
+                " }\n"
+                "}\n"
+                # As a home router does: what arrives on the WAN unasked is dropped, not
+                # refused (a refusal would end a hole punch whose other half is on its way).
+                "table ip filter {\n"
+                " chain input {\n"
+                "  type filter hook input priority filter; policy accept;\n"
+                '  iifname "wan" ct state new counter drop\n'
+                " }\n"
+                # What reaches the home from the public node, and from anywhere else (the
+                # other home, through a punched hole): which way the bytes came.
+                " chain forward {\n"
+                "  type filter hook forward priority filter; policy accept;\n"
+                f'  iifname "wan" ip saddr {PUBLIC_ADDR} counter comment "from-public"\n'
+                f'  iifname "wan" ip saddr != {PUBLIC_ADDR} counter comment "from-elsewhere"\n'
                 " }\n"
                 "}\n"
             )
