@@ -9,6 +9,10 @@ of this process.
   bulk        --bulk-mib written on one stream and acknowledged: MB/s
 The raw ceiling of the same loopback, measured the same way with plain sockets in this
 process, is printed beside them.
+
+Measured here (2026-12, py-libp2p 0.8.1, 2 runs): TCP 1.04-1.11 ms round trips and
+81-86 MB/s; QUIC 2.9-4.1 ms and about 2 MB/s; plain sockets 0.11-0.16 ms and ~2 GB/s.
+So ferry listens on TCP only, and punches holes with TCP (node/daemon/relay.py).
 """
 
 from __future__ import annotations

@@ -387,14 +387,24 @@ def _reachability(data_dir: str) -> Check:
     status: api.Status = trio.run(control.call, data_dir, api.StatusRequest())
     if status.reachability == "public":
         return Check("reachability", "ok", f"public: peers dial it at {status.public_addr}")
+    if status.reachability == "private" and status.relays.slots:
+        n = len(status.relays.slots)
+        return Check(
+            "reachability",
+            "ok",
+            f"private (behind a NAT or a firewall): peers reach it through {n} "
+            f"relay{'s' if n > 1 else ''}, and punch through to a direct connection where "
+            "its router lets them",
+        )
     if status.reachability == "private":
         return Check(
             "reachability",
             "warn",
-            "private: peers cannot dial it (behind a NAT or a firewall); it can fetch from public "
-            "nodes, but nodes outside this network cannot fetch from it",
-            "forward the node's TCP port on the router (or open it in the firewall), or keep a "
-            "public node among the bootstrap peers (docs/operations.md, reachability)",
+            "private: peers cannot dial it (behind a NAT or a firewall), and no relay holds a "
+            "slot for it; it can fetch from public nodes, but nodes outside this network "
+            "cannot fetch from it",
+            "keep a public node that relays among the bootstrap peers, or forward the node's "
+            "TCP port on the router (docs/operations.md, reachability)",
         )
     return Check(
         "reachability",

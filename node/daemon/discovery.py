@@ -148,7 +148,8 @@ class Discovery:
             return False
         direct = [a for a in info.addrs if not relay.is_circuit(a)]
         circuits = [a for a in info.addrs if relay.is_circuit(a)]
-        if direct or not circuits:
+        unpunchable = self.relays is not None and self.relays.unpunchable(str(info.peer_id))
+        if (direct or not circuits) and not (circuits and unpunchable):
             # A peer that gave relayed addresses is likely behind NAT: its others are
             # given less time.
             wait = relay.DIRECT_FIRST if circuits else self.config.request_timeout

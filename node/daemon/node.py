@@ -144,6 +144,7 @@ class Node:
             self.host,
             config,
             lambda: self.reachability.status == "private",
+            lambda: self.reachability.changed,
             self.discovery.connect,
             self.host.get_transport_addrs,
         )

@@ -59,6 +59,7 @@ class Reachability:
         self.status = "unknown"
         self.address: str | None = None  # where peers reached us, when public
         self.answers = 0  # peers that answered the last check
+        self.changed = trio.Event()  # set (and replaced) when the status changes
 
     async def serve(self, stream: ByteStream, observed: str | None) -> None:
         """Answer one peer's request: dial it back on the ports it named."""
@@ -104,6 +105,8 @@ class Reachability:
         elif verdicts:
             self.status, self.address = "private", None
         if self.status != before:
+            self.changed.set()
+            self.changed = trio.Event()
             log.info(
                 "reachability: %s%s (%d of %d peers answered)",
                 self.status,

@@ -42,11 +42,13 @@ log = logging.getLogger(__name__)
 
 RESERVATION_TTL = 3600  # seconds a relay holds a slot; the client renews at half of it
 RESERVE_ON = 2  # relays a private node keeps a slot on
-LOOK_EVERY = 5.0  # seconds between looks at whether slots are needed or due
+LOOK_EVERY = 10.0  # seconds between looks at slots (and at once when reachability changes)
 REFUSED_AGAIN = 30.0  # before asking a relay that refused again
 HANDSHAKE_TIMEOUT = 10.0  # for each request and answer before a circuit carries bytes
 PUNCH_TIMEOUT = 3.0  # for the simultaneous dials: a lost SYN is sent again after 1 s
-DIRECT_FIRST = 2.0  # for direct dials to a peer that also has relayed addresses
+DIRECT_FIRST = 2.0
+PUNCH_AGAIN = 600.0  # seconds before a peer a punch failed to reach is punched again
+CUTS_KEPT = 3600.0  # seconds a closed relayed connection is remembered (a fetch reports it)  # for direct dials to a peer that also has relayed addresses
 
 
 def is_circuit(addr: multiaddr.Multiaddr) -> bool:
@@ -338,12 +340,14 @@ class Relays(Notifee):
         host: IHost,
         config: NodeConfig,
         private: Callable[[], bool],
+        changed: Callable[[], trio.Event],
         connect: Callable[[PeerInfo], Any],
         listen_addrs: Callable[[], list[multiaddr.Multiaddr]],
     ) -> None:
         self.host = host
         self.config = config
         self.private = private  # () -> peers found this node not dialable
+        self.changed = changed  # () -> an event set when that may have changed
         self.connect = connect  # async (PeerInfo) -> bool: a direct dial (node.daemon.discovery)
         self.listen_addrs = listen_addrs
         self.slots: dict[str, Slot] = {}
@@ -351,6 +355,7 @@ class Relays(Notifee):
         self.via: dict[str, tuple[str, Any]] = {}  # peer -> (relay, its connection) when relayed
         self._limits: dict[str, tuple[int, int]] = {}  # peer -> its circuit's (bytes, seconds)
         self.cuts: dict[str, Cut] = {}  # peer -> its last relayed connection that closed
+        self._punch_failed_at: dict[str, float] = {}
         host.get_network().register_notifee(self)
         self.punched = 0
         self.punch_failed = 0
@@ -365,15 +370,20 @@ class Relays(Notifee):
         ]
 
     def _relay_addr(self, peer: str) -> multiaddr.Multiaddr | None:
+        """Where peers dial the relay: its bootstrap address, else the address our own
+        connection to it reached (a private node dials out: the relay's public one)."""
         for text in self.config.bootstrap:
             if text.endswith(f"/p2p/{peer}"):
                 return multiaddr.Multiaddr(text).decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))
-        try:
-            known = self.host.get_peerstore().addrs(ID.from_base58(peer))
-        except Exception:  # noqa: BLE001 - not in the peerstore
-            return None
-        direct = [a for a in known if not is_circuit(a)]
-        return direct[0] if direct else None
+        for conn in self.host.get_network().get_connections(ID.from_base58(peer)):
+            try:
+                remote = conn.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - a relayed or closing connection has none
+                remote = None
+            if remote:
+                family = "ip6" if ":" in remote[0] else "ip4"
+                return multiaddr.Multiaddr(f"/{family}/{remote[0]}/tcp/{remote[1]}")
+        return None
 
     def _candidates(self) -> list[str]:
         """Connected peers to ask for a slot: bootstrap peers first."""
@@ -391,7 +401,8 @@ class Relays(Notifee):
         task_status.started()
         while True:
             await self.keep_slots()
-            await trio.sleep(LOOK_EVERY)
+            with trio.move_on_after(LOOK_EVERY):
+                await self.changed().wait()
 
     async def keep_slots(self) -> None:
         connected = {str(p) for p in self.host.get_connected_peers()}
@@ -448,7 +459,10 @@ class Relays(Notifee):
         if got is not None and got[1] in (conn, conn.muxed_conn):
             del self.via[peer]
             max_bytes, max_seconds = self._limits.pop(peer, (0, 0))
-            self.cuts[peer] = Cut(got[0], trio.current_time(), max_bytes, max_seconds)
+            now = trio.current_time()
+            for old in [p for p, c in self.cuts.items() if c.at < now - CUTS_KEPT]:
+                del self.cuts[old]
+            self.cuts[peer] = Cut(got[0], now, max_bytes, max_seconds)
             log.info("the connection to %s through relay %s closed", peer, got[0])
 
     def cut_since(self, when: float) -> str | None:
@@ -464,6 +478,14 @@ class Relays(Notifee):
             "docs/operations.md)"
             for peer, c in sorted(cut.items())
         )
+
+    def unpunchable(self, peer: str) -> bool:
+        """A punch to this peer failed lately: its router (or ours) maps each connection to
+        a new port. Dialing it again goes straight through a relay, sparing the direct
+        dials and the punch their seconds (a fetch that a relay's byte limit cut redials
+        once per circuit)."""
+        failed = self._punch_failed_at.get(peer)
+        return failed is not None and trio.current_time() - failed < PUNCH_AGAIN
 
     def relayed_via(self, peer: str, since: float | None = None) -> str | None:
         """The relay this peer's connection runs through, if it does (or, given `since`,
@@ -483,7 +505,8 @@ class Relays(Notifee):
             if parsed is not None:
                 relays.setdefault(*parsed)
         for b in self.config.bootstrap:
-            relays.setdefault(b.rsplit("/p2p/", 1)[-1], None)
+            relay_id = b.rsplit("/p2p/", 1)[-1]
+            relays.setdefault(relay_id, self._relay_addr(relay_id))
         relays.pop(peer, None)
         relays.pop(str(self.host.get_id()), None)
         for relay_id, where in relays.items():
@@ -671,13 +694,14 @@ class Relays(Notifee):
         if not isinstance(theirs, punch.Candidates):
             raise punch.PunchError(f"a {type(theirs).__name__.upper()} where CANDIDATES belong")
         conn = None
-        if mine and theirs.addrs:
+        if mine and theirs.addrs and not self.unpunchable(peer):
             await _send(stream, punch.Sync())
             await trio.sleep(rtt / 2)  # when our SYN leaves, theirs does too
             conn = await self._simultaneous(theirs.addrs, peer, initiator=True)
         await _send(stream, punch.Outcome(conn is not None))
         if conn is None:
             self.punch_failed += 1
+            self._punch_failed_at[peer] = trio.current_time()
             return False
         self.punched += 1
         log.info("connected to %s directly: the hole punch went through", peer)

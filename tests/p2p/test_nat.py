@@ -42,7 +42,13 @@ def _tree(root: Path, size: int = 300_000) -> Path:
 def test_home_nodes_reach_the_public_node_through_their_routers_and_learn_they_are_private(
     natnet: NatNet, swarm: Swarm
 ) -> None:
-    (public,) = swarm.start("public", netns=natnet.public, listen=f"/ip4/{PUBLIC_ADDR}/tcp/4001")
+    # This public node does not relay: nothing reaches the home nodes.
+    (public,) = swarm.start(
+        "public",
+        netns=natnet.public,
+        listen=f"/ip4/{PUBLIC_ADDR}/tcp/4001",
+        config='relay = "off"\n',
+    )
     a, b = natnet.home
     homes = [
         swarm.start(
@@ -69,7 +75,8 @@ def test_home_nodes_reach_the_public_node_through_their_routers_and_learn_they_a
         assert "private: peers cannot dial it" in node.ferry("status").stdout
         r = node.ferry("doctor", "--json")
         (check,) = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "reachability"]
-        assert check["level"] == "warn" and "forward the node's TCP port" in check["fix"]
+        assert check["level"] == "warn" and "no relay holds a slot" in check["detail"]
+        assert "keep a public node that relays" in check["fix"]
     st = public.json("status")
     assert (st["reachability"], st["public_addr"]) == ("public", f"/ip4/{PUBLIC_ADDR}/tcp/4001")
     checks = json.loads(public.ferry("doctor", "--json").stdout)["checks"]
@@ -115,6 +122,9 @@ def _homes(
         st = node.json("status")
         assert st["reachability"] == "private"
         assert st["relays"]["slots"] == [f"{public.addr}/p2p-circuit"]
+        r = node.ferry("doctor", "--json")
+        (check,) = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "reachability"]
+        assert check["level"] == "ok" and "peers reach it through 1 relay" in check["detail"]
     assert public.json("status")["relay"]["reservations"] == 2
     return public, home_a, home_b
 
@@ -172,6 +182,9 @@ def test_two_home_nodes_punch_a_hole_and_fetch_directly(
     assert inbound["from-public"] < moved // 10, inbound
     mine = home_b.json("status")["relays"]
     assert (mine["punched"], mine["punch_failed"], mine["relayed_peers"]) == (1, 0, [])
+    # Home B learned home A's relayed address from the DHT (and identify).
+    (row,) = [p for p in home_b.json("peers") if p["peer_id"] == home_a.peer_id]
+    assert any(a.startswith(f"{public.addr}/p2p-circuit") for a in row["addrs"]), row
     assert "punch    1 direct through a hole punch" in home_b.ferry("status").stdout
 
 
