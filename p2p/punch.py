@@ -25,9 +25,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar
 
-import msgpack
-
-from p2p import frame
+from p2p import tagged
 
 CAP = 1024
 MAX_ADDRS = 4
@@ -110,20 +108,11 @@ _KINDS: dict[int, tuple[type[Message], int]] = {
 
 
 def encode(message: Message) -> bytes:
-    return frame.encode(msgpack.packb([message.KIND, *message.fields()]), CAP)
+    return tagged.encode(message, CAP)
 
 
 def decode(payload: bytes) -> Message:
-    try:
-        value = msgpack.unpackb(payload, strict_map_key=True, max_array_len=MAX_ADDRS + 2)
-    except Exception as e:  # noqa: BLE001 - msgpack raises several kinds
-        raise PunchError(f"not msgpack: {e}") from None
-    if not isinstance(value, list) or not value or type(value[0]) is not int:
-        raise PunchError("a punch message is an array whose first item is its kind")
-    kind, *rest = value
-    if kind not in _KINDS:
-        raise PunchError(f"unknown punch message kind {kind}")
-    cls, arity = _KINDS[kind]
-    if len(rest) != arity:
-        raise PunchError(f"a {cls.__name__.upper()} has {arity} fields, not {len(rest)}")
-    return cls.parse(rest)
+    message: Message = tagged.decode(
+        payload, _KINDS, PunchError, max_items=MAX_ADDRS + 2, what="punch"
+    )
+    return message

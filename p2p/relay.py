@@ -36,9 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-import msgpack
-
-from p2p import frame
+from p2p import tagged
 
 HOP = "/ferry/relay/hop/1.0.0"
 STOP = "/ferry/relay/stop/1.0.0"
@@ -198,20 +196,9 @@ _KINDS: dict[int, tuple[type[Message], int]] = {
 
 
 def encode(message: Message) -> bytes:
-    return frame.encode(msgpack.packb([message.KIND, *message.fields()]), CAP)
+    return tagged.encode(message, CAP)
 
 
 def decode(payload: bytes) -> Message:
-    try:
-        value = msgpack.unpackb(payload, strict_map_key=True, max_array_len=8)
-    except Exception as e:  # noqa: BLE001 - msgpack raises several kinds
-        raise RelayError(f"not msgpack: {e}") from None
-    if not isinstance(value, list) or not value or type(value[0]) is not int:
-        raise RelayError("a relay message is an array whose first item is its kind")
-    kind, *rest = value
-    if kind not in _KINDS:
-        raise RelayError(f"unknown relay message kind {kind}")
-    cls, arity = _KINDS[kind]
-    if len(rest) != arity:
-        raise RelayError(f"a {cls.__name__.upper()} has {arity} fields, not {len(rest)}")
-    return cls.parse(rest)
+    message: Message = tagged.decode(payload, _KINDS, RelayError, max_items=8, what="relay")
+    return message

@@ -43,22 +43,8 @@ def test_home_nodes_reach_the_public_node_through_their_routers_and_learn_they_a
     natnet: NatNet, swarm: Swarm
 ) -> None:
     # This public node does not relay: nothing reaches the home nodes.
-    (public,) = swarm.start(
-        "public",
-        netns=natnet.public,
-        listen=f"/ip4/{PUBLIC_ADDR}/tcp/4001",
-        config='relay = "off"\n',
-    )
+    public, *homes = _start(natnet, swarm, public_config='relay = "off"\n')
     a, b = natnet.home
-    homes = [
-        swarm.start(
-            f"home{h.index}",
-            netns=h.ns,
-            listen=f"/ip4/{h.addr}/tcp/4001",
-            bootstrap=[public.addr],
-        )[0]
-        for h in (a, b)
-    ]
     # The public node sees each home node at its router's public address (masquerade).
     seen = {row["peer_id"]: row for row in public.json("peers")}
     for node, h in zip(homes, (a, b)):
@@ -98,13 +84,13 @@ def test_home_nodes_reach_the_public_node_through_their_routers_and_learn_they_a
     assert r.returncode != 0 and "unreachable" in r.stderr
 
 
-def _homes(
-    natnet: NatNet, swarm: Swarm, pol: Path, relay_config: str = ""
+def _start(
+    natnet: NatNet, swarm: Swarm, pol: Path | None = None, public_config: str = ""
 ) -> tuple[NodeProc, NodeProc, NodeProc]:
-    """The relay on the public segment, a home node in each home (the second with a
-    policy); both home nodes learn they are private and hold a slot on the relay."""
+    """The public node, and a home node in each home (the second with `pol`), each
+    bootstrapped from the public one."""
     (public,) = swarm.start(
-        "public", netns=natnet.public, listen=f"/ip4/{PUBLIC_ADDR}/tcp/4001", config=relay_config
+        "public", netns=natnet.public, listen=f"/ip4/{PUBLIC_ADDR}/tcp/4001", config=public_config
     )
     a, b = natnet.home
     home_a, home_b = (
@@ -113,10 +99,19 @@ def _homes(
             netns=h.ns,
             listen=f"/ip4/{h.addr}/tcp/4001",
             bootstrap=[public.addr],
-            **({"policy": pol} if h is b else {}),
+            **({"policy": pol} if h is b and pol else {}),
         )[0]
         for h in (a, b)
     )
+    return public, home_a, home_b
+
+
+def _homes(
+    natnet: NatNet, swarm: Swarm, pol: Path, relay_config: str = ""
+) -> tuple[NodeProc, NodeProc, NodeProc]:
+    """`_start`'s nodes, once both home nodes learned they are private and hold a slot
+    on the public node, which relays."""
+    public, home_a, home_b = _start(natnet, swarm, pol, relay_config)
     for node in (home_a, home_b):
         node.wait_log("relay: reserved a slot on " + public.peer_id)
         st = node.json("status")
