@@ -335,12 +335,20 @@ class Node:
         # against its streams too.
         async with self._inbound(stream) as peer:
             if peer is not None:
-                await self.relay_service.serve(stream, peer)
+                try:
+                    await self.relay_service.serve(stream, peer)
+                except Exception:
+                    log.exception("relaying for %s failed", peer)
+                    await abort(stream)
 
     async def _on_relay_stop(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
             if peer is not None:
-                await self.relays.accept(stream, peer)
+                try:
+                    await self.relays.accept(stream, peer)
+                except Exception:
+                    log.exception("a circuit from relay %s failed", peer)
+                    await abort(stream)
 
     async def _on_summary(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:

@@ -34,8 +34,8 @@ from libp2p.peer.peerinfo import PeerInfo
 from node.daemon import api
 from node.daemon.config import NodeConfig
 from p2p import punch, relay
-from p2p.host import Notifee
 from p2p.frame import HEADER
+from p2p.host import Notifee
 from p2p.stream import StreamGone, abort, finish, read_some, write
 
 log = logging.getLogger(__name__)
@@ -231,41 +231,41 @@ class RelayService:
             )
             return
         max_bytes, max_seconds = limits.relay_circuit_bytes, int(limits.relay_circuit_seconds)
-        try:
-            stop = await self.host.new_stream(ID.from_base58(target), [TProtocol(relay.STOP)])
-        except Exception as e:  # noqa: BLE001 - gone since it reserved
-            await self._refuse(source.stream, f"{target} cannot be reached: {e}")
-            return
-        other = Framed(stop, relay.CAP)
-        try:
-            await _send(
-                stop,
-                relay.Incoming(
-                    peer, _observed(source.stream), _observed(stop), max_bytes, max_seconds
-                ),
-            )
-            answer = relay.decode(await other.next())
-        except (relay.RelayError, StreamGone) as e:
-            await abort(stop)
-            await self._refuse(source.stream, f"{target} did not take the circuit: {e}")
-            return
-        if not isinstance(answer, relay.Accept):
-            await abort(stop)
-            why = answer.reason if isinstance(answer, relay.Refused) else "it answered out of turn"
-            await self._refuse(source.stream, f"{target} refused the circuit: {why}")
-            return
-        await _send(
-            source.stream,
-            relay.Connected(_observed(source.stream), _observed(stop), max_bytes, max_seconds),
-        )
+        # Counted from here, before the first wait: requests arriving together cannot
+        # all pass the checks above.
         self.circuits += 1
-        self.circuits_total += 1
         self.open[peer] += 1
         self.open[target] += 1
-        budget = _Budget(max_bytes)
+        stop = None
         carried = 0
         why = "ended"
         try:
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    stop = await self.host.new_stream(
+                        ID.from_base58(target), [TProtocol(relay.STOP)]
+                    )
+                    other = Framed(stop, relay.CAP)
+                    await _send(
+                        stop,
+                        relay.Incoming(
+                            peer, _observed(source.stream), _observed(stop), max_bytes, max_seconds
+                        ),
+                    )
+                    answer = relay.decode(await other.next())
+            except Exception as e:  # noqa: BLE001 - gone since it reserved, too slow, or junk
+                await self._refuse(source.stream, f"{target} did not take the circuit: {e}")
+                return
+            if not isinstance(answer, relay.Accept):
+                why = answer.reason if isinstance(answer, relay.Refused) else "out of turn"
+                await self._refuse(source.stream, f"{target} refused the circuit: {why}")
+                return
+            await _send(
+                source.stream,
+                relay.Connected(_observed(source.stream), _observed(stop), max_bytes, max_seconds),
+            )
+            self.circuits_total += 1
+            budget = _Budget(max_bytes)
             with trio.move_on_after(max_seconds) as timer:
                 try:
                     async with trio.open_nursery() as nursery:
@@ -300,7 +300,8 @@ class RelayService:
             self.open[target] -= 1
             with trio.CancelScope(shield=True):
                 await abort(source.stream)
-                await abort(stop)
+                if stop is not None:
+                    await abort(stop)
         log.info("relay: circuit %s -> %s %s after %s bytes", peer, target, why, f"{carried:,}")
 
     def report(self) -> api.RelayService:

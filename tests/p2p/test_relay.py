@@ -318,3 +318,44 @@ async def test_circuits_per_peer_are_limited() -> None:
         held.set()  # both ends close: the circuit ends
         await client.close()
     assert service.report().circuits == 0
+
+
+async def test_a_circuit_ends_at_its_time_limit_and_a_silent_target_is_given_up_on(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "node.daemon.relay")
+    silent = False
+
+    async def target(stream: Pipe) -> None:
+        framed = Framed(stream, relay.CAP)  # type: ignore[arg-type]
+        await framed.next()
+        if silent:
+            await trio.sleep_forever()
+        await stream.write(relay.encode(relay.Accept()))
+        with contextlib.suppress(StreamReset):
+            while await stream.read(65536):
+                pass
+
+    host = FakeHost(connected=PEERS[:2], answer=target)
+    service = _service(host, relay_circuit_seconds=30)
+    async with trio.open_nursery() as nursery:
+        host.nursery = nursery
+        _, framed = await _ask(service, PEERS[1], relay.Reserve(), nursery)
+        await framed.next()
+        client, framed = await _ask(service, PEERS[0], relay.Connect(PEERS[1]), nursery)
+        assert relay.decode(await framed.next()) == relay.Connected(
+            "198.51.100.10", "198.51.100.20", 64 << 20, 30
+        )
+        started = trio.current_time()
+        with contextlib.suppress(StreamReset):
+            # Idle: nothing comes until the relay ends the circuit.
+            assert await client.read(100) == b""
+        assert trio.current_time() - started == pytest.approx(30, abs=0.1)
+        silent = True
+        _, framed = await _ask(service, PEERS[0], relay.Connect(PEERS[1]), nursery)
+        refused = relay.decode(await framed.next())
+        assert isinstance(refused, relay.Refused) and "did not take the circuit" in refused.reason
+        nursery.cancel_scope.cancel()
+    assert "reached its 30 s limit" in caplog.text
+    report = service.report()
+    assert (report.circuits, report.circuits_total, report.ended_by_limit) == (0, 1, 1)
