@@ -16,7 +16,7 @@ with it. A key that signed two different results for one path counts for neither
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from store.hash import Hash
@@ -47,6 +47,7 @@ class Reason(enum.Enum):
     UNTRUSTED_KEY = "key is not in the policy"
     DUPLICATE = "key already counted"
     EQUIVOCATION = "key signed different results for this path"
+    CAUGHT = "key was caught telling two stories (a proof is held; see `ferry trust`)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +129,21 @@ class QuorumPolicy:
                 "threshold",
             )
 
-    def decide(self, store_path: StorePath, claims: Iterable[SignedClaim]) -> Verdict:
+    def decide(
+        self,
+        store_path: StorePath,
+        claims: Iterable[SignedClaim],
+        caught: Collection[bytes] = frozenset(),
+    ) -> Verdict:
+        """The verdict the claims give. A key in `caught` (raw keys a proof of equivocation
+        names, trust.equivocation) counts for nothing."""
         ignored: list[Ignored] = []
         # key name -> result -> (index, claim) of its first claim for that result
         votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]] = {}
         for i, c in enumerate(claims):
             reason = self._reject(store_path, c)
+            if reason is None and c.builder.key in caught:
+                reason = Reason.CAUGHT
             if reason is None:
                 seen = votes.setdefault(c.builder.name, {})
                 if c.claim.outcome in seen:

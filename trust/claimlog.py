@@ -1,0 +1,117 @@
+"""A builder's claim log on disk: every claim body its key signs, in order, append-only.
+
+    <dir>/<builder key, hex>.log    records: length (uint32, big-endian), claim body
+
+A leaf is made durable (written and fsynced) before `append` returns, and a head is
+only ever signed over durable leaves: a builder that crashed and signed a different
+claim at an index it had already put in a signed head would have forked its own log,
+which peers take for a lie (trust.equivocation). At open, a record cut short by a crash
+is dropped, and the file is truncated to the last whole record.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from trust import treehead
+from trust.claim import MAX_CLAIM
+from trust.key import SecretKey
+from trust.merkle import Tree
+from trust.treehead import SignedTreeHead
+
+HEADER = 4
+
+
+class ClaimLogError(OSError):
+    """The log file cannot be read or written; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proved:
+    """A leaf with what shows it is in the log: its index and the path to a signed head."""
+
+    index: int
+    head: SignedTreeHead
+    proof: tuple[bytes, ...]
+
+
+class ClaimLog:
+    def __init__(self, directory: str, key: SecretKey) -> None:
+        self.key = key
+        self.path = os.path.join(directory, key.public.key.hex() + ".log")
+        os.makedirs(directory, exist_ok=True)
+        self.tree = Tree()
+        self._index: dict[bytes, int] = {}  # leaf -> its first index
+        self._load()
+        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the log's life
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise ClaimLogError(f"cannot read the claim log {self.path}: {e.strerror}") from None
+        at = 0
+        while at + HEADER <= len(data):
+            (n,) = struct.unpack_from(">I", data, at)
+            if n > MAX_CLAIM or at + HEADER + n > len(data):
+                break
+            self._add(bytes(data[at + HEADER : at + HEADER + n]))
+            at += HEADER + n
+        if at != len(data):
+            # The tail of a write a crash cut short: never part of a signed head.
+            with open(self.path, "r+b") as f:
+                f.truncate(at)
+                os.fsync(f.fileno())
+
+    def _add(self, leaf: bytes) -> int:
+        index = self.tree.append(leaf)
+        self._index.setdefault(leaf, index)
+        return index
+
+    def __len__(self) -> int:
+        return len(self.tree)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ClaimLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def append(self, leaf: bytes) -> int:
+        """Log a claim body (once: one logged already keeps its index); its index."""
+        if leaf in self._index:
+            return self._index[leaf]
+        if len(leaf) > MAX_CLAIM:
+            raise ValueError(f"a claim of {len(leaf):,} bytes is too large to log")
+        try:
+            self._file.write(struct.pack(">I", len(leaf)) + leaf)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise ClaimLogError(f"cannot write the claim log {self.path}: {e.strerror}") from None
+        return self._add(leaf)
+
+    def index_of(self, leaf: bytes) -> int | None:
+        return self._index.get(leaf)
+
+    def head(self, time: int | None = None) -> SignedTreeHead:
+        """The log's current size and root, signed."""
+        return treehead.sign(self.key, len(self.tree), self.tree.root(), time)
+
+    def prove(self, leaf: bytes, head: SignedTreeHead) -> Proved:
+        """That `leaf` is in the tree `head` signs (a head of this log)."""
+        index = self._index.get(leaf)
+        if index is None or index >= head.head.size:
+            raise KeyError("the leaf is not in that head's tree")
+        return Proved(index, head, tuple(self.tree.inclusion(index, head.head.size)))
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        return self.tree.consistency(old, new)
