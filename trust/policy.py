@@ -16,7 +16,7 @@ with it. A key that signed two different results for one path counts for neither
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from store.hash import Hash
@@ -98,6 +98,9 @@ class QuorumPolicy:
     trusted: tuple[PublicKey, ...]
     threshold: int
     on_conflict: OnConflict = OnConflict.REFUSE
+    # Raw keys a proof of equivocation names (trust.equivocation, trust.witness): the
+    # node that holds the proofs sets them on the policy each fetch uses.
+    caught: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.trusted:
@@ -129,14 +132,9 @@ class QuorumPolicy:
                 "threshold",
             )
 
-    def decide(
-        self,
-        store_path: StorePath,
-        claims: Iterable[SignedClaim],
-        caught: Collection[bytes] = frozenset(),
-    ) -> Verdict:
-        """The verdict the claims give. A key in `caught` (raw keys a proof of equivocation
-        names, trust.equivocation) counts for nothing."""
+    def decide(self, store_path: StorePath, claims: Iterable[SignedClaim]) -> Verdict:
+        """The verdict the claims give. A key in `caught` counts for nothing."""
+        caught = self.caught
         ignored: list[Ignored] = []
         # key name -> result -> (index, claim) of its first claim for that result
         votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]] = {}

@@ -66,6 +66,12 @@ def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
         outside = _outside(v)
         if outside:
             text += f"; not counted, from keys outside the policy: {', '.join(outside)}"
+        caught = sorted({i.claim.builder.name for i in v.ignored if i.reason is Reason.CAUGHT})
+        if caught:
+            text += (
+                f"; not counted, from keys caught telling two stories: {', '.join(caught)} "
+                "(`ferry trust caught`)"
+            )
         return text
     lines = ["conflict: trusted builders signed different results; the path is refused"]
     for o, names in v.outcomes.items():

@@ -6,7 +6,7 @@ saw at each size, and the first claim it saw for each store path. Something that
 contradicts one of those is a lie it can prove (trust.equivocation): two leaves at one
 index (LEAVES), two roots at one size (FORK), two outcomes for one path (CLAIMS). The
 proof is kept, handed to peers, and the key counts for nothing from then on
-(`QuorumPolicy.decide(..., caught=...)`). A proof from a peer is checked before it is
+(`QuorumPolicy.caught`). A proof from a peer is checked before it is
 believed: it names the key it convicts, whoever sent it.
 """
 

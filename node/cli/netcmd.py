@@ -202,6 +202,8 @@ def _status(args: argparse.Namespace) -> None:
             f"slot, {r.circuits} circuits open ({r.circuits_total} in all, {r.ended_by_limit} ended "
             f"by a limit), {r.bytes_relayed:,} bytes relayed, {r.refused} requests refused"
         )
+    for c in s.caught:
+        lines.append(f"caught   {c.key} told two stories ({c.proof}): its claims count for nothing")
     for slot in mine.slots:
         lines.append(f"relayed  peers reach it at {slot}")
     if mine.punched or mine.punch_failed or mine.relayed_peers:

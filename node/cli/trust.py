@@ -140,6 +140,18 @@ def add_parser(sub: Commands) -> None:
     c.add_argument("claims", metavar="CLAIM", nargs="+", help="claim files")
     c.set_defaults(run=_decide)
 
+    c = command(
+        "caught",
+        "list the builder keys this node caught telling two stories",
+        "Each key the node holds a proof of equivocation against (two signed heads of its "
+        "log that fork, two leaves at one index, or two results for one store path), "
+        "checked again here. Such a key counts for nothing in the node's policy, whatever "
+        "the policy file says. The proofs are the files in <data-dir>/caught/; any node "
+        "that is given one checks it and refuses the key too.",
+    )
+    options.add_data_dir(c)
+    c.set_defaults(run=_caught)
+
 
 def _bad(message: str) -> NoReturn:
     ui.fail(message, BAD_INPUT)
@@ -341,3 +353,35 @@ def _status(
 
 def _short_hash(s: SignedClaim) -> str:
     return str(s.claim.nar_hash)[: 7 + 12] + "…"
+
+
+def _caught(args: argparse.Namespace) -> None:
+    from node.cli.netcmd import data_dir
+    from trust import equivocation
+
+    where = os.path.join(data_dir(args), "caught")
+    rows = []
+    try:
+        names = sorted(os.listdir(where))
+    except FileNotFoundError:
+        names = []
+    except OSError as e:
+        _bad(f"cannot read {where}: {e.strerror}")
+    for name in names:
+        path = os.path.join(where, name)
+        try:
+            with open(path, "rb") as f:
+                proof = equivocation.decode(f.read())
+        except (OSError, equivocation.EquivocationError) as e:
+            rows.append({"file": path, "key": None, "proof": None, "problem": str(e)})
+            continue
+        rows.append(
+            {"file": path, "key": str(proof.check()), "proof": type(proof).__name__.upper()}
+        )
+    text = "\n".join(
+        f"{r['key']}  {r['proof']}  ({r['file']})"
+        if r["key"]
+        else f"{r['file']}: not a proof that holds ({r['problem']})"
+        for r in rows
+    )
+    _emit(args, {"caught": rows}, text or "no builder key caught")

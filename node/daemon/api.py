@@ -261,6 +261,15 @@ class RelaySlots:
 
 
 @dataclass(frozen=True, slots=True)
+class CaughtKey:
+    """A builder key this node holds a proof of equivocation against."""
+
+    key: str  # name:base64, as in a policy
+    proof: str  # FORK, LEAVES or CLAIMS (trust.equivocation)
+    raw: str  # the key's bytes, hex: the proof's file in <data-dir>/caught/
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     peer_id: str
     addrs: tuple[str, ...]
@@ -283,6 +292,7 @@ class Status:
     public_addr: str | None = None  # where peers reached it, when public
     relay: RelayService = field(default_factory=RelayService)
     relays: RelaySlots = field(default_factory=RelaySlots)
+    caught: tuple[CaughtKey, ...] = ()  # keys that count for nothing: caught lying
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import msgpack
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 
-from node.daemon import api, autopublish, control, gateway
+from node.daemon import api, autopublish, control, gateway, witness
 from node.daemon.autopublish import AutoPublish
 from node.daemon.collector import Collector
 from node.daemon.config import ConfigError, NodeConfig
@@ -35,6 +36,7 @@ from node.daemon.reachability import Reachability
 from node.daemon.relay import Relays, RelayService
 from node.daemon.session import FetchSessions
 from node.daemon.storeops import StoreOps
+from node.daemon.witness import Witnessing
 from node.exchange.fetch import FetchError, FetchRefused, NoPolicy
 from node.exchange.peers import PeerBook
 from node.exchange.progress import Progress
@@ -57,6 +59,7 @@ from store.path import StorePath, StorePathError
 from store.restore import RestoreError
 from store.source import SourceError
 from trust import keyfile, policyfile
+from trust.claim import SignedClaim
 from trust.key import SecretKey
 from trust.policy import PolicyError, QuorumPolicy
 
@@ -158,7 +161,13 @@ class Node:
             return [*own_addrs(), *(a.encapsulate(me) for a in self.relays.addrs())]
 
         self.host.get_addrs = advertised  # type: ignore[method-assign]
-        self.autopublish = AutoPublish(self.data_dir, config, self.store, self.discovery.announce)
+        self.witnessing = Witnessing(self.data_dir, self.store)
+        self.store.on_kept = self.witnessing.observe_claims
+        self.sessions.caught = self.witnessing.keys_caught
+        self.host.get_network().register_notifee(witness.Joins(self.witnessing.joined))
+        self.autopublish = AutoPublish(self.data_dir, config, self.store, self._announce)
+        if self.autopublish.key is not None:
+            self.witnessing.add_key(self.autopublish.key)
         self.collector = Collector(self.store, config.max_store_size)
         self.store_ops = StoreOps(self.store, self.collector)
         self.gateway_key: SecretKey | None = (
@@ -190,6 +199,12 @@ class Node:
                     self.host.set_stream_handler(
                         TProtocol(reachability.PROTOCOL), self._on_reachability
                     )
+                    self.host.set_stream_handler(
+                        TProtocol(witness.PUSH_PROTOCOL), self._on_logged_push
+                    )
+                    self.host.set_stream_handler(
+                        TProtocol(witness.PROOFS_PROTOCOL), self._on_proofs
+                    )
                     self.host.set_stream_handler(TProtocol(relay.HOP), self._on_relay_hop)
                     self.host.set_stream_handler(TProtocol(relay.STOP), self._on_relay_stop)
                     await self.discovery.start(stack)
@@ -207,6 +222,9 @@ class Node:
                         self.discovery.run(nursery)
                         await nursery.start(self.reachability.run)
                         await nursery.start(self.relays.run)
+                        await nursery.start(self.witnessing.run, self.discovery.open_stream)
+                        if self.discovery.pubsub is not None:
+                            await nursery.start(self._witness_gossip, self.discovery.pubsub)
                         # node.addr tells scripts and other nodes that the node is up: written
                         # only once peers, the control socket and the gateway all accept.
                         userfile.write_atomically(
@@ -223,6 +241,7 @@ class Node:
             listener.socket.close()
             _remove_files(self.data_dir, (control.SOCKET, ADDR_FILE, gateway.GATEWAY_FILE))
             self.autopublish.close()
+            self.witnessing.close()
             self.store.close()
 
     async def _serve_gateway(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -232,7 +251,7 @@ class Node:
             self.store,
             self.config,
             self.gateway_key,
-            self.discovery.announce,
+            self._announce,
             self.discovery.upkeep.hold,
             self.metrics,
         )
@@ -350,6 +369,51 @@ class Node:
                     log.exception("a circuit from relay %s failed", peer)
                     await abort(stream)
 
+    async def _on_logged_push(self, stream: INetStream) -> None:
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                await self.witnessing.serve_push(stream, peer)
+
+    async def _on_proofs(self, stream: INetStream) -> None:
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                await self.witnessing.serve_proofs(stream, peer)
+
+    async def _witness_gossip(
+        self, pubsub: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Logged claims and proofs of equivocation on their gossip topics."""
+        me = self.host.get_id().to_bytes()
+        logged = await pubsub.subscribe(witness.LOGGED_TOPIC)
+        caught = await pubsub.subscribe(witness.CAUGHT_TOPIC)
+        self.witnessing.publish = pubsub.publish
+        task_status.started()
+
+        async def follow(sub: Any, on: Callable[[bytes, str], Awaitable[None]]) -> None:
+            while True:
+                msg = await sub.get()
+                if msg.from_id != me:
+                    await on(msg.data, "gossip")
+
+        async def on_logged(data: bytes, source: str) -> None:
+            try:
+                raw = msgpack.unpackb(data, max_array_len=claimwire.MAX_CLAIMS, max_map_len=0)
+            except Exception:  # noqa: BLE001 - gossip is a hint: junk is dropped
+                return
+            if isinstance(raw, list):
+                items = [r for r in raw if isinstance(r, bytes)]
+                await self.witnessing.receive_logged(items, source, pass_on=False)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow, logged, on_logged)
+            nursery.start_soon(follow, caught, self.witnessing.receive_proof)
+
+    async def _announce(self, signed: Sequence[SignedClaim], complete: Sequence[StorePath]) -> None:
+        """Tell peers of new claims and paths; claims this node's keys signed go out with
+        their place in the key's log too."""
+        await self.discovery.announce(signed, complete)
+        await self.witnessing.announce(self.witnessing.log_claims(signed))
+
     async def _on_summary(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
             if peer is not None:
@@ -465,6 +529,8 @@ class Node:
         self._trust(policy)
         self.collector.max_size = new.max_store_size
         self.autopublish.key = key
+        if key is not None:
+            self.witnessing.add_key(key)
         log.info(
             "reloaded: policy %s%s%s",
             _describe(policy, new.policy),
@@ -514,6 +580,7 @@ class Node:
             public_addr=self.reachability.address,
             relay=self.relay_service.report(),
             relays=self.relays.report(),
+            caught=self.witnessing.report(),
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
@@ -558,9 +625,11 @@ class Node:
             key = keyfile.load_secret(req.key) if req.key else None
         except keyfile.KeyFileError as e:
             raise ControlError(str(e)) from None
+        if key is not None:
+            self.witnessing.add_key(key)
         pub = await self.store.publish(req.source, key, root=req.root)
         manifest, signed = pub.manifest, pub.signed
-        await self.discovery.announce(signed, [manifest.store_path])
+        await self._announce(signed, [manifest.store_path])
         s = manifest.stats()
         refs = [str(r) for r in manifest.references if r != manifest.store_path]
         index = self.store.reader.index
@@ -588,6 +657,8 @@ class Node:
             key = keyfile.load_secret(req.key) if req.key else None
         except keyfile.KeyFileError as e:
             raise ControlError(str(e)) from None
+        if key is not None:
+            self.witnessing.add_key(key)
         nix_store = self.config.nix_store if req.store is None else req.store
         token = trio.lowlevel.current_trio_token()
         asked = [0, 0]  # paths and NAR bytes to publish, once planned

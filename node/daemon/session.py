@@ -6,6 +6,7 @@ its traffic in the peer book and the metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -164,6 +165,8 @@ class FetchSessions:
         self.ready = ready
         self.store = store
         self.policy = policy
+        # Keys a proof of equivocation convicts (node.daemon.witness): they count for nothing.
+        self.caught: Callable[[], frozenset[bytes]] = frozenset
         self.config = config
         self.book = book
         self.metrics = metrics
@@ -184,7 +187,8 @@ class FetchSessions:
                 "this node has no trust policy, so it cannot accept paths: "
                 "start it with --policy FILE (see `ferry trust --help`)"
             )
-        return self.policy
+        caught = self.caught()
+        return dataclasses.replace(self.policy, caught=caught) if caught else self.policy
 
     @asynccontextmanager
     async def recording(

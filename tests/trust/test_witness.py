@@ -4,6 +4,7 @@ two clients were each handed, and from a proof a third node was sent."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
@@ -125,6 +126,8 @@ def test_a_caught_key_counts_for_nothing_in_the_policy() -> None:
     policy = QuorumPolicy((BUILDER.public, HONEST.public), threshold=2)
     claims = [make(BUILDER), make(HONEST)]
     assert isinstance(policy.decide(PATH_A, claims), Trusted)
-    verdict = policy.decide(PATH_A, claims, caught={BUILDER.public.key})
+    verdict = dataclasses.replace(policy, caught=frozenset({BUILDER.public.key})).decide(
+        PATH_A, claims
+    )
     assert isinstance(verdict, Insufficient) and verdict.have == 1
     assert [i.reason for i in verdict.ignored] == [Reason.CAUGHT]

@@ -1,0 +1,251 @@
+"""The node as a witness of its builders' logs (trust.witness), and as a builder that
+keeps its own (trust.claimlog).
+
+- Claims this node signs (`ferry publish --key`, `publish_key`) are appended to the log of
+  their key (`<data-dir>/claimlog/`) and go out as logged claims (trust.logged): on the
+  gossip topic LOGGED_TOPIC, beside the plain claims.
+- Logged claims that arrive (that topic, or pushed on `/ferry/logged/1` by a builder)
+  are checked, their claims kept like any other, and shown to the witness; what a peer
+  handed this node alone is passed on to the topic, so every node sees what every other
+  was told. Plain claims by trusted keys are shown to the witness too.
+- A lie the witness catches, or a proof a peer sends that holds, is written to
+  `<data-dir>/caught/<key hex>`, published on CAUGHT_TOPIC, and the key counts for
+  nothing in every fetch from then on (across restarts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgpack
+import trio
+from libp2p.abc import INetConn, INetwork
+
+from node.daemon import api
+from node.daemon.nodestore import NodeStore
+from p2p import frame
+from p2p.host import Notifee
+from p2p.stream import ByteStream, StreamGone, abort, finish, read_some, write
+from store import userfile
+from trust.claim import SignedClaim
+from trust.claimlog import ClaimLog
+from trust.equivocation import EquivocationError
+from trust.key import SecretKey
+from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
+from trust.witness import Caught, Witness
+
+log = logging.getLogger(__name__)
+
+LOGGED_TOPIC = "ferry/logged/1"
+CAUGHT_TOPIC = "ferry/caught/1"
+PUSH_PROTOCOL = "/ferry/logged/1"  # frames (p2p.frame), each a logged claim
+MAX_PUSHED = 256  # logged claims one push stream may carry
+PUSH_DEADLINE = 30.0
+PROOFS_PROTOCOL = "/ferry/caught/1"  # frames, each a proof of equivocation
+MAX_PROOFS_TOLD = 64
+MAX_PROOF = 1 << 20  # a CLAIMS proof holds two claims; real ones are a few KiB
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Witnessing:
+    def __init__(self, data_dir: str, store: NodeStore) -> None:
+        self.store = store
+        self.witness = Witness()
+        self.caught_dir = os.path.join(data_dir, "caught")
+        self.log_dir = os.path.join(data_dir, "claimlog")
+        self.logs: dict[bytes, ClaimLog] = {}
+        self.publish: Publish | None = None  # set once gossip runs
+        self._joins, self._joined = trio.open_memory_channel[str](MAX_PROOFS_TOLD)
+        self._load_caught()
+
+    def _load_caught(self) -> None:
+        try:
+            names = sorted(os.listdir(self.caught_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.caught_dir, name)
+            try:
+                with open(path, "rb") as f:
+                    self.witness.receive_proof(f.read())
+            except (OSError, EquivocationError) as e:
+                log.warning("ignoring %s: not a proof that holds (%s)", path, e)
+
+    def keys_caught(self) -> frozenset[bytes]:
+        return self.witness.keys_caught()
+
+    def close(self) -> None:
+        for claimlog in self.logs.values():
+            claimlog.close()
+
+    # --- as a builder
+
+    def add_key(self, key: SecretKey) -> None:
+        """A key this node signs claims with: their claims go into its log."""
+        if key.public.key not in self.logs:
+            self.logs[key.public.key] = ClaimLog(self.log_dir, key)
+
+    def log_claims(self, signed: Sequence[SignedClaim]) -> list[LoggedClaim]:
+        """Append the claims this node's keys signed to their logs; each with a head over
+        all of them. (On the event loop: an fsync per claim, as publishing does.)"""
+        out = []
+        for key, claimlog in self.logs.items():
+            mine = [c for c in signed if c.builder.key == key]
+            if not mine:
+                continue
+            for c in mine:
+                claimlog.append(c.claim.encode())
+            head = claimlog.head()
+            for c in mine:
+                proved = claimlog.prove(c.claim.encode(), head)
+                out.append(LoggedClaim(c, head, proved.index, proved.proof))
+        for logged in out:
+            self.witness.observe(logged)  # our own word, so that a peer's other one shows
+        return out
+
+    async def announce(self, logged: Sequence[LoggedClaim]) -> None:
+        if logged and self.publish is not None:
+            try:
+                await self.publish(LOGGED_TOPIC, msgpack.packb([x.encode() for x in logged]))
+            except Exception as e:  # noqa: BLE001 - best effort, as for plain claims
+                log.info("gossip of logged claims failed: %s", e)
+
+    # --- as a witness
+
+    async def receive_logged(self, raw: list[bytes], source: str, *, pass_on: bool) -> None:
+        """Logged claims from a peer (`source`); `pass_on` publishes the good ones."""
+        good: list[LoggedClaim] = []
+        for data in raw:
+            try:
+                good.append(await trio.to_thread.run_sync(LoggedClaim.decode, data))
+            except LoggedError as e:
+                log.info("a logged claim from %s does not hold: %s", source, e)
+        if not good:
+            return
+        await self.store.learn([x.claim for x in good if x.claim.nix_valid()], source)
+        for logged in good:
+            caught = self.witness.observe(logged)
+            if caught is not None:
+                await self._caught(caught, source)
+        if pass_on:
+            await self.announce(good)
+
+    async def observe_claims(self, claims: Sequence[SignedClaim]) -> None:
+        """Plain claims the store kept: a second story for a path shows here too."""
+        trusted = self.store.trusted
+        for c in claims:
+            if c.builder.encode() in trusted and c.claim_valid():
+                caught = self.witness.observe_claim(c)
+                if caught is not None:
+                    await self._caught(caught, "claims")
+
+    async def receive_proof(self, data: bytes, source: str) -> None:
+        try:
+            caught = self.witness.receive_proof(data)
+        except EquivocationError as e:
+            log.info("a proof from %s does not hold: %s", source, e)
+            return
+        if caught is not None:
+            await self._caught(caught, source)
+
+    async def _caught(self, caught: Caught, source: str) -> None:
+        log.warning(
+            "caught builder key %s telling two stories (%s, from %s): its claims count for "
+            "nothing from now on",
+            caught.key,
+            caught.kind,
+            source,
+        )
+        path = os.path.join(self.caught_dir, caught.key.key.hex())
+        os.makedirs(self.caught_dir, exist_ok=True)
+        try:
+            userfile.write_atomically(path, caught.encoded, "a proof of equivocation")
+        except Exception as e:  # noqa: BLE001 - the proof still holds in memory and travels
+            log.warning("cannot keep the proof in %s: %s", path, e)
+        if self.publish is not None:
+            try:
+                await self.publish(CAUGHT_TOPIC, caught.encoded)
+            except Exception as e:  # noqa: BLE001 - a peer that asks will still be told
+                log.info("gossip of a proof failed: %s", e)
+
+    async def serve_push(self, stream: ByteStream, peer: str) -> None:
+        """Logged claims a peer pushes (a builder handing out what it signed)."""
+        decoder = frame.FrameDecoder(MAX_LOGGED)
+        got: list[bytes] = []
+        try:
+            with trio.fail_after(PUSH_DEADLINE):
+                while len(got) < MAX_PUSHED:
+                    data = await read_some(stream)
+                    if not data:
+                        break
+                    got += decoder.feed(data)
+        except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
+            log.info("a push of logged claims from %s ended: %s", peer, e)
+            await abort(stream)
+        await self.receive_logged(got[:MAX_PUSHED], peer, pass_on=True)
+
+    # --- proofs to peers that join (gossip reaches only those connected when it went out)
+
+    def joined(self, peer: str) -> None:
+        if self.witness.caught:
+            with contextlib.suppress(trio.WouldBlock):  # a crowd joining: the rest next time
+                self._joins.send_nowait(peer)
+
+    async def run(
+        self,
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            async for peer in self._joined:
+                nursery.start_soon(self._tell, open_stream, peer)
+
+    async def _tell(
+        self, open_stream: Callable[[str, str], Awaitable[ByteStream]], peer: str
+    ) -> None:
+        proofs = [c.encoded for c in self.witness.caught.values()][:MAX_PROOFS_TOLD]
+        with trio.move_on_after(PUSH_DEADLINE):
+            try:
+                stream = await open_stream(peer, PROOFS_PROTOCOL)
+                await write(stream, b"".join(frame.encode(p, MAX_PROOF) for p in proofs))
+                await finish(stream)
+            except Exception as e:  # noqa: BLE001 - an older peer, or gone
+                log.debug("telling %s of caught keys: %s", peer, e)
+
+    async def serve_proofs(self, stream: ByteStream, peer: str) -> None:
+        decoder = frame.FrameDecoder(MAX_PROOF)
+        got: list[bytes] = []
+        try:
+            with trio.fail_after(PUSH_DEADLINE):
+                while len(got) < MAX_PROOFS_TOLD:
+                    data = await read_some(stream)
+                    if not data:
+                        break
+                    got += decoder.feed(data)
+        except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
+            log.info("proofs from %s ended: %s", peer, e)
+            await abort(stream)
+        for data in got[:MAX_PROOFS_TOLD]:
+            await self.receive_proof(data, peer)
+
+    def report(self) -> tuple[api.CaughtKey, ...]:
+        return tuple(
+            api.CaughtKey(str(c.key), c.kind, c.key.key.hex()) for c in self.witness.caught.values()
+        )
+
+
+class Joins(Notifee):
+    """Tells `on_join` of every new connection, whoever dialed it."""
+
+    def __init__(self, on_join: Callable[[str], None]) -> None:
+        self.on_join = on_join
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self.on_join(str(conn.muxed_conn.peer_id))
