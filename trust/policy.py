@@ -48,6 +48,30 @@ class Reason(enum.Enum):
     DUPLICATE = "key already counted"
     EQUIVOCATION = "key signed different results for this path"
     CAUGHT = "key was caught telling two stories (a proof is held; see `ferry trust`)"
+    REVOKED = "key was revoked before the claim's time"
+    OUT_OF_WINDOW = "claim is dated outside its key's validity (rotated out, or not yet in)"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLife:
+    """When a trusted key's claims count, by the time each claim carries (seconds since
+    the epoch): from `not_before`, until `not_after` (a rotation's end) and `revoked`.
+    `successor` names the key that took over from it: the two are one builder, and
+    count once between them."""
+
+    not_before: int | None = None
+    not_after: int | None = None
+    revoked: int | None = None
+    successor: str | None = None
+
+    def counts_at(self, when: int) -> Reason | None:
+        if self.revoked is not None and when >= self.revoked:
+            return Reason.REVOKED
+        if (self.not_before is not None and when < self.not_before) or (
+            self.not_after is not None and when >= self.not_after
+        ):
+            return Reason.OUT_OF_WINDOW
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +125,9 @@ class QuorumPolicy:
     # Raw keys a proof of equivocation names (trust.equivocation, trust.witness): the
     # node that holds the proofs sets them on the policy each fetch uses.
     caught: frozenset[bytes] = frozenset()
+    # Key name -> its life (rotation, revocation); keys not named live forever.
+    lives: tuple[tuple[str, KeyLife], ...] = ()
+    _seats: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.trusted:
@@ -131,6 +158,46 @@ class QuorumPolicy:
                 f"not {self.threshold!r}",
                 "threshold",
             )
+        object.__setattr__(self, "_seats", self._check_lives(names))
+        seats = len(set(self._seats.values()))
+        if self.threshold > seats:
+            raise PolicyError(
+                f"threshold {self.threshold} is more than the {seats} builders the trusted keys "
+                "are (a key and its successor are one builder)",
+                "threshold",
+            )
+
+    def _check_lives(self, names: set[str]) -> dict[str, str]:
+        """Each key's builder (its first predecessor's name); checks the lives."""
+        lives = dict(self.lives)
+        before: dict[str, str] = {}
+        for name, life in lives.items():
+            if name not in names:
+                raise PolicyError(f"keys.{name}: no trusted key is named {name!r}", "keys")
+            nxt = life.successor
+            if nxt is not None:
+                if nxt not in names or nxt == name:
+                    raise PolicyError(
+                        f"keys.{name}: successor {nxt!r} must be another trusted key", "keys"
+                    )
+                if nxt in before:
+                    raise PolicyError(
+                        f"keys.{name}: {nxt!r} already succeeds {before[nxt]!r}", "keys"
+                    )
+                before[nxt] = name
+        seats = {}
+        for name in names:
+            first, seen = name, {name}
+            while first in before:
+                first = before[first]
+                if first in seen:
+                    raise PolicyError(f"keys.{name}: successors go round in a circle", "keys")
+                seen.add(first)
+            seats[name] = first
+        return seats
+
+    def life(self, name: str) -> KeyLife:
+        return dict(self.lives).get(name, KeyLife())
 
     def decide(self, store_path: StorePath, claims: Iterable[SignedClaim]) -> Verdict:
         """The verdict the claims give. A key in `caught` counts for nothing."""
@@ -143,7 +210,7 @@ class QuorumPolicy:
             if reason is None and c.builder.key in caught:
                 reason = Reason.CAUGHT
             if reason is None:
-                seen = votes.setdefault(c.builder.name, {})
+                seen = votes.setdefault(self._seats[c.builder.name], {})
                 if c.claim.outcome in seen:
                     reason = Reason.DUPLICATE
                 else:
@@ -151,7 +218,7 @@ class QuorumPolicy:
             if reason is not None:
                 ignored.append(Ignored(i, c, reason))
 
-        order = [k.name for k in self.trusted]
+        order = list(dict.fromkeys(self._seats[k.name] for k in self.trusted))
         groups: dict[Outcome, list[str]] = {}
         for name in order:
             for outcome in votes.get(name, {}):
@@ -164,9 +231,8 @@ class QuorumPolicy:
         ((outcome, names),) = groups.items()
         if len(names) < self.threshold:
             return Insufficient(len(names), self.threshold, missing, tuple(ignored))
-        return Trusted(
-            outcome, tuple(names), tuple(votes[n][outcome][1] for n in names), {}, tuple(ignored)
-        )
+        claims = tuple(votes[n][outcome][1] for n in names)
+        return Trusted(outcome, tuple(c.builder.name for c in claims), claims, {}, tuple(ignored))
 
     def _reject(self, store_path: StorePath, c: SignedClaim) -> Reason | None:
         if not c.claim_valid():
@@ -178,7 +244,7 @@ class QuorumPolicy:
             return Reason.OTHER_PATH
         if c.builder not in self.trusted:
             return Reason.UNTRUSTED_KEY
-        return None
+        return self.life(c.builder.name).counts_at(c.claim.time)
 
     def _conflict(
         self,

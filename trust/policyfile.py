@@ -9,18 +9,28 @@
     threshold = 2            # how many of them must sign the same result
     on_conflict = "refuse"   # or "majority": k agreeing keys win despite a dissenter
 
+    # A key's life, by the time each claim carries (`ferry trust rotate`, `revoke`):
+    [keys."builder-a.example.org-1"]
+    not_after = 2026-12-01T00:00:00Z        # rotated out: claims dated later do not count
+    successor = "builder-a.example.org-2"   # one builder: the two count once between them
+    [keys."builder-a.example.org-2"]
+    not_before = 2026-12-01T00:00:00Z
+    [keys."builder-c.example.org-1"]
+    revoked = 2026-12-05T12:00:00Z          # claims dated from then on never count
+
 Errors name the file, the line and the field, so a typo in a key is found at once.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 import tomllib
 
 from store import userfile
 from store.userfile import UserFileError
 from trust.key import KeyFormatError, PublicKey
-from trust.policy import OnConflict, PolicyError, QuorumPolicy
+from trust.policy import KeyLife, OnConflict, PolicyError, QuorumPolicy
 
 # name -> meaning, for the configuration reference (docs/configuration.md).
 FIELDS: dict[str, str] = {
@@ -29,7 +39,11 @@ FIELDS: dict[str, str] = {
     "1 to the number of trusted keys)",
     "on_conflict": 'what to do when trusted keys disagree about a path: "refuse" it (default), or '
     '"majority": accept the result at least `threshold` keys signed despite a dissenter',
+    "keys": "a table per trusted key name, its life by the time its claims carry: not_before, "
+    "not_after and revoked (TOML date-times, UTC), successor (the key name that took over: the "
+    "two count as one builder); `ferry trust rotate` and `ferry trust revoke` write them",
 }
+LIFE_FIELDS = ("not_before", "not_after", "revoked", "successor")
 _FIELDS = tuple(FIELDS)
 _MAX_FILE = 1 << 20
 
@@ -95,19 +109,69 @@ def parse(text: str, source: str = "policy") -> QuorumPolicy:
             f"{where.field('on_conflict')}: on_conflict must be {choices}, not {mode!r}"
         ) from None
 
+    lives = _lives(doc.get("keys", {}), where)
     try:
-        return QuorumPolicy(tuple(keys), threshold, on_conflict)
+        return QuorumPolicy(tuple(keys), threshold, on_conflict, lives=lives)
     except PolicyError as e:
         raise PolicyError(f"{where.field(e.setting or 'trusted')}: {e}", e.setting) from None
 
 
+def _lives(table: object, where: _Locator) -> tuple[tuple[str, KeyLife], ...]:
+    if not isinstance(table, dict):
+        raise PolicyError(f'{where.field("keys")}: keys must be a table of [keys."NAME"] tables')
+    out = []
+    for name, fields in table.items():
+        if not isinstance(fields, dict):
+            raise PolicyError(f"{where.field('keys')}: keys.{name} must be a table")
+        unknown = [f for f in fields if f not in LIFE_FIELDS]
+        if unknown:
+            raise PolicyError(
+                f"{where.field('keys')}: keys.{name}: unknown field {unknown[0]!r} "
+                f"(expected: {', '.join(LIFE_FIELDS)})"
+            )
+        times = {}
+        for f in ("not_before", "not_after", "revoked"):
+            if f in fields:
+                times[f] = _seconds(fields[f], f"keys.{name}.{f}", where)
+        successor = fields.get("successor")
+        if successor is not None and not isinstance(successor, str):
+            raise PolicyError(f"{where.field('keys')}: keys.{name}.successor must be a key name")
+        out.append((name, KeyLife(successor=successor, **times)))
+    return tuple(out)
+
+
+def _seconds(value: object, what: str, where: _Locator) -> int:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise PolicyError(f"{where.field('keys')}: {what}: give the time zone (e.g. ...Z)")
+        return int(value.timestamp())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise PolicyError(
+        f"{where.field('keys')}: {what} must be a date-time like 2026-12-01T00:00:00Z"
+    )
+
+
+def _when(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def dump(policy: QuorumPolicy) -> str:
     keys = "".join(f'  "{k}",\n' for k in policy.trusted)
-    return (
+    text = (
         f"trusted = [\n{keys}]\n"
         f"threshold = {policy.threshold}\n"
         f'on_conflict = "{policy.on_conflict.value}"\n'
     )
+    for name, life in policy.lives:
+        text += f'\n[keys."{name}"]\n'
+        for f in ("not_before", "not_after", "revoked"):
+            value = getattr(life, f)
+            if value is not None:
+                text += f"{f} = {_when(value)}\n"
+        if life.successor is not None:
+            text += f'successor = "{life.successor}"\n'
+    return text
 
 
 class _Locator:

@@ -66,12 +66,14 @@ def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
         outside = _outside(v)
         if outside:
             text += f"; not counted, from keys outside the policy: {', '.join(outside)}"
-        caught = sorted({i.claim.builder.name for i in v.ignored if i.reason is Reason.CAUGHT})
-        if caught:
-            text += (
-                f"; not counted, from keys caught telling two stories: {', '.join(caught)} "
-                "(`ferry trust caught`)"
-            )
+        for reason, why in (
+            (Reason.CAUGHT, "keys caught telling two stories (`ferry trust caught`)"),
+            (Reason.REVOKED, "keys revoked before the claims' time"),
+            (Reason.OUT_OF_WINDOW, "keys rotated out (or not yet in) at the claims' time"),
+        ):
+            held = sorted({i.claim.builder.name for i in v.ignored if i.reason is reason})
+            if held:
+                text += f"; not counted, from {why}: {', '.join(held)}"
         return text
     lines = ["conflict: trusted builders signed different results; the path is refused"]
     for o, names in v.outcomes.items():

@@ -10,8 +10,11 @@ Exit codes are a contract other tools use:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import os
 import sys
+import time
 from typing import Any, NoReturn
 
 from node.cli import Commands, options, ui
@@ -22,9 +25,18 @@ from store.source import tree_size
 from store.userfile import UserFileError
 from trust import claim, keyfile, policyfile
 from trust.claim import ClaimError, SignedClaim
-from trust.key import KeyFormatError, SecretKey
+from trust.key import KeyFormatError, PublicKey, SecretKey
 from trust.keyfile import KeyFileError
-from trust.policy import Conflict, Ignored, Insufficient, PolicyError, Trusted, Verdict
+from trust.policy import (
+    Conflict,
+    Ignored,
+    Insufficient,
+    KeyLife,
+    PolicyError,
+    QuorumPolicy,
+    Trusted,
+    Verdict,
+)
 from trust.report import verdict_json, verdict_text
 
 OK, INSUFFICIENT, CONFLICT, BAD_INPUT = 0, 1, 2, 3
@@ -139,6 +151,34 @@ def add_parser(sub: Commands) -> None:
     # "+", not "*": argparse cannot split a "*" list that follows an option.
     c.add_argument("claims", metavar="CLAIM", nargs="+", help="claim files")
     c.set_defaults(run=_decide)
+
+    c = command(
+        "rotate",
+        "hand a builder's place in a policy from its old key to a new one",
+        "From --at on (default: now) claims are counted from NEW and no longer from OLD; "
+        "claims OLD signed before then still count. The two keys are one builder: a path "
+        "both signed counts once. Writes not_after and successor for OLD, not_before for NEW "
+        "(and adds NEW to trusted) in the policy file, which is rewritten (its comments are "
+        "not kept). A running node reads it on `ferry node reload`.",
+    )
+    c.add_argument("--policy", metavar="FILE", required=True, help="the policy file to change")
+    c.add_argument("old", metavar="OLD", help="the name of the key being retired")
+    c.add_argument("new", metavar="NEW", help="the new public key: name:base64, or a .public file")
+    c.add_argument("--at", metavar="TIME", help="when: 2026-12-01T00:00:00Z, or seconds since 1970")
+    c.set_defaults(run=_rotate)
+
+    c = command(
+        "revoke",
+        "make a key count for nothing from a time on",
+        "Claims NAME signed dated from --at on (default: now) never count. A claim carries "
+        "the time its signer gave it: a leaked key can sign claims dated earlier, so for a key "
+        "known to be stolen give the time it may first have been, or remove it from trusted. "
+        "Rewrites the policy file (its comments are not kept); `ferry node reload` applies it.",
+    )
+    c.add_argument("--policy", metavar="FILE", required=True, help="the policy file to change")
+    c.add_argument("name", metavar="NAME", help="the key's name")
+    c.add_argument("--at", metavar="TIME", help="when: 2026-12-01T00:00:00Z, or seconds since 1970")
+    c.set_defaults(run=_revoke)
 
     c = command(
         "caught",
@@ -385,3 +425,82 @@ def _caught(args: argparse.Namespace) -> None:
         for r in rows
     )
     _emit(args, {"caught": rows}, text or "no builder key caught")
+
+
+def _at(text: str | None) -> int:
+    if text is None:
+        return int(time.time())
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        _bad(f"--at {text!r}: give a time like 2026-12-01T00:00:00Z, or seconds since 1970")
+    if when.tzinfo is None:
+        _bad(f"--at {text!r}: give the time zone (e.g. a trailing Z for UTC)")
+    return int(when.timestamp())
+
+
+def _load_policy(path: str) -> QuorumPolicy:
+    try:
+        return policyfile.load(path)
+    except PolicyError as e:
+        _bad(str(e))
+
+
+def _save_policy(args: argparse.Namespace, policy: QuorumPolicy, done: str) -> None:
+    try:
+        userfile.write_atomically(args.policy, policyfile.dump(policy).encode(), "a policy file")
+    except UserFileError as e:
+        _bad(str(e))
+    _emit(
+        args,
+        {"policy": args.policy, "done": done},
+        f"{done}\nwrote {args.policy}; a running node applies it on `ferry node reload`",
+    )
+
+
+def _with_life(policy: QuorumPolicy, name: str, **change: Any) -> tuple[tuple[str, KeyLife], ...]:
+    lives = dict(policy.lives)
+    lives[name] = dataclasses.replace(lives.get(name, KeyLife()), **change)
+    return tuple(lives.items())
+
+
+def _rotate(args: argparse.Namespace) -> None:
+    policy = _load_policy(args.policy)
+    at = _at(args.at)
+    try:
+        new = (
+            keyfile.load_public(args.new)
+            if os.path.isfile(args.new)
+            else PublicKey.decode(args.new)
+        )
+    except (KeyFormatError, KeyFileError) as e:
+        _bad(f"NEW: {e}")
+    if args.old not in {k.name for k in policy.trusted}:
+        _bad(f"the policy trusts no key named {args.old!r}")
+    lives = dict(_with_life(policy, args.old, not_after=at, successor=new.name))
+    lives[new.name] = dataclasses.replace(lives.get(new.name, KeyLife()), not_before=at)
+    try:
+        rotated = QuorumPolicy(
+            policy.trusted + ((new,) if new not in policy.trusted else ()),
+            policy.threshold,
+            policy.on_conflict,
+            lives=tuple(lives.items()),
+        )
+    except PolicyError as e:
+        _bad(str(e))
+    _save_policy(args, rotated, f"{args.old} hands over to {new.name} at {_show_time(at)}")
+
+
+def _revoke(args: argparse.Namespace) -> None:
+    policy = _load_policy(args.policy)
+    if args.name not in {k.name for k in policy.trusted}:
+        _bad(f"the policy trusts no key named {args.name!r}")
+    at = _at(args.at)
+    revoked = dataclasses.replace(policy, lives=_with_life(policy, args.name, revoked=at))
+    _save_policy(args, revoked, f"{args.name} counts for nothing from {_show_time(at)}")
+
+
+def _show_time(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
