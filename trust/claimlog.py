@@ -1,6 +1,7 @@
 """A builder's claim log on disk: every claim body its key signs, in order, append-only.
 
     <dir>/<builder key, hex>.log    records: length (uint32, big-endian), claim body
+    <dir>/<builder key, hex>.id     16 random bytes: the log's id, in every head it signs
 
 A leaf is made durable (written and fsynced) before `append` returns, and a head is
 only ever signed over durable leaves: a builder that crashed and signed a different
@@ -15,11 +16,12 @@ import os
 import struct
 from dataclasses import dataclass
 
+from store import userfile
 from trust import treehead
 from trust.claim import MAX_CLAIM
 from trust.key import SecretKey
 from trust.merkle import Tree
-from trust.treehead import SignedTreeHead
+from trust.treehead import LOG_ID_SIZE, SignedTreeHead
 
 HEADER = 4
 
@@ -42,10 +44,27 @@ class ClaimLog:
         self.key = key
         self.path = os.path.join(directory, key.public.key.hex() + ".log")
         os.makedirs(directory, exist_ok=True)
+        self.log_id = self._id(os.path.join(directory, key.public.key.hex() + ".id"))
         self.tree = Tree()
         self._index: dict[bytes, int] = {}  # leaf -> its first index
+        self._leaves: list[bytes] = []  # served to readers of the log (/ferry/log/1)
         self._load()
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the log's life
+
+    @staticmethod
+    def _id(path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                log_id = f.read()
+        except FileNotFoundError:
+            log_id = os.urandom(LOG_ID_SIZE)
+            userfile.write_atomically(path, log_id, "a claim log's id")
+            return log_id
+        except OSError as e:
+            raise ClaimLogError(f"cannot read {path}: {e.strerror}") from None
+        if len(log_id) != LOG_ID_SIZE:
+            raise ClaimLogError(f"{path} is not a claim log id ({LOG_ID_SIZE} bytes): move it away")
+        return log_id
 
     def _load(self) -> None:
         try:
@@ -69,6 +88,7 @@ class ClaimLog:
                 os.fsync(f.fileno())
 
     def _add(self, leaf: bytes) -> int:
+        self._leaves.append(leaf)
         index = self.tree.append(leaf)
         self._index.setdefault(leaf, index)
         return index
@@ -99,12 +119,15 @@ class ClaimLog:
             raise ClaimLogError(f"cannot write the claim log {self.path}: {e.strerror}") from None
         return self._add(leaf)
 
+    def leaf(self, index: int) -> bytes:
+        return self._leaves[index]
+
     def index_of(self, leaf: bytes) -> int | None:
         return self._index.get(leaf)
 
     def head(self, time: int | None = None) -> SignedTreeHead:
         """The log's current size and root, signed."""
-        return treehead.sign(self.key, len(self.tree), self.tree.root(), time)
+        return treehead.sign(self.key, self.log_id, len(self.tree), self.tree.root(), time)
 
     def prove(self, leaf: bytes, head: SignedTreeHead) -> Proved:
         """That `leaf` is in the tree `head` signs (a head of this log)."""

@@ -2,14 +2,17 @@
 true of one append-only log. Any node can check one with nothing but the key in it, so
 the proof travels: a node that holds one stops counting the key and hands it on.
 
+Every part is of one log (one key, one log id; trust.treehead): a key used on two
+machines keeps two logs, and two logs are not a lie.
+
     FORK    [0, signed head A, signed head B]
-            two heads of one size with different roots
+            two heads of one log and one size with different roots
     LEAVES  [1, signed head A, signed head B, index, leaf A, [hash, ...], leaf B, [hash, ...]]
             leaf `index` is A in head A's tree and B in head B's, each shown by its
             inclusion proof (RFC 9162): the two trees differ where both have leaves,
             so no consistency proof can join them
-    CLAIMS  [2, signed claim A, signed claim B]
-            two claims for one store path with different outcomes
+    CLAIMS  [2, logged claim A, logged claim B]  (trust.logged)
+            two claims in one log for one store path with different outcomes
 
 Every part is bounded and decoded as its own format decodes it (trust.treehead,
 trust.claim); a proof whose parts do not show what its kind says is refused.
@@ -22,12 +25,13 @@ from dataclasses import dataclass
 import msgpack
 
 from trust import merkle
-from trust.claim import MAX_CLAIM, ClaimError, SignedClaim
+from trust.claim import ClaimError
 from trust.key import PublicKey
+from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
 from trust.treehead import SignedTreeHead, TreeHeadError
 
 MAX_PROOF = 64  # hashes in an inclusion proof: a tree of 2^64 leaves
-MAX_EQUIVOCATION = 2 * MAX_CLAIM + 8192
+MAX_EQUIVOCATION = 2 * MAX_LOGGED + 8192
 
 
 class EquivocationError(ValueError):
@@ -89,19 +93,21 @@ class Leaves:
 
 @dataclass(frozen=True, slots=True)
 class Claims:
-    a: SignedClaim
-    b: SignedClaim
+    a: LoggedClaim
+    b: LoggedClaim
 
     def check(self) -> PublicKey:
-        if self.a.builder.key != self.b.builder.key:
-            raise EquivocationError("the two claims are by different keys")
-        if not (self.a.claim_valid() and self.b.claim_valid()):
-            raise EquivocationError("a claim's signature does not verify")
-        if self.a.claim.store_path != self.b.claim.store_path:
+        try:
+            self.a.check()
+            self.b.check()
+        except LoggedError as e:
+            raise EquivocationError(f"a logged claim does not hold: {e}") from None
+        _same_builder(self.a.head, self.b.head)
+        if self.a.claim.claim.store_path != self.b.claim.claim.store_path:
             raise EquivocationError("the two claims are for different store paths")
-        if self.a.claim.outcome == self.b.claim.outcome:
+        if self.a.claim.claim.outcome == self.b.claim.claim.outcome:
             raise EquivocationError("the two claims agree")
-        return self.a.builder
+        return self.a.claim.builder
 
     def fields(self) -> list[object]:
         return [self.a.encode(), self.b.encode()]
@@ -114,6 +120,8 @@ _KIND = {Fork: 0, Leaves: 1, Claims: 2}
 def _same_builder(a: SignedTreeHead, b: SignedTreeHead) -> None:
     if a.builder.key != b.builder.key:
         raise EquivocationError("the two heads are by different keys")
+    if a.head.log != b.head.log:
+        raise EquivocationError("the two heads are of different logs (a key may keep several)")
     if not (a.valid() and b.valid()):
         raise EquivocationError("a head's signature does not verify")
 
@@ -139,7 +147,7 @@ def decode(data: bytes) -> Equivocation:
             data,
             raw=False,
             strict_map_key=True,
-            max_bin_len=MAX_CLAIM,
+            max_bin_len=MAX_LOGGED,
             max_str_len=64,
             max_array_len=MAX_PROOF,
             max_map_len=0,
@@ -170,10 +178,10 @@ def decode(data: bytes) -> Equivocation:
                 _hashes(proof_b),
             )
         elif kind == 2 and len(rest) == 2 and all(isinstance(x, bytes) for x in rest):
-            proof = Claims(SignedClaim.decode(rest[0]), SignedClaim.decode(rest[1]))
+            proof = Claims(LoggedClaim.decode(rest[0]), LoggedClaim.decode(rest[1]))
         else:
             raise EquivocationError(f"no proof of kind {kind} with {len(rest)} parts")
-    except (TreeHeadError, ClaimError) as e:
+    except (TreeHeadError, ClaimError, LoggedError) as e:
         raise EquivocationError(f"a part of the proof: {e}") from None
     proof.check()
     if encode(proof) != data:

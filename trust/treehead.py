@@ -2,8 +2,11 @@
 
 The head body is canonical msgpack, one array in a fixed order:
 
-    ["ferry-tree-head-1", builder_name: str, builder_key: bin(32),
+    ["ferry-tree-head-1", builder_name: str, builder_key: bin(32), log: bin(16),
      size: uint, root: bin(32, RFC 9162 tree hash), time: uint (seconds since the epoch)]
+
+`log` names one log of the key: a key used on two machines keeps two logs, each checked
+on its own (trust.equivocation only compares heads of one log).
 
 signed with ed25519 over `b"ferry-tree-head-1\\0" + body`: a domain of its own, so a
 head's signature can never pass for a claim's (`b"ferry-claim-1\\0"`) or a Nix
@@ -25,6 +28,7 @@ FORMAT = "ferry-tree-head-1"
 DOMAIN = FORMAT.encode() + b"\0"
 MAX_HEAD = 1024
 MAX_INT = (1 << 63) - 1
+LOG_ID_SIZE = 16
 
 
 class TreeHeadError(ValueError):
@@ -58,6 +62,7 @@ def _uint(v: object, what: str) -> int:
 @dataclass(frozen=True, slots=True)
 class TreeHead:
     builder: PublicKey
+    log: bytes
     size: int
     root: bytes
     time: int
@@ -67,25 +72,35 @@ class TreeHead:
         _uint(self.time, "time")
         if len(self.root) != HASH_SIZE:
             raise TreeHeadError(f"tree head root must be {HASH_SIZE} bytes")
+        if len(self.log) != LOG_ID_SIZE:
+            raise TreeHeadError(f"tree head log id must be {LOG_ID_SIZE} bytes")
 
     def encode(self) -> bytes:
         return msgpack.packb(
-            [FORMAT, self.builder.name, self.builder.key, self.size, self.root, self.time],
+            [
+                FORMAT,
+                self.builder.name,
+                self.builder.key,
+                self.log,
+                self.size,
+                self.root,
+                self.time,
+            ],
             use_bin_type=True,
         )
 
     @classmethod
     def decode(cls, data: bytes) -> TreeHead:
         raw = _unpack(data, "tree head")
-        if not isinstance(raw, list) or len(raw) != 6 or raw[0] != FORMAT:
+        if not isinstance(raw, list) or len(raw) != 7 or raw[0] != FORMAT:
             raise TreeHeadError(f"not a {FORMAT} tree head")
-        _, name, key, size, root, when = raw
+        _, name, key, log, size, root, when = raw
         if not isinstance(name, str) or not isinstance(key, bytes) or len(key) != PUBLIC_SIZE:
             raise TreeHeadError("tree head builder must be a name and a 32-byte key")
-        if not isinstance(root, bytes):
-            raise TreeHeadError("tree head root must be bytes")
+        if not isinstance(root, bytes) or not isinstance(log, bytes):
+            raise TreeHeadError("tree head root and log id must be bytes")
         try:
-            head = cls(PublicKey(name, key), _uint(size, "size"), root, _uint(when, "time"))
+            head = cls(PublicKey(name, key), log, _uint(size, "size"), root, _uint(when, "time"))
         except KeyFormatError as e:
             raise TreeHeadError(f"tree head builder: {e}") from None
         if head.encode() != data:
@@ -102,6 +117,11 @@ class SignedTreeHead:
     @property
     def builder(self) -> PublicKey:
         return self.head.builder
+
+    @property
+    def log(self) -> tuple[bytes, bytes]:
+        """(key, log id): which log this head is of."""
+        return self.head.builder.key, self.head.log
 
     def valid(self) -> bool:
         if not self._valid:
@@ -127,6 +147,8 @@ class SignedTreeHead:
         return signed
 
 
-def sign(key: SecretKey, size: int, root: bytes, time: int | None = None) -> SignedTreeHead:
-    head = TreeHead(key.public, size, root, int(_time.time()) if time is None else time)
+def sign(
+    key: SecretKey, log: bytes, size: int, root: bytes, time: int | None = None
+) -> SignedTreeHead:
+    head = TreeHead(key.public, log, size, root, int(_time.time()) if time is None else time)
     return SignedTreeHead(head, key.sign(DOMAIN + head.encode()))

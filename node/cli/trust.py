@@ -44,8 +44,10 @@ INVALID = 1  # verify: some signature does not verify
 
 _EXIT_CODES = """exit status:
   0  success (decide: trusted)
-  1  verify: a signature does not verify; decide: not enough signatures
-  2  decide: trusted builders signed different results (conflict)
+  1  verify: a signature does not verify; decide: not enough signatures; audit: no peer
+     serves the log
+  2  decide: trusted builders signed different results (conflict); audit: the log does
+     not hold together
   3  bad input: usage error, or a missing, unreadable or malformed file
 """
 
@@ -179,6 +181,19 @@ def add_parser(sub: Commands) -> None:
     c.add_argument("name", metavar="NAME", help="the key's name")
     c.add_argument("--at", metavar="TIME", help="when: 2026-12-01T00:00:00Z, or seconds since 1970")
     c.set_defaults(run=_revoke)
+
+    c = command(
+        "audit",
+        "read a builder's whole claim log from the network and check it",
+        "Ask the running node's peers for BUILDER-KEY's log (its builder serves it on "
+        "/ferry/log/1), read every leaf, and check that they hash to the root the builder "
+        "signed, that each is a claim by that key, that no path has two results, and that "
+        "every head of that key the node has seen is a prefix of it. Prints the log's "
+        "size and head and each inconsistency.",
+    )
+    c.add_argument("key", metavar="BUILDER-KEY", help="the builder's public key, name:base64")
+    options.add_data_dir(c)
+    c.set_defaults(run=_audit)
 
     c = command(
         "caught",
@@ -504,3 +519,29 @@ def _revoke(args: argparse.Namespace) -> None:
 
 def _show_time(seconds: int) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _audit(args: argparse.Namespace) -> None:
+    from node.cli.netcmd import request
+    from node.daemon import api
+
+    audit: api.Audit = request(args, api.AuditRequest(args.key))
+    if not audit.found:
+        text = f"no connected peer serves {audit.key}'s log (is its builder running and connected?)"
+    else:
+        text = "\n".join(
+            [
+                f"log of  {audit.key}",
+                f"from    {audit.source}",
+                f"size    {audit.size:,} claims for {audit.paths:,} store paths",
+                f"head    root {audit.root}, signed at {_show_time(audit.time)}",
+                f"checked every leaf, and {audit.heads_checked} heads seen here",
+                *(f"problem {p}" for p in audit.problems),
+                "ok: the log holds together" if not audit.problems else "",
+            ]
+        ).rstrip()
+    _emit(args, api.encode(audit), text)
+    if not audit.found:
+        sys.exit(1)
+    if audit.problems:
+        sys.exit(2)

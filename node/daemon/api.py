@@ -43,6 +43,14 @@ class PeersRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditRequest:
+    """Read a builder key's whole claim log from the network and check it."""
+
+    OP: ClassVar[str] = "audit"
+    key: str  # name:base64
+
+
+@dataclass(frozen=True, slots=True)
 class FetchRequest:
     OP: ClassVar[str] = "fetch"
     store_path: str
@@ -188,6 +196,7 @@ Request = (
     | RealiseRequest
     | UmountRequest
     | MountsRequest
+    | AuditRequest
 )
 REQUESTS: dict[str, type[Request]] = {
     c.OP: c
@@ -211,6 +220,7 @@ REQUESTS: dict[str, type[Request]] = {
         RealiseRequest,
         UmountRequest,
         MountsRequest,
+        AuditRequest,
     )
 }
 
@@ -258,6 +268,21 @@ class RelaySlots:
     relayed_peers: tuple[str, ...] = ()  # peers connected only through a relay
     punched: int = 0  # relayed meetings that became direct connections
     punch_failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """A builder's log as `ferry trust audit` found it."""
+
+    key: str
+    found: bool  # a peer served the log
+    source: str | None = None  # the peer that served it
+    size: int = 0
+    root: str = ""  # hex
+    time: int = 0  # the head's
+    problems: tuple[str, ...] = ()  # each a sentence; none when the log holds together
+    heads_checked: int = 0  # heads this node had seen, each checked against the log
+    paths: int = 0  # store paths the log's claims name
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,12 +604,14 @@ Reply = (
     | Realised
     | Unmounted
     | MountTable
+    | Audit
 )
 
 # Which reply each request gets.
 REPLIES: dict[type[Any], type[Any]] = {
     StatusRequest: Status,
     PeersRequest: Peers,
+    AuditRequest: Audit,
     FetchRequest: Fetched,
     PublishRequest: Published,
     PublishStoreRequest: StorePublished,

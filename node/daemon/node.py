@@ -48,7 +48,7 @@ from node.local.errors import StoreError
 from node.local.packs import PackStore
 from node.local.publish import Bulk
 from node.local.store import LocalStore
-from p2p import blocks, claimwire, reachability, relay, summary
+from p2p import blocks, claimwire, logwire, reachability, relay, summary
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
@@ -60,7 +60,7 @@ from store.restore import RestoreError
 from store.source import SourceError
 from trust import keyfile, policyfile
 from trust.claim import SignedClaim
-from trust.key import SecretKey
+from trust.key import KeyFormatError, PublicKey, SecretKey
 from trust.policy import PolicyError, QuorumPolicy
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,6 @@ class Node:
 
         self.host.get_addrs = advertised  # type: ignore[method-assign]
         self.witnessing = Witnessing(self.data_dir, self.store)
-        self.store.on_kept = self.witnessing.observe_claims
         self.sessions.caught = self.witnessing.keys_caught
         self.host.get_network().register_notifee(witness.Joins(self.witnessing.joined))
         self.autopublish = AutoPublish(self.data_dir, config, self.store, self._announce)
@@ -205,6 +204,7 @@ class Node:
                     self.host.set_stream_handler(
                         TProtocol(witness.PROOFS_PROTOCOL), self._on_proofs
                     )
+                    self.host.set_stream_handler(TProtocol(logwire.PROTOCOL), self._on_log)
                     self.host.set_stream_handler(TProtocol(relay.HOP), self._on_relay_hop)
                     self.host.set_stream_handler(TProtocol(relay.STOP), self._on_relay_stop)
                     await self.discovery.start(stack)
@@ -374,6 +374,11 @@ class Node:
             if peer is not None:
                 await self.witnessing.serve_push(stream, peer)
 
+    async def _on_log(self, stream: INetStream) -> None:
+        async with self._inbound(stream) as peer:
+            if peer is not None:
+                await self.witnessing.serve_log(stream, peer)
+
     async def _on_proofs(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
             if peer is not None:
@@ -456,6 +461,14 @@ class Node:
                 return await self._status()
             case api.PeersRequest():
                 return self.discovery.report()
+            case api.AuditRequest():
+                try:
+                    key = PublicKey.decode(req.key)
+                except KeyFormatError as e:
+                    raise ControlError(f"BUILDER-KEY: {e}", Failure.USAGE) from None
+                return await self.witnessing.audit(
+                    key, self.discovery.peers(), self.discovery.open_stream
+                )
             case api.FetchRequest():
                 return await self._fetch(req, progress)
             case api.PublishRequest():

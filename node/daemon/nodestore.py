@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -58,8 +58,6 @@ class NodeStore:
         # policy every key is another's.
         self.trusted: frozenset[str] = frozenset()
         self.others_per_path = PeerLimits().unknown_claims_per_path
-        # Told of every batch of claims kept (node.daemon.witness watches for second stories).
-        self.on_kept: Callable[[list[SignedClaim]], Awaitable[None]] | None = None
         self._added = trio.Event()
         # The paths we have claims for, and our peers': misses are answered from memory.
         self.summaries = Summaries(self.reader.claimed_hashes())
@@ -199,8 +197,6 @@ class NodeStore:
         )
         if refused < len(found):  # not all junk: the store keeps claims for these paths
             self.summaries.add(c.claim.store_path.hash_part for c in found)
-        if self.on_kept is not None:
-            await self.on_kept(found)
         if new:
             log.info("learned %d new claims from %s", new, source)
         if refused:

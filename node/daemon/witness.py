@@ -7,7 +7,7 @@ keeps its own (trust.claimlog).
 - Logged claims that arrive (that topic, or pushed on `/ferry/logged/1` by a builder)
   are checked, their claims kept like any other, and shown to the witness; what a peer
   handed this node alone is passed on to the topic, so every node sees what every other
-  was told. Plain claims by trusted keys are shown to the witness too.
+  was told.
 - A lie the witness catches, or a proof a peer sends that holds, is written to
   `<data-dir>/caught/<key hex>`, published on CAUGHT_TOPIC, and the key counts for
   nothing in every fetch from then on (across restarts).
@@ -27,15 +27,17 @@ from libp2p.abc import INetConn, INetwork
 
 from node.daemon import api
 from node.daemon.nodestore import NodeStore
-from p2p import frame
+from p2p import frame, logwire
 from p2p.host import Notifee
 from p2p.stream import ByteStream, StreamGone, abort, finish, read_some, write
 from store import userfile
-from trust.claim import SignedClaim
+from trust.claim import Claim, ClaimError, Outcome, SignedClaim
 from trust.claimlog import ClaimLog
 from trust.equivocation import EquivocationError
-from trust.key import SecretKey
+from trust.key import PublicKey, SecretKey
 from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
+from trust.merkle import Tree
+from trust.treehead import SignedTreeHead
 from trust.witness import Caught, Witness
 
 log = logging.getLogger(__name__)
@@ -127,22 +129,13 @@ class Witnessing:
                 log.info("a logged claim from %s does not hold: %s", source, e)
         if not good:
             return
-        await self.store.learn([x.claim for x in good if x.claim.nix_valid()], source)
         for logged in good:
             caught = self.witness.observe(logged)
             if caught is not None:
                 await self._caught(caught, source)
+        await self.store.learn([x.claim for x in good if x.claim.nix_valid()], source)
         if pass_on:
             await self.announce(good)
-
-    async def observe_claims(self, claims: Sequence[SignedClaim]) -> None:
-        """Plain claims the store kept: a second story for a path shows here too."""
-        trusted = self.store.trusted
-        for c in claims:
-            if c.builder.encode() in trusted and c.claim_valid():
-                caught = self.witness.observe_claim(c)
-                if caught is not None:
-                    await self._caught(caught, "claims")
 
     async def receive_proof(self, data: bytes, source: str) -> None:
         try:
@@ -235,6 +228,114 @@ class Witnessing:
         for data in got[:MAX_PROOFS_TOLD]:
             await self.receive_proof(data, peer)
 
+    # --- the logs of this node's keys, read by anyone (/ferry/log/1), and audits
+
+    async def serve_log(self, stream: ByteStream, peer: str) -> None:
+        try:
+            with trio.fail_after(PUSH_DEADLINE):
+                request = logwire.decode(await _one_frame(stream, logwire.CAP))
+                await write(stream, logwire.encode(self._answer(request)))
+                await finish(stream)
+        except (trio.TooSlowError, logwire.LogWireError, frame.FrameError, StreamGone) as e:
+            log.info("a log request from %s went unanswered: %s", peer, e)
+            await abort(stream)
+
+    def _answer(self, request: logwire.Message) -> logwire.Message:
+        if not isinstance(request, logwire.Head | logwire.Entries):
+            return logwire.Nothing("not a request")
+        claimlog = self.logs.get(request.key)
+        if claimlog is None:
+            return logwire.Nothing("this node keeps no log of that key")
+        if isinstance(request, logwire.Head):
+            return logwire.Signed(claimlog.head().encode())
+        leaves: list[bytes] = []
+        size = 0
+        for index in range(request.start, min(len(claimlog), request.start + request.count)):
+            leaf = claimlog.leaf(index)
+            if leaves and size + len(leaf) > logwire.MAX_BYTES:
+                break
+            leaves.append(leaf)
+            size += len(leaf)
+        return logwire.Leaves(tuple(leaves))
+
+    async def audit(
+        self,
+        key: PublicKey,
+        peers: list[str],
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+    ) -> api.Audit:
+        """Read `key`'s log from the first peer that serves it, whole, and check it: its
+        root against its head, every leaf a claim by the key, one outcome per path, and
+        every head of the key this node has seen against the log's prefix of its size."""
+
+        async def ask(peer: str, request: logwire.Message) -> logwire.Message:
+            stream = await open_stream(peer, logwire.PROTOCOL)
+            try:
+                await write(stream, logwire.encode(request))
+                return logwire.decode(await _one_frame(stream, logwire.CAP))
+            finally:
+                await finish(stream)
+
+        for peer in peers:
+            try:
+                with trio.fail_after(PUSH_DEADLINE):
+                    answer = await ask(peer, logwire.Head(key.key))
+                if not isinstance(answer, logwire.Signed):
+                    continue
+                head = SignedTreeHead.decode(answer.head)
+                if head.builder.key != key.key or not head.valid():
+                    log.info("%s served a head that is not %s's", peer, key)
+                    continue
+                tree, leaves = Tree(), []
+                while len(tree) < head.head.size:
+                    with trio.fail_after(PUSH_DEADLINE):
+                        got = await ask(
+                            peer, logwire.Entries(key.key, len(tree), logwire.MAX_COUNT)
+                        )
+                    if not isinstance(got, logwire.Leaves) or not got.leaves:
+                        raise logwire.LogWireError(f"it stopped at leaf {len(tree)}")
+                    for leaf in got.leaves[: head.head.size - len(tree)]:
+                        tree.append(leaf)
+                        leaves.append(leaf)
+            except Exception as e:  # noqa: BLE001 - gone, too slow, or junk: the next peer
+                log.info("reading %s's log from %s failed: %s", key, peer, e)
+                continue
+            problems, paths = _check_leaves(key, leaves)
+            if tree.root() != head.head.root:
+                problems.insert(0, "the log's leaves do not hash to the root its head signs")
+            seen = self.witness.heads_of(head.log)
+            for old in seen:
+                size = old.head.size
+                if size > len(tree):
+                    problems.append(
+                        f"a head of size {size:,} was seen here, and the log has only "
+                        f"{len(tree):,} leaves: it was cut back"
+                    )
+                elif tree.root(size) != old.head.root:
+                    problems.append(
+                        f"a head of size {size:,} (signed at {old.head.time}) has root "
+                        f"{old.head.root.hex()[:16]}…, but the log's first {size:,} leaves hash "
+                        f"to {tree.root(size).hex()[:16]}…: the log was rewritten"
+                    )
+            caught = self.witness.caught.get(key.key)
+            if caught is not None:
+                problems.append(
+                    f"this node holds a proof that the key told two stories ({caught.kind}; "
+                    "`ferry trust caught`)"
+                )
+            return api.Audit(
+                str(key),
+                True,
+                peer,
+                head.head.size,
+                head.head.root.hex(),
+                head.head.time,
+                tuple(problems),
+                len(seen),
+                paths,
+            )
+        return api.Audit(str(key), False)
+
     def report(self) -> tuple[api.CaughtKey, ...]:
         return tuple(
             api.CaughtKey(str(c.key), c.kind, c.key.key.hex()) for c in self.witness.caught.values()
@@ -249,3 +350,35 @@ class Joins(Notifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         self.on_join(str(conn.muxed_conn.peer_id))
+
+
+def _check_leaves(key: PublicKey, leaves: list[bytes]) -> tuple[list[str], int]:
+    """Problems with a log's leaves: not claims, claims by another key, two outcomes for
+    one path; and how many paths they name."""
+    problems: list[str] = []
+    outcomes: dict[str, Outcome] = {}
+    for index, leaf in enumerate(leaves):
+        try:
+            c = Claim.decode(leaf)
+        except ClaimError as e:
+            problems.append(f"leaf {index} is not a claim: {e}")
+            continue
+        if c.builder.key != key.key:
+            problems.append(f"leaf {index} is a claim by another key ({c.builder})")
+            continue
+        first = outcomes.setdefault(str(c.store_path), c.outcome)
+        if first != c.outcome:
+            problems.append(
+                f"leaf {index} gives {c.store_path} another result than an earlier leaf"
+            )
+    return problems, len(outcomes)
+
+
+async def _one_frame(stream: ByteStream, cap: int) -> bytes:
+    decoder = frame.FrameDecoder(cap)
+    while True:
+        data = await read_some(stream)
+        if not data:
+            raise StreamGone("closed before a whole message")
+        for payload in decoder.feed(data):
+            return payload

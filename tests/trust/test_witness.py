@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -65,27 +66,28 @@ def test_any_bytes_decode_or_raise_logged_error(raw: bytes) -> None:
 def test_a_builder_that_forks_its_log_is_caught_by_whoever_sees_both_and_by_a_third(
     common: int, more_a: int, more_b: int, same_path: bool
 ) -> None:
-    """The builder keeps two logs from `common` claims on: one for client A, one for
+    """The builder forks its log after `common` claims: one branch for client A, one for
     client B. Once a client sees what the other was handed, it holds a proof; a third
     node that saw neither believes the proof alone."""
+    import shutil
     import tempfile
 
-    with (
-        tempfile.TemporaryDirectory() as da,
-        tempfile.TemporaryDirectory() as db,
-        ClaimLog(da, BUILDER) as log_a,
-        ClaimLog(db, BUILDER) as log_b,
-    ):
+    with tempfile.TemporaryDirectory() as d:
+        da, db = f"{d}/a", f"{d}/b"
         handed_a, handed_b = [], []
-        for i in range(common):
-            handed_a.append(_publish(log_a, BUILDER, _path(i)))
-            handed_b.append(_publish(log_b, BUILDER, _path(i)))
-        for i in range(more_a):
-            handed_a.append(_publish(log_a, BUILDER, _path(100 + i)))
-        for i in range(more_b):
-            # The same path, another result; or other paths altogether.
-            path = _path(100 + i) if same_path else _path(200 + i)
-            handed_b.append(_publish(log_b, BUILDER, path, nar_hash=EVIL))
+        with ClaimLog(da, BUILDER) as log:
+            for i in range(common):
+                handed_a.append(_publish(log, BUILDER, _path(i)))
+        shutil.copytree(da, db)  # the fork: the same log, id and leaves, from here two
+        handed_b = list(handed_a)
+        with ClaimLog(da, BUILDER) as log_a, ClaimLog(db, BUILDER) as log_b:
+            for i in range(more_a):
+                handed_a.append(_publish(log_a, BUILDER, _path(100 + i)))
+            for i in range(more_b):
+                # The same path, another result; or other paths altogether.
+                path = _path(100 + i) if same_path else _path(200 + i)
+                handed_b.append(_publish(log_b, BUILDER, path, nar_hash=EVIL))
+            assert log_a.log_id == log_b.log_id
         a, b, third = Witness(), Witness(), Witness()
         assert not any(a.observe(x) for x in handed_a)
         assert not any(b.observe(x) for x in handed_b)
@@ -104,14 +106,23 @@ def test_an_honest_growing_log_is_never_caught(tmp_path) -> None:  # type: ignor
     # In any order, twice over: heads of one log never fork, leaves never differ.
     for logged in handed[::-1] + handed:
         assert w.observe(logged) is None
-    assert w.newest[HONEST.public.key].head.size == 40 and not w.caught
+    (log_id,) = {x.head.head.log for x in handed}
+    assert w.heads_of((HONEST.public.key, log_id))[-1].head.size == 40 and not w.caught
 
 
-def test_a_claim_for_one_path_with_another_result_is_caught_without_any_log() -> None:
+def test_two_results_for_one_path_in_one_log_are_caught_and_in_two_logs_are_not(
+    tmp_path: Path,
+) -> None:
     w = Witness()
-    assert w.observe_claim(make(BUILDER)) is None
-    assert w.observe_claim(make(BUILDER, time=1_800_000_000)) is None  # the same result again
-    caught = w.observe_claim(make(BUILDER, nar_hash=EVIL))
+    with (
+        ClaimLog(str(tmp_path / "one"), BUILDER) as one,
+        ClaimLog(str(tmp_path / "two"), BUILDER) as two,
+    ):
+        assert w.observe(_publish(one, BUILDER, PATH_A)) is None
+        # The key's other machine built the path too, and got another result: two logs.
+        assert w.observe(_publish(two, BUILDER, PATH_A, nar_hash=EVIL)) is None
+        assert not w.caught
+        caught = w.observe(_publish(one, BUILDER, PATH_A, nar_hash=EVIL))
     assert caught is not None and caught.kind == "CLAIMS"
 
 
