@@ -22,6 +22,7 @@ PARAMS = (
     "bad_fraction",
     "sybils",
     "on_conflict",
+    "liar",
     "deadline",
 )
 
@@ -138,5 +139,7 @@ def _check(p: Params) -> None:
         )
     if p.on_conflict not in ("majority", "refuse"):
         raise ValueError("--on-conflict is majority or refuse")
+    if p.liar not in ("equivocates", "consistent"):
+        raise ValueError("--liar is equivocates or consistent")
     if p.deadline <= 0 or p.stagger < 0:
         raise ValueError("--deadline must be above 0 and --stagger at least 0")

@@ -12,22 +12,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
+from libp2p.network.stream.exceptions import StreamError
 
 from node.exchange.fetch import Fetch, FetchError, FetchRefused, FetchSettings
 from node.exchange.limits import DEFAULT as DEFAULT_LIMITS
 from node.exchange.schedule import Schedule
 from node.exchange.server import serve_blocks, serve_claims
 from node.exchange.uplink import DEFAULT_SLOTS, Uplink
-from p2p import claimwire
+from p2p import claimwire, frame, witnesswire
 from p2p.blocks import PROTOCOL as BLOCKS
-from p2p.stream import read_some
+from p2p.stream import StreamGone, read_some
 from sim.content import Release
 from sim.host import SimHost, World
 from sim.link import LinkSpec, SimStream
 from sim.store import SimStore
 from store.chunking import digest as blake3_digest
 from store.path import StorePath
+from trust.equivocation import EquivocationError
+from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
 from trust.policy import Insufficient, QuorumPolicy
+from trust.witness import Caught, Witness
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,13 @@ class SimNode:
         self.host.handlers[claimwire.PROTOCOL] = self._serve_claims
         self.host.handlers[claimwire.PROTOCOL_GETS] = self._serve_claims
         self.host.handlers[BLOCKS] = self._stall if role is Role.STALL else self._serve_blocks
+        # The witness (trust.witness), as node.daemon.witness runs it: what a node is told
+        # of a builder's log it passes to its peers, once; a lie it catches, likewise.
+        self.witness = Witness()
+        self.caught_at: float | None = None
+        self._told: set[bytes] = set()  # digests of what it passed on already
+        self.host.handlers[witnesswire.PUSH_PROTOCOL] = self._serve_logged
+        self.host.handlers[witnesswire.PROOFS_PROTOCOL] = self._serve_proof
 
     @property
     def name(self) -> str:
@@ -150,6 +161,61 @@ class SimNode:
         while await read_some(stream):
             pass  # reads every want, answers none, until the client gives up
 
+    # --- witnessing
+
+    async def _one(self, stream: SimStream) -> bytes | None:
+        decoder = frame.FrameDecoder(MAX_LOGGED)
+        while data := await read_some(stream):
+            for payload in decoder.feed(data):
+                return payload
+        return None
+
+    async def _serve_logged(self, stream: SimStream, peer: str) -> None:
+        data = await self._one(stream)
+        if data is None or not self._first(data):
+            return
+        try:
+            logged = LoggedClaim.decode(data)
+        except LoggedError:
+            return
+        self.pass_on(witnesswire.PUSH_PROTOCOL, data, but=peer)
+        self._caught(self.witness.observe(logged))
+
+    async def _serve_proof(self, stream: SimStream, peer: str) -> None:
+        data = await self._one(stream)
+        if data is None or not self._first(data):
+            return
+        try:
+            self._caught(self.witness.receive_proof(data))
+        except EquivocationError:
+            return
+
+    def _first(self, data: bytes) -> bool:
+        digest = blake3_digest(data)
+        if digest in self._told:
+            return False
+        self._told.add(digest)
+        return True
+
+    def _caught(self, caught: Caught | None) -> None:
+        if caught is not None and self.caught_at is None:
+            self.caught_at = trio.current_time()
+            self._first(caught.encoded)
+            self.pass_on(witnesswire.PROOFS_PROTOCOL, caught.encoded)
+
+    def pass_on(self, protocol: str, data: bytes, but: str | None = None) -> None:
+        for peer in self.host.peers():
+            if peer != but:
+                self.world.nursery.start_soon(self.tell, peer, protocol, data)
+
+    async def tell(self, peer: str, protocol: str, data: bytes) -> None:
+        try:
+            stream = await self.host.open_stream(peer, protocol)
+            await stream.write(frame.encode(data, MAX_LOGGED))
+            await stream.close()
+        except (StreamError, StreamGone):
+            pass  # gone: the others carry it
+
     # --- fetching
 
     def _schedule(self, sizes: dict[bytes, int], cut: Sequence[Sequence[bytes]] | None) -> Schedule:
@@ -162,7 +228,8 @@ class SimNode:
         assert self.policy is not None
         if self.result.started is None:
             self.result.started = trio.current_time()
-        fetch = Fetch(self.host, self.store, self.policy, self.settings, schedule=self._schedule)
+        policy = dataclasses.replace(self.policy, caught=self.witness.keys_caught())
+        fetch = Fetch(self.host, self.store, policy, self.settings, schedule=self._schedule)
         try:
             plans = await fetch.run(root, closure=True)
         except FetchRefused as e:

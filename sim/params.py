@@ -25,6 +25,7 @@ class Params:
     on_conflict: str = (
         "majority"  # byzantine-builders: the fetchers' policy on disagreeing builders
     )
+    liar: str = "equivocates"  # byzantine-builders: "equivocates" or "consistent"
     deadline: float = 6 * 3600.0  # virtual seconds before the run is called off
 
     HELP: ClassVar[dict[str, str]] = {
@@ -42,6 +43,8 @@ class Params:
         "sybils": "keys outside the trusted set signing the lying builder's result (byzantine-builders)",
         "on_conflict": "the fetchers' policy when trusted builders disagree: majority or refuse "
         "(byzantine-builders)",
+        "liar": "how the lying builder lies: equivocates (it also hands half the fetchers one branch of "
+        "its log and half another, and is caught) or consistent (one story to all) (byzantine-builders)",
         "deadline": "virtual seconds before the run is called off",
     }
 
@@ -66,6 +69,6 @@ SCENARIOS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "byzantine-builders": (
         "1 of 3 builders lies; Sybil keys outside the trusted set sign the lie",
-        ("nodes", "closure_mb", "paths", "degree", "sybils", "on_conflict"),
+        ("nodes", "closure_mb", "paths", "degree", "sybils", "on_conflict", "liar"),
     ),
 }

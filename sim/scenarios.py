@@ -25,11 +25,17 @@ import trio
 import trio.testing
 
 from node.exchange.fetch import FetchSettings
+from p2p import witnesswire
 from sim.content import Release, key, lie_about, release
 from sim.host import World
 from sim.link import LinkSpec
 from sim.node import NodeResult, Role, SimNode
 from sim.params import SCENARIOS, Params
+from trust import treehead
+from trust.claim import SignedClaim
+from trust.key import SecretKey
+from trust.logged import LoggedClaim
+from trust.merkle import Tree
 from trust.policy import OnConflict, QuorumPolicy
 
 
@@ -423,17 +429,59 @@ async def byzantine_builders(run: _Run) -> list[str]:
         for s in run.rng.sample(sybils, min(len(sybils), 10)):
             f.host.connect(s.name)
     starts = [run.rng.uniform(0, p.stagger) for _ in fetchers]
+    # The liar also tells two stories: one branch of its log to half the fetchers, another
+    # to the rest, at the start. Fetchers pass on what they are told (node.daemon.witness).
+    stories = _two_stories(
+        run.rng, keys_[2], honest.claims(keys_[2])[honest.root], lie.claims(keys_[2])[honest.root]
+    )
+    told_at = trio.current_time()
+    for i, f in enumerate(fetchers):
+        if p.liar == "equivocates":
+            run.world.nursery.start_soon(
+                builders[2].tell, f.name, witnesswire.PUSH_PROTOCOL, stories[i % 2].encode()
+            )
     async with trio.open_nursery() as n:
         n.start_soon(run.sample, builders[:2], fetchers)
         async with trio.open_nursery() as fetching:
             for f, at in zip(fetchers, starts):
                 fetching.start_soon(run.fetch_until_done, f, honest.root, at)
         n.cancel_scope.cancel()
+    caught = sorted(f.caught_at - told_at for f in fetchers if f.caught_at is not None)
     return [
         f"builder-3 signs other contents for the same store paths; {p.sybils} keys outside the policy sign "
         f"the same lie and serve it; each fetcher is connected to 10 of them; policy 2 of 3, on_conflict "
-        f"{p.on_conflict}"
+        f"{p.on_conflict}",
+        *(
+            [
+                f"builder-3 also tells two stories: half the fetchers are handed one branch of its log, "
+                f"half another; fetchers pass on what they are told. {len(caught)} of {len(fetchers)} "
+                "caught it"
+                + (
+                    f", the last {caught[-1]:.2f} s after the stories went out (median "
+                    f"{caught[len(caught) // 2]:.2f} s); a caught key counts for nothing"
+                    if caught
+                    else ""
+                )
+            ]
+            if p.liar == "equivocates"
+            else []
+        ),
     ]
+
+
+def _two_stories(
+    rng: random.Random, k: SecretKey, one: SignedClaim, other: SignedClaim
+) -> tuple[LoggedClaim, LoggedClaim]:
+    """Two branches of one log of `k`, each one leaf long: `one` in the first, `other` in
+    the second."""
+    log_id = rng.randbytes(16)
+    out = []
+    for c in (one, other):
+        tree = Tree()
+        tree.append(c.claim.encode())
+        head = treehead.sign(k, log_id, 1, tree.root(), 1_700_000_000)
+        out.append(LoggedClaim(c, head, 0, tuple(tree.inclusion(0))))
+    return out[0], out[1]
 
 
 _BODIES: dict[str, Callable[[_Run], Awaitable[list[str]]]] = {

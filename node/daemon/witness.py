@@ -27,7 +27,7 @@ from libp2p.abc import INetConn, INetwork
 
 from node.daemon import api
 from node.daemon.nodestore import NodeStore
-from p2p import frame, logwire
+from p2p import frame, logwire, witnesswire
 from p2p.host import Notifee
 from p2p.stream import ByteStream, StreamGone, abort, finish, read_some, write
 from store import userfile
@@ -42,14 +42,14 @@ from trust.witness import Caught, Witness
 
 log = logging.getLogger(__name__)
 
-LOGGED_TOPIC = "ferry/logged/1"
-CAUGHT_TOPIC = "ferry/caught/1"
-PUSH_PROTOCOL = "/ferry/logged/1"  # frames (p2p.frame), each a logged claim
-MAX_PUSHED = 256  # logged claims one push stream may carry
-PUSH_DEADLINE = 30.0
-PROOFS_PROTOCOL = "/ferry/caught/1"  # frames, each a proof of equivocation
-MAX_PROOFS_TOLD = 64
-MAX_PROOF = 1 << 20  # a CLAIMS proof holds two claims; real ones are a few KiB
+LOGGED_TOPIC = witnesswire.LOGGED_TOPIC
+CAUGHT_TOPIC = witnesswire.CAUGHT_TOPIC
+PUSH_PROTOCOL = witnesswire.PUSH_PROTOCOL
+PROOFS_PROTOCOL = witnesswire.PROOFS_PROTOCOL
+MAX_PUSHED = witnesswire.MAX_PUSHED
+MAX_PROOFS_TOLD = witnesswire.MAX_PROOFS_TOLD
+MAX_PROOF = witnesswire.MAX_PROOF
+PUSH_DEADLINE = witnesswire.DEADLINE
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 

@@ -73,7 +73,7 @@ def test_byzantine_peers_are_caught_and_nothing_corrupt_is_stored() -> None:
 
 
 def test_a_lying_builder_and_sybils_never_make_a_quorum() -> None:
-    p = dataclasses.replace(SMALL, sybils=12)
+    p = dataclasses.replace(SMALL, sybils=12, liar="consistent")
     r = run("byzantine-builders", p)
     s = summary(r)
     assert s["completed"] == p.nodes and s["bad_blocks_stored"] == 0
@@ -83,6 +83,20 @@ def test_a_lying_builder_and_sybils_never_make_a_quorum() -> None:
     r = run("byzantine-builders", dataclasses.replace(p, on_conflict="refuse"))
     assert all(not n.completed and not n.paths_trusted for n in _fetchers(r))
     assert all("conflict" in (n.error or "").lower() for n in _fetchers(r))
+
+
+def test_a_builder_that_tells_two_stories_is_caught_by_every_fetcher_and_loses_its_veto() -> None:
+    """Half the fetchers are handed one branch of the liar's log, half another: passing on
+    what they are told, all catch it within a second of simulated time, and under
+    `refuse` the caught key no longer blocks the honest builders' result."""
+    p = dataclasses.replace(SMALL, sybils=12, on_conflict="refuse")
+    r = run("byzantine-builders", p)
+    (note,) = [n for n in r.notes if "tells two stories" in n]
+    assert f"{p.nodes} of {p.nodes} caught it" in note, note
+    last = float(note.split("the last ")[1].split(" s")[0])
+    assert last < 1.0, note
+    assert summary(r)["completed"] == p.nodes
+    assert len({n.paths_trusted[0] for n in _fetchers(r)}) == 1
 
 
 def test_a_fleet_update_travels_as_diffs() -> None:
