@@ -130,9 +130,15 @@ class Witnessing:
         if not good:
             return
         for logged in good:
-            caught = self.witness.observe(logged)
-            if caught is not None:
-                await self._caught(caught, source)
+            # What it keeps of a log is kept for the keys its policy counts (and its own):
+            # a stranger's key could make it hold any number of leaves.
+            if (
+                logged.claim.builder.encode() in self.store.trusted
+                or logged.claim.builder.key in self.logs
+            ):
+                caught = self.witness.observe(logged)
+                if caught is not None:
+                    await self._caught(caught, source)
         await self.store.learn([x.claim for x in good if x.claim.nix_valid()], source)
         if pass_on:
             await self.announce(good)
