@@ -372,17 +372,29 @@ class Node:
     async def _on_logged_push(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
             if peer is not None:
-                await self.witnessing.serve_push(stream, peer)
+                try:
+                    await self.witnessing.serve_push(stream, peer)
+                except Exception:
+                    log.exception("serving %s to %s failed", "logged_push", peer)
+                    await abort(stream)
 
     async def _on_log(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
             if peer is not None:
-                await self.witnessing.serve_log(stream, peer)
+                try:
+                    await self.witnessing.serve_log(stream, peer)
+                except Exception:
+                    log.exception("serving %s to %s failed", "log", peer)
+                    await abort(stream)
 
     async def _on_proofs(self, stream: INetStream) -> None:
         async with self._inbound(stream) as peer:
             if peer is not None:
-                await self.witnessing.serve_proofs(stream, peer)
+                try:
+                    await self.witnessing.serve_proofs(stream, peer)
+                except Exception:
+                    log.exception("serving %s to %s failed", "proofs", peer)
+                    await abort(stream)
 
     async def _witness_gossip(
         self, pubsub: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -398,7 +410,11 @@ class Node:
             while True:
                 msg = await sub.get()
                 if msg.from_id != me:
-                    await on(msg.data, "gossip")
+                    try:
+                        await on(msg.data, "gossip")
+                    except Exception:
+                        # A bug met on one message must not stop the node hearing the rest.
+                        log.exception("a gossiped log message could not be handled")
 
         async def on_logged(data: bytes, source: str) -> None:
             try:

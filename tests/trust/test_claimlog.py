@@ -25,6 +25,9 @@ def test_a_log_proves_its_leaves_and_its_growth_across_a_reopen(tmp_path: Path) 
         log.append(b"claim %d" % i)
     new = log.head()
     assert new.valid() and new.head.size == 25
+    # A batch: logged once each, with one fsync; what was logged keeps its index.
+    assert log.append_many([b"claim 25", b"claim 3", b"claim 25"]) == [25, 3, 25]
+    assert len(log) == 26
     assert merkle.verify_consistency(10, 25, old.head.root, new.head.root, log.consistency(10, 25))
     proved = log.prove(b"claim 17", new)
     assert merkle.verify_inclusion(
