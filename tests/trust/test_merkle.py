@@ -70,10 +70,21 @@ def test_roots_match_certificate_transparencys_vectors() -> None:
         assert t.root().hex() == root
 
 
+def test_every_size_to_thousands_proves_its_edges_and_middle(big: Tree) -> None:
+    """Every tree size to BIG: the first, middle and last leaf's inclusion, and
+    consistency from the size before and from half the size."""
+    for n in range(1, BIG + 1):
+        root = big.root(n)
+        for i in {0, n // 2, n - 1}:
+            assert verify_inclusion(big.leaves[i], i, n, big.inclusion(i, n), root), (i, n)
+        for m in {n - 1, n // 2}:
+            assert verify_consistency(m, n, big.root(m), root, big.consistency(m, n)), (m, n)
+
+
 def test_every_proof_of_every_small_tree_verifies() -> None:
-    """All sizes to 64: every leaf's inclusion, every pair of sizes' consistency."""
-    t = _tree(64)
-    for n in range(65):
+    """All sizes to 128: every leaf's inclusion, every pair of sizes' consistency."""
+    t = _tree(128)
+    for n in range(129):
         root = t.root(n)
         assert root == _reference_root(t.leaves[:n])
         for i in range(n):
