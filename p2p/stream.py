@@ -9,6 +9,8 @@ from typing import Protocol
 
 import trio
 
+from p2p import frame
+
 READ = 1 << 20
 # `write_paced` measures progress in pieces this size: what one noise message carries
 # (65,535 bytes less its 16-byte tag) less a yamux header, so a piece costs one message.
@@ -61,6 +63,17 @@ async def read_some(stream: ByteStream) -> bytes:
         return b""
     except error as e:
         raise StreamGone(str(e) or type(e).__name__) from None
+
+
+async def read_frame(stream: ByteStream, cap: int) -> bytes:
+    """The payload of the one frame (p2p.frame) a request-and-answer protocol sends."""
+    decoder = frame.FrameDecoder(cap)
+    while True:
+        data = await read_some(stream)
+        if not data:
+            raise StreamGone("closed before a whole message")
+        for payload in decoder.feed(data):
+            return payload
 
 
 async def write(stream: ByteStream, data: bytes) -> None:

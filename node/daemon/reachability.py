@@ -20,7 +20,7 @@ import trio
 from node.exchange.network import Network
 from p2p import frame, reachability
 from p2p.reachability import Ask, ReachabilityError, Verdict
-from p2p.stream import ByteStream, StreamGone, abort, read_some, write
+from p2p.stream import ByteStream, StreamGone, abort, read_frame, write
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,6 @@ def tcp_ports(addrs: list[multiaddr.Multiaddr]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ports))[: reachability.MAX_PORTS]
 
 
-async def _one_frame(stream: ByteStream) -> bytes:
-    decoder = frame.FrameDecoder(reachability.CAP)
-    while True:
-        data = await read_some(stream)
-        if not data:
-            raise StreamGone("closed before a whole message")
-        for payload in decoder.feed(data):
-            return payload
-
-
 class Reachability:
     def __init__(self, net: Network, listen_addrs: Callable[[], list[multiaddr.Multiaddr]]) -> None:
         self.net = net
@@ -65,7 +55,7 @@ class Reachability:
         """Answer one peer's request: dial it back on the ports it named."""
         try:
             with trio.fail_after(REQUEST_DEADLINE):
-                ask = Ask.decode(await _one_frame(stream))
+                ask = Ask.decode(await read_frame(stream, reachability.CAP))
             if observed is None:
                 raise ReachabilityError("the connection has no IP address to dial back")
             await write(stream, (await reachability.check(observed, ask)).encode())
@@ -80,7 +70,7 @@ class Reachability:
             with trio.fail_after(ANSWER_TIMEOUT):
                 stream = await self.net.open_stream(peer, reachability.PROTOCOL)
                 await write(stream, Ask(ports).encode())
-                return Verdict.decode(await _one_frame(stream))
+                return Verdict.decode(await read_frame(stream, reachability.CAP))
         except Exception as e:  # noqa: BLE001 - gone, too slow, or does not speak it
             log.debug("%s gave no reachability verdict: %s", peer, e)
             return None

@@ -29,7 +29,7 @@ from node.daemon import api
 from node.daemon.nodestore import NodeStore
 from p2p import frame, logwire, witnesswire
 from p2p.host import Notifee
-from p2p.stream import ByteStream, StreamGone, abort, finish, read_some, write
+from p2p.stream import ByteStream, StreamGone, abort, finish, read_frame, read_some, write
 from store import userfile
 from trust.claim import Claim, ClaimError, Outcome, SignedClaim
 from trust.claimlog import ClaimLog
@@ -238,7 +238,7 @@ class Witnessing:
     async def serve_log(self, stream: ByteStream, peer: str) -> None:
         try:
             with trio.fail_after(PUSH_DEADLINE):
-                request = logwire.decode(await _one_frame(stream, logwire.CAP))
+                request = logwire.decode(await read_frame(stream, logwire.CAP))
                 await write(stream, logwire.encode(self._answer(request)))
                 await finish(stream)
         except (trio.TooSlowError, logwire.LogWireError, frame.FrameError, StreamGone) as e:
@@ -277,7 +277,7 @@ class Witnessing:
             stream = await open_stream(peer, logwire.PROTOCOL)
             try:
                 await write(stream, logwire.encode(request))
-                return logwire.decode(await _one_frame(stream, logwire.CAP))
+                return logwire.decode(await read_frame(stream, logwire.CAP))
             finally:
                 await finish(stream)
 
@@ -377,13 +377,3 @@ def _check_leaves(key: PublicKey, leaves: list[bytes]) -> tuple[list[str], int]:
                 f"leaf {index} gives {c.store_path} another result than an earlier leaf"
             )
     return problems, len(outcomes)
-
-
-async def _one_frame(stream: ByteStream, cap: int) -> bytes:
-    decoder = frame.FrameDecoder(cap)
-    while True:
-        data = await read_some(stream)
-        if not data:
-            raise StreamGone("closed before a whole message")
-        for payload in decoder.feed(data):
-            return payload
