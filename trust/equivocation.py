@@ -27,10 +27,9 @@ import msgpack
 from trust import merkle
 from trust.claim import ClaimError
 from trust.key import PublicKey
-from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
+from trust.logged import MAX_LOGGED, MAX_PROOF, LoggedClaim, LoggedError
 from trust.treehead import SignedTreeHead, TreeHeadError
 
-MAX_PROOF = 64  # hashes in an inclusion proof: a tree of 2^64 leaves
 MAX_EQUIVOCATION = 2 * MAX_LOGGED + 8192
 
 

@@ -17,7 +17,7 @@ from trust import merkle
 from trust.claim import MAX_CLAIM, ClaimError, SignedClaim
 from trust.treehead import SignedTreeHead, TreeHeadError
 
-MAX_PROOF = 64
+MAX_PROOF = 64  # hashes in an inclusion proof: a tree of 2^64 leaves
 MAX_LOGGED = MAX_CLAIM + 4096
 
 

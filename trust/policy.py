@@ -74,6 +74,9 @@ class KeyLife:
         return None
 
 
+_FOREVER = KeyLife()
+
+
 @dataclass(frozen=True, slots=True)
 class Ignored:
     index: int  # position in the claims given to decide()
@@ -128,6 +131,7 @@ class QuorumPolicy:
     # Key name -> its life (rotation, revocation); keys not named live forever.
     lives: tuple[tuple[str, KeyLife], ...] = ()
     _seats: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+    _lives: dict[str, KeyLife] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.trusted:
@@ -158,6 +162,7 @@ class QuorumPolicy:
                 f"not {self.threshold!r}",
                 "threshold",
             )
+        object.__setattr__(self, "_lives", dict(self.lives))
         object.__setattr__(self, "_seats", self._check_lives(names))
         seats = len(set(self._seats.values()))
         if self.threshold > seats:
@@ -169,9 +174,8 @@ class QuorumPolicy:
 
     def _check_lives(self, names: set[str]) -> dict[str, str]:
         """Each key's builder (its first predecessor's name); checks the lives."""
-        lives = dict(self.lives)
         before: dict[str, str] = {}
-        for name, life in lives.items():
+        for name, life in self._lives.items():
             if name not in names:
                 raise PolicyError(f"keys.{name}: no trusted key is named {name!r}", "keys")
             nxt = life.successor
@@ -197,7 +201,7 @@ class QuorumPolicy:
         return seats
 
     def life(self, name: str) -> KeyLife:
-        return dict(self.lives).get(name, KeyLife())
+        return self._lives.get(name, _FOREVER)
 
     def decide(self, store_path: StorePath, claims: Iterable[SignedClaim]) -> Verdict:
         """The verdict the claims give. A key in `caught` counts for nothing."""

@@ -152,7 +152,8 @@ def _seconds(value: object, what: str, where: _Locator) -> int:
     )
 
 
-def _when(seconds: int) -> str:
+def show_time(seconds: int) -> str:
+    """A time as the policy file writes it (UTC, to the second)."""
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -168,7 +169,7 @@ def dump(policy: QuorumPolicy) -> str:
         for f in ("not_before", "not_after", "revoked"):
             value = getattr(life, f)
             if value is not None:
-                text += f"{f} = {_when(value)}\n"
+                text += f"{f} = {show_time(value)}\n"
         if life.successor is not None:
             text += f'successor = "{life.successor}"\n'
     return text

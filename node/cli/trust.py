@@ -505,7 +505,9 @@ def _rotate(args: argparse.Namespace) -> None:
         )
     except PolicyError as e:
         _bad(str(e))
-    _save_policy(args, rotated, f"{args.old} hands over to {new.name} at {_show_time(at)}")
+    _save_policy(
+        args, rotated, f"{args.old} hands over to {new.name} at {policyfile.show_time(at)}"
+    )
 
 
 def _revoke(args: argparse.Namespace) -> None:
@@ -514,11 +516,7 @@ def _revoke(args: argparse.Namespace) -> None:
         _bad(f"the policy trusts no key named {args.name!r}")
     at = _at(args.at)
     revoked = dataclasses.replace(policy, lives=_with_life(policy, args.name, revoked=at))
-    _save_policy(args, revoked, f"{args.name} counts for nothing from {_show_time(at)}")
-
-
-def _show_time(seconds: int) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _save_policy(args, revoked, f"{args.name} counts for nothing from {policyfile.show_time(at)}")
 
 
 def _audit(args: argparse.Namespace) -> None:
@@ -534,7 +532,7 @@ def _audit(args: argparse.Namespace) -> None:
                 f"log of  {audit.key}",
                 f"from    {audit.source}",
                 f"size    {audit.size:,} claims for {audit.paths:,} store paths",
-                f"head    root {audit.root}, signed at {_show_time(audit.time)}",
+                f"head    root {audit.root}, signed at {policyfile.show_time(audit.time)}",
                 f"checked every leaf, and {audit.heads_checked} heads seen here",
                 *(f"problem {p}" for p in audit.problems),
                 "ok: the log holds together" if not audit.problems else "",

@@ -48,7 +48,7 @@ from node.local.errors import StoreError
 from node.local.packs import PackStore
 from node.local.publish import Bulk
 from node.local.store import LocalStore
-from p2p import blocks, claimwire, logwire, reachability, relay, summary
+from p2p import blocks, claimwire, logwire, reachability, relay, summary, witnesswire
 from p2p.host import HostLimits, make_host
 from p2p.identity import load_or_create
 from p2p.stream import abort
@@ -199,10 +199,10 @@ class Node:
                         TProtocol(reachability.PROTOCOL), self._on_reachability
                     )
                     self.host.set_stream_handler(
-                        TProtocol(witness.PUSH_PROTOCOL), self._on_logged_push
+                        TProtocol(witnesswire.PUSH_PROTOCOL), self._on_logged_push
                     )
                     self.host.set_stream_handler(
-                        TProtocol(witness.PROOFS_PROTOCOL), self._on_proofs
+                        TProtocol(witnesswire.PROOFS_PROTOCOL), self._on_proofs
                     )
                     self.host.set_stream_handler(TProtocol(logwire.PROTOCOL), self._on_log)
                     self.host.set_stream_handler(TProtocol(relay.HOP), self._on_relay_hop)
@@ -401,8 +401,8 @@ class Node:
     ) -> None:
         """Logged claims and proofs of equivocation on their gossip topics."""
         me = self.host.get_id().to_bytes()
-        logged = await pubsub.subscribe(witness.LOGGED_TOPIC)
-        caught = await pubsub.subscribe(witness.CAUGHT_TOPIC)
+        logged = await pubsub.subscribe(witnesswire.LOGGED_TOPIC)
+        caught = await pubsub.subscribe(witnesswire.CAUGHT_TOPIC)
         self.witnessing.publish = pubsub.publish
         task_status.started()
 

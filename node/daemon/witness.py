@@ -3,13 +3,13 @@ keeps its own (trust.claimlog).
 
 - Claims this node signs (`ferry publish --key`, `publish_key`) are appended to the log of
   their key (`<data-dir>/claimlog/`) and go out as logged claims (trust.logged): on the
-  gossip topic LOGGED_TOPIC, beside the plain claims.
+  gossip topic witnesswire.LOGGED_TOPIC, beside the plain claims.
 - Logged claims that arrive (that topic, or pushed on `/ferry/logged/1` by a builder)
   are checked, their claims kept like any other, and shown to the witness; what a peer
   handed this node alone is passed on to the topic, so every node sees what every other
   was told.
 - A lie the witness catches, or a proof a peer sends that holds, is written to
-  `<data-dir>/caught/<key hex>`, published on CAUGHT_TOPIC, and the key counts for
+  `<data-dir>/caught/<key hex>`, published on witnesswire.CAUGHT_TOPIC, and the key counts for
   nothing in every fetch from then on (across restarts).
 """
 
@@ -42,15 +42,6 @@ from trust.witness import Caught, Witness
 
 log = logging.getLogger(__name__)
 
-LOGGED_TOPIC = witnesswire.LOGGED_TOPIC
-CAUGHT_TOPIC = witnesswire.CAUGHT_TOPIC
-PUSH_PROTOCOL = witnesswire.PUSH_PROTOCOL
-PROOFS_PROTOCOL = witnesswire.PROOFS_PROTOCOL
-MAX_PUSHED = witnesswire.MAX_PUSHED
-MAX_PROOFS_TOLD = witnesswire.MAX_PROOFS_TOLD
-MAX_PROOF = witnesswire.MAX_PROOF
-PUSH_DEADLINE = witnesswire.DEADLINE
-
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -62,7 +53,7 @@ class Witnessing:
         self.log_dir = os.path.join(data_dir, "claimlog")
         self.logs: dict[bytes, ClaimLog] = {}
         self.publish: Publish | None = None  # set once gossip runs
-        self._joins, self._joined = trio.open_memory_channel[str](MAX_PROOFS_TOLD)
+        self._joins, self._joined = trio.open_memory_channel[str](witnesswire.MAX_PROOFS_TOLD)
         self._load_caught()
 
     def _load_caught(self) -> None:
@@ -112,7 +103,9 @@ class Witnessing:
     async def announce(self, logged: Sequence[LoggedClaim]) -> None:
         if logged and self.publish is not None:
             try:
-                await self.publish(LOGGED_TOPIC, msgpack.packb([x.encode() for x in logged]))
+                await self.publish(
+                    witnesswire.LOGGED_TOPIC, msgpack.packb([x.encode() for x in logged])
+                )
             except Exception as e:  # noqa: BLE001 - best effort, as for plain claims
                 log.info("gossip of logged claims failed: %s", e)
 
@@ -167,7 +160,7 @@ class Witnessing:
             log.warning("cannot keep the proof in %s: %s", path, e)
         if self.publish is not None:
             try:
-                await self.publish(CAUGHT_TOPIC, caught.encoded)
+                await self.publish(witnesswire.CAUGHT_TOPIC, caught.encoded)
             except Exception as e:  # noqa: BLE001 - a peer that asks will still be told
                 log.info("gossip of a proof failed: %s", e)
 
@@ -176,8 +169,8 @@ class Witnessing:
         decoder = frame.FrameDecoder(MAX_LOGGED)
         got: list[bytes] = []
         try:
-            with trio.fail_after(PUSH_DEADLINE):
-                while len(got) < MAX_PUSHED:
+            with trio.fail_after(witnesswire.DEADLINE):
+                while len(got) < witnesswire.MAX_PUSHED:
                     data = await read_some(stream)
                     if not data:
                         break
@@ -185,7 +178,7 @@ class Witnessing:
         except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
             log.info("a push of logged claims from %s ended: %s", peer, e)
             await abort(stream)
-        await self.receive_logged(got[:MAX_PUSHED], peer, pass_on=True)
+        await self.receive_logged(got[: witnesswire.MAX_PUSHED], peer, pass_on=True)
 
     # --- proofs to peers that join (gossip reaches only those connected when it went out)
 
@@ -208,21 +201,23 @@ class Witnessing:
     async def _tell(
         self, open_stream: Callable[[str, str], Awaitable[ByteStream]], peer: str
     ) -> None:
-        proofs = [c.encoded for c in self.witness.caught.values()][:MAX_PROOFS_TOLD]
-        with trio.move_on_after(PUSH_DEADLINE):
+        proofs = [c.encoded for c in self.witness.caught.values()][: witnesswire.MAX_PROOFS_TOLD]
+        with trio.move_on_after(witnesswire.DEADLINE):
             try:
-                stream = await open_stream(peer, PROOFS_PROTOCOL)
-                await write(stream, b"".join(frame.encode(p, MAX_PROOF) for p in proofs))
+                stream = await open_stream(peer, witnesswire.PROOFS_PROTOCOL)
+                await write(
+                    stream, b"".join(frame.encode(p, witnesswire.MAX_PROOF) for p in proofs)
+                )
                 await finish(stream)
             except Exception as e:  # noqa: BLE001 - an older peer, or gone
                 log.debug("telling %s of caught keys: %s", peer, e)
 
     async def serve_proofs(self, stream: ByteStream, peer: str) -> None:
-        decoder = frame.FrameDecoder(MAX_PROOF)
+        decoder = frame.FrameDecoder(witnesswire.MAX_PROOF)
         got: list[bytes] = []
         try:
-            with trio.fail_after(PUSH_DEADLINE):
-                while len(got) < MAX_PROOFS_TOLD:
+            with trio.fail_after(witnesswire.DEADLINE):
+                while len(got) < witnesswire.MAX_PROOFS_TOLD:
                     data = await read_some(stream)
                     if not data:
                         break
@@ -230,14 +225,14 @@ class Witnessing:
         except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
             log.info("proofs from %s ended: %s", peer, e)
             await abort(stream)
-        for data in got[:MAX_PROOFS_TOLD]:
+        for data in got[: witnesswire.MAX_PROOFS_TOLD]:
             await self.receive_proof(data, peer)
 
     # --- the logs of this node's keys, read by anyone (/ferry/log/1), and audits
 
     async def serve_log(self, stream: ByteStream, peer: str) -> None:
         try:
-            with trio.fail_after(PUSH_DEADLINE):
+            with trio.fail_after(witnesswire.DEADLINE):
                 request = logwire.decode(await read_frame(stream, logwire.CAP))
                 await write(stream, logwire.encode(self._answer(request)))
                 await finish(stream)
@@ -283,7 +278,7 @@ class Witnessing:
 
         for peer in peers:
             try:
-                with trio.fail_after(PUSH_DEADLINE):
+                with trio.fail_after(witnesswire.DEADLINE):
                     answer = await ask(peer, logwire.Head(key.key))
                 if not isinstance(answer, logwire.Signed):
                     continue
@@ -293,7 +288,7 @@ class Witnessing:
                     continue
                 tree, leaves = Tree(), []
                 while len(tree) < head.head.size:
-                    with trio.fail_after(PUSH_DEADLINE):
+                    with trio.fail_after(witnesswire.DEADLINE):
                         got = await ask(
                             peer, logwire.Entries(key.key, len(tree), logwire.MAX_COUNT)
                         )

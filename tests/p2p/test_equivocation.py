@@ -14,8 +14,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from node.daemon import witness
-from p2p import frame
+from p2p import frame, witnesswire
 from p2p.host import make_host, quiet_libp2p
 from store.path import StorePath
 from tests.p2p.nodes import NodeProc, Swarm, keys, policy
@@ -46,7 +45,7 @@ def _push(node: NodeProc, logged: LoggedClaim) -> None:
             try:
                 info = info_from_p2p_addr(multiaddr.Multiaddr(node.addr))
                 await host.connect(info)
-                stream = await host.new_stream(info.peer_id, [TProtocol(witness.PUSH_PROTOCOL)])
+                stream = await host.new_stream(info.peer_id, [TProtocol(witnesswire.PUSH_PROTOCOL)])
                 await stream.write(frame.encode(logged.encode()))
                 await stream.close()
             finally:
