@@ -50,10 +50,12 @@ def wait_published(node: NodeProc, paths: list[str], timeout: float = 60.0) -> s
     "published" log line (the node logs each batch it publishes)."""
     deadline = time.monotonic() + timeout
     while True:
+        # Counted before the listing: a batch published between the two must not be
+        # waited for again.
+        seen = len([x for x in node.log if "published" in x])
         listed = {p["store_path"] for p in node.json("store", "list")}
         if listed >= set(paths) or time.monotonic() > deadline:
             return listed
-        seen = len([x for x in node.log if "published" in x])
         node.wait_log("published", count=seen + 1, timeout=max(0.1, deadline - time.monotonic()))
 
 

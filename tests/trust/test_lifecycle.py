@@ -4,6 +4,7 @@ then on never count), in the policy, its file, and `ferry trust rotate|revoke`."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.cli import ferry
-from trust import policyfile
+from trust import claim, keyfile, policyfile
+from trust.claim import SignedClaim
 from trust.key import SecretKey
 from trust.policy import Insufficient, KeyLife, PolicyError, QuorumPolicy, Reason, Trusted
 
@@ -142,15 +144,18 @@ def test_ferry_trust_rotate_and_revoke_rewrite_the_policy(tmp_path: Path) -> Non
     assert r.returncode == 0 and "builder-old hands over to builder-new" in r.stdout, r.stderr
     assert decide("old.claim")["verdict"] == "insufficient"
     assert decide("new.claim")["verdict"] == "trusted"
-    r = ferry("trust", "revoke", "--policy", str(pol), "builder-other")
+    # Revoked the second after it signed its claim (times are whole seconds: "now" could
+    # be the claim's own second): that claim still counts, one signed from then on not.
+    signed = SignedClaim.decode((tmp_path / "other.claim").read_bytes())
+    at = signed.claim.time + 1
+    r = ferry("trust", "revoke", "--policy", str(pol), "builder-other", "--at", str(at))
     assert r.returncode == 0 and "builder-other counts for nothing from" in r.stdout
-    # Revoked now: what it signed before still counts, what it signs from now on not.
     assert decide("other.claim")["verdict"] == "trusted"
-    r = ferry(
-        "trust", "claim", str(out), "--key", str(tmp_path / "other.secret"),
-        "--store-path", sp, "-o", str(tmp_path / "other-later.claim"),
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    later = claim.sign(
+        dataclasses.replace(signed.claim, time=at),
+        keyfile.load_secret(str(tmp_path / "other.secret")),
+    )
+    (tmp_path / "other-later.claim").write_bytes(later.encode())
     assert decide("other-later.claim")["verdict"] == "insufficient"
     loaded = policyfile.load(str(pol))
     assert dict(loaded.lives)["builder-old"].successor == "builder-new"
