@@ -31,7 +31,7 @@ from store.path import StorePath
 from trust.equivocation import EquivocationError
 from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
 from trust.policy import Insufficient, QuorumPolicy
-from trust.witness import Caught, Witness
+from trust.witness import Caught, Released, Witness
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ class SimNode:
         self._told.add(digest)
         return True
 
-    def _caught(self, caught: Caught | None) -> None:
-        if caught is not None and self.caught_at is None:
+    def _caught(self, caught: Caught | Released | None) -> None:
+        if isinstance(caught, Caught) and self.caught_at is None:
             self.caught_at = trio.current_time()
             self._first(caught.encoded)
             self.pass_on(witnesswire.PROOFS_PROTOCOL, caught.encoded)

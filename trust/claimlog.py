@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from store import userfile
 from trust import treehead
-from trust.claim import MAX_CLAIM
+from trust.claim import MAX_CLAIM, Claim, ClaimError
 from trust.key import SecretKey
 from trust.merkle import Tree
+from trust.revocation import Revocation, RevocationError
 from trust.treehead import LOG_ID_SIZE, SignedTreeHead
 
 HEADER = 4
@@ -48,6 +49,9 @@ class ClaimLog:
         self.tree = Tree()
         self._index: dict[bytes, int] = {}  # leaf -> its first index
         self._leaves: list[bytes] = []  # served to readers of the log (/ferry/log/1)
+        # store path -> the claim in the log that stands for it (not revoked); built on
+        # first use, since it decodes every leaf
+        self._standing: dict[str, Claim] | None = None
         self._load()
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the log's life
 
@@ -91,7 +95,32 @@ class ClaimLog:
         self._leaves.append(leaf)
         index = self.tree.append(leaf)
         self._index.setdefault(leaf, index)
+        if self._standing is not None:
+            self._stand(leaf)
         return index
+
+    def _stand(self, leaf: bytes) -> None:
+        assert self._standing is not None
+        try:
+            claim = Claim.decode(leaf)
+        except ClaimError:
+            try:
+                revocation = Revocation.decode(leaf)
+            except RevocationError:
+                return  # not this node's to judge here: `ferry trust audit` reports it
+            held = self._standing.get(str(revocation.store_path))
+            if held is not None and revocation.revokes(held):
+                del self._standing[str(revocation.store_path)]
+            return
+        self._standing[str(claim.store_path)] = claim
+
+    def standing(self, store_path: str) -> Claim | None:
+        """The latest claim the log holds for `store_path` that was not revoked since."""
+        if self._standing is None:
+            self._standing = {}
+            for leaf in self._leaves:
+                self._stand(leaf)
+        return self._standing.get(store_path)
 
     def __len__(self) -> int:
         return len(self.tree)

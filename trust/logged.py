@@ -1,10 +1,13 @@
-"""A claim as it travels with its place in its builder's log:
+"""A claim, or a revocation of one (trust.revocation), as it travels with its place in
+its builder's log:
 
-    [signed claim: bin, signed tree head: bin, index: uint, [hash: bin(32), ...]]
+    [signed claim or revocation: bin, signed tree head: bin, index: uint,
+     [hash: bin(32), ...]]
 
-The claim body is leaf `index` of the tree the head signs; the hashes are its RFC 9162
-inclusion proof. `check` verifies all of it: the claim's signature, the head's, that both
-are by one key, and the proof.
+The claim's (revocation's) body is leaf `index` of the tree the head signs; the hashes
+are its RFC 9162 inclusion proof. `check` verifies all of it: the signature, the head's,
+that both are by one key, and the proof. `decode_entry` takes either kind (a signed
+claim is a 3-array, a signed revocation a 2-array).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import msgpack
 
 from trust import merkle
 from trust.claim import MAX_CLAIM, ClaimError, SignedClaim
+from trust.key import PublicKey
+from trust.revocation import RevocationError, SignedRevocation
 from trust.treehead import SignedTreeHead, TreeHeadError
 
 MAX_PROOF = 64  # hashes in an inclusion proof: a tree of 2^64 leaves
@@ -23,6 +28,67 @@ MAX_LOGGED = MAX_CLAIM + 4096
 
 class LoggedError(ValueError):
     """Bytes that are not a logged claim, or one whose parts do not hold together."""
+
+
+def _check(
+    builder: bytes,
+    valid: bool,
+    leaf: bytes,
+    head: SignedTreeHead,
+    index: int,
+    proof: tuple[bytes, ...],
+) -> None:
+    if builder != head.builder.key:
+        raise LoggedError("the entry and the head are by different keys")
+    if not valid:
+        raise LoggedError("the entry's signature does not verify")
+    if not head.valid():
+        raise LoggedError("the head's signature does not verify")
+    if not merkle.verify_inclusion(
+        merkle.leaf_hash(leaf), index, head.head.size, proof, head.head.root
+    ):
+        raise LoggedError(
+            f"the entry is not leaf {index} of the log of {head.head.size} its head signs"
+        )
+
+
+def _encode(entry: bytes, head: SignedTreeHead, index: int, proof: tuple[bytes, ...]) -> bytes:
+    return msgpack.packb([entry, head.encode(), index, list(proof)], use_bin_type=True)
+
+
+def _parts(data: bytes) -> tuple[bytes, SignedTreeHead, int, tuple[bytes, ...]]:
+    """The entry's bytes, its head, index and proof; the entry is not decoded yet."""
+    if len(data) > MAX_LOGGED:
+        raise LoggedError(f"a logged entry of {len(data):,} bytes is too large")
+    try:
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=MAX_CLAIM,
+            max_str_len=0,
+            max_array_len=MAX_PROOF,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
+        raise LoggedError(f"not msgpack ({type(e).__name__})") from None
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise LoggedError("a logged entry is [claim or revocation, head, index, proof]")
+    entry, head, index, proof = raw
+    if not isinstance(entry, bytes) or not isinstance(head, bytes):
+        raise LoggedError("a logged entry's entry and head are bytes")
+    if type(index) is not int or index < 0:
+        raise LoggedError("a logged entry's index is a whole number")
+    if not isinstance(proof, list) or not all(
+        isinstance(h, bytes) and len(h) == merkle.HASH_SIZE for h in proof
+    ):
+        raise LoggedError(f"an inclusion proof is a list of {merkle.HASH_SIZE}-byte hashes")
+    try:
+        signed_head = SignedTreeHead.decode(head)
+    except TreeHeadError as e:
+        raise LoggedError(f"the logged entry's head: {e}") from None
+    return entry, signed_head, index, tuple(proof)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,66 +102,91 @@ class LoggedClaim:
     def leaf(self) -> bytes:
         return self.claim.claim.encode()
 
+    @property
+    def signer(self) -> PublicKey:
+        return self.claim.builder
+
     def check(self) -> None:
-        if self.claim.builder.key != self.head.builder.key:
-            raise LoggedError("the claim and the head are by different keys")
-        if not self.claim.claim_valid():
-            raise LoggedError("the claim's signature does not verify")
-        if not self.head.valid():
-            raise LoggedError("the head's signature does not verify")
-        if not merkle.verify_inclusion(
-            merkle.leaf_hash(self.leaf),
+        _check(
+            self.claim.builder.key,
+            self.claim.claim_valid(),
+            self.leaf,
+            self.head,
             self.index,
-            self.head.head.size,
             self.proof,
-            self.head.head.root,
-        ):
-            raise LoggedError(
-                f"the claim is not leaf {self.index} of the log of {self.head.head.size} its head signs"
-            )
+        )
 
     def encode(self) -> bytes:
-        return msgpack.packb(
-            [self.claim.encode(), self.head.encode(), self.index, list(self.proof)],
-            use_bin_type=True,
-        )
+        return _encode(self.claim.encode(), self.head, self.index, self.proof)
 
     @classmethod
     def decode(cls, data: bytes) -> LoggedClaim:
         """A logged claim, checked (`check`)."""
-        if len(data) > MAX_LOGGED:
-            raise LoggedError(f"a logged claim of {len(data):,} bytes is too large")
-        try:
-            raw = msgpack.unpackb(
-                data,
-                raw=False,
-                strict_map_key=True,
-                max_bin_len=MAX_CLAIM,
-                max_str_len=0,
-                max_array_len=MAX_PROOF,
-                max_map_len=0,
-                max_ext_len=0,
-            )
-        except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
-            raise LoggedError(f"not msgpack ({type(e).__name__})") from None
-        if not isinstance(raw, list) or len(raw) != 4:
-            raise LoggedError("a logged claim is [claim, head, index, proof]")
-        claim, head, index, proof = raw
-        if not isinstance(claim, bytes) or not isinstance(head, bytes):
-            raise LoggedError("a logged claim's claim and head are bytes")
-        if type(index) is not int or index < 0:
-            raise LoggedError("a logged claim's index is a whole number")
-        if not isinstance(proof, list) or not all(
-            isinstance(h, bytes) and len(h) == merkle.HASH_SIZE for h in proof
-        ):
-            raise LoggedError(f"an inclusion proof is a list of {merkle.HASH_SIZE}-byte hashes")
-        try:
-            logged = cls(
-                SignedClaim.decode(claim), SignedTreeHead.decode(head), index, tuple(proof)
-            )
-        except (ClaimError, TreeHeadError) as e:
-            raise LoggedError(f"a part of the logged claim: {e}") from None
-        logged.check()
-        if logged.encode() != data:
-            raise LoggedError("the logged claim is not in canonical form")
+        logged = decode_entry(data)
+        if not isinstance(logged, LoggedClaim):
+            raise LoggedError("a logged revocation, not a logged claim")
         return logged
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRevocation:
+    revocation: SignedRevocation
+    head: SignedTreeHead
+    index: int
+    proof: tuple[bytes, ...]
+
+    @property
+    def leaf(self) -> bytes:
+        return self.revocation.revocation.encode()
+
+    @property
+    def signer(self) -> PublicKey:
+        return self.revocation.builder
+
+    def check(self) -> None:
+        _check(
+            self.revocation.builder.key,
+            self.revocation.valid(),
+            self.leaf,
+            self.head,
+            self.index,
+            self.proof,
+        )
+
+    def encode(self) -> bytes:
+        return _encode(self.revocation.encode(), self.head, self.index, self.proof)
+
+
+Logged = LoggedClaim | LoggedRevocation
+
+
+def decode_entry(data: bytes) -> Logged:
+    """A logged claim or revocation, checked."""
+    entry, head, index, proof = _parts(data)
+    logged: Logged
+    try:
+        # Told apart by the signed form's length: a claim has two signatures.
+        if (
+            len(
+                msgpack.unpackb(
+                    entry,
+                    max_array_len=4,
+                    max_bin_len=MAX_CLAIM,
+                    max_str_len=0,
+                    max_map_len=0,
+                    max_ext_len=0,
+                )
+            )
+            == 2
+        ):
+            logged = LoggedRevocation(SignedRevocation.decode(entry), head, index, proof)
+        else:
+            logged = LoggedClaim(SignedClaim.decode(entry), head, index, proof)
+    except (ClaimError, RevocationError) as e:
+        raise LoggedError(f"the logged entry: {e}") from None
+    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
+        raise LoggedError(f"the logged entry is not msgpack ({type(e).__name__})") from None
+    logged.check()
+    if logged.encode() != data:
+        raise LoggedError("the logged entry is not in canonical form")
+    return logged

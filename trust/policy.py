@@ -23,6 +23,7 @@ from store.hash import Hash
 from store.path import StorePath
 from trust.claim import Outcome, SignedClaim
 from trust.key import PublicKey
+from trust.revocation import claim_digest
 
 
 class PolicyError(ValueError):
@@ -50,6 +51,7 @@ class Reason(enum.Enum):
     CAUGHT = "key was caught telling two stories (a proof is held; see `ferry trust`)"
     REVOKED = "key was revoked before the claim's time"
     OUT_OF_WINDOW = "claim is dated outside its key's validity (rotated out, or not yet in)"
+    WITHDRAWN = "claim was revoked by its builder (a logged revocation is held)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,9 @@ class QuorumPolicy:
     # Raw keys a proof of equivocation names (trust.equivocation, trust.witness): the
     # node that holds the proofs sets them on the policy each fetch uses.
     caught: frozenset[bytes] = frozenset()
+    # (raw key, claim digest) of claims their builders revoked (trust.revocation): set,
+    # like `caught`, by the node that holds the revocations.
+    withdrawn: frozenset[tuple[bytes, bytes]] = frozenset()
     # Key name -> its life (rotation, revocation); keys not named live forever.
     lives: tuple[tuple[str, KeyLife], ...] = ()
     _seats: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
@@ -204,8 +209,9 @@ class QuorumPolicy:
         return self._lives.get(name, _FOREVER)
 
     def decide(self, store_path: StorePath, claims: Iterable[SignedClaim]) -> Verdict:
-        """The verdict the claims give. A key in `caught` counts for nothing."""
-        caught = self.caught
+        """The verdict the claims give. A key in `caught` counts for nothing, nor does a
+        claim in `withdrawn`."""
+        caught, withdrawn = self.caught, self.withdrawn
         ignored: list[Ignored] = []
         # key name -> result -> (index, claim) of its first claim for that result
         votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]] = {}
@@ -213,6 +219,8 @@ class QuorumPolicy:
             reason = self._reject(store_path, c)
             if reason is None and c.builder.key in caught:
                 reason = Reason.CAUGHT
+            if reason is None and withdrawn and (c.builder.key, claim_digest(c.claim)) in withdrawn:
+                reason = Reason.WITHDRAWN
             if reason is None:
                 seen = votes.setdefault(self._seats[c.builder.name], {})
                 if c.claim.outcome in seen:

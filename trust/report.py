@@ -70,6 +70,7 @@ def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
             (Reason.CAUGHT, "keys caught telling two stories (`ferry trust caught`)"),
             (Reason.REVOKED, "keys revoked before the claims' time"),
             (Reason.OUT_OF_WINDOW, "keys rotated out (or not yet in) at the claims' time"),
+            (Reason.WITHDRAWN, "claims their builders revoked"),
         ):
             held = sorted({i.claim.builder.name for i in v.ignored if i.reason is reason})
             if held:

@@ -4,7 +4,10 @@ Fed every logged claim (trust.logged) the node receives, from any peer, it keeps
 each log (a builder key and a log id) the first leaf it saw at each index, the head it
 saw at each size, and the first claim it saw for each store path. Something that
 contradicts one of those is a lie it can prove (trust.equivocation): two leaves at one
-index (LEAVES), two roots at one size (FORK), two outcomes for one path (CLAIMS). Claims
+index (LEAVES), two roots at one size (FORK), two outcomes for one path (CLAIMS) unless
+the builder revoked the earlier claim (trust.revocation) at an index between the two:
+that is a builder correcting a mistake in the open, and a catch it excuses is released.
+Claims
 without a log prove nothing of the kind: a key used on two machines may have built a
 path twice, and the policy weighs such claims path by path as it always has. The
 proof is kept, handed to peers, and the key counts for nothing from then on
@@ -17,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trust import equivocation
-from trust.equivocation import Claims, Equivocation, Fork, Leaves
+from trust.equivocation import Claims, Equivocation, EquivocationError, Fork, Leaves
 from trust.key import PublicKey
-from trust.logged import LoggedClaim
+from trust.logged import Logged, LoggedClaim, LoggedRevocation
+from trust.revocation import claim_digest
 from trust.treehead import SignedTreeHead
 
 
@@ -34,14 +38,24 @@ class Caught:
         return type(self.proof).__name__.upper()
 
 
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A catch that a revocation seen since excuses (CLAIMS: the earlier claim was taken
+    back before the other was signed)."""
+
+    key: PublicKey
+
+
 Log = tuple[bytes, bytes]  # (builder key, log id)
 
 
 class Witness:
     def __init__(self) -> None:
         self._heads: dict[tuple[Log, int], SignedTreeHead] = {}  # (log, size) -> head
-        self._leaves: dict[tuple[Log, int], LoggedClaim] = {}  # (log, index) -> first seen
+        self._leaves: dict[tuple[Log, int], Logged] = {}  # (log, index) -> first seen
         self._claims: dict[tuple[Log, str], LoggedClaim] = {}  # (log, path) -> first seen
+        # (log, digest of the claim taken back) -> its revocation
+        self.revocations: dict[tuple[Log, bytes], LoggedRevocation] = {}
         self.caught: dict[bytes, Caught] = {}  # raw key -> the proof against it
 
     def keys_caught(self) -> frozenset[bytes]:
@@ -53,8 +67,18 @@ class Witness:
             (h for (g, _), h in self._heads.items() if g == log), key=lambda h: h.head.size
         )
 
-    def observe(self, logged: LoggedClaim) -> Caught | None:
-        """A logged claim that passed `check`; a new catch if it exposes a lie."""
+    def withdrawn(self) -> frozenset[tuple[bytes, bytes]]:
+        """(key, claim digest) of every claim its builder took back."""
+        return frozenset((log[0], digest) for log, digest in self.revocations)
+
+    def seen(self, logged: Logged) -> bool:
+        """Whether this very entry, at this index of this log, was observed before."""
+        prior = self._leaves.get((logged.head.log, logged.index))
+        return prior is not None and prior.leaf == logged.leaf
+
+    def observe(self, logged: Logged) -> Caught | Released | None:
+        """A logged claim or revocation that passed `check`; a new catch if it exposes a
+        lie, a release if it excuses one."""
         catch = self.observe_head(logged.head)
         if catch is not None:
             return catch
@@ -72,10 +96,36 @@ class Witness:
                     logged.proof,
                 )
             )
-        first = self._claims.setdefault((log, str(logged.claim.claim.store_path)), logged)
+        if isinstance(logged, LoggedRevocation):
+            return self._revoked(logged)
+        path = str(logged.claim.claim.store_path)
+        first = self._claims.setdefault((log, path), logged)
         if first.claim.claim.outcome != logged.claim.claim.outcome:
+            if self._excused(first, logged):
+                if logged.index > first.index:
+                    self._claims[(log, path)] = logged  # the claim that stands now
+                return None
             return self._catch(Claims(first, logged))
         return None
+
+    def _revoked(self, logged: LoggedRevocation) -> Released | None:
+        revocation = logged.revocation.revocation
+        self.revocations.setdefault((logged.head.log, revocation.claim), logged)
+        held = self.caught.get(revocation.builder.key)
+        if (
+            held is not None
+            and isinstance(held.proof, Claims)
+            and self._excused(held.proof.a, held.proof.b)
+        ):
+            del self.caught[revocation.builder.key]
+            return Released(held.key)
+        return None
+
+    def _excused(self, a: LoggedClaim, b: LoggedClaim) -> bool:
+        """Whether the earlier of two claims of one log was revoked before the later."""
+        early, late = sorted((a, b), key=lambda x: x.index)
+        revoked = self.revocations.get((early.head.log, claim_digest(early.claim.claim)))
+        return revoked is not None and early.index < revoked.index < late.index
 
     def observe_head(self, head: SignedTreeHead) -> Caught | None:
         """A head whose signature verifies."""
@@ -86,8 +136,13 @@ class Witness:
 
     def receive_proof(self, data: bytes) -> Caught | None:
         """A proof from a peer: a new catch if it holds and convicts a key not yet caught.
-        Raises EquivocationError if it does not hold."""
-        return self._catch(equivocation.decode(data))
+        Raises EquivocationError if it does not hold, or a revocation seen here excuses it."""
+        proof = equivocation.decode(data)
+        if isinstance(proof, Claims) and self._excused(proof.a, proof.b):
+            raise EquivocationError(
+                "its builder revoked the earlier claim before it signed the other"
+            )
+        return self._catch(proof)
 
     def _catch(self, proof: Equivocation) -> Caught | None:
         key = proof.check()

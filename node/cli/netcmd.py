@@ -204,6 +204,10 @@ def _status(args: argparse.Namespace) -> None:
         )
     for c in s.caught:
         lines.append(f"caught   {c.key} told two stories ({c.proof}): its claims count for nothing")
+    if s.revoked_claims:
+        lines.append(
+            f"revoked  {s.revoked_claims} claims taken back by their builders count for nothing"
+        )
     for slot in mine.slots:
         lines.append(f"relayed  peers reach it at {slot}")
     if mine.punched or mine.punch_failed or mine.relayed_peers:

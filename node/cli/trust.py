@@ -45,10 +45,11 @@ INVALID = 1  # verify: some signature does not verify
 _EXIT_CODES = """exit status:
   0  success (decide: trusted)
   1  verify: a signature does not verify; decide: not enough signatures; audit: no peer
-     serves the log
+     serves the log; audit, revoke-claim: the node is not running or failed
   2  decide: trusted builders signed different results (conflict); audit: the log does
      not hold together
-  3  bad input: usage error, or a missing, unreadable or malformed file
+  3  bad input: usage error, or a missing, unreadable or malformed file; revoke-claim:
+     the node holds no such claim by that key
 """
 
 
@@ -181,6 +182,25 @@ def add_parser(sub: Commands) -> None:
     c.add_argument("name", metavar="NAME", help="the key's name")
     c.add_argument("--at", metavar="TIME", help="when: 2026-12-01T00:00:00Z, or seconds since 1970")
     c.set_defaults(run=_revoke)
+
+    c = command(
+        "revoke-claim",
+        "take back a claim a builder key signed by mistake",
+        "Ask the running node to revoke the claims KEY signed for STORE_PATH: a revocation, "
+        "signed by KEY, goes into KEY's log (so an audit sees it) and out to every peer, and "
+        "from then on no node that holds it counts those claims. Run it on the node that "
+        "publishes with KEY. A node that signs another result for a path its log already "
+        "holds revokes the earlier claim by itself.",
+    )
+    c.add_argument(
+        "store_path",
+        metavar="STORE_PATH",
+        type=options.store_path_arg,
+        help="the store path whose claim to revoke",
+    )
+    c.add_argument("--key", metavar="FILE", required=True, help="the builder's secret key file")
+    options.add_data_dir(c)
+    c.set_defaults(run=_revoke_claim)
 
     c = command(
         "audit",
@@ -519,6 +539,30 @@ def _revoke(args: argparse.Namespace) -> None:
     _save_policy(args, revoked, f"{args.name} counts for nothing from {policyfile.show_time(at)}")
 
 
+def _revoke_claim(args: argparse.Namespace) -> None:
+    import trio
+
+    from node.cli.netcmd import data_dir
+    from node.daemon import api, control
+
+    key = os.path.abspath(args.key)
+    if not os.path.isfile(key):
+        _bad(f"--key {args.key}: no such file")
+    req = api.RevokeClaimRequest(key, str(args.store_path))
+    try:
+        done: api.ClaimsRevoked = trio.run(control.call, data_dir(args), req, None)
+    except control.ControlError as e:
+        # This command's statuses are `ferry trust`'s: 3 for what the user named wrong.
+        ui.fail(str(e), BAD_INPUT if e.failure is api.Failure.USAGE else 1)
+    text = "\n".join(
+        f"revoked  {r.store_path}: the claim of {policyfile.show_time(r.signed_at)} "
+        f"({r.nar_hash}), at leaf {r.index:,} of {done.key.split(':')[0]}'s log "
+        f"(now {r.log_size:,} leaves); peers are told"
+        for r in done.revoked
+    )
+    _emit(args, api.encode(done), text)
+
+
 def _audit(args: argparse.Namespace) -> None:
     from node.cli.netcmd import request
     from node.daemon import api
@@ -531,7 +575,7 @@ def _audit(args: argparse.Namespace) -> None:
             [
                 f"log of  {audit.key}",
                 f"from    {audit.source}",
-                f"size    {audit.size:,} claims for {audit.paths:,} store paths",
+                f"size    {audit.size:,} entries (claims, revocations) for {audit.paths:,} store paths",
                 f"head    root {audit.root}, signed at {policyfile.show_time(audit.time)}",
                 f"checked every leaf, and {audit.heads_checked} heads seen here",
                 *(f"problem {p}" for p in audit.problems),

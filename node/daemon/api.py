@@ -51,6 +51,15 @@ class AuditRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokeClaimRequest:
+    """Revoke the claims a builder key signed for a store path, in the key's log."""
+
+    OP: ClassVar[str] = "revoke-claim"
+    key: str  # a secret key file
+    store_path: str
+
+
+@dataclass(frozen=True, slots=True)
 class FetchRequest:
     OP: ClassVar[str] = "fetch"
     store_path: str
@@ -197,6 +206,7 @@ Request = (
     | UmountRequest
     | MountsRequest
     | AuditRequest
+    | RevokeClaimRequest
 )
 REQUESTS: dict[str, type[Request]] = {
     c.OP: c
@@ -221,6 +231,7 @@ REQUESTS: dict[str, type[Request]] = {
         UmountRequest,
         MountsRequest,
         AuditRequest,
+        RevokeClaimRequest,
     )
 }
 
@@ -286,6 +297,23 @@ class Audit:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokedClaim:
+    """A claim its builder took back, as logged (trust.revocation)."""
+
+    store_path: str
+    nar_hash: str  # the revoked claim's
+    signed_at: int  # the revoked claim's time
+    index: int  # the revocation's leaf in the key's log
+    log_size: int  # the log's size after it
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimsRevoked:
+    key: str  # name:base64
+    revoked: tuple[RevokedClaim, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CaughtKey:
     """A builder key this node holds a proof of equivocation against."""
 
@@ -318,6 +346,7 @@ class Status:
     relay: RelayService = field(default_factory=RelayService)
     relays: RelaySlots = field(default_factory=RelaySlots)
     caught: tuple[CaughtKey, ...] = ()  # keys that count for nothing: caught lying
+    revoked_claims: int = 0  # claims their builders revoked, held here
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,6 +634,7 @@ Reply = (
     | Unmounted
     | MountTable
     | Audit
+    | ClaimsRevoked
 )
 
 # Which reply each request gets.
@@ -612,6 +642,7 @@ REPLIES: dict[type[Any], type[Any]] = {
     StatusRequest: Status,
     PeersRequest: Peers,
     AuditRequest: Audit,
+    RevokeClaimRequest: ClaimsRevoked,
     FetchRequest: Fetched,
     PublishRequest: Published,
     PublishStoreRequest: StorePublished,

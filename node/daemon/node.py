@@ -62,6 +62,7 @@ from trust import keyfile, policyfile
 from trust.claim import SignedClaim
 from trust.key import KeyFormatError, PublicKey, SecretKey
 from trust.policy import PolicyError, QuorumPolicy
+from trust.revocation import claim_digest
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Node:
         self.host.get_addrs = advertised  # type: ignore[method-assign]
         self.witnessing = Witnessing(self.data_dir, self.store)
         self.sessions.caught = self.witnessing.keys_caught
+        self.sessions.withdrawn = self.witnessing.withdrawn
         self.host.get_network().register_notifee(witness.Joins(self.witnessing.joined))
         self.autopublish = AutoPublish(self.data_dir, config, self.store, self._announce)
         if self.autopublish.key is not None:
@@ -485,6 +487,8 @@ class Node:
                 return await self.witnessing.audit(
                     key, self.discovery.peers(), self.discovery.open_stream
                 )
+            case api.RevokeClaimRequest():
+                return await self._revoke_claim(req)
             case api.FetchRequest():
                 return await self._fetch(req, progress)
             case api.PublishRequest():
@@ -610,6 +614,7 @@ class Node:
             relay=self.relay_service.report(),
             relays=self.relays.report(),
             caught=self.witnessing.report(),
+            revoked_claims=len(self.witnessing.witness.revocations),
         )
 
     async def _fetch(self, req: api.FetchRequest, progress: control.OnProgress) -> api.Fetched:
@@ -647,6 +652,37 @@ class Node:
                 for peer in fetch.progress.per_peer
                 if (via := self.relays.relayed_via(peer, started)) is not None
             },
+        )
+
+    async def _revoke_claim(self, req: api.RevokeClaimRequest) -> api.ClaimsRevoked:
+        try:
+            key = keyfile.load_secret(req.key)
+        except keyfile.KeyFileError as e:
+            raise ControlError(str(e), Failure.USAGE) from None
+        target = StorePath.parse(req.store_path)
+        withdrawn = self.witnessing.withdrawn()
+        mine = [
+            c.claim
+            for c in await self.store.claims_for(target.hash_part)
+            if c.builder.key == key.public.key
+            and c.claim.store_path == target
+            and (key.public.key, claim_digest(c.claim)) not in withdrawn
+        ]
+        if not mine:
+            raise ControlError(
+                f"this node holds no claim by {key.public} for {target} that is not revoked "
+                "already (revoke on the node that published it, or one that fetched it)",
+                Failure.USAGE,
+            )
+        logged = self.witnessing.revoke_claims(key, mine)
+        await self.witnessing.announce(logged)
+        size = logged[-1].head.head.size
+        return api.ClaimsRevoked(
+            str(key.public),
+            tuple(
+                api.RevokedClaim(str(c.store_path), str(c.nar_hash), c.time, x.index, size)
+                for c, x in zip(mine, logged, strict=True)
+            ),
         )
 
     async def _publish(self, req: api.PublishRequest) -> api.Published:

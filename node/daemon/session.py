@@ -167,6 +167,8 @@ class FetchSessions:
         self.policy = policy
         # Keys a proof of equivocation convicts (node.daemon.witness): they count for nothing.
         self.caught: Callable[[], frozenset[bytes]] = frozenset
+        # Claims their builders revoked (trust.revocation): they count for nothing.
+        self.withdrawn: Callable[[], frozenset[tuple[bytes, bytes]]] = frozenset
         self.config = config
         self.book = book
         self.metrics = metrics
@@ -187,8 +189,10 @@ class FetchSessions:
                 "this node has no trust policy, so it cannot accept paths: "
                 "start it with --policy FILE (see `ferry trust --help`)"
             )
-        caught = self.caught()
-        return dataclasses.replace(self.policy, caught=caught) if caught else self.policy
+        caught, withdrawn = self.caught(), self.withdrawn()
+        if not (caught or withdrawn):
+            return self.policy
+        return dataclasses.replace(self.policy, caught=caught, withdrawn=withdrawn)
 
     @asynccontextmanager
     async def recording(

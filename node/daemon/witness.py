@@ -11,6 +11,11 @@ keeps its own (trust.claimlog).
 - A lie the witness catches, or a proof a peer sends that holds, is written to
   `<data-dir>/caught/<key hex>`, published on witnesswire.CAUGHT_TOPIC, and the key counts for
   nothing in every fetch from then on (across restarts).
+- A builder takes back a claim it signed by mistake with a revocation (trust.revocation),
+  appended to its log and sent like a logged claim (`ferry trust revoke-claim`; and by
+  itself when the node signs another result for a path its log already holds). Revocations
+  by the keys the policy counts are kept in `<data-dir>/revoked/`, and the claims they
+  name count for nothing (`QuorumPolicy.withdrawn`).
 """
 
 from __future__ import annotations
@@ -31,14 +36,23 @@ from p2p import frame, logwire, witnesswire
 from p2p.host import Notifee
 from p2p.stream import ByteStream, StreamGone, abort, finish, read_frame, read_some, write
 from store import userfile
-from trust.claim import Claim, ClaimError, Outcome, SignedClaim
+from trust import revocation
+from trust.claim import Claim, ClaimError, SignedClaim
 from trust.claimlog import ClaimLog
 from trust.equivocation import EquivocationError
 from trust.key import PublicKey, SecretKey
-from trust.logged import MAX_LOGGED, LoggedClaim, LoggedError
+from trust.logged import (
+    MAX_LOGGED,
+    Logged,
+    LoggedClaim,
+    LoggedError,
+    LoggedRevocation,
+    decode_entry,
+)
 from trust.merkle import Tree
+from trust.revocation import Revocation, RevocationError, SignedRevocation
 from trust.treehead import SignedTreeHead
-from trust.witness import Caught, Witness
+from trust.witness import Caught, Released, Witness
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +64,29 @@ class Witnessing:
         self.store = store
         self.witness = Witness()
         self.caught_dir = os.path.join(data_dir, "caught")
+        self.revoked_dir = os.path.join(data_dir, "revoked")
         self.log_dir = os.path.join(data_dir, "claimlog")
         self.logs: dict[bytes, ClaimLog] = {}
         self.publish: Publish | None = None  # set once gossip runs
         self._joins, self._joined = trio.open_memory_channel[str](witnesswire.MAX_PROOFS_TOLD)
+        self._load_revocations()  # first: a revocation can excuse a proof
         self._load_caught()
+
+    def _load_revocations(self) -> None:
+        try:
+            names = sorted(os.listdir(self.revoked_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.revoked_dir, name)
+            try:
+                with open(path, "rb") as f:
+                    logged = decode_entry(f.read())
+            except (OSError, LoggedError) as e:
+                log.warning("ignoring %s: not a logged revocation that holds (%s)", path, e)
+                continue
+            if isinstance(logged, LoggedRevocation):
+                self.witness.observe(logged)
 
     def _load_caught(self) -> None:
         try:
@@ -72,6 +104,9 @@ class Witnessing:
     def keys_caught(self) -> frozenset[bytes]:
         return self.witness.keys_caught()
 
+    def withdrawn(self) -> frozenset[tuple[bytes, bytes]]:
+        return self.witness.withdrawn()
+
     def close(self) -> None:
         for claimlog in self.logs.values():
             claimlog.close()
@@ -83,24 +118,71 @@ class Witnessing:
         if key.public.key not in self.logs:
             self.logs[key.public.key] = ClaimLog(self.log_dir, key)
 
-    def log_claims(self, signed: Sequence[SignedClaim]) -> list[LoggedClaim]:
+    def log_claims(self, signed: Sequence[SignedClaim]) -> list[Logged]:
         """Append the claims this node's keys signed to their logs; each with a head over
-        all of them. (On the event loop: one fsync for the batch.)"""
-        out = []
+        all of them. A claim that gives a path another result than the claim its log
+        holds for it goes in after a revocation of that one: a rebuild that came out
+        different is a correction made in the open, not a second story. (On the event
+        loop: one fsync for the batch.)"""
+        out: list[Logged] = []
         for key, claimlog in self.logs.items():
             mine = [c for c in signed if c.builder.key == key]
             if not mine:
                 continue
-            claimlog.append_many([c.claim.encode() for c in mine])
-            head = claimlog.head()
+            entries: list[SignedClaim | SignedRevocation] = []
             for c in mine:
-                proved = claimlog.prove(c.claim.encode(), head)
-                out.append(LoggedClaim(c, head, proved.index, proved.proof))
-        for logged in out:
-            self.witness.observe(logged)  # our own word, so that a peer's other one shows
+                held = claimlog.standing(str(c.claim.store_path))
+                if held is not None and held.outcome != c.claim.outcome:
+                    log.warning(
+                        "%s: signed another result than its earlier claim in %s's log "
+                        "(a build that is not reproducible?): the earlier claim is revoked",
+                        c.claim.store_path,
+                        c.builder,
+                    )
+                    entries.append(revocation.revoke(held, claimlog.key))
+                entries.append(c)
+            out += self._append(claimlog, entries)
         return out
 
-    async def announce(self, logged: Sequence[LoggedClaim]) -> None:
+    def revoke_claims(self, key: SecretKey, claims: Sequence[Claim]) -> list[LoggedRevocation]:
+        """Revoke claims `key` signed, in its log; kept, and counting for nothing here."""
+        self.add_key(key)
+        revoked = self._append(
+            self.logs[key.public.key], [revocation.revoke(c, key) for c in claims]
+        )
+        return [x for x in revoked if isinstance(x, LoggedRevocation)]
+
+    def _append(
+        self, claimlog: ClaimLog, entries: Sequence[SignedClaim | SignedRevocation]
+    ) -> list[Logged]:
+        def leaf(e: SignedClaim | SignedRevocation) -> bytes:
+            return e.claim.encode() if isinstance(e, SignedClaim) else e.revocation.encode()
+
+        claimlog.append_many([leaf(e) for e in entries])
+        head = claimlog.head()
+        out: list[Logged] = []
+        for e in entries:
+            proved = claimlog.prove(leaf(e), head)
+            if isinstance(e, SignedClaim):
+                out.append(LoggedClaim(e, head, proved.index, proved.proof))
+            else:
+                out.append(LoggedRevocation(e, head, proved.index, proved.proof))
+        for logged in out:
+            self.witness.observe(logged)  # our own word, so that a peer's other one shows
+            if isinstance(logged, LoggedRevocation):
+                self._keep_revocation(logged)
+        return out
+
+    def _keep_revocation(self, logged: LoggedRevocation) -> None:
+        r = logged.revocation.revocation
+        path = os.path.join(self.revoked_dir, f"{r.builder.key.hex()}-{r.claim.hex()}")
+        os.makedirs(self.revoked_dir, exist_ok=True)
+        try:
+            userfile.write_atomically(path, logged.encode(), "a revocation")
+        except Exception as e:  # noqa: BLE001 - it still counts in memory and travels
+            log.warning("cannot keep the revocation in %s: %s", path, e)
+
+    async def announce(self, logged: Sequence[Logged]) -> None:
         if logged and self.publish is not None:
             try:
                 await self.publish(
@@ -112,28 +194,53 @@ class Witnessing:
     # --- as a witness
 
     async def receive_logged(self, raw: list[bytes], source: str, *, pass_on: bool) -> None:
-        """Logged claims from a peer (`source`); `pass_on` publishes the good ones."""
-        good: list[LoggedClaim] = []
+        """Logged claims and revocations from a peer (`source`); `pass_on` publishes
+        those that were news to this node."""
+        good: list[Logged] = []
         for data in raw:
             try:
-                good.append(await trio.to_thread.run_sync(LoggedClaim.decode, data))
+                good.append(await trio.to_thread.run_sync(decode_entry, data))
             except LoggedError as e:
-                log.info("a logged claim from %s does not hold: %s", source, e)
+                log.info("a logged entry from %s does not hold: %s", source, e)
         if not good:
             return
+        news: list[Logged] = []
         for logged in good:
             # What it keeps of a log is kept for the keys its policy counts (and its own):
             # a stranger's key could make it hold any number of leaves.
-            if (
-                logged.claim.builder.encode() in self.store.trusted
-                or logged.claim.builder.key in self.logs
-            ):
-                caught = self.witness.observe(logged)
-                if caught is not None:
-                    await self._caught(caught, source)
-        await self.store.learn([x.claim for x in good if x.claim.nix_valid()], source)
+            if not (logged.signer.encode() in self.store.trusted or logged.signer.key in self.logs):
+                news.append(logged)
+                continue
+            if not self.witness.seen(logged):
+                news.append(logged)
+            event = self.witness.observe(logged)
+            if isinstance(event, Caught):
+                await self._caught(event, source)
+            elif isinstance(event, Released):
+                self._released(event)
+            if isinstance(logged, LoggedRevocation) and logged in news:
+                r = logged.revocation.revocation
+                log.warning(
+                    "builder key %s revoked its claim for %s (signed %s): it counts for "
+                    "nothing from now on",
+                    r.builder,
+                    r.store_path,
+                    r.time,
+                )
+                self._keep_revocation(logged)
+        claims = [x.claim for x in good if isinstance(x, LoggedClaim) and x.claim.nix_valid()]
+        await self.store.learn(claims, source)
         if pass_on:
-            await self.announce(good)
+            await self.announce(news)
+
+    def _released(self, released: Released) -> None:
+        log.warning(
+            "released builder key %s: it revoked the earlier of its two claims before it "
+            "signed the other (a correction, not two stories)",
+            released.key,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.caught_dir, released.key.key.hex()))
 
     async def receive_proof(self, data: bytes, source: str) -> None:
         try:
@@ -183,7 +290,7 @@ class Witnessing:
     # --- proofs to peers that join (gossip reaches only those connected when it went out)
 
     def joined(self, peer: str) -> None:
-        if self.witness.caught:
+        if self.witness.caught or self.witness.revocations:
             with contextlib.suppress(trio.WouldBlock):  # a crowd joining: the rest next time
                 self._joins.send_nowait(peer)
 
@@ -202,15 +309,21 @@ class Witnessing:
         self, open_stream: Callable[[str, str], Awaitable[ByteStream]], peer: str
     ) -> None:
         proofs = [c.encoded for c in self.witness.caught.values()][: witnesswire.MAX_PROOFS_TOLD]
-        with trio.move_on_after(witnesswire.DEADLINE):
-            try:
-                stream = await open_stream(peer, witnesswire.PROOFS_PROTOCOL)
-                await write(
-                    stream, b"".join(frame.encode(p, witnesswire.MAX_PROOF) for p in proofs)
-                )
-                await finish(stream)
-            except Exception as e:  # noqa: BLE001 - an older peer, or gone
-                log.debug("telling %s of caught keys: %s", peer, e)
+        # The newest revocations: a peer that missed their gossip must not count those claims.
+        revoked = [r.encode() for r in self.witness.revocations.values()][-witnesswire.MAX_PUSHED :]
+        for protocol, items, cap in (
+            (witnesswire.PROOFS_PROTOCOL, proofs, witnesswire.MAX_PROOF),
+            (witnesswire.PUSH_PROTOCOL, revoked, MAX_LOGGED),
+        ):
+            if not items:
+                continue
+            with trio.move_on_after(witnesswire.DEADLINE):
+                try:
+                    stream = await open_stream(peer, protocol)
+                    await write(stream, b"".join(frame.encode(p, cap) for p in items))
+                    await finish(stream)
+                except Exception as e:  # noqa: BLE001 - an older peer, or gone
+                    log.debug("telling %s on %s: %s", peer, protocol, e)
 
     async def serve_proofs(self, stream: ByteStream, peer: str) -> None:
         decoder = frame.FrameDecoder(witnesswire.MAX_PROOF)
@@ -353,22 +466,32 @@ class Joins(Notifee):
 
 
 def _check_leaves(key: PublicKey, leaves: list[bytes]) -> tuple[list[str], int]:
-    """Problems with a log's leaves: not claims, claims by another key, two outcomes for
-    one path; and how many paths they name."""
+    """Problems with a log's leaves: neither claims nor revocations, entries by another
+    key, a path given another result while its earlier claim still stood; and how many
+    paths they name."""
     problems: list[str] = []
-    outcomes: dict[str, Outcome] = {}
+    standing: dict[str, Claim | None] = {}  # path -> the claim not revoked, if any
     for index, leaf in enumerate(leaves):
         try:
-            c = Claim.decode(leaf)
+            entry: Claim | Revocation = Claim.decode(leaf)
         except ClaimError as e:
-            problems.append(f"leaf {index} is not a claim: {e}")
+            try:
+                entry = Revocation.decode(leaf)
+            except RevocationError:
+                problems.append(f"leaf {index} is neither a claim nor a revocation: {e}")
+                continue
+        if entry.builder.key != key.key:
+            problems.append(f"leaf {index} is by another key ({entry.builder})")
             continue
-        if c.builder.key != key.key:
-            problems.append(f"leaf {index} is a claim by another key ({c.builder})")
+        path = str(entry.store_path)
+        held = standing.get(path)
+        if isinstance(entry, Revocation):
+            if held is not None and entry.revokes(held):
+                standing[path] = None
             continue
-        first = outcomes.setdefault(str(c.store_path), c.outcome)
-        if first != c.outcome:
+        if held is not None and held.outcome != entry.outcome:
             problems.append(
-                f"leaf {index} gives {c.store_path} another result than an earlier leaf"
+                f"leaf {index} gives {path} another result than an earlier leaf it did not revoke"
             )
-    return problems, len(outcomes)
+        standing[path] = entry
+    return problems, len(standing)

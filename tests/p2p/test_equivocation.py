@@ -119,7 +119,7 @@ def test_ferry_trust_audit_reads_a_builders_log_and_finds_a_head_it_contradicts(
     r = client.ferry("trust", "audit", k["builder"][1])
     assert r.returncode == 0, r.stdout + r.stderr
     assert (
-        "size    3 claims for 3 store paths" in r.stdout
+        "size    3 entries (claims, revocations) for 3 store paths" in r.stdout
         and "ok: the log holds together" in r.stdout
     )
     audit = json.loads(client.ferry("trust", "audit", k["builder"][1], "--json").stdout)
@@ -151,3 +151,76 @@ def test_ferry_trust_audit_reads_a_builders_log_and_finds_a_head_it_contradicts(
     assert r.returncode == 1 and "no connected peer serves" in r.stdout
     r = client.ferry("trust", "audit", "not-a-key")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _tree(tmp_path: Path, name: str, content: bytes) -> Path:
+    tree = tmp_path / name
+    tree.mkdir()
+    (tree / "f").write_bytes(content)
+    return tree
+
+
+def test_a_builder_revokes_a_claim_and_no_node_counts_it_and_a_rebuild_corrects_itself(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    k = keys(tmp_path, "builder")
+    secret, public = str(k["builder"][0]), k["builder"][1]
+    pol = policy(tmp_path, [public], threshold=1)
+    (builder,) = swarm.start("builder")
+    (client,) = swarm.start("client", bootstrap=[builder.addr], policy=pol)
+    client.wait_log(f"connected to {builder.peer_id}")
+    kept, mistake, rebuilt = ("/nix/store/" + f"{i}" * 32 + f"-pkg-{i}" for i in (1, 2, 3))
+    for sp, content in ((kept, b"kept"), (mistake, b"mistake"), (rebuilt, b"first build")):
+        builder.json(
+            "publish", str(_tree(tmp_path, sp[-5:], content)), "--store-path", sp, "--key", secret
+        )
+    client.wait_log("learned", count=1)
+
+    # The builder takes back one claim: the revocation goes into its log, and out.
+    r = builder.ferry("trust", "revoke-claim", mistake, "--key", secret)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"revoked  {mistake}: the claim of " in r.stdout
+        and "at leaf 3 of builder's log" in r.stdout
+    )
+    client.wait_log(f"revoked its claim for {mistake}", timeout=30)
+    r = client.ferry("fetch", mistake)
+    assert (
+        r.returncode == 3 and "not counted, from claims their builders revoked: builder" in r.stderr
+    ), r.stderr
+    assert client.ferry("fetch", kept).returncode == 0  # its other claims still count
+    assert "revoked  1 claims taken back by their builders" in client.ferry("status").stdout
+    # Twice is a mistake of the user's: said in one line, exit 3.
+    r = builder.ferry("trust", "revoke-claim", mistake, "--key", secret)
+    assert (
+        r.returncode == 3
+        and "holds no claim" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
+
+    # A rebuild that came out different: the node revokes its earlier claim by itself,
+    # in the open, so that the new one counts and nobody takes it for a second story.
+    second = builder.json(
+        "publish",
+        str(_tree(tmp_path, "rebuilt-2", b"second build")),
+        "--store-path",
+        rebuilt,
+        "--key",
+        secret,
+    )
+    builder.wait_log(f"{rebuilt}: signed another result than its earlier claim")
+    client.wait_log(f"revoked its claim for {rebuilt}", timeout=30)
+    fetched = client.json("fetch", rebuilt)
+    audit = client.json("trust", "audit", public)
+    assert audit["problems"] == [] and audit["size"] == 6, audit
+    (got,) = fetched["fetched"]
+    assert (got["nar_hash"], got["signers"]) == (second["nar_hash"], ["builder"]), fetched
+    assert not [x for x in client.log if "caught builder key" in x]
+
+    # A node that joins later is told the revocations on connecting, and keeps them.
+    (late,) = swarm.start("late", bootstrap=[client.addr], policy=pol)
+    late.wait_log(f"revoked its claim for {mistake}", timeout=30)
+    late.stop()
+    late.start().wait_ready()
+    r = late.ferry("fetch", mistake)
+    assert r.returncode == 3 and "claims their builders revoked" in r.stderr, r.stderr
