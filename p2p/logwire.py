@@ -8,9 +8,19 @@ one answer per stream, each a frame (p2p.frame) holding a kind-tagged msgpack ar
     LEAVES   [3, [leaf: bin, ...]]                      answers ENTRIES: from `start`, at
                                                         most `count`, at most MAX_BYTES
     NONE     [4, reason]                                no such log here, or a bad request
+    CONSISTENT [5, key: bin(32), log: bin(16), old, new]  that the log of `old` leaves is
+                                                        a prefix of that of `new`
+    PROVED   [6, head: bin, head: bin, [hash: bin(32), ...]]
+                                                        answers CONSISTENT: the builder's
+                                                        signed heads of sizes `old` and
+                                                        `new` now, and the RFC 9162
+                                                        consistency proof between them
 
 A node serves the logs of the keys it signs with. `ferry trust audit` reads a whole log
-this way and checks it against the heads the node has seen.
+this way and checks it against the heads the node has seen; a node that sees a head of
+another size than the newest it holds asks CONSISTENT of the builder. The builder signs
+the heads it answers with: if its log is not the one a head it signed before describes,
+its answer and that head are two roots for one size (a FORK anyone can check).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from p2p import tagged
 
 PROTOCOL = "/ferry/log/1"
 MAX_COUNT = 256
+MAX_PROOF = 128  # hashes in a consistency proof: at most 2 log2(size)
 MAX_BYTES = 1 << 20  # leaves in one LEAVES answer, at most (one leaf may be larger)
 CAP = 8 << 20  # a frame: a claim is at most 4 MiB
 
@@ -123,13 +134,61 @@ class Nothing:
         return Nothing(rest[0])
 
 
-Message = Head | Entries | Signed | Leaves | Nothing
+@dataclass(frozen=True, slots=True)
+class Consistent:
+    KIND: ClassVar[int] = 5
+    key: bytes
+    log: bytes
+    old: int
+    new: int
+
+    def fields(self) -> list[object]:
+        return [self.key, self.log, self.old, self.new]
+
+    @staticmethod
+    def parse(rest: list[object]) -> Consistent:
+        log = rest[1]
+        if not isinstance(log, bytes) or len(log) != 16:
+            raise LogWireError("a log id is 16 bytes")
+        old, new = _uint(rest[2], "old"), _uint(rest[3], "new")
+        if not 0 < old < new:
+            raise LogWireError("a consistency request is from a smaller size to a larger one")
+        return Consistent(_key(rest[0]), log, old, new)
+
+
+@dataclass(frozen=True, slots=True)
+class Proved:
+    KIND: ClassVar[int] = 6
+    old: bytes  # trust.treehead.SignedTreeHead, decoded by the asker
+    new: bytes
+    proof: tuple[bytes, ...]
+
+    def fields(self) -> list[object]:
+        return [self.old, self.new, list(self.proof)]
+
+    @staticmethod
+    def parse(rest: list[object]) -> Proved:
+        old, new, proof = rest
+        if not isinstance(old, bytes) or not isinstance(new, bytes):
+            raise LogWireError("heads are bytes")
+        if (
+            not isinstance(proof, list)
+            or len(proof) > MAX_PROOF
+            or not all(isinstance(h, bytes) and len(h) == 32 for h in proof)
+        ):
+            raise LogWireError(f"a consistency proof is at most {MAX_PROOF} 32-byte hashes")
+        return Proved(old, new, tuple(proof))
+
+
+Message = Head | Entries | Signed | Leaves | Nothing | Consistent | Proved
 _KINDS: dict[int, tuple[type[Message], int]] = {
     Head.KIND: (Head, 1),
     Entries.KIND: (Entries, 3),
     Signed.KIND: (Signed, 1),
     Leaves.KIND: (Leaves, 1),
     Nothing.KIND: (Nothing, 1),
+    Consistent.KIND: (Consistent, 4),
+    Proved.KIND: (Proved, 3),
 }
 
 

@@ -19,3 +19,6 @@ MAX_PUSHED = 256
 MAX_PROOFS_TOLD = 64
 MAX_PROOF = 1 << 20  # a CLAIMS proof holds two logged claims; real ones are a few KiB
 DEADLINE = 30.0  # for a push or a telling to arrive whole
+MAX_CHECKS = 256  # logs waiting to have their heads shown consistent
+MAX_ASKED = 8  # peers asked for one consistency proof; proofs asked for one log at once
+ASK_DEADLINE = 10.0  # for one peer's answer

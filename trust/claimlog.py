@@ -163,9 +163,10 @@ class ClaimLog:
     def index_of(self, leaf: bytes) -> int | None:
         return self._index.get(leaf)
 
-    def head(self, time: int | None = None) -> SignedTreeHead:
-        """The log's current size and root, signed."""
-        return treehead.sign(self.key, self.log_id, len(self.tree), self.tree.root(), time)
+    def head(self, time: int | None = None, size: int | None = None) -> SignedTreeHead:
+        """The log's current size and root (or those of its first `size` leaves), signed."""
+        size = len(self.tree) if size is None else size
+        return treehead.sign(self.key, self.log_id, size, self.tree.root(size), time)
 
     def prove(self, leaf: bytes, head: SignedTreeHead) -> Proved:
         """That `leaf` is in the tree `head` signs (a head of this log)."""

@@ -17,9 +17,10 @@ believed: it names the key it convicts, whoever sent it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trust import equivocation
+from trust import equivocation, merkle
 from trust.equivocation import Claims, Equivocation, EquivocationError, Fork, Leaves
 from trust.key import PublicKey
 from trust.logged import Logged, LoggedClaim, LoggedRevocation
@@ -54,6 +55,10 @@ class Witness:
         self._heads: dict[tuple[Log, int], SignedTreeHead] = {}  # (log, size) -> head
         self._leaves: dict[tuple[Log, int], Logged] = {}  # (log, index) -> first seen
         self._claims: dict[tuple[Log, str], LoggedClaim] = {}  # (log, path) -> first seen
+        # The newest head of each log shown consistent with every other head of it this
+        # witness holds (the first seen, to begin with), and the sizes still to show so.
+        self._newest: dict[Log, SignedTreeHead] = {}
+        self._unproven: dict[Log, set[int]] = {}
         # (log, digest of the claim taken back) -> its revocation
         self.revocations: dict[tuple[Log, bytes], LoggedRevocation] = {}
         self.caught: dict[bytes, Caught] = {}  # raw key -> the proof against it
@@ -132,6 +137,50 @@ class Witness:
         same = self._heads.setdefault((head.log, head.head.size), head)
         if same.head.root != head.head.root:
             return self._catch(Fork(same, head))
+        newest = self._newest.setdefault(head.log, head)
+        if head.head.size != newest.head.size:
+            self._unproven.setdefault(head.log, set()).add(head.head.size)
+        return None
+
+    def newest(self, log: Log) -> SignedTreeHead | None:
+        return self._newest.get(log)
+
+    def to_prove(self, log: Log) -> tuple[int, int] | None:
+        """Two sizes of `log` whose heads are still to be shown consistent (smaller
+        first): the newest head's and another's; None when there is nothing to show."""
+        unproven = self._unproven.get(log)
+        if not unproven:
+            return None
+        size, newest = max(unproven), self._newest[log].head.size
+        return (size, newest) if size < newest else (newest, size)
+
+    def settle(
+        self,
+        log: Log,
+        old: int,
+        new: int,
+        a: SignedTreeHead,
+        b: SignedTreeHead,
+        proof: Sequence[bytes],
+    ) -> Caught | None:
+        """The builder's answer to "is the log of `old` leaves a prefix of that of `new`":
+        its heads of both sizes, signed now, and a consistency proof. A head whose root is
+        not the one this witness holds for its size is a FORK; else the proof must verify
+        (ValueError if it does not, or if the answer is not to the question)."""
+        for head, size in ((a, old), (b, new)):
+            if head.log != log or head.head.size != size or not head.valid():
+                raise ValueError(f"the answer is not a head of size {size} of that log")
+        for head in (a, b):
+            catch = self.observe_head(head)
+            if catch is not None:
+                return catch
+        if not merkle.verify_consistency(old, new, a.head.root, b.head.root, proof):
+            raise ValueError(f"the consistency proof from {old} to {new} leaves does not verify")
+        unproven = self._unproven.get(log, set())
+        unproven.discard(old)
+        unproven.discard(new)
+        if new > self._newest[log].head.size:
+            self._newest[log] = self._heads[(log, new)]
         return None
 
     def receive_proof(self, data: bytes) -> Caught | None:

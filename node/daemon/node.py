@@ -21,6 +21,7 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 
 from node.daemon import api, autopublish, control, gateway, witness
 from node.daemon.autopublish import AutoPublish
@@ -224,7 +225,9 @@ class Node:
                         self.discovery.run(nursery)
                         await nursery.start(self.reachability.run)
                         await nursery.start(self.relays.run)
-                        await nursery.start(self.witnessing.run, self.discovery.open_stream)
+                        await nursery.start(
+                            self.witnessing.run, self.discovery.open_stream, self.discovery.peers
+                        )
                         if self.discovery.pubsub is not None:
                             await nursery.start(self._witness_gossip, self.discovery.pubsub)
                         # node.addr tells scripts and other nodes that the node is up: written
@@ -413,7 +416,8 @@ class Node:
                 msg = await sub.get()
                 if msg.from_id != me:
                     try:
-                        await on(msg.data, "gossip")
+                        # Who published it: a builder's heads are asked about there first.
+                        await on(msg.data, str(ID(msg.from_id)))
                     except Exception:
                         # A bug met on one message must not stop the node hearing the rest.
                         log.exception("a gossiped log message could not be handled")

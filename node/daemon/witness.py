@@ -51,8 +51,8 @@ from trust.logged import (
 )
 from trust.merkle import Tree
 from trust.revocation import Revocation, RevocationError, SignedRevocation
-from trust.treehead import SignedTreeHead
-from trust.witness import Caught, Released, Witness
+from trust.treehead import SignedTreeHead, TreeHeadError
+from trust.witness import Caught, Log, Released, Witness
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,46 @@ class Witnessing:
         self.logs: dict[bytes, ClaimLog] = {}
         self.publish: Publish | None = None  # set once gossip runs
         self._joins, self._joined = trio.open_memory_channel[str](witnesswire.MAX_PROOFS_TOLD)
+        self.heads_dir = os.path.join(data_dir, "heads")
+        # Logs with heads to show consistent, asked of their builders one at a time.
+        self._checks, self._to_check = trio.open_memory_channel[Log](witnesswire.MAX_CHECKS)
+        self._queued: set[Log] = set()
+        self._hints: dict[Log, list[str]] = {}  # peers that served or sent heads, latest first
+        self._saved: dict[Log, int] = {}  # the size of the newest head kept on disk
+        self._load_heads()
         self._load_revocations()  # first: a revocation can excuse a proof
         self._load_caught()
+
+    def _load_heads(self) -> None:
+        try:
+            names = sorted(os.listdir(self.heads_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.heads_dir, name)
+            try:
+                with open(path, "rb") as f:
+                    head = SignedTreeHead.decode(f.read())
+            except (OSError, TreeHeadError) as e:
+                log.warning("ignoring %s: not a tree head (%s)", path, e)
+                continue
+            if head.valid():
+                self.witness.observe_head(head)
+                self._saved[head.log] = head.head.size
+
+    def _keep_newest(self, which: Log) -> None:
+        """Keep the newest head of a log shown consistent: after a restart, a head of
+        another branch is still asked about."""
+        head = self.witness.newest(which)
+        if head is None or self._saved.get(which) == head.head.size:
+            return
+        path = os.path.join(self.heads_dir, f"{which[0].hex()}-{which[1].hex()}")
+        os.makedirs(self.heads_dir, exist_ok=True)
+        try:
+            userfile.write_atomically(path, head.encode(), "a tree head")
+            self._saved[which] = head.head.size
+        except Exception as e:  # noqa: BLE001 - it is still held in memory
+            log.warning("cannot keep the tree head in %s: %s", path, e)
 
     def _load_revocations(self) -> None:
         try:
@@ -218,6 +256,8 @@ class Witnessing:
                 await self._caught(event, source)
             elif isinstance(event, Released):
                 self._released(event)
+            if logged.signer.key not in self.logs:
+                self._check_soon(logged.head.log, source)
             if isinstance(logged, LoggedRevocation) and logged in news:
                 r = logged.revocation.revocation
                 log.warning(
@@ -232,6 +272,19 @@ class Witnessing:
         await self.store.learn(claims, source)
         if pass_on:
             await self.announce(news)
+
+    def _check_soon(self, which: Log, source: str) -> None:
+        hints = self._hints.setdefault(which, [])
+        if source not in hints:
+            hints[:] = [*hints, source][-witnesswire.MAX_ASKED :]
+        self._keep_newest(which)
+        if which in self._queued or self.witness.to_prove(which) is None:
+            return
+        try:
+            self._checks.send_nowait(which)
+            self._queued.add(which)
+        except trio.WouldBlock:
+            pass  # asked when its next head arrives
 
     def _released(self, released: Released) -> None:
         log.warning(
@@ -297,13 +350,92 @@ class Witnessing:
     async def run(
         self,
         open_stream: Callable[[str, str], Awaitable[ByteStream]],
+        peers: Callable[[], list[str]],
         *,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._checking, open_stream, peers)
             async for peer in self._joined:
                 nursery.start_soon(self._tell, open_stream, peer)
+
+    # --- consistency between the heads of a log, asked of its builder
+
+    async def _checking(
+        self,
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+        peers: Callable[[], list[str]],
+    ) -> None:
+        async for which in self._to_check:
+            self._queued.discard(which)
+            for _ in range(witnesswire.MAX_ASKED):  # new heads may keep coming: a bound
+                pair = self.witness.to_prove(which)
+                if pair is None or not await self._prove(which, *pair, open_stream, peers):
+                    break
+
+    async def _prove(
+        self,
+        which: Log,
+        old: int,
+        new: int,
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+        peers: Callable[[], list[str]],
+    ) -> bool:
+        """Ask the peers that sent the log's heads, then the others, until one (its
+        builder) shows the heads of `old` and `new` leaves consistent; whether one did."""
+        key = self.witness.heads_of(which)[0].builder
+        asked = list(dict.fromkeys([*self._hints.get(which, [])[::-1], *peers()]))
+        for peer in asked[: witnesswire.MAX_ASKED]:
+            try:
+                with trio.fail_after(witnesswire.ASK_DEADLINE):
+                    answer = await self._ask(
+                        open_stream, peer, logwire.Consistent(which[0], which[1], old, new)
+                    )
+                if not isinstance(answer, logwire.Proved):
+                    continue
+                a, b = SignedTreeHead.decode(answer.old), SignedTreeHead.decode(answer.new)
+                caught = self.witness.settle(which, old, new, a, b, answer.proof)
+            except (trio.TooSlowError, TreeHeadError, ValueError, StreamGone) as e:
+                log.info("%s did not show %s's heads consistent: %s", peer, key, e)
+                continue
+            except Exception as e:  # noqa: BLE001 - gone, or not a ferry node
+                log.debug("asking %s for a consistency proof: %s", peer, e)
+                continue
+            if caught is not None:
+                await self._caught(caught, peer)
+                return False
+            log.info(
+                "heads of %s's log: its first %d leaves are a prefix of its %d (shown by %s)",
+                key,
+                old,
+                new,
+                peer,
+            )
+            self._hints[which] = [*(p for p in self._hints.get(which, []) if p != peer), peer]
+            self._keep_newest(which)
+            return True
+        log.info(
+            "no peer showed %s's heads of %d and %d leaves consistent: asked again when "
+            "another head arrives",
+            key,
+            old,
+            new,
+        )
+        return False
+
+    @staticmethod
+    async def _ask(
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+        peer: str,
+        request: logwire.Message,
+    ) -> logwire.Message:
+        stream = await open_stream(peer, logwire.PROTOCOL)
+        try:
+            await write(stream, logwire.encode(request))
+            return logwire.decode(await read_frame(stream, logwire.CAP))
+        finally:
+            await finish(stream)
 
     async def _tell(
         self, open_stream: Callable[[str, str], Awaitable[ByteStream]], peer: str
@@ -354,13 +486,23 @@ class Witnessing:
             await abort(stream)
 
     def _answer(self, request: logwire.Message) -> logwire.Message:
-        if not isinstance(request, logwire.Head | logwire.Entries):
+        if not isinstance(request, logwire.Head | logwire.Entries | logwire.Consistent):
             return logwire.Nothing("not a request")
         claimlog = self.logs.get(request.key)
         if claimlog is None:
             return logwire.Nothing("this node keeps no log of that key")
         if isinstance(request, logwire.Head):
             return logwire.Signed(claimlog.head().encode())
+        if isinstance(request, logwire.Consistent):
+            if request.log != claimlog.log_id:
+                return logwire.Nothing("this node keeps another log of that key")
+            if request.new > len(claimlog):
+                return logwire.Nothing(f"the log has {len(claimlog)} leaves")
+            return logwire.Proved(
+                claimlog.head(size=request.old).encode(),
+                claimlog.head(size=request.new).encode(),
+                tuple(claimlog.consistency(request.old, request.new)),
+            )
         leaves: list[bytes] = []
         size = 0
         for index in range(request.start, min(len(claimlog), request.start + request.count)):
@@ -382,12 +524,7 @@ class Witnessing:
         every head of the key this node has seen against the log's prefix of its size."""
 
         async def ask(peer: str, request: logwire.Message) -> logwire.Message:
-            stream = await open_stream(peer, logwire.PROTOCOL)
-            try:
-                await write(stream, logwire.encode(request))
-                return logwire.decode(await read_frame(stream, logwire.CAP))
-            finally:
-                await finish(stream)
+            return await self._ask(open_stream, peer, request)
 
         for peer in peers:
             try:

@@ -175,6 +175,10 @@ def test_a_builder_revokes_a_claim_and_no_node_counts_it_and_a_rebuild_corrects_
             "publish", str(_tree(tmp_path, sp[-5:], content)), "--store-path", sp, "--key", secret
         )
     client.wait_log("learned", count=1)
+    # Each new head is shown consistent with the one before, by the builder, when asked.
+    client.wait_log(
+        f"heads of {public}'s log: its first 2 leaves are a prefix of its 3", timeout=30
+    )
 
     # The builder takes back one claim: the revocation goes into its log, and out.
     r = builder.ferry("trust", "revoke-claim", mistake, "--key", secret)
@@ -224,3 +228,44 @@ def test_a_builder_revokes_a_claim_and_no_node_counts_it_and_a_rebuild_corrects_
     late.start().wait_ready()
     r = late.ferry("fetch", mistake)
     assert r.returncode == 3 and "claims their builders revoked" in r.stderr, r.stderr
+
+
+def test_heads_of_two_sizes_are_asked_of_the_builder_and_a_fork_it_hid_is_caught(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    k = keys(tmp_path, "builder")
+    secret, public = str(k["builder"][0]), k["builder"][1]
+    key = keyfile.load_secret(secret)
+    (builder,) = swarm.start("builder")
+    for i in (0, 1):
+        sp = "/nix/store/" + f"{i}" * 32 + f"-pkg-{i}"
+        builder.json(
+            "publish", str(_tree(tmp_path, f"t{i}", b"%d" % i)), "--store-path", sp, "--key", secret
+        )
+    # A branch of the builder's log that shares its first leaf and then differs: handed
+    # to the client alone. The client never sees a leaf index or a size both share.
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    name = key.public.key.hex()
+    shutil.copy(builder.data_dir / "claimlog" / f"{name}.id", branch / f"{name}.id")
+    with ClaimLog(str(builder.data_dir / "claimlog"), key) as real:
+        first = real.leaf(0)
+    with ClaimLog(str(branch), key) as forked:
+        forked.append(first)
+        story = _handed(forked, key, EVIL)
+    assert (story.index, story.head.head.size) == (1, 2)
+    pol = policy(tmp_path, [public], threshold=1)
+    (client,) = swarm.start("client", bootstrap=[builder.addr], policy=pol)
+    client.wait_log(f"connected to {builder.peer_id}")
+    _push(client, story)
+    client.wait_log("learned 1 new claims from")
+    # The builder's next claim comes with its head of 3 leaves: the client asks it to show
+    # its head of 2 is a prefix of that one, and the builder's own answer is the proof.
+    sp = "/nix/store/" + "2" * 32 + "-pkg-2"
+    builder.json("publish", str(_tree(tmp_path, "t2", b"2")), "--store-path", sp, "--key", secret)
+    client.wait_log(
+        f"caught builder key {public} telling two stories (FORK, from {builder.peer_id})",
+        timeout=30,
+    )
+    r = client.ferry("fetch", sp)
+    assert r.returncode == 3 and "caught telling two stories" in r.stderr, r.stderr

@@ -28,7 +28,7 @@ from trust.revocation import (
 )
 from trust.witness import Caught, Released, Witness
 
-from .claims import EVIL, GOOD, PATH_A, PATH_B, STORE, make
+from .claims import EVIL, GOOD, PATH_A, PATH_B, make
 
 BUILDER = SecretKey.generate("builder-1")
 OTHER = SecretKey.generate("builder-2")
