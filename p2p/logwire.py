@@ -15,9 +15,19 @@ one answer per stream, each a frame (p2p.frame) holding a kind-tagged msgpack ar
                                                         signed heads of sizes `old` and
                                                         `new` now, and the RFC 9162
                                                         consistency proof between them
+    INCLUDED [7, [claim: bin(32), ...]]                  these claims (by digest,
+                                                        trust.revocation.claim_digest,
+                                                        at most MAX_INCLUDED) with their
+                                                        places in their builders' logs
+    LOGGED   [8, [logged claim: bin, ...]]              answers INCLUDED: those it holds
+                                                        (trust.logged), at most
+                                                        MAX_LOGGED_FORMS a claim
 
 A node serves the logs of the keys it signs with. `ferry trust audit` reads a whole log
-this way and checks it against the heads the node has seen; a node that sees a head of
+this way and checks it against the heads the node has seen. Any node answers INCLUDED
+from the logged claims it checked and kept (node.daemon.logbook), a builder from its
+log; a node whose policy requires logs asks it of the peers that hold a path's claims.
+A node that sees a head of
 another size than the newest it holds asks CONSISTENT of the builder. The builder signs
 the heads it answers with: if its log is not the one a head it signed before describes,
 its answer and that head are two roots for one size (a FORK anyone can check).
@@ -33,6 +43,9 @@ from p2p import tagged
 PROTOCOL = "/ferry/log/1"
 MAX_COUNT = 256
 MAX_PROOF = 128  # hashes in a consistency proof: at most 2 log2(size)
+MAX_LOGGED_FORMS = 8  # of one claim, in one LOGGED: a key keeps a log per machine
+MAX_INCLUDED = 64  # claims asked about in one INCLUDED
+MAX_LOGGED_ANSWER = MAX_INCLUDED * MAX_LOGGED_FORMS
 MAX_BYTES = 1 << 20  # leaves in one LEAVES answer, at most (one leaf may be larger)
 CAP = 8 << 20  # a frame: a claim is at most 4 MiB
 
@@ -43,7 +56,7 @@ class LogWireError(ValueError):
 
 def _key(v: object) -> bytes:
     if not isinstance(v, bytes) or len(v) != 32:
-        raise LogWireError("a key is 32 bytes")
+        raise LogWireError("a key (or a claim's digest) is 32 bytes")
     return v
 
 
@@ -180,7 +193,45 @@ class Proved:
         return Proved(old, new, tuple(proof))
 
 
-Message = Head | Entries | Signed | Leaves | Nothing | Consistent | Proved
+@dataclass(frozen=True, slots=True)
+class Included:
+    KIND: ClassVar[int] = 7
+    claims: tuple[bytes, ...]
+
+    def fields(self) -> list[object]:
+        return [list(self.claims)]
+
+    @staticmethod
+    def parse(rest: list[object]) -> Included:
+        v = rest[0]
+        if not isinstance(v, list) or not 0 < len(v) <= MAX_INCLUDED:
+            raise LogWireError(f"INCLUDED asks about 1 to {MAX_INCLUDED} claims")
+        return Included(tuple(_key(x) for x in v))
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    KIND: ClassVar[int] = 8
+    entries: tuple[bytes, ...]  # trust.logged.LoggedClaim, decoded and checked by the asker
+
+    def fields(self) -> list[object]:
+        return [list(self.entries)]
+
+    @staticmethod
+    def parse(rest: list[object]) -> Logged:
+        v = rest[0]
+        if (
+            not isinstance(v, list)
+            or len(v) > MAX_LOGGED_ANSWER
+            or not all(isinstance(x, bytes) for x in v)
+        ):
+            raise LogWireError(
+                f"logged claims are a list of at most {MAX_LOGGED_ANSWER} byte strings"
+            )
+        return Logged(tuple(v))
+
+
+Message = Head | Entries | Signed | Leaves | Nothing | Consistent | Proved | Included | Logged
 _KINDS: dict[int, tuple[type[Message], int]] = {
     Head.KIND: (Head, 1),
     Entries.KIND: (Entries, 3),
@@ -189,6 +240,8 @@ _KINDS: dict[int, tuple[type[Message], int]] = {
     Nothing.KIND: (Nothing, 1),
     Consistent.KIND: (Consistent, 4),
     Proved.KIND: (Proved, 3),
+    Included.KIND: (Included, 1),
+    Logged.KIND: (Logged, 1),
 }
 
 
@@ -197,5 +250,7 @@ def encode(message: Message) -> bytes:
 
 
 def decode(payload: bytes) -> Message:
-    message: Message = tagged.decode(payload, _KINDS, LogWireError, max_items=MAX_COUNT, what="log")
+    message: Message = tagged.decode(
+        payload, _KINDS, LogWireError, max_items=MAX_LOGGED_ANSWER, what="log"
+    )
     return message

@@ -52,6 +52,8 @@ class Reason(enum.Enum):
     REVOKED = "key was revoked before the claim's time"
     OUT_OF_WINDOW = "claim is dated outside its key's validity (rotated out, or not yet in)"
     WITHDRAWN = "claim was revoked by its builder (a logged revocation is held)"
+    UNLOGGED = "claim came without its place in its builder's log (the policy requires one)"
+    OTHER_LOG = "claim is not in the log the policy pins its key to"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,9 @@ class KeyLife:
     not_after: int | None = None
     revoked: int | None = None
     successor: str | None = None
+    # The one log (its 16-byte id, trust.treehead) whose claims count: a builder that
+    # starts another log for some clients is not believed in it.
+    log: bytes | None = None
 
     def counts_at(self, when: int) -> Reason | None:
         if self.revoked is not None and when >= self.revoked:
@@ -133,6 +138,11 @@ class QuorumPolicy:
     # (raw key, claim digest) of claims their builders revoked (trust.revocation): set,
     # like `caught`, by the node that holds the revocations.
     withdrawn: frozenset[tuple[bytes, bytes]] = frozenset()
+    # Count a claim only if it was shown to be in its builder's log (trust.logged), in
+    # the one `KeyLife.log` names if any; `logs` maps a claim's digest to the logs it was
+    # shown in (node.daemon.logbook, set by the node like `caught`).
+    require_logs: bool = False
+    logs: Mapping[bytes, frozenset[bytes]] = field(default_factory=dict, compare=False)
     # Key name -> its life (rotation, revocation); keys not named live forever.
     lives: tuple[tuple[str, KeyLife], ...] = ()
     _seats: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
@@ -205,6 +215,29 @@ class QuorumPolicy:
             seats[name] = first
         return seats
 
+    @property
+    def _logs_matter(self) -> bool:
+        return self.require_logs or any(life.log is not None for life in self._lives.values())
+
+    def _unlisted(self, c: SignedClaim) -> Reason | None:
+        """Whether the claim was revoked, or lacks the log the policy asks of it."""
+        digest = claim_digest(c.claim)
+        if (c.builder.key, digest) in self.withdrawn:
+            return Reason.WITHDRAWN
+        pinned = self.life(c.builder.name).log
+        shown = self.logs.get(digest, frozenset())
+        if pinned is not None:
+            return None if pinned in shown else Reason.OTHER_LOG if shown else Reason.UNLOGGED
+        if self.require_logs and not shown:
+            return Reason.UNLOGGED
+        return None
+
+    def wants_logs(self, c: SignedClaim) -> bool:
+        """Whether evidence of `c`'s log (not held yet) could make it count."""
+        if not (self.require_logs or self.life(c.builder.name).log is not None):
+            return False
+        return c.builder in self.trusted and claim_digest(c.claim) not in self.logs
+
     def life(self, name: str) -> KeyLife:
         return self._lives.get(name, _FOREVER)
 
@@ -212,6 +245,7 @@ class QuorumPolicy:
         """The verdict the claims give. A key in `caught` counts for nothing, nor does a
         claim in `withdrawn`."""
         caught, withdrawn = self.caught, self.withdrawn
+        listed = bool(withdrawn) or self._logs_matter
         ignored: list[Ignored] = []
         # key name -> result -> (index, claim) of its first claim for that result
         votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]] = {}
@@ -219,8 +253,8 @@ class QuorumPolicy:
             reason = self._reject(store_path, c)
             if reason is None and c.builder.key in caught:
                 reason = Reason.CAUGHT
-            if reason is None and withdrawn and (c.builder.key, claim_digest(c.claim)) in withdrawn:
-                reason = Reason.WITHDRAWN
+            if reason is None and listed:
+                reason = self._unlisted(c)
             if reason is None:
                 seen = votes.setdefault(self._seats[c.builder.name], {})
                 if c.claim.outcome in seen:

@@ -8,6 +8,7 @@
     ]
     threshold = 2            # how many of them must sign the same result
     on_conflict = "refuse"   # or "majority": k agreeing keys win despite a dissenter
+    require_logs = false     # true: a claim counts only shown in its builder's log
 
     # A key's life, by the time each claim carries (`ferry trust rotate`, `revoke`):
     [keys."builder-a.example.org-1"]
@@ -17,6 +18,7 @@
     not_before = 2026-12-01T00:00:00Z
     [keys."builder-c.example.org-1"]
     revoked = 2026-12-05T12:00:00Z          # claims dated from then on never count
+    log = "3f0c9a6e51d2b4..."               # its claims count only in this log (its id)
 
 Errors name the file, the line and the field, so a typo in a key is found at once.
 """
@@ -39,11 +41,15 @@ FIELDS: dict[str, str] = {
     "1 to the number of trusted keys)",
     "on_conflict": 'what to do when trusted keys disagree about a path: "refuse" it (default), or '
     '"majority": accept the result at least `threshold` keys signed despite a dissenter',
+    "require_logs": "count a claim only when it was shown to be in its builder's log (a logged "
+    "claim, which a node asks of its peers when it lacks one); default false: claims of "
+    "builders without logs count too",
     "keys": "a table per trusted key name, its life by the time its claims carry: not_before, "
     "not_after and revoked (TOML date-times, UTC), successor (the key name that took over: the "
-    "two count as one builder); `ferry trust rotate` and `ferry trust revoke` write them",
+    "two count as one builder); `ferry trust rotate` and `ferry trust revoke` write them; and "
+    "log, the id (32 hex digits, `ferry trust audit` shows it) of the one log whose claims count",
 }
-LIFE_FIELDS = ("not_before", "not_after", "revoked", "successor")
+LIFE_FIELDS = ("not_before", "not_after", "revoked", "successor", "log")
 _FIELDS = tuple(FIELDS)
 _MAX_FILE = 1 << 20
 
@@ -109,9 +115,16 @@ def parse(text: str, source: str = "policy") -> QuorumPolicy:
             f"{where.field('on_conflict')}: on_conflict must be {choices}, not {mode!r}"
         ) from None
 
+    require_logs = doc.get("require_logs", False)
+    if not isinstance(require_logs, bool):
+        raise PolicyError(
+            f"{where.field('require_logs')}: require_logs must be true or false, not {require_logs!r}"
+        )
     lives = _lives(doc.get("keys", {}), where)
     try:
-        return QuorumPolicy(tuple(keys), threshold, on_conflict, lives=lives)
+        return QuorumPolicy(
+            tuple(keys), threshold, on_conflict, lives=lives, require_logs=require_logs
+        )
     except PolicyError as e:
         raise PolicyError(f"{where.field(e.setting or 'trusted')}: {e}", e.setting) from None
 
@@ -136,7 +149,15 @@ def _lives(table: object, where: _Locator) -> tuple[tuple[str, KeyLife], ...]:
         successor = fields.get("successor")
         if successor is not None and not isinstance(successor, str):
             raise PolicyError(f"{where.field('keys')}: keys.{name}.successor must be a key name")
-        out.append((name, KeyLife(successor=successor, **times)))
+        log = fields.get("log")
+        if log is not None:
+            if not (isinstance(log, str) and re.fullmatch(r"[0-9a-f]{32}", log)):
+                raise PolicyError(
+                    f"{where.field('keys')}: keys.{name}.log must be a log id, 32 hex digits "
+                    "(`ferry trust audit` shows it)"
+                )
+            log = bytes.fromhex(log)
+        out.append((name, KeyLife(successor=successor, log=log, **times)))
     return tuple(out)
 
 
@@ -164,6 +185,8 @@ def dump(policy: QuorumPolicy) -> str:
         f"threshold = {policy.threshold}\n"
         f'on_conflict = "{policy.on_conflict.value}"\n'
     )
+    if policy.require_logs:
+        text += "require_logs = true\n"
     for name, life in policy.lives:
         text += f'\n[keys."{name}"]\n'
         for f in ("not_before", "not_after", "revoked"):
@@ -172,6 +195,8 @@ def dump(policy: QuorumPolicy) -> str:
                 text += f"{f} = {show_time(value)}\n"
         if life.successor is not None:
             text += f'successor = "{life.successor}"\n'
+        if life.log is not None:
+            text += f'log = "{life.log.hex()}"\n'
     return text
 
 

@@ -71,6 +71,8 @@ def verdict_text(policy: QuorumPolicy, v: Verdict) -> str:
             (Reason.REVOKED, "keys revoked before the claims' time"),
             (Reason.OUT_OF_WINDOW, "keys rotated out (or not yet in) at the claims' time"),
             (Reason.WITHDRAWN, "claims their builders revoked"),
+            (Reason.UNLOGGED, "claims no peer showed in their builder's log (require_logs)"),
+            (Reason.OTHER_LOG, "claims in another log than the one the policy pins"),
         ):
             held = sorted({i.claim.builder.name for i in v.ignored if i.reason is reason})
             if held:

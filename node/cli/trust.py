@@ -517,10 +517,9 @@ def _rotate(args: argparse.Namespace) -> None:
     lives = dict(_with_life(policy, args.old, not_after=at, successor=new.name))
     lives[new.name] = dataclasses.replace(lives.get(new.name, KeyLife()), not_before=at)
     try:
-        rotated = QuorumPolicy(
-            policy.trusted + ((new,) if new not in policy.trusted else ()),
-            policy.threshold,
-            policy.on_conflict,
+        rotated = dataclasses.replace(
+            policy,
+            trusted=policy.trusted + ((new,) if new not in policy.trusted else ()),
             lives=tuple(lives.items()),
         )
     except PolicyError as e:
@@ -575,6 +574,7 @@ def _audit(args: argparse.Namespace) -> None:
             [
                 f"log of  {audit.key}",
                 f"from    {audit.source}",
+                f'log id  {audit.log} (to pin the key to it: log = "{audit.log}" in its [keys] table)',
                 f"size    {audit.size:,} entries (claims, revocations) for {audit.paths:,} store paths",
                 f"head    root {audit.root}, signed at {policyfile.show_time(audit.time)}",
                 f"checked every leaf, and {audit.heads_checked} heads seen here",

@@ -294,6 +294,7 @@ class Audit:
     problems: tuple[str, ...] = ()  # each a sentence; none when the log holds together
     heads_checked: int = 0  # heads this node had seen, each checked against the log
     paths: int = 0  # store paths the log's claims name
+    log: str = ""  # the log's id, hex: what a policy pins the key to (keys.NAME.log)
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,8 @@ class Node:
         self.witnessing = Witnessing(self.data_dir, self.store)
         self.sessions.caught = self.witnessing.keys_caught
         self.sessions.withdrawn = self.witnessing.withdrawn
+        self.sessions.logs = self.witnessing.logbook.logs
+        self.sessions.prove = self._prove_claims
         self.host.get_network().register_notifee(witness.Joins(self.witnessing.joined))
         self.autopublish = AutoPublish(self.data_dir, config, self.store, self._announce)
         if self.autopublish.key is not None:
@@ -657,6 +659,9 @@ class Node:
                 if (via := self.relays.relayed_via(peer, started)) is not None
             },
         )
+
+    async def _prove_claims(self, claims: list[SignedClaim], peers: list[str]) -> int:
+        return await self.witnessing.prove_claims(claims, peers, self.discovery.open_stream)
 
     async def _revoke_claim(self, req: api.RevokeClaimRequest) -> api.ClaimsRevoked:
         try:

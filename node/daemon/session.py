@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -169,6 +169,10 @@ class FetchSessions:
         self.caught: Callable[[], frozenset[bytes]] = frozenset
         # Claims their builders revoked (trust.revocation): they count for nothing.
         self.withdrawn: Callable[[], frozenset[tuple[bytes, bytes]]] = frozenset
+        # The logs each claim was shown in (node.daemon.logbook), and how to ask peers for
+        # more: a policy with require_logs, or a key pinned to a log, needs them.
+        self.logs: Mapping[bytes, frozenset[bytes]] = {}
+        self.prove: Callable[[list[SignedClaim], list[str]], Awaitable[int]] | None = None
         self.config = config
         self.book = book
         self.metrics = metrics
@@ -189,10 +193,9 @@ class FetchSessions:
                 "this node has no trust policy, so it cannot accept paths: "
                 "start it with --policy FILE (see `ferry trust --help`)"
             )
-        caught, withdrawn = self.caught(), self.withdrawn()
-        if not (caught or withdrawn):
-            return self.policy
-        return dataclasses.replace(self.policy, caught=caught, withdrawn=withdrawn)
+        return dataclasses.replace(
+            self.policy, caught=self.caught(), withdrawn=self.withdrawn(), logs=self.logs
+        )
 
     @asynccontextmanager
     async def recording(
@@ -210,6 +213,7 @@ class FetchSessions:
         await self.store.summaries.settle()
         local = FetchStore(self.store, fill_bytes)
         fetch = Fetch(self.net, local, policy, self.settings(**overrides), on_progress, schedule)
+        fetch.prove = self.prove
         try:
             yield fetch, local
         finally:
@@ -219,7 +223,9 @@ class FetchSessions:
     def planning(self, **overrides: Any) -> Fetch:
         """A session that only resolves (reads the store, takes no lock): the gateway's
         narinfo answers. Complete its plans with `recording`."""
-        return Fetch(self.net, FetchStore(self.store), self._policy(), self.settings(**overrides))
+        fetch = Fetch(self.net, FetchStore(self.store), self._policy(), self.settings(**overrides))
+        fetch.prove = self.prove
+        return fetch
 
     async def transfer(
         self, links: Links, digests: list[bytes], *, ahead: bool = False

@@ -31,6 +31,7 @@ import trio
 from libp2p.abc import INetConn, INetwork
 
 from node.daemon import api
+from node.daemon.logbook import Logbook
 from node.daemon.nodestore import NodeStore
 from p2p import frame, logwire, witnesswire
 from p2p.host import Notifee
@@ -50,7 +51,7 @@ from trust.logged import (
     decode_entry,
 )
 from trust.merkle import Tree
-from trust.revocation import Revocation, RevocationError, SignedRevocation
+from trust.revocation import Revocation, RevocationError, SignedRevocation, claim_digest
 from trust.treehead import SignedTreeHead, TreeHeadError
 from trust.witness import Caught, Log, Released, Witness
 
@@ -70,6 +71,7 @@ class Witnessing:
         self.publish: Publish | None = None  # set once gossip runs
         self._joins, self._joined = trio.open_memory_channel[str](witnesswire.MAX_PROOFS_TOLD)
         self.heads_dir = os.path.join(data_dir, "heads")
+        self.logbook = Logbook(data_dir)
         # Logs with heads to show consistent, asked of their builders one at a time.
         self._checks, self._to_check = trio.open_memory_channel[Log](witnesswire.MAX_CHECKS)
         self._queued: set[Log] = set()
@@ -148,6 +150,7 @@ class Witnessing:
     def close(self) -> None:
         for claimlog in self.logs.values():
             claimlog.close()
+        self.logbook.close()
 
     # --- as a builder
 
@@ -209,6 +212,7 @@ class Witnessing:
             self.witness.observe(logged)  # our own word, so that a peer's other one shows
             if isinstance(logged, LoggedRevocation):
                 self._keep_revocation(logged)
+        self.logbook.add(x for x in out if isinstance(x, LoggedClaim))
         return out
 
     def _keep_revocation(self, logged: LoggedRevocation) -> None:
@@ -268,8 +272,9 @@ class Witnessing:
                     r.time,
                 )
                 self._keep_revocation(logged)
-        claims = [x.claim for x in good if isinstance(x, LoggedClaim) and x.claim.nix_valid()]
-        await self.store.learn(claims, source)
+        claims = [x for x in good if isinstance(x, LoggedClaim) and x.claim.nix_valid()]
+        self.logbook.add(x for x in claims if x.signer.encode() in self.store.trusted)
+        await self.store.learn([x.claim for x in claims], source)
         if pass_on:
             await self.announce(news)
 
@@ -424,6 +429,41 @@ class Witnessing:
         )
         return False
 
+    async def prove_claims(
+        self,
+        claims: Sequence[SignedClaim],
+        peers: Sequence[str],
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+    ) -> int:
+        """Ask `peers` (those that hold the claims: their builder, or nodes that kept their
+        logged forms) where in their builders' logs the claims are, all at once within
+        witnesswire.ASK_DEADLINE; the evidence goes into the logbook. How many of the
+        claims got some."""
+        wanted = list(dict.fromkeys(claim_digest(c.claim) for c in claims))[: logwire.MAX_INCLUDED]
+        answers: dict[str, tuple[bytes, ...]] = {}
+
+        async def ask(peer: str) -> None:
+            try:
+                answer = await self._ask(open_stream, peer, logwire.Included(tuple(wanted)))
+            except Exception as e:  # noqa: BLE001 - gone, or an older node: another may know
+                log.debug("asking %s where claims are logged: %s", peer, e)
+                return
+            if isinstance(answer, logwire.Logged):
+                answers[peer] = answer.entries
+
+        with trio.move_on_after(witnesswire.ASK_DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for peer in list(dict.fromkeys(peers))[: witnesswire.MAX_ASKED]:
+                    nursery.start_soon(ask, peer)
+        before = sum(d in self.logbook.logs for d in wanted)
+        for peer, entries in answers.items():
+            await self.receive_logged(list(entries), peer, pass_on=False)
+        shown = sum(d in self.logbook.logs for d in wanted) - before
+        log.info(
+            "asked %d peers where %d claims are logged: %d shown", len(answers), len(wanted), shown
+        )
+        return shown
+
     @staticmethod
     async def _ask(
         open_stream: Callable[[str, str], Awaitable[ByteStream]],
@@ -486,6 +526,15 @@ class Witnessing:
             await abort(stream)
 
     def _answer(self, request: logwire.Message) -> logwire.Message:
+        if isinstance(request, logwire.Included):
+            found: list[bytes] = []
+            size = 0
+            for x in (x for d in request.claims for x in self.logbook.logged(d)):
+                if found and size + len(x) > logwire.MAX_BYTES:
+                    break
+                found.append(x)
+                size += len(x)
+            return logwire.Logged(tuple(found))
         if not isinstance(request, logwire.Head | logwire.Entries | logwire.Consistent):
             return logwire.Nothing("not a request")
         claimlog = self.logs.get(request.key)
@@ -583,6 +632,7 @@ class Witnessing:
                 tuple(problems),
                 len(seen),
                 paths,
+                head.head.log.hex(),
             )
         return api.Audit(str(key), False)
 

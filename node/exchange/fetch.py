@@ -155,6 +155,9 @@ class Fetch:
         self._claimed_by: dict[str, set[str]] = {}  # path hash -> peers that held claims
         self._bases: dict[bytes, tuple[bytes, ...]] = {}  # wanted chunk -> local bases
         self._plain: set[bytes] = set()  # chunks whose diff failed: asked for plain from now on
+        # Asks the given peers where in their builders' logs these claims are (a policy that
+        # requires logs counts a claim only then); how many it learned of. The node sets it.
+        self.prove: Callable[[list[SignedClaim], list[str]], Awaitable[int]] | None = None
 
     # --- 1. resolve
 
@@ -304,6 +307,13 @@ class Fetch:
                 providers = set(await self.net.providers(hash_part))
             gathered += await self._ask_claims(hash_part, providers - asked, asked)
             sp, verdict = self._decide(store_dir, want, gathered)
+        if sp is not None and isinstance(verdict, Insufficient) and self.prove is not None:
+            lacking = [
+                c for c in gathered if c.claim.store_path == sp and self.policy.wants_logs(c)
+            ]
+            holders = sorted(self._claimed_by.get(hash_part, set()) | asked)
+            if lacking and await self.prove(lacking, holders):
+                sp, verdict = self._decide(store_dir, want, gathered)
         if sp is None or verdict is None or not gathered:
             # Nothing signed anywhere we looked: the path is unknown, not refused.
             raise NoClaims(hash_part, f"none of the {len(asked)} peers asked")

@@ -14,7 +14,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2p import frame, witnesswire
+from p2p import claimwire, frame, witnesswire
 from p2p.host import make_host, quiet_libp2p
 from store.path import StorePath
 from tests.p2p.nodes import NodeProc, Swarm, keys, policy
@@ -37,6 +37,11 @@ def _handed(log: ClaimLog, key: SecretKey, nar_hash: object) -> LoggedClaim:
 
 def _push(node: NodeProc, logged: LoggedClaim) -> None:
     """Hand one client a logged claim on `/ferry/logged/1`, as a builder does."""
+    _send(node, witnesswire.PUSH_PROTOCOL, frame.encode(logged.encode()))
+
+
+def _send(node: NodeProc, protocol: str, data: bytes) -> None:
+    """Open one stream to the node and write `data` on it, from a host of the test's."""
 
     async def main() -> None:
         quiet_libp2p()
@@ -45,8 +50,8 @@ def _push(node: NodeProc, logged: LoggedClaim) -> None:
             try:
                 info = info_from_p2p_addr(multiaddr.Multiaddr(node.addr))
                 await host.connect(info)
-                stream = await host.new_stream(info.peer_id, [TProtocol(witnesswire.PUSH_PROTOCOL)])
-                await stream.write(frame.encode(logged.encode()))
+                stream = await host.new_stream(info.peer_id, [TProtocol(protocol)])
+                await stream.write(data)
                 await stream.close()
             finally:
                 with trio.CancelScope(shield=True):
@@ -237,22 +242,24 @@ def test_heads_of_two_sizes_are_asked_of_the_builder_and_a_fork_it_hid_is_caught
     secret, public = str(k["builder"][0]), k["builder"][1]
     key = keyfile.load_secret(secret)
     (builder,) = swarm.start("builder")
-    for i in (0, 1):
-        sp = "/nix/store/" + f"{i}" * 32 + f"-pkg-{i}"
-        builder.json(
-            "publish", str(_tree(tmp_path, f"t{i}", b"%d" % i)), "--store-path", sp, "--key", secret
-        )
-    # A branch of the builder's log that shares its first leaf and then differs: handed
-    # to the client alone. The client never sees a leaf index or a size both share.
-    branch = tmp_path / "branch"
+    # The builder's log holds two claims already (signed before anyone listened: no
+    # gossip of them), and a branch of it that shares the first and then differs is
+    # handed to the client alone. The client never sees an index or a size both share.
+    builder.stop()
+    real_dir, branch = builder.data_dir / "claimlog", tmp_path / "branch"
+    with ClaimLog(str(real_dir), key) as real:
+        for i in (0, 1):
+            real.append(
+                make(key, path=StorePath("/nix/store", f"{i}" * 32, f"pkg-{i}")).claim.encode()
+            )
+        first = real.leaf(0)
     branch.mkdir()
     name = key.public.key.hex()
-    shutil.copy(builder.data_dir / "claimlog" / f"{name}.id", branch / f"{name}.id")
-    with ClaimLog(str(builder.data_dir / "claimlog"), key) as real:
-        first = real.leaf(0)
+    shutil.copy(real_dir / f"{name}.id", branch / f"{name}.id")
     with ClaimLog(str(branch), key) as forked:
         forked.append(first)
         story = _handed(forked, key, EVIL)
+    builder.start().wait_ready()
     assert (story.index, story.head.head.size) == (1, 2)
     pol = policy(tmp_path, [public], threshold=1)
     (client,) = swarm.start("client", bootstrap=[builder.addr], policy=pol)
@@ -269,3 +276,68 @@ def test_heads_of_two_sizes_are_asked_of_the_builder_and_a_fork_it_hid_is_caught
     )
     r = client.ferry("fetch", sp)
     assert r.returncode == 3 and "caught telling two stories" in r.stderr, r.stderr
+
+
+def test_a_policy_that_requires_logs_asks_peers_for_them_and_pins_a_key_to_one_log(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    k = keys(tmp_path, "builder", "elder")
+    secret, public = str(k["builder"][0]), k["builder"][1]
+    (builder,) = swarm.start("builder")
+    paths = ["/nix/store/" + f"{i}" * 32 + f"-pkg-{i}" for i in (1, 2)]
+    for sp in paths:
+        builder.json(
+            "publish",
+            str(_tree(tmp_path, sp[-5:], sp.encode())),
+            "--store-path",
+            sp,
+            "--key",
+            secret,
+        )
+    strict = tmp_path / "strict.toml"
+
+    def write_policy(pin: str | None = None) -> None:
+        text = (
+            f"trusted = {json.dumps([public, k['elder'][1]])}\nthreshold = 1\nrequire_logs = true\n"
+        )
+        if pin is not None:
+            text += f'[keys."builder"]\nlog = "{pin}"\n'
+        strict.write_text(text)
+
+    write_policy()
+    # The client hears no gossip: it gets the claims plain, from the builder's claim
+    # answers, and asks where they are logged.
+    (client,) = swarm.start(
+        "client", bootstrap=[builder.addr], policy=strict, config="gossip = false\n"
+    )
+    client.wait_log(f"connected to {builder.peer_id}")
+    fetched = client.json("fetch", paths[0])
+    assert fetched["fetched"][0]["signers"] == ["builder"], fetched
+    client.wait_log("where 1 claims are logged: 1 shown")
+    # A trusted key whose claims were never logged (an older builder) counts for nothing.
+    elder = keyfile.load_secret(str(k["elder"][0]))
+    unlogged = StorePath("/nix/store", "9" * 32, "from-an-older-builder")
+    signed = make(elder, path=unlogged)
+    _send(client, "/ferry/claims/1", claimwire.encode(claimwire.Push((signed.encode(),))))
+    client.wait_log("learned 1 new claims from")
+    r = client.ferry("fetch", str(unlogged))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert (
+        "not counted, from claims no peer showed in their builder's log (require_logs): elder"
+        in r.stderr
+    )
+    # Pinned to another log than the builder's, its claims do not count; pinned to the
+    # one `ferry trust audit` names, they do.
+    write_policy("0" * 32)
+    assert client.ferry("node", "reload").returncode == 0
+    r = client.ferry("fetch", paths[1])
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert (
+        "not counted, from claims in another log than the one the policy pins: builder" in r.stderr
+    )
+    audit = client.json("trust", "audit", public)
+    assert len(audit["log"]) == 32 and audit["log"] in client.ferry("trust", "audit", public).stdout
+    write_policy(audit["log"])
+    assert client.ferry("node", "reload").returncode == 0
+    fetched = client.json("fetch", paths[1])
+    assert fetched["fetched"][0]["signers"] == ["builder"], fetched

@@ -36,6 +36,10 @@ MESSAGES = st.one_of(
         )
     ),
     st.builds(logwire.Proved, st.binary(max_size=600), st.binary(max_size=600), HASHES),
+    st.builds(
+        logwire.Included, st.lists(KEY, min_size=1, max_size=logwire.MAX_INCLUDED).map(tuple)
+    ),
+    st.builds(logwire.Logged, st.lists(st.binary(max_size=200), max_size=40).map(tuple)),
 )
 
 
@@ -62,7 +66,11 @@ def test_any_bytes_decode_or_raise_the_formats_error(raw: bytes) -> None:
         [6, b"a", b"b", [b"h" * 32] * (logwire.MAX_PROOF + 1)],
         [6, b"a", "b", []],
         [1, b"k" * 32, 0, logwire.MAX_COUNT + 1],
-        [7, b"k" * 32],
+        [7, []],  # INCLUDED about nothing
+        [7, [b"d" * 31]],
+        [7, [b"d" * 32] * (logwire.MAX_INCLUDED + 1)],
+        [8, [b"x"] * (logwire.MAX_LOGGED_ANSWER + 1)],
+        [9, b"k" * 32],
     ],
 )
 def test_bad_requests_and_answers_are_refused(raw: list[object]) -> None:

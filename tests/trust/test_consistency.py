@@ -9,27 +9,23 @@ from pathlib import Path
 
 import pytest
 
+from store.hash import Hash
 from store.path import StorePath
 from trust.claimlog import ClaimLog
 from trust.key import SecretKey
 from trust.treehead import SignedTreeHead
 from trust.witness import Caught, Witness
 
-from .claims import EVIL, STORE, make
+from .claims import EVIL, GOOD, STORE, make
 
 BUILDER = SecretKey.generate("builder-1")
 
 
-def _grow(log: ClaimLog, n: int, nar_hash: object = None) -> None:
+def _grow(log: ClaimLog, n: int, nar_hash: Hash = GOOD) -> None:
     for _ in range(n):
         i = len(log)
         path = StorePath(STORE, f"{i:032d}", f"pkg-{i}")
-        c = (
-            make(BUILDER, path=path)
-            if nar_hash is None
-            else make(BUILDER, path=path, nar_hash=nar_hash)
-        )  # type: ignore[arg-type]
-        log.append(c.claim.encode())
+        log.append(make(BUILDER, path=path, nar_hash=nar_hash).claim.encode())
 
 
 def _answer(
@@ -52,7 +48,7 @@ def test_an_honest_logs_heads_are_shown_consistent_in_any_order(tmp_path: Path) 
         asked = []
         while (pair := w.to_prove(which)) is not None:
             asked.append(pair)
-            assert w.settle(which, *pair, *_answer(log, *pair)) is None
+            assert w.settle(which, pair[0], pair[1], *_answer(log, *pair)) is None
             assert len(asked) < 10
     newest = w.newest(which)
     assert newest is not None and newest.head.size == 13 and not w.caught

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from store.path import StorePath
 from trust import equivocation, revocation
+from trust.claim import SignedClaim
 from trust.claimlog import ClaimLog
 from trust.equivocation import Claims, EquivocationError
 from trust.key import SecretKey
@@ -34,18 +35,17 @@ BUILDER = SecretKey.generate("builder-1")
 OTHER = SecretKey.generate("builder-2")
 
 
-def _log(log: ClaimLog, entry: object) -> LoggedClaim | LoggedRevocation:
+def _log(log: ClaimLog, entry: SignedClaim | SignedRevocation) -> LoggedClaim | LoggedRevocation:
     """Append a signed claim or revocation to the log; it with a fresh head."""
-    assert isinstance(entry, SignedRevocation) or hasattr(entry, "claim")
     leaf = (
-        entry.revocation.encode() if isinstance(entry, SignedRevocation) else entry.claim.encode()  # type: ignore[attr-defined]
+        entry.revocation.encode() if isinstance(entry, SignedRevocation) else entry.claim.encode()
     )
     log.append(leaf)
     head = log.head(1_700_000_000 + len(log))
     proved = log.prove(leaf, head)
     if isinstance(entry, SignedRevocation):
         return LoggedRevocation(entry, head, proved.index, proved.proof)
-    return LoggedClaim(entry, head, proved.index, proved.proof)  # type: ignore[arg-type]
+    return LoggedClaim(entry, head, proved.index, proved.proof)
 
 
 @given(
