@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from trust import merkle
+from trust import bounded, merkle
 from trust.claim import ClaimError
 from trust.key import PublicKey
 from trust.logged import MAX_LOGGED, MAX_PROOF, LoggedClaim, LoggedError
@@ -139,21 +139,15 @@ def _hashes(v: object) -> tuple[bytes, ...]:
 
 def decode(data: bytes) -> Equivocation:
     """The proof `data` holds, checked: it names a key that equivocated."""
-    if len(data) > MAX_EQUIVOCATION:
-        raise EquivocationError(f"a proof of {len(data):,} bytes is too large")
-    try:
-        raw = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_LOGGED,
-            max_str_len=64,
-            max_array_len=MAX_PROOF,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
-        raise EquivocationError(f"not msgpack ({type(e).__name__})") from None
+    raw = bounded.unpack(
+        data,
+        EquivocationError,
+        "a proof",
+        limit=MAX_EQUIVOCATION,
+        max_array=MAX_PROOF,
+        max_bin=MAX_LOGGED,
+        max_str=64,
+    )
     if not isinstance(raw, list) or not raw or type(raw[0]) is not int:
         raise EquivocationError("a proof is an array whose first item is its kind")
     kind, *rest = raw

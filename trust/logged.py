@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from trust import merkle
+from trust import bounded, merkle
 from trust.claim import MAX_CLAIM, ClaimError, SignedClaim
 from trust.key import PublicKey
 from trust.revocation import RevocationError, SignedRevocation
@@ -58,21 +58,15 @@ def _encode(entry: bytes, head: SignedTreeHead, index: int, proof: tuple[bytes, 
 
 def _parts(data: bytes) -> tuple[bytes, SignedTreeHead, int, tuple[bytes, ...]]:
     """The entry's bytes, its head, index and proof; the entry is not decoded yet."""
-    if len(data) > MAX_LOGGED:
-        raise LoggedError(f"a logged entry of {len(data):,} bytes is too large")
-    try:
-        raw = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_CLAIM,
-            max_str_len=0,
-            max_array_len=MAX_PROOF,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
-        raise LoggedError(f"not msgpack ({type(e).__name__})") from None
+    raw = bounded.unpack(
+        data,
+        LoggedError,
+        "a logged entry",
+        limit=MAX_LOGGED,
+        max_array=MAX_PROOF,
+        max_bin=MAX_CLAIM,
+        max_str=0,
+    )
     if not isinstance(raw, list) or len(raw) != 4:
         raise LoggedError("a logged entry is [claim or revocation, head, index, proof]")
     entry, head, index, proof = raw

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from store.path import StorePath, StorePathError
+from trust import bounded
 from trust.claim import Claim
 from trust.key import PUBLIC_SIZE, SIGNATURE_SIZE, KeyFormatError, PublicKey, SecretKey
 
@@ -44,21 +45,7 @@ def claim_digest(claim: Claim) -> bytes:
 
 
 def _unpack(data: bytes, what: str) -> object:
-    if len(data) > MAX_REVOCATION:
-        raise RevocationError(f"{what} of {len(data):,} bytes exceeds {MAX_REVOCATION:,}")
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=MAX_REVOCATION,
-            max_bin_len=MAX_REVOCATION,
-            max_array_len=8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
-        raise RevocationError(f"{what} is not valid msgpack ({type(e).__name__})") from None
+    return bounded.unpack(data, RevocationError, what, limit=MAX_REVOCATION, max_array=8)
 
 
 @dataclass(frozen=True, slots=True)

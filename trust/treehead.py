@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from trust import bounded
 from trust.key import PUBLIC_SIZE, SIGNATURE_SIZE, KeyFormatError, PublicKey, SecretKey
 from trust.merkle import HASH_SIZE
 
@@ -36,21 +37,7 @@ class TreeHeadError(ValueError):
 
 
 def _unpack(data: bytes, what: str) -> object:
-    if len(data) > MAX_HEAD:
-        raise TreeHeadError(f"{what} of {len(data):,} bytes exceeds the {MAX_HEAD}-byte limit")
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=MAX_HEAD,
-            max_bin_len=MAX_HEAD,
-            max_array_len=8,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as e:  # noqa: BLE001 - msgpack raises several unrelated types
-        raise TreeHeadError(f"{what} is not valid msgpack ({type(e).__name__})") from None
+    return bounded.unpack(data, TreeHeadError, what, limit=MAX_HEAD, max_array=8)
 
 
 def _uint(v: object, what: str) -> int:

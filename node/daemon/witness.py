@@ -82,16 +82,10 @@ class Witnessing:
         self._load_caught()
 
     def _load_heads(self) -> None:
-        try:
-            names = sorted(os.listdir(self.heads_dir))
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = os.path.join(self.heads_dir, name)
+        for path, data in _kept_files(self.heads_dir):
             try:
-                with open(path, "rb") as f:
-                    head = SignedTreeHead.decode(f.read())
-            except (OSError, TreeHeadError) as e:
+                head = SignedTreeHead.decode(data)
+            except TreeHeadError as e:
                 log.warning("ignoring %s: not a tree head (%s)", path, e)
                 continue
             if head.valid():
@@ -104,41 +98,25 @@ class Witnessing:
         head = self.witness.newest(which)
         if head is None or self._saved.get(which) == head.head.size:
             return
-        path = os.path.join(self.heads_dir, f"{which[0].hex()}-{which[1].hex()}")
-        os.makedirs(self.heads_dir, exist_ok=True)
-        try:
-            userfile.write_atomically(path, head.encode(), "a tree head")
+        name = f"{which[0].hex()}-{which[1].hex()}"
+        if _keep(self.heads_dir, name, head.encode(), "a tree head"):
             self._saved[which] = head.head.size
-        except Exception as e:  # noqa: BLE001 - it is still held in memory
-            log.warning("cannot keep the tree head in %s: %s", path, e)
 
     def _load_revocations(self) -> None:
-        try:
-            names = sorted(os.listdir(self.revoked_dir))
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = os.path.join(self.revoked_dir, name)
+        for path, data in _kept_files(self.revoked_dir):
             try:
-                with open(path, "rb") as f:
-                    logged = decode_entry(f.read())
-            except (OSError, LoggedError) as e:
+                logged = decode_entry(data)
+            except LoggedError as e:
                 log.warning("ignoring %s: not a logged revocation that holds (%s)", path, e)
                 continue
             if isinstance(logged, LoggedRevocation):
                 self.witness.observe(logged)
 
     def _load_caught(self) -> None:
-        try:
-            names = sorted(os.listdir(self.caught_dir))
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = os.path.join(self.caught_dir, name)
+        for path, data in _kept_files(self.caught_dir):
             try:
-                with open(path, "rb") as f:
-                    self.witness.receive_proof(f.read())
-            except (OSError, EquivocationError) as e:
+                self.witness.receive_proof(data)
+            except EquivocationError as e:
                 log.warning("ignoring %s: not a proof that holds (%s)", path, e)
 
     def keys_caught(self) -> frozenset[bytes]:
@@ -217,12 +195,12 @@ class Witnessing:
 
     def _keep_revocation(self, logged: LoggedRevocation) -> None:
         r = logged.revocation.revocation
-        path = os.path.join(self.revoked_dir, f"{r.builder.key.hex()}-{r.claim.hex()}")
-        os.makedirs(self.revoked_dir, exist_ok=True)
-        try:
-            userfile.write_atomically(path, logged.encode(), "a revocation")
-        except Exception as e:  # noqa: BLE001 - it still counts in memory and travels
-            log.warning("cannot keep the revocation in %s: %s", path, e)
+        _keep(
+            self.revoked_dir,
+            f"{r.builder.key.hex()}-{r.claim.hex()}",
+            logged.encode(),
+            "a revocation",
+        )
 
     async def announce(self, logged: Sequence[Logged]) -> None:
         if logged and self.publish is not None:
@@ -317,12 +295,7 @@ class Witnessing:
             caught.kind,
             source,
         )
-        path = os.path.join(self.caught_dir, caught.key.key.hex())
-        os.makedirs(self.caught_dir, exist_ok=True)
-        try:
-            userfile.write_atomically(path, caught.encoded, "a proof of equivocation")
-        except Exception as e:  # noqa: BLE001 - the proof still holds in memory and travels
-            log.warning("cannot keep the proof in %s: %s", path, e)
+        _keep(self.caught_dir, caught.key.key.hex(), caught.encoded, "a proof of equivocation")
         if self.publish is not None:
             try:
                 await self.publish(witnesswire.CAUGHT_TOPIC, caught.encoded)
@@ -650,6 +623,37 @@ class Joins(Notifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         self.on_join(str(conn.muxed_conn.peer_id))
+
+
+def _kept_files(directory: str) -> list[tuple[str, bytes]]:
+    """The files this node kept in `directory` (path and bytes), in name order; one that
+    cannot be read is logged and left out."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                out.append((path, f.read()))
+        except OSError as e:
+            log.warning("ignoring %s: %s", path, e.strerror)
+    return out
+
+
+def _keep(directory: str, name: str, data: bytes, what: str) -> bool:
+    """Write `directory/name` whole or not at all; False (logged) if it cannot be, as
+    what it holds still counts in memory and travels."""
+    path = os.path.join(directory, name)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        userfile.write_atomically(path, data, what)
+    except Exception as e:  # noqa: BLE001 - a full or read-only disk must not stop the node
+        log.warning("cannot keep %s in %s: %s", what, path, e)
+        return False
+    return True
 
 
 def _check_leaves(key: PublicKey, leaves: list[bytes]) -> tuple[list[str], int]:
