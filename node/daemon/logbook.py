@@ -26,8 +26,8 @@ CREATE TABLE IF NOT EXISTS logged (
     claim BLOB NOT NULL,        -- trust.revocation.claim_digest of the claim
     log BLOB NOT NULL,          -- the log's id (trust.treehead)
     data BLOB NOT NULL,         -- the logged claim as it travels
-    PRIMARY KEY (claim, log)
-) WITHOUT ROWID;
+    UNIQUE (claim, log)         -- (a rowid table: rows of a KiB fit its pages better)
+);
 """
 
 
@@ -74,7 +74,7 @@ class Logbook:
             try:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
-                    self._db.executemany("INSERT OR IGNORE INTO logged VALUES (?, ?, ?)", rows)
+                    self._db.executemany("INSERT OR IGNORE INTO logged (claim, log, data) VALUES (?, ?, ?)", rows)
             except sqlite3.Error as e:
                 raise LogbookError(f"{self.path}: {e}") from None
         return len(rows)
