@@ -74,7 +74,9 @@ class Logbook:
             try:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
-                    self._db.executemany("INSERT OR IGNORE INTO logged (claim, log, data) VALUES (?, ?, ?)", rows)
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO logged (claim, log, data) VALUES (?, ?, ?)", rows
+                    )
             except sqlite3.Error as e:
                 raise LogbookError(f"{self.path}: {e}") from None
         return len(rows)
