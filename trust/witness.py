@@ -142,6 +142,11 @@ class Witness:
             self._unproven.setdefault(head.log, set()).add(head.head.size)
         return None
 
+    def own(self, head: SignedTreeHead) -> None:
+        """A head this node signed of its own log: the newest, with nothing to prove."""
+        self._newest[head.log] = head
+        self._unproven.pop(head.log, None)
+
     def newest(self, log: Log) -> SignedTreeHead | None:
         return self._newest.get(log)
 

@@ -190,6 +190,7 @@ class Witnessing:
             self.witness.observe(logged)  # our own word, so that a peer's other one shows
             if isinstance(logged, LoggedRevocation):
                 self._keep_revocation(logged)
+        self.witness.own(head)
         self.logbook.add(x for x in out if isinstance(x, LoggedClaim))
         return out
 

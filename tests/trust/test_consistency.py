@@ -101,3 +101,14 @@ def test_an_answer_that_is_not_one_is_refused_and_convicts_nobody(tmp_path: Path
         with pytest.raises(ValueError, match="not a head of size"):
             w.settle(which, 3, 7, log.head(size=4), b, proof)
     assert not w.caught and w.to_prove(which) == (3, 7)
+
+
+def test_the_heads_of_a_nodes_own_log_are_never_asked_about(tmp_path: Path) -> None:
+    w = Witness()
+    with ClaimLog(str(tmp_path), BUILDER) as log:
+        for _ in range(3):
+            _grow(log, 1)
+            head = log.head()
+            assert w.observe_head(head) is None
+            w.own(head)
+    assert w.to_prove(head.log) is None and w.newest(head.log) == head
