@@ -154,25 +154,20 @@ class LoggedRevocation:
 Logged = LoggedClaim | LoggedRevocation
 
 
+def _is_revocation(entry: bytes) -> bool:
+    """Told apart by the signed form's length: a claim has two signatures, a revocation one."""
+    form = msgpack.unpackb(
+        entry, max_array_len=4, max_bin_len=MAX_CLAIM, max_str_len=0, max_map_len=0, max_ext_len=0
+    )
+    return isinstance(form, list) and len(form) == 2
+
+
 def decode_entry(data: bytes) -> Logged:
     """A logged claim or revocation, checked."""
     entry, head, index, proof = _parts(data)
     logged: Logged
     try:
-        # Told apart by the signed form's length: a claim has two signatures.
-        if (
-            len(
-                msgpack.unpackb(
-                    entry,
-                    max_array_len=4,
-                    max_bin_len=MAX_CLAIM,
-                    max_str_len=0,
-                    max_map_len=0,
-                    max_ext_len=0,
-                )
-            )
-            == 2
-        ):
+        if _is_revocation(entry):
             logged = LoggedRevocation(SignedRevocation.decode(entry), head, index, proof)
         else:
             logged = LoggedClaim(SignedClaim.decode(entry), head, index, proof)
