@@ -12,6 +12,7 @@ is dropped, and the file is truncated to the last whole record.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class ClaimLog:
         self.log_id = self._id(os.path.join(directory, key.public.key.hex() + ".id"))
         self.tree = Tree()
         self._index: dict[bytes, int] = {}  # leaf -> its first index
+        self._by_digest: dict[bytes, int] = {}  # SHA-256 of a leaf (a claim's digest) -> index
         self._leaves: list[bytes] = []  # served to readers of the log (/ferry/log/1)
         # store path -> the claim in the log that stands for it (not revoked); built on
         # first use, since it decodes every leaf
@@ -95,6 +97,7 @@ class ClaimLog:
         self._leaves.append(leaf)
         index = self.tree.append(leaf)
         self._index.setdefault(leaf, index)
+        self._by_digest.setdefault(hashlib.sha256(leaf).digest(), index)
         if self._standing is not None:
             self._stand(leaf)
         return index
@@ -162,6 +165,10 @@ class ClaimLog:
 
     def index_of(self, leaf: bytes) -> int | None:
         return self._index.get(leaf)
+
+    def index_of_digest(self, digest: bytes) -> int | None:
+        """The index of the leaf whose SHA-256 is `digest` (trust.revocation.claim_digest)."""
+        return self._by_digest.get(digest)
 
     def head(self, time: int | None = None, size: int | None = None) -> SignedTreeHead:
         """The log's current size and root (or those of its first `size` leaves), signed."""

@@ -493,22 +493,55 @@ class Witnessing:
         try:
             with trio.fail_after(witnesswire.DEADLINE):
                 request = logwire.decode(await read_frame(stream, logwire.CAP))
-                await write(stream, logwire.encode(self._answer(request)))
+                answer = (
+                    await self._included(request)
+                    if isinstance(request, logwire.Included)
+                    else self._answer(request)
+                )
+                await write(stream, logwire.encode(answer))
                 await finish(stream)
         except (trio.TooSlowError, logwire.LogWireError, frame.FrameError, StreamGone) as e:
             log.info("a log request from %s went unanswered: %s", peer, e)
             await abort(stream)
 
-    def _answer(self, request: logwire.Message) -> logwire.Message:
-        if isinstance(request, logwire.Included):
-            found: list[bytes] = []
-            size = 0
-            for x in (x for d in request.claims for x in self.logbook.logged(d)):
+    async def _included(self, request: logwire.Included) -> logwire.Logged:
+        """The logged forms kept of the claims asked about; for a claim in one of this
+        node's own logs that has none kept (signed before the node kept a logbook), one
+        made now from the log and the signed claim in the store."""
+        found: list[bytes] = []
+        size = 0
+        for digest in request.claims:
+            for x in self.logbook.logged(digest) or await self._log_own(digest):
                 if found and size + len(x) > logwire.MAX_BYTES:
-                    break
+                    return logwire.Logged(tuple(found))
                 found.append(x)
                 size += len(x)
-            return logwire.Logged(tuple(found))
+        return logwire.Logged(tuple(found))
+
+    async def _log_own(self, digest: bytes) -> list[bytes]:
+        for claimlog in self.logs.values():
+            index = claimlog.index_of_digest(digest)
+            if index is None:
+                continue
+            try:
+                claim = Claim.decode(claimlog.leaf(index))
+            except ClaimError:
+                return []  # a revocation, or not this node's to judge here
+            signed = [
+                c
+                for c in await self.store.claims_for(claim.store_path.hash_part)
+                if c.claim == claim
+            ]
+            if not signed:
+                return []  # the store no longer keeps it (`ferry gc`)
+            head = claimlog.head()
+            proved = claimlog.prove(claimlog.leaf(index), head)
+            logged = LoggedClaim(signed[0], head, proved.index, proved.proof)
+            self.logbook.add([logged])
+            return [logged.encode()]
+        return []
+
+    def _answer(self, request: logwire.Message) -> logwire.Message:
         if not isinstance(request, logwire.Head | logwire.Entries | logwire.Consistent):
             return logwire.Nothing("not a request")
         claimlog = self.logs.get(request.key)

@@ -283,7 +283,7 @@ def test_a_policy_that_requires_logs_asks_peers_for_them_and_pins_a_key_to_one_l
 ) -> None:
     k = keys(tmp_path, "builder", "elder")
     secret, public = str(k["builder"][0]), k["builder"][1]
-    (builder,) = swarm.start("builder")
+    (builder,) = swarm.start("builder", config=f'publish_key = "{secret}"\n')
     paths = ["/nix/store/" + f"{i}" * 32 + f"-pkg-{i}" for i in (1, 2)]
     for sp in paths:
         builder.json(
@@ -294,6 +294,12 @@ def test_a_policy_that_requires_logs_asks_peers_for_them_and_pins_a_key_to_one_l
             "--key",
             secret,
         )
+    # Its claims were signed before it kept a logbook (an older version): it makes their
+    # logged forms from its log and store when asked.
+    builder.stop()
+    for f in builder.data_dir.glob("logbook.sqlite*"):
+        f.unlink()
+    builder.start().wait_ready()
     strict = tmp_path / "strict.toml"
 
     def write_policy(pin: str | None = None) -> None:
