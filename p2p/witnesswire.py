@@ -22,3 +22,4 @@ DEADLINE = 30.0  # for a push or a telling to arrive whole
 MAX_CHECKS = 256  # logs waiting to have their heads shown consistent
 MAX_ASKED = 8  # peers asked for one consistency proof; proofs asked for one log at once
 ASK_DEADLINE = 10.0  # for one peer's answer
+CHECKS_AT_ONCE = 4  # logs whose heads are being asked about at once

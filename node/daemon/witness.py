@@ -346,12 +346,28 @@ class Witnessing:
         open_stream: Callable[[str, str], Awaitable[ByteStream]],
         peers: Callable[[], list[str]],
     ) -> None:
-        async for which in self._to_check:
+        # A few logs at once: a builder that never answers must not hold up the others.
+        limit = trio.CapacityLimiter(witnesswire.CHECKS_AT_ONCE)
+        async with trio.open_nursery() as nursery:
+            async for which in self._to_check:
+                nursery.start_soon(self._check_log, which, limit, open_stream, peers)
+
+    async def _check_log(
+        self,
+        which: Log,
+        limit: trio.CapacityLimiter,
+        open_stream: Callable[[str, str], Awaitable[ByteStream]],
+        peers: Callable[[], list[str]],
+    ) -> None:
+        try:
+            async with limit:
+                # Heads that arrive meanwhile are taken by this loop (the log stays queued).
+                for _ in range(witnesswire.MAX_ASKED):
+                    pair = self.witness.to_prove(which)
+                    if pair is None or not await self._prove(which, *pair, open_stream, peers):
+                        break
+        finally:
             self._queued.discard(which)
-            for _ in range(witnesswire.MAX_ASKED):  # new heads may keep coming: a bound
-                pair = self.witness.to_prove(which)
-                if pair is None or not await self._prove(which, *pair, open_stream, peers):
-                    break
 
     async def _prove(
         self,
