@@ -683,6 +683,7 @@ class Node:
                 "already (revoke on the node that published it, or one that fetched it)",
                 Failure.USAGE,
             )
+        self.witnessing.add_key(key, req.key)
         logged = self.witnessing.revoke_claims(key, mine)
         await self.witnessing.announce(logged)
         size = logged[-1].head.head.size
@@ -700,7 +701,7 @@ class Node:
         except keyfile.KeyFileError as e:
             raise ControlError(str(e)) from None
         if key is not None:
-            self.witnessing.add_key(key)
+            self.witnessing.add_key(key, req.key)
         pub = await self.store.publish(req.source, key, root=req.root)
         manifest, signed = pub.manifest, pub.signed
         await self._announce(signed, [manifest.store_path])
@@ -732,7 +733,7 @@ class Node:
         except keyfile.KeyFileError as e:
             raise ControlError(str(e)) from None
         if key is not None:
-            self.witnessing.add_key(key)
+            self.witnessing.add_key(key, req.key)
         nix_store = self.config.nix_store if req.store is None else req.store
         token = trio.lowlevel.current_trio_token()
         asked = [0, 0]  # paths and NAR bytes to publish, once planned

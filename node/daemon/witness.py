@@ -37,7 +37,7 @@ from p2p import frame, logwire, witnesswire
 from p2p.host import Notifee
 from p2p.stream import ByteStream, StreamGone, abort, finish, read_frame, read_some, write
 from store import userfile
-from trust import revocation
+from trust import keyfile, revocation
 from trust.claim import Claim, ClaimError, SignedClaim
 from trust.claimlog import ClaimLog
 from trust.equivocation import EquivocationError
@@ -77,6 +77,8 @@ class Witnessing:
         self._queued: set[Log] = set()
         self._hints: dict[Log, list[str]] = {}  # peers that served or sent heads, latest first
         self._saved: dict[Log, int] = {}  # the size of the newest head kept on disk
+        self._remembered: dict[str, bytes] = {}  # <key hex>.keyfile -> the path in it
+        self._load_keys()
         self._load_heads()
         self._load_revocations()  # first: a revocation can excuse a proof
         self._load_caught()
@@ -132,10 +134,30 @@ class Witnessing:
 
     # --- as a builder
 
-    def add_key(self, key: SecretKey) -> None:
-        """A key this node signs claims with: their claims go into its log."""
+    def add_key(self, key: SecretKey, path: str | None = None) -> None:
+        """A key this node signs claims with: their claims go into its log. `path`, its
+        secret key file, is remembered (`<key hex>.keyfile` beside the log) so that the
+        node serves the log again after a restart, before it signs with the key again."""
         if key.public.key not in self.logs:
             self.logs[key.public.key] = ClaimLog(self.log_dir, key)
+        if path is not None:
+            name = f"{key.public.key.hex()}.keyfile"
+            where = os.path.abspath(path).encode()
+            if self._remembered.get(name) != where and _keep(
+                self.log_dir, name, where, "the path of a secret key file"
+            ):
+                self._remembered[name] = where
+
+    def _load_keys(self) -> None:
+        for path, data in _kept_files(self.log_dir, ".keyfile"):
+            self._remembered[os.path.basename(path)] = data
+            try:
+                key = keyfile.load_secret(data.decode())
+            except (UnicodeDecodeError, keyfile.KeyFileError) as e:
+                log.warning("not serving a claim log whose key was in %s: %s", path, e)
+                continue
+            if f"{key.public.key.hex()}.keyfile" == os.path.basename(path):
+                self.add_key(key)
 
     def log_claims(self, signed: Sequence[SignedClaim]) -> list[Logged]:
         """Append the claims this node's keys signed to their logs; each with a head over
@@ -675,11 +697,11 @@ class Joins(Notifee):
         self.on_join(str(conn.muxed_conn.peer_id))
 
 
-def _kept_files(directory: str) -> list[tuple[str, bytes]]:
-    """The files this node kept in `directory` (path and bytes), in name order; one that
-    cannot be read is logged and left out."""
+def _kept_files(directory: str, suffix: str = "") -> list[tuple[str, bytes]]:
+    """The files this node kept in `directory` whose names end in `suffix` (path and
+    bytes), in name order; one that cannot be read is logged and left out."""
     try:
-        names = sorted(os.listdir(directory))
+        names = sorted(n for n in os.listdir(directory) if n.endswith(suffix))
     except FileNotFoundError:
         return []
     out = []

@@ -118,6 +118,9 @@ def test_ferry_trust_audit_reads_a_builders_log_and_finds_a_head_it_contradicts(
         (tree / "f").write_bytes(b"build %d" % i)
         sp = "/nix/store/" + f"{i}" * 32 + f"-pkg-{i}"
         builder.json("publish", str(tree), "--store-path", sp, "--key", str(k["builder"][0]))
+    # Restarted, it serves the log of the key it published with (it kept the key file's path).
+    builder.stop()
+    builder.start().wait_ready()
     pol = policy(tmp_path, [k["builder"][1]], threshold=1)
     (client,) = swarm.start("client", bootstrap=[builder.addr], policy=pol)
     client.wait_log(f"connected to {builder.peer_id}")
