@@ -544,6 +544,10 @@ def _revoke_claim(args: argparse.Namespace) -> None:
     from node.cli.netcmd import data_dir
     from node.daemon import api, control
 
+    try:
+        StorePath.parse(args.store_path)
+    except StorePathError as e:
+        _bad(f"STORE_PATH: {e}")
     key = os.path.abspath(args.key)
     if not os.path.isfile(key):
         _bad(f"--key {args.key}: no such file")

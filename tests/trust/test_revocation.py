@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from store.path import StorePath
+from tests.cli import ferry
 from trust import equivocation, revocation
 from trust.claim import SignedClaim
 from trust.claimlog import ClaimLog
@@ -186,3 +187,17 @@ def test_a_catch_a_revocation_excuses_is_released_and_its_proof_refused(tmp_path
     with pytest.raises(EquivocationError, match="revoked the earlier claim"):
         w.receive_proof(proof)
     assert Witness().receive_proof(proof) is not None  # without it, the proof holds
+
+
+def test_ferry_trust_revoke_claim_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    assert ferry("trust", "keygen", "builder-1", "-o", str(tmp_path / "b")).returncode == 0
+    secret, sp = str(tmp_path / "b.secret"), "/nix/store/" + "7" * 32 + "-hello-2.12"
+    data = ("--data-dir", str(tmp_path / "no-node"))
+    for args, status, says in (
+        (("not-a-path", "--key", secret), 3, "STORE_PATH: 'not-a-path' is not a full store path"),
+        ((sp, "--key", str(tmp_path / "nope")), 3, "no such file"),
+        ((sp, "--key", secret), 1, "no ferry node is running"),
+    ):
+        r = ferry("trust", "revoke-claim", *args, *data)
+        assert r.returncode == status and says in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
