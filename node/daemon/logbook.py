@@ -11,12 +11,15 @@ builder that is offline.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 
 from trust.logged import LoggedClaim
 from trust.revocation import claim_digest
+
+log = logging.getLogger(__name__)
 
 FILE = "logbook.sqlite"
 MAX_SERVED = 8  # logged forms of one claim in one answer: a key keeps a log per machine
@@ -51,8 +54,8 @@ class Logbook:
                 f"{self.path}: {e} (move it away: the evidence is asked again)"
             ) from None
         self._logs: dict[bytes, frozenset[bytes]] = {}
-        for claim, log in rows:
-            self._logs[claim] = self._logs.get(claim, frozenset()) | {log}
+        for claim, log_id in rows:
+            self._logs[claim] = self._logs.get(claim, frozenset()) | {log_id}
 
     def close(self) -> None:
         self._db.close()
@@ -66,10 +69,10 @@ class Logbook:
         """Keep checked logged claims; how many were news."""
         rows = []
         for x in logged:
-            digest, log = claim_digest(x.claim.claim), x.head.head.log
-            if log not in self._logs.get(digest, frozenset()):
-                self._logs[digest] = self._logs.get(digest, frozenset()) | {log}
-                rows.append((digest, log, x.encode()))
+            digest, log_id = claim_digest(x.claim.claim), x.head.head.log
+            if log_id not in self._logs.get(digest, frozenset()):
+                self._logs[digest] = self._logs.get(digest, frozenset()) | {log_id}
+                rows.append((digest, log_id, x.encode()))
         if rows:
             try:
                 with self._db:
@@ -78,7 +81,9 @@ class Logbook:
                         "INSERT OR IGNORE INTO logged (claim, log, data) VALUES (?, ?, ?)", rows
                     )
             except sqlite3.Error as e:
-                raise LogbookError(f"{self.path}: {e}") from None
+                # Still counted in memory; kept again when peers show it after a restart.
+                # A full disk must not fail the publish or the fetch that brought it.
+                log.warning("cannot keep evidence of claims' logs in %s: %s", self.path, e)
         return len(rows)
 
     def logged(self, digest: bytes) -> list[bytes]:

@@ -95,3 +95,12 @@ def test_the_logbook_keeps_evidence_across_a_restart_and_serves_it(tmp_path: Pat
     assert [LoggedClaim.decode(x) for x in again.logged(digest)] == [logged]
     assert again.logged(b"\0" * 32) == []
     again.close()
+    # A write that fails (here: a closed database; a full disk alike) is logged, not
+    # raised: the publish or fetch that brought the evidence goes on, and it still counts.
+    other = make(BUILDER, time=1_700_000_002)
+    with ClaimLog(str(tmp_path / "log"), BUILDER) as log:
+        log.append(other.claim.encode())
+        head = log.head()
+        proved = log.prove(other.claim.encode(), head)
+    assert again.add([LoggedClaim(other, head, proved.index, proved.proof)]) == 1
+    assert claim_digest(other.claim) in again.logs
