@@ -216,7 +216,8 @@ class QuorumPolicy:
         return seats
 
     @property
-    def _logs_matter(self) -> bool:
+    def wants_any_logs(self) -> bool:
+        """Whether some claim counts only with evidence of its log (`logs`)."""
         return self.require_logs or any(life.log is not None for life in self._lives.values())
 
     def _unlisted(self, c: SignedClaim) -> Reason | None:
@@ -245,7 +246,7 @@ class QuorumPolicy:
         """The verdict the claims give. A key in `caught` counts for nothing, nor does a
         claim in `withdrawn`."""
         caught, withdrawn = self.caught, self.withdrawn
-        listed = bool(withdrawn) or self._logs_matter
+        listed = bool(withdrawn) or self.wants_any_logs
         ignored: list[Ignored] = []
         # key name -> result -> (index, claim) of its first claim for that result
         votes: dict[str, dict[Outcome, tuple[int, SignedClaim]]] = {}

@@ -61,6 +61,7 @@ class Witness:
         self._unproven: dict[Log, set[int]] = {}
         # (log, digest of the claim taken back) -> its revocation
         self.revocations: dict[tuple[Log, bytes], LoggedRevocation] = {}
+        self._withdrawn: frozenset[tuple[bytes, bytes]] = frozenset()  # asked for every fetch
         self.caught: dict[bytes, Caught] = {}  # raw key -> the proof against it
 
     def keys_caught(self) -> frozenset[bytes]:
@@ -74,7 +75,7 @@ class Witness:
 
     def withdrawn(self) -> frozenset[tuple[bytes, bytes]]:
         """(key, claim digest) of every claim its builder took back."""
-        return frozenset((log[0], digest) for log, digest in self.revocations)
+        return self._withdrawn
 
     def seen(self, logged: Logged) -> bool:
         """Whether this very entry, at this index of this log, was observed before."""
@@ -116,6 +117,7 @@ class Witness:
     def _revoked(self, logged: LoggedRevocation) -> Released | None:
         revocation = logged.revocation.revocation
         self.revocations.setdefault((logged.head.log, revocation.claim), logged)
+        self._withdrawn |= {(revocation.builder.key, revocation.claim)}
         held = self.caught.get(revocation.builder.key)
         if (
             held is not None

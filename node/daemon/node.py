@@ -203,15 +203,16 @@ class Node:
                     self.host.set_stream_handler(
                         TProtocol(reachability.PROTOCOL), self._on_reachability
                     )
-                    self.host.set_stream_handler(
-                        TProtocol(witnesswire.PUSH_PROTOCOL), self._on_logged_push
-                    )
-                    self.host.set_stream_handler(
-                        TProtocol(witnesswire.PROOFS_PROTOCOL), self._on_proofs
-                    )
-                    self.host.set_stream_handler(TProtocol(logwire.PROTOCOL), self._on_log)
-                    self.host.set_stream_handler(TProtocol(relay.HOP), self._on_relay_hop)
-                    self.host.set_stream_handler(TProtocol(relay.STOP), self._on_relay_stop)
+                    for protocol, serve, what in (
+                        (witnesswire.PUSH_PROTOCOL, self.witnessing.serve_push, "a push"),
+                        (witnesswire.PROOFS_PROTOCOL, self.witnessing.serve_proofs, "proofs"),
+                        (logwire.PROTOCOL, self.witnessing.serve_log, "serving a claim log"),
+                        (relay.HOP, self.relay_service.serve, "relaying"),
+                        (relay.STOP, self.relays.accept, "a circuit through a relay"),
+                    ):
+                        self.host.set_stream_handler(
+                            TProtocol(protocol), self._serving(serve, what)
+                        )
                     await self.discovery.start(stack)
                     addrs = [str(a) for a in self.host.get_addrs()]
                     for a in addrs:
@@ -356,52 +357,24 @@ class Node:
                     remote = None
                 await self.reachability.serve(stream, remote[0] if remote else None)
 
-    async def _on_relay_hop(self, stream: INetStream) -> None:
-        # The stream stays counted while it carries a circuit: a peer's circuits count
-        # against its streams too.
-        async with self._inbound(stream) as peer:
-            if peer is not None:
-                try:
-                    await self.relay_service.serve(stream, peer)
-                except Exception:
-                    log.exception("relaying for %s failed", peer)
-                    await abort(stream)
+    def _serving(
+        self, serve: Callable[[INetStream, str], Awaitable[None]], what: str
+    ) -> Callable[[INetStream], Awaitable[None]]:
+        """A stream handler: `serve(stream, peer)` for a peer the inbound limits let in,
+        with a bug met on one stream logged and the stream reset, not the node stopped.
+        (A relay's stream stays counted while it carries a circuit: a peer's circuits
+        count against its streams too.)"""
 
-    async def _on_relay_stop(self, stream: INetStream) -> None:
-        async with self._inbound(stream) as peer:
-            if peer is not None:
-                try:
-                    await self.relays.accept(stream, peer)
-                except Exception:
-                    log.exception("a circuit from relay %s failed", peer)
-                    await abort(stream)
+        async def handle(stream: INetStream) -> None:
+            async with self._inbound(stream) as peer:
+                if peer is not None:
+                    try:
+                        await serve(stream, peer)
+                    except Exception:
+                        log.exception("%s with %s failed", what, peer)
+                        await abort(stream)
 
-    async def _on_logged_push(self, stream: INetStream) -> None:
-        async with self._inbound(stream) as peer:
-            if peer is not None:
-                try:
-                    await self.witnessing.serve_push(stream, peer)
-                except Exception:
-                    log.exception("serving %s to %s failed", "logged_push", peer)
-                    await abort(stream)
-
-    async def _on_log(self, stream: INetStream) -> None:
-        async with self._inbound(stream) as peer:
-            if peer is not None:
-                try:
-                    await self.witnessing.serve_log(stream, peer)
-                except Exception:
-                    log.exception("serving %s to %s failed", "log", peer)
-                    await abort(stream)
-
-    async def _on_proofs(self, stream: INetStream) -> None:
-        async with self._inbound(stream) as peer:
-            if peer is not None:
-                try:
-                    await self.witnessing.serve_proofs(stream, peer)
-                except Exception:
-                    log.exception("serving %s to %s failed", "proofs", peer)
-                    await abort(stream)
+        return handle
 
     async def _witness_gossip(
         self, pubsub: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED

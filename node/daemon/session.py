@@ -193,9 +193,10 @@ class FetchSessions:
                 "this node has no trust policy, so it cannot accept paths: "
                 "start it with --policy FILE (see `ferry trust --help`)"
             )
-        return dataclasses.replace(
-            self.policy, caught=self.caught(), withdrawn=self.withdrawn(), logs=self.logs
-        )
+        caught, withdrawn = self.caught(), self.withdrawn()
+        if not (caught or withdrawn or self.policy.wants_any_logs):
+            return self.policy  # every narinfo asks: no copy when there is nothing to add
+        return dataclasses.replace(self.policy, caught=caught, withdrawn=withdrawn, logs=self.logs)
 
     @asynccontextmanager
     async def recording(

@@ -254,7 +254,8 @@ class Witnessing:
             if not (logged.signer.encode() in self.store.trusted or logged.signer.key in self.logs):
                 news.append(logged)
                 continue
-            if not self.witness.seen(logged):
+            new = not self.witness.seen(logged)
+            if new:
                 news.append(logged)
             event = self.witness.observe(logged)
             if isinstance(event, Caught):
@@ -263,7 +264,7 @@ class Witnessing:
                 self._released(event)
             if logged.signer.key not in self.logs:
                 self._check_soon(logged.head.log, source)
-            if isinstance(logged, LoggedRevocation) and logged in news:
+            if isinstance(logged, LoggedRevocation) and new:
                 r = logged.revocation.revocation
                 log.warning(
                     "builder key %s revoked its claim for %s (signed %s): it counts for "
@@ -327,19 +328,8 @@ class Witnessing:
 
     async def serve_push(self, stream: ByteStream, peer: str) -> None:
         """Logged claims a peer pushes (a builder handing out what it signed)."""
-        decoder = frame.FrameDecoder(MAX_LOGGED)
-        got: list[bytes] = []
-        try:
-            with trio.fail_after(witnesswire.DEADLINE):
-                while len(got) < witnesswire.MAX_PUSHED:
-                    data = await read_some(stream)
-                    if not data:
-                        break
-                    got += decoder.feed(data)
-        except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
-            log.info("a push of logged claims from %s ended: %s", peer, e)
-            await abort(stream)
-        await self.receive_logged(got[: witnesswire.MAX_PUSHED], peer, pass_on=True)
+        got = await _frames(stream, MAX_LOGGED, witnesswire.MAX_PUSHED, f"a push from {peer}")
+        await self.receive_logged(got, peer, pass_on=True)
 
     # --- proofs to peers that join (gossip reaches only those connected when it went out)
 
@@ -510,19 +500,10 @@ class Witnessing:
                     log.debug("telling %s on %s: %s", peer, protocol, e)
 
     async def serve_proofs(self, stream: ByteStream, peer: str) -> None:
-        decoder = frame.FrameDecoder(witnesswire.MAX_PROOF)
-        got: list[bytes] = []
-        try:
-            with trio.fail_after(witnesswire.DEADLINE):
-                while len(got) < witnesswire.MAX_PROOFS_TOLD:
-                    data = await read_some(stream)
-                    if not data:
-                        break
-                    got += decoder.feed(data)
-        except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
-            log.info("proofs from %s ended: %s", peer, e)
-            await abort(stream)
-        for data in got[: witnesswire.MAX_PROOFS_TOLD]:
+        got = await _frames(
+            stream, witnesswire.MAX_PROOF, witnesswire.MAX_PROOFS_TOLD, f"proofs from {peer}"
+        )
+        for data in got:
             await self.receive_proof(data, peer)
 
     # --- the logs of this node's keys, read by anyone (/ferry/log/1), and audits
@@ -695,6 +676,24 @@ class Joins(Notifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         self.on_join(str(conn.muxed_conn.peer_id))
+
+
+async def _frames(stream: ByteStream, cap: int, most: int, what: str) -> list[bytes]:
+    """The frames (p2p.frame, each at most `cap`) a peer writes on a push stream, at most
+    `most`, within witnesswire.DEADLINE; those that came whole before a fault."""
+    decoder = frame.FrameDecoder(cap)
+    got: list[bytes] = []
+    try:
+        with trio.fail_after(witnesswire.DEADLINE):
+            while len(got) < most:
+                data = await read_some(stream)
+                if not data:
+                    break
+                got += decoder.feed(data)
+    except (trio.TooSlowError, frame.FrameError, StreamGone) as e:
+        log.info("%s ended: %s", what, e)
+        await abort(stream)
+    return got[:most]
 
 
 def _kept_files(directory: str, suffix: str = "") -> list[tuple[str, bytes]]:
